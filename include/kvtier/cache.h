@@ -1,0 +1,150 @@
+// Cache: a tiered KV-block cache for one GPU (one tensor-parallel rank).
+//
+// The engine lifecycle (see docs/integration.md):
+//   keys  = hasher.ChainTokens(prompt_tokens, tokens_per_block)   // block keys, root first
+//   match = cache.Match(keys)                  // the cached prefix, and the tier of each block
+//   lease = cache.AllocateDevice(keys.size())  // device slots for the whole sequence
+//   xfer  = cache.Load(match, lease)           // lease slots [0, xfer.blocks()) get cached blocks
+//   ... xfer.WaitLayer(l) before attention on layer l; compute blocks [xfer.blocks(), n) ...
+//   cache.Commit(keys, lease)                  // publish the computed blocks
+//   lease = {} / cache.Release(lease)          // done: blocks unpinned, now evictable
+//
+// Tiers: kDevice (the engine's KV memory, described by Options.layout), kHost (pinned DRAM pool).
+// A block may reside in both. Making room on the device evicts with the device policy and, unless
+// Options.demote_on_evict is false, copies a victim with no host copy to the host first; the host
+// tier's victims are dropped. Prefix rule: a block is never dropped from every tier while a block
+// chained from it is still cached, so a cached block's ancestors are always reachable.
+//
+// Thread safety: every Cache method may be called from any thread concurrently (a scheduler thread
+//   matching and allocating while workers load and commit). A DeviceLease or Transfer handle is used
+//   by one thread at a time, like any value.
+// Ownership: Create() returns the Cache; leases and transfers must be destroyed before it.
+// Errors: absl::Status, never exceptions or aborts on user error. Invalid arguments are rejected with
+//   the cache unchanged and usable. Codes: kInvalidArgument (bad option, layout, or key span),
+//   kFailedPrecondition (empty/released/foreign lease, Load into slots already loaded),
+//   kAlreadyExists (Commit of a key cached from another lease), kResourceExhausted (every device
+//   slot pinned or in flight), kUnimplemented (CUDA asked for, not available).
+#ifndef KVTIER_CACHE_H_
+#define KVTIER_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvtier/block_key.h"
+#include "kvtier/options.h"
+#include "kvtier/stats.h"
+#include "kvtier/transfer.h"
+
+namespace kvtier {
+
+enum class Tier : uint8_t { kDevice = 0, kHost = 1 };
+inline constexpr int kNumTiers = 2;
+const char* TierName(Tier tier);
+
+namespace internal {
+class CacheCore;
+}  // namespace internal
+
+// The cached prefix of a key sequence, as Match() saw it. A snapshot: Load() re-checks it.
+struct MatchResult {
+  std::vector<BlockKey> keys;  // the matched prefix of the queried keys
+  std::vector<Tier> tiers;     // highest tier holding each block (device before host)
+  uint32_t size() const { return static_cast<uint32_t>(keys.size()); }
+  uint32_t blocks_in(Tier tier) const;
+};
+
+// Device slots reserved for one sequence, in block order. Slot i is where block i of the sequence
+// lives in the engine's KV tensors (layout segment base + slot * stride).
+//
+// Ownership: move-only; destroying it (or Cache::Release) returns uncommitted slots and unpins the
+//   cached blocks it holds. An empty (default or moved-from) lease answers kFailedPrecondition.
+// Thread safety: one thread at a time per lease; the Cache is what is shared.
+class DeviceLease {
+ public:
+  DeviceLease() = default;
+  DeviceLease(DeviceLease&& other) noexcept;
+  DeviceLease& operator=(DeviceLease&& other) noexcept;
+  DeviceLease(const DeviceLease&) = delete;
+  DeviceLease& operator=(const DeviceLease&) = delete;
+  ~DeviceLease();
+
+  explicit operator bool() const { return core_ != nullptr; }
+  // The cache that issued it (nullptr when empty); for checks.
+  const internal::CacheCore* core_for_checks() const { return core_; }
+  uint32_t size() const { return static_cast<uint32_t>(slots_.size()); }
+  // Device slot of each block. Load() may replace slot i by the slot where block i already resides
+  // on the device (no copy): read this after Load() to build the engine's block table.
+  std::span<const uint32_t> slots() const { return slots_; }
+
+ private:
+  friend class Cache;
+  friend class internal::CacheCore;
+  DeviceLease(internal::CacheCore* core, uint64_t id, std::vector<uint32_t> slots)
+      : core_(core), id_(id), slots_(std::move(slots)) {}
+  void Reset();
+
+  internal::CacheCore* core_ = nullptr;
+  uint64_t id_ = 0;
+  std::vector<uint32_t> slots_;
+};
+
+class Cache {
+ public:
+  // Validates options (messages name the field) and builds the tiers. kUnimplemented when
+  // backend == kCuda and CUDA is not available.
+  static absl::StatusOr<std::unique_ptr<Cache>> Create(const Options& options);
+  ~Cache();
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+
+  // The longest prefix of `keys` (a chain from the root) that is cached, with the tier of each
+  // block; stops at the first block cached nowhere. Counts as an access for the policies. O(prefix).
+  absl::StatusOr<MatchResult> Match(std::span<const BlockKey> keys);
+
+  // Reserves n >= 1 device slots, evicting unpinned blocks with the device policy. Blocks while
+  // victims without a host copy are copied to the host (write-back), then returns.
+  // kInvalidArgument for n == 0 or n > the device tier's capacity; kResourceExhausted when too few
+  // slots are free or evictable (nothing is reserved then).
+  absl::StatusOr<DeviceLease> AllocateDevice(uint32_t n);
+
+  // Adds n >= 1 slots at the end of `lease` (a sequence that grew). Same errors as AllocateDevice.
+  absl::Status Grow(DeviceLease& lease, uint32_t n);
+
+  // Brings the blocks of `match` into lease slots [0, match.size()): a block already on the device is
+  // shared (lease slot i becomes its slot, pinned), a block on the host is copied into lease slot i
+  // asynchronously. Stops at the first block no longer cached (see Transfer::blocks()). Never waits
+  // for a copy. kFailedPrecondition if the lease is empty/released/foreign or already loaded at
+  // those positions; kInvalidArgument if match.size() > lease.size().
+  absl::StatusOr<Transfer> Load(const MatchResult& match, DeviceLease& lease);
+
+  // Publishes lease slots [0, keys.size()) under `keys` (a chain from the root: keys[i-1] is the
+  // parent of keys[i]). Slots that already hold their key (shared by Load, or committed before)
+  // are skipped. The bytes must be complete in device memory when called. All or nothing:
+  // kAlreadyExists if a key is already cached from elsewhere, kInvalidArgument if keys.size() >
+  // lease.size() or a key contradicts the cached chain (same key, other parent),
+  // kFailedPrecondition for a bad lease or a slot whose Load is still in flight.
+  absl::Status Commit(std::span<const BlockKey> keys, DeviceLease& lease);
+
+  // Returns the lease's uncommitted slots and unpins its blocks; `lease` becomes empty.
+  // kFailedPrecondition for an empty lease (e.g. released twice) or one of another cache.
+  absl::Status Release(DeviceLease& lease);
+
+  CacheStats Stats() const;
+  const Options& options() const;
+
+  // Verifies every internal invariant (capacity, pins, prefix rule, slot ownership); kInternal
+  // naming the first one broken. O(blocks). For tests and debugging.
+  absl::Status CheckInvariants() const;
+
+ private:
+  explicit Cache(std::unique_ptr<internal::CacheCore> core);
+  std::unique_ptr<internal::CacheCore> core_;
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_CACHE_H_

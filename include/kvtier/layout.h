@@ -1,0 +1,55 @@
+// BlockLayout: how one KV block is laid out in the engine's device memory.
+//
+// A block is `tokens_per_block` tokens of K and V for every layer. On the device the engine keeps,
+// per layer, one or more tensors (segments): K and V for MHA/GQA, a single latent tensor for MLA.
+// Each segment is an array of `num_slots` equally spaced per-block regions: slot s of a segment is
+// the `bytes_per_block` bytes at `base + s * stride_bytes`. kvtier never allocates the engine's KV
+// memory; it only copies into and out of these regions. In a host slot or on disk a block is the
+// concatenation of its segments, layer by layer, in the order given here.
+//
+// Thread safety: a value; Validate() is const.
+// Ownership: the pointers are borrowed; the memory must outlive every Cache built on the layout.
+// Errors: Validate() returns kInvalidArgument naming the first bad field.
+#ifndef KVTIER_LAYOUT_H_
+#define KVTIER_LAYOUT_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace kvtier {
+
+struct Segment {
+  void* base = nullptr;          // device address of slot 0 (host memory on the emulated device)
+  uint64_t bytes_per_block = 0;  // bytes of one block in this segment
+  uint64_t stride_bytes = 0;     // distance from slot s to slot s+1; >= bytes_per_block
+};
+
+struct LayerLayout {
+  std::vector<Segment> segments;  // 2 (K, V) for MHA/GQA, 1 for MLA
+};
+
+struct BlockLayout {
+  uint32_t tokens_per_block = 16;   // tokens in one block
+  uint32_t num_slots = 0;           // blocks the engine's KV tensors hold: the device tier's size
+  std::vector<LayerLayout> layers;  // one entry per transformer layer
+
+  // kInvalidArgument when tokens_per_block or num_slots is 0, there is no layer, a layer has no
+  // segment, a base is null, a size is 0, a stride is smaller than its size, or a byte count
+  // overflows. Message names the field: "BlockLayout.layers[3].segments[1].stride_bytes: ...".
+  absl::Status Validate() const;
+
+  // Bytes of one block over all layers and segments (its size in a host slot). O(segments).
+  uint64_t block_bytes() const;
+  // Bytes of one block's layer `layer` (all its segments). O(segments of the layer).
+  uint64_t layer_bytes(uint32_t layer) const;
+
+  // A hash of the shape (tokens per block, layers, segment sizes; not the pointers, strides or slot
+  // count), so that stored blocks are never served to a cache with a different model shape.
+  uint64_t Fingerprint() const;
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_LAYOUT_H_

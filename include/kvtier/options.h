@@ -1,0 +1,55 @@
+// Options: everything a Cache is configured with, validated as a whole by Cache::Create().
+//
+// Aggregates with a default for every field, set by designated initializers:
+//   auto cache = kvtier::Cache::Create({.layout = layout, .host = {.capacity_bytes = 8ull << 30}});
+// Thread safety: values. Errors: Validate() returns kInvalidArgument whose message names the field's
+// path ("Options.host.capacity_bytes: ...").
+#ifndef KVTIER_OPTIONS_H_
+#define KVTIER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "kvtier/layout.h"
+#include "kvtier/policy.h"
+
+namespace kvtier {
+
+enum class DeviceBackend {
+  kAuto,      // CUDA when built with it and a device is present, else emulated
+  kEmulated,  // device memory is host memory; copies on copy threads (tests, CI, laptops)
+  kCuda,      // CUDA or kUnimplemented
+};
+
+struct DeviceTierOptions {
+  uint32_t capacity_slots = 0;  // blocks kvtier may use on the device; 0 = all layout.num_slots
+  std::string policy = "lru";   // name in the policy registry
+  PolicyParams policy_params;   // key=value strings, validated by the policy
+};
+
+struct HostTierOptions {
+  uint64_t capacity_bytes = 0;  // hard cap on the pinned host pool; 0 disables the host tier;
+                                // otherwise at least one block (layout.block_bytes())
+  std::string policy = "lru";   // name in the policy registry
+  PolicyParams policy_params;   // key=value strings, validated by the policy
+};
+
+struct Options {
+  BlockLayout layout;  // the engine's device KV memory; required
+  DeviceBackend backend = DeviceBackend::kAuto;
+  DeviceTierOptions device;
+  HostTierOptions host;
+  // A device victim with no host copy is copied to the host tier before its slot is reused
+  // (write-back). False drops it instead: cheaper eviction, fewer hits.
+  bool demote_on_evict = true;
+  // Commit() also starts a device-to-host copy of each new block (when the host tier has room), so
+  // that evicting it from the device later costs nothing.
+  bool host_write_through = false;
+
+  absl::Status Validate() const;
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_OPTIONS_H_

@@ -1,0 +1,92 @@
+// EvictionPolicy: ranks the entries of one tier so the cache can pick what to evict.
+//
+// A policy only ranks; it never moves bytes, never sees keys or tiers, and owns no lock. Each tier of
+// each Cache has its own instance, and the cache calls it under the tier's lock, one call at a time.
+// Entries are the tier's slot ids, dense in [0, capacity_slots): keep per-slot state in vectors.
+//
+// Call protocol (the cache guarantees it; a policy may rely on it):
+//   OnInsert(s) once when slot s starts holding a block, OnRemove(s) once when it stops; between
+//   them any number of OnAccess(s) (the block was matched), and OnPin(s)/OnUnpin(s) when the slot
+//   gains its first pin or loses its last (pinned slots are never evictable: a policy may drop them
+//   from its queues until unpinned). OnRemove(s) may come while s is pinned. PickVictim is asked for the next entry to evict, with a predicate that says which
+//   entries may go *now* (pinned, Filling and prefix-protected entries may not); it must return a
+//   slot it was told of by OnInsert and for which the predicate is true, or nullopt when none is.
+//   The cache then calls OnRemove(victim) before inserting anything else.
+// Cost: state each policy's victim cost in its file; the built-ins are O(1) amortised.
+// Registration: KVTIER_REGISTER_POLICY("name", Class) in the policy's .cc (Class constructible from
+// const PolicyContext&), or RegisterPolicy() at run time. Options name policies per tier.
+#ifndef KVTIER_POLICY_H_
+#define KVTIER_POLICY_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace kvtier {
+
+using SlotId = uint32_t;
+
+// key=value strings from Options, parsed and validated by the policy's factory.
+using PolicyParams = std::map<std::string, std::string>;
+
+struct PolicyContext {
+  uint32_t capacity_slots = 0;  // slot ids are in [0, capacity_slots)
+  PolicyParams params;          // unknown keys: the factory returns kInvalidArgument
+};
+
+class EvictionPolicy {
+ public:
+  virtual ~EvictionPolicy() = default;
+  virtual void OnInsert(SlotId slot) = 0;
+  virtual void OnAccess(SlotId slot) = 0;
+  virtual void OnRemove(SlotId slot) = 0;
+  virtual void OnPin(SlotId /*slot*/) {}
+  virtual void OnUnpin(SlotId /*slot*/) {}
+  virtual std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) = 0;
+};
+
+using PolicyFactory =
+    std::function<absl::StatusOr<std::unique_ptr<EvictionPolicy>>(const PolicyContext&)>;
+
+// Adds `name` to the process-wide registry. kAlreadyExists if taken, kInvalidArgument if empty or
+// factory is null. Thread-safe.
+absl::Status RegisterPolicy(const std::string& name, PolicyFactory factory);
+
+// Names of all registered policies, sorted. Thread-safe.
+std::vector<std::string> ListPolicies();
+
+// A new instance of policy `name`: kNotFound (listing the registered names) for an unknown name,
+// or the factory's error for bad parameters.
+absl::StatusOr<std::unique_ptr<EvictionPolicy>> CreatePolicy(const std::string& name,
+                                                             const PolicyContext& context);
+
+// Rejects any key of `params` not in `known` with kInvalidArgument naming it and the known keys.
+// For factories.
+absl::Status CheckPolicyParams(const std::string& policy, const PolicyParams& params,
+                               const std::vector<std::string>& known);
+
+namespace internal {
+// Registers at static-initialisation time; returns a dummy for the macro below.
+bool RegisterPolicyAtStartup(const char* name, PolicyFactory factory);
+}  // namespace internal
+
+}  // namespace kvtier
+
+// Registers Class as `name`. Class is an EvictionPolicy with
+//   static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext&);
+// which validates the parameters. Use once, at namespace scope (where Class is visible), in the .cc
+// file defining Class. The macro defines `bool kvtier_policy_anchor_<Class>` in that namespace:
+// referencing it from another file keeps the registration when Class sits in a static library.
+#define KVTIER_REGISTER_POLICY(name, Class)                                             \
+  bool kvtier_policy_anchor_##Class = ::kvtier::internal::RegisterPolicyAtStartup(      \
+      name, [](const ::kvtier::PolicyContext& ctx) { return Class::Create(ctx); })
+
+#endif  // KVTIER_POLICY_H_

@@ -1,0 +1,50 @@
+// CacheStats: a snapshot of a Cache's counters and gauges.
+//
+// Counters are monotonic from Create() and never reset by reading; gauges are the value at the time
+// of the snapshot. Names carry their unit (blocks, bytes) and cause.
+// Thread safety: a value; Cache::Stats() may be called from any thread at any time.
+#ifndef KVTIER_STATS_H_
+#define KVTIER_STATS_H_
+
+#include <cstdint>
+
+namespace kvtier {
+
+struct TierStats {
+  uint64_t capacity_blocks = 0;  // gauge: slots in the tier
+  uint64_t used_blocks = 0;      // gauge: slots holding a block (Filling or Ready) or leased
+  uint64_t pinned_blocks = 0;    // gauge: resident blocks with a pin (lease or copy in flight)
+  uint64_t hits = 0;             // blocks Match() found here first (highest tier wins)
+  uint64_t inserts = 0;          // blocks that started residing here
+  uint64_t evictions = 0;        // blocks removed to make room (demoted or dropped)
+  uint64_t drops = 0;            // evictions that left the block in no tier at all
+};
+
+struct CacheStats {
+  TierStats device;
+  TierStats host;
+
+  uint64_t match_calls = 0;
+  uint64_t blocks_queried = 0;      // keys passed to Match()
+  uint64_t blocks_missed = 0;       // keys at or after the first miss of each Match()
+  uint64_t blocks_loaded = 0;       // blocks a Load() handed to a lease (device hits + promotions)
+  uint64_t blocks_committed = 0;    // new blocks published by Commit()
+  uint64_t demotions = 0;           // device-to-host copies started (write-back or write-through)
+  uint64_t promotions = 0;          // host-to-device copies started by Load()
+  uint64_t bytes_h2d = 0;           // bytes of promotions
+  uint64_t bytes_d2h = 0;           // bytes of demotions
+  uint64_t transfer_failures = 0;   // copies that failed; their blocks became misses
+  uint64_t leases_live = 0;         // gauge: DeviceLeases not yet released
+  uint64_t transfers_in_flight = 0; // gauge
+
+  // Fraction of queried blocks that Match() found in some tier; 0 when nothing was queried.
+  double HitRatio() const {
+    return blocks_queried == 0
+               ? 0.0
+               : static_cast<double>(blocks_queried - blocks_missed) / blocks_queried;
+  }
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_STATS_H_

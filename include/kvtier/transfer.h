@@ -1,0 +1,66 @@
+// Transfer: one asynchronous move of blocks into a DeviceLease, started by Cache::Load().
+//
+// Thread safety: any method from any thread; the handle itself is moved, not shared.
+// Ownership: move-only; an empty (default or moved-from) Transfer answers kFailedPrecondition. The
+//   copies keep their sources pinned until they finish, whether or not the handle still exists.
+// Lifetime: destroy before its Cache; destroying an unfinished Transfer waits for it, so no copy
+//   engine writes into memory the engine has since reused.
+// Errors: a failed copy ends the Transfer with !status().ok(); its blocks are then misses (they are
+//   not published in the cache and their lease slots are writable again), never data.
+#ifndef KVTIER_TRANSFER_H_
+#define KVTIER_TRANSFER_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace kvtier {
+
+namespace internal {
+struct TransferState;
+}  // namespace internal
+
+class Transfer {
+ public:
+  Transfer() = default;
+  Transfer(Transfer&&) noexcept = default;
+  Transfer& operator=(Transfer&& other) noexcept;
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+  ~Transfer();
+
+  explicit operator bool() const { return state_ != nullptr; }
+
+  // Blocks this Transfer brings into the lease: lease slots [0, blocks()) hold the matched keys once
+  // it completes. Known when Load() returns; may be fewer than the match if blocks were evicted in
+  // between. 0 for an empty handle.
+  uint32_t blocks() const;
+  // Blocks among them that were copied from the host (the rest were already on the device).
+  uint32_t blocks_promoted() const;
+
+  // Blocks until every copy finished and the cache recorded it; returns the outcome.
+  absl::Status Wait();
+  // True once finished; never blocks. False for an empty handle.
+  bool Poll() const;
+  // The outcome: kUnavailable while running; kFailedPrecondition for an empty handle.
+  absl::Status status() const;
+
+  // Blocks until layer `layer` of every block is on the device (earlier layers too: layers arrive
+  // in order). kOutOfRange for a bad layer; the Transfer's error if it failed.
+  absl::Status WaitLayer(uint32_t layer);
+  // The device event recorded after layer `layer` was copied: a cudaEvent_t on the CUDA backend,
+  // for cudaStreamWaitEvent on the engine's compute stream; nullptr on the emulated device (use
+  // WaitLayer). kOutOfRange for a bad layer.
+  absl::StatusOr<void*> LayerReadyEvent(uint32_t layer) const;
+
+ private:
+  friend class Cache;
+  explicit Transfer(std::shared_ptr<internal::TransferState> state) : state_(std::move(state)) {}
+  std::shared_ptr<internal::TransferState> state_;
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_TRANSFER_H_

@@ -1,0 +1,94 @@
+#include "kvtier/block_key.h"
+
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#include <xxhash.h>
+
+#include <array>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier {
+namespace {
+
+BlockKey FromXxh(XXH128_hash_t h) { return BlockKey{.hi = h.high64, .lo = h.low64}; }
+
+void PutBig64(uint64_t v, unsigned char* out) {
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<unsigned char>(v & 0xff);
+    v >>= 8;
+  }
+}
+
+constexpr char kSaltDomain[] = "kvtier-salt-v1";
+constexpr char kKeyDomain[] = "kvtier-key-v1";
+
+}  // namespace
+
+std::string BlockKey::ToHex() const {
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(hi),
+                static_cast<unsigned long long>(lo));
+  return buf;
+}
+
+BlockHasher::BlockHasher(const NamespaceSalt& salt) {
+  // '\0' separators make ("ab","c") and ("a","bc") different salts.
+  std::string bytes(kSaltDomain, sizeof(kSaltDomain));
+  absl::StrAppend(&bytes, salt.model_id);
+  bytes.push_back('\0');
+  absl::StrAppend(&bytes, salt.lora_id);
+  bytes.push_back('\0');
+  absl::StrAppend(&bytes, salt.tenant);
+  salt_key_ = FromXxh(XXH3_128bits(bytes.data(), bytes.size()));
+}
+
+BlockKey BlockHasher::Chain(const BlockKey& parent, std::span<const int32_t> tokens) const {
+  XXH3_state_t state;
+  XXH3_128bits_reset(&state);
+  XXH3_128bits_update(&state, kKeyDomain, sizeof(kKeyDomain) - 1);
+  std::array<unsigned char, 32> head;
+  PutBig64(salt_key_.hi, head.data());
+  PutBig64(salt_key_.lo, head.data() + 8);
+  PutBig64(parent.hi, head.data() + 16);
+  PutBig64(parent.lo, head.data() + 24);
+  XXH3_128bits_update(&state, head.data(), head.size());
+  // Token ids as little-endian 32-bit words, in chunks, independent of the host's byte order.
+  std::array<unsigned char, 256> buf;
+  size_t n = 0;
+  for (int32_t t : tokens) {
+    const auto u = static_cast<uint32_t>(t);
+    buf[n++] = static_cast<unsigned char>(u);
+    buf[n++] = static_cast<unsigned char>(u >> 8);
+    buf[n++] = static_cast<unsigned char>(u >> 16);
+    buf[n++] = static_cast<unsigned char>(u >> 24);
+    if (n == buf.size()) {
+      XXH3_128bits_update(&state, buf.data(), n);
+      n = 0;
+    }
+  }
+  if (n > 0) XXH3_128bits_update(&state, buf.data(), n);
+  return FromXxh(XXH3_128bits_digest(&state));
+}
+
+absl::StatusOr<std::vector<BlockKey>> BlockHasher::ChainTokens(std::span<const int32_t> tokens,
+                                                              uint32_t tokens_per_block) const {
+  if (tokens_per_block == 0) {
+    return absl::InvalidArgumentError("ChainTokens: tokens_per_block is 0");
+  }
+  if (tokens.size() % tokens_per_block != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChainTokens: ", tokens.size(), " tokens is not a multiple of ",
+                     "tokens_per_block=", tokens_per_block));
+  }
+  std::vector<BlockKey> keys;
+  keys.reserve(tokens.size() / tokens_per_block);
+  BlockKey parent = kRootKey;
+  for (size_t i = 0; i < tokens.size(); i += tokens_per_block) {
+    parent = Chain(parent, tokens.subspan(i, tokens_per_block));
+    keys.push_back(parent);
+  }
+  return keys;
+}
+
+}  // namespace kvtier

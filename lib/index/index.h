@@ -1,0 +1,170 @@
+// Index: keys -> residencies per tier, slot ownership, leases and pins. Every state transition of
+// the cache happens here, under mu(), and CheckInvariants() verifies all of them.
+//
+// The Index does no I/O and knows no Device: a transition that needs bytes moved returns a
+// Promotion or Demotion for the caller to enqueue, and the caller reports the copy's outcome back
+// through FinishPromotion/FinishDemotion.
+//
+// Lock order (the whole library): Index::mu() -> a Device's queue locks -> TransferState::mu.
+// Policies own no lock: they run under mu().
+//
+// Residency life cycle, per (key, tier):
+//   absent -> Filling (bytes in flight into the slot; io-pinned) -> Ready -> absent
+//   A residency with pins (lease or I/O) or in Filling is never a victim. Prefix rule: a block's
+//   last residency is not removed while an entry chained from it exists. An entry that lost its
+//   last residency through a failed copy stays as an uncached "lost" parent until its children go.
+#ifndef KVTIER_LIB_INDEX_INDEX_H_
+#define KVTIER_LIB_INDEX_INDEX_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "kvtier/block_key.h"
+#include "kvtier/cache.h"
+#include "kvtier/policy.h"
+#include "kvtier/stats.h"
+#include "lib/common/mutex.h"
+
+namespace kvtier::internal {
+
+enum class ResState : uint8_t { kAbsent, kFilling, kReady };
+
+struct Residency {
+  ResState state = ResState::kAbsent;
+  SlotId slot = 0;
+  uint32_t lease_pins = 0;  // leases holding this block at this slot (device tier only)
+  uint32_t io_pins = 0;     // copies reading or writing the slot
+  bool present() const { return state != ResState::kAbsent; }
+  uint32_t pins() const { return lease_pins + io_pins; }
+};
+
+struct Entry {
+  BlockKey parent;        // kRootKey for a first block
+  uint32_t children = 0;  // entries whose parent is this key
+  std::array<Residency, kNumTiers> res;
+  bool cached() const { return res[0].present() || res[1].present(); }
+};
+
+// A host-to-device copy the caller must enqueue: the host slot into lease position `position`.
+struct Promotion {
+  BlockKey key;
+  SlotId host_slot = 0;
+  SlotId device_slot = 0;
+  uint64_t lease_id = 0;
+  uint32_t position = 0;
+};
+
+// A device-to-host copy the caller must enqueue. `device_pinned`: the device residency stays and is
+// io-pinned until FinishDemotion (write-through); otherwise the device slot was already handed on
+// and the caller must finish the copy before anything writes the slot (write-back).
+struct Demotion {
+  BlockKey key;
+  SlotId device_slot = 0;
+  SlotId host_slot = 0;
+  bool device_pinned = false;
+};
+
+struct LoadPlan {
+  uint32_t blocks = 0;             // lease positions [0, blocks) now hold the matched keys
+  std::vector<Promotion> promotions;
+  std::vector<uint32_t> lease_slots;  // the lease's device slots after the plan
+};
+
+struct IndexConfig {
+  std::array<uint32_t, kNumTiers> capacity_slots{};  // 0 disables a tier (the host only)
+  std::array<std::unique_ptr<EvictionPolicy>, kNumTiers> policies;
+  bool demote_on_evict = true;
+  bool host_write_through = false;
+};
+
+class Index {
+ public:
+  explicit Index(IndexConfig config);
+  Index(const Index&) = delete;
+  Index& operator=(const Index&) = delete;
+
+  Mutex& mu() const ABSL_LOCK_RETURNED(mu_) { return mu_; }
+
+  MatchResult MatchLocked(std::span<const BlockKey> keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // A new lease of n device slots (evicting as needed); demotions to enqueue are appended.
+  absl::StatusOr<uint64_t> NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
+                                          std::vector<Demotion>* demotions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<SlotId>* slots,
+                               std::vector<Demotion>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
+                            std::vector<Demotion>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReleaseLeaseLocked(uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void FinishPromotionLocked(const Promotion& p, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishDemotionLocked(const Demotion& d, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Status CheckInvariantsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FillStatsLocked(CacheStats* stats) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t capacity(Tier tier) const { return tiers_[static_cast<int>(tier)].capacity; }
+  size_t live_leases_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return leases_.size(); }
+
+ private:
+  enum class SlotUse : uint8_t { kFree, kLeased, kResident };
+  struct TierTable {
+    uint32_t capacity = 0;
+    std::vector<SlotUse> use;
+    std::vector<BlockKey> key;  // valid while use == kResident
+    std::vector<SlotId> free;   // stack of kFree slots
+    std::unique_ptr<EvictionPolicy> policy;
+    TierStats stats;
+  };
+  struct LeaseSlot {
+    SlotId slot = 0;
+    bool holds = false;  // slot is `key`'s device residency, pinned by this lease
+    BlockKey key;
+  };
+  struct Lease {
+    std::vector<LeaseSlot> slots;
+  };
+
+  TierTable& table(Tier t) { return tiers_[static_cast<int>(t)]; }
+  const TierTable& table(Tier t) const { return tiers_[static_cast<int>(t)]; }
+
+  // Slot acquisition with eviction; nullopt when nothing can be freed.
+  std::optional<SlotId> TakeDeviceSlotLocked(std::vector<Demotion>* demotions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<SlotId> TakeHostSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
+                                   std::vector<Demotion>* demotions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Residency transitions. Add* marks the slot resident and tells the policy; Remove* returns the
+  // slot (still marked resident: the caller frees or re-leases it) and erases an entry left with
+  // no residency and no children.
+  void AddResidencyLocked(const BlockKey& key, Tier tier, SlotId slot, ResState state,
+                          uint32_t lease_pins, uint32_t io_pins) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  SlotId RemoveResidencyLocked(const BlockKey& key, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PinLocked(Entry& e, Tier tier, bool lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnpinLocked(Entry& e, Tier tier, bool lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseIfUnusedLocked(BlockKey key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeSlotLocked(Tier tier, SlotId slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Lease* FindLeaseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  mutable Mutex mu_;
+  std::array<TierTable, kNumTiers> tiers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
+  const bool demote_on_evict_;
+  const bool host_write_through_;
+  CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)
+};
+
+}  // namespace kvtier::internal
+
+#endif  // KVTIER_LIB_INDEX_INDEX_H_

@@ -1,0 +1,31 @@
+#include "kvtier/options.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier {
+
+absl::Status Options::Validate() const {
+  if (absl::Status s = layout.Validate(); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("Options.layout: ", s.message()));
+  }
+  if (device.capacity_slots > layout.num_slots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Options.device.capacity_slots: ", device.capacity_slots,
+        " is more than the layout's num_slots=", layout.num_slots));
+  }
+  const uint64_t block = layout.block_bytes();
+  if (host.capacity_bytes != 0 && host.capacity_bytes < block) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Options.host.capacity_bytes: ", host.capacity_bytes,
+        " is less than one block (", block, " bytes); 0 disables the host tier"));
+  }
+  if (host.capacity_bytes / block > UINT32_MAX - 1) {
+    return absl::InvalidArgumentError(absl::StrCat("Options.host.capacity_bytes: ",
+                                                   host.capacity_bytes, " is more than 2^32-1 blocks"));
+  }
+  if (device.policy.empty()) return absl::InvalidArgumentError("Options.device.policy: empty");
+  if (host.policy.empty()) return absl::InvalidArgumentError("Options.host.policy: empty");
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,87 @@
+// The process-wide policy registry.
+#include <algorithm>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kvtier/policy.h"
+#include "lib/common/mutex.h"
+
+// Built-ins register themselves with KVTIER_REGISTER_POLICY; naming their anchors here keeps their
+// object files in a static libkvtier.a.
+namespace kvtier {
+extern bool kvtier_policy_anchor_LruPolicy;
+
+namespace {
+
+struct Registry {
+  internal::Mutex mu;
+  std::map<std::string, PolicyFactory> factories ABSL_GUARDED_BY(mu);
+};
+
+Registry& GetRegistry() {
+  static Registry* registry = new Registry;  // never destroyed: used from static initialisers
+  [[maybe_unused]] static const bool anchored = kvtier_policy_anchor_LruPolicy;
+  return *registry;
+}
+
+}  // namespace
+
+absl::Status RegisterPolicy(const std::string& name, PolicyFactory factory) {
+  if (name.empty()) return absl::InvalidArgumentError("RegisterPolicy: empty name");
+  if (!factory) {
+    return absl::InvalidArgumentError(absl::StrCat("RegisterPolicy: null factory for ", name));
+  }
+  Registry& r = GetRegistry();
+  internal::MutexLock lock(&r.mu);
+  if (!r.factories.emplace(name, std::move(factory)).second) {
+    return absl::AlreadyExistsError(absl::StrCat("RegisterPolicy: ", name, " is taken"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> ListPolicies() {
+  Registry& r = GetRegistry();
+  internal::MutexLock lock(&r.mu);
+  std::vector<std::string> names;
+  for (const auto& [name, factory] : r.factories) names.push_back(name);
+  return names;
+}
+
+absl::StatusOr<std::unique_ptr<EvictionPolicy>> CreatePolicy(const std::string& name,
+                                                             const PolicyContext& context) {
+  PolicyFactory factory;
+  {
+    Registry& r = GetRegistry();
+    internal::MutexLock lock(&r.mu);
+    auto it = r.factories.find(name);
+    if (it != r.factories.end()) factory = it->second;
+  }
+  if (!factory) {
+    return absl::NotFoundError(absl::StrCat("CreatePolicy: no policy named '", name,
+                                            "' (registered: ", absl::StrJoin(ListPolicies(), ", "),
+                                            ")"));
+  }
+  return factory(context);
+}
+
+absl::Status CheckPolicyParams(const std::string& policy, const PolicyParams& params,
+                               const std::vector<std::string>& known) {
+  for (const auto& [key, value] : params) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(policy, ": unknown parameter '", key, "' (known: ",
+                       known.empty() ? "none" : absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace internal {
+bool RegisterPolicyAtStartup(const char* name, PolicyFactory factory) {
+  return RegisterPolicy(name, std::move(factory)).ok();
+}
+}  // namespace internal
+
+}  // namespace kvtier

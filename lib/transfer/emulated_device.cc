@@ -1,0 +1,148 @@
+#include "lib/transfer/emulated_device.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::internal {
+namespace {
+
+class EmulatedEvent final : public DeviceEvent {
+ public:
+  bool Query() const override {
+    MutexLock lock(&mu_);
+    return done_;
+  }
+  absl::Status Wait() const override {
+    MutexLock lock(&mu_);
+    while (!done_) cv_.Wait(&mu_);
+    return absl::OkStatus();
+  }
+  void* native() const override { return nullptr; }
+  void Complete() {
+    MutexLock lock(&mu_);
+    done_ = true;
+    cv_.SignalAll();
+  }
+
+ private:
+  mutable Mutex mu_;
+  mutable CondVar cv_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+struct EmulatedDevice::Op {
+  enum class Kind { kCopy, kRecord, kWait, kCallback } kind;
+  std::vector<CopyRegion> regions;                // kCopy
+  std::shared_ptr<DeviceEvent> event;             // kRecord (an EmulatedEvent), kWait
+  std::function<void(absl::Status)> callback;     // kCallback
+};
+
+EmulatedDevice::EmulatedDevice() {
+  for (Queue& q : queues_) q.thread = std::thread([this, &q] { Run(&q); });
+}
+
+EmulatedDevice::~EmulatedDevice() {
+  for (Queue& q : queues_) {
+    MutexLock lock(&q.mu);
+    q.stop = true;
+    q.cv.SignalAll();
+  }
+  for (Queue& q : queues_) q.thread.join();
+}
+
+absl::StatusOr<void*> EmulatedDevice::AllocateHost(uint64_t bytes) {
+  // mmap: page-aligned, zero-filled, and returned to the OS on free (pinning is the CUDA backend's).
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("AllocateHost: mmap of ", bytes, " bytes failed: ", std::strerror(errno)));
+  }
+  return p;
+}
+
+void EmulatedDevice::FreeHost(void* ptr, uint64_t bytes) {
+  if (ptr != nullptr) munmap(ptr, bytes);
+}
+
+void EmulatedDevice::Enqueue(Stream stream, Op op) {
+  Queue& q = queues_[static_cast<int>(stream)];
+  MutexLock lock(&q.mu);
+  q.ops.push_back(std::move(op));
+  q.cv.SignalAll();
+}
+
+absl::Status EmulatedDevice::Copy(Stream stream, std::span<const CopyRegion> regions) {
+  Enqueue(stream, Op{.kind = Op::Kind::kCopy, .regions = {regions.begin(), regions.end()}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<DeviceEvent>> EmulatedDevice::RecordEvent(Stream stream) {
+  auto event = std::make_shared<EmulatedEvent>();
+  Enqueue(stream, Op{.kind = Op::Kind::kRecord, .event = event});
+  return event;
+}
+
+absl::Status EmulatedDevice::WaitEvent(Stream stream, std::shared_ptr<DeviceEvent> event) {
+  if (event == nullptr) return absl::InvalidArgumentError("WaitEvent: null event");
+  Enqueue(stream, Op{.kind = Op::Kind::kWait, .event = std::move(event)});
+  return absl::OkStatus();
+}
+
+absl::Status EmulatedDevice::AddCallback(Stream stream, std::function<void(absl::Status)> fn) {
+  Enqueue(stream, Op{.kind = Op::Kind::kCallback, .callback = std::move(fn)});
+  return absl::OkStatus();
+}
+
+absl::Status EmulatedDevice::Synchronize() {
+  for (int s = 0; s < kNumStreams; ++s) {
+    auto event = RecordEvent(static_cast<Stream>(s));
+    if (!event.ok()) return event.status();
+    (*event)->Wait().IgnoreError();
+  }
+  return absl::OkStatus();
+}
+
+void EmulatedDevice::Run(Queue* q) {
+  absl::Status pending;  // first copy error since the last callback on this stream
+  for (;;) {
+    Op op;
+    {
+      MutexLock lock(&q->mu);
+      while (q->ops.empty() && !q->stop) q->cv.Wait(&q->mu);
+      if (q->ops.empty()) return;  // stop requested and drained
+      op = std::move(q->ops.front());
+      q->ops.pop_front();
+    }
+    switch (op.kind) {
+      case Op::Kind::kCopy: {
+        uint32_t n = fail_next_copies_.load();
+        bool fail = false;
+        while (n > 0 && !(fail = fail_next_copies_.compare_exchange_weak(n, n - 1))) {
+        }
+        if (fail) {
+          if (pending.ok()) pending = absl::InternalError("emulated copy failed (injected fault)");
+          break;
+        }
+        for (const CopyRegion& r : op.regions) std::memcpy(r.dst, r.src, r.bytes);
+        break;
+      }
+      case Op::Kind::kRecord:
+        static_cast<EmulatedEvent*>(op.event.get())->Complete();
+        break;
+      case Op::Kind::kWait:
+        op.event->Wait().IgnoreError();
+        break;
+      case Op::Kind::kCallback:
+        op.callback(std::exchange(pending, absl::OkStatus()));
+        break;
+    }
+  }
+}
+
+}  // namespace kvtier::internal

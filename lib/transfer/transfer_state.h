@@ -1,0 +1,73 @@
+// TransferState: what a Transfer handle and the copy callbacks share.
+//
+// Layers complete in order: the callback after layer l's copies calls LayerDone(l, status); the
+// last one is followed by Finish() once the index has recorded the outcome.
+// Thread safety: all methods from any thread. Lock order: after Index::mu() (callbacks take the
+// index lock first, then this one, never the reverse).
+#ifndef KVTIER_LIB_TRANSFER_TRANSFER_STATE_H_
+#define KVTIER_LIB_TRANSFER_TRANSFER_STATE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "lib/common/mutex.h"
+#include "lib/transfer/device.h"
+
+namespace kvtier::internal {
+
+struct TransferState {
+  TransferState(uint32_t num_blocks, uint32_t num_promoted, uint32_t num_layers)
+      : blocks(num_blocks), promoted(num_promoted), layers(num_layers) {}
+
+  const uint32_t blocks;
+  const uint32_t promoted;
+  const uint32_t layers;
+  std::vector<std::shared_ptr<DeviceEvent>> layer_events;  // set before the handle is returned
+
+  void LayerDone(const absl::Status& status) {
+    MutexLock lock(&mu);
+    if (error.ok() && !status.ok()) error = status;
+    layers_done++;
+    cv.SignalAll();
+  }
+  absl::Status first_error() {
+    MutexLock lock(&mu);
+    return error;
+  }
+  void Finish() {
+    MutexLock lock(&mu);
+    done = true;
+    cv.SignalAll();
+  }
+  absl::Status WaitLayer(uint32_t layer) {
+    MutexLock lock(&mu);
+    while (layers_done <= layer && error.ok()) cv.Wait(&mu);
+    return error;
+  }
+  absl::Status Wait() {
+    MutexLock lock(&mu);
+    while (!done) cv.Wait(&mu);
+    return error;
+  }
+  bool Poll() {
+    MutexLock lock(&mu);
+    return done;
+  }
+  absl::Status status() {
+    MutexLock lock(&mu);
+    if (!done) return absl::UnavailableError("Transfer: still running");
+    return error;
+  }
+
+  Mutex mu;
+  CondVar cv;
+  uint32_t layers_done ABSL_GUARDED_BY(mu) = 0;
+  bool done ABSL_GUARDED_BY(mu) = false;
+  absl::Status error ABSL_GUARDED_BY(mu);
+};
+
+}  // namespace kvtier::internal
+
+#endif  // KVTIER_LIB_TRANSFER_TRANSFER_STATE_H_

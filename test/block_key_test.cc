@@ -1,0 +1,1 @@
+// Tests for block_key: see the component header.

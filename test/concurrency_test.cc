@@ -1,0 +1,1 @@
+// Tests for concurrency: see the component header.

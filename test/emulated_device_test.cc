@@ -1,0 +1,1 @@
+// Tests for emulated_device: see the component header.

@@ -1,0 +1,1 @@
+// Tests for host_pool: see the component header.

@@ -1,0 +1,1 @@
+// Tests for index: see the component header.

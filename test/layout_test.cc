@@ -1,0 +1,1 @@
+// Tests for layout: see the component header.

@@ -1,0 +1,1 @@
+// Tests for model: see the component header.

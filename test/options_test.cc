@@ -1,0 +1,1 @@
+// Tests for options: see the component header.

@@ -1,0 +1,1 @@
+// Tests for policy: see the component header.
