@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "lib/cache_factory.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
 #include "lib/tiers/host_pool.h"
@@ -269,17 +270,24 @@ Cache::~Cache() = default;
 
 absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
-  std::unique_ptr<internal::Device> device;
   switch (options.backend) {
     case DeviceBackend::kCuda:
       return absl::UnimplementedError(
           "Cache::Create: backend kCuda: this build has no CUDA device backend");
     case DeviceBackend::kAuto:
     case DeviceBackend::kEmulated:
-      device = std::make_unique<internal::EmulatedDevice>();
       break;
   }
-  internal::IndexConfig config;
+  return internal::CreateCache(options, std::make_unique<internal::EmulatedDevice>());
+}
+
+namespace internal {
+
+absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
+                                                   std::unique_ptr<Device> device) {
+  KVTIER_RETURN_IF_ERROR(options.Validate());
+  if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
+  IndexConfig config;
   const uint32_t device_slots =
       options.device.capacity_slots == 0 ? options.layout.num_slots : options.device.capacity_slots;
   const uint64_t block = options.layout.block_bytes();
@@ -287,22 +295,29 @@ absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
   config.capacity_slots = {device_slots, host_slots};
   config.demote_on_evict = options.demote_on_evict;
   config.host_write_through = options.host_write_through;
-  const std::pair<const char*, std::pair<const std::string*, const PolicyParams*>> policies[] = {
-      {"Options.device.policy", {&options.device.policy, &options.device.policy_params}},
-      {"Options.host.policy", {&options.host.policy, &options.host.policy_params}}};
+  struct TierPolicy {
+    const char* path;
+    const std::string* name;
+    const PolicyParams* params;
+  };
+  const TierPolicy policies[kNumTiers] = {
+      {"Options.device.policy", &options.device.policy, &options.device.policy_params},
+      {"Options.host.policy", &options.host.policy, &options.host.policy_params}};
   for (int t = 0; t < kNumTiers; ++t) {
-    const auto& [path, policy] = policies[t];
-    auto p = CreatePolicy(*policy.first, {.capacity_slots = config.capacity_slots[t],
-                                          .params = *policy.second});
+    auto p = CreatePolicy(*policies[t].name,
+                          {.capacity_slots = config.capacity_slots[t], .params = *policies[t].params});
     if (!p.ok()) {
-      return absl::Status(p.status().code(), absl::StrCat(path, ": ", p.status().message()));
+      return absl::Status(p.status().code(),
+                          absl::StrCat(policies[t].path, ": ", p.status().message()));
     }
     config.policies[t] = std::move(*p);
   }
-  KVTIER_ASSIGN_OR_RETURN(auto host, internal::HostPool::Create(device.get(), host_slots, block));
-  return std::unique_ptr<Cache>(new Cache(std::make_unique<CacheCore>(
-      options, std::move(device), std::move(host), std::move(config))));
+  KVTIER_ASSIGN_OR_RETURN(auto host, HostPool::Create(device.get(), host_slots, block));
+  return std::unique_ptr<Cache>(new Cache(
+      std::make_unique<CacheCore>(options, std::move(device), std::move(host), std::move(config))));
 }
+
+}  // namespace internal
 
 absl::StatusOr<MatchResult> Cache::Match(std::span<const BlockKey> keys) {
   for (size_t i = 0; i < keys.size(); ++i) {

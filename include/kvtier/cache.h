@@ -47,6 +47,12 @@ const char* TierName(Tier tier);
 
 namespace internal {
 class CacheCore;
+class Device;
+}  // namespace internal
+class Cache;
+namespace internal {
+absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
+                                                   std::unique_ptr<Device> device);
 }  // namespace internal
 
 // The cached prefix of a key sequence, as Match() saw it. A snapshot: Load() re-checks it.
@@ -141,6 +147,8 @@ class Cache {
   absl::Status CheckInvariants() const;
 
  private:
+  friend absl::StatusOr<std::unique_ptr<Cache>> internal::CreateCache(
+      const Options& options, std::unique_ptr<internal::Device> device);
   explicit Cache(std::unique_ptr<internal::CacheCore> core);
   std::unique_ptr<internal::CacheCore> core_;
 };
