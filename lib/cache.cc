@@ -118,6 +118,10 @@ class CacheCore {
     const auto layers = static_cast<uint32_t>(layers_.size());
     auto state = std::make_shared<TransferState>(
         plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
+    if (plan.promotions.empty()) {  // every block was already on the device: nothing to wait for
+      state->FinishNow();
+      return state;
+    }
     auto promotions = std::make_shared<std::vector<Promotion>>(std::move(plan.promotions));
     absl::Status s;
     std::vector<CopyRegion> regions;
@@ -148,12 +152,9 @@ class CacheCore {
       });
     }
     if (!s.ok()) {
-      // Enqueueing failed (the device is unusable): what was enqueued may still run and call back,
-      // so only the layers never enqueued are reported here; the index learns on the last callback
-      // if it was enqueued, else now.
-      if (state->layer_events.size() < layers) {
-        for (const Promotion& p : *promotions) index_.FinishPromotionLocked(p, false);
-      }
+      // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports
+      // to the index, is the last thing enqueued, so it is not queued: report the failure now.
+      for (const Promotion& p : *promotions) index_.FinishPromotionLocked(p, false);
       return s;
     }
     bytes_h2d_ += promotions->size() * options_.layout.block_bytes();
@@ -256,10 +257,11 @@ absl::StatusOr<void*> Transfer::LayerReadyEvent(uint32_t layer) const {
   if (state_ == nullptr) {
     return absl::FailedPreconditionError("Transfer::LayerReadyEvent: empty handle");
   }
-  if (layer >= state_->layer_events.size()) {
+  if (layer >= state_->layers) {
     return absl::OutOfRangeError(absl::StrCat("Transfer::LayerReadyEvent: layer ", layer,
                                               " vs num_layers=", state_->layers));
   }
+  if (state_->layer_events.empty()) return nullptr;  // nothing was copied
   return state_->layer_events[layer]->native();
 }
 

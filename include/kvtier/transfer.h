@@ -51,8 +51,9 @@ class Transfer {
   // in order). kOutOfRange for a bad layer; the Transfer's error if it failed.
   absl::Status WaitLayer(uint32_t layer);
   // The device event recorded after layer `layer` was copied: a cudaEvent_t on the CUDA backend,
-  // for cudaStreamWaitEvent on the engine's compute stream; nullptr on the emulated device (use
-  // WaitLayer). kOutOfRange for a bad layer.
+  // for cudaStreamWaitEvent on the engine's compute stream. nullptr when there is nothing to wait
+  // for (every block was already on the device) and always on the emulated device (use WaitLayer).
+  // kOutOfRange for a bad layer.
   absl::StatusOr<void*> LayerReadyEvent(uint32_t layer) const;
 
  private:

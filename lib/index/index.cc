@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 namespace kvtier::internal {
@@ -13,6 +14,20 @@ constexpr Tier kDev = Tier::kDevice;
 constexpr Tier kHostTier = Tier::kHost;
 int T(Tier t) { return static_cast<int>(t); }
 
+// True if keys repeat. Chains are short: pairwise below 32 keys, a hash set above.
+bool HasDuplicate(std::span<const BlockKey> keys) {
+  if (keys.size() < 32) {
+    for (size_t i = 1; i < keys.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (keys[i] == keys[j]) return true;
+      }
+    }
+    return false;
+  }
+  absl::flat_hash_set<BlockKey> seen(keys.begin(), keys.end());
+  return seen.size() != keys.size();
+}
+
 }  // namespace
 
 Index::Index(IndexConfig config)
@@ -21,14 +36,16 @@ Index::Index(IndexConfig config)
   for (int t = 0; t < kNumTiers; ++t) {
     TierTable& tt = tiers_[t];
     tt.capacity = config.capacity_slots[t];
-    tt.use.assign(tt.capacity, SlotUse::kFree);
-    tt.key.assign(tt.capacity, kRootKey);
+    tt.slot.assign(tt.capacity, TierTable::Slot{});
     tt.free.reserve(tt.capacity);
     // Low slot ids on top of the stack: handy when reading traces and tests.
     for (uint32_t s = tt.capacity; s > 0; --s) tt.free.push_back(s - 1);
     tt.policy = std::move(config.policies[t]);
     tt.stats.capacity_blocks = tt.capacity;
   }
+  const size_t expected = size_t{tiers_[0].capacity} + tiers_[1].capacity;
+  ids_.reserve(expected);
+  slab_.reserve(expected);
 }
 
 Index::Lease* Index::FindLeaseLocked(uint64_t id) {
@@ -36,80 +53,104 @@ Index::Lease* Index::FindLeaseLocked(uint64_t id) {
   return it == leases_.end() ? nullptr : &it->second;
 }
 
-void Index::PinLocked(Entry& e, Tier tier, bool lease) {
-  Residency& r = e.res[T(tier)];
-  if (r.pins() == 0) table(tier).policy->OnPin(r.slot);
-  (lease ? r.lease_pins : r.io_pins)++;
+uint32_t Index::AddEntryLocked(const BlockKey& key, uint32_t parent_id) {
+  uint32_t id;
+  if (!free_ids_.empty()) {
+    id = free_ids_.back();
+    free_ids_.pop_back();
+  } else {
+    id = static_cast<uint32_t>(slab_.size());
+    slab_.emplace_back();
+  }
+  slab_[id] = Entry{.key = key, .parent_id = parent_id};
+  ids_.insert(id);  // hashes slab_[id].key: set it first
+  if (parent_id != kNoEntry) slab_[parent_id].children++;
+  return id;
 }
 
-void Index::UnpinLocked(Entry& e, Tier tier, bool lease) {
-  Residency& r = e.res[T(tier)];
-  (lease ? r.lease_pins : r.io_pins)--;
+void Index::PinLocked(uint32_t id, Tier tier, bool lease) {
+  Residency& r = E(id).res[T(tier)];
+  if (r.pins() == 0) table(tier).policy->OnPin(r.slot);
+  if (lease) {
+    r.lease_pins++;
+  } else {
+    r.io_pins++;
+  }
+}
+
+void Index::UnpinLocked(uint32_t id, Tier tier, bool lease) {
+  Residency& r = E(id).res[T(tier)];
+  if (lease) {
+    r.lease_pins--;
+  } else {
+    r.io_pins--;
+  }
   if (r.pins() == 0) table(tier).policy->OnUnpin(r.slot);
 }
 
 void Index::FreeSlotLocked(Tier tier, SlotId slot) {
   TierTable& tt = table(tier);
-  tt.use[slot] = SlotUse::kFree;
-  tt.key[slot] = kRootKey;
+  tt.slot[slot].use = SlotUse::kFree;
+  tt.slot[slot].entry = kNoEntry;
   tt.free.push_back(slot);
 }
 
-void Index::AddResidencyLocked(const BlockKey& key, Tier tier, SlotId slot, ResState state,
+void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState state,
                                uint32_t lease_pins, uint32_t io_pins) {
   TierTable& tt = table(tier);
-  tt.use[slot] = SlotUse::kResident;
-  tt.key[slot] = key;
-  Entry& e = entries_.at(key);
-  e.res[T(tier)] = Residency{.state = state, .slot = slot, .lease_pins = lease_pins,
-                             .io_pins = io_pins};
+  tt.slot[slot].use = SlotUse::kResident;
+  tt.slot[slot].entry = id;
+  E(id).res[T(tier)] = Residency{.slot = slot, .lease_pins = lease_pins,
+                                 .io_pins = static_cast<uint16_t>(io_pins), .state = state};
   tt.policy->OnInsert(slot);
   if (lease_pins + io_pins > 0) tt.policy->OnPin(slot);
   tt.stats.inserts++;
 }
 
-SlotId Index::RemoveResidencyLocked(const BlockKey& key, Tier tier) {
-  auto it = entries_.find(key);
-  Residency& r = it->second.res[T(tier)];
+SlotId Index::RemoveResidencyLocked(uint32_t id, Tier tier) {
+  Residency& r = E(id).res[T(tier)];
   const SlotId slot = r.slot;
   table(tier).policy->OnRemove(slot);
   r = Residency{};
-  EraseIfUnusedLocked(key);
+  EraseIfUnusedLocked(id);
   return slot;
 }
 
-void Index::EraseIfUnusedLocked(BlockKey key) {
+void Index::EraseIfUnusedLocked(uint32_t id) {
   // Erase the entry and, walking up, every lost parent it was the last child of.
-  while (key != kRootKey) {
-    auto it = entries_.find(key);
-    if (it == entries_.end() || it->second.cached() || it->second.children > 0) return;
-    const BlockKey parent = it->second.parent;
-    entries_.erase(it);
-    if (parent == kRootKey) return;
-    entries_.at(parent).children--;
-    key = parent;
+  while (id != kNoEntry) {
+    Entry& e = E(id);
+    if (e.cached() || e.children > 0) return;
+    const uint32_t parent = e.parent_id;
+    ids_.erase(e.key);  // before clearing the key: the table hashes through it
+    e = Entry{};
+    free_ids_.push_back(id);
+    if (parent != kNoEntry) E(parent).children--;
+    id = parent;
   }
 }
 
 MatchResult Index::MatchLocked(std::span<const BlockKey> keys) {
   MatchResult m;
-  BlockKey parent = kRootKey;
-  std::vector<Entry*> hit;
+  m.keys.reserve(keys.size());
+  m.tiers.reserve(keys.size());
+  uint32_t parent = kNoEntry;
+  absl::InlinedVector<uint32_t, 64> hit;
   for (const BlockKey& k : keys) {
-    auto it = entries_.find(k);
-    if (it == entries_.end() || !it->second.cached() || it->second.parent != parent) break;
-    const bool on_device = it->second.res[T(kDev)].present();
+    const uint32_t id = FindLocked(k);
+    if (id == kNoEntry || !E(id).cached() || E(id).parent_id != parent) break;
+    const bool on_device = E(id).res[T(kDev)].present();
     m.keys.push_back(k);
     m.tiers.push_back(on_device ? kDev : kHostTier);
     table(on_device ? kDev : kHostTier).stats.hits++;
-    hit.push_back(&it->second);
-    parent = k;
+    hit.push_back(id);
+    parent = id;
   }
   // Access leaves first so that, under recency policies, a chain's root is the most recent entry
   // and its tail is evicted before its head.
-  for (auto e = hit.rbegin(); e != hit.rend(); ++e) {
+  for (auto id = hit.rbegin(); id != hit.rend(); ++id) {
     for (int t = 0; t < kNumTiers; ++t) {
-      if ((*e)->res[t].present()) tiers_[t].policy->OnAccess((*e)->res[t].slot);
+      if (E(*id).res[t].present()) tiers_[t].policy->OnAccess(E(*id).res[t].slot);
     }
   }
   counters_.match_calls++;
@@ -127,17 +168,16 @@ std::optional<SlotId> Index::TakeHostSlotLocked() {
     return s;
   }
   auto victim = host.policy->PickVictim([&](SlotId s) {
-    const Entry& e = entries_.at(host.key[s]);
+    const Entry& e = E(host.slot[s].entry);
     const Residency& r = e.res[T(kHostTier)];
     return r.state == ResState::kReady && r.pins() == 0 &&
            (e.res[T(kDev)].present() || e.children == 0);
   });
   if (!victim) return std::nullopt;
-  const BlockKey key = host.key[*victim];
-  const bool dropped = !entries_.at(key).res[T(kDev)].present();
+  const uint32_t id = host.slot[*victim].entry;
   host.stats.evictions++;
-  if (dropped) host.stats.drops++;
-  return RemoveResidencyLocked(key, kHostTier);
+  if (!E(id).res[T(kDev)].present()) host.stats.drops++;
+  return RemoveResidencyLocked(id, kHostTier);
 }
 
 std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotions) {
@@ -150,15 +190,15 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
   bool can_write_back = demote_on_evict_ && table(kHostTier).capacity > 0;
   for (;;) {
     auto victim = dev.policy->PickVictim([&](SlotId s) {
-      const Entry& e = entries_.at(dev.key[s]);
+      const Entry& e = E(dev.slot[s].entry);
       const Residency& r = e.res[T(kDev)];
       return r.state == ResState::kReady && r.pins() == 0 &&
              (e.res[T(kHostTier)].present() || e.children == 0 || can_write_back);
     });
     if (!victim) return std::nullopt;
-    const BlockKey key = dev.key[*victim];
-    Entry& e = entries_.at(key);
-    if (!e.res[T(kHostTier)].present() && can_write_back) {
+    const uint32_t id = dev.slot[*victim].entry;
+    const bool host_copy = E(id).res[T(kHostTier)].present();
+    if (!host_copy && can_write_back) {
       // Write-back: the host copy starts Filling (io-pinned) and the device slot is handed on at
       // once; the caller finishes the copy before anyone may write the slot.
       std::optional<SlotId> host_slot = TakeHostSlotLocked();
@@ -166,38 +206,35 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
         can_write_back = false;  // host full of pinned or protected blocks: drop leaves instead
         continue;
       }
-      AddResidencyLocked(key, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      demotions->push_back(Demotion{.key = key, .device_slot = *victim, .host_slot = *host_slot});
+      AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
+      demotions->push_back(Demotion{.key = E(id).key, .entry = id, .device_slot = *victim,
+                                    .host_slot = *host_slot});
       counters_.demotions++;
-    } else if (!e.res[T(kHostTier)].present()) {
+    } else if (!host_copy) {
       dev.stats.drops++;
     }
     dev.stats.evictions++;
-    return RemoveResidencyLocked(key, kDev);
+    return RemoveResidencyLocked(id, kDev);
   }
 }
 
 absl::Status Index::AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
                                         std::vector<Demotion>* demotions) {
-  std::vector<SlotId> taken;
-  taken.reserve(n);
+  const size_t first = lease.slots.size();
   for (uint32_t i = 0; i < n; ++i) {
     std::optional<SlotId> s = TakeDeviceSlotLocked(demotions);
     if (!s) {
-      for (SlotId t : taken) FreeSlotLocked(kDev, t);
+      for (size_t j = first; j < lease.slots.size(); ++j) FreeSlotLocked(kDev, lease.slots[j].slot);
+      lease.slots.resize(first);
       return absl::ResourceExhaustedError(
           absl::StrCat("AllocateDevice: only ", i, " of ", n,
                        " device slots could be freed; the rest are pinned by leases or in flight (",
                        table(kDev).capacity, " slots in the device tier)"));
     }
-    table(kDev).use[*s] = SlotUse::kLeased;
-    table(kDev).key[*s] = kRootKey;
-    taken.push_back(*s);
+    table(kDev).slot[*s].use = SlotUse::kLeased;
+    lease.slots.push_back(LeaseSlot{.slot = *s});
   }
-  for (SlotId s : taken) {
-    lease.slots.push_back(LeaseSlot{.slot = s});
-    slots->push_back(s);
-  }
+  for (size_t j = first; j < lease.slots.size(); ++j) slots->push_back(lease.slots[j].slot);
   return absl::OkStatus();
 }
 
@@ -233,33 +270,32 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     }
   }
   LoadPlan plan;
-  BlockKey parent = kRootKey;
+  uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
-    auto it = entries_.find(keys[i]);
-    if (it == entries_.end() || !it->second.cached() || it->second.parent != parent) break;
-    Entry& e = it->second;
-    Residency& d = e.res[T(kDev)];
+    const uint32_t id = FindLocked(keys[i]);
+    if (id == kNoEntry || !E(id).cached() || E(id).parent_id != parent) break;
+    const Residency d = E(id).res[T(kDev)];
     LeaseSlot& ls = lease->slots[i];
     if (d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
       if (d.state != ResState::kReady) break;
       FreeSlotLocked(kDev, ls.slot);
-      ls = LeaseSlot{.slot = d.slot, .holds = true, .key = keys[i]};
-      PinLocked(e, kDev, /*lease=*/true);
+      ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};
+      PinLocked(id, kDev, /*lease=*/true);
     } else {
-      Residency& h = e.res[T(kHostTier)];
+      const Residency h = E(id).res[T(kHostTier)];
       if (h.state != ResState::kReady) break;
-      PinLocked(e, kHostTier, /*lease=*/false);
-      plan.promotions.push_back(Promotion{.key = keys[i], .host_slot = h.slot,
+      PinLocked(id, kHostTier, /*lease=*/false);
+      plan.promotions.push_back(Promotion{.key = keys[i], .entry = id, .host_slot = h.slot,
                                           .device_slot = ls.slot, .lease_id = lease_id,
                                           .position = i});
-      AddResidencyLocked(keys[i], kDev, ls.slot, ResState::kFilling, 1, 1);
+      AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
       ls.holds = true;
-      ls.key = keys[i];
+      ls.entry = id;
       counters_.promotions++;
     }
-    parent = keys[i];
+    parent = id;
     plan.blocks++;
   }
   counters_.blocks_loaded += plan.blocks;
@@ -278,63 +314,62 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
                                                    " slots"));
   }
   // Validate everything first: Commit is all or nothing.
-  absl::flat_hash_set<BlockKey> seen;
-  seen.reserve(keys.size());
-  BlockKey parent = kRootKey;
+  if (HasDuplicate(keys)) {
+    return absl::InvalidArgumentError("Commit: a key repeats: keys must be one chain");
+  }
+  uint32_t parent = kNoEntry;  // entry id of keys[i-1]; kNoEntry for the root or a new key
+  absl::InlinedVector<uint32_t, 64> found(keys.size(), kNoEntry);  // lookups reused below
   for (size_t i = 0; i < keys.size(); ++i) {
     const BlockKey& k = keys[i];
     if (k == kRootKey) {
       return absl::InvalidArgumentError(absl::StrCat("Commit: keys[", i, "] is the root key"));
     }
-    if (!seen.insert(k).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Commit: keys[", i, "] repeats an earlier key (", k.ToHex(), ")"));
-    }
     const LeaseSlot& ls = lease->slots[i];
     if (ls.holds) {
-      if (ls.key != k) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Commit: lease slot ", i, " holds block ", ls.key.ToHex(), " vs keys[", i, "] ",
-            k.ToHex()));
+      if (E(ls.entry).key != k) {
+        return absl::InvalidArgumentError(absl::StrCat("Commit: lease slot ", i, " holds block ",
+                                                       E(ls.entry).key.ToHex(), " vs keys[", i,
+                                                       "] ", k.ToHex()));
       }
-    } else if (auto it = entries_.find(k); it != entries_.end()) {
-      if (it->second.parent != parent) {
+      parent = ls.entry;
+    } else if (const uint32_t id = FindLocked(k); id != kNoEntry) {
+      // A known key must sit under keys[i-1]: an entry's parent always exists, so a key whose
+      // predecessor is new (parent == kNoEntry, i > 0) contradicts the chain too.
+      if (E(id).parent_id != parent || (parent == kNoEntry && i > 0)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "Commit: keys[", i, "] is cached with another parent (", it->second.parent.ToHex(),
-            " vs ", parent.ToHex(), "): keys must be one chain from the root"));
+            "Commit: keys[", i, "] (", k.ToHex(), ") is cached under another parent than keys[",
+            i == 0 ? std::string("root") : absl::StrCat(i - 1), "]: keys must be one chain"));
       }
-      if (it->second.cached()) {
+      if (E(id).cached()) {
         return absl::AlreadyExistsError(absl::StrCat(
             "Commit: keys[", i, "] (", k.ToHex(), ") is already cached; Load it instead"));
       }
+      parent = id;
+      found[i] = id;  // a lost entry, revived below
+    } else {
+      parent = kNoEntry;
     }
-    parent = k;
   }
-  parent = kRootKey;
+  uint32_t parent_id = kNoEntry;
   for (size_t i = 0; i < keys.size(); ++i) {
-    const BlockKey k = keys[i];
     LeaseSlot& ls = lease->slots[i];
     if (!ls.holds) {
-      auto [it, inserted] = entries_.try_emplace(k);
-      if (inserted) {
-        it->second.parent = parent;
-        if (parent != kRootKey) entries_.at(parent).children++;
-      }
-      AddResidencyLocked(k, kDev, ls.slot, ResState::kReady, 1, 0);
+      const uint32_t id = found[i] != kNoEntry ? found[i] : AddEntryLocked(keys[i], parent_id);
+      AddResidencyLocked(id, kDev, ls.slot, ResState::kReady, 1, 0);
       ls.holds = true;
-      ls.key = k;
+      ls.entry = id;
       counters_.blocks_committed++;
       if (host_write_through_) {
         if (std::optional<SlotId> hs = TakeHostSlotLocked()) {
-          AddResidencyLocked(k, kHostTier, *hs, ResState::kFilling, 0, 1);
-          PinLocked(entries_.at(k), kDev, /*lease=*/false);
-          demotions->push_back(Demotion{.key = k, .device_slot = ls.slot, .host_slot = *hs,
-                                        .device_pinned = true});
+          AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
+          PinLocked(id, kDev, /*lease=*/false);
+          demotions->push_back(Demotion{.key = keys[i], .entry = id, .device_slot = ls.slot,
+                                        .host_slot = *hs, .device_pinned = true});
           counters_.demotions++;
         }
       }
     }
-    parent = k;
+    parent_id = ls.entry;
   }
   return absl::OkStatus();
 }
@@ -345,7 +380,7 @@ absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
   // Leaves first, for the same reason as in MatchLocked.
   for (auto ls = it->second.slots.rbegin(); ls != it->second.slots.rend(); ++ls) {
     if (ls->holds) {
-      UnpinLocked(entries_.at(ls->key), kDev, /*lease=*/true);
+      UnpinLocked(ls->entry, kDev, /*lease=*/true);
     } else {
       FreeSlotLocked(kDev, ls->slot);
     }
@@ -355,11 +390,10 @@ absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
 }
 
 void Index::FinishPromotionLocked(const Promotion& p, bool ok) {
-  Entry& e = entries_.at(p.key);
-  UnpinLocked(e, kHostTier, /*lease=*/false);
-  UnpinLocked(e, kDev, /*lease=*/false);
+  UnpinLocked(p.entry, kHostTier, /*lease=*/false);
+  UnpinLocked(p.entry, kDev, /*lease=*/false);
   if (ok) {
-    e.res[T(kDev)].state = ResState::kReady;
+    E(p.entry).res[T(kDev)].state = ResState::kReady;
     return;
   }
   counters_.transfer_failures++;
@@ -367,31 +401,31 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok) {
   bool lease_owns = false;
   if (Lease* lease = FindLeaseLocked(p.lease_id); lease != nullptr) {
     LeaseSlot& ls = lease->slots[p.position];
-    if (ls.holds && ls.key == p.key && ls.slot == p.device_slot) {
+    if (ls.holds && ls.entry == p.entry && ls.slot == p.device_slot) {
       ls.holds = false;
-      e.res[T(kDev)].lease_pins--;
+      ls.entry = kNoEntry;
+      E(p.entry).res[T(kDev)].lease_pins--;
       lease_owns = true;
     }
   }
-  const SlotId slot = RemoveResidencyLocked(p.key, kDev);
+  const SlotId slot = RemoveResidencyLocked(p.entry, kDev);
   if (lease_owns) {
-    table(kDev).use[slot] = SlotUse::kLeased;
-    table(kDev).key[slot] = kRootKey;
+    table(kDev).slot[slot].use = SlotUse::kLeased;
+    table(kDev).slot[slot].entry = kNoEntry;
   } else {
     FreeSlotLocked(kDev, slot);
   }
 }
 
 void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
-  Entry& e = entries_.at(d.key);
-  if (d.device_pinned) UnpinLocked(e, kDev, /*lease=*/false);
-  UnpinLocked(e, kHostTier, /*lease=*/false);
+  if (d.device_pinned) UnpinLocked(d.entry, kDev, /*lease=*/false);
+  UnpinLocked(d.entry, kHostTier, /*lease=*/false);
   if (ok) {
-    e.res[T(kHostTier)].state = ResState::kReady;
+    E(d.entry).res[T(kHostTier)].state = ResState::kReady;
     return;
   }
   counters_.transfer_failures++;
-  FreeSlotLocked(kHostTier, RemoveResidencyLocked(d.key, kHostTier));
+  FreeSlotLocked(kHostTier, RemoveResidencyLocked(d.entry, kHostTier));
 }
 
 void Index::FillStatsLocked(CacheStats* stats) const {
@@ -400,70 +434,87 @@ void Index::FillStatsLocked(CacheStats* stats) const {
   stats->host = table(kHostTier).stats;
   for (int t = 0; t < kNumTiers; ++t) {
     TierStats& ts = t == 0 ? stats->device : stats->host;
-    ts.used_blocks = tiers_[t].capacity - tiers_[t].free.size();
-  }
-  for (const auto& [key, e] : entries_) {
-    if (e.res[0].present() && e.res[0].pins() > 0) stats->device.pinned_blocks++;
-    if (e.res[1].present() && e.res[1].pins() > 0) stats->host.pinned_blocks++;
+    const TierTable& tt = tiers_[t];
+    ts.used_blocks = tt.capacity - tt.free.size();
+    for (SlotId s = 0; s < tt.capacity; ++s) {
+      if (tt.slot[s].use == SlotUse::kResident && E(tt.slot[s].entry).res[t].pins() > 0) ts.pinned_blocks++;
+    }
   }
   stats->leases_live = leases_.size();
 }
 
 absl::Status Index::CheckInvariantsLocked() const {
   auto fail = [](auto&&... parts) { return absl::InternalError(absl::StrCat(parts...)); };
+  // Entry ids: the key map and the slab agree; unused ids are exactly the free ones.
+  std::vector<uint8_t> live(slab_.size(), 0);
+  for (uint32_t id : ids_) {
+    if (id >= slab_.size() || live[id]++ || FindLocked(E(id).key) != id) {
+      return fail("entry ", id, " is not found under its own key");
+    }
+  }
+  for (uint32_t id : free_ids_) {
+    if (id >= slab_.size() || live[id]) return fail("free entry id ", id, " is in use");
+  }
+  if (ids_.size() + free_ids_.size() != slab_.size()) {
+    return fail(ids_.size(), " live + ", free_ids_.size(), " free entry ids vs slab of ",
+                slab_.size());
+  }
   // Slots: each tier's slots are free, leased or resident, the free list is exact.
   for (int t = 0; t < kNumTiers; ++t) {
     const TierTable& tt = tiers_[t];
     const char* name = TierName(static_cast<Tier>(t));
     std::vector<uint8_t> on_free(tt.capacity, 0);
     for (SlotId s : tt.free) {
-      if (s >= tt.capacity || on_free[s]++ || tt.use[s] != SlotUse::kFree) {
+      if (s >= tt.capacity || on_free[s]++ || tt.slot[s].use != SlotUse::kFree) {
         return fail(name, ": free list holds slot ", s, " twice, out of range or in use");
       }
     }
     for (SlotId s = 0; s < tt.capacity; ++s) {
-      if (tt.use[s] == SlotUse::kFree && !on_free[s]) {
+      if (tt.slot[s].use == SlotUse::kFree && !on_free[s]) {
         return fail(name, ": free slot ", s, " missing from the free list");
       }
-      if (tt.use[s] == SlotUse::kLeased && t != 0) return fail(name, ": leased host slot ", s);
-      if (tt.use[s] == SlotUse::kResident) {
-        auto it = entries_.find(tt.key[s]);
-        if (it == entries_.end() || !it->second.res[t].present() || it->second.res[t].slot != s) {
+      if (tt.slot[s].use == SlotUse::kLeased && t != 0) return fail(name, ": leased host slot ", s);
+      if (tt.slot[s].use == SlotUse::kResident) {
+        const uint32_t id = tt.slot[s].entry;
+        if (id >= slab_.size() || !live[id] || !E(id).res[t].present() || E(id).res[t].slot != s) {
           return fail(name, ": resident slot ", s, " has no matching residency");
         }
       }
     }
   }
   // Leases: every leased slot belongs to exactly one lease; lease pins add up.
-  absl::flat_hash_map<BlockKey, uint32_t> lease_pins;
+  std::vector<uint32_t> lease_pins(slab_.size(), 0);
   std::vector<uint8_t> leased(table(kDev).capacity, 0);
-  for (const auto& [id, lease] : leases_) {
+  for (const auto& [lease_id, lease] : leases_) {
     for (const LeaseSlot& ls : lease.slots) {
       if (ls.holds) {
-        auto it = entries_.find(ls.key);
-        if (it == entries_.end() || it->second.res[0].slot != ls.slot ||
-            !it->second.res[0].present()) {
-          return fail("lease ", id, " holds ", ls.key.ToHex(), " at slot ", ls.slot,
+        if (ls.entry >= slab_.size() || !live[ls.entry] || !E(ls.entry).res[0].present() ||
+            E(ls.entry).res[0].slot != ls.slot) {
+          return fail("lease ", lease_id, " holds entry ", ls.entry, " at slot ", ls.slot,
                       " but the block does not reside there");
         }
-        lease_pins[ls.key]++;
-      } else if (table(kDev).use[ls.slot] != SlotUse::kLeased || leased[ls.slot]++) {
-        return fail("lease ", id, " owns device slot ", ls.slot,
+        lease_pins[ls.entry]++;
+      } else if (table(kDev).slot[ls.slot].use != SlotUse::kLeased || leased[ls.slot]++) {
+        return fail("lease ", lease_id, " owns device slot ", ls.slot,
                     " which is not leased to it alone");
       }
     }
   }
   for (SlotId s = 0; s < table(kDev).capacity; ++s) {
-    if (table(kDev).use[s] == SlotUse::kLeased && !leased[s]) {
+    if (table(kDev).slot[s].use == SlotUse::kLeased && !leased[s]) {
       return fail("device slot ", s, " is leased to no live lease");
     }
   }
   // Entries: residencies point at their slots, pins add up, the chain is intact.
-  absl::flat_hash_map<BlockKey, uint32_t> children;
-  for (const auto& [key, e] : entries_) {
-    if (e.parent != kRootKey) {
-      if (!entries_.contains(e.parent)) return fail(key.ToHex(), ": parent not in the index");
-      children[e.parent]++;
+  std::vector<uint32_t> children(slab_.size(), 0);
+  for (uint32_t id : ids_) {
+    const Entry& e = E(id);
+    const BlockKey& key = e.key;
+    if (e.parent_id != kNoEntry) {
+      if (e.parent_id >= slab_.size() || !live[e.parent_id]) {
+        return fail(key.ToHex(), ": parent not in the index");
+      }
+      children[e.parent_id]++;
     }
     if (!e.cached() && e.children == 0) return fail(key.ToHex(), ": uncached leaf kept");
     for (int t = 0; t < kNumTiers; ++t) {
@@ -473,22 +524,23 @@ absl::Status Index::CheckInvariantsLocked() const {
         continue;
       }
       const TierTable& tt = tiers_[t];
-      if (r.slot >= tt.capacity || tt.use[r.slot] != SlotUse::kResident || tt.key[r.slot] != key) {
+      if (r.slot >= tt.capacity || tt.slot[r.slot].use != SlotUse::kResident || tt.slot[r.slot].entry != id) {
         return fail(key.ToHex(), ": ", TierName(static_cast<Tier>(t)), " residency at slot ",
                     r.slot, " which does not name it");
       }
       if (r.state == ResState::kFilling && r.io_pins == 0) {
         return fail(key.ToHex(), ": Filling without an I/O pin");
       }
-      const uint32_t want = t == 0 && lease_pins.contains(key) ? lease_pins.at(key) : 0;
+      const uint32_t want = t == 0 ? lease_pins[id] : 0;
       if (r.lease_pins != want) {
         return fail(key.ToHex(), ": ", r.lease_pins, " lease pins vs ", want, " lease holders");
       }
     }
   }
-  for (const auto& [key, e] : entries_) {
-    const uint32_t want = children.contains(key) ? children.at(key) : 0;
-    if (e.children != want) return fail(key.ToHex(), ": ", e.children, " children vs ", want);
+  for (uint32_t id : ids_) {
+    if (E(id).children != children[id]) {
+      return fail(E(id).key.ToHex(), ": ", E(id).children, " children vs ", children[id]);
+    }
   }
   return absl::OkStatus();
 }

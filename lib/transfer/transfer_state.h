@@ -36,6 +36,13 @@ struct TransferState {
     MutexLock lock(&mu);
     return error;
   }
+  // For a Transfer with nothing to copy: every layer is ready now.
+  void FinishNow() {
+    MutexLock lock(&mu);
+    layers_done = layers;
+    done = true;
+    cv.SignalAll();
+  }
   void Finish() {
     MutexLock lock(&mu);
     done = true;
