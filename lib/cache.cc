@@ -43,6 +43,7 @@ class CacheCore {
   CacheCore(const Options& options, std::unique_ptr<Device> device, std::unique_ptr<HostPool> host,
             IndexConfig config)
       : options_(options),
+        metadata_only_(options.backend == DeviceBackend::kMetadataOnly),
         device_(std::move(device)),
         host_(std::move(host)),
         index_(std::move(config)) {
@@ -85,13 +86,18 @@ class CacheCore {
   // index. Returns the event to wait on before the write-back device slots may be reused.
   absl::StatusOr<std::shared_ptr<DeviceEvent>> EnqueueDemotionsLocked(
       std::vector<Demotion> demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    const uint64_t bytes = demotions.size() * options_.layout.block_bytes();
+    if (metadata_only_) {
+      for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, true);
+      bytes_d2h_ += bytes;
+      return std::shared_ptr<DeviceEvent>();
+    }
     std::vector<CopyRegion> regions;
     for (const Demotion& d : demotions) {
       for (uint32_t l = 0; l < layers_.size(); ++l) {
         AppendLayerRegions(l, d.device_slot, d.host_slot, /*to_device=*/false, &regions);
       }
     }
-    const uint64_t bytes = demotions.size() * options_.layout.block_bytes();
     absl::Status s = device_->Copy(Stream::kD2H, regions);
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
         s.ok() ? device_->RecordEvent(Stream::kD2H) : s;
@@ -118,7 +124,9 @@ class CacheCore {
     const auto layers = static_cast<uint32_t>(layers_.size());
     auto state = std::make_shared<TransferState>(
         plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
-    if (plan.promotions.empty()) {  // every block was already on the device: nothing to wait for
+    if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
+      for (const Promotion& p : plan.promotions) index_.FinishPromotionLocked(p, true);
+      bytes_h2d_ += plan.promotions.size() * options_.layout.block_bytes();
       state->FinishNow();
       return state;
     }
@@ -169,6 +177,7 @@ class CacheCore {
   };
 
   const Options options_;
+  const bool metadata_only_;  // no bytes move: every copy completes when enqueued
   std::unique_ptr<Device> device_;
   std::unique_ptr<HostPool> host_;
   std::vector<std::vector<SegmentAt>> layers_;
@@ -278,6 +287,7 @@ absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
           "Cache::Create: backend kCuda: this build has no CUDA device backend");
     case DeviceBackend::kAuto:
     case DeviceBackend::kEmulated:
+    case DeviceBackend::kMetadataOnly:
       break;
   }
   return internal::CreateCache(options, std::make_unique<internal::EmulatedDevice>());
@@ -314,7 +324,10 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
     }
     config.policies[t] = std::move(*p);
   }
-  KVTIER_ASSIGN_OR_RETURN(auto host, HostPool::Create(device.get(), host_slots, block));
+  // Metadata-only caches keep no host bytes: the pool maps no memory.
+  const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
+  KVTIER_ASSIGN_OR_RETURN(auto host,
+                          HostPool::Create(device.get(), no_bytes ? 0 : host_slots, block));
   return std::unique_ptr<Cache>(new Cache(
       std::make_unique<CacheCore>(options, std::move(device), std::move(host), std::move(config))));
 }
@@ -418,6 +431,16 @@ absl::Status Cache::Commit(std::span<const BlockKey> keys, DeviceLease& lease) {
 absl::Status Cache::Release(DeviceLease& lease) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Release", lease, core_.get()));
   lease.Reset();
+  return absl::OkStatus();
+}
+
+absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double> scores) {
+  if (keys.size() != scores.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Hint: ", keys.size(), " keys vs ",
+                                                   scores.size(), " scores"));
+  }
+  MutexLock lock(&core_->index().mu());
+  core_->index().HintLocked(keys, scores);
   return absl::OkStatus();
 }
 

@@ -9,7 +9,9 @@
 
 namespace kvtier {
 
-absl::Status BlockLayout::Validate() const {
+absl::Status BlockLayout::Validate() const { return ValidateShape(/*need_pointers=*/true); }
+
+absl::Status BlockLayout::ValidateShape(bool need_pointers) const {
   if (tokens_per_block == 0) {
     return absl::InvalidArgumentError("BlockLayout.tokens_per_block: must be > 0");
   }
@@ -25,7 +27,9 @@ absl::Status BlockLayout::Validate() const {
     for (size_t s = 0; s < segs.size(); ++s) {
       const Segment& g = segs[s];
       const std::string path = absl::StrCat("BlockLayout.layers[", l, "].segments[", s, "].");
-      if (g.base == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, "base: null"));
+      if (need_pointers && g.base == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(path, "base: null"));
+      }
       if (g.bytes_per_block == 0) {
         return absl::InvalidArgumentError(absl::StrCat(path, "bytes_per_block: must be > 0"));
       }

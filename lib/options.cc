@@ -5,7 +5,7 @@
 namespace kvtier {
 
 absl::Status Options::Validate() const {
-  if (absl::Status s = layout.Validate(); !s.ok()) {
+  if (absl::Status s = layout.ValidateShape(backend != DeviceBackend::kMetadataOnly); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("Options.layout: ", s.message()));
   }
   if (device.capacity_slots > layout.num_slots) {

@@ -139,6 +139,11 @@ class Cache {
   // kFailedPrecondition for an empty lease (e.g. released twice) or one of another cache.
   absl::Status Release(DeviceLease& lease);
 
+  // Passes the engine's importance score of each cached block to the policies of the tiers holding
+  // it (EvictionPolicy::OnHint): request priority, accumulated attention. Keys not cached are
+  // skipped. kInvalidArgument if the spans differ in length. O(keys).
+  absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores);
+
   CacheStats Stats() const;
   const Options& options() const;
 

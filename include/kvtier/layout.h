@@ -39,6 +39,8 @@ struct BlockLayout {
   // segment, a base is null, a size is 0, a stride is smaller than its size, or a byte count
   // overflows. Message names the field: "BlockLayout.layers[3].segments[1].stride_bytes: ...".
   absl::Status Validate() const;
+  // Validate() without the pointer checks: for DeviceBackend::kMetadataOnly.
+  absl::Status ValidateShape(bool need_pointers) const;
 
   // Bytes of one block over all layers and segments (its size in a host slot). O(segments).
   uint64_t block_bytes() const;

@@ -20,6 +20,9 @@ enum class DeviceBackend {
   kAuto,      // CUDA when built with it and a device is present, else emulated
   kEmulated,  // device memory is host memory; copies on copy threads (tests, CI, laptops)
   kCuda,      // CUDA or kUnimplemented
+  // No byte is read or written and layout pointers may be null: copies complete at once. For
+  // simulation (kvtier-replay) and index benchmarks, never for an engine.
+  kMetadataOnly,
 };
 
 struct DeviceTierOptions {

@@ -50,6 +50,13 @@ class EvictionPolicy {
   virtual void OnRemove(SlotId slot) = 0;
   virtual void OnPin(SlotId /*slot*/) {}
   virtual void OnUnpin(SlotId /*slot*/) {}
+  // Called right after OnInsert(slot) when the block's parent (the block it is chained from) also
+  // resides in this tier, at slot `parent`. Prefix-aware policies build their tree from it; the
+  // link ends when either slot is removed.
+  virtual void OnLink(SlotId /*slot*/, SlotId /*parent*/) {}
+  // The engine's importance score for the block in `slot` (Cache::Hint): a priority, an
+  // accumulated attention mass. Higher means keep longer; policies that rank otherwise ignore it.
+  virtual void OnHint(SlotId /*slot*/, double /*score*/) {}
   virtual std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) = 0;
 };
 

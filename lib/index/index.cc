@@ -103,6 +103,9 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
   E(id).res[T(tier)] = Residency{.slot = slot, .lease_pins = lease_pins,
                                  .io_pins = static_cast<uint16_t>(io_pins), .state = state};
   tt.policy->OnInsert(slot);
+  if (const uint32_t parent = E(id).parent_id; parent != kNoEntry) {
+    if (const Residency& pr = E(parent).res[T(tier)]; pr.present()) tt.policy->OnLink(slot, pr.slot);
+  }
   if (lease_pins + io_pins > 0) tt.policy->OnPin(slot);
   tt.stats.inserts++;
 }
@@ -157,6 +160,16 @@ MatchResult Index::MatchLocked(std::span<const BlockKey> keys) {
   counters_.blocks_queried += keys.size();
   counters_.blocks_missed += keys.size() - m.keys.size();
   return m;
+}
+
+void Index::HintLocked(std::span<const BlockKey> keys, std::span<const double> scores) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint32_t id = FindLocked(keys[i]);
+    if (id == kNoEntry) continue;
+    for (int t = 0; t < kNumTiers; ++t) {
+      if (E(id).res[t].present()) tiers_[t].policy->OnHint(E(id).res[t].slot, scores[i]);
+    }
+  }
 }
 
 std::optional<SlotId> Index::TakeHostSlotLocked() {

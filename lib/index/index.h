@@ -103,6 +103,9 @@ class Index {
   Mutex& mu() const ABSL_LOCK_RETURNED(mu_) { return mu_; }
 
   MatchResult MatchLocked(std::span<const BlockKey> keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forwards scores[i] to the policies of the tiers holding keys[i]; unknown keys are skipped.
+  void HintLocked(std::span<const BlockKey> keys, std::span<const double> scores)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // A new lease of n device slots (evicting as needed); demotions to enqueue are appended.
   absl::StatusOr<uint64_t> NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
