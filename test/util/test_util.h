@@ -5,7 +5,6 @@
 #define KVTIER_TEST_UTIL_TEST_UTIL_H_
 
 #include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -17,23 +16,23 @@
 #include "kvtier/cache.h"
 #include "kvtier/layout.h"
 
-#define REQUIRE_OK(expr)                                  \
-  do {                                                    \
+#define REQUIRE_OK(expr)                                      \
+  do {                                                        \
     const ::absl::Status s_ = ::kvtier::test::AsStatus(expr); \
-    INFO(s_.ToString());                                  \
-    REQUIRE(s_.ok());                                     \
+    INFO(s_.ToString());                                      \
+    REQUIRE(s_.ok());                                         \
   } while (0)
-#define CHECK_OK(expr)                                    \
-  do {                                                    \
+#define CHECK_OK(expr)                                        \
+  do {                                                        \
     const ::absl::Status s_ = ::kvtier::test::AsStatus(expr); \
-    INFO(s_.ToString());                                  \
-    CHECK(s_.ok());                                       \
+    INFO(s_.ToString());                                      \
+    CHECK(s_.ok());                                           \
   } while (0)
-#define REQUIRE_CODE(expr, code)                          \
-  do {                                                    \
+#define REQUIRE_CODE(expr, expected_code)                     \
+  do {                                                        \
     const ::absl::Status s_ = ::kvtier::test::AsStatus(expr); \
-    INFO(s_.ToString());                                  \
-    REQUIRE(s_.code() == (code));                         \
+    INFO(s_.ToString());                                      \
+    REQUIRE(s_.code() == (expected_code));                    \
   } while (0)
 
 namespace kvtier::test {
@@ -46,10 +45,10 @@ absl::Status AsStatus(const absl::StatusOr<T>& s) {
 
 struct KvShape {
   uint32_t layers = 4;
-  uint32_t segments = 2;          // 2: K and V; 1: MLA
-  uint64_t segment_bytes = 256;   // bytes of one block in one segment
+  uint32_t segments = 2;         // 2: K and V; 1: MLA
+  uint64_t segment_bytes = 256;  // bytes of one block in one segment
   uint32_t num_slots = 16;
-  bool interleaved = false;       // K and V of a slot adjacent (stride 2x), vs separate tensors
+  bool interleaved = false;  // K and V of a slot adjacent (stride 2x), vs separate tensors
   uint32_t tokens_per_block = 4;
 };
 

@@ -1,0 +1,248 @@
+#include "lib/tiers/io_ring.h"
+
+#include <liburing.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::internal {
+namespace {
+
+constexpr uint64_t kStopMarker = 0;  // user_data of the NOP that wakes the completion thread
+constexpr uint64_t kMaxFixedPiece = uint64_t{1} << 30;  // the kernel's limit per fixed buffer
+constexpr uint32_t kShortUnit = 4096;  // injected short transfers stay O_DIRECT-aligned
+
+io_uring* R(void* ring) { return static_cast<io_uring*>(ring); }
+
+}  // namespace
+
+Fault RandomFaultInjector::Next(IoOp op, uint64_t /*offset*/, uint32_t /*bytes*/) {
+  double u;
+  {
+    MutexLock lock(&mu_);
+    u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+  }
+  Fault f = Fault::kNone;
+  if ((u -= rates_.eio) < 0) {
+    f = Fault::kEio;
+  } else if ((u -= rates_.short_transfer) < 0) {
+    f = Fault::kShort;
+  } else if ((u -= rates_.bit_flip) < 0) {
+    f = op == IoOp::kRead ? Fault::kBitFlip : Fault::kNone;
+  } else if ((u -= rates_.enospc) < 0) {
+    f = op == IoOp::kWrite ? Fault::kEnospc : Fault::kNone;
+  }
+  if (f != Fault::kNone) injected_++;
+  return f;
+}
+
+struct IoRing::Batch {
+  std::function<void(absl::Status)> done;
+  uint32_t remaining;   // guarded by the ring's mu_
+  absl::Status status;  // first error; guarded by the ring's mu_
+};
+
+absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
+                                                       std::span<const int> files,
+                                                       std::span<const iovec> buffers) {
+  if (options.queue_depth == 0 || options.queue_depth > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("IoRing: queue_depth ", options.queue_depth, " vs 1..4096"));
+  }
+  auto ring = std::make_unique<io_uring>();
+  if (int r = io_uring_queue_init(options.queue_depth, ring.get(), 0); r < 0) {
+    return absl::ErrnoToStatus(-r, "io_uring_queue_init");
+  }
+  std::unique_ptr<IoRing> io(new IoRing(options, ring.release()));
+  if (!files.empty()) {
+    if (int r = io_uring_register_files(R(io->ring_), files.data(), files.size()); r < 0) {
+      return absl::ErrnoToStatus(-r, "io_uring_register_files");
+    }
+    io->num_files_ = static_cast<uint32_t>(files.size());
+  }
+  for (const iovec& b : buffers) {
+    for (uint64_t off = 0; off < b.iov_len; off += kMaxFixedPiece) {
+      io->fixed_.push_back({static_cast<char*>(b.iov_base) + off,
+                            std::min<uint64_t>(kMaxFixedPiece, b.iov_len - off)});
+    }
+  }
+  if (!io->fixed_.empty()) {
+    const int r = io_uring_register_buffers(R(io->ring_), io->fixed_.data(), io->fixed_.size());
+    io->buffers_registered_ = r == 0;  // e.g. -ENOMEM past RLIMIT_MEMLOCK: plain reads instead
+    if (r != 0) io->fixed_.clear();
+  }
+  io->completion_thread_ = std::thread([p = io.get()] { p->CompletionLoop(); });
+  return io;
+}
+
+IoRing::IoRing(const Options& options, void* ring) : options_(options), ring_(ring) {}
+
+IoRing::~IoRing() {
+  {
+    MutexLock lock(&mu_);
+    while (outstanding_ > 0) drained_.Wait(&mu_);
+    stopping_ = true;
+    if (completion_thread_.joinable()) {
+      io_uring_sqe* sqe = io_uring_get_sqe(R(ring_));
+      while (sqe == nullptr) {  // the ring is idle, so this only waits for the kernel to drain
+        io_uring_submit(R(ring_));
+        sqe = io_uring_get_sqe(R(ring_));
+      }
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data64(sqe, kStopMarker);
+      io_uring_submit(R(ring_));
+    }
+  }
+  if (completion_thread_.joinable()) completion_thread_.join();
+  io_uring_queue_exit(R(ring_));
+  delete R(ring_);
+}
+
+IoRing::Stats IoRing::stats() const {
+  MutexLock lock(&mu_);
+  return stats_;
+}
+
+int IoRing::FixedIndex(const void* buf, uint32_t bytes) const {
+  const auto* p = static_cast<const char*>(buf);
+  for (size_t i = 0; i < fixed_.size(); ++i) {
+    const auto* base = static_cast<const char*>(fixed_[i].iov_base);
+    if (p >= base && p + bytes <= base + fixed_[i].iov_len) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(absl::Status)> done) {
+  if (batch.empty()) return absl::InvalidArgumentError("IoRing::Submit: empty batch");
+  for (const IoRequest& r : batch) {
+    if (r.file >= num_files_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("IoRing::Submit: file ", r.file, " vs ", num_files_, " registered"));
+    }
+  }
+  auto* b = new Batch{.done = std::move(done), .remaining = static_cast<uint32_t>(batch.size())};
+  MutexLock lock(&mu_);
+  for (const IoRequest& r : batch) pending_.push_back(new Op{.req = r, .batch = b});
+  outstanding_ += batch.size();
+  PumpLocked();
+  return absl::OkStatus();
+}
+
+void IoRing::PumpLocked() {
+  bool queued = false;
+  while (!pending_.empty() && in_flight_ < options_.queue_depth) {
+    io_uring_sqe* sqe = io_uring_get_sqe(R(ring_));
+    if (sqe == nullptr) break;  // the SQ is full of unsubmitted entries: submit below, then retry
+    Op* op = pending_.front();
+    pending_.pop_front();
+    const IoRequest& r = op->req;
+    op->fault = options_.injector == nullptr ? Fault::kNone
+                                             : options_.injector->Next(r.op, r.offset, r.bytes);
+    uint32_t bytes = r.bytes;
+    if (op->fault == Fault::kShort) {
+      bytes = (r.bytes / 2) / kShortUnit * kShortUnit;  // a real, aligned short transfer
+      if (bytes == 0) op->fault = Fault::kNone, bytes = r.bytes;
+    }
+    const int fixed = FixedIndex(r.buf, bytes);
+    if (r.op == IoOp::kRead) {
+      if (fixed >= 0) {
+        io_uring_prep_read_fixed(sqe, static_cast<int>(r.file), r.buf, bytes, r.offset, fixed);
+      } else {
+        io_uring_prep_read(sqe, static_cast<int>(r.file), r.buf, bytes, r.offset);
+      }
+    } else {
+      if (fixed >= 0) {
+        io_uring_prep_write_fixed(sqe, static_cast<int>(r.file), r.buf, bytes, r.offset, fixed);
+      } else {
+        io_uring_prep_write(sqe, static_cast<int>(r.file), r.buf, bytes, r.offset);
+      }
+    }
+    io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
+    io_uring_sqe_set_data(sqe, op);
+    stats_.ops++;
+    if (fixed >= 0) stats_.fixed_buffer_ops++;
+    in_flight_++;
+    queued = true;
+  }
+  if (queued) {
+    // A failed submit leaves the entries in the SQ; the next pump (on a completion) retries.
+    io_uring_submit(R(ring_));
+  }
+}
+
+void IoRing::Complete(Op* op, int res) {
+  IoRequest& r = op->req;
+  const Fault fault = op->fault;
+  if (res >= 0 && fault == Fault::kEio) res = -EIO;
+  if (res >= 0 && fault == Fault::kEnospc) res = -ENOSPC;
+  Batch* finished = nullptr;
+  {
+    MutexLock lock(&mu_);
+    in_flight_--;
+    if (res == -EAGAIN || (res > 0 && static_cast<uint32_t>(res) < r.bytes)) {
+      // Resubmit the remainder (or the whole op on EAGAIN), ahead of later work.
+      if (res > 0) {
+        r.offset += res;
+        r.buf = static_cast<char*>(r.buf) + res;
+        r.bytes -= res;
+        stats_.bytes += res;
+      }
+      stats_.resubmits++;
+      pending_.push_front(op);
+      PumpLocked();
+      return;
+    }
+    Batch* b = op->batch;
+    if (res < 0 || (res == 0 && r.bytes > 0)) {
+      stats_.errors++;
+      if (b->status.ok()) {
+        b->status =
+            res < 0
+                ? absl::ErrnoToStatus(-res, absl::StrCat(r.op == IoOp::kRead ? "read" : "write",
+                                                         " at offset ", r.offset))
+                : absl::DataLossError(absl::StrCat("read at offset ", r.offset, ": end of file"));
+      }
+    } else {
+      stats_.bytes += res;
+      if (fault == Fault::kBitFlip && r.op == IoOp::kRead && r.bytes > 0) {
+        const uint64_t bit = (r.offset * 2654435761u + r.bytes) % (uint64_t{r.bytes} * 8);
+        static_cast<uint8_t*>(r.buf)[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+      }
+    }
+    if (--b->remaining == 0) finished = b;
+    PumpLocked();
+  }
+  delete op;
+  if (finished != nullptr) {
+    // Outside the lock. The caller counts the op as finished only after this returns, so the
+    // destructor waits for callbacks too.
+    finished->done(finished->status);
+    delete finished;
+  }
+}
+
+void IoRing::CompletionLoop() {
+  for (;;) {
+    io_uring_cqe* cqe = nullptr;
+    const int r = io_uring_wait_cqe(R(ring_), &cqe);
+    if (r == -EINTR || r == -EAGAIN) continue;
+    if (r < 0) return;  // the ring is unusable; the destructor still joins
+    const uint64_t data = io_uring_cqe_get_data64(cqe);
+    const int res = cqe->res;
+    io_uring_cqe_seen(R(ring_), cqe);  // mark it seen before anything else can return
+    if (data == kStopMarker) return;
+    Op* op = reinterpret_cast<Op*>(data);
+    const bool last_of_op =
+        !(res == -EAGAIN || (res > 0 && static_cast<uint32_t>(res) < op->req.bytes));
+    Complete(op, res);
+    if (last_of_op) {
+      MutexLock lock(&mu_);
+      if (--outstanding_ == 0) drained_.SignalAll();
+    }
+  }
+}
+
+}  // namespace kvtier::internal
