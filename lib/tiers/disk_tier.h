@@ -1,0 +1,127 @@
+// DiskTier: KV blocks in preallocated files on a local file system (NVMe), read and written with
+// io_uring and O_DIRECT, each verified by checksums on every read.
+//
+// Slot format. A slot is the block's payload, zero-padded to the direct-I/O alignment, followed by
+// a trailer of one alignment unit (>= 4 KiB):
+//   magic "KVTIERB1" | version u32 | trailer bytes u32 | key (hi, lo) | parent (hi, lo) |
+//   layout fingerprint u64 | payload bytes u64 | payload xxh3-64 | write sequence u64 |
+//   trailer xxh3-64 of everything before it          (all little-endian)
+// Host slots are laid out the same way (payload, then room for the trailer), so a block moves
+// between a host slot and a disk slot in ONE contiguous O_DIRECT transfer into registered memory.
+// Slots are striped over the files: slot s is slot s / files of file s % files.
+//
+// Warm restart. Open() on a directory holding a previous cache rebuilds its contents: from the
+// manifest written atomically (temp file, fsync, rename) by a clean Close(), else by scanning every
+// slot's trailer. Trailers that fail their checks are dropped and counted. A directory written with
+// another layout or geometry is an error, or an empty start with reset_on_mismatch.
+//
+// Thread safety: Read/Write from any thread; `done` runs on the ring's completion thread.
+// Errors: Open() names the problem (missing or unwritable directory, no O_DIRECT, no space, another
+//   cache holding the directory's lock, capacity under one slot). A read whose trailer or payload
+//   does not verify ends with kDataLoss: the block is a miss and the caller frees the slot.
+#ifndef KVTIER_LIB_TIERS_DISK_TIER_H_
+#define KVTIER_LIB_TIERS_DISK_TIER_H_
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvtier/block_key.h"
+#include "kvtier/policy.h"
+#include "lib/tiers/io_ring.h"
+
+namespace kvtier::internal {
+
+struct DiskTierConfig {
+  std::string directory;        // must exist and be writable
+  uint64_t capacity_bytes = 0;  // of slot files, preallocated
+  uint32_t files = 1;           // slots are striped over this many files
+  uint32_t queue_depth = 64;    // io_uring ops in flight
+  uint64_t block_bytes = 0;     // payload of one block
+  uint64_t layout_fingerprint = 0;
+  bool reset_on_mismatch = false;  // another layout/geometry on disk: start empty, not an error
+  bool allow_buffered = false;     // no O_DIRECT (tmpfs): buffered I/O instead of an error
+  FaultInjector* injector = nullptr;
+};
+
+struct StoredBlock {
+  SlotId slot = 0;
+  BlockKey key;
+  BlockKey parent;
+};
+
+class DiskTier {
+ public:
+  struct Stats {
+    uint64_t reads = 0, writes = 0, corrupt_reads = 0, io_errors = 0;
+    uint64_t recovered_blocks = 0, recovery_dropped = 0;
+    bool buffered_io = false;    // true when O_DIRECT was unavailable and allowed
+    bool from_manifest = false;  // the last Open() used a clean manifest (else a scan)
+  };
+
+  // The direct-I/O alignment of `directory`'s file system (statx STATX_DIOALIGN, at least 4 KiB).
+  static absl::StatusOr<uint32_t> Alignment(const std::string& directory);
+  // Bytes a host slot needs to take part in disk transfers: the padded payload plus the trailer.
+  static uint64_t HostSlotBytes(uint64_t block_bytes, uint32_t alignment);
+
+  // Opens (creating or recovering) the tier. `host_memory` is registered with the ring.
+  static absl::StatusOr<std::unique_ptr<DiskTier>> Open(const DiskTierConfig& config,
+                                                        std::span<const iovec> host_memory);
+  ~DiskTier();  // waits for in-flight I/O; writes no manifest (call Close for a clean shutdown)
+  DiskTier(const DiskTier&) = delete;
+  DiskTier& operator=(const DiskTier&) = delete;
+
+  uint32_t capacity_slots() const { return capacity_slots_; }
+  uint32_t alignment() const { return alignment_; }
+  uint64_t slot_bytes() const { return slot_bytes_; }
+  // What Open() found: blocks that verified (manifest) or whose trailer verified (scan).
+  const std::vector<StoredBlock>& recovered() const { return recovered_; }
+
+  // Writes the block from `host_slot` (HostSlotBytes() bytes, aligned; the trailer area is filled
+  // here) into `slot`. `done(OK)` once it is durable in the page cache/device.
+  absl::Status Write(SlotId slot, const BlockKey& key, const BlockKey& parent, void* host_slot,
+                     std::function<void(absl::Status)> done);
+  // Reads `slot` into `host_slot` and verifies it holds `key` with an intact payload:
+  // done(OK), done(kDataLoss) on any mismatch, or the I/O error.
+  absl::Status Read(SlotId slot, const BlockKey& key, void* host_slot,
+                    std::function<void(absl::Status)> done);
+
+  // Clean shutdown: writes the manifest of `live` blocks atomically. Open() trusts it once.
+  absl::Status Close(std::span<const StoredBlock> live);
+
+  Stats stats() const;
+
+ private:
+  DiskTier() = default;
+  absl::Status Recover(bool* reset);
+  absl::Status ScanTrailers();
+  absl::Status LoadManifest(bool* found);
+  IoRequest RequestFor(IoOp op, SlotId slot, void* buf, uint32_t bytes, bool trailer_only) const;
+
+  DiskTierConfig config_;
+  uint32_t alignment_ = 4096;
+  uint64_t padded_payload_ = 0;
+  uint64_t slot_bytes_ = 0;
+  uint32_t capacity_slots_ = 0;
+  std::vector<int> fds_;
+  int lock_fd_ = -1;
+  std::unique_ptr<IoRing> ring_;
+  std::vector<StoredBlock> recovered_;
+  std::atomic<uint64_t> sequence_{1};
+  std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0};
+  uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
+  bool buffered_ = false;
+  bool from_manifest_ = false;
+};
+
+}  // namespace kvtier::internal
+
+#endif  // KVTIER_LIB_TIERS_DISK_TIER_H_

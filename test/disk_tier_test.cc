@@ -1,0 +1,351 @@
+#include "lib/tiers/disk_tier.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <random>
+
+#include "test/util/test_util.h"
+
+namespace kvtier::internal {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kBlockBytes = 24 * 1024 + 100;  // deliberately not aligned
+
+// A fresh directory under the test's working directory (the build tree: a real disk).
+struct TempDir {
+  TempDir() {
+    path = fs::current_path() /
+           ("disk_tier_test." + std::to_string(getpid()) + "." + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  static inline std::atomic<int> counter{0};
+  fs::path path;
+};
+
+// Host memory laid out as the cache lays it out: n slots of HostSlotBytes each.
+struct HostSlots {
+  HostSlots(uint32_t n, uint32_t align) : slot(DiskTier::HostSlotBytes(kBlockBytes, align)) {
+    bytes = slot * n;
+    base = static_cast<uint8_t*>(
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  }
+  ~HostSlots() { munmap(base, bytes); }
+  uint8_t* at(uint32_t i) const { return base + uint64_t{i} * slot; }
+  iovec iov() const { return {base, bytes}; }
+  uint64_t slot, bytes;
+  uint8_t* base;
+};
+
+BlockKey KeyOf(uint64_t i) { return {0xabc0000 + i, i * 0x9E3779B97F4A7C15ULL + 1}; }
+BlockKey ParentOf(uint64_t i) { return i == 0 ? kRootKey : KeyOf(i - 1); }
+
+void Pattern(uint8_t* p, uint64_t key_index) {
+  std::mt19937_64 rng(key_index * 7 + 1);
+  for (uint64_t i = 0; i < kBlockBytes; ++i) p[i] = static_cast<uint8_t>(rng());
+}
+bool Matches(const uint8_t* p, uint64_t key_index) {
+  std::vector<uint8_t> want(kBlockBytes);
+  Pattern(want.data(), key_index);
+  return std::memcmp(p, want.data(), kBlockBytes) == 0;
+}
+
+DiskTierConfig Config(const fs::path& dir, uint32_t slots, uint32_t align) {
+  return DiskTierConfig{
+      .directory = dir.string(),
+      .capacity_bytes = uint64_t{slots} * (DiskTier::HostSlotBytes(kBlockBytes, align)),
+      .files = 2,
+      .queue_depth = 16,
+      .block_bytes = kBlockBytes,
+      .layout_fingerprint = 0x1234};
+}
+
+absl::Status Wait(const std::function<absl::Status(std::function<void(absl::Status)>)>& start) {
+  std::promise<absl::Status> p;
+  auto f = p.get_future();
+  if (absl::Status s = start([&](absl::Status st) { p.set_value(st); }); !s.ok()) return s;
+  return f.get();
+}
+absl::Status WriteBlock(DiskTier& d, SlotId slot, uint64_t k, uint8_t* host) {
+  Pattern(host, k);
+  return Wait([&](auto done) { return d.Write(slot, KeyOf(k), ParentOf(k), host, done); });
+}
+absl::Status ReadBlock(DiskTier& d, SlotId slot, uint64_t k, uint8_t* host) {
+  std::memset(host, 0xEE, kBlockBytes);
+  return Wait([&](auto done) { return d.Read(slot, KeyOf(k), host, done); });
+}
+
+uint32_t Align(const fs::path& dir) { return *DiskTier::Alignment(dir.string()); }
+
+TEST_CASE("DiskTier: blocks round-trip byte-exact through O_DIRECT slots", "[disk]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(2, align);
+  const iovec mem[] = {host.iov()};
+  auto disk = DiskTier::Open(Config(dir.path, 32, align), mem);
+  REQUIRE_OK(disk);
+  CHECK((*disk)->capacity_slots() == 32);
+  CHECK((*disk)->alignment() % 4096 == 0);
+  CHECK_FALSE((*disk)->stats().buffered_io);
+  for (uint32_t s = 0; s < 32; ++s) REQUIRE_OK(WriteBlock(**disk, s, s, host.at(0)));
+  for (uint32_t s = 0; s < 32; ++s) {
+    REQUIRE_OK(ReadBlock(**disk, s, s, host.at(1)));
+    CHECK(Matches(host.at(1), s));
+  }
+  CHECK((*disk)->stats().corrupt_reads == 0);
+}
+
+TEST_CASE("DiskTier: a corrupted payload, trailer or wrong key reads as kDataLoss, counted",
+          "[disk]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  auto disk = DiskTier::Open(Config(dir.path, 4, align), {});
+  REQUIRE_OK(disk);
+  for (uint32_t s = 0; s < 4; ++s) REQUIRE_OK(WriteBlock(**disk, s, s, host.at(0)));
+  // Slot 0 is file 0 offset 0; slot 2 is file 0, second slot. Flip bytes behind the tier's back.
+  const int fd = open((dir.path / "blocks.0").c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  uint8_t b = 0;
+  REQUIRE(pread(fd, &b, 1, 1000) == 1);
+  b ^= 0x10;
+  REQUIRE(pwrite(fd, &b, 1, 1000) == 1);  // payload of slot 0
+  const off_t trailer2 =
+      static_cast<off_t>((*disk)->slot_bytes() + (*disk)->slot_bytes() - align + 40);
+  REQUIRE(pwrite(fd, &b, 1, trailer2) == 1);  // trailer of slot 2
+  close(fd);
+  REQUIRE_CODE(ReadBlock(**disk, 0, 0, host.at(0)), absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(ReadBlock(**disk, 2, 2, host.at(0)), absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(ReadBlock(**disk, 1, 3, host.at(0)), absl::StatusCode::kDataLoss);  // other key
+  REQUIRE_OK(ReadBlock(**disk, 3, 3, host.at(0)));
+  CHECK(Matches(host.at(0), 3));
+  CHECK((*disk)->stats().corrupt_reads == 3);
+}
+
+TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers from", "[disk]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  std::vector<StoredBlock> live;
+  {
+    auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+    REQUIRE_OK(disk);
+    for (uint32_t s = 0; s < 5; ++s) {
+      REQUIRE_OK(WriteBlock(**disk, s, s, host.at(0)));
+      live.push_back({s, KeyOf(s), ParentOf(s)});
+    }
+    REQUIRE_OK((*disk)->Close(live));
+  }
+  auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+  REQUIRE_OK(disk);
+  CHECK((*disk)->stats().from_manifest);
+  REQUIRE((*disk)->recovered().size() == 5);
+  for (const StoredBlock& b : (*disk)->recovered()) {
+    CHECK(b.key == KeyOf(b.slot));
+    CHECK(b.parent == ParentOf(b.slot));
+    REQUIRE_OK(ReadBlock(**disk, b.slot, b.slot, host.at(0)));
+    CHECK(Matches(host.at(0), b.slot));
+  }
+  CHECK_FALSE(fs::exists(dir.path / "manifest"));  // trusted once
+}
+
+TEST_CASE("DiskTier: without a manifest the trailers are scanned; bad ones are dropped", "[disk]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  {
+    auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+    REQUIRE_OK(disk);
+    for (uint32_t s = 0; s < 6; ++s) REQUIRE_OK(WriteBlock(**disk, s, s, host.at(0)));
+    REQUIRE_OK(WriteBlock(**disk, 6, 2, host.at(0)));            // key 2 again, newer, in slot 6
+  }                                                              // no Close: as after a crash
+  const int fd = open((dir.path / "blocks.1").c_str(), O_RDWR);  // slot 1 = file 1, first slot
+  const uint32_t zero = 0xdeadbeef;
+  REQUIRE(pwrite(fd, &zero, 4,
+                 static_cast<off_t>(DiskTier::HostSlotBytes(kBlockBytes, align) - align + 20)) ==
+          4);
+  close(fd);
+  auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+  REQUIRE_OK(disk);
+  CHECK_FALSE((*disk)->stats().from_manifest);
+  std::map<uint32_t, BlockKey> got;
+  for (const StoredBlock& b : (*disk)->recovered()) got[b.slot] = b.key;
+  CHECK(got.size() == 5);  // 0, 3, 4, 5 and key 2 from slot 6 (not slot 2); slot 1 dropped
+  CHECK_FALSE(got.contains(1));
+  CHECK_FALSE(got.contains(2));
+  REQUIRE(got.contains(6));
+  CHECK(got[6] == KeyOf(2));
+  CHECK((*disk)->stats().recovery_dropped == 2);
+}
+
+TEST_CASE("DiskTier: bad directories, sizes and a second opener get clear errors", "[disk]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  SECTION("missing directory") {
+    REQUIRE_CODE(DiskTier::Open(Config(dir.path / "nope", 8, align), {}),
+                 absl::StatusCode::kNotFound);
+  }
+  SECTION("capacity under one slot") {
+    DiskTierConfig c = Config(dir.path, 8, align);
+    c.capacity_bytes = 4096;
+    REQUIRE_CODE(DiskTier::Open(c, {}), absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("more than the disk holds") {
+    DiskTierConfig c = Config(dir.path, 8, align);
+    c.capacity_bytes = uint64_t{1} << 46;  // 64 TiB
+    c.files = 4096;
+    REQUIRE_CODE(DiskTier::Open(c, {}), absl::StatusCode::kResourceExhausted);
+  }
+  SECTION("two caches on one directory") {
+    auto first = DiskTier::Open(Config(dir.path, 8, align), {});
+    REQUIRE_OK(first);
+    REQUIRE_CODE(DiskTier::Open(Config(dir.path, 8, align), {}),
+                 absl::StatusCode::kFailedPrecondition);
+    first->reset();
+    REQUIRE_OK(DiskTier::Open(Config(dir.path, 8, align), {}));  // the lock went with it
+  }
+  SECTION("another layout: an error, or an empty start when asked") {
+    HostSlots host(1, align);
+    {
+      auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+      REQUIRE_OK(disk);
+      REQUIRE_OK(WriteBlock(**disk, 0, 0, host.at(0)));
+    }
+    DiskTierConfig other = Config(dir.path, 8, align);
+    other.layout_fingerprint = 0x9999;
+    REQUIRE_CODE(DiskTier::Open(other, {}), absl::StatusCode::kFailedPrecondition);
+    other.reset_on_mismatch = true;
+    auto disk = DiskTier::Open(other, {});
+    REQUIRE_OK(disk);
+    CHECK((*disk)->recovered().empty());
+  }
+  SECTION("a file system without O_DIRECT is refused unless buffered I/O is allowed") {
+    // tmpfs gained O_DIRECT in Linux 6.6: on newer kernels this opens direct, which is fine too.
+    if (!fs::is_directory("/dev/shm")) return;
+    TempDir shm_holder;
+    const fs::path shm = fs::path("/dev/shm") / shm_holder.path.filename();
+    fs::create_directories(shm);
+    DiskTierConfig c = Config(shm, 4, 4096);
+    auto strict = DiskTier::Open(c, {});
+    if (!strict.ok()) {
+      CHECK(strict.status().code() == absl::StatusCode::kFailedPrecondition);
+      c.allow_buffered = true;
+      auto buffered = DiskTier::Open(c, {});
+      REQUIRE_OK(buffered);
+      CHECK((*buffered)->stats().buffered_io);
+      HostSlots host(1, (*buffered)->alignment());
+      REQUIRE_OK(WriteBlock(**buffered, 0, 0, host.at(0)));
+      REQUIRE_OK(ReadBlock(**buffered, 0, 0, host.at(0)));
+      CHECK(Matches(host.at(0), 0));
+    } else {
+      WARN("this kernel's tmpfs supports O_DIRECT");
+    }
+    fs::remove_all(shm);
+  }
+}
+
+TEST_CASE("DiskTier: under injected faults a long random workload serves 0 corrupt blocks",
+          "[disk][faults]") {
+  const auto kind = GENERATE(0, 1, 2, 3);
+  CAPTURE(kind);
+  RandomFaultInjector::Rates rates;
+  (kind == 0   ? rates.eio
+   : kind == 1 ? rates.short_transfer
+   : kind == 2 ? rates.bit_flip
+               : rates.enospc) = 0.2;
+  RandomFaultInjector injector(/*seed=*/42 + kind, rates);
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  const iovec mem[] = {host.iov()};
+  DiskTierConfig c = Config(dir.path, 16, align);
+  c.injector = &injector;
+  auto disk = DiskTier::Open(c, mem);
+  REQUIRE_OK(disk);
+  std::vector<int64_t> holds(16, -1);  // key index each slot holds, per successful writes
+  std::mt19937 rng(7 + kind);
+  uint64_t served = 0, corrupt_served = 0, misses = 0;
+  for (int step = 0; step < 1500; ++step) {
+    const uint32_t slot = rng() % 16;
+    if (rng() % 2 == 0) {
+      const uint64_t k = rng() % 1000;
+      if (WriteBlock(**disk, slot, k, host.at(0)).ok()) {
+        holds[slot] = static_cast<int64_t>(k);
+      } else {
+        holds[slot] = -1;  // a failed write leaves the slot's contents undefined
+      }
+    } else if (holds[slot] >= 0) {
+      if (ReadBlock(**disk, slot, static_cast<uint64_t>(holds[slot]), host.at(0)).ok()) {
+        served++;
+        corrupt_served += !Matches(host.at(0), static_cast<uint64_t>(holds[slot]));
+      } else {
+        misses++;
+      }
+    }
+  }
+  CHECK(corrupt_served == 0);
+  CHECK(served > 100);
+  CHECK(injector.injected() > 0);
+  if (kind == 1) CHECK(misses == 0);  // short transfers are completed, not failed
+  if (kind == 2) CHECK((*disk)->stats().corrupt_reads > 0);
+}
+
+TEST_CASE("DiskTier: after SIGKILL mid-write, reopening serves only blocks that verify",
+          "[disk][crash]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  int progress[2];
+  REQUIRE(pipe(progress) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The child writes forever, telling the parent how far it got; the parent kills it.
+    close(progress[0]);
+    HostSlots host(1, align);
+    auto disk = DiskTier::Open(Config(dir.path, 64, align), {});
+    if (!disk.ok()) _exit(3);
+    for (uint64_t i = 0;; ++i) {
+      (void)WriteBlock(**disk, static_cast<SlotId>(i % 64), i, host.at(0));
+      if (i == 200) (void)!write(progress[1], "x", 1);
+    }
+  }
+  close(progress[1]);
+  char c;
+  REQUIRE(read(progress[0], &c, 1) == 1);
+  std::mt19937 rng(11);
+  usleep(rng() % 20000);  // a random point in the write stream
+  kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  close(progress[0]);
+  REQUIRE(WIFSIGNALED(status));
+
+  HostSlots host(1, align);
+  auto disk = DiskTier::Open(Config(dir.path, 64, align), {});
+  REQUIRE_OK(disk);
+  CHECK_FALSE((*disk)->stats().from_manifest);
+  uint64_t verified = 0, wrong = 0;
+  for (const StoredBlock& b : (*disk)->recovered()) {
+    const uint64_t k = b.key.hi - 0xabc0000;
+    CHECK(b.key == KeyOf(k));
+    if (ReadBlock(**disk, b.slot, k, host.at(0)).ok()) {
+      verified++;
+      wrong += !Matches(host.at(0), k);
+    }
+  }
+  CHECK(wrong == 0);
+  CHECK(verified > 0);
+}
+
+}  // namespace
+}  // namespace kvtier::internal
