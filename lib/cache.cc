@@ -6,6 +6,7 @@
 // only waits (write-back before AllocateDevice returns, Transfer::Wait) happen after unlocking.
 #include "kvtier/cache.h"
 
+#include <atomic>
 #include <cassert>
 #include <utility>
 
@@ -13,9 +14,11 @@
 #include "lib/cache_factory.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
+#include "lib/tiers/disk_tier.h"
 #include "lib/tiers/host_pool.h"
 #include "lib/transfer/device.h"
 #include "lib/transfer/emulated_device.h"
+#include "lib/transfer/host_event.h"
 #include "lib/transfer/transfer_state.h"
 
 namespace kvtier {
@@ -26,6 +29,8 @@ const char* TierName(Tier tier) {
       return "device";
     case Tier::kHost:
       return "host";
+    case Tier::kDisk:
+      return "disk";
   }
   return "unknown";
 }
@@ -41,12 +46,14 @@ namespace internal {
 class CacheCore {
  public:
   CacheCore(const Options& options, std::unique_ptr<Device> device, std::unique_ptr<HostPool> host,
-            IndexConfig config)
+            std::unique_ptr<DiskTier> disk, IndexConfig config)
       : options_(options),
         metadata_only_(options.backend == DeviceBackend::kMetadataOnly),
         device_(std::move(device)),
         host_(std::move(host)),
+        disk_(std::move(disk)),
         index_(std::move(config)) {
+    host_busy_.resize(index_.capacity(Tier::kHost));
     // Where each layer's segments sit inside a contiguous host slot.
     uint64_t offset = 0;
     for (const LayerLayout& layer : options_.layout.layers) {
@@ -60,9 +67,31 @@ class CacheCore {
   }
 
   ~CacheCore() {
-    device_->Synchronize().IgnoreError();  // callbacks reference this object
+    // Callbacks reference this object: drain the disk (its reads feed device streams), the device,
+    // then the disk again (device callbacks may have started nothing new, but be exact).
+    if (disk_ != nullptr) disk_->Drain();
+    device_->Synchronize().IgnoreError();
+    if (disk_ != nullptr) disk_->Drain();
     MutexLock lock(&index_.mu());
     assert(index_.live_leases_locked() == 0 && "destroy every DeviceLease before its Cache");
+    if (disk_ != nullptr) {
+      // Clean shutdown: the manifest lets the next Create() skip the trailer scan.
+      std::vector<StoredBlock> live;
+      for (const RestoredBlock& b : index_.ListLocked(Tier::kDisk)) {
+        live.push_back({b.slot, b.key, b.parent});
+      }
+      disk_->Close(live).IgnoreError();  // best effort: without it the next start scans
+    }
+  }
+
+  // Warm restart: registers what the disk tier found in its directory.
+  void Restore() {
+    if (disk_ == nullptr) return;
+    std::vector<RestoredBlock> blocks;
+    for (const StoredBlock& b : disk_->recovered()) blocks.push_back({b.key, b.parent, b.slot});
+    MutexLock lock(&index_.mu());
+    restored_ = index_.RestoreLocked(Tier::kDisk, blocks);
+    restore_dropped_ = blocks.size() - restored_;
   }
 
   Index& index() { return index_; }
@@ -74,8 +103,8 @@ class CacheCore {
                           std::vector<CopyRegion>* out) const {
     std::byte* host = host_->slot_ptr(host_slot);
     for (const SegmentAt& s : layers_[layer]) {
-      std::byte* dev = static_cast<std::byte*>(s.segment.base) +
-                       uint64_t{device_slot} * s.segment.stride_bytes;
+      std::byte* dev =
+          static_cast<std::byte*>(s.segment.base) + uint64_t{device_slot} * s.segment.stride_bytes;
       std::byte* h = host + s.host_offset;
       out->push_back(to_device ? CopyRegion{dev, h, s.segment.bytes_per_block}
                                : CopyRegion{h, dev, s.segment.bytes_per_block});
@@ -93,12 +122,16 @@ class CacheCore {
       return std::shared_ptr<DeviceEvent>();
     }
     std::vector<CopyRegion> regions;
+    absl::Status s;
     for (const Demotion& d : demotions) {
+      // A host slot whose previous block is still being written to disk: wait for that write.
+      if (s.ok() && BusyLocked(d.host_slot))
+        s = device_->WaitEvent(Stream::kD2H, host_busy_[d.host_slot]);
       for (uint32_t l = 0; l < layers_.size(); ++l) {
         AppendLayerRegions(l, d.device_slot, d.host_slot, /*to_device=*/false, &regions);
       }
     }
-    absl::Status s = device_->Copy(Stream::kD2H, regions);
+    if (s.ok()) s = device_->Copy(Stream::kD2H, regions);
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
         s.ok() ? device_->RecordEvent(Stream::kD2H) : s;
     if (event.ok()) {
@@ -115,30 +148,85 @@ class CacheCore {
     return event;
   }
 
-  uint64_t bytes_d2h() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) { return bytes_d2h_; }
-  uint64_t bytes_h2d() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) { return bytes_h2d_; }
-  uint64_t in_flight() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) { return in_flight_; }
+  bool BusyLocked(SlotId host_slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    return host_busy_[host_slot] != nullptr && !host_busy_[host_slot]->Query();
+  }
+
+  // Starts the host-to-disk write-backs the last index call decided. Call after every index call
+  // that may take host slots, before enqueueing anything that uses those slots.
+  void StartDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    for (const DiskWrite& w : index_.TakeDiskWritesLocked()) {
+      bytes_disk_written_ += options_.layout.block_bytes();
+      if (disk_ == nullptr) {  // metadata-only: the write is done when decided
+        index_.FinishDiskWriteLocked(w, true);
+        continue;
+      }
+      auto done = std::make_shared<HostEvent>();
+      host_busy_[w.host_slot] = done;
+      absl::Status s = disk_->Write(w.disk_slot, w.key, w.parent, host_->slot_ptr(w.host_slot),
+                                    [this, w, done](absl::Status st) {
+                                      {
+                                        MutexLock lock(&index_.mu());
+                                        index_.FinishDiskWriteLocked(w, st.ok());
+                                      }
+                                      done->Complete();
+                                    });
+      if (!s.ok()) {
+        index_.FinishDiskWriteLocked(w, false);
+        done->Complete();
+      }
+    }
+  }
 
   absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    StartDiskWritesLocked();  // the plan may have evicted host blocks to disk
     const auto layers = static_cast<uint32_t>(layers_.size());
     auto state = std::make_shared<TransferState>(
         plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
     if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
-      for (const Promotion& p : plan.promotions) index_.FinishPromotionLocked(p, true);
+      for (const Promotion& p : plan.promotions) {
+        index_.FinishPromotionLocked(p, true);
+        if (p.from_disk) bytes_disk_read_ += options_.layout.block_bytes();
+      }
       bytes_h2d_ += plan.promotions.size() * options_.layout.block_bytes();
       state->FinishNow();
       return state;
     }
-    auto promotions = std::make_shared<std::vector<Promotion>>(std::move(plan.promotions));
+    auto ctx = std::make_shared<LoadContext>();
+    ctx->promotions = std::move(plan.promotions);
+    ctx->source_lost.assign(ctx->promotions.size(), 0);
+    const size_t n = ctx->promotions.size();
+    // Disk-resident blocks: read each into its host slot (after any write-back of that slot's
+    // previous block); block i's device copies wait for read i alone, so they overlap later reads.
+    std::vector<std::shared_ptr<HostEvent>> read_done(n);
+    for (size_t i = 0; i < n; ++i) {
+      const Promotion& p = ctx->promotions[i];
+      if (!p.from_disk) continue;
+      read_done[i] = std::make_shared<HostEvent>();
+      auto start = [this, ctx, state, i, done = read_done[i]] {
+        StartDiskRead(ctx, state, i, done);
+      };
+      if (BusyLocked(p.host_slot)) {
+        host_busy_[p.host_slot]->Then(std::move(start));
+      } else {
+        start();
+      }
+    }
     absl::Status s;
     std::vector<CopyRegion> regions;
     for (uint32_t l = 0; l < layers && s.ok(); ++l) {
       regions.clear();
-      for (const Promotion& p : *promotions) {
+      for (size_t i = 0; i < n && s.ok(); ++i) {
+        const Promotion& p = ctx->promotions[i];
+        if (l == 0 && read_done[i] != nullptr) {
+          if (!regions.empty()) s = device_->Copy(Stream::kH2D, regions);
+          regions.clear();
+          if (s.ok()) s = device_->WaitEvent(Stream::kH2D, read_done[i]);
+        }
         AppendLayerRegions(l, p.device_slot, p.host_slot, /*to_device=*/true, &regions);
       }
-      if (!regions.empty()) s = device_->Copy(Stream::kH2D, regions);
+      if (s.ok() && !regions.empty()) s = device_->Copy(Stream::kH2D, regions);
       absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
           s.ok() ? device_->RecordEvent(Stream::kH2D) : s;
       if (!event.ok()) {
@@ -147,13 +235,16 @@ class CacheCore {
       }
       state->layer_events.push_back(*event);
       const bool last = l + 1 == layers;
-      s = device_->AddCallback(Stream::kH2D, [this, state, promotions, last](absl::Status st) {
+      s = device_->AddCallback(Stream::kH2D, [this, state, ctx, last](absl::Status st) {
         state->LayerDone(st);
         if (!last) return;
         const absl::Status outcome = state->first_error();
         {
           MutexLock lock(&index_.mu());
-          for (const Promotion& p : *promotions) index_.FinishPromotionLocked(p, outcome.ok());
+          for (size_t i = 0; i < ctx->promotions.size(); ++i) {
+            index_.FinishPromotionLocked(ctx->promotions[i], outcome.ok(),
+                                         ctx->source_lost[i] != 0);
+          }
           in_flight_--;
         }
         state->Finish();
@@ -162,15 +253,64 @@ class CacheCore {
     if (!s.ok()) {
       // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports
       // to the index, is the last thing enqueued, so it is not queued: report the failure now.
-      for (const Promotion& p : *promotions) index_.FinishPromotionLocked(p, false);
+      // Disk reads already started complete into their (now freed) host slots' old owners: wait.
+      for (const auto& r : read_done) {
+        if (r != nullptr) r->Wait().IgnoreError();
+      }
+      for (const Promotion& p : ctx->promotions) index_.FinishPromotionLocked(p, false);
       return s;
     }
-    bytes_h2d_ += promotions->size() * options_.layout.block_bytes();
+    bytes_h2d_ += n * options_.layout.block_bytes();
     in_flight_++;
     return state;
   }
 
+  CacheStats Stats() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    CacheStats stats;
+    index_.FillStatsLocked(&stats);
+    stats.bytes_h2d = bytes_h2d_;
+    stats.bytes_d2h = bytes_d2h_;
+    stats.bytes_disk_written = bytes_disk_written_;
+    stats.bytes_disk_read = bytes_disk_read_.load();
+    stats.transfers_in_flight = in_flight_;
+    stats.disk_recovered_blocks = restored_;
+    if (disk_ != nullptr) {
+      const DiskTier::Stats d = disk_->stats();
+      stats.disk_corrupt_reads = d.corrupt_reads;
+      stats.disk_io_errors = d.io_errors;
+      stats.disk_recovery_dropped = d.recovery_dropped + restore_dropped_;
+      stats.disk_buffered_io = d.buffered_io;
+    }
+    return stats;
+  }
+
  private:
+  struct LoadContext {
+    std::vector<Promotion> promotions;
+    std::vector<uint8_t> source_lost;  // promotion i's disk copy failed to verify (set before
+                                       // read i's event completes; read after the last layer)
+  };
+
+  void StartDiskRead(const std::shared_ptr<LoadContext>& ctx,
+                     const std::shared_ptr<TransferState>& state, size_t i,
+                     const std::shared_ptr<HostEvent>& done) {
+    const Promotion& p = ctx->promotions[i];
+    absl::Status s = disk_->Read(p.disk_slot, p.key, host_->slot_ptr(p.host_slot),
+                                 [this, ctx, state, i, done](absl::Status st) {
+                                   if (st.ok()) {
+                                     bytes_disk_read_ += options_.layout.block_bytes();
+                                   } else {
+                                     ctx->source_lost[i] = st.code() == absl::StatusCode::kDataLoss;
+                                     state->RecordError(st);
+                                   }
+                                   done->Complete();
+                                 });
+    if (!s.ok()) {
+      state->RecordError(s);
+      done->Complete();
+    }
+  }
+
   struct SegmentAt {
     Segment segment;
     uint64_t host_offset;  // of this segment inside a host slot
@@ -180,11 +320,17 @@ class CacheCore {
   const bool metadata_only_;  // no bytes move: every copy completes when enqueued
   std::unique_ptr<Device> device_;
   std::unique_ptr<HostPool> host_;
+  std::unique_ptr<DiskTier> disk_;  // null without a disk tier (or when metadata-only)
   std::vector<std::vector<SegmentAt>> layers_;
   Index index_;
   uint64_t bytes_h2d_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t bytes_d2h_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t in_flight_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  uint64_t bytes_disk_written_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  std::atomic<uint64_t> bytes_disk_read_{0};     // counted on the disk's completion thread
+  uint64_t restored_ = 0, restore_dropped_ = 0;  // set once, before the cache is shared
+  // Per host slot: the disk write of the block that last held it, which its next user waits for.
+  std::vector<std::shared_ptr<HostEvent>> host_busy_ ABSL_GUARDED_BY(index_.mu());
 };
 
 }  // namespace internal
@@ -256,8 +402,8 @@ absl::Status Transfer::status() const {
 absl::Status Transfer::WaitLayer(uint32_t layer) {
   if (state_ == nullptr) return absl::FailedPreconditionError("Transfer::WaitLayer: empty handle");
   if (layer >= state_->layers) {
-    return absl::OutOfRangeError(absl::StrCat("Transfer::WaitLayer: layer ", layer,
-                                              " vs num_layers=", state_->layers));
+    return absl::OutOfRangeError(
+        absl::StrCat("Transfer::WaitLayer: layer ", layer, " vs num_layers=", state_->layers));
   }
   return state_->WaitLayer(layer);
 }
@@ -296,15 +442,49 @@ absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
 namespace internal {
 
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
-                                                   std::unique_ptr<Device> device) {
+                                                   std::unique_ptr<Device> device,
+                                                   FaultInjector* disk_faults) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
+  const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
+  const bool with_disk = options.disk.capacity_bytes > 0;
   IndexConfig config;
   const uint32_t device_slots =
       options.device.capacity_slots == 0 ? options.layout.num_slots : options.device.capacity_slots;
   const uint64_t block = options.layout.block_bytes();
   const auto host_slots = static_cast<uint32_t>(options.host.capacity_bytes / block);
-  config.capacity_slots = {device_slots, host_slots};
+  // With a disk tier a host slot also holds the block's on-disk trailer, padded to the file
+  // system's direct-I/O alignment, so that a block moves to and from disk in one transfer.
+  uint64_t host_slot_bytes = block;
+  uint32_t alignment = 0;
+  if (with_disk && !no_bytes) {
+    KVTIER_ASSIGN_OR_RETURN(alignment, DiskTier::Alignment(options.disk.directory));
+    host_slot_bytes = DiskTier::HostSlotBytes(block, alignment);
+  }
+  KVTIER_ASSIGN_OR_RETURN(
+      auto host, HostPool::Create(device.get(), no_bytes ? 0 : host_slots, host_slot_bytes));
+  std::unique_ptr<DiskTier> disk;
+  uint32_t disk_slots = 0;
+  if (with_disk && no_bytes) {
+    disk_slots = static_cast<uint32_t>(
+        std::min<uint64_t>(options.disk.capacity_bytes / block, UINT32_MAX - 1));
+  } else if (with_disk) {
+    std::vector<iovec> memory;
+    if (host->slots() > 0) memory.push_back({host->slot_ptr(0), host->slots() * host_slot_bytes});
+    KVTIER_ASSIGN_OR_RETURN(disk,
+                            DiskTier::Open({.directory = options.disk.directory,
+                                            .capacity_bytes = options.disk.capacity_bytes,
+                                            .files = options.disk.files,
+                                            .queue_depth = options.disk.queue_depth,
+                                            .block_bytes = block,
+                                            .layout_fingerprint = options.layout.Fingerprint(),
+                                            .reset_on_mismatch = options.disk.reset_on_mismatch,
+                                            .allow_buffered = options.disk.allow_buffered,
+                                            .injector = disk_faults},
+                                           memory));
+    disk_slots = disk->capacity_slots();
+  }
+  config.capacity_slots = {device_slots, host_slots, disk_slots};
   config.demote_on_evict = options.demote_on_evict;
   config.host_write_through = options.host_write_through;
   struct TierPolicy {
@@ -314,22 +494,21 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
   };
   const TierPolicy policies[kNumTiers] = {
       {"Options.device.policy", &options.device.policy, &options.device.policy_params},
-      {"Options.host.policy", &options.host.policy, &options.host.policy_params}};
+      {"Options.host.policy", &options.host.policy, &options.host.policy_params},
+      {"Options.disk.policy", &options.disk.policy, &options.disk.policy_params}};
   for (int t = 0; t < kNumTiers; ++t) {
-    auto p = CreatePolicy(*policies[t].name,
-                          {.capacity_slots = config.capacity_slots[t], .params = *policies[t].params});
+    auto p = CreatePolicy(*policies[t].name, {.capacity_slots = config.capacity_slots[t],
+                                              .params = *policies[t].params});
     if (!p.ok()) {
       return absl::Status(p.status().code(),
                           absl::StrCat(policies[t].path, ": ", p.status().message()));
     }
     config.policies[t] = std::move(*p);
   }
-  // Metadata-only caches keep no host bytes: the pool maps no memory.
-  const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
-  KVTIER_ASSIGN_OR_RETURN(auto host,
-                          HostPool::Create(device.get(), no_bytes ? 0 : host_slots, block));
-  return std::unique_ptr<Cache>(new Cache(
-      std::make_unique<CacheCore>(options, std::move(device), std::move(host), std::move(config))));
+  auto core = std::make_unique<CacheCore>(options, std::move(device), std::move(host),
+                                          std::move(disk), std::move(config));
+  core->Restore();
+  return std::unique_ptr<Cache>(new Cache(std::move(core)));
 }
 
 }  // namespace internal
@@ -362,8 +541,8 @@ absl::Status CheckLease(const char* call, const DeviceLease& lease, const CacheC
 absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
   const uint32_t capacity = core_->index().capacity(Tier::kDevice);
   if (n == 0 || n > capacity) {
-    return absl::InvalidArgumentError(absl::StrCat("AllocateDevice: ", n,
-                                                   " slots asked vs 1..", capacity, " available"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
   }
   std::vector<uint32_t> slots;
   std::shared_ptr<internal::DeviceEvent> write_back;
@@ -372,6 +551,7 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
     MutexLock lock(&core_->index().mu());
     std::vector<internal::Demotion> demotions;
     KVTIER_ASSIGN_OR_RETURN(id, core_->index().NewLeaseLocked(n, &slots, &demotions));
+    core_->StartDiskWritesLocked();
     if (!demotions.empty()) {
       auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
       if (event.ok()) write_back = *event;
@@ -396,6 +576,7 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
     MutexLock lock(&core_->index().mu());
     std::vector<internal::Demotion> demotions;
     KVTIER_RETURN_IF_ERROR(core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions));
+    core_->StartDiskWritesLocked();
     if (!demotions.empty()) {
       auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
       if (event.ok()) write_back = *event;
@@ -421,6 +602,7 @@ absl::Status Cache::Commit(std::span<const BlockKey> keys, DeviceLease& lease) {
   MutexLock lock(&core_->index().mu());
   std::vector<internal::Demotion> demotions;
   KVTIER_RETURN_IF_ERROR(core_->index().CommitLocked(lease.id_, keys, &demotions));
+  core_->StartDiskWritesLocked();
   if (!demotions.empty()) {
     // Write-through copies: their failure only loses the host copy; Commit itself succeeded.
     core_->EnqueueDemotionsLocked(std::move(demotions)).status().IgnoreError();
@@ -436,8 +618,8 @@ absl::Status Cache::Release(DeviceLease& lease) {
 
 absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double> scores) {
   if (keys.size() != scores.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("Hint: ", keys.size(), " keys vs ",
-                                                   scores.size(), " scores"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
   }
   MutexLock lock(&core_->index().mu());
   core_->index().HintLocked(keys, scores);
@@ -445,13 +627,8 @@ absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double>
 }
 
 CacheStats Cache::Stats() const {
-  CacheStats stats;
   MutexLock lock(&core_->index().mu());
-  core_->index().FillStatsLocked(&stats);
-  stats.bytes_h2d = core_->bytes_h2d();
-  stats.bytes_d2h = core_->bytes_d2h();
-  stats.transfers_in_flight = core_->in_flight();
-  return stats;
+  return core_->Stats();
 }
 
 const Options& Cache::options() const { return core_->options(); }

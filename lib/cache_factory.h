@@ -8,13 +8,16 @@
 
 #include "absl/status/statusor.h"
 #include "kvtier/cache.h"
+#include "lib/tiers/io_ring.h"
 #include "lib/transfer/device.h"
 
 namespace kvtier::internal {
 
-// Validates `options` (ignoring options.backend) and builds the cache on `device`.
+// Validates `options` (ignoring options.backend) and builds the cache on `device`. `disk_faults`
+// (tests; may be null, not owned, outlives the cache) injects faults into the disk tier's I/O.
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
-                                                   std::unique_ptr<Device> device);
+                                                   std::unique_ptr<Device> device,
+                                                   FaultInjector* disk_faults = nullptr);
 
 }  // namespace kvtier::internal
 

@@ -10,8 +10,11 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <random>
 
+#include "lib/cache_factory.h"
+#include "lib/transfer/emulated_device.h"
 #include "test/util/test_util.h"
 
 namespace kvtier::internal {
@@ -346,6 +349,148 @@ TEST_CASE("DiskTier: after SIGKILL mid-write, reopening serves only blocks that 
   CHECK(wrong == 0);
   CHECK(verified > 0);
 }
+
+// ---- The disk tier inside a Cache: cascade, promotion, warm restart, faults ----
+
+namespace cache_level {
+
+using test::EngineKv;
+
+Options DiskOptions(const EngineKv& kv, const fs::path& dir, uint32_t host_blocks,
+                    uint32_t disk_blocks) {
+  Options o = test::MakeOptions(kv, host_blocks);
+  // Capacity in bytes: a disk slot is the block padded to the alignment plus one trailer unit.
+  const uint32_t align = *DiskTier::Alignment(dir.string());
+  o.disk = {.directory = dir.string(),
+            .capacity_bytes =
+                uint64_t{disk_blocks} * DiskTier::HostSlotBytes(kv.layout().block_bytes(), align),
+            .files = 2};
+  return o;
+}
+
+// Runs `n` two-block sequences (seeds first..first+n) through the cache; returns mismatched bytes.
+uint64_t RunAll(Cache& cache, EngineKv& kv, uint32_t first, uint32_t n, uint64_t* matched) {
+  uint64_t bad = 0;
+  for (uint32_t i = first; i < first + n; ++i) {
+    auto keys = test::Chain(2, i);
+    auto r = test::RunSequence(cache, kv, keys);
+    REQUIRE_OK(r);
+    REQUIRE_OK(cache.CheckInvariants());
+    bad += r->mismatched_bytes;
+    *matched += r->loaded;
+  }
+  return bad;
+}
+
+TEST_CASE("Cache with disk: blocks cascade device -> host -> disk and come back byte-exact",
+          "[disk][cache]") {
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  auto cache = Cache::Create(DiskOptions(kv, dir.path, 4, 64));
+  REQUIRE_OK(cache);
+  uint64_t matched = 0;
+  CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  CHECK(matched == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  CHECK(matched == 40);  // every block of every sequence came back from some tier
+  const CacheStats s = (*cache)->Stats();
+  CHECK(s.disk.hits > 0);
+  CHECK(s.bytes_disk_written > 0);
+  CHECK(s.bytes_disk_read > 0);
+  CHECK(s.disk_corrupt_reads == 0);
+  CHECK(s.disk.used_blocks <= s.disk.capacity_blocks);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Cache with disk: a new cache on the same directory serves the previous one's blocks",
+          "[disk][cache]") {
+  const bool with_manifest = GENERATE(true, false);
+  CAPTURE(with_manifest);
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  uint64_t matched = 0;
+  {
+    auto cache = Cache::Create(DiskOptions(kv, dir.path, 4, 64));
+    REQUIRE_OK(cache);
+    CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  }  // destroyed: writes the manifest
+  if (!with_manifest) fs::remove(dir.path / "manifest");
+  auto cache = Cache::Create(DiskOptions(kv, dir.path, 4, 64));
+  REQUIRE_OK(cache);
+  const CacheStats before = (*cache)->Stats();
+  CHECK(before.disk_recovered_blocks > 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  CHECK(matched > 0);  // served from the first cache's disk blocks
+  CHECK((*cache)->Stats().disk.hits > 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Cache with disk: another layout on the directory is an error unless reset is asked",
+          "[disk][cache]") {
+  TempDir dir;
+  {
+    EngineKv kv({.num_slots = 4});
+    auto cache = Cache::Create(DiskOptions(kv, dir.path, 4, 16));
+    REQUIRE_OK(cache);
+  }
+  EngineKv other({.layers = 2, .num_slots = 4});
+  Options o = DiskOptions(other, dir.path, 4, 16);
+  REQUIRE_CODE(Cache::Create(o), absl::StatusCode::kFailedPrecondition);
+  o.disk.reset_on_mismatch = true;
+  auto cache = Cache::Create(o);
+  REQUIRE_OK(cache);
+  CHECK((*cache)->Stats().disk_recovered_blocks == 0);
+}
+
+TEST_CASE("Cache with disk: bad disk options get clear errors", "[disk][cache]") {
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  Options no_host = DiskOptions(kv, dir.path, 0, 16);
+  REQUIRE_CODE(Cache::Create(no_host), absl::StatusCode::kInvalidArgument);
+  Options missing = DiskOptions(kv, dir.path, 4, 16);
+  missing.disk.directory = (dir.path / "missing").string();
+  CHECK_FALSE(Cache::Create(missing).ok());
+  Options files = DiskOptions(kv, dir.path, 4, 16);
+  files.disk.files = 0;
+  REQUIRE_CODE(Cache::Create(files), absl::StatusCode::kInvalidArgument);
+  Options policy = DiskOptions(kv, dir.path, 4, 16);
+  policy.disk.policy = "no-such-policy";
+  REQUIRE_CODE(Cache::Create(policy), absl::StatusCode::kNotFound);
+  REQUIRE_OK(Cache::Create(DiskOptions(kv, dir.path, 4, 16)));  // and a good one still works
+}
+
+TEST_CASE("Cache with disk: under injected disk faults no corrupt block reaches the engine",
+          "[disk][cache][faults]") {
+  const auto kind = GENERATE(0, 1, 2, 3);
+  CAPTURE(kind);
+  RandomFaultInjector::Rates rates;
+  (kind == 0   ? rates.eio
+   : kind == 1 ? rates.short_transfer
+   : kind == 2 ? rates.bit_flip
+               : rates.enospc) = 0.15;
+  RandomFaultInjector injector(/*seed=*/100 + kind, rates);
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  auto cache =
+      CreateCache(DiskOptions(kv, dir.path, 4, 64), std::make_unique<EmulatedDevice>(), &injector);
+  REQUIRE_OK(cache);
+  std::mt19937 rng(5 + kind);
+  uint64_t bad = 0, matched = 0;
+  for (int step = 0; step < 300; ++step) {
+    bad += RunAll(**cache, kv, 1 + rng() % 30, 1, &matched);
+    if (step % 50 == 0) REQUIRE_OK((*cache)->CheckInvariants());
+  }
+  CHECK(bad == 0);
+  CHECK(matched > 0);
+  CHECK(injector.injected() > 0);
+  const CacheStats s = (*cache)->Stats();
+  if (kind == 2) CHECK(s.disk_corrupt_reads > 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+}  // namespace cache_level
 
 }  // namespace
 }  // namespace kvtier::internal

@@ -8,7 +8,8 @@
 // hashed bytes are fixed: salt = XXH3_128(UTF-8 bytes of "kvtier-salt-v1" '\0' model_id '\0'
 // lora_id '\0' tenant); key = XXH3_128("kvtier-key-v1" ++ salt(16 B) ++ parent(16 B) ++ each token
 // id as 4 little-endian bytes), with the 128-bit values written high half first, big-endian. Keys
-// written to disk by one version of kvtier are read back by another; changing this is a format break.
+// written to disk by one version of kvtier are read back by another; changing this is a format
+// break.
 //
 // Thread safety: BlockKey is a value; a BlockHasher is immutable after construction, so any method
 // may be called from any thread.

@@ -9,17 +9,21 @@
 //   cache.Commit(keys, lease)                  // publish the computed blocks
 //   lease = {} / cache.Release(lease)          // done: blocks unpinned, now evictable
 //
-// Tiers: kDevice (the engine's KV memory, described by Options.layout), kHost (pinned DRAM pool).
-// A block may reside in both. Making room on the device evicts with the device policy and, unless
-// Options.demote_on_evict is false, copies a victim with no host copy to the host first; the host
-// tier's victims are dropped. Prefix rule: a block is never dropped from every tier while a block
-// chained from it is still cached, so a cached block's ancestors are always reachable.
+// Tiers: kDevice (the engine's KV memory, described by Options.layout), kHost (pinned DRAM pool),
+// kDisk (files on NVMe, Options.disk). A block may reside in several. Making room in a tier evicts
+// with its policy and, unless Options.demote_on_evict is false, first copies a victim that has no
+// copy in any other tier one tier down (device -> host -> disk); the bottom tier's victims are
+// dropped. Prefix rule: a block is never dropped from every tier while a block chained from it is
+// still cached, so a cached block's ancestors are always reachable.
+// Warm restart: with Options.disk, Create() serves the blocks a previous cache left in the
+// directory (destroying a Cache writes the manifest that makes the next start fast).
 //
 // Thread safety: every Cache method may be called from any thread concurrently (a scheduler thread
-//   matching and allocating while workers load and commit). A DeviceLease or Transfer handle is used
-//   by one thread at a time, like any value.
+//   matching and allocating while workers load and commit). A DeviceLease or Transfer handle is
+//   used by one thread at a time, like any value.
 // Ownership: Create() returns the Cache; leases and transfers must be destroyed before it.
-// Errors: absl::Status, never exceptions or aborts on user error. Invalid arguments are rejected with
+// Errors: absl::Status, never exceptions or aborts on user error. Invalid arguments are rejected
+// with
 //   the cache unchanged and usable. Codes: kInvalidArgument (bad option, layout, or key span),
 //   kFailedPrecondition (empty/released/foreign lease, Load into slots already loaded),
 //   kAlreadyExists (Commit of a key cached from another lease), kResourceExhausted (every device
@@ -41,24 +45,26 @@
 
 namespace kvtier {
 
-enum class Tier : uint8_t { kDevice = 0, kHost = 1 };
-inline constexpr int kNumTiers = 2;
+enum class Tier : uint8_t { kDevice = 0, kHost = 1, kDisk = 2 };
+inline constexpr int kNumTiers = 3;
 const char* TierName(Tier tier);
 
 namespace internal {
 class CacheCore;
 class Device;
+class FaultInjector;
 }  // namespace internal
 class Cache;
 namespace internal {
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
-                                                   std::unique_ptr<Device> device);
+                                                   std::unique_ptr<Device> device,
+                                                   FaultInjector* disk_faults);
 }  // namespace internal
 
 // The cached prefix of a key sequence, as Match() saw it. A snapshot: Load() re-checks it.
 struct MatchResult {
   std::vector<BlockKey> keys;  // the matched prefix of the queried keys
-  std::vector<Tier> tiers;     // highest tier holding each block (device before host)
+  std::vector<Tier> tiers;     // highest tier holding each block (device, then host, then disk)
   uint32_t size() const { return static_cast<uint32_t>(keys.size()); }
   uint32_t blocks_in(Tier tier) const;
 };
@@ -108,7 +114,8 @@ class Cache {
   Cache& operator=(const Cache&) = delete;
 
   // The longest prefix of `keys` (a chain from the root) that is cached, with the tier of each
-  // block; stops at the first block cached nowhere. Counts as an access for the policies. O(prefix).
+  // block; stops at the first block cached nowhere. Counts as an access for the policies.
+  // O(prefix).
   absl::StatusOr<MatchResult> Match(std::span<const BlockKey> keys);
 
   // Reserves n >= 1 device slots, evicting unpinned blocks with the device policy. Blocks while
@@ -120,19 +127,20 @@ class Cache {
   // Adds n >= 1 slots at the end of `lease` (a sequence that grew). Same errors as AllocateDevice.
   absl::Status Grow(DeviceLease& lease, uint32_t n);
 
-  // Brings the blocks of `match` into lease slots [0, match.size()): a block already on the device is
-  // shared (lease slot i becomes its slot, pinned), a block on the host is copied into lease slot i
-  // asynchronously. Stops at the first block no longer cached (see Transfer::blocks()). Never waits
-  // for a copy. kFailedPrecondition if the lease is empty/released/foreign or already loaded at
-  // those positions; kInvalidArgument if match.size() > lease.size().
+  // Brings the blocks of `match` into lease slots [0, match.size()): a block already on the device
+  // is shared (lease slot i becomes its slot, pinned), a block on the host is copied into lease
+  // slot i asynchronously. Stops at the first block no longer cached (see Transfer::blocks()).
+  // Never waits for a copy. kFailedPrecondition if the lease is empty/released/foreign or already
+  // loaded at those positions; kInvalidArgument if match.size() > lease.size().
   absl::StatusOr<Transfer> Load(const MatchResult& match, DeviceLease& lease);
 
   // Publishes lease slots [0, keys.size()) under `keys` (a chain from the root: keys[i-1] is the
   // parent of keys[i]). Slots that already hold their key (shared by Load, or committed before)
-  // are skipped. The bytes must be complete in device memory when called. All or nothing:
-  // kAlreadyExists if a key is already cached from elsewhere, kInvalidArgument if keys.size() >
-  // lease.size() or a key contradicts the cached chain (same key, other parent),
-  // kFailedPrecondition for a bad lease or a slot whose Load is still in flight.
+  // are skipped; a key cached only below the device (say, after a failed Load was recomputed)
+  // gains this slot as its device copy. The bytes must be complete in device memory when called.
+  // All or nothing: kAlreadyExists if a key is already on the device from another lease,
+  // kInvalidArgument if keys.size() > lease.size(), a key repeats, or a key contradicts the cached
+  // chain (same key, other parent), kFailedPrecondition for a bad lease.
   absl::Status Commit(std::span<const BlockKey> keys, DeviceLease& lease);
 
   // Returns the lease's uncommitted slots and unpins its blocks; `lease` becomes empty.
@@ -153,7 +161,8 @@ class Cache {
 
  private:
   friend absl::StatusOr<std::unique_ptr<Cache>> internal::CreateCache(
-      const Options& options, std::unique_ptr<internal::Device> device);
+      const Options& options, std::unique_ptr<internal::Device> device,
+      internal::FaultInjector* disk_faults);
   explicit Cache(std::unique_ptr<internal::CacheCore> core);
   std::unique_ptr<internal::CacheCore> core_;
 };

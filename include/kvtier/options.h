@@ -2,8 +2,8 @@
 //
 // Aggregates with a default for every field, set by designated initializers:
 //   auto cache = kvtier::Cache::Create({.layout = layout, .host = {.capacity_bytes = 8ull << 30}});
-// Thread safety: values. Errors: Validate() returns kInvalidArgument whose message names the field's
-// path ("Options.host.capacity_bytes: ...").
+// Thread safety: values. Errors: Validate() returns kInvalidArgument whose message names the
+// field's path ("Options.host.capacity_bytes: ...").
 #ifndef KVTIER_OPTIONS_H_
 #define KVTIER_OPTIONS_H_
 
@@ -38,11 +38,27 @@ struct HostTierOptions {
   PolicyParams policy_params;   // key=value strings, validated by the policy
 };
 
+// The NVMe tier: fixed-size slots in preallocated files, io_uring, O_DIRECT, checksummed.
+struct DiskTierOptions {
+  std::string directory;  // existing, writable, on a file system with O_DIRECT; one cache each
+  uint64_t capacity_bytes = 0;  // slot files, preallocated; 0 disables the disk tier
+  uint32_t files = 1;           // slots are striped over this many files
+  uint32_t queue_depth = 64;    // io_uring operations in flight
+  std::string policy = "lru";   // name in the policy registry
+  PolicyParams policy_params;   // key=value strings, validated by the policy
+  // The directory holds another layout's or geometry's blocks: start empty instead of failing.
+  bool reset_on_mismatch = false;
+  // The file system has no O_DIRECT (tmpfs on old kernels): use buffered I/O instead of failing
+  // (CacheStats.disk_buffered_io says so).
+  bool allow_buffered = false;
+};
+
 struct Options {
   BlockLayout layout;  // the engine's device KV memory; required
   DeviceBackend backend = DeviceBackend::kAuto;
   DeviceTierOptions device;
   HostTierOptions host;
+  DiskTierOptions disk;  // needs the host tier: disk reads and writes go through host slots
   // A device victim with no host copy is copied to the host tier before its slot is reused
   // (write-back). False drops it instead: cheaper eviction, fewer hits.
   bool demote_on_evict = true;

@@ -1,17 +1,19 @@
 // EvictionPolicy: ranks the entries of one tier so the cache can pick what to evict.
 //
-// A policy only ranks; it never moves bytes, never sees keys or tiers, and owns no lock. Each tier of
-// each Cache has its own instance, and the cache calls it under the tier's lock, one call at a time.
-// Entries are the tier's slot ids, dense in [0, capacity_slots): keep per-slot state in vectors.
+// A policy only ranks; it never moves bytes, never sees keys or tiers, and owns no lock. Each tier
+// of each Cache has its own instance, and the cache calls it under the tier's lock, one call at a
+// time. Entries are the tier's slot ids, dense in [0, capacity_slots): keep per-slot state in
+// vectors.
 //
 // Call protocol (the cache guarantees it; a policy may rely on it):
 //   OnInsert(s) once when slot s starts holding a block, OnRemove(s) once when it stops; between
 //   them any number of OnAccess(s) (the block was matched), and OnPin(s)/OnUnpin(s) when the slot
 //   gains its first pin or loses its last (pinned slots are never evictable: a policy may drop them
-//   from its queues until unpinned). OnRemove(s) may come while s is pinned. PickVictim is asked for the next entry to evict, with a predicate that says which
-//   entries may go *now* (pinned, Filling and prefix-protected entries may not); it must return a
-//   slot it was told of by OnInsert and for which the predicate is true, or nullopt when none is.
-//   The cache then calls OnRemove(victim) before inserting anything else.
+//   from its queues until unpinned). OnRemove(s) may come while s is pinned. PickVictim is asked
+//   for the next entry to evict, with a predicate that says which entries may go *now* (pinned,
+//   Filling and prefix-protected entries may not); it must return a slot it was told of by OnInsert
+//   and for which the predicate is true, or nullopt when none is. The cache then calls
+//   OnRemove(victim) before inserting anything else.
 // Cost: state each policy's victim cost in its file; the built-ins are O(1) amortised.
 // Registration: KVTIER_REGISTER_POLICY("name", Class) in the policy's .cc (Class constructible from
 // const PolicyContext&), or RegisterPolicy() at run time. Options name policies per tier.
@@ -92,8 +94,8 @@ bool RegisterPolicyAtStartup(const char* name, PolicyFactory factory);
 // which validates the parameters. Use once, at namespace scope (where Class is visible), in the .cc
 // file defining Class. The macro defines `bool kvtier_policy_anchor_<Class>` in that namespace:
 // referencing it from another file keeps the registration when Class sits in a static library.
-#define KVTIER_REGISTER_POLICY(name, Class)                                             \
-  bool kvtier_policy_anchor_##Class = ::kvtier::internal::RegisterPolicyAtStartup(      \
+#define KVTIER_REGISTER_POLICY(name, Class)                                        \
+  bool kvtier_policy_anchor_##Class = ::kvtier::internal::RegisterPolicyAtStartup( \
       name, [](const ::kvtier::PolicyContext& ctx) { return Class::Create(ctx); })
 
 #endif  // KVTIER_POLICY_H_

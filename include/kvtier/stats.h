@@ -23,6 +23,7 @@ struct TierStats {
 struct CacheStats {
   TierStats device;
   TierStats host;
+  TierStats disk;
 
   uint64_t match_calls = 0;
   uint64_t blocks_queried = 0;      // keys passed to Match()
@@ -34,8 +35,15 @@ struct CacheStats {
   uint64_t bytes_h2d = 0;           // bytes of promotions
   uint64_t bytes_d2h = 0;           // bytes of demotions
   uint64_t transfer_failures = 0;   // copies that failed; their blocks became misses
-  uint64_t leases_live = 0;         // gauge: DeviceLeases not yet released
-  uint64_t transfers_in_flight = 0; // gauge
+  uint64_t bytes_disk_read = 0;     // payload bytes read from the disk tier
+  uint64_t bytes_disk_written = 0;  // payload bytes written to the disk tier (host write-back)
+  uint64_t disk_corrupt_reads = 0;  // disk reads whose trailer or payload failed to verify: misses
+  uint64_t disk_io_errors = 0;      // disk reads and writes that failed
+  uint64_t disk_recovered_blocks = 0;  // blocks served from a previous run's directory
+  uint64_t disk_recovery_dropped = 0;  // slots found invalid, stale or orphaned at start
+  bool disk_buffered_io = false;       // the disk tier runs without O_DIRECT (allow_buffered)
+  uint64_t leases_live = 0;            // gauge: DeviceLeases not yet released
+  uint64_t transfers_in_flight = 0;    // gauge
 
   // Fraction of queried blocks that Match() found in some tier; 0 when nothing was queried.
   double HitRatio() const {

@@ -33,9 +33,9 @@ class Transfer {
 
   explicit operator bool() const { return state_ != nullptr; }
 
-  // Blocks this Transfer brings into the lease: lease slots [0, blocks()) hold the matched keys once
-  // it completes. Known when Load() returns; may be fewer than the match if blocks were evicted in
-  // between. 0 for an empty handle.
+  // Blocks this Transfer brings into the lease: lease slots [0, blocks()) hold the matched keys
+  // once it completes. Known when Load() returns; may be fewer than the match if blocks were
+  // evicted in between. 0 for an empty handle.
   uint32_t blocks() const;
   // Blocks among them that were copied from the host (the rest were already on the device).
   uint32_t blocks_promoted() const;

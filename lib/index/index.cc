@@ -6,12 +6,14 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
+#include "kvtier/policy.h"
 
 namespace kvtier::internal {
 namespace {
 
 constexpr Tier kDev = Tier::kDevice;
 constexpr Tier kHostTier = Tier::kHost;
+constexpr Tier kDiskTier = Tier::kDisk;
 int T(Tier t) { return static_cast<int>(t); }
 
 // True if keys repeat. Chains are short: pairwise below 32 keys, a hash set above.
@@ -41,6 +43,9 @@ Index::Index(IndexConfig config)
     // Low slot ids on top of the stack: handy when reading traces and tests.
     for (uint32_t s = tt.capacity; s > 0; --s) tt.free.push_back(s - 1);
     tt.policy = std::move(config.policies[t]);
+    if (tt.policy == nullptr) {  // a disabled tier: a policy that is never asked anything
+      tt.policy = *CreatePolicy("lru", {.capacity_slots = 0});
+    }
     tt.stats.capacity_blocks = tt.capacity;
   }
   const size_t expected = size_t{tiers_[0].capacity} + tiers_[1].capacity;
@@ -100,11 +105,14 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
   TierTable& tt = table(tier);
   tt.slot[slot].use = SlotUse::kResident;
   tt.slot[slot].entry = id;
-  E(id).res[T(tier)] = Residency{.slot = slot, .lease_pins = lease_pins,
-                                 .io_pins = static_cast<uint16_t>(io_pins), .state = state};
+  E(id).res[T(tier)] = Residency{.slot = slot,
+                                 .lease_pins = lease_pins,
+                                 .io_pins = static_cast<uint16_t>(io_pins),
+                                 .state = state};
   tt.policy->OnInsert(slot);
   if (const uint32_t parent = E(id).parent_id; parent != kNoEntry) {
-    if (const Residency& pr = E(parent).res[T(tier)]; pr.present()) tt.policy->OnLink(slot, pr.slot);
+    if (const Residency& pr = E(parent).res[T(tier)]; pr.present())
+      tt.policy->OnLink(slot, pr.slot);
   }
   if (lease_pins + io_pins > 0) tt.policy->OnPin(slot);
   tt.stats.inserts++;
@@ -142,10 +150,13 @@ MatchResult Index::MatchLocked(std::span<const BlockKey> keys) {
   for (const BlockKey& k : keys) {
     const uint32_t id = FindLocked(k);
     if (id == kNoEntry || !E(id).cached() || E(id).parent_id != parent) break;
-    const bool on_device = E(id).res[T(kDev)].present();
+    const Entry& e = E(id);
+    const Tier top = e.res[T(kDev)].present()        ? kDev
+                     : e.res[T(kHostTier)].present() ? kHostTier
+                                                     : kDiskTier;
     m.keys.push_back(k);
-    m.tiers.push_back(on_device ? kDev : kHostTier);
-    table(on_device ? kDev : kHostTier).stats.hits++;
+    m.tiers.push_back(top);
+    table(top).stats.hits++;
     hit.push_back(id);
     parent = id;
   }
@@ -180,17 +191,60 @@ std::optional<SlotId> Index::TakeHostSlotLocked() {
     host.free.pop_back();
     return s;
   }
-  auto victim = host.policy->PickVictim([&](SlotId s) {
-    const Entry& e = E(host.slot[s].entry);
-    const Residency& r = e.res[T(kHostTier)];
+  bool can_write_back = demote_on_evict_ && table(kDiskTier).capacity > 0;
+  for (;;) {
+    auto victim = host.policy->PickVictim([&](SlotId s) {
+      const Entry& e = E(host.slot[s].entry);
+      const Residency& r = e.res[T(kHostTier)];
+      return r.state == ResState::kReady && r.pins() == 0 &&
+             (e.res[T(kDev)].present() || e.res[T(kDiskTier)].present() || e.children == 0 ||
+              can_write_back);
+    });
+    if (!victim) return std::nullopt;
+    const uint32_t id = host.slot[*victim].entry;
+    const bool other_copy = E(id).res[T(kDev)].present() || E(id).res[T(kDiskTier)].present();
+    if (!other_copy && can_write_back) {
+      // Write-back to disk: the disk copy starts Filling and the host slot is handed on at once;
+      // its next user waits for the write (the caller tracks that).
+      std::optional<SlotId> disk_slot = TakeDiskSlotLocked();
+      if (!disk_slot) {
+        can_write_back = false;  // disk full of pinned or protected blocks: drop leaves instead
+        continue;
+      }
+      AddResidencyLocked(id, kDiskTier, *disk_slot, ResState::kFilling, 0, 1);
+      const uint32_t parent = E(id).parent_id;
+      disk_writes_.push_back(DiskWrite{.key = E(id).key,
+                                       .parent = parent == kNoEntry ? kRootKey : E(parent).key,
+                                       .entry = id,
+                                       .host_slot = *victim,
+                                       .disk_slot = *disk_slot});
+    } else if (!other_copy) {
+      host.stats.drops++;
+    }
+    host.stats.evictions++;
+    return RemoveResidencyLocked(id, kHostTier);
+  }
+}
+
+std::optional<SlotId> Index::TakeDiskSlotLocked() {
+  TierTable& disk = table(kDiskTier);
+  if (disk.capacity == 0) return std::nullopt;
+  if (!disk.free.empty()) {
+    const SlotId s = disk.free.back();
+    disk.free.pop_back();
+    return s;
+  }
+  auto victim = disk.policy->PickVictim([&](SlotId s) {
+    const Entry& e = E(disk.slot[s].entry);
+    const Residency& r = e.res[T(kDiskTier)];
     return r.state == ResState::kReady && r.pins() == 0 &&
-           (e.res[T(kDev)].present() || e.children == 0);
+           (e.res[T(kDev)].present() || e.res[T(kHostTier)].present() || e.children == 0);
   });
   if (!victim) return std::nullopt;
-  const uint32_t id = host.slot[*victim].entry;
-  host.stats.evictions++;
-  if (!E(id).res[T(kDev)].present()) host.stats.drops++;
-  return RemoveResidencyLocked(id, kHostTier);
+  const uint32_t id = disk.slot[*victim].entry;
+  disk.stats.evictions++;
+  if (!E(id).res[T(kDev)].present() && !E(id).res[T(kHostTier)].present()) disk.stats.drops++;
+  return RemoveResidencyLocked(id, kDiskTier);
 }
 
 std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotions) {
@@ -206,11 +260,12 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
       const Entry& e = E(dev.slot[s].entry);
       const Residency& r = e.res[T(kDev)];
       return r.state == ResState::kReady && r.pins() == 0 &&
-             (e.res[T(kHostTier)].present() || e.children == 0 || can_write_back);
+             (e.res[T(kHostTier)].present() || e.res[T(kDiskTier)].present() || e.children == 0 ||
+              can_write_back);
     });
     if (!victim) return std::nullopt;
     const uint32_t id = dev.slot[*victim].entry;
-    const bool host_copy = E(id).res[T(kHostTier)].present();
+    const bool host_copy = E(id).res[T(kHostTier)].present() || E(id).res[T(kDiskTier)].present();
     if (!host_copy && can_write_back) {
       // Write-back: the host copy starts Filling (io-pinned) and the device slot is handed on at
       // once; the caller finishes the copy before anyone may write the slot.
@@ -220,8 +275,8 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
         continue;
       }
       AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      demotions->push_back(Demotion{.key = E(id).key, .entry = id, .device_slot = *victim,
-                                    .host_slot = *host_slot});
+      demotions->push_back(
+          Demotion{.key = E(id).key, .entry = id, .device_slot = *victim, .host_slot = *host_slot});
       counters_.demotions++;
     } else if (!host_copy) {
       dev.stats.drops++;
@@ -296,13 +351,39 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
       FreeSlotLocked(kDev, ls.slot);
       ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};
       PinLocked(id, kDev, /*lease=*/true);
-    } else {
-      const Residency h = E(id).res[T(kHostTier)];
+    } else if (const Residency h = E(id).res[T(kHostTier)]; h.present()) {
       if (h.state != ResState::kReady) break;
       PinLocked(id, kHostTier, /*lease=*/false);
-      plan.promotions.push_back(Promotion{.key = keys[i], .entry = id, .host_slot = h.slot,
-                                          .device_slot = ls.slot, .lease_id = lease_id,
+      plan.promotions.push_back(Promotion{.key = keys[i],
+                                          .entry = id,
+                                          .host_slot = h.slot,
+                                          .device_slot = ls.slot,
+                                          .lease_id = lease_id,
                                           .position = i});
+      AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
+      ls.holds = true;
+      ls.entry = id;
+      counters_.promotions++;
+    } else {
+      // On disk only: read it into a new host slot, then copy that to the device.
+      const Residency k = E(id).res[T(kDiskTier)];
+      if (k.state != ResState::kReady) break;
+      // Pin the source first: making room on the host can cascade into a disk eviction.
+      PinLocked(id, kDiskTier, /*lease=*/false);
+      std::optional<SlotId> host_slot = TakeHostSlotLocked();
+      if (!host_slot) {  // every host slot pinned: the rest is a miss
+        UnpinLocked(id, kDiskTier, /*lease=*/false);
+        break;
+      }
+      AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
+      plan.promotions.push_back(Promotion{.key = keys[i],
+                                          .entry = id,
+                                          .host_slot = *host_slot,
+                                          .device_slot = ls.slot,
+                                          .lease_id = lease_id,
+                                          .position = i,
+                                          .from_disk = true,
+                                          .disk_slot = k.slot});
       AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
       ls.holds = true;
       ls.entry = id;
@@ -322,9 +403,8 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Commit: the lease was released");
   if (keys.size() > lease->slots.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("Commit: ", keys.size(),
-                                                   " keys for a lease of ", lease->slots.size(),
-                                                   " slots"));
+    return absl::InvalidArgumentError(absl::StrCat("Commit: ", keys.size(), " keys for a lease of ",
+                                                   lease->slots.size(), " slots"));
   }
   // Validate everything first: Commit is all or nothing.
   if (HasDuplicate(keys)) {
@@ -353,12 +433,13 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
             "Commit: keys[", i, "] (", k.ToHex(), ") is cached under another parent than keys[",
             i == 0 ? std::string("root") : absl::StrCat(i - 1), "]: keys must be one chain"));
       }
-      if (E(id).cached()) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "Commit: keys[", i, "] (", k.ToHex(), ") is already cached; Load it instead"));
+      if (E(id).res[T(kDev)].present()) {
+        return absl::AlreadyExistsError(absl::StrCat("Commit: keys[", i, "] (", k.ToHex(),
+                                                     ") is already on the device from another "
+                                                     "lease; Load it instead"));
       }
       parent = id;
-      found[i] = id;  // a lost entry, revived below
+      found[i] = id;  // cached below the device (or lost): this lease's copy joins it
     } else {
       parent = kNoEntry;
     }
@@ -376,8 +457,11 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
         if (std::optional<SlotId> hs = TakeHostSlotLocked()) {
           AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
           PinLocked(id, kDev, /*lease=*/false);
-          demotions->push_back(Demotion{.key = keys[i], .entry = id, .device_slot = ls.slot,
-                                        .host_slot = *hs, .device_pinned = true});
+          demotions->push_back(Demotion{.key = keys[i],
+                                        .entry = id,
+                                        .device_slot = ls.slot,
+                                        .host_slot = *hs,
+                                        .device_pinned = true});
           counters_.demotions++;
         }
       }
@@ -402,9 +486,18 @@ absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
   return absl::OkStatus();
 }
 
-void Index::FinishPromotionLocked(const Promotion& p, bool ok) {
+void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost) {
   UnpinLocked(p.entry, kHostTier, /*lease=*/false);
   UnpinLocked(p.entry, kDev, /*lease=*/false);
+  if (p.from_disk) {
+    UnpinLocked(p.entry, kDiskTier, /*lease=*/false);
+    if (ok) {
+      E(p.entry).res[T(kHostTier)].state = ResState::kReady;  // the block is on the host now too
+    } else {
+      FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
+      if (source_lost) FreeSlotLocked(kDiskTier, RemoveResidencyLocked(p.entry, kDiskTier));
+    }
+  }
   if (ok) {
     E(p.entry).res[T(kDev)].state = ResState::kReady;
     return;
@@ -441,16 +534,84 @@ void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
   FreeSlotLocked(kHostTier, RemoveResidencyLocked(d.entry, kHostTier));
 }
 
+void Index::FinishDiskWriteLocked(const DiskWrite& w, bool ok) {
+  UnpinLocked(w.entry, kDiskTier, /*lease=*/false);
+  if (ok) {
+    E(w.entry).res[T(kDiskTier)].state = ResState::kReady;
+    return;
+  }
+  counters_.transfer_failures++;
+  FreeSlotLocked(kDiskTier, RemoveResidencyLocked(w.entry, kDiskTier));
+}
+
+uint32_t Index::RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks) {
+  TierTable& tt = table(tier);
+  absl::flat_hash_map<BlockKey, const RestoredBlock*> by_key;
+  for (const RestoredBlock& b : blocks) {
+    if (b.slot < tt.capacity && tt.slot[b.slot].use == SlotUse::kFree) by_key.emplace(b.key, &b);
+  }
+  uint32_t restored = 0;
+  // Parents first: walk each block's chain up to a known or root parent, then add downwards.
+  std::vector<const RestoredBlock*> chain;
+  for (const RestoredBlock& b : blocks) {
+    chain.clear();
+    for (auto it = by_key.find(b.key); it != by_key.end();) {
+      const RestoredBlock* r = it->second;
+      chain.push_back(r);
+      by_key.erase(it);  // each block is placed once
+      if (r->parent == kRootKey) break;
+      it = by_key.find(r->parent);
+    }
+    if (chain.empty()) continue;
+    uint32_t parent = kNoEntry;
+    if (chain.back()->parent != kRootKey) {
+      parent = FindLocked(chain.back()->parent);
+      if (parent == kNoEntry) continue;  // an orphan chain: never matchable, leave the slots free
+    }
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      const RestoredBlock& r = **it;
+      uint32_t id = FindLocked(r.key);
+      if (id != kNoEntry && (E(id).parent_id != parent || E(id).res[T(tier)].present())) {
+        break;  // contradicts what is known: keep what is, drop the rest of this chain
+      }
+      if (id == kNoEntry) id = AddEntryLocked(r.key, parent);
+      AddResidencyLocked(id, tier, r.slot, ResState::kReady, 0, 0);
+      parent = id;
+      restored++;
+    }
+  }
+  // The restored slots are resident now: rebuild the free list (low ids on top, as at start).
+  tt.free.clear();
+  for (uint32_t s = tt.capacity; s > 0; --s) {
+    if (tt.slot[s - 1].use == SlotUse::kFree) tt.free.push_back(s - 1);
+  }
+  return restored;
+}
+
+std::vector<RestoredBlock> Index::ListLocked(Tier tier) const {
+  std::vector<RestoredBlock> out;
+  const TierTable& tt = table(tier);
+  for (SlotId s = 0; s < tt.capacity; ++s) {
+    if (tt.slot[s].use != SlotUse::kResident) continue;
+    const Entry& e = E(tt.slot[s].entry);
+    if (e.res[T(tier)].state != ResState::kReady) continue;
+    out.push_back({e.key, e.parent_id == kNoEntry ? kRootKey : E(e.parent_id).key, s});
+  }
+  return out;
+}
+
 void Index::FillStatsLocked(CacheStats* stats) const {
   *stats = counters_;
   stats->device = table(kDev).stats;
   stats->host = table(kHostTier).stats;
+  stats->disk = table(kDiskTier).stats;
   for (int t = 0; t < kNumTiers; ++t) {
-    TierStats& ts = t == 0 ? stats->device : stats->host;
+    TierStats& ts = t == 0 ? stats->device : t == 1 ? stats->host : stats->disk;
     const TierTable& tt = tiers_[t];
     ts.used_blocks = tt.capacity - tt.free.size();
     for (SlotId s = 0; s < tt.capacity; ++s) {
-      if (tt.slot[s].use == SlotUse::kResident && E(tt.slot[s].entry).res[t].pins() > 0) ts.pinned_blocks++;
+      if (tt.slot[s].use == SlotUse::kResident && E(tt.slot[s].entry).res[t].pins() > 0)
+        ts.pinned_blocks++;
     }
   }
   stats->leases_live = leases_.size();
@@ -490,7 +651,12 @@ absl::Status Index::CheckInvariantsLocked() const {
       if (tt.slot[s].use == SlotUse::kResident) {
         const uint32_t id = tt.slot[s].entry;
         if (id >= slab_.size() || !live[id] || !E(id).res[t].present() || E(id).res[t].slot != s) {
-          return fail(name, ": resident slot ", s, " has no matching residency");
+          return fail(name, ": resident slot ", s, " has no matching residency (entry ", id,
+                      id < slab_.size() && live[id]
+                          ? absl::StrCat(", state ", static_cast<int>(E(id).res[t].state),
+                                         " at slot ", E(id).res[t].slot)
+                          : std::string(", not live"),
+                      ")");
         }
       }
     }
@@ -537,7 +703,8 @@ absl::Status Index::CheckInvariantsLocked() const {
         continue;
       }
       const TierTable& tt = tiers_[t];
-      if (r.slot >= tt.capacity || tt.slot[r.slot].use != SlotUse::kResident || tt.slot[r.slot].entry != id) {
+      if (r.slot >= tt.capacity || tt.slot[r.slot].use != SlotUse::kResident ||
+          tt.slot[r.slot].entry != id) {
         return fail(key.ToHex(), ": ", TierName(static_cast<Tier>(t)), " residency at slot ",
                     r.slot, " which does not name it");
       }

@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -50,17 +51,24 @@ inline constexpr uint32_t kNoEntry = UINT32_MAX;
 
 // One block known to the index. Entries live in a slab and are named by a dense id that is stable
 // while the entry exists, so slots, leases and copies in flight refer to them without hashing.
-// 48 bytes: the index holds millions, and every byte is cache misses on the eviction path.
+// One cache line: the index holds millions, and every byte is cache misses on the eviction path.
 struct Entry {
   BlockKey key;
   uint32_t parent_id = kNoEntry;  // the parent's entry id; kNoEntry for a first block
   uint32_t children = 0;          // entries whose parent is this one
   std::array<Residency, kNumTiers> res;
-  bool cached() const { return res[0].present() || res[1].present(); }
+  bool cached() const {
+    for (const Residency& r : res) {
+      if (r.present()) return true;
+    }
+    return false;
+  }
 };
-static_assert(sizeof(Entry) == 48);
+static_assert(sizeof(Entry) <= 64);
 
 // A host-to-device copy the caller must enqueue: the host slot into lease position `position`.
+// With from_disk, the block is first read from `disk_slot` into `host_slot` (a new host residency,
+// Filling until the promotion finishes).
 struct Promotion {
   BlockKey key;
   uint32_t entry = kNoEntry;  // the key's entry id (it exists until the promotion finishes)
@@ -68,6 +76,25 @@ struct Promotion {
   SlotId device_slot = 0;
   uint64_t lease_id = 0;
   uint32_t position = 0;
+  bool from_disk = false;
+  SlotId disk_slot = 0;
+};
+
+// A host-to-disk write the caller must start (write-back of a host victim). The host slot was
+// handed on at once: whoever uses it next must wait until this write has finished.
+struct DiskWrite {
+  BlockKey key;
+  BlockKey parent;
+  uint32_t entry = kNoEntry;
+  SlotId host_slot = 0;
+  SlotId disk_slot = 0;
+};
+
+// A block found in a tier's storage at start (warm restart).
+struct RestoredBlock {
+  BlockKey key;
+  BlockKey parent;
+  SlotId slot = 0;
 };
 
 // A device-to-host copy the caller must enqueue. `device_pinned`: the device residency stays and is
@@ -82,7 +109,7 @@ struct Demotion {
 };
 
 struct LoadPlan {
-  uint32_t blocks = 0;             // lease positions [0, blocks) now hold the matched keys
+  uint32_t blocks = 0;  // lease positions [0, blocks) now hold the matched keys
   std::vector<Promotion> promotions;
   std::vector<uint32_t> lease_slots;  // the lease's device slots after the plan
 };
@@ -119,8 +146,22 @@ class Index {
                             std::vector<Demotion>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ReleaseLeaseLocked(uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  void FinishPromotionLocked(const Promotion& p, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `source_lost`: the disk copy it was read from failed to verify and is dropped too.
+  void FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishDemotionLocked(const Demotion& d, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishDiskWriteLocked(const DiskWrite& w, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Disk write-backs decided by the calls since the last take (any call that takes host slots).
+  std::vector<DiskWrite> TakeDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::exchange(disk_writes_, {});
+  }
+
+  // Adds blocks found in `tier`'s storage, parents before children; a block whose parent is
+  // neither restored nor cached is not added (it could never be matched). Returns how many were.
+  uint32_t RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The Ready residencies of `tier` (for a manifest).
+  std::vector<RestoredBlock> ListLocked(Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status CheckInvariantsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillStatsLocked(CacheStats* stats) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -135,8 +176,8 @@ class Index {
       uint32_t entry = kNoEntry;  // entry id while use == kResident
       SlotUse use = SlotUse::kFree;
     };
-    std::vector<Slot> slot;  // one record per slot: the eviction path touches one cache line
-    std::vector<SlotId> free;   // stack of kFree slots
+    std::vector<Slot> slot;    // one record per slot: the eviction path touches one cache line
+    std::vector<SlotId> free;  // stack of kFree slots
     std::unique_ptr<EvictionPolicy> policy;
     TierStats stats;
   };
@@ -156,6 +197,7 @@ class Index {
   std::optional<SlotId> TakeDeviceSlotLocked(std::vector<Demotion>* demotions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<SlotId> TakeHostSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<SlotId> TakeDiskSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
                                    std::vector<Demotion>* demotions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -202,11 +244,12 @@ class Index {
     bool operator()(const BlockKey& key, uint32_t id) const { return (*slab)[id].key == key; }
   };
   std::vector<Entry> slab_ ABSL_GUARDED_BY(mu_);  // entry id -> entry
-  absl::flat_hash_set<uint32_t, IdHash, IdEq> ids_ ABSL_GUARDED_BY(mu_){
-      0, IdHash{&slab_}, IdEq{&slab_}};
-  std::vector<uint32_t> free_ids_ ABSL_GUARDED_BY(mu_);               // unused entry ids
+  absl::flat_hash_set<uint32_t, IdHash, IdEq> ids_ ABSL_GUARDED_BY(mu_){0, IdHash{&slab_},
+                                                                        IdEq{&slab_}};
+  std::vector<uint32_t> free_ids_ ABSL_GUARDED_BY(mu_);  // unused entry ids
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<DiskWrite> disk_writes_ ABSL_GUARDED_BY(mu_);
   const bool demote_on_evict_;
   const bool host_write_through_;
   CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)

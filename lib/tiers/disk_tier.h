@@ -94,6 +94,9 @@ class DiskTier {
   absl::Status Read(SlotId slot, const BlockKey& key, void* host_slot,
                     std::function<void(absl::Status)> done);
 
+  // Waits for every read and write started so far (their callbacks included).
+  void Drain() { ring_->Drain(); }
+
   // Clean shutdown: writes the manifest of `live` blocks atomically. Open() trusts it once.
   absl::Status Close(std::span<const StoredBlock> live);
 

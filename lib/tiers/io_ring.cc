@@ -101,6 +101,11 @@ IoRing::~IoRing() {
   delete R(ring_);
 }
 
+void IoRing::Drain() {
+  MutexLock lock(&mu_);
+  while (outstanding_ > 0) drained_.Wait(&mu_);
+}
+
 IoRing::Stats IoRing::stats() const {
   MutexLock lock(&mu_);
   return stats_;

@@ -96,6 +96,9 @@ class IoRing {
   // kInvalidArgument for an empty batch or a bad file index (nothing is queued then).
   absl::Status Submit(std::vector<IoRequest> batch, std::function<void(absl::Status)> done);
 
+  // Blocks until every op submitted so far has completed and its batch's callback returned.
+  void Drain();
+
   bool buffers_registered() const { return buffers_registered_; }
   Stats stats() const;
 

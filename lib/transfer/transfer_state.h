@@ -32,6 +32,12 @@ struct TransferState {
     layers_done++;
     cv.SignalAll();
   }
+  // An error found outside the copies (a disk read that failed to verify): the Transfer fails.
+  void RecordError(const absl::Status& status) {
+    MutexLock lock(&mu);
+    if (error.ok()) error = status;
+    cv.SignalAll();
+  }
   absl::Status first_error() {
     MutexLock lock(&mu);
     return error;
