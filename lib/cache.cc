@@ -72,6 +72,7 @@ class CacheCore {
     if (disk_ != nullptr) disk_->Drain();
     device_->Synchronize().IgnoreError();
     if (disk_ != nullptr) disk_->Drain();
+    if (disk_ != nullptr && options_.disk.flush_on_close) Flush();
     MutexLock lock(&index_.mu());
     assert(index_.live_leases_locked() == 0 && "destroy every DeviceLease before its Cache");
     if (disk_ != nullptr) {
@@ -82,6 +83,28 @@ class CacheCore {
       }
       disk_->Close(live).IgnoreError();  // best effort: without it the next start scans
     }
+  }
+
+  // Copies every block not yet on disk down to it, so the next start finds whole prefixes.
+  void Flush() {
+    std::shared_ptr<DeviceEvent> demoted;
+    {
+      MutexLock lock(&index_.mu());
+      std::vector<Demotion> demotions = index_.FlushDeviceLocked();
+      StartDiskWritesLocked();  // host room made by write-back
+      if (!demotions.empty()) {
+        auto event = EnqueueDemotionsLocked(std::move(demotions));
+        if (event.ok()) demoted = *event;
+      }
+    }
+    if (demoted != nullptr) demoted->Wait().IgnoreError();
+    device_->Synchronize().IgnoreError();  // the demotions' callbacks made the host copies Ready
+    {
+      MutexLock lock(&index_.mu());
+      index_.FlushHostLocked();
+      StartDiskWritesLocked();
+    }
+    disk_->Drain();
   }
 
   // Warm restart: registers what the disk tier found in its directory.

@@ -51,6 +51,10 @@ struct DiskTierOptions {
   // The file system has no O_DIRECT (tmpfs on old kernels): use buffered I/O instead of failing
   // (CacheStats.disk_buffered_io says so).
   bool allow_buffered = false;
+  // Destroying the cache first copies every block that is not on disk down to it (device ->
+  // host -> disk, as room allows), so the next start finds whole prefixes, not orphaned tails.
+  // Costs a write of the device and host tiers' unique blocks at shutdown.
+  bool flush_on_close = true;
 };
 
 struct Options {

@@ -534,7 +534,52 @@ void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
   FreeSlotLocked(kHostTier, RemoveResidencyLocked(d.entry, kHostTier));
 }
 
+std::vector<Demotion> Index::FlushDeviceLocked() {
+  std::vector<Demotion> out;
+  const TierTable& dev = table(kDev);
+  for (SlotId s = 0; s < dev.capacity; ++s) {
+    if (dev.slot[s].use != SlotUse::kResident) continue;
+    const uint32_t id = dev.slot[s].entry;
+    const Entry& e = E(id);
+    if (e.res[T(kDev)].state != ResState::kReady || e.res[T(kHostTier)].present() ||
+        e.res[T(kDiskTier)].present()) {
+      continue;
+    }
+    std::optional<SlotId> hs = TakeHostSlotLocked();
+    if (!hs) break;
+    AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
+    PinLocked(id, kDev, /*lease=*/false);
+    out.push_back(Demotion{
+        .key = E(id).key, .entry = id, .device_slot = s, .host_slot = *hs, .device_pinned = true});
+    counters_.demotions++;
+  }
+  return out;
+}
+
+void Index::FlushHostLocked() {
+  const TierTable& host = table(kHostTier);
+  for (SlotId s = 0; s < host.capacity; ++s) {
+    if (host.slot[s].use != SlotUse::kResident) continue;
+    const uint32_t id = host.slot[s].entry;
+    if (E(id).res[T(kHostTier)].state != ResState::kReady || E(id).res[T(kDiskTier)].present()) {
+      continue;
+    }
+    std::optional<SlotId> ds = TakeDiskSlotLocked();
+    if (!ds) break;
+    AddResidencyLocked(id, kDiskTier, *ds, ResState::kFilling, 0, 1);
+    PinLocked(id, kHostTier, /*lease=*/false);
+    const uint32_t parent = E(id).parent_id;
+    disk_writes_.push_back(DiskWrite{.key = E(id).key,
+                                     .parent = parent == kNoEntry ? kRootKey : E(parent).key,
+                                     .entry = id,
+                                     .host_slot = s,
+                                     .disk_slot = *ds,
+                                     .host_pinned = true});
+  }
+}
+
 void Index::FinishDiskWriteLocked(const DiskWrite& w, bool ok) {
+  if (w.host_pinned) UnpinLocked(w.entry, kHostTier, /*lease=*/false);
   UnpinLocked(w.entry, kDiskTier, /*lease=*/false);
   if (ok) {
     E(w.entry).res[T(kDiskTier)].state = ResState::kReady;

@@ -88,6 +88,7 @@ struct DiskWrite {
   uint32_t entry = kNoEntry;
   SlotId host_slot = 0;
   SlotId disk_slot = 0;
+  bool host_pinned = false;  // a flush: the host copy stays and is io-pinned until the write ends
 };
 
 // A block found in a tier's storage at start (warm restart).
@@ -155,6 +156,12 @@ class Index {
   std::vector<DiskWrite> TakeDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return std::exchange(disk_writes_, {});
   }
+
+  // Flush, for a clean shutdown: device blocks with no copy in another tier get a host copy
+  // (returned as demotions), then host blocks with no disk copy get a disk copy (as disk writes).
+  // As room allows; nothing pinned is evicted.
+  std::vector<Demotion> FlushDeviceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FlushHostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Adds blocks found in `tier`'s storage, parents before children; a block whose parent is
   // neither restored nor cached is not added (it could never be matched). Returns how many were.
