@@ -17,6 +17,10 @@ constexpr uint32_t kShortUnit = 4096;  // injected short transfers stay O_DIRECT
 
 io_uring* R(void* ring) { return static_cast<io_uring*>(ring); }
 
+// The ring whose completion thread this is, if any: Submit() from a completion callback only
+// queues, and the completion loop submits everything once per batch of completions.
+thread_local const void* completion_thread_of = nullptr;
+
 }  // namespace
 
 Fault RandomFaultInjector::Next(IoOp op, uint64_t /*offset*/, uint32_t /*bytes*/) {
@@ -132,7 +136,7 @@ absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(abs
   MutexLock lock(&mu_);
   for (const IoRequest& r : batch) pending_.push_back(new Op{.req = r, .batch = b});
   outstanding_ += batch.size();
-  PumpLocked();
+  if (completion_thread_of != this) PumpLocked();
   return absl::OkStatus();
 }
 
@@ -197,8 +201,7 @@ void IoRing::Complete(Op* op, int res) {
       }
       stats_.resubmits++;
       pending_.push_front(op);
-      PumpLocked();
-      return;
+      return;  // submitted with the rest of this batch of completions
     }
     Batch* b = op->batch;
     if (res < 0 || (res == 0 && r.bytes > 0)) {
@@ -218,7 +221,6 @@ void IoRing::Complete(Op* op, int res) {
       }
     }
     if (--b->remaining == 0) finished = b;
-    PumpLocked();
   }
   delete op;
   if (finished != nullptr) {
@@ -230,24 +232,33 @@ void IoRing::Complete(Op* op, int res) {
 }
 
 void IoRing::CompletionLoop() {
+  completion_thread_of = this;
   for (;;) {
     io_uring_cqe* cqe = nullptr;
     const int r = io_uring_wait_cqe(R(ring_), &cqe);
     if (r == -EINTR || r == -EAGAIN) continue;
     if (r < 0) return;  // the ring is unusable; the destructor still joins
-    const uint64_t data = io_uring_cqe_get_data64(cqe);
-    const int res = cqe->res;
-    io_uring_cqe_seen(R(ring_), cqe);  // mark it seen before anything else can return
-    if (data == kStopMarker) return;
-    Op* op = reinterpret_cast<Op*>(data);
-    const bool last_of_op =
-        !(res == -EAGAIN || (res > 0 && static_cast<uint32_t>(res) < op->req.bytes));
-    Complete(op, res);
-    if (last_of_op) {
-      MutexLock lock(&mu_);
-      if (--outstanding_ == 0) drained_.SignalAll();
-    }
+    // Everything already completed, then one submission for all the work it queued.
+    uint32_t finished = 0;
+    bool stop = false;
+    do {
+      const uint64_t data = io_uring_cqe_get_data64(cqe);
+      const int res = cqe->res;
+      io_uring_cqe_seen(R(ring_), cqe);  // mark it seen before anything else can return
+      if (data == kStopMarker) {
+        stop = true;
+        continue;
+      }
+      Op* op = reinterpret_cast<Op*>(data);
+      const bool last_of_op =
+          !(res == -EAGAIN || (res > 0 && static_cast<uint32_t>(res) < op->req.bytes));
+      Complete(op, res);
+      finished += last_of_op;
+    } while (io_uring_peek_cqe(R(ring_), &cqe) == 0);
+    MutexLock lock(&mu_);
+    PumpLocked();
+    if (finished > 0 && (outstanding_ -= finished) == 0) drained_.SignalAll();
+    if (stop) return;
   }
 }
-
 }  // namespace kvtier::internal

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# kvtier's disk tier vs fio, on the same file, block sizes and queue depths, interleaved.
+#
+#   bash bench/disk_vs_fio.sh [build-dir] [repetitions] [seconds-per-run]
+#
+# For each block size (64 KiB, 256 KiB, 2 MiB), queue depth (1, 8, 32) and direction, runs fio
+# (io_uring, O_DIRECT, registered files and buffers, random offsets) and kvtier_bench's
+# BM_DiskRead/BM_DiskWrite (random slots, payload checksums verified on every read) in turn,
+# `repetitions` times, and prints the median bandwidth of each and their ratio. kvtier moves a
+# 4 KiB trailer per block on top of the payload; its figure counts payload bytes only.
+# Needs: fio, python3 (apt-get install fio python3). Data: $KVTIER_BENCH_DIR (default
+# <build-dir>/kvtier-bench-disk), $KVTIER_BENCH_DISK_BYTES per block size (default 1 GiB).
+set -euo pipefail
+build=${1:-build/default}
+reps=${2:-3}
+secs=${3:-3}
+bench="$build/bench/kvtier_bench"
+for tool in fio python3; do
+  command -v "$tool" >/dev/null || { echo "disk_vs_fio: $tool not found (apt-get install $tool)" >&2; exit 2; }
+done
+[ -x "$bench" ] || { echo "disk_vs_fio: $bench not built (cmake --build $build --target kvtier_bench)" >&2; exit 2; }
+export KVTIER_BENCH_DIR=${KVTIER_BENCH_DIR:-$build/kvtier-bench-disk}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+kvtier_run() {  # dir bs qd -> bytes/s
+  "$bench" --benchmark_filter="^BM_Disk$1/$2/$3/real_time\$" --benchmark_min_time="$secs" \
+    --benchmark_format=json 2>/dev/null |
+    python3 -c 'import json,sys; b=json.load(sys.stdin)["benchmarks"]; print(b[0].get("bytes_per_second", 0) if b and "error_occurred" not in b[0] else 0)'
+}
+fio_run() {  # rw bs qd file -> bytes/s
+  fio --name=kvtier-cmp --filename="$4" --direct=1 --ioengine=io_uring --fixedbufs=1 \
+    --registerfiles=1 --rw="$1" --bs="$2" --iodepth="$3" --runtime="$secs" --time_based=1 \
+    --size="$(stat -c %s "$4")" --randrepeat=0 --norandommap=1 --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["bw_bytes"]+j["write"]["bw_bytes"])'
+}
+
+echo "disk_vs_fio: $reps interleaved repetitions of ${secs}s per point, data in $KVTIER_BENCH_DIR" >&2
+for bs in 65536 262144 2097152; do
+  # kvtier creates and fills the file once per block size; fio then uses the very same file.
+  kvtier_run Read "$bs" 1 >/dev/null
+  file="$KVTIER_BENCH_DIR/$bs/blocks.0"
+  for qd in 1 8 32; do
+    for dir in Read Write; do
+      rw=rand$(echo "$dir" | tr 'A-Z' 'a-z')
+      for r in $(seq "$reps"); do
+        echo "$bs $qd $dir fio $(fio_run "$rw" "$bs" "$qd" "$file")" >>"$out/raw"
+        echo "$bs $qd $dir kvtier $(kvtier_run "$dir" "$bs" "$qd")" >>"$out/raw"
+        echo -n . >&2
+      done
+    done
+  done
+done
+echo >&2
+python3 - "$out/raw" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    bs, qd, d, tool, bw = line.split()
+    rows.setdefault((int(bs), int(qd), d), {}).setdefault(tool, []).append(float(bw))
+print(f"{'block':>8} {'QD':>3} {'op':>5} {'fio GB/s':>9} {'kvtier GB/s':>11} {'kvtier/fio':>10}")
+for (bs, qd, d), t in sorted(rows.items()):
+    f, k = statistics.median(t["fio"]), statistics.median(t["kvtier"])
+    print(f"{bs >> 10:>6}Ki {qd:>3} {d.lower():>5} {f / 1e9:>9.2f} {k / 1e9:>11.2f} {k / f if f else 0:>10.2f}")
+PY
