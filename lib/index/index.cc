@@ -106,8 +106,8 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
   tt.slot[slot].use = SlotUse::kResident;
   tt.slot[slot].entry = id;
   E(id).res[T(tier)] = Residency{.slot = slot,
-                                 .lease_pins = lease_pins,
-                                 .io_pins = static_cast<uint16_t>(io_pins),
+                                 .lease_pins = static_cast<uint16_t>(lease_pins),
+                                 .io_pins = static_cast<uint8_t>(io_pins),
                                  .state = state};
   tt.policy->OnInsert(slot);
   if (const uint32_t parent = E(id).parent_id; parent != kNoEntry) {
@@ -347,7 +347,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     if (d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
-      if (d.state != ResState::kReady) break;
+      if (d.state != ResState::kReady || d.lease_pins == Residency::kMaxLeasePins) break;
       FreeSlotLocked(kDev, ls.slot);
       ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};
       PinLocked(id, kDev, /*lease=*/true);

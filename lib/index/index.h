@@ -38,11 +38,14 @@ namespace kvtier::internal {
 
 enum class ResState : uint8_t { kAbsent, kFilling, kReady };
 
+// 8 bytes. Lease pins are bounded (a block shared by 65,535 live sequences on one GPU is beyond
+// any engine; Load stops sharing at the bound rather than overflow), I/O pins are at most two.
 struct Residency {
   SlotId slot = 0;
-  uint32_t lease_pins = 0;  // leases holding this block at this slot (device tier only)
-  uint16_t io_pins = 0;     // copies reading or writing the slot (at most two at once)
+  uint16_t lease_pins = 0;  // leases holding this block at this slot (device tier only)
+  uint8_t io_pins = 0;      // copies reading or writing the slot
   ResState state = ResState::kAbsent;
+  static constexpr uint16_t kMaxLeasePins = UINT16_MAX;
   bool present() const { return state != ResState::kAbsent; }
   uint32_t pins() const { return lease_pins + io_pins; }
 };
@@ -51,7 +54,7 @@ inline constexpr uint32_t kNoEntry = UINT32_MAX;
 
 // One block known to the index. Entries live in a slab and are named by a dense id that is stable
 // while the entry exists, so slots, leases and copies in flight refer to them without hashing.
-// One cache line: the index holds millions, and every byte is cache misses on the eviction path.
+// 48 bytes: the index holds millions, and every byte is cache misses on the eviction path.
 struct Entry {
   BlockKey key;
   uint32_t parent_id = kNoEntry;  // the parent's entry id; kNoEntry for a first block
@@ -64,7 +67,8 @@ struct Entry {
     return false;
   }
 };
-static_assert(sizeof(Entry) <= 64);
+static_assert(sizeof(Residency) == 8);
+static_assert(sizeof(Entry) == 48);
 
 // A host-to-device copy the caller must enqueue: the host slot into lease position `position`.
 // With from_disk, the block is first read from `disk_slot` into `host_slot` (a new host residency,
