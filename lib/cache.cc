@@ -155,18 +155,23 @@ class CacheCore {
       }
     }
     if (s.ok()) s = device_->Copy(Stream::kD2H, regions);
-    absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
-        s.ok() ? device_->RecordEvent(Stream::kD2H) : s;
-    if (event.ok()) {
+    // The callback first, then the event: whoever waits on the event (AllocateDevice) finds the
+    // index already updated.
+    bool reported = false;
+    if (s.ok()) {
       s = device_->AddCallback(Stream::kD2H, [this, demotions](absl::Status st) {
         MutexLock lock(&index_.mu());
         for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, st.ok());
       });
+      reported = s.ok();
     }
-    if (!event.ok() || !s.ok()) {  // nothing will run: fail them now
+    absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
+        s.ok() ? device_->RecordEvent(Stream::kD2H) : s;
+    if (!reported) {  // the callback will not run: fail them now
       for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, false);
-      return event.ok() ? s : event.status();
+      return s;
     }
+    if (!event.ok()) return event.status();  // the callback still reports them
     bytes_d2h_ += bytes;
     return event;
   }
@@ -561,28 +566,45 @@ absl::Status CheckLease(const char* call, const DeviceLease& lease, const CacheC
 
 }  // namespace
 
-absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
-  const uint32_t capacity = core_->index().capacity(Tier::kDevice);
-  if (n == 0 || n > capacity) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
-  }
-  std::vector<uint32_t> slots;
+// Enqueues the write-backs an allocation decided (whether or not it succeeded), waits for them
+// outside the lock, then frees the slots a failed allocation had to keep out of use meanwhile.
+absl::Status Cache::FinishAllocation(const absl::Status& reserved,
+                                     std::vector<internal::Demotion> demotions,
+                                     std::vector<uint32_t> quarantine) {
   std::shared_ptr<internal::DeviceEvent> write_back;
-  uint64_t id = 0;
   {
     MutexLock lock(&core_->index().mu());
-    std::vector<internal::Demotion> demotions;
-    KVTIER_ASSIGN_OR_RETURN(id, core_->index().NewLeaseLocked(n, &slots, &demotions));
     core_->StartDiskWritesLocked();
     if (!demotions.empty()) {
       auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
       if (event.ok()) write_back = *event;
     }
   }
-  // The victims' bytes must reach the host before the engine may overwrite their slots.
+  // The victims' bytes must reach the host before anyone may overwrite their slots.
   if (write_back != nullptr) write_back->Wait().IgnoreError();
-  return DeviceLease(core_.get(), id, std::move(slots));
+  if (!quarantine.empty()) {
+    MutexLock lock(&core_->index().mu());
+    core_->index().FreeQuarantinedLocked(quarantine);
+  }
+  return reserved;
+}
+
+absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
+  const uint32_t capacity = core_->index().capacity(Tier::kDevice);
+  if (n == 0 || n > capacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
+  }
+  std::vector<uint32_t> slots, quarantine;
+  std::vector<internal::Demotion> demotions;
+  absl::StatusOr<uint64_t> id;
+  {
+    MutexLock lock(&core_->index().mu());
+    id = core_->index().NewLeaseLocked(n, &slots, &demotions, &quarantine);
+  }
+  KVTIER_RETURN_IF_ERROR(
+      FinishAllocation(id.status(), std::move(demotions), std::move(quarantine)));
+  return DeviceLease(core_.get(), *id, std::move(slots));
 }
 
 absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
@@ -593,19 +615,14 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
                                                    capacity - std::min(capacity, lease.size()),
                                                    " available to a lease of ", lease.size()));
   }
-  std::vector<uint32_t> slots;
-  std::shared_ptr<internal::DeviceEvent> write_back;
+  std::vector<uint32_t> slots, quarantine;
+  std::vector<internal::Demotion> demotions;
+  absl::Status grown;
   {
     MutexLock lock(&core_->index().mu());
-    std::vector<internal::Demotion> demotions;
-    KVTIER_RETURN_IF_ERROR(core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions));
-    core_->StartDiskWritesLocked();
-    if (!demotions.empty()) {
-      auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
-      if (event.ok()) write_back = *event;
-    }
+    grown = core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
   }
-  if (write_back != nullptr) write_back->Wait().IgnoreError();
+  KVTIER_RETURN_IF_ERROR(FinishAllocation(grown, std::move(demotions), std::move(quarantine)));
   lease.slots_.insert(lease.slots_.end(), slots.begin(), slots.end());
   return absl::OkStatus();
 }

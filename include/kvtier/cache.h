@@ -53,6 +53,7 @@ namespace internal {
 class CacheCore;
 class Device;
 class FaultInjector;
+struct Demotion;
 }  // namespace internal
 class Cache;
 namespace internal {
@@ -164,6 +165,9 @@ class Cache {
       const Options& options, std::unique_ptr<internal::Device> device,
       internal::FaultInjector* disk_faults);
   explicit Cache(std::unique_ptr<internal::CacheCore> core);
+  absl::Status FinishAllocation(const absl::Status& reserved,
+                                std::vector<internal::Demotion> demotions,
+                                std::vector<uint32_t> quarantine);
   std::unique_ptr<internal::CacheCore> core_;
 };
 

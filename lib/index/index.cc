@@ -287,12 +287,27 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
 }
 
 absl::Status Index::AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
-                                        std::vector<Demotion>* demotions) {
+                                        std::vector<Demotion>* demotions,
+                                        std::vector<SlotId>* quarantine) {
   const size_t first = lease.slots.size();
+  const size_t first_demotion = demotions->size();
   for (uint32_t i = 0; i < n; ++i) {
     std::optional<SlotId> s = TakeDeviceSlotLocked(demotions);
     if (!s) {
-      for (size_t j = first; j < lease.slots.size(); ++j) FreeSlotLocked(kDev, lease.slots[j].slot);
+      // Give back what was taken; a slot whose block is being written back stays out of use until
+      // that copy is done.
+      for (size_t j = first; j < lease.slots.size(); ++j) {
+        const SlotId slot = lease.slots[j].slot;
+        const bool copying = std::any_of(
+            demotions->begin() + static_cast<ptrdiff_t>(first_demotion), demotions->end(),
+            [slot](const Demotion& d) { return !d.device_pinned && d.device_slot == slot; });
+        if (copying && quarantine != nullptr) {
+          table(kDev).slot[slot].use = SlotUse::kQuarantined;
+          quarantine->push_back(slot);
+        } else {
+          FreeSlotLocked(kDev, slot);
+        }
+      }
       lease.slots.resize(first);
       return absl::ResourceExhaustedError(
           absl::StrCat("AllocateDevice: only ", i, " of ", n,
@@ -306,21 +321,29 @@ absl::Status Index::AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<Sl
   return absl::OkStatus();
 }
 
+void Index::FreeQuarantinedLocked(std::span<const SlotId> slots) {
+  for (SlotId s : slots) FreeSlotLocked(kDev, s);
+}
+
 absl::StatusOr<uint64_t> Index::NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
-                                               std::vector<Demotion>* demotions) {
+                                               std::vector<Demotion>* demotions,
+                                               std::vector<SlotId>* quarantine) {
   Lease lease;
   lease.slots.reserve(n);
-  if (absl::Status s = AddLeaseSlotsLocked(lease, n, slots, demotions); !s.ok()) return s;
+  if (absl::Status s = AddLeaseSlotsLocked(lease, n, slots, demotions, quarantine); !s.ok()) {
+    return s;
+  }
   const uint64_t id = next_lease_id_++;
   leases_.emplace(id, std::move(lease));
   return id;
 }
 
 absl::Status Index::GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<SlotId>* slots,
-                                    std::vector<Demotion>* demotions) {
+                                    std::vector<Demotion>* demotions,
+                                    std::vector<SlotId>* quarantine) {
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Grow: the lease was released");
-  return AddLeaseSlotsLocked(*lease, n, slots, demotions);
+  return AddLeaseSlotsLocked(*lease, n, slots, demotions, quarantine);
 }
 
 absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys) {

@@ -139,12 +139,19 @@ class Index {
   void HintLocked(std::span<const BlockKey> keys, std::span<const double> scores)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // A new lease of n device slots (evicting as needed); demotions to enqueue are appended.
+  // A new lease of n device slots (evicting as needed); demotions to enqueue are appended, always,
+  // even on failure. On kResourceExhausted nothing is reserved, but slots whose block is being
+  // written back are appended to `quarantine` (if given; else freed at once): the caller frees them
+  // with FreeQuarantinedLocked once those copies are done, so no one writes them before.
   absl::StatusOr<uint64_t> NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
-                                          std::vector<Demotion>* demotions)
+                                          std::vector<Demotion>* demotions,
+                                          std::vector<SlotId>* quarantine = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<SlotId>* slots,
-                               std::vector<Demotion>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                               std::vector<Demotion>* demotions,
+                               std::vector<SlotId>* quarantine = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeQuarantinedLocked(std::span<const SlotId> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
@@ -180,7 +187,8 @@ class Index {
   size_t live_leases_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return leases_.size(); }
 
  private:
-  enum class SlotUse : uint8_t { kFree, kLeased, kResident };
+  // kQuarantined: a device slot whose old block is still being copied out, owned by no one.
+  enum class SlotUse : uint8_t { kFree, kLeased, kResident, kQuarantined };
   struct TierTable {
     uint32_t capacity = 0;
     struct Slot {
@@ -210,7 +218,8 @@ class Index {
   std::optional<SlotId> TakeHostSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<SlotId> TakeDiskSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
-                                   std::vector<Demotion>* demotions)
+                                   std::vector<Demotion>* demotions,
+                                   std::vector<SlotId>* quarantine)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindLocked(const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
