@@ -2,7 +2,6 @@
 #include "cuda/cuda_probe.h"
 
 #include <catch2/catch.hpp>
-
 #include <string>
 
 #include "cuda/cuda_status.h"

@@ -1,1 +1,236 @@
-// Tests for index: see the component header.
+#include "lib/index/index.h"
+
+#include <vector>
+
+#include "test/util/test_util.h"
+
+namespace kvtier::internal {
+namespace {
+
+// An Index with small tiers and LRU everywhere; every step is followed by CheckInvariants.
+struct Fixture {
+  explicit Fixture(uint32_t device, uint32_t host = 0, uint32_t disk = 0, bool demote = true)
+      : index(MakeConfig(device, host, disk, demote)) {}
+  static IndexConfig MakeConfig(uint32_t device, uint32_t host, uint32_t disk, bool demote) {
+    IndexConfig c;
+    c.capacity_slots = {device, host, disk};
+    for (int t = 0; t < kNumTiers; ++t) {
+      c.policies[t] = *CreatePolicy("lru", {.capacity_slots = c.capacity_slots[t]});
+    }
+    c.demote_on_evict = demote;
+    return c;
+  }
+  void Check() ABSL_NO_THREAD_SAFETY_ANALYSIS { REQUIRE_OK(index.CheckInvariantsLocked()); }
+  // A lease of n slots committing `keys` (a chain); returns the lease id.
+  uint64_t Commit(std::span<const BlockKey> keys,
+                  std::vector<Demotion>* d = nullptr) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    std::vector<SlotId> slots;
+    std::vector<Demotion> ignored;
+    auto id = index.NewLeaseLocked(static_cast<uint32_t>(keys.size()), &slots, d ? d : &ignored);
+    REQUIRE_OK(id);
+    REQUIRE_OK(index.CommitLocked(*id, keys, d ? d : &ignored));
+    Check();
+    return *id;
+  }
+  Index index;
+};
+
+TEST_CASE("Index: commit makes pinned Ready residencies; release unpins them", "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(8);
+  MutexLock lock(&f.index.mu());
+  const auto keys = test::Chain(3, 1);
+  const uint64_t lease = f.Commit(keys);
+  CacheStats s;
+  f.index.FillStatsLocked(&s);
+  CHECK(s.device.used_blocks == 3);
+  CHECK(s.device.pinned_blocks == 3);
+  CHECK(s.blocks_committed == 3);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(lease));
+  f.Check();
+  f.index.FillStatsLocked(&s);
+  CHECK(s.device.pinned_blocks == 0);
+  CHECK(f.index.MatchLocked(keys).size() == 3);
+  REQUIRE_CODE(f.index.ReleaseLeaseLocked(lease), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("Index: a full device evicts the least recently used unpinned block, leaf first",
+          "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(4, /*host=*/0);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(2, 1), b = test::Chain(2, 2);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(f.Commit(a)));
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(f.Commit(b)));
+  // LRU order, least recent first: a1 a0 b1 b0 (a release unpins leaves first). Touching a makes
+  // it b1 b0 a1 a0.
+  f.index.MatchLocked(a);
+  std::vector<SlotId> slots;
+  std::vector<Demotion> d;
+  const uint64_t l1 = *f.index.NewLeaseLocked(1, &slots, &d);  // evicts b1, b's leaf
+  CacheStats s;
+  f.index.FillStatsLocked(&s);
+  CHECK(s.device.evictions == 1);
+  CHECK(s.device.drops == 1);  // no host tier: dropped
+  CHECK(f.index.MatchLocked(a).size() == 2);
+  f.Check();
+  // Now a1 a0 b0 after the Match of a above... no: the Match just now touched a again: b0 a1 a0.
+  const uint64_t l2 = *f.index.NewLeaseLocked(1, &slots, &d);  // evicts b0
+  CHECK(f.index.MatchLocked(b).size() == 0);
+  CHECK(f.index.MatchLocked(a).size() == 2);
+  // Everything is pinned or leased now except a; pin a too: the next allocation fails, and
+  // nothing changes.
+  const uint64_t la = *f.index.NewLeaseLocked(0, &slots, &d);
+  auto plan = f.index.PlanLoadLocked(la, std::span(a).first(0));
+  REQUIRE_OK(plan);
+  const uint64_t l3 = *f.index.NewLeaseLocked(2, &slots, &d);  // takes a's two slots
+  CHECK(f.index.MatchLocked(a).size() == 0);
+  slots.clear();
+  REQUIRE_CODE(f.index.NewLeaseLocked(1, &slots, &d), absl::StatusCode::kResourceExhausted);
+  CHECK(slots.empty());
+  f.Check();
+  for (uint64_t id : {l1, l2, la, l3}) REQUIRE_OK(f.index.ReleaseLeaseLocked(id));
+  f.Check();
+}
+
+TEST_CASE("Index: with a host tier a device victim is written back, then Ready on completion",
+          "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  const bool ok = GENERATE(true, false);
+  CAPTURE(ok);
+  Fixture f(2, /*host=*/4);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(2, 1);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(f.Commit(a)));
+  std::vector<Demotion> demotions;
+  f.Commit(test::Chain(2, 2), &demotions);
+  REQUIRE(demotions.size() == 2);
+  CHECK_FALSE(demotions[0].device_pinned);
+  auto m = f.index.MatchLocked(a);
+  REQUIRE(m.size() == 2);
+  CHECK(m.tiers[0] == Tier::kHost);  // Filling counts as cached for Match ...
+  std::vector<SlotId> slots;
+  std::vector<Demotion> d;
+  const uint64_t probe = *f.index.NewLeaseLocked(0 + 0, &slots, &d);  // an empty lease
+  auto plan = f.index.PlanLoadLocked(probe, std::span(a).first(0));
+  REQUIRE_OK(plan);
+  for (const Demotion& x : demotions) f.index.FinishDemotionLocked(x, ok);
+  f.Check();
+  CacheStats s;
+  f.index.FillStatsLocked(&s);
+  CHECK(f.index.MatchLocked(a).size() == (ok ? 2u : 0u));
+  CHECK(s.transfer_failures == (ok ? 0u : 2u));
+}
+
+TEST_CASE("Index: Load shares Ready device blocks, plans host promotions, stops at Filling",
+          "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(4, /*host=*/8);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(3, 1);
+  const uint64_t first = f.Commit(a);
+  std::vector<SlotId> first_slots;
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(first));
+  // Push a's last two blocks down to the host by filling the device.
+  std::vector<Demotion> demotions;
+  const uint64_t other = f.Commit(test::Chain(3, 2), &demotions);
+  for (const Demotion& d : demotions) f.index.FinishDemotionLocked(d, true);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(other));
+  f.Check();
+  auto m = f.index.MatchLocked(a);
+  REQUIRE(m.size() == 3);
+  std::vector<SlotId> slots;
+  std::vector<Demotion> d;
+  const uint64_t lease = *f.index.NewLeaseLocked(3, &slots, &d);
+  auto plan = f.index.PlanLoadLocked(lease, m.keys);
+  REQUIRE_OK(plan);
+  CHECK(plan->blocks == 3);
+  CHECK(plan->promotions.size() == m.blocks_in(Tier::kHost));
+  f.Check();
+  // A second lease cannot share the blocks still being promoted: its plan stops there.
+  const uint64_t lease2 = *f.index.NewLeaseLocked(1, &slots, &d);
+  auto plan2 = f.index.PlanLoadLocked(lease2, m.keys);
+  REQUIRE_CODE(plan2, absl::StatusCode::kInvalidArgument);  // 3 blocks into a 1-slot lease
+  // Loading twice into the same lease is refused.
+  REQUIRE_CODE(f.index.PlanLoadLocked(lease, m.keys), absl::StatusCode::kFailedPrecondition);
+  // A failed promotion gives the slot back to the lease.
+  for (const Promotion& p : plan->promotions) f.index.FinishPromotionLocked(p, false);
+  f.Check();
+  REQUIRE_OK(f.index.CommitLocked(lease, a, &d));  // the engine recomputed them
+  f.Check();
+}
+
+TEST_CASE("Index: Commit is all or nothing", "[index]") ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(8);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(2, 1);
+  f.Commit(a);
+  std::vector<SlotId> slots;
+  std::vector<Demotion> d;
+  const uint64_t lease = *f.index.NewLeaseLocked(3, &slots, &d);
+  const auto fresh = test::Chain(3, 7);
+  // keys[2] is a's root under another parent: the chain contradicts the index.
+  const std::vector<BlockKey> contradict = {fresh[0], fresh[1], a[1]};
+  REQUIRE_CODE(f.index.CommitLocked(lease, contradict, &d), absl::StatusCode::kInvalidArgument);
+  const std::vector<BlockKey> repeat = {fresh[0], fresh[0]};
+  REQUIRE_CODE(f.index.CommitLocked(lease, repeat, &d), absl::StatusCode::kInvalidArgument);
+  const std::vector<BlockKey> root = {kRootKey};
+  REQUIRE_CODE(f.index.CommitLocked(lease, root, &d), absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE(f.index.CommitLocked(lease, a, &d), absl::StatusCode::kAlreadyExists);
+  REQUIRE_CODE(f.index.CommitLocked(lease, test::Chain(4, 8), &d),
+               absl::StatusCode::kInvalidArgument);  // more keys than slots
+  CHECK(f.index.MatchLocked(fresh).size() == 0);     // nothing of the rejected commits remains
+  f.Check();
+  REQUIRE_OK(f.index.CommitLocked(lease, fresh, &d));
+  CHECK(f.index.MatchLocked(fresh).size() == 3);
+  f.Check();
+}
+
+TEST_CASE("Index: a failed write-back makes its block a miss and leaves no entry behind", "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(2, /*host=*/2);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(2, 1);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(f.Commit(a)));
+  std::vector<Demotion> d;
+  std::vector<SlotId> slots;
+  // One slot: the least recent block, a's leaf (released last-to-first), is written back; fail it.
+  const uint64_t l1 = *f.index.NewLeaseLocked(1, &slots, &d);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].key == a[1]);
+  f.index.FinishDemotionLocked(d[0], false);
+  f.Check();
+  CHECK(f.index.MatchLocked(a).size() == 1);
+  // Now the root: the same again. Nothing of a is left, and no entry lingers (Check).
+  d.clear();
+  const uint64_t l2 = *f.index.NewLeaseLocked(1, &slots, &d);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].key == a[0]);
+  f.index.FinishDemotionLocked(d[0], false);
+  f.Check();
+  CHECK(f.index.MatchLocked(a).size() == 0);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(l1));
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(l2));
+  f.Check();
+}
+
+TEST_CASE("Index: restored disk blocks are added parents first; orphans are left out", "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(4, /*host=*/4, /*disk=*/16);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(3, 1);
+  const auto orphan = test::Chain(2, 2);
+  // Children before parents, and an orphan whose parent is missing.
+  const std::vector<RestoredBlock> blocks = {
+      {a[2], a[1], 5}, {a[0], kRootKey, 9}, {orphan[1], orphan[0], 3}, {a[1], a[0], 0}};
+  CHECK(f.index.RestoreLocked(Tier::kDisk, blocks) == 3);
+  f.Check();
+  const auto m = f.index.MatchLocked(a);
+  REQUIRE(m.size() == 3);
+  CHECK(m.blocks_in(Tier::kDisk) == 3);
+  CHECK(f.index.MatchLocked(orphan).size() == 0);
+  CHECK(f.index.ListLocked(Tier::kDisk).size() == 3);
+}
+
+}  // namespace
+}  // namespace kvtier::internal
