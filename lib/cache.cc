@@ -85,6 +85,12 @@ class CacheCore {
     }
   }
 
+  // Waits for every device-to-host copy enqueued so far (and the index updates they make).
+  void DrainDeviceToHost() {
+    auto event = device_->RecordEvent(Stream::kD2H);
+    if (event.ok()) (*event)->Wait().IgnoreError();
+  }
+
   // Copies every block not yet on disk down to it, so the next start finds whole prefixes.
   void Flush() {
     std::shared_ptr<DeviceEvent> demoted;
@@ -595,16 +601,22 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
     return absl::InvalidArgumentError(
         absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
   }
-  std::vector<uint32_t> slots, quarantine;
-  std::vector<internal::Demotion> demotions;
-  absl::StatusOr<uint64_t> id;
-  {
-    MutexLock lock(&core_->index().mu());
-    id = core_->index().NewLeaseLocked(n, &slots, &demotions, &quarantine);
+  for (int attempt = 0;; ++attempt) {
+    std::vector<uint32_t> slots, quarantine;
+    std::vector<internal::Demotion> demotions;
+    absl::StatusOr<uint64_t> id;
+    {
+      MutexLock lock(&core_->index().mu());
+      id = core_->index().NewLeaseLocked(n, &slots, &demotions, &quarantine);
+    }
+    const absl::Status s =
+        FinishAllocation(id.status(), std::move(demotions), std::move(quarantine));
+    if (s.ok()) return DeviceLease(core_.get(), *id, std::move(slots));
+    // Short only because copies out of the device (write-through, write-back) pin blocks for now:
+    // wait for them once and try again, rather than fail on a transient state.
+    if (s.code() != absl::StatusCode::kResourceExhausted || attempt > 0) return s;
+    core_->DrainDeviceToHost();
   }
-  KVTIER_RETURN_IF_ERROR(
-      FinishAllocation(id.status(), std::move(demotions), std::move(quarantine)));
-  return DeviceLease(core_.get(), *id, std::move(slots));
 }
 
 absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
@@ -615,16 +627,22 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
                                                    capacity - std::min(capacity, lease.size()),
                                                    " available to a lease of ", lease.size()));
   }
-  std::vector<uint32_t> slots, quarantine;
-  std::vector<internal::Demotion> demotions;
-  absl::Status grown;
-  {
-    MutexLock lock(&core_->index().mu());
-    grown = core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
+  for (int attempt = 0;; ++attempt) {
+    std::vector<uint32_t> slots, quarantine;
+    std::vector<internal::Demotion> demotions;
+    absl::Status grown;
+    {
+      MutexLock lock(&core_->index().mu());
+      grown = core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
+    }
+    const absl::Status s = FinishAllocation(grown, std::move(demotions), std::move(quarantine));
+    if (s.ok()) {
+      lease.slots_.insert(lease.slots_.end(), slots.begin(), slots.end());
+      return absl::OkStatus();
+    }
+    if (s.code() != absl::StatusCode::kResourceExhausted || attempt > 0) return s;
+    core_->DrainDeviceToHost();  // as in AllocateDevice
   }
-  KVTIER_RETURN_IF_ERROR(FinishAllocation(grown, std::move(demotions), std::move(quarantine)));
-  lease.slots_.insert(lease.slots_.end(), slots.begin(), slots.end());
-  return absl::OkStatus();
 }
 
 absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& lease) {

@@ -120,7 +120,8 @@ class Cache {
   absl::StatusOr<MatchResult> Match(std::span<const BlockKey> keys);
 
   // Reserves n >= 1 device slots, evicting unpinned blocks with the device policy. Blocks while
-  // victims without a host copy are copied to the host (write-back), then returns.
+  // victims without a host copy are copied to the host (write-back), and, when slots are short only
+  // because copies out of the device are in flight, until those finish; then returns.
   // kInvalidArgument for n == 0 or n > the device tier's capacity; kResourceExhausted when too few
   // slots are free or evictable (nothing is reserved then).
   absl::StatusOr<DeviceLease> AllocateDevice(uint32_t n);
