@@ -26,3 +26,252 @@ TEST_CASE("Cache: a committed sequence is matched and loaded byte-exact from the
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+using test::EngineKv;
+
+// After a rejected call the cache must still serve a full request correctly.
+void StillUsable(Cache& cache, EngineKv& kv) {
+  auto r = test::RunSequence(cache, kv, test::Chain(2, 4242));
+  REQUIRE_OK(r);
+  auto again = test::RunSequence(cache, kv, test::Chain(2, 4242));
+  REQUIRE_OK(again);
+  CHECK(again->loaded == 2);
+  CHECK(again->mismatched_bytes == 0);
+  REQUIRE_OK(cache.CheckInvariants());
+}
+
+TEST_CASE("Cache: a device hit shares the resident slot instead of copying", "[cache]") {
+  EngineKv kv({.num_slots = 8});
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  REQUIRE_OK(cache);
+  const auto keys = test::Chain(3, 1);
+  DeviceLease first;
+  REQUIRE_OK(test::RunSequence(**cache, kv, keys, &first));
+  const std::vector<uint32_t> resident(first.slots().begin(), first.slots().end());
+  auto match = (*cache)->Match(keys);
+  REQUIRE_OK(match);
+  CHECK(match->blocks_in(Tier::kDevice) == 3);
+  auto lease = (*cache)->AllocateDevice(3);
+  REQUIRE_OK(lease);
+  auto xfer = (*cache)->Load(*match, *lease);
+  REQUIRE_OK(xfer);
+  CHECK(xfer->blocks() == 3);
+  CHECK(xfer->blocks_promoted() == 0);
+  CHECK(xfer->Poll());  // nothing to copy: done at once
+  CHECK(std::vector<uint32_t>(lease->slots().begin(), lease->slots().end()) == resident);
+  CHECK((*cache)->Stats().bytes_h2d == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Cache: evicted blocks are written back to host and promoted back byte-exact",
+          "[cache]") {
+  EngineKv kv({.num_slots = 4});
+  auto cache = Cache::Create(test::MakeOptions(kv, 16));
+  REQUIRE_OK(cache);
+  const auto a = test::Chain(3, 1);
+  REQUIRE_OK(test::RunSequence(**cache, kv, a));
+  REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));  // pushes a out to host
+  auto match = (*cache)->Match(a);
+  REQUIRE_OK(match);
+  REQUIRE(match->size() == 3);
+  CHECK(match->blocks_in(Tier::kHost) >= 2);
+  auto lease = (*cache)->AllocateDevice(3);
+  REQUIRE_OK(lease);
+  auto xfer = (*cache)->Load(*match, *lease);
+  REQUIRE_OK(xfer);
+  CHECK(xfer->blocks_promoted() == match->blocks_in(Tier::kHost));
+  for (uint32_t l = 0; l < kv.shape().layers; ++l) {
+    REQUIRE_OK(xfer->WaitLayer(l));  // layers arrive in order
+    auto ev = xfer->LayerReadyEvent(l);
+    REQUIRE_OK(ev);
+    CHECK(*ev == nullptr);  // the emulated device has no native events
+  }
+  REQUIRE_CODE(xfer->WaitLayer(kv.shape().layers), absl::StatusCode::kOutOfRange);
+  REQUIRE_CODE(xfer->LayerReadyEvent(99), absl::StatusCode::kOutOfRange);
+  REQUIRE_OK(xfer->Wait());
+  for (uint32_t i = 0; i < 3; ++i) CHECK(kv.Mismatches(lease->slots()[i], a[i]) == 0);
+  const CacheStats s = (*cache)->Stats();
+  CHECK(s.demotions > 0);
+  CHECK(s.bytes_d2h > 0);
+  CHECK(s.promotions == match->blocks_in(Tier::kHost));
+  CHECK(s.bytes_h2d == s.promotions * kv.layout().block_bytes());
+  CHECK(s.host.hits > 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Cache: write-through copies committed blocks to host; no write-back means drops",
+          "[cache]") {
+  EngineKv kv({.num_slots = 4});
+  SECTION("write-through: later eviction needs no copy") {
+    Options o = test::MakeOptions(kv, 16);
+    o.host_write_through = true;
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 1)));
+    const uint64_t after_commit = (*cache)->Stats().demotions;
+    CHECK(after_commit == 3);
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));
+    auto again = test::RunSequence(**cache, kv, test::Chain(3, 1));
+    REQUIRE_OK(again);
+    CHECK(again->loaded == 3);
+    CHECK(again->mismatched_bytes == 0);
+  }
+  SECTION("demote_on_evict = false: victims are dropped") {
+    Options o = test::MakeOptions(kv, 16);
+    o.demote_on_evict = false;
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 1)));
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.demotions == 0);
+    CHECK(s.device.drops > 0);
+    auto m = (*cache)->Match(test::Chain(3, 1));
+    REQUIRE_OK(m);
+    CHECK(m->size() < 3);
+  }
+}
+
+TEST_CASE("Cache: sequences sharing a prefix share its blocks; Grow extends a lease", "[cache]") {
+  EngineKv kv({.num_slots = 16});
+  auto cache = Cache::Create(test::MakeOptions(kv, 16));
+  REQUIRE_OK(cache);
+  const BlockHasher hasher;
+  std::vector<int32_t> prompt(4 * 4, 7);  // a 4-block system prompt
+  std::vector<int32_t> a = prompt, b = prompt;
+  for (int i = 0; i < 8; ++i) a.push_back(100 + i), b.push_back(200 + i);
+  auto ka = hasher.ChainTokens(a, 4), kb = hasher.ChainTokens(b, 4);
+  REQUIRE_OK(ka);
+  REQUIRE_OK(kb);
+  REQUIRE_OK(test::RunSequence(**cache, kv, *ka));
+  auto rb = test::RunSequence(**cache, kv, *kb);
+  REQUIRE_OK(rb);
+  CHECK(rb->matched == 4);  // the shared prompt
+  CHECK(rb->loaded == 4);
+  // Decode grew the sequence by one block: Grow, then Commit the longer chain.
+  DeviceLease lease;
+  REQUIRE_OK(test::RunSequence(**cache, kv, *ka, &lease));
+  REQUIRE_OK((*cache)->Grow(lease, 1));
+  CHECK(lease.size() == ka->size() + 1);
+  std::vector<int32_t> longer = a;
+  for (int i = 0; i < 4; ++i) longer.push_back(300 + i);
+  auto kl = hasher.ChainTokens(longer, 4);
+  REQUIRE_OK(kl);
+  kv.Write(lease.slots().back(), kl->back());
+  REQUIRE_OK((*cache)->Commit(*kl, lease));
+  REQUIRE_CODE((*cache)->Grow(lease, 0), absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE((*cache)->Grow(lease, 100), absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK((*cache)->Release(lease));
+  auto m = (*cache)->Match(*kl);
+  REQUIRE_OK(m);
+  CHECK(m->size() == kl->size());
+}
+
+TEST_CASE("Cache bad input: unknown keys miss; a root key is rejected", "[cache][bad_input]") {
+  EngineKv kv;
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  REQUIRE_OK(cache);
+  auto m = (*cache)->Match(test::Chain(3, 999));
+  REQUIRE_OK(m);
+  CHECK(m->size() == 0);
+  std::vector<BlockKey> with_root = test::Chain(2, 1);
+  with_root.insert(with_root.begin() + 1, kRootKey);
+  REQUIRE_CODE((*cache)->Match(with_root), absl::StatusCode::kInvalidArgument);
+  StillUsable(**cache, kv);
+}
+
+TEST_CASE("Cache bad input: double release and a lease used after release", "[cache][bad_input]") {
+  EngineKv kv;
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  REQUIRE_OK(cache);
+  auto lease = (*cache)->AllocateDevice(2);
+  REQUIRE_OK(lease);
+  REQUIRE_OK((*cache)->Release(*lease));
+  REQUIRE_CODE((*cache)->Release(*lease), absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE((*cache)->Commit(test::Chain(2, 1), *lease), absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE((*cache)->Load(MatchResult{}, *lease), absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE((*cache)->Grow(*lease, 1), absl::StatusCode::kFailedPrecondition);
+  auto moved_from = (*cache)->AllocateDevice(1);
+  REQUIRE_OK(moved_from);
+  DeviceLease taken = std::move(*moved_from);
+  REQUIRE_CODE((*cache)->Release(*moved_from), absl::StatusCode::kFailedPrecondition);
+  REQUIRE_OK((*cache)->Release(taken));
+  CHECK((*cache)->Stats().leases_live == 0);
+  StillUsable(**cache, kv);
+}
+
+TEST_CASE("Cache bad input: a lease of another cache is refused", "[cache][bad_input]") {
+  EngineKv kv, other_kv;
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  auto other = Cache::Create(test::MakeOptions(other_kv, 8));
+  REQUIRE_OK(cache);
+  REQUIRE_OK(other);
+  auto foreign = (*other)->AllocateDevice(1);
+  REQUIRE_OK(foreign);
+  REQUIRE_CODE((*cache)->Commit(test::Chain(1, 1), *foreign),
+               absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE((*cache)->Release(*foreign), absl::StatusCode::kFailedPrecondition);
+  StillUsable(**cache, kv);
+}
+
+TEST_CASE("Cache bad input: committing a key twice is kAlreadyExists and changes nothing",
+          "[cache][bad_input]") {
+  EngineKv kv;
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  REQUIRE_OK(cache);
+  const auto keys = test::Chain(2, 1);
+  DeviceLease first;
+  REQUIRE_OK(test::RunSequence(**cache, kv, keys, &first));  // still held: on the device
+  auto second = (*cache)->AllocateDevice(2);
+  REQUIRE_OK(second);
+  const CacheStats before = (*cache)->Stats();
+  REQUIRE_CODE((*cache)->Commit(keys, *second), absl::StatusCode::kAlreadyExists);
+  CHECK((*cache)->Stats().blocks_committed == before.blocks_committed);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  StillUsable(**cache, kv);
+}
+
+TEST_CASE("Cache bad input: sizes that do not fit are kInvalidArgument", "[cache][bad_input]") {
+  EngineKv kv({.num_slots = 8});
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  REQUIRE_OK(cache);
+  REQUIRE_CODE((*cache)->AllocateDevice(0), absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE((*cache)->AllocateDevice(9), absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 1)));
+  auto m = (*cache)->Match(test::Chain(3, 1));
+  REQUIRE_OK(m);
+  auto small = (*cache)->AllocateDevice(2);
+  REQUIRE_OK(small);
+  REQUIRE_CODE((*cache)->Load(*m, *small), absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE((*cache)->Commit(test::Chain(3, 5), *small), absl::StatusCode::kInvalidArgument);
+  auto fits = (*cache)->AllocateDevice(3);
+  REQUIRE_OK(fits);
+  REQUIRE_OK((*cache)->Load(*m, *fits));
+  REQUIRE_CODE((*cache)->Load(*m, *fits), absl::StatusCode::kFailedPrecondition);  // twice
+  BlockHasher h;
+  REQUIRE_CODE(h.ChainTokens(std::vector<int32_t>(7, 1), 4), absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE((*cache)->Hint(test::Chain(2, 1), std::vector<double>{1.0}),
+               absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK((*cache)->Release(*small));
+  REQUIRE_OK((*cache)->Release(*fits));
+  StillUsable(**cache, kv);
+}
+
+TEST_CASE("Cache bad input: all device slots pinned is kResourceExhausted, then recovers",
+          "[cache][bad_input]") {
+  EngineKv kv({.num_slots = 4});
+  auto cache = Cache::Create(test::MakeOptions(kv, 8));
+  REQUIRE_OK(cache);
+  auto all = (*cache)->AllocateDevice(4);
+  REQUIRE_OK(all);
+  REQUIRE_CODE((*cache)->AllocateDevice(1), absl::StatusCode::kResourceExhausted);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  REQUIRE_OK((*cache)->Release(*all));
+  StillUsable(**cache, kv);
+}
+
+}  // namespace
+}  // namespace kvtier
