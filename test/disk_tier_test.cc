@@ -63,6 +63,13 @@ bool Matches(const uint8_t* p, uint64_t key_index) {
   return std::memcmp(p, want.data(), kBlockBytes) == 0;
 }
 
+// Fault kind 0..3 (EIO, short transfer, bit flip, ENOSPC) at `rate`, the others off.
+RandomFaultInjector::Rates RatesFor(int kind, double rate) {
+  RandomFaultInjector::Rates r;
+  (kind == 0 ? r.eio : kind == 1 ? r.short_transfer : kind == 2 ? r.bit_flip : r.enospc) = rate;
+  return r;
+}
+
 DiskTierConfig Config(const fs::path& dir, uint32_t slots, uint32_t align) {
   return DiskTierConfig{
       .directory = dir.string(),
@@ -261,12 +268,7 @@ TEST_CASE("DiskTier: under injected faults a long random workload serves 0 corru
           "[disk][faults]") {
   const auto kind = GENERATE(0, 1, 2, 3);
   CAPTURE(kind);
-  RandomFaultInjector::Rates rates;
-  (kind == 0   ? rates.eio
-   : kind == 1 ? rates.short_transfer
-   : kind == 2 ? rates.bit_flip
-               : rates.enospc) = 0.2;
-  RandomFaultInjector injector(/*seed=*/42 + kind, rates);
+  RandomFaultInjector injector(/*seed=*/42 + kind, RatesFor(kind, 0.2));
   TempDir dir;
   const uint32_t align = Align(dir.path);
   HostSlots host(1, align);
@@ -484,12 +486,7 @@ TEST_CASE("Cache with disk: under injected disk faults no corrupt block reaches 
           "[disk][cache][faults]") {
   const auto kind = GENERATE(0, 1, 2, 3);
   CAPTURE(kind);
-  RandomFaultInjector::Rates rates;
-  (kind == 0   ? rates.eio
-   : kind == 1 ? rates.short_transfer
-   : kind == 2 ? rates.bit_flip
-               : rates.enospc) = 0.15;
-  RandomFaultInjector injector(/*seed=*/100 + kind, rates);
+  RandomFaultInjector injector(/*seed=*/100 + kind, RatesFor(kind, 0.15));
   TempDir dir;
   EngineKv kv({.num_slots = 4});
   auto cache =

@@ -6,41 +6,15 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "lib/transfer/host_event.h"
 
 namespace kvtier::internal {
-namespace {
-
-class EmulatedEvent final : public DeviceEvent {
- public:
-  bool Query() const override {
-    MutexLock lock(&mu_);
-    return done_;
-  }
-  absl::Status Wait() const override {
-    MutexLock lock(&mu_);
-    while (!done_) cv_.Wait(&mu_);
-    return absl::OkStatus();
-  }
-  void* native() const override { return nullptr; }
-  void Complete() {
-    MutexLock lock(&mu_);
-    done_ = true;
-    cv_.SignalAll();
-  }
-
- private:
-  mutable Mutex mu_;
-  mutable CondVar cv_;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-}  // namespace
 
 struct EmulatedDevice::Op {
   enum class Kind { kCopy, kRecord, kWait, kCallback } kind;
-  std::vector<CopyRegion> regions;                // kCopy
-  std::shared_ptr<DeviceEvent> event;             // kRecord (an EmulatedEvent), kWait
-  std::function<void(absl::Status)> callback;     // kCallback
+  std::vector<CopyRegion> regions;             // kCopy
+  std::shared_ptr<DeviceEvent> event;          // kRecord (a HostEvent), kWait
+  std::function<void(absl::Status)> callback;  // kCallback
 };
 
 EmulatedDevice::EmulatedDevice() {
@@ -57,7 +31,8 @@ EmulatedDevice::~EmulatedDevice() {
 }
 
 absl::StatusOr<void*> EmulatedDevice::AllocateHost(uint64_t bytes) {
-  // mmap: page-aligned, zero-filled, and returned to the OS on free (pinning is the CUDA backend's).
+  // mmap: page-aligned, zero-filled, and returned to the OS on free (pinning is the CUDA
+  // backend's).
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     return absl::ResourceExhaustedError(
@@ -83,7 +58,8 @@ absl::Status EmulatedDevice::Copy(Stream stream, std::span<const CopyRegion> reg
 }
 
 absl::StatusOr<std::shared_ptr<DeviceEvent>> EmulatedDevice::RecordEvent(Stream stream) {
-  auto event = std::make_shared<EmulatedEvent>();
+  // An emulated stream is a host thread: its events are host events it completes.
+  auto event = std::make_shared<HostEvent>();
   Enqueue(stream, Op{.kind = Op::Kind::kRecord, .event = event});
   return event;
 }
@@ -133,7 +109,7 @@ void EmulatedDevice::Run(Queue* q) {
         break;
       }
       case Op::Kind::kRecord:
-        static_cast<EmulatedEvent*>(op.event.get())->Complete();
+        static_cast<HostEvent*>(op.event.get())->Complete();
         break;
       case Op::Kind::kWait:
         op.event->Wait().IgnoreError();
