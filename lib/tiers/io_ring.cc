@@ -182,14 +182,16 @@ void IoRing::PumpLocked() {
   }
 }
 
-void IoRing::Complete(Op* op, int res) {
-  IoRequest& r = op->req;
-  const Fault fault = op->fault;
-  if (res >= 0 && fault == Fault::kEio) res = -EIO;
-  if (res >= 0 && fault == Fault::kEnospc) res = -ENOSPC;
+bool IoRing::Complete(Op* op, int res) {
   Batch* finished = nullptr;
   {
+    // The op was written under mu_ and handed over through the kernel, which ThreadSanitizer
+    // cannot see: read it under mu_ too.
     MutexLock lock(&mu_);
+    IoRequest& r = op->req;
+    const Fault fault = op->fault;
+    if (res >= 0 && fault == Fault::kEio) res = -EIO;
+    if (res >= 0 && fault == Fault::kEnospc) res = -ENOSPC;
     in_flight_--;
     if (res == -EAGAIN || (res > 0 && static_cast<uint32_t>(res) < r.bytes)) {
       // Resubmit the remainder (or the whole op on EAGAIN), ahead of later work.
@@ -201,7 +203,7 @@ void IoRing::Complete(Op* op, int res) {
       }
       stats_.resubmits++;
       pending_.push_front(op);
-      return;  // submitted with the rest of this batch of completions
+      return false;  // submitted with the rest of this batch of completions
     }
     Batch* b = op->batch;
     if (res < 0 || (res == 0 && r.bytes > 0)) {
@@ -229,6 +231,7 @@ void IoRing::Complete(Op* op, int res) {
     finished->done(finished->status);
     delete finished;
   }
+  return true;
 }
 
 void IoRing::CompletionLoop() {
@@ -249,11 +252,7 @@ void IoRing::CompletionLoop() {
         stop = true;
         continue;
       }
-      Op* op = reinterpret_cast<Op*>(data);
-      const bool last_of_op =
-          !(res == -EAGAIN || (res > 0 && static_cast<uint32_t>(res) < op->req.bytes));
-      Complete(op, res);
-      finished += last_of_op;
+      finished += Complete(reinterpret_cast<Op*>(data), res);
     } while (io_uring_peek_cqe(R(ring_), &cqe) == 0);
     MutexLock lock(&mu_);
     PumpLocked();

@@ -112,7 +112,8 @@ class IoRing {
   IoRing(const Options& options, void* ring);
   void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompletionLoop();
-  void Complete(Op* op, int res);
+  // Handles one CQE; true when the op is finished (false: resubmitted for the rest).
+  bool Complete(Op* op, int res);
   int FixedIndex(const void* buf, uint32_t bytes) const;
 
   const Options options_;
