@@ -1,0 +1,363 @@
+// Replay of a trace through a flat single-tier simulation or through a real kvtier::Cache.
+//
+// The flat mode is the yardstick for the policies themselves: it must agree with libCacheSim
+// (docs/policies.md), so it does exactly what libCacheSim's cachesim does per request and nothing
+// more. Its per-block state is in vectors indexed by the trace's dense ids, so the only costs left
+// are the policy's own (one virtual call per access).
+//
+// The cache mode measures what an engine would see: prefix-stopping Match, the leaf-first prefix
+// rule, tiers and write-back. It is bounded by the cache's per-call lock and index hashing; the
+// keys are precomputed (ChainKeys) so hashing token ids is not part of the measurement.
+#include "bench/replay.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::replay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr SlotId kNoSlot = UINT32_MAX;
+
+// Calls `progress` about every 0.25 s; checks the clock every 64 requests only.
+class ProgressTicker {
+ public:
+  explicit ProgressTicker(const std::function<void(uint64_t)>& progress) : progress_(progress) {}
+  void Tick(uint64_t requests_done) {
+    if (!progress_ || (requests_done & 63) != 0) return;
+    const Clock::time_point now = Clock::now();
+    if (now < next_) return;
+    next_ = now + std::chrono::milliseconds(250);
+    progress_(requests_done);
+  }
+
+ private:
+  const std::function<void(uint64_t)>& progress_;
+  Clock::time_point next_ = Clock::now() + std::chrono::milliseconds(250);
+};
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The key-aware hook a policy may offer (see include/kvtier/policy.h): called before OnInsert with
+// a stable id of the block, so that ghost lists can recognise a block that comes back. Compiled in
+// only when the interface has it.
+template <typename P>
+void InsertKeyHook(P& policy, SlotId slot, uint64_t block_id) {
+  if constexpr (requires { policy.OnInsertKey(slot, block_id); }) {
+    policy.OnInsertKey(slot, block_id);
+  } else {
+    (void)policy;
+    (void)slot;
+    (void)block_id;
+  }
+}
+
+void AddRequestRatios(const TraceRequest& r, uint32_t prefix_hits, const BlockShape& shape,
+                      ReplayResult* out) {
+  out->input_tokens += r.input_tokens;
+  out->prefix_hit_tokens +=
+      std::min<uint64_t>(uint64_t{prefix_hits} * shape.tokens_per_block, r.input_tokens);
+  if (r.num_blocks > 0) {
+    out->requests_with_blocks++;
+    out->request_prefix_ratio_sum += static_cast<double>(prefix_hits) / r.num_blocks;
+  }
+}
+
+absl::StatusOr<ReplayResult> ReplayFlat(const Trace& trace, const ReplayConfig& config) {
+  const uint32_t capacity = config.device_blocks;
+  auto created =
+      CreatePolicy(config.policy, {.capacity_slots = capacity, .params = config.policy_params});
+  if (!created.ok()) return created.status();
+  EvictionPolicy& policy = **created;
+  ReplayResult out{.policy = config.policy, .mode = Mode::kFlat};
+  out.tiers[0].capacity_blocks = capacity;
+  std::vector<SlotId> slot_of(trace.unique_blocks(), kNoSlot);  // dense id -> slot
+  std::vector<uint32_t> id_of(capacity, 0);                     // slot -> dense id
+  uint32_t used = 0;
+  uint64_t hits = 0, prefix_hits = 0, evictions = 0;
+  ProgressTicker ticker(config.progress);
+  const auto always = [](SlotId) { return true; };
+
+  const Clock::time_point start = Clock::now();
+  for (size_t ri = 0; ri < trace.requests.size(); ++ri) {
+    const TraceRequest& r = trace.requests[ri];
+    bool prefix_alive = true;
+    uint32_t request_prefix = 0;
+    for (const uint32_t id : trace.BlocksOf(r)) {
+      SlotId s = slot_of[id];
+      if (s != kNoSlot) {
+        hits++;
+        request_prefix += prefix_alive;
+        policy.OnAccess(s);
+        continue;
+      }
+      prefix_alive = false;
+      if (used < capacity) {
+        s = used++;
+      } else {
+        const std::optional<SlotId> victim = policy.PickVictim(always);
+        if (!victim || *victim >= capacity || slot_of[id_of[*victim]] != *victim) {
+          return absl::InternalError(absl::StrCat(
+              "Replay: policy '", config.policy, "' returned ",
+              victim ? absl::StrCat("slot ", *victim) : std::string("no victim"),
+              " from a full tier of ", capacity, " unpinned blocks (request line ", r.line, ")"));
+        }
+        s = *victim;
+        policy.OnRemove(s);
+        slot_of[id_of[s]] = kNoSlot;
+        evictions++;
+      }
+      slot_of[id] = s;
+      id_of[s] = id;
+      InsertKeyHook(policy, s, id);
+      policy.OnInsert(s);
+    }
+    prefix_hits += request_prefix;
+    AddRequestRatios(r, request_prefix, config.shape, &out);
+    ticker.Tick(ri + 1);
+  }
+  out.seconds = Seconds(start);
+  out.requests = trace.requests.size();
+  out.block_accesses = trace.block_accesses();
+  out.hit_blocks = hits;
+  out.prefix_hit_blocks = prefix_hits;
+  out.tiers[0].hits = hits;
+  out.tiers[0].inserts = out.block_accesses - hits;
+  out.tiers[0].evictions = evictions;
+  out.tiers[0].drops = evictions;
+  return out;
+}
+
+// Device memory for payload mode: one buffer, segment (layer, K|V) after segment.
+struct DeviceMemory {
+  std::unique_ptr<uint8_t[]> bytes;
+};
+
+absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* memory,
+                                     const std::string& disk_dir) {
+  const BlockShape& shape = config.shape;
+  const uint64_t segments = uint64_t{2} * shape.layers;
+  if (shape.layers == 0 || shape.block_bytes == 0 || shape.block_bytes % segments != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Replay: block_bytes=", shape.block_bytes,
+        " must be a positive multiple of 2*layers=", segments, " (K and V per layer)"));
+  }
+  const uint64_t segment_bytes = shape.block_bytes / segments;
+  if (config.payload) {
+    const uint64_t need = (uint64_t{config.device_blocks} + config.host_blocks) * shape.block_bytes;
+    const uint64_t physical = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                              static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    if (need > physical / 10 * 8) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "Replay: payload mode needs ", need >> 20, " MiB ((device ", config.device_blocks,
+          " + host ", config.host_blocks, " blocks) x ", shape.block_bytes, " bytes) vs 80% of ",
+          physical >> 20, " MiB of memory; use a smaller block size"));
+    }
+    memory->bytes.reset(new uint8_t[config.device_blocks * shape.block_bytes]);
+  }
+  BlockLayout layout{.tokens_per_block = shape.tokens_per_block, .num_slots = config.device_blocks};
+  for (uint32_t l = 0; l < shape.layers; ++l) {
+    LayerLayout layer;
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      void* base = nullptr;
+      if (config.payload) {
+        base = memory->bytes.get() + (uint64_t{l} * 2 + kv) * config.device_blocks * segment_bytes;
+      }
+      layer.segments.push_back({base, segment_bytes, segment_bytes});
+    }
+    layout.layers.push_back(std::move(layer));
+  }
+  Options options{
+      .layout = std::move(layout),
+      .backend = config.payload ? DeviceBackend::kEmulated : DeviceBackend::kMetadataOnly,
+      .device = {.capacity_slots = config.device_blocks,
+                 .policy = config.policy,
+                 .policy_params = config.policy_params},
+      .host = {.capacity_bytes = uint64_t{config.host_blocks} * shape.block_bytes,
+               .policy = config.policy,
+               .policy_params = config.policy_params},
+      .demote_on_evict = config.demote_on_evict,
+      .host_write_through = config.host_write_through,
+  };
+  if (config.disk_blocks > 0) {
+    // A disk slot is the block rounded up to the file system's alignment plus one aligned trailer:
+    // size the files for the worst case (4 KiB), so at least disk_blocks slots fit.
+    constexpr uint64_t kAlign = 4096;
+    const uint64_t slot = config.payload
+                              ? (shape.block_bytes + kAlign - 1) / kAlign * kAlign + kAlign
+                              : shape.block_bytes;
+    options.disk = {.directory = config.payload ? disk_dir : "(metadata-only: no files)",
+                    .capacity_bytes = uint64_t{config.disk_blocks} * slot,
+                    .policy = config.policy,
+                    .policy_params = config.policy_params,
+                    .reset_on_mismatch = true,
+                    .allow_buffered = true,
+                    .flush_on_close = false};
+  }
+  return options;
+}
+
+// A fresh directory for one payload replay's disk tier, removed afterwards: a replay starts cold.
+class ScratchDir {
+ public:
+  ~ScratchDir() {
+    if (!path_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(path_, ec);
+    }
+  }
+  absl::Status Create(const std::string& parent) {
+    std::string tmpl = parent + "/kvtier-replay-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("Replay: mkdtemp in ", parent));
+    }
+    path_ = tmpl;
+    return absl::OkStatus();
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig& config,
+                                         std::span<const BlockKey> keys) {
+  if (keys.size() != trace.blocks.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Replay: ", keys.size(), " keys vs ", trace.blocks.size(), " block accesses"));
+  }
+  if (config.disk_blocks > 0 && config.host_blocks == 0) {
+    return absl::InvalidArgumentError("Replay: a disk tier needs a host tier (host_blocks > 0)");
+  }
+  ScratchDir scratch;
+  if (config.payload && config.disk_blocks > 0) {
+    if (config.disk_directory.empty()) {
+      return absl::InvalidArgumentError("Replay: payload mode with a disk tier needs a directory");
+    }
+    if (absl::Status s = scratch.Create(config.disk_directory); !s.ok()) return s;
+  }
+  DeviceMemory memory;
+  absl::StatusOr<Options> options = CacheOptions(config, &memory, scratch.path());
+  if (!options.ok()) return options.status();
+  absl::StatusOr<std::unique_ptr<Cache>> created = Cache::Create(*options);
+  if (!created.ok()) return created.status();
+  Cache& cache = **created;
+
+  ReplayResult out{.policy = config.policy, .mode = Mode::kCache, .payload = config.payload};
+  const uint32_t cap = config.device_blocks;
+  ProgressTicker ticker(config.progress);
+  auto fail = [&](const TraceRequest& r, const absl::Status& s) {
+    return absl::Status(s.code(),
+                        absl::StrCat("Replay: request at line ", r.line, ": ", s.message()));
+  };
+  const Clock::time_point start = Clock::now();
+  for (size_t ri = 0; ri < trace.requests.size(); ++ri) {
+    const TraceRequest& r = trace.requests[ri];
+    const uint32_t n = std::min(r.num_blocks, cap);
+    out.capped_blocks += r.num_blocks - n;
+    uint32_t served = 0;
+    if (n > 0) {
+      const std::span<const BlockKey> request_keys = keys.subspan(r.first_block, n);
+      absl::StatusOr<MatchResult> match = cache.Match(request_keys);
+      if (!match.ok()) return fail(r, match.status());
+      absl::StatusOr<DeviceLease> lease = cache.AllocateDevice(n);
+      if (!lease.ok()) return fail(r, lease.status());
+      absl::StatusOr<Transfer> xfer = cache.Load(*match, *lease);
+      if (!xfer.ok()) return fail(r, xfer.status());
+      // An engine waits for the copies before attention: a failed copy is a miss (recompute).
+      served = config.payload && !xfer->Wait().ok() ? 0 : xfer->blocks();
+      out.matched_blocks += match->size();
+      for (uint32_t i = 0; i < served; ++i) {
+        out.tiers[static_cast<int>(match->tiers[i])].hits++;
+      }
+      if (absl::Status s = cache.Commit(request_keys, *lease); !s.ok()) return fail(r, s);
+      if (absl::Status s = cache.Release(*lease); !s.ok()) return fail(r, s);
+    }
+    out.hit_blocks += served;
+    AddRequestRatios(r, served, config.shape, &out);
+    ticker.Tick(ri + 1);
+  }
+  out.seconds = Seconds(start);
+  out.requests = trace.requests.size();
+  out.block_accesses = trace.block_accesses();
+  out.prefix_hit_blocks = out.hit_blocks;
+  const CacheStats stats = cache.Stats();
+  const TierStats* tier_stats[kNumTiers] = {&stats.device, &stats.host, &stats.disk};
+  for (int t = 0; t < kNumTiers; ++t) {
+    out.tiers[t].capacity_blocks = tier_stats[t]->capacity_blocks;
+    out.tiers[t].inserts = tier_stats[t]->inserts;
+    out.tiers[t].evictions = tier_stats[t]->evictions;
+    out.tiers[t].drops = tier_stats[t]->drops;
+  }
+  out.bytes_h2d = stats.bytes_h2d;
+  out.bytes_d2h = stats.bytes_d2h;
+  out.bytes_disk_written = stats.bytes_disk_written;
+  out.bytes_disk_read = stats.bytes_disk_read;
+  if (absl::Status s = cache.CheckInvariants(); !s.ok()) return s;
+  return out;
+}
+
+}  // namespace
+
+const char* ModeName(Mode mode) { return mode == Mode::kFlat ? "flat" : "cache"; }
+
+std::vector<BlockKey> ChainKeys(const Trace& trace) {
+  const BlockHasher hasher;
+  std::vector<BlockKey> memo(trace.unique_blocks());
+  std::vector<uint8_t> known(trace.unique_blocks(), 0);
+  std::vector<BlockKey> keys;
+  keys.reserve(trace.blocks.size());
+  for (const TraceRequest& r : trace.requests) {
+    BlockKey parent = kRootKey;
+    uint32_t parent_id = Trace::kNoParent;
+    bool canonical = true;  // the chain so far is every id's first-seen chain: memo applies
+    for (const uint32_t id : trace.BlocksOf(r)) {
+      const auto token = static_cast<int32_t>(id);
+      canonical = canonical && trace.parent[id] == parent_id;
+      BlockKey key;
+      if (canonical && known[id]) {
+        key = memo[id];
+      } else {
+        key = hasher.Chain(parent, std::span<const int32_t>(&token, 1));
+        if (canonical) {
+          memo[id] = key;
+          known[id] = 1;
+        }
+      }
+      keys.push_back(key);
+      parent = key;
+      parent_id = id;
+    }
+  }
+  return keys;
+}
+
+absl::StatusOr<ReplayResult> Replay(const Trace& trace, const ReplayConfig& config,
+                                    std::span<const BlockKey> keys) {
+  if (config.device_blocks == 0) {
+    return absl::InvalidArgumentError("Replay: device_blocks must be > 0");
+  }
+  // Unknown names fail here for both modes, with the registered ones listed.
+  if (auto probe =
+          CreatePolicy(config.policy, {.capacity_slots = 1, .params = config.policy_params});
+      !probe.ok()) {
+    return probe.status();
+  }
+  if (config.mode == Mode::kFlat) return ReplayFlat(trace, config);
+  if (!keys.empty()) return ReplayCache(trace, config, keys);
+  const std::vector<BlockKey> own = ChainKeys(trace);
+  return ReplayCache(trace, config, own);
+}
+
+}  // namespace kvtier::replay
