@@ -3,9 +3,9 @@
 //
 // BM_MatchCommit: a cache warmed with 1,048,576 blocks (65,536 chains of 16) on a device tier of
 // exactly that many slots (tiny blocks: the bytes are not what is measured). One iteration is one
-// request of 16 blocks, the engine lifecycle: Match (8 cached prefix blocks from a pool of 4,096 hot
-// prefixes, then 8 new ones: 9 lookups), AllocateDevice(16) (the device is full: 16 LRU evictions),
-// Load (shares the 8 cached blocks, returns 8 slots), Commit (8 new blocks), Release.
+// request of 16 blocks, the engine lifecycle: Match (8 cached prefix blocks from a pool of 4,096
+// hot prefixes, then 8 new ones: 9 lookups), AllocateDevice(16) (the device is full: 16 LRU
+// evictions), Load (shares the 8 cached blocks, returns 8 slots), Commit (8 new blocks), Release.
 // BM_FlatHashMapBaseline: the same requests on flat_hash_map<BlockKey, uint32_t>: 9 finds, 8 erases
 // of the oldest keys (a FIFO ring stands in for the policy), 8 inserts.
 // Items are blocks (16 per request); compare items_per_second.
@@ -52,7 +52,8 @@ void BM_MatchCommit(benchmark::State& state) {
   static std::vector<std::byte> kv(uint64_t{kWarmBlocks} * 16);
   kvtier::BlockLayout layout{.tokens_per_block = 16, .num_slots = kWarmBlocks};
   layout.layers.push_back({.segments = {{kv.data(), 16, 16}}});
-  auto cache = kvtier::Cache::Create({.layout = layout, .backend = kvtier::DeviceBackend::kEmulated});
+  auto cache =
+      kvtier::Cache::Create({.layout = layout, .backend = kvtier::DeviceBackend::kEmulated});
   if (!cache.ok()) return state.SkipWithError(cache.status().ToString().c_str());
   for (uint32_t c = 0; c < kChains; ++c) {
     std::vector<kvtier::BlockKey> keys;
