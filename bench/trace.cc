@@ -213,7 +213,7 @@ absl::StatusOr<Trace> ParseTrace(absl::string_view text, absl::string_view sourc
   // Original hash id -> 1 + dense id. Ids are usually small dense integers: a table indexed by the
   // id, grown as needed up to a few bytes per byte of text; larger ids go to a hash map.
   std::vector<uint32_t> direct;
-  const uint64_t direct_limit = std::max<uint64_t>(text.size(), 1 << 20);
+  const uint64_t direct_limit = std::max<uint64_t>(text.size() / 4, 1 << 16);
   absl::flat_hash_map<uint64_t, uint32_t> hashed;
   std::vector<uint32_t> last_request;  // dense id -> 1 + the last request using it
   const size_t expected_ids = std::min<size_t>(text.size() / 6, size_t{1} << 24);
