@@ -1,6 +1,6 @@
-#include "cuda/cuda_probe.h"
-
 #include <cuda_runtime_api.h>
+
+#include "cuda/cuda_probe.h"
 
 namespace kvtier::internal {
 

@@ -72,14 +72,14 @@ BlockKey BlockHasher::Chain(const BlockKey& parent, std::span<const int32_t> tok
 }
 
 absl::StatusOr<std::vector<BlockKey>> BlockHasher::ChainTokens(std::span<const int32_t> tokens,
-                                                              uint32_t tokens_per_block) const {
+                                                               uint32_t tokens_per_block) const {
   if (tokens_per_block == 0) {
     return absl::InvalidArgumentError("ChainTokens: tokens_per_block is 0");
   }
   if (tokens.size() % tokens_per_block != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ChainTokens: ", tokens.size(), " tokens is not a multiple of ",
-                     "tokens_per_block=", tokens_per_block));
+    return absl::InvalidArgumentError(absl::StrCat("ChainTokens: ", tokens.size(),
+                                                   " tokens is not a multiple of ",
+                                                   "tokens_per_block=", tokens_per_block));
   }
   std::vector<BlockKey> keys;
   keys.reserve(tokens.size() / tokens_per_block);

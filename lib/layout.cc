@@ -21,8 +21,8 @@ absl::Status BlockLayout::ValidateShape(bool need_pointers) const {
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& segs = layers[l].segments;
     if (segs.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("BlockLayout.layers[", l,
-                                                     "].segments: no segment (K and V, or one for MLA)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "BlockLayout.layers[", l, "].segments: no segment (K and V, or one for MLA)"));
     }
     for (size_t s = 0; s < segs.size(); ++s) {
       const Segment& g = segs[s];
@@ -34,9 +34,9 @@ absl::Status BlockLayout::ValidateShape(bool need_pointers) const {
         return absl::InvalidArgumentError(absl::StrCat(path, "bytes_per_block: must be > 0"));
       }
       if (g.stride_bytes < g.bytes_per_block) {
-        return absl::InvalidArgumentError(absl::StrCat(path, "stride_bytes: ", g.stride_bytes,
-                                                       " is smaller than bytes_per_block=",
-                                                       g.bytes_per_block));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, "stride_bytes: ", g.stride_bytes,
+                         " is smaller than bytes_per_block=", g.bytes_per_block));
       }
       const uint64_t max = std::numeric_limits<uint64_t>::max();
       if (g.stride_bytes > (max - g.bytes_per_block) / num_slots ||

@@ -2,7 +2,8 @@
 //
 // Why not absl::Mutex: Debian's libabsl is compiled without ThreadSanitizer, so absl::Mutex's
 // synchronisation is invisible to TSan and every guarded field would be reported as a race. The
-// std::mutex underneath is intercepted by TSan; the annotations keep clang's -Wthread-safety working.
+// std::mutex underneath is intercepted by TSan; the annotations keep clang's -Wthread-safety
+// working.
 #ifndef KVTIER_LIB_COMMON_MUTEX_H_
 #define KVTIER_LIB_COMMON_MUTEX_H_
 

@@ -5,8 +5,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-#define KVTIER_RETURN_IF_ERROR(expr)                 \
-  do {                                               \
+#define KVTIER_RETURN_IF_ERROR(expr)                     \
+  do {                                                   \
     if (::absl::Status s_ = (expr); !s_.ok()) return s_; \
   } while (0)
 

@@ -71,8 +71,8 @@ absl::Status CheckPolicyParams(const std::string& policy, const PolicyParams& pa
   for (const auto& [key, value] : params) {
     if (std::find(known.begin(), known.end(), key) == known.end()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(policy, ": unknown parameter '", key, "' (known: ",
-                       known.empty() ? "none" : absl::StrJoin(known, ", "), ")"));
+          absl::StrCat(policy, ": unknown parameter '", key,
+                       "' (known: ", known.empty() ? "none" : absl::StrJoin(known, ", "), ")"));
     }
   }
   return absl::OkStatus();

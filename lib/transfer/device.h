@@ -8,8 +8,8 @@
 //
 // Thread safety: every method from any thread. Enqueueing never waits for earlier work.
 // Errors: enqueue calls fail only when the device is unusable. A copy that fails while running is
-//   reported to the next callback on its stream (its `status` argument), and the bytes it should have
-//   written are undefined: the caller must not publish them.
+//   reported to the next callback on its stream (its `status` argument), and the bytes it should
+//   have written are undefined: the caller must not publish them.
 #ifndef KVTIER_LIB_TRANSFER_DEVICE_H_
 #define KVTIER_LIB_TRANSFER_DEVICE_H_
 
@@ -59,8 +59,8 @@ class Device {
   virtual absl::StatusOr<std::shared_ptr<DeviceEvent>> RecordEvent(Stream stream) = 0;
   // Makes later work on `stream` wait until `event` completes.
   virtual absl::Status WaitEvent(Stream stream, std::shared_ptr<DeviceEvent> event) = 0;
-  // Enqueues `fn`, called with the first error of the copies enqueued on `stream` since the previous
-  // callback on it (OK if none failed).
+  // Enqueues `fn`, called with the first error of the copies enqueued on `stream` since the
+  // previous callback on it (OK if none failed).
   virtual absl::Status AddCallback(Stream stream, std::function<void(absl::Status)> fn) = 0;
   // Blocks until all work enqueued so far on every stream is done (callbacks included).
   virtual absl::Status Synchronize() = 0;

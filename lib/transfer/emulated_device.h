@@ -1,8 +1,9 @@
 // EmulatedDevice: a Device whose "device memory" is host memory, for machines without a GPU.
 //
 // Each stream is a thread that runs its queue in order: copies are memcpy, events complete when the
-// thread reaches them, WaitEvent blocks the thread, callbacks run on it. The ordering and completion
-// semantics are those of CUDA streams, so the cache's state machine is exercised exactly as on a GPU.
+// thread reaches them, WaitEvent blocks the thread, callbacks run on it. The ordering and
+// completion semantics are those of CUDA streams, so the cache's state machine is exercised exactly
+// as on a GPU.
 //
 // Fault injection (tests): FailNextCopies(n) makes the next n copy operations, on any stream, fail
 // without writing their destination; the failure reaches the next callback of that stream.
