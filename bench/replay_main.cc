@@ -556,8 +556,12 @@ bool Plot(const std::string& png, const Setup& setup, const std::vector<Run>& ru
   }
   std::string title = absl::StrCat(std::filesystem::path(t.source).filename().string(),
                                    ": block hit ratio by capacity");
-  if (both_modes && setup.host_blocks > 0) {
-    absl::StrAppend(&title, " (cache mode adds a host tier of ", setup.host_blocks, " blocks)");
+  if (!both_modes) {
+    absl::StrAppend(&title, " (", ModeName(series.front().first), " mode)");
+  }
+  if (setup.host_blocks > 0 && std::any_of(series.begin(), series.end(),
+                                           [](const auto& s) { return s.first == Mode::kCache; })) {
+    absl::StrAppend(&title, ", cache mode with a host tier of ", setup.host_blocks, " blocks");
   }
   std::string script = absl::StrCat(
       "set terminal pngcairo size 960,600 font 'sans,10' noenhanced\n", "set output '", png, "'\n",
@@ -575,8 +579,11 @@ bool Plot(const std::string& png, const Setup& setup, const std::vector<Run>& ru
   for (size_t i = 0; i < titles.size(); ++i) {
     const size_t colour = std::find(policy_order.begin(), policy_order.end(), series[i].second) -
                           policy_order.begin();
-    absl::StrAppend(&script, "'", data, "' index ", i, " using 1:2 with linespoints lc ",
-                    colour + 1, " pt ", colour + 1, " dashtype ",
+    static constexpr const char* kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+                                               "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                                               "#bcbd22", "#17becf", "#000000", "#aec7e8"};
+    absl::StrAppend(&script, "'", data, "' index ", i, " using 1:2 with linespoints lc rgb '",
+                    kColours[colour % 12], "' pt ", colour % 12 + 1, " dashtype ",
                     series[i].first == Mode::kFlat ? 1 : 2, " title '",
                     absl::StrReplaceAll(titles[i], {{"'", ""}}), "', ");
   }
