@@ -28,21 +28,33 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr SlotId kNoSlot = UINT32_MAX;
 
-// Calls `progress` about every 0.25 s; checks the clock every 64 requests only.
+// Calls `progress` about every 0.25 s and enforces the time limit; checks the clock every 64
+// requests only.
 class ProgressTicker {
  public:
-  explicit ProgressTicker(const std::function<void(uint64_t)>& progress) : progress_(progress) {}
-  void Tick(uint64_t requests_done) {
-    if (!progress_ || (requests_done & 63) != 0) return;
+  explicit ProgressTicker(const ReplayConfig& config)
+      : progress_(config.progress), limit_seconds_(config.time_limit_seconds) {}
+  absl::Status Tick(uint64_t requests_done, const TraceRequest& last) {
+    if ((!progress_ && limit_seconds_ <= 0) || (requests_done & 63) != 0) return absl::OkStatus();
     const Clock::time_point now = Clock::now();
-    if (now < next_) return;
-    next_ = now + std::chrono::milliseconds(250);
-    progress_(requests_done);
+    if (limit_seconds_ > 0 &&
+        std::chrono::duration<double>(now - start_).count() > limit_seconds_) {
+      return absl::DeadlineExceededError(absl::StrCat("Replay: stopped after ", limit_seconds_,
+                                                      " s (the time limit), ", requests_done,
+                                                      " requests in (trace line ", last.line, ")"));
+    }
+    if (progress_ && now >= next_) {
+      next_ = now + std::chrono::milliseconds(250);
+      progress_(requests_done);
+    }
+    return absl::OkStatus();
   }
 
  private:
   const std::function<void(uint64_t)>& progress_;
-  Clock::time_point next_ = Clock::now() + std::chrono::milliseconds(250);
+  const double limit_seconds_;
+  const Clock::time_point start_ = Clock::now();
+  Clock::time_point next_ = start_ + std::chrono::milliseconds(250);
 };
 
 double Seconds(Clock::time_point start) {
@@ -86,7 +98,7 @@ absl::StatusOr<ReplayResult> ReplayFlat(const Trace& trace, const ReplayConfig& 
   std::vector<uint32_t> id_of(capacity, 0);                     // slot -> dense id
   uint32_t used = 0;
   uint64_t hits = 0, prefix_hits = 0, evictions = 0;
-  ProgressTicker ticker(config.progress);
+  ProgressTicker ticker(config);
   const auto always = [](SlotId) { return true; };
 
   const Clock::time_point start = Clock::now();
@@ -125,7 +137,7 @@ absl::StatusOr<ReplayResult> ReplayFlat(const Trace& trace, const ReplayConfig& 
     }
     prefix_hits += request_prefix;
     AddRequestRatios(r, request_prefix, config.shape, &out);
-    ticker.Tick(ri + 1);
+    if (absl::Status s = ticker.Tick(ri + 1, r); !s.ok()) return s;
   }
   out.seconds = Seconds(start);
   out.requests = trace.requests.size();
@@ -256,7 +268,7 @@ absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig&
 
   ReplayResult out{.policy = config.policy, .mode = Mode::kCache, .payload = config.payload};
   const uint32_t cap = config.device_blocks;
-  ProgressTicker ticker(config.progress);
+  ProgressTicker ticker(config);
   auto fail = [&](const TraceRequest& r, const absl::Status& s) {
     return absl::Status(s.code(),
                         absl::StrCat("Replay: request at line ", r.line, ": ", s.message()));
@@ -286,7 +298,7 @@ absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig&
     }
     out.hit_blocks += served;
     AddRequestRatios(r, served, config.shape, &out);
-    ticker.Tick(ri + 1);
+    if (absl::Status s = ticker.Tick(ri + 1, r); !s.ok()) return s;
   }
   out.seconds = Seconds(start);
   out.requests = trace.requests.size();

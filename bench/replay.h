@@ -17,7 +17,7 @@
 // Errors: kInvalidArgument for a bad config (zero capacity, shape not divisible, unknown mode),
 //   kNotFound for an unknown policy (listing the registered ones), kResourceExhausted when payload
 //   memory would not fit, kInternal when a policy breaks the call protocol (returns a slot it was
-//   not given), or the cache's own error.
+//   not given), kDeadlineExceeded past time_limit_seconds, or the cache's own error.
 #ifndef KVTIER_BENCH_REPLAY_H_
 #define KVTIER_BENCH_REPLAY_H_
 
@@ -61,6 +61,9 @@ struct ReplayConfig {
   BlockShape shape;
   // Called from the replaying thread about every 0.25 s with the requests done so far.
   std::function<void(uint64_t requests_done)> progress;
+  // > 0: a run still replaying after this many seconds stops with kDeadlineExceeded (a policy
+  // whose victim search degenerates must not stall a sweep). Checked every 64 requests.
+  double time_limit_seconds = 0;
 };
 
 struct TierReplayStats {

@@ -69,6 +69,7 @@ Replays a Mooncake-format trace (JSON lines with hash_ids) through kvtier's evic
   --write-through         copy committed blocks to the host tier at once
   --max-requests N        replay only the first N requests
   --repeat N              replay each configuration N times; speed = the median run's (default 1)
+  --time-limit SECONDS    stop a run that takes longer (its row reports the error; default: none)
   --csv FILE              write the results as CSV ('-' = stdout)
   --json FILE             write the results as JSON ('-' = stdout)
   --plot FILE.png         draw hit ratio vs capacity per policy (needs gnuplot)
@@ -93,6 +94,7 @@ struct Args {
   bool demote = true, write_through = false;
   uint64_t max_requests = 0;
   uint32_t repeat = 1;
+  double time_limit_seconds = 0;
   std::string csv, json, plot;
   std::vector<std::string> plugins;
   int progress = -1;  // -1: when stderr is a terminal
@@ -262,6 +264,11 @@ Args ParseArgs(int argc, char** argv) {
       a.max_requests = ParseU32(flag, next(), 1);
     } else if (flag == "--repeat") {
       a.repeat = ParseU32(flag, next(), 1);
+    } else if (flag == "--time-limit") {
+      const std::string v = next();
+      if (!absl::SimpleAtod(v, &a.time_limit_seconds) || !(a.time_limit_seconds > 0)) {
+        Usage(absl::StrCat("--time-limit: '", v, "' is not a positive number of seconds"));
+      }
     } else if (flag == "--csv") {
       a.csv = next();
     } else if (flag == "--json") {
@@ -715,6 +722,7 @@ int Main(int argc, char** argv) {
             .shape = {.tokens_per_block = args.tokens_per_block,
                       .layers = args.layers,
                       .block_bytes = *block_bytes},
+            .time_limit_seconds = args.time_limit_seconds,
         };
         if (progress) {
           config.progress = [&](uint64_t done) {

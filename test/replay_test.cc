@@ -192,6 +192,21 @@ TEST_CASE("Replay: bad configurations are errors", "[replay]") {
             .code() == absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("Replay: a run past its time limit stops with kDeadlineExceeded", "[replay]") {
+  std::string text;
+  for (int i = 0; i < 256; ++i) {
+    text += "{\"input_length\": 1024, \"hash_ids\": [0, " + std::to_string(i + 1) + "]}\n";
+  }
+  const Trace t = Parse(text);
+  for (Mode mode : {Mode::kFlat, Mode::kCache}) {
+    CAPTURE(ModeName(mode));
+    CHECK(
+        Replay(t, {.mode = mode, .device_blocks = 8, .time_limit_seconds = 1e-9}).status().code() ==
+        absl::StatusCode::kDeadlineExceeded);
+    CHECK(Replay(t, {.mode = mode, .device_blocks = 8, .time_limit_seconds = 60}).ok());
+  }
+}
+
 // An LRU written from scratch on the raw file's ids (its own line scanner, std::list), so the
 // parser and the flat mode are checked together against something that shares no code with them.
 uint64_t IndependentLruHits(const std::string& path, size_t max_lines, size_t capacity,
