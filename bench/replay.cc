@@ -115,6 +115,7 @@ absl::StatusOr<ReplayResult> ReplayFlat(const Trace& trace, const ReplayConfig& 
         continue;
       }
       prefix_alive = false;
+      policy.OnMissKey(id);
       if (used < capacity) {
         s = used++;
       } else {

@@ -47,7 +47,17 @@ struct PolicyContext {
 class EvictionPolicy {
  public:
   virtual ~EvictionPolicy() = default;
+  // Called right before OnInsert(slot) with a stable 64-bit id of the block (the same block gets
+  // the same id whenever it comes back; the cache passes the low half of its BlockKey), for
+  // policies that remember evicted blocks (ARC's and S3-FIFO's ghost lists). Optional for callers:
+  // a policy must work, with less history, when it never comes.
+  virtual void OnInsertKey(SlotId /*slot*/, uint64_t /*block_id*/) {}
   virtual void OnInsert(SlotId slot) = 0;
+  // Called by a simulation (kvtier-replay --mode flat) when block `block_id` is looked up and is
+  // not in the tier, before the victim that makes room for it is chosen: the next OnInsertKey
+  // brings it. Lets a policy that adapts on a ghost hit (ARC) adapt before choosing, as the
+  // paper does. The cache does not call it: it takes slots before it knows their keys.
+  virtual void OnMissKey(uint64_t /*block_id*/) {}
   virtual void OnAccess(SlotId slot) = 0;
   virtual void OnRemove(SlotId slot) = 0;
   virtual void OnPin(SlotId /*slot*/) {}

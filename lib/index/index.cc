@@ -109,6 +109,7 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
                                  .lease_pins = static_cast<uint16_t>(lease_pins),
                                  .io_pins = static_cast<uint8_t>(io_pins),
                                  .state = state};
+  tt.policy->OnInsertKey(slot, E(id).key.lo);
   tt.policy->OnInsert(slot);
   if (const uint32_t parent = E(id).parent_id; parent != kNoEntry) {
     if (const Residency& pr = E(parent).res[T(tier)]; pr.present())
