@@ -8,10 +8,32 @@
 #include "kvtier/policy.h"
 #include "lib/common/mutex.h"
 
-// Built-ins register themselves with KVTIER_REGISTER_POLICY; naming their anchors here keeps their
-// object files in a static libkvtier.a.
+// Built-ins register themselves with KVTIER_REGISTER_POLICY. A static libkvtier.a only links the
+// object files something references, so this file references every built-in's anchor from a
+// definition with external linkage, which neither the compiler nor the linker may drop while
+// registry.o is linked (and it is: it defines RegisterPolicy and CreatePolicy).
 namespace kvtier {
+extern bool kvtier_policy_anchor_ArcPolicy;
+extern bool kvtier_policy_anchor_FifoPolicy;
+extern bool kvtier_policy_anchor_H2oPolicy;
+extern bool kvtier_policy_anchor_LfuPolicy;
 extern bool kvtier_policy_anchor_LruPolicy;
+extern bool kvtier_policy_anchor_PrefixAwarePolicy;
+extern bool kvtier_policy_anchor_PriorityPolicy;
+extern bool kvtier_policy_anchor_S3FifoPolicy;
+extern bool kvtier_policy_anchor_SievePolicy;
+extern bool kvtier_policy_anchor_StreamingPolicy;
+
+namespace internal {
+extern const bool* const kBuiltinPolicyAnchors[];
+const bool* const kBuiltinPolicyAnchors[] = {
+    &kvtier_policy_anchor_ArcPolicy,      &kvtier_policy_anchor_FifoPolicy,
+    &kvtier_policy_anchor_H2oPolicy,      &kvtier_policy_anchor_LfuPolicy,
+    &kvtier_policy_anchor_LruPolicy,      &kvtier_policy_anchor_PrefixAwarePolicy,
+    &kvtier_policy_anchor_PriorityPolicy, &kvtier_policy_anchor_S3FifoPolicy,
+    &kvtier_policy_anchor_SievePolicy,    &kvtier_policy_anchor_StreamingPolicy,
+};
+}  // namespace internal
 
 namespace {
 
@@ -22,7 +44,6 @@ struct Registry {
 
 Registry& GetRegistry() {
   static Registry* registry = new Registry;  // never destroyed: used from static initialisers
-  [[maybe_unused]] static const bool anchored = kvtier_policy_anchor_LruPolicy;
   return *registry;
 }
 

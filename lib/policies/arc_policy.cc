@@ -1,0 +1,172 @@
+// ARC (Megiddo and Modha, FAST'03): adaptive replacement between recency and frequency.
+//
+// T1 holds entries seen once since they entered, T2 entries seen again (both LRU lists over
+// slots); B1 and B2 remember the ids of entries recently evicted from T1 and T2 (ghosts, ids from
+// OnInsertKey). The target size p of T1 grows on a B1 hit (recency was evicted too early) and
+// shrinks on a B2 hit. The victim is T1's LRU entry when |T1| > p, else T2's; a block inserted
+// whose id is a ghost goes to T2, any other to T1. Ghost lists are trimmed as in the paper
+// (|T1|+|B1| <= c, |T1|+|T2|+|B1|+|B2| <= 2c).
+//
+// Adaptation to this interface: a cache chooses the victim before it knows the incoming block (it
+// takes a slot before the engine commits a key into it), so without OnMissKey the adaptation of p
+// on a ghost hit happens when the block is inserted, after the victim was chosen with the old p,
+// and the paper's tie rule (|T1| == p and the incoming block in B2: evict from T1) cannot apply.
+// A simulation calls OnMissKey first and gets the paper's ARC exactly (docs/policies.md compares
+// it with libCacheSim). The victim's ghost bookkeeping waits for the next insertion, which decides
+// whether the ghost lists are trimmed (plain miss) or not (ghost hit). Entries the search may not take (pinned, refused by the cache) are passed over; if
+// the preferred list has none to give, the other list gives its LRU evictable entry.
+// Victim cost: O(1) plus the entries passed over. Parameters: none.
+#include <cstdint>
+#include <vector>
+
+#include "kvtier/policy.h"
+#include "lib/policies/ghost_list.h"
+#include "lib/policies/slot_list.h"
+
+namespace kvtier {
+namespace {
+
+using internal::GhostList;
+using internal::SlotLists;
+
+class ArcPolicy final : public EvictionPolicy {
+ public:
+  static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
+    if (absl::Status s = CheckPolicyParams("arc", ctx.params, {}); !s.ok()) return s;
+    return std::unique_ptr<EvictionPolicy>(new ArcPolicy(ctx.capacity_slots));
+  }
+
+  void OnInsertKey(SlotId s, uint64_t id) override {
+    key_[s] = Key{.id = id, .known = true};
+  }
+
+  void OnMissKey(uint64_t id) override {
+    const bool in_b1 = b1_.Contains(id);
+    if (!in_b1 && !b2_.Contains(id)) return;
+    SettleVictim(/*trim=*/true);  // a victim whose slot was never refilled
+    Adapt(in_b1);
+    incoming_ = Incoming{.id = id, .in_b2 = !in_b1, .valid = true};
+  }
+
+  void OnInsert(SlotId s) override {
+    const Key k = key_[s];
+    const bool adapted = incoming_.valid && k.known && incoming_.id == k.id;
+    incoming_ = Incoming{};
+    const bool in_b1 = k.known && b1_.Contains(k.id);
+    if (k.known && (in_b1 || b2_.Contains(k.id))) {
+      // A ghost hit. p moves with the ghost sizes before the victim joins them, as in the paper.
+      if (!adapted) Adapt(in_b1);
+      SettleVictim(/*trim=*/false);
+      (in_b1 ? b1_ : b2_).Erase(k.id);
+      lists_.PushFront(kT2, s);
+    } else {
+      SettleVictim(/*trim=*/true);
+      lists_.PushFront(kT1, s);
+    }
+    pinned_[s] = false;
+  }
+
+  void OnAccess(SlotId s) override { lists_.MoveToFront(kT2, s); }
+
+  void OnRemove(SlotId s) override {
+    if (s == victim_) {
+      // Ghost bookkeeping waits for the incoming block (OnInsert), which decides it.
+      victim_from_t1_ = lists_.ListOf(s) == kT1;
+      victim_id_ = key_[s];
+      victim_pending_ = true;
+      victim_ = SlotLists::kNil;
+    }
+    lists_.Remove(s);
+    key_[s] = Key{};
+  }
+  void OnPin(SlotId s) override { pinned_[s] = true; }
+  void OnUnpin(SlotId s) override { pinned_[s] = false; }
+
+  std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    SettleVictim(/*trim=*/true);  // a victim whose slot was never refilled
+    const double t1 = lists_.Size(kT1);
+    const bool b2_hit = incoming_.valid && incoming_.in_b2;
+    const uint16_t first = (t1 > 0 && (t1 > p_ || (t1 == p_ && b2_hit))) ? kT1 : kT2;
+    for (const uint16_t list : {first, static_cast<uint16_t>(kT1 + kT2 - first)}) {
+      for (SlotId s = lists_.Back(list); s != SlotLists::kNil; s = lists_.Newer(s)) {
+        if (!pinned_[s] && can_evict(s)) {
+          victim_ = s;
+          return s;
+        }
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static constexpr uint16_t kT1 = 0;
+  static constexpr uint16_t kT2 = 1;
+  struct Key {
+    uint64_t id = 0;
+    bool known = false;
+  };
+
+  explicit ArcPolicy(uint32_t capacity)
+      : capacity_(capacity),
+        lists_(capacity, 2),
+        b1_(capacity),
+        b2_(capacity),
+        key_(capacity),
+        pinned_(capacity, false) {}
+
+  // The paper's adaptation of p on a hit in B1 (grow T1's target) or B2 (shrink it).
+  void Adapt(bool in_b1) {
+    const double n1 = b1_.size(), n2 = b2_.size();
+    if (in_b1) {
+      p_ = std::min(p_ + std::max(n2 / n1, 1.0), static_cast<double>(capacity_));
+    } else {
+      p_ = std::max(p_ - std::max(n1 / n2, 1.0), 0.0);
+    }
+  }
+
+  // Puts the last victim's id in its ghost list and, for a block inserted on a plain miss, trims
+  // the ghost lists as the paper's case A / case B do. Sizes are those before the victim left.
+  void SettleVictim(bool trim) {
+    if (!victim_pending_) return;
+    victim_pending_ = false;
+    const int64_t c = capacity_;
+    const int64_t t1 = lists_.Size(kT1) + (victim_from_t1_ ? 1 : 0);
+    const int64_t t2 = lists_.Size(kT2) + (victim_from_t1_ ? 0 : 1);
+    bool ghost = true;
+    if (trim) {
+      if (t1 + b1_.size() >= c) {
+        if (t1 < c) {
+          b1_.PopOldest();
+        } else {
+          ghost = false;  // T1 alone fills the cache: its LRU entry leaves no ghost
+        }
+      } else if (t1 + t2 + b1_.size() + b2_.size() >= 2 * c) {
+        b2_.PopOldest();
+      }
+    }
+    if (ghost && victim_id_.known) (victim_from_t1_ ? b1_ : b2_).Push(victim_id_.id);
+  }
+
+  const int64_t capacity_;
+  double p_ = 0;  // target size of T1; fractional steps, as the paper's |B2|/|B1|
+  SlotLists lists_;  // kT1, kT2; front: most recent
+  GhostList b1_, b2_;
+  std::vector<Key> key_;
+  std::vector<bool> pinned_;
+  SlotId victim_ = SlotLists::kNil;  // returned by PickVictim, not yet removed
+  bool victim_pending_ = false;      // removed, ghost bookkeeping not done yet
+  bool victim_from_t1_ = false;
+  Key victim_id_;
+  struct Incoming {  // a ghost announced by OnMissKey, p already adapted
+    uint64_t id = 0;
+    bool in_b2 = false;
+    bool valid = false;
+  };
+  Incoming incoming_;
+};
+
+}  // namespace
+
+KVTIER_REGISTER_POLICY("arc", ArcPolicy);
+
+}  // namespace kvtier

@@ -1,0 +1,131 @@
+// streaming: keeps each sequence's attention sinks and recent window, demotes the middle first
+// (after StreamingLLM, Xiao et al., ICLR'24).
+//
+// A block's depth in its prefix chain comes from OnLink (root = 0). The first `sinks` blocks of a
+// chain (depth < sinks) are sinks; a newly linked block is in its sequence's window, and pushes
+// the block `window` positions above it out of the window into the middle. Three LRU lists:
+// middle, window, sinks; the victim is the least recently used evictable block of the first
+// non-empty class in that order. So while any middle block can go, no sink or window block is
+// demoted: the tier keeps what StreamingLLM keeps, yet nothing is lost: a demoted middle block
+// still exists below and is promoted back when matched (docs/policies.md). A chain whose parent
+// is not in this tier starts again at depth 0 (a tier's own view of the sequence).
+// Cost: access and victim O(1) (plus the entries the cache refuses); a link walks `window`
+// parents up, O(window). Pinned entries leave the lists and return as most recent when unpinned.
+// Parameters: sinks (default 1, 0..1024), window (default 8, 0..65536), both in blocks.
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "kvtier/policy.h"
+#include "lib/policies/policy_params.h"
+#include "lib/policies/slot_list.h"
+
+namespace kvtier {
+namespace {
+
+using internal::SlotLists;
+
+class StreamingPolicy final : public EvictionPolicy {
+ public:
+  static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
+    if (absl::Status s = CheckPolicyParams("streaming", ctx.params, {"sinks", "window"}); !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<uint32_t> sinks = internal::ParamUint("streaming", ctx.params, "sinks", 1, 0, 1024);
+    if (!sinks.ok()) return sinks.status();
+    absl::StatusOr<uint32_t> window =
+        internal::ParamUint("streaming", ctx.params, "window", 8, 0, 65536);
+    if (!window.ok()) return window.status();
+    return std::unique_ptr<EvictionPolicy>(
+        new StreamingPolicy(ctx.capacity_slots, *sinks, *window));
+  }
+
+  void OnInsert(SlotId s) override {
+    nodes_[s] = Node{.gen = nodes_[s].gen};
+    Classify(s, 0);
+  }
+
+  void OnLink(SlotId s, SlotId parent) override {
+    Node& n = nodes_[s];
+    n.parent = parent;
+    n.parent_gen = nodes_[parent].gen;
+    Classify(s, nodes_[parent].depth + 1);
+    // The block `window` positions up leaves the window (unless it is a sink).
+    SlotId up = s;
+    for (uint32_t i = 0; i < window_ && up != kNoParent; ++i) up = LiveParent(up);
+    if (up != kNoParent && nodes_[up].cls == kWindow) SetClass(up, kMiddle);
+  }
+
+  void OnAccess(SlotId s) override {
+    if (!nodes_[s].pinned) lists_.MoveToFront(nodes_[s].cls, s);
+  }
+  void OnRemove(SlotId s) override {
+    lists_.Remove(s);
+    nodes_[s].gen++;
+  }
+  void OnPin(SlotId s) override {
+    nodes_[s].pinned = true;
+    lists_.Remove(s);
+  }
+  void OnUnpin(SlotId s) override {
+    nodes_[s].pinned = false;
+    lists_.PushFront(nodes_[s].cls, s);
+  }
+
+  std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    for (const uint16_t cls : {kMiddle, kWindow, kSink}) {
+      for (SlotId s = lists_.Back(cls); s != SlotLists::kNil; s = lists_.Newer(s)) {
+        if (can_evict(s)) return s;
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static constexpr uint16_t kMiddle = 0;
+  static constexpr uint16_t kWindow = 1;
+  static constexpr uint16_t kSink = 2;
+  static constexpr SlotId kNoParent = std::numeric_limits<SlotId>::max();
+  struct Node {
+    uint32_t depth = 0;
+    SlotId parent = kNoParent;
+    uint32_t parent_gen = 0;
+    uint32_t gen = 0;  // bumped on each OnRemove: a child's stale link is recognised
+    uint16_t cls = kWindow;
+    bool pinned = false;
+  };
+
+  StreamingPolicy(uint32_t capacity, uint32_t sinks, uint32_t window)
+      : sinks_(sinks), window_(window), lists_(capacity, 3), nodes_(capacity) {}
+
+  SlotId LiveParent(SlotId s) const {
+    const Node& n = nodes_[s];
+    return n.parent != kNoParent && nodes_[n.parent].gen == n.parent_gen ? n.parent : kNoParent;
+  }
+  void Classify(SlotId s, uint32_t depth) {
+    nodes_[s].depth = depth;
+    SetClass(s, depth < sinks_ ? kSink : window_ > 0 ? kWindow : kMiddle);
+  }
+  void SetClass(SlotId s, uint16_t cls) {
+    Node& n = nodes_[s];
+    const bool listed = lists_.Linked(s);
+    n.cls = cls;
+    if (n.pinned) return;
+    if (listed) {
+      lists_.MoveToFront(cls, s);  // keeps its recency as well as a move can: most recent
+    } else {
+      lists_.PushFront(cls, s);
+    }
+  }
+
+  const uint32_t sinks_;
+  const uint32_t window_;
+  SlotLists lists_;  // kMiddle, kWindow, kSink; front: most recent
+  std::vector<Node> nodes_;
+};
+
+}  // namespace
+
+KVTIER_REGISTER_POLICY("streaming", StreamingPolicy);
+
+}  // namespace kvtier

@@ -1,0 +1,251 @@
+// The built-in eviction policies, each on a tiny hand-computed trace: the exact victim order,
+// what access, pin and hint change, and their parameters. (The properties every policy shares are
+// in policy_test.cc and, through a real Cache, model_test.cc.)
+#include <string>
+#include <vector>
+
+#include "kvtier/policy.h"
+#include "test/util/test_util.h"
+
+namespace kvtier {
+namespace {
+
+std::unique_ptr<EvictionPolicy> Make(const std::string& name, uint32_t capacity,
+                                     PolicyParams params = {}) {
+  auto p = CreatePolicy(name, {.capacity_slots = capacity, .params = std::move(params)});
+  REQUIRE_OK(p);
+  return std::move(*p);
+}
+bool Any(SlotId) { return true; }
+
+// Inserts slots in order, each with block id 1000 + slot.
+void Fill(EvictionPolicy& p, std::initializer_list<SlotId> slots) {
+  for (SlotId s : slots) {
+    p.OnInsertKey(s, 1000 + s);
+    p.OnInsert(s);
+  }
+}
+// What the cache does with a victim: remove it, then insert the next block in its slot.
+SlotId EvictAndReuse(EvictionPolicy& p, uint64_t new_id) {
+  const auto v = p.PickVictim(Any);
+  REQUIRE(v.has_value());
+  p.OnRemove(*v);
+  p.OnInsertKey(*v, new_id);
+  p.OnInsert(*v);
+  return *v;
+}
+
+TEST_CASE("FifoPolicy: insertion order; access changes nothing; blocked entries are requeued",
+          "[policy]") {
+  auto p = Make("fifo", 8);
+  Fill(*p, {0, 1, 2, 3});
+  p->OnAccess(0);
+  CHECK(p->PickVictim(Any) == 0);
+  p->OnPin(0);                     // pinned: requeued at the new end -> 1 2 3 0
+  CHECK(p->PickVictim(Any) == 1);  // oldest unpinned
+  p->OnRemove(1);
+  p->OnUnpin(0);
+  CHECK(p->PickVictim([](SlotId s) { return s != 2; }) == 3);  // 2 refused -> 3 0 2
+  p->OnRemove(3);
+  CHECK(p->PickVictim(Any) == 0);
+  CHECK_FALSE(p->PickVictim([](SlotId) { return false; }).has_value());
+}
+
+TEST_CASE("SievePolicy: the hand clears visited bits and resumes where it stopped", "[policy]") {
+  auto p = Make("sieve", 8);
+  Fill(*p, {0, 1, 2, 3});  // queue, tail to head: 0 1 2 3
+  p->OnAccess(0);
+  p->OnAccess(2);
+  CHECK(p->PickVictim(Any) == 1);  // 0 visited: cleared, passed
+  p->OnRemove(1);                  // the hand moves on to 2
+  Fill(*p, {4});                   // 0 2 3 4
+  CHECK(p->PickVictim(Any) == 3);  // 2 visited: cleared
+  p->OnRemove(3);
+  CHECK(p->PickVictim(Any) == 4);  // a new entry, unvisited, in the hand's way
+  p->OnRemove(4);                  // the hand passes the head: back to the tail
+  p->OnPin(0);
+  CHECK(p->PickVictim(Any) == 2);  // 0 pinned: passed with its bit untouched
+  p->OnUnpin(0);
+  CHECK(p->PickVictim(Any) == 2);  // nothing moved
+  p->OnRemove(2);
+  CHECK(p->PickVictim(Any) == 0);
+}
+
+TEST_CASE("LfuPolicy: fewest accesses first, ties by who reached the count first; aging",
+          "[policy]") {
+  SECTION("plain") {
+    auto p = Make("lfu", 8);
+    Fill(*p, {0, 1, 2});
+    p->OnAccess(0);
+    p->OnAccess(0);
+    p->OnAccess(1);  // counts: 0:3 1:2 2:1
+    CHECK(p->PickVictim(Any) == 2);
+    CHECK(EvictAndReuse(*p, 7) == 2);  // slot 2 again, count 1
+    p->OnAccess(2);                    // count 2, after 1 reached 2
+    CHECK(p->PickVictim(Any) == 1);
+    p->OnPin(1);
+    CHECK(p->PickVictim(Any) == 2);
+    CHECK(p->PickVictim([](SlotId s) { return s == 0; }) == 0);
+  }
+  SECTION("aging=on: a new block starts at the last victim's rank") {
+    auto p = Make("lfu", 8, {{"aging", "on"}});
+    Fill(*p, {0, 1});
+    for (int i = 0; i < 3; ++i) p->OnAccess(0);  // ranks 0:4 1:1
+    CHECK(EvictAndReuse(*p, 9) == 1);            // L = 1; the new block in slot 1 has rank 2
+    p->OnAccess(1);
+    p->OnAccess(1);  // rank 4, after 0
+    CHECK(p->PickVictim(Any) == 0);
+    auto plain = Make("lfu", 8, {{"aging", "off"}});
+    Fill(*plain, {0, 1});
+    for (int i = 0; i < 3; ++i) plain->OnAccess(0);
+    CHECK(EvictAndReuse(*plain, 9) == 1);
+    plain->OnAccess(1);
+    plain->OnAccess(1);  // count 3 < 4
+    CHECK(plain->PickVictim(Any) == 1);
+  }
+  REQUIRE_CODE(CreatePolicy("lfu", {.capacity_slots = 4, .params = {{"aging", "maybe"}}}),
+               absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p; a ghost hit returns to T2 and moves p",
+          "[policy]") {
+  auto p = Make("arc", 4);
+  Fill(*p, {0, 1, 2, 3});  // T1 (LRU first): 0 1 2 3, p = 0
+  p->OnAccess(0);          // 0 -> T2
+  CHECK(EvictAndReuse(*p, 104) == 1);  // T1's LRU; block 1001 remembered in B1
+  CHECK(EvictAndReuse(*p, 1001) == 2);  // 1001 returns: a B1 hit, p = 1, into T2
+  // T1: 3 1(104); T2: 0 2(1001). |T1| = 2 > p = 1: T1 gives the victim.
+  CHECK(p->PickVictim(Any) == 3);
+  p->OnAccess(3);  // 3 -> T2; now |T1| = 1 = p: T2 gives the victim, LRU first
+  CHECK(p->PickVictim(Any) == 0);
+  p->OnPin(0);
+  CHECK(p->PickVictim(Any) == 2);  // 0 pinned: the next in T2
+  CHECK(p->PickVictim([](SlotId s) { return s == 1; }) == 1);  // T2 refused: T1 gives
+}
+
+TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hits", "[policy]") {
+  auto p = Make("s3fifo", 4, {{"small_ratio", "0.5"}});  // small 2, main 2, ghost 3
+  Fill(*p, {0, 1, 2, 3});                                // all in the small queue
+  p->OnAccess(0);
+  p->OnAccess(0);
+  p->OnAccess(1);
+  p->OnAccess(1);
+  CHECK(EvictAndReuse(*p, 50) == 2);  // 0 and 1 (2 accesses) go to main; 2 is evicted, a ghost
+  CHECK(EvictAndReuse(*p, 1002) == 3);  // small: 3 is evicted; 1002 was a ghost: into main
+  // Main, oldest first: 0 1 3(1002); over its share of 2. Small: 2(50).
+  p->OnAccess(0);                  // CLOCK: 0 is reinserted once with its counter lowered
+  CHECK(p->PickVictim(Any) == 1);
+  p->OnPin(1);
+  CHECK(p->PickVictim(Any) == 3);  // the block that came back from the ghost queue
+  CHECK(p->PickVictim([](SlotId s) { return s == 2; }) == 2);  // main all blocked: any will do
+  REQUIRE_CODE(CreatePolicy("s3fifo", {.capacity_slots = 4, .params = {{"small_ratio", "1.5"}}}),
+               absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE(CreatePolicy("s3fifo", {.capacity_slots = 4, .params = {{"threshold", "9"}}}),
+               absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("PriorityPolicy: lowest priority first, LRU within a priority", "[policy]") {
+  auto p = Make("priority", 8);
+  Fill(*p, {0, 1, 2, 3});  // all at the default 35
+  p->OnHint(0, 90);
+  p->OnHint(1, 10);
+  p->OnHint(3, 1e9);  // clamped to 100
+  CHECK(p->PickVictim(Any) == 1);
+  CHECK(p->PickVictim([](SlotId s) { return s != 1; }) == 2);
+  p->OnRemove(1);
+  p->OnRemove(2);
+  CHECK(p->PickVictim(Any) == 0);  // 90 before 100
+  p->OnHint(0, 100);               // same level as 3, more recent
+  CHECK(p->PickVictim(Any) == 3);
+  auto low = Make("priority", 4, {{"default", "0"}});
+  Fill(*low, {0, 1});
+  low->OnHint(1, 0);
+  low->OnHint(0, 5);
+  CHECK(low->PickVictim(Any) == 1);
+  REQUIRE_CODE(CreatePolicy("priority", {.capacity_slots = 4, .params = {{"default", "101"}}}),
+               absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("H2oPolicy: lowest accumulated score first, LRU among equals", "[policy]") {
+  auto p = Make("h2o", 8);
+  Fill(*p, {0, 1, 2});
+  CHECK(p->PickVictim(Any) == 0);  // no hints: LRU
+  p->OnHint(0, 5);
+  p->OnHint(1, 1);
+  CHECK(p->PickVictim(Any) == 2);  // 0 < 1 < 5
+  p->OnHint(2, 3);
+  CHECK(p->PickVictim(Any) == 1);
+  p->OnHint(1, 3);  // accumulates to 4
+  CHECK(p->PickVictim(Any) == 2);
+  p->OnPin(2);
+  CHECK(p->PickVictim(Any) == 1);
+  CHECK(p->PickVictim([](SlotId s) { return s != 1; }) == 0);
+  auto replace = Make("h2o", 4, {{"accumulate", "false"}});
+  Fill(*replace, {0, 1});
+  replace->OnHint(0, 5);
+  replace->OnHint(1, 3);
+  replace->OnHint(0, 1);  // replaces: 1 < 3
+  CHECK(replace->PickVictim(Any) == 0);
+}
+
+TEST_CASE("PrefixAwarePolicy: leaves first, a cold branch deepest first", "[policy]") {
+  auto p = Make("prefix_aware", 8);
+  Fill(*p, {0});
+  Fill(*p, {1});
+  p->OnLink(1, 0);
+  Fill(*p, {2});
+  p->OnLink(2, 1);  // chain 0 <- 1 <- 2
+  Fill(*p, {3});    // another root
+  p->OnAccess(3);
+  CHECK(p->PickVictim(Any) == 2);  // the leaf used longest ago; never 0 or 1 while 2 is cached
+  p->OnRemove(2);
+  CHECK(p->PickVictim(Any) == 1);  // the branch's next block, colder than 3
+  p->OnRemove(1);
+  CHECK(p->PickVictim(Any) == 0);
+  CHECK(p->PickVictim([](SlotId s) { return s != 0; }) == 3);
+  SECTION("a parent used after its children becomes a leaf at its own place") {
+    Fill(*p, {4});
+    p->OnLink(4, 3);  // 3 <- 4
+    p->OnAccess(0);   // 0 is now the most recent leaf
+    p->OnAccess(3);   // 3 is inner, its use is remembered
+    CHECK(p->PickVictim(Any) == 4);
+    p->OnRemove(4);  // 3 becomes a leaf, used after 0
+    CHECK(p->PickVictim(Any) == 0);
+  }
+  SECTION("inner blocks are offered when no leaf can go") {
+    Fill(*p, {5});
+    p->OnLink(5, 0);  // 0 <- 5; leaves: 3 5
+    p->OnPin(3);
+    p->OnPin(5);
+    CHECK(p->PickVictim(Any) == 0);
+  }
+}
+
+TEST_CASE("StreamingPolicy: middle first, then the window, sinks last", "[policy]") {
+  auto p = Make("streaming", 8, {{"sinks", "1"}, {"window", "2"}});
+  Fill(*p, {0});
+  for (SlotId s = 1; s <= 4; ++s) {
+    Fill(*p, {s});
+    p->OnLink(s, s - 1);  // 0 <- 1 <- 2 <- 3 <- 4
+  }
+  // 0 sink; 3, 4 the window; 1, 2 pushed out of it into the middle (1 first).
+  for (SlotId expected : {1u, 2u, 3u, 4u, 0u}) {
+    CHECK(p->PickVictim(Any) == expected);
+    p->OnRemove(expected);
+  }
+  CHECK_FALSE(p->PickVictim(Any).has_value());
+  REQUIRE_CODE(CreatePolicy("streaming", {.capacity_slots = 4, .params = {{"window", "-1"}}}),
+               absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("Built-in policies: all ten are registered", "[policy]") {
+  const auto names = ListPolicies();
+  for (const char* name : {"arc", "fifo", "h2o", "lfu", "lru", "prefix_aware", "priority",
+                           "s3fifo", "sieve", "streaming"}) {
+    CAPTURE(name);
+    CHECK(std::find(names.begin(), names.end(), name) != names.end());
+  }
+}
+
+}  // namespace
+}  // namespace kvtier
