@@ -386,8 +386,9 @@ class WorkQueue {
 struct SchedulerTotals {
   uint64_t requests = 0, truncated = 0, blocks = 0, input_tokens = 0;
   uint64_t matched[kvtier::kNumTiers] = {};
-  uint64_t allocation_waits = 0;  // AllocateDevice kResourceExhausted: waited for a release
-  uint64_t errors = 0;            // unrecoverable API errors
+  uint64_t allocation_waits = 0;         // AllocateDevice kResourceExhausted: waited for a release
+  uint64_t idle_allocation_retries = 0;  // the same with no request in flight: backed off 1 ms
+  uint64_t errors = 0;                   // unrecoverable API errors
 };
 
 struct WorkerTotals {
@@ -538,10 +539,18 @@ void Schedule(kvtier::Cache& cache, const kvtier::BlockHasher& hasher,
       continue;
     }
     absl::StatusOr<kvtier::DeviceLease> lease = cache.AllocateDevice(n);
-    // Every device slot is pinned by requests in flight: wait for the worker to release one.
-    while (lease.status().code() == absl::StatusCode::kResourceExhausted &&
-           queue.WaitForRelease()) {
-      ++t->allocation_waits;
+    // Too few device slots are evictable: wait for the worker to release a request, and try again.
+    // With nothing of ours in flight, the shortage can only be the cache's own copies (write-backs
+    // to disk still running): back off briefly, a bounded number of times.
+    for (int idle_retries = 0; lease.status().code() == absl::StatusCode::kResourceExhausted;) {
+      if (queue.WaitForRelease()) {
+        ++t->allocation_waits;
+      } else if (idle_retries++ < 100) {
+        ++t->idle_allocation_retries;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      } else {
+        break;
+      }
       lease = cache.AllocateDevice(n);
     }
     if (!lease.ok()) {
@@ -681,6 +690,7 @@ int Run(const Flags& f) {
   row("disk blocks failing checksums", s.disk_corrupt_reads);
   row("Commit conflicts (kAlreadyExists)", wt.commit_conflicts);
   row("AllocateDevice waits (kResourceExhausted)", st.allocation_waits);
+  row("  retries with no request in flight", st.idle_allocation_retries);
   row("decode blocks committed after Grow", wt.decode_blocks);
   row("Grow refused (kResourceExhausted)", wt.grow_exhausted);
   row("unrecoverable API errors", st.errors + wt.errors);
