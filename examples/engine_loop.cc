@@ -74,6 +74,7 @@ struct Flags {
   uint64_t block_bytes = 32 << 10;  // one block, all layers, K and V
   uint32_t inflight = 4;            // requests between scheduler and worker
   bool warm = false;                // keep the previous run's disk blocks (warm restart)
+  bool damage_disk = false;         // --warm, after flipping a byte in every stored block
 };
 
 void Usage() {
@@ -82,14 +83,17 @@ void Usage() {
                "                   [--device-blocks N] [--host-blocks N] [--disk-blocks N (0 = no "
                "disk)]\n"
                "                   [--disk-dir DIR] [--layers N] [--block-bytes N] [--inflight N] "
-               "[--warm]\n");
+               "[--warm]\n"
+               "                   [--damage-disk (--warm, with a byte of every stored block "
+               "flipped)]\n");
 }
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--warm") {
+    if (a == "--warm" || a == "--damage-disk") {
       f->warm = true;
+      f->damage_disk = f->damage_disk || a == "--damage-disk";
       continue;
     }
     if (a == "--help" || a == "-h" || i + 1 >= argc) return false;
@@ -592,6 +596,29 @@ double Mean(const std::vector<double>& v) {
   return v.empty() ? 0 : sum / static_cast<double>(v.size());
 }
 
+// A failing disk, for the recovery path: flips one payload byte of every slot of the disk tier's
+// files (blocks.*; a slot is the block padded to 4 KiB plus a 4 KiB trailer, docs/architecture.md)
+// so that every read of a previous run's block fails its checksum. Returns the bytes flipped.
+uint64_t DamageDiskFiles(const std::string& dir, uint64_t slot_bytes) {
+  uint64_t flipped = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().filename().string().rfind("blocks.", 0) != 0) continue;
+    std::fstream file(entry.path(), std::ios::in | std::ios::out | std::ios::binary);
+    const uint64_t size = entry.file_size(ec);
+    for (uint64_t off = 64; file && off < size; off += slot_bytes) {
+      char c = 0;
+      file.seekg(static_cast<std::streamoff>(off));
+      file.read(&c, 1);
+      c = static_cast<char>(c ^ 0x5a);
+      file.seekp(static_cast<std::streamoff>(off));
+      file.write(&c, 1);
+      flipped += static_cast<bool>(file);
+    }
+  }
+  return flipped;
+}
+
 int Run(const Flags& f) {
   std::vector<Request> requests;
   std::string source = f.trace;
@@ -621,6 +648,10 @@ int Run(const Flags& f) {
     std::filesystem::create_directories(f.disk_dir, ec);
     // A disk slot is the block rounded up to the direct-I/O alignment plus a one-unit trailer.
     const uint64_t slot = (block + 4095) / 4096 * 4096 + 4096;
+    if (f.damage_disk) {
+      std::printf("engine_loop: flipped a byte in %" PRIu64 " disk slots of %s\n",
+                  DamageDiskFiles(f.disk_dir, slot), f.disk_dir.c_str());
+    }
     options.disk = {.directory = f.disk_dir,
                     .capacity_bytes = uint64_t{f.disk_blocks} * slot,
                     .reset_on_mismatch = true,
@@ -698,7 +729,11 @@ int Run(const Flags& f) {
   std::printf("  %-44s %14s\n", "invariants", invariants.ok() ? "ok" : "BROKEN");
   std::printf("  %-44s %14.2f s\n", "wall time", seconds);
   if (!invariants.ok()) std::fprintf(stderr, "%s\n", invariants.ToString().c_str());
-  const bool ok = wt.mismatched_bytes == 0 && st.errors + wt.errors == 0 && invariants.ok();
+  bool ok = wt.mismatched_bytes == 0 && st.errors + wt.errors == 0 && invariants.ok();
+  if (f.damage_disk && wt.load_errors == 0) {
+    std::fprintf(stderr, "engine_loop: --damage-disk, but no load failed: nothing was tested\n");
+    ok = false;
+  }
   return ok ? 0 : 1;
 }
 
