@@ -14,7 +14,13 @@
 // Requests come from a Mooncake trace (JSON lines with timestamp, input_length, output_length and
 // hash_ids, 512 tokens per block, equal id = same block; see ../shared/data/README.md), default
 // ../shared/data/conversation_trace.jsonl beside the source tree, or, when there is none, from a
-// synthetic generator (a shared system prompt and multi-turn conversations).
+// synthetic generator (a shared system prompt and multi-turn conversations). Each trace id becomes
+// 512 token ids derived from it, so the keys chain exactly as the ids do; a prompt's last, usually
+// partial, block counts as a full one, as in the trace's reference replay. Prompts longer than the
+// device tier are cut to it. The disk tier lives in --disk-dir (default engine_loop-data in the
+// build tree), emptied at start unless --warm (restart from what the last run left) or
+// --damage-disk (the same, with a byte of every stored block flipped: loading one of them fails
+// and is recomputed).
 //
 // The device is kvtier's emulated one (host memory and a copy thread). What the engine's kernels do
 // to KV memory is the KvKernels interface below: on the emulated device, "attention" copies each
