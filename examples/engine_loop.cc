@@ -411,8 +411,9 @@ struct WorkerTotals {
   uint64_t decode_blocks = 0;      // generated full blocks committed after Grow
   uint64_t grow_exhausted = 0;     // Grow kResourceExhausted: decode blocks not cached
   uint64_t mismatched_bytes = 0;
-  uint64_t errors = 0;           // unrecoverable API errors
-  std::vector<double> load_us;   // Load() -> every layer ready, as the worker saw it
+  uint64_t errors = 0;  // unrecoverable API errors
+  std::vector<double>
+      load_us;  // Load() -> last layer ready, seen by the worker (queueing included)
   std::vector<double> stall_us;  // time the worker waited in WaitLayer
 };
 
@@ -718,7 +719,7 @@ int Run(const Flags& f) {
   std::printf("  %-44s %" PRIu64 " / %" PRIu64 " / %" PRIu64 "\n", "evictions device / host / disk",
               s.device.evictions, s.host.evictions, s.disk.evictions);
   std::printf("  %-44s %14zu\n", "loads with copies", wt.load_us.size());
-  std::printf("  %-44s %8.0f / %.0f / %.0f us\n", "  load latency avg / p50 / p99",
+  std::printf("  %-44s %8.0f / %.0f / %.0f us\n", "  Load() to last layer ready, avg / p50 / p99",
               Mean(wt.load_us), Percentile(wt.load_us, 0.5), Percentile(wt.load_us, 0.99));
   std::printf("  %-44s %8.0f / %.0f / %.0f us\n", "  worker stall in WaitLayer avg / p50 / p99",
               Mean(wt.stall_us), Percentile(wt.stall_us, 0.5), Percentile(wt.stall_us, 0.99));
