@@ -238,6 +238,34 @@ TEST_CASE("StreamingPolicy: middle first, then the window, sinks last", "[policy
                absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("StreamingPolicy: a middle block the cache refuses waits until its children are gone",
+          "[policy]") {
+  auto p = Make("streaming", 8, {{"sinks", "0"}, {"window", "1"}});
+  std::vector<bool> cached(8, false);
+  std::vector<int> children(8, 0);
+  Fill(*p, {0});
+  cached[0] = true;
+  for (SlotId s = 1; s <= 3; ++s) {  // 0 <- 1 <- 2 <- 3: 0, 1 and 2 in the middle, 3 the window
+    Fill(*p, {s});
+    p->OnLink(s, s - 1);
+    cached[s] = true;
+    children[s - 1]++;
+  }
+  Fill(*p, {4});  // a lone root: a sink-less chain of one, in the window
+  cached[4] = true;
+  // The cache's prefix rule with no tier below: a block with cached children may not go.
+  const auto prefix_rule = [&](SlotId s) { return children[s] == 0; };
+  for (SlotId expected : {3u, 2u, 1u, 0u, 4u}) {
+    const auto v = p->PickVictim(prefix_rule);
+    REQUIRE(v.has_value());
+    CHECK(*v == expected);
+    p->OnRemove(*v);
+    cached[*v] = false;
+    if (*v >= 1 && *v <= 3) children[*v - 1]--;
+  }
+  CHECK_FALSE(p->PickVictim(Any).has_value());
+}
+
 TEST_CASE("Built-in policies: all ten are registered", "[policy]") {
   const auto names = ListPolicies();
   for (const char* name : {"arc", "fifo", "h2o", "lfu", "lru", "prefix_aware", "priority",

@@ -9,8 +9,12 @@
 // demoted: the tier keeps what StreamingLLM keeps, yet nothing is lost: a demoted middle block
 // still exists below and is promoted back when matched (docs/policies.md). A chain whose parent
 // is not in this tier starts again at depth 0 (a tier's own view of the sequence).
-// Cost: access and victim O(1) (plus the entries the cache refuses); a link walks `window`
-// parents up, O(window). Pinned entries leave the lists and return as most recent when unpinned.
+// Blocks in the middle are inner blocks of their chains; where the cache may not drop them (no
+// tier below to demote to: the prefix rule), the search parks each one it is refused, until its
+// last linked child leaves the tier; so a search is O(1) amortised instead of a walk past every
+// middle block. Parked blocks are still offered when nothing else can go.
+// Cost: access and victim O(1) amortised; a link walks `window` parents up, O(window). Pinned
+// entries leave the lists and return as most recent when unpinned.
 // Parameters: sinks (default 1, 0..1024), window (default 8, 0..65536), both in blocks.
 #include <cstdint>
 #include <limits>
@@ -50,6 +54,7 @@ class StreamingPolicy final : public EvictionPolicy {
     n.parent = parent;
     n.parent_gen = nodes_[parent].gen;
     Classify(s, nodes_[parent].depth + 1);
+    nodes_[parent].children++;
     // The block `window` positions up leaves the window (unless it is a sink).
     SlotId up = s;
     for (uint32_t i = 0; i < window_ && up != kNoParent; ++i) up = LiveParent(up);
@@ -57,11 +62,19 @@ class StreamingPolicy final : public EvictionPolicy {
   }
 
   void OnAccess(SlotId s) override {
-    if (!nodes_[s].pinned) lists_.MoveToFront(nodes_[s].cls, s);
+    if (!nodes_[s].pinned && lists_.ListOf(s) != kParked) lists_.MoveToFront(nodes_[s].cls, s);
   }
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
+    if (const SlotId parent = LiveParent(s); parent != kNoParent) {
+      Node& p = nodes_[parent];
+      if (--p.children == 0 && lists_.ListOf(parent) == kParked) {
+        lists_.Remove(parent);
+        lists_.PushBack(p.cls, parent);  // the next in line: its cold branch goes on
+      }
+    }
     nodes_[s].gen++;
+    nodes_[s].children = 0;
   }
   void OnPin(SlotId s) override {
     nodes_[s].pinned = true;
@@ -74,9 +87,18 @@ class StreamingPolicy final : public EvictionPolicy {
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
     for (const uint16_t cls : {kMiddle, kWindow, kSink}) {
-      for (SlotId s = lists_.Back(cls); s != SlotLists::kNil; s = lists_.Newer(s)) {
+      for (SlotId s = lists_.Back(cls); s != SlotLists::kNil;) {
+        const SlotId newer = lists_.Newer(s);
         if (can_evict(s)) return s;
+        if (nodes_[s].children > 0) {  // refused while its children are here: park it
+          lists_.Remove(s);
+          lists_.PushFront(kParked, s);
+        }
+        s = newer;
       }
+    }
+    for (SlotId s = lists_.Back(kParked); s != SlotLists::kNil; s = lists_.Newer(s)) {
+      if (can_evict(s)) return s;
     }
     return std::nullopt;
   }
@@ -85,18 +107,20 @@ class StreamingPolicy final : public EvictionPolicy {
   static constexpr uint16_t kMiddle = 0;
   static constexpr uint16_t kWindow = 1;
   static constexpr uint16_t kSink = 2;
+  static constexpr uint16_t kParked = 3;  // refused inner blocks, any class
   static constexpr SlotId kNoParent = std::numeric_limits<SlotId>::max();
   struct Node {
     uint32_t depth = 0;
     SlotId parent = kNoParent;
     uint32_t parent_gen = 0;
     uint32_t gen = 0;  // bumped on each OnRemove: a child's stale link is recognised
+    uint32_t children = 0;  // linked children in the tier
     uint16_t cls = kWindow;
     bool pinned = false;
   };
 
   StreamingPolicy(uint32_t capacity, uint32_t sinks, uint32_t window)
-      : sinks_(sinks), window_(window), lists_(capacity, 3), nodes_(capacity) {}
+      : sinks_(sinks), window_(window), lists_(capacity, 4), nodes_(capacity) {}
 
   SlotId LiveParent(SlotId s) const {
     const Node& n = nodes_[s];
@@ -110,7 +134,7 @@ class StreamingPolicy final : public EvictionPolicy {
     Node& n = nodes_[s];
     const bool listed = lists_.Linked(s);
     n.cls = cls;
-    if (n.pinned) return;
+    if (n.pinned || lists_.ListOf(s) == kParked) return;
     if (listed) {
       lists_.MoveToFront(cls, s);  // keeps its recency as well as a move can: most recent
     } else {
@@ -120,7 +144,7 @@ class StreamingPolicy final : public EvictionPolicy {
 
   const uint32_t sinks_;
   const uint32_t window_;
-  SlotLists lists_;  // kMiddle, kWindow, kSink; front: most recent
+  SlotLists lists_;  // kMiddle, kWindow, kSink, kParked; front: most recent
   std::vector<Node> nodes_;
 };
 
