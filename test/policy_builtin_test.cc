@@ -1,6 +1,7 @@
 // The built-in eviction policies, each on a tiny hand-computed trace: the exact victim order,
 // what access, pin and hint change, and their parameters. (The properties every policy shares are
 // in policy_test.cc and, through a real Cache, model_test.cc.)
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -35,20 +36,58 @@ SlotId EvictAndReuse(EvictionPolicy& p, uint64_t new_id) {
   return *v;
 }
 
-TEST_CASE("FifoPolicy: insertion order; access changes nothing; blocked entries are requeued",
-          "[policy]") {
+TEST_CASE("FifoPolicy: insertion order; access and pins change nothing", "[policy]") {
   auto p = Make("fifo", 8);
   Fill(*p, {0, 1, 2, 3});
   p->OnAccess(0);
   CHECK(p->PickVictim(Any) == 0);
-  p->OnPin(0);                     // pinned: requeued at the new end -> 1 2 3 0
-  CHECK(p->PickVictim(Any) == 1);  // oldest unpinned
+  p->OnPin(0);  // pinned: passed over, keeps its place
+  CHECK(p->PickVictim(Any) == 1);
   p->OnRemove(1);
   p->OnUnpin(0);
-  CHECK(p->PickVictim([](SlotId s) { return s != 2; }) == 3);  // 2 refused -> 3 0 2
-  p->OnRemove(3);
   CHECK(p->PickVictim(Any) == 0);
+  CHECK(p->PickVictim([](SlotId s) { return s != 0; }) == 2);
   CHECK_FALSE(p->PickVictim([](SlotId) { return false; }).has_value());
+}
+
+// The cache's prefix rule with no tier below: a block with cached (linked) children may not go.
+struct PrefixRule {
+  std::vector<int> children = std::vector<int>(16, 0);
+  std::vector<SlotId> parent = std::vector<SlotId>(16, 99);
+  void Link(EvictionPolicy& p, SlotId s, SlotId par) {
+    p.OnLink(s, par);
+    parent[s] = par;
+    children[par]++;
+  }
+  SlotId Evict(EvictionPolicy& p) {
+    const auto v = p.PickVictim([&](SlotId s) { return children[s] == 0; });
+    REQUIRE(v.has_value());
+    p.OnRemove(*v);
+    if (parent[*v] != 99) children[parent[*v]]--;
+    parent[*v] = 99;
+    return *v;
+  }
+};
+
+TEST_CASE("Parking: a refused parent goes right after its last child, for every policy that parks",
+          "[policy]") {
+  const std::string name = GENERATE("fifo", "lfu", "sieve", "arc", "s3fifo", "streaming");
+  CAPTURE(name);
+  auto p = Make(name, 16);
+  PrefixRule rule;
+  Fill(*p, {0});
+  Fill(*p, {1});
+  rule.Link(*p, 1, 0);
+  Fill(*p, {2});
+  rule.Link(*p, 2, 1);  // chain 0 <- 1 <- 2, the oldest blocks
+  Fill(*p, {3, 4, 5});  // three roots, newer
+  CHECK(rule.Evict(*p) == 2);  // 0 and 1 are refused (parked where the policy parks)
+  CHECK(rule.Evict(*p) == 1);
+  CHECK(rule.Evict(*p) == 0);
+  std::vector<SlotId> rest;
+  for (int i = 0; i < 3; ++i) rest.push_back(rule.Evict(*p));
+  std::sort(rest.begin(), rest.end());
+  CHECK(rest == std::vector<SlotId>{3, 4, 5});
 }
 
 TEST_CASE("SievePolicy: the hand clears visited bits and resumes where it stopped", "[policy]") {

@@ -13,19 +13,23 @@
 // and the paper's tie rule (|T1| == p and the incoming block in B2: evict from T1) cannot apply.
 // A simulation calls OnMissKey first and gets the paper's ARC exactly (docs/policies.md compares
 // it with libCacheSim). The victim's ghost bookkeeping waits for the next insertion, which decides
-// whether the ghost lists are trimmed (plain miss) or not (ghost hit). Entries the search may not take (pinned, refused by the cache) are passed over; if
+// whether the ghost lists are trimmed (plain miss) or not (ghost hit). A parent the cache refuses
+// because its children are cached (the prefix rule) is parked, out of T1/T2 but still moving to T2
+// when matched, and returns to the LRU end of its list when its last linked child leaves. Entries the search may not take (pinned, refused by the cache) are passed over; if
 // the preferred list has none to give, the other list gives its LRU evictable entry.
-// Victim cost: O(1) plus the entries passed over. Parameters: none.
+// Victim cost: O(1) amortised plus the pinned entries passed over. Parameters: none.
 #include <cstdint>
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/child_links.h"
 #include "lib/policies/ghost_list.h"
 #include "lib/policies/slot_list.h"
 
 namespace kvtier {
 namespace {
 
+using internal::ChildLinks;
 using internal::GhostList;
 using internal::SlotLists;
 
@@ -66,34 +70,58 @@ class ArcPolicy final : public EvictionPolicy {
     pinned_[s] = false;
   }
 
-  void OnAccess(SlotId s) override { lists_.MoveToFront(kT2, s); }
+  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
+  void OnAccess(SlotId s) override {
+    if (lists_.ListOf(s) == kParked) {
+      if (!home_t2_[s]) parked_t1_--;
+      home_t2_[s] = true;
+    } else {
+      lists_.MoveToFront(kT2, s);
+    }
+  }
 
   void OnRemove(SlotId s) override {
     if (s == victim_) {
       // Ghost bookkeeping waits for the incoming block (OnInsert), which decides it.
-      victim_from_t1_ = lists_.ListOf(s) == kT1;
+      victim_from_t1_ = lists_.ListOf(s) == kT1 || (lists_.ListOf(s) == kParked && !home_t2_[s]);
       victim_id_ = key_[s];
       victim_pending_ = true;
       victim_ = SlotLists::kNil;
     }
+    if (lists_.ListOf(s) == kParked && !home_t2_[s]) parked_t1_--;
     lists_.Remove(s);
     key_[s] = Key{};
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
+      if (!home_t2_[p]) parked_t1_--;
+      lists_.Remove(p);
+      lists_.PushBack(home_t2_[p] ? kT2 : kT1, p);
+    }
   }
   void OnPin(SlotId s) override { pinned_[s] = true; }
   void OnUnpin(SlotId s) override { pinned_[s] = false; }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
     SettleVictim(/*trim=*/true);  // a victim whose slot was never refilled
-    const double t1 = lists_.Size(kT1);
+    const double t1 = T1Size();
     const bool b2_hit = incoming_.valid && incoming_.in_b2;
     const uint16_t first = (t1 > 0 && (t1 > p_ || (t1 == p_ && b2_hit))) ? kT1 : kT2;
     for (const uint16_t list : {first, static_cast<uint16_t>(kT1 + kT2 - first)}) {
-      for (SlotId s = lists_.Back(list); s != SlotLists::kNil; s = lists_.Newer(s)) {
-        if (!pinned_[s] && can_evict(s)) {
-          victim_ = s;
-          return s;
+      for (SlotId s = lists_.Back(list); s != SlotLists::kNil;) {
+        const SlotId newer = lists_.Newer(s);
+        if (!pinned_[s]) {
+          if (can_evict(s)) return victim_ = s;
+          if (links_.children(s) > 0) {
+            home_t2_[s] = list == kT2;
+            if (list == kT1) parked_t1_++;
+            lists_.Remove(s);
+            lists_.PushFront(kParked, s);
+          }
         }
+        s = newer;
       }
+    }
+    for (SlotId s = lists_.Back(kParked); s != SlotLists::kNil; s = lists_.Newer(s)) {
+      if (!pinned_[s] && can_evict(s)) return victim_ = s;
     }
     return std::nullopt;
   }
@@ -101,6 +129,7 @@ class ArcPolicy final : public EvictionPolicy {
  private:
   static constexpr uint16_t kT1 = 0;
   static constexpr uint16_t kT2 = 1;
+  static constexpr uint16_t kParked = 2;
   struct Key {
     uint64_t id = 0;
     bool known = false;
@@ -108,11 +137,17 @@ class ArcPolicy final : public EvictionPolicy {
 
   explicit ArcPolicy(uint32_t capacity)
       : capacity_(capacity),
-        lists_(capacity, 2),
+        lists_(capacity, 3),
+        links_(capacity),
+        home_t2_(capacity, false),
         b1_(capacity),
         b2_(capacity),
         key_(capacity),
         pinned_(capacity, false) {}
+
+  // |T1| and |T2| count their parked entries too.
+  int64_t T1Size() const { return lists_.Size(kT1) + parked_t1_; }
+  int64_t T2Size() const { return lists_.Size(kT2) + (lists_.Size(kParked) - parked_t1_); }
 
   // The paper's adaptation of p on a hit in B1 (grow T1's target) or B2 (shrink it).
   void Adapt(bool in_b1) {
@@ -130,8 +165,8 @@ class ArcPolicy final : public EvictionPolicy {
     if (!victim_pending_) return;
     victim_pending_ = false;
     const int64_t c = capacity_;
-    const int64_t t1 = lists_.Size(kT1) + (victim_from_t1_ ? 1 : 0);
-    const int64_t t2 = lists_.Size(kT2) + (victim_from_t1_ ? 0 : 1);
+    const int64_t t1 = T1Size() + (victim_from_t1_ ? 1 : 0);
+    const int64_t t2 = T2Size() + (victim_from_t1_ ? 0 : 1);
     bool ghost = true;
     if (trim) {
       if (t1 + b1_.size() >= c) {
@@ -149,7 +184,10 @@ class ArcPolicy final : public EvictionPolicy {
 
   const int64_t capacity_;
   double p_ = 0;  // target size of T1; fractional steps, as the paper's |B2|/|B1|
-  SlotLists lists_;  // kT1, kT2; front: most recent
+  SlotLists lists_;  // kT1, kT2, kParked; front: most recent
+  internal::ChildLinks links_;
+  std::vector<bool> home_t2_;  // for a parked slot: the list it returns to
+  uint32_t parked_t1_ = 0;     // parked slots whose home is T1
   GhostList b1_, b2_;
   std::vector<Key> key_;
   std::vector<bool> pinned_;

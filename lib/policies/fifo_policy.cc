@@ -1,21 +1,23 @@
 // FIFO: evicts the entry inserted longest ago; accesses change nothing.
 //
-// One insertion-ordered queue (an intrusive list over slot ids). Pinned entries keep their place.
-// An entry the victim search meets that may not go now (pinned, or refused by the cache: Filling,
-// or a parent whose children are cached) is requeued at the new end, a second chance given only
-// to entries that could not have gone anyway; so each search is O(1) amortised (every requeued
-// entry is passed once per trip round the queue) instead of walking past the same protected
-// parents on every eviction. With every entry evictable (a flat simulation) this is plain FIFO.
-// Parameters: none.
+// One insertion-ordered queue (an intrusive list over slot ids). Pinned entries keep their place
+// and are passed over. A parent the cache refuses because its children are cached (the prefix
+// rule) is parked and comes back at the old end when its last linked child leaves, so it goes right
+// after its children, as plain FIFO with the prefix rule would do, and the search does not walk past
+// it on every eviction. Victim cost: O(1) amortised, plus the pinned entries at the old end and
+// entries refused for other reasons (e.g. a host block whose children live only on the device);
+// parked entries are offered only when nothing else can go. Parameters: none.
 #include <cstdint>
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/child_links.h"
 #include "lib/policies/slot_list.h"
 
 namespace kvtier {
 namespace {
 
+using internal::ChildLinks;
 using internal::SlotLists;
 
 class FifoPolicy final : public EvictionPolicy {
@@ -27,26 +29,46 @@ class FifoPolicy final : public EvictionPolicy {
 
   void OnInsert(SlotId s) override {
     pinned_[s] = false;
-    queue_.PushFront(0, s);
+    lists_.PushFront(kQueue, s);
   }
+  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
   void OnAccess(SlotId) override {}
-  void OnRemove(SlotId s) override { queue_.Remove(s); }
+  void OnRemove(SlotId s) override {
+    lists_.Remove(s);
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
+      lists_.Remove(p);
+      lists_.PushBack(kQueue, p);
+    }
+  }
   void OnPin(SlotId s) override { pinned_[s] = true; }
   void OnUnpin(SlotId s) override { pinned_[s] = false; }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
-    for (uint32_t n = queue_.Size(0); n > 0; --n) {
-      const SlotId s = queue_.Back(0);
+    for (SlotId s = lists_.Back(kQueue); s != SlotLists::kNil;) {
+      const SlotId newer = lists_.Newer(s);
+      if (!pinned_[s]) {
+        if (can_evict(s)) return s;
+        if (links_.children(s) > 0) {
+          lists_.Remove(s);
+          lists_.PushFront(kParked, s);
+        }
+      }
+      s = newer;
+    }
+    for (SlotId s = lists_.Back(kParked); s != SlotLists::kNil; s = lists_.Newer(s)) {
       if (!pinned_[s] && can_evict(s)) return s;
-      queue_.MoveToFront(0, s);
     }
     return std::nullopt;
   }
 
  private:
-  explicit FifoPolicy(uint32_t capacity) : queue_(capacity, 1), pinned_(capacity, false) {}
+  static constexpr uint16_t kQueue = 0;
+  static constexpr uint16_t kParked = 1;
+  explicit FifoPolicy(uint32_t capacity)
+      : lists_(capacity, 2), links_(capacity), pinned_(capacity, false) {}
 
-  SlotLists queue_;  // front: newest
+  SlotLists lists_;  // kQueue, kParked; front: newest
+  ChildLinks links_;
   std::vector<bool> pinned_;
 };
 

@@ -7,19 +7,27 @@
 //
 // Structure (the O(1) LFU of Shah, Mitra and Matani): buckets of equal rank in a list sorted by
 // rank, each a FIFO of its entries; an access moves an entry to the next bucket, the victim is the
-// oldest entry of the lowest bucket. Pinned entries keep their place and are skipped; an entry
-// the search may not take is requeued at the newest end of its bucket (a tie-break change only),
-// so each search is O(1) amortised. Insertion with aging walks from the lowest bucket to rank L+1:
-// O(1) unless the last victim was found far above the lowest bucket (everything below it pinned).
+// oldest entry of the lowest bucket. Pinned entries keep their place and are passed over. A parent
+// the cache refuses because its children are cached (the prefix rule) is parked, still counting
+// its accesses, and comes back at the oldest end of its rank's bucket when its last linked child
+// leaves, so it is evicted right after its children and the search does not walk past it on every
+// eviction. Victim cost: O(1) amortised plus the pinned entries passed over; parked entries are
+// offered only when nothing else can go. Bringing a parked entry back and inserting with aging
+// walk the buckets from the lowest: O(number of distinct ranks), small in practice.
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/child_links.h"
 #include "lib/policies/policy_params.h"
+#include "lib/policies/slot_list.h"
 
 namespace kvtier {
 namespace {
+
+using internal::ChildLinks;
+using internal::SlotLists;
 
 class LfuPolicy final : public EvictionPolicy {
  public:
@@ -32,21 +40,18 @@ class LfuPolicy final : public EvictionPolicy {
 
   void OnInsert(SlotId s) override {
     const uint64_t rank = (aging_ ? age_ : 0) + 1;
-    // The bucket of `rank` or the one it goes before: ranks below age_+1 exist only when
-    // something lower was pinned when the last victim was taken.
-    uint32_t before = first_;
-    while (before != kNone && buckets_[before].rank < rank) before = buckets_[before].next;
-    uint32_t b = before;
-    if (b == kNone || buckets_[b].rank != rank) {
-      b = NewBucket(rank, before == kNone ? last_ : buckets_[before].prev, before);
-    }
-    entries_[s] = Entry{.bucket = b};
-    PushNewest(b, s);
+    entries_[s] = Entry{.rank = rank};
+    PushNewest(BucketOf(rank), s);
   }
+  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
 
   void OnAccess(SlotId s) override {
+    if (entries_[s].parked) {
+      entries_[s].rank++;
+      return;
+    }
     const uint32_t b = entries_[s].bucket;
-    const uint64_t rank = buckets_[b].rank + 1;
+    const uint64_t rank = ++entries_[s].rank;
     uint32_t next = buckets_[b].next;
     if (next == kNone || buckets_[next].rank != rank) next = NewBucket(rank, b, next);
     Unlink(s);
@@ -56,25 +61,42 @@ class LfuPolicy final : public EvictionPolicy {
   }
 
   void OnRemove(SlotId s) override {
-    const uint32_t b = entries_[s].bucket;
-    if (b == kNone) return;
-    Unlink(s);
-    entries_[s].bucket = kNone;
-    if (buckets_[b].size == 0) FreeBucket(b);
+    if (entries_[s].parked) {
+      parked_.Remove(s);
+    } else if (const uint32_t b = entries_[s].bucket; b != kNone) {
+      Unlink(s);
+      if (buckets_[b].size == 0) FreeBucket(b);
+    }
+    entries_[s] = Entry{};
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && entries_[p].parked) {
+      parked_.Remove(p);
+      entries_[p].parked = false;
+      PushOldest(BucketOf(entries_[p].rank), p);
+    }
   }
   void OnPin(SlotId s) override { entries_[s].pinned = true; }
   void OnUnpin(SlotId s) override { entries_[s].pinned = false; }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
-    for (uint32_t b = first_; b != kNone; b = buckets_[b].next) {
-      for (uint32_t n = buckets_[b].size; n > 0; --n) {
-        const SlotId s = buckets_[b].oldest;
-        if (!entries_[s].pinned && can_evict(s)) {
-          age_ = buckets_[b].rank;
-          return s;
+    for (uint32_t b = first_; b != kNone;) {
+      const uint32_t next_bucket = buckets_[b].next;
+      for (SlotId s = buckets_[b].oldest; s != kNone;) {
+        const SlotId newer = entries_[s].newer;
+        if (!entries_[s].pinned) {
+          if (can_evict(s)) {
+            age_ = buckets_[b].rank;
+            return s;
+          }
+          if (links_.children(s) > 0) Park(s);  // may free bucket b: `newer` is in it, or kNone
         }
-        Unlink(s);
-        PushNewest(b, s);
+        s = newer;
+      }
+      b = next_bucket;
+    }
+    for (SlotId s = parked_.Back(0); s != SlotLists::kNil; s = parked_.Newer(s)) {
+      if (!entries_[s].pinned && can_evict(s)) {
+        age_ = entries_[s].rank;
+        return s;
       }
     }
     return std::nullopt;
@@ -83,7 +105,9 @@ class LfuPolicy final : public EvictionPolicy {
  private:
   static constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
   struct Entry {
+    uint64_t rank = 0;
     uint32_t bucket = kNone;
+    bool parked = false;
     SlotId newer = kNone;
     SlotId older = kNone;
     bool pinned = false;
@@ -97,10 +121,26 @@ class LfuPolicy final : public EvictionPolicy {
     uint32_t size = 0;
   };
 
-  LfuPolicy(uint32_t capacity, bool aging) : aging_(aging), entries_(capacity) {
+  LfuPolicy(uint32_t capacity, bool aging)
+      : aging_(aging), entries_(capacity), parked_(capacity, 1), links_(capacity) {
     buckets_.reserve(64);
   }
 
+  // The bucket of `rank`, created in order if missing.
+  uint32_t BucketOf(uint64_t rank) {
+    uint32_t before = first_;
+    while (before != kNone && buckets_[before].rank < rank) before = buckets_[before].next;
+    if (before != kNone && buckets_[before].rank == rank) return before;
+    return NewBucket(rank, before == kNone ? last_ : buckets_[before].prev, before);
+  }
+  void Park(SlotId s) {
+    const uint32_t b = entries_[s].bucket;
+    Unlink(s);
+    entries_[s].bucket = kNone;
+    entries_[s].parked = true;
+    parked_.PushFront(0, s);
+    if (buckets_[b].size == 0) FreeBucket(b);
+  }
   uint32_t NewBucket(uint64_t rank, uint32_t prev, uint32_t next) {
     uint32_t b;
     if (!free_buckets_.empty()) {
@@ -123,10 +163,20 @@ class LfuPolicy final : public EvictionPolicy {
   }
   void PushNewest(uint32_t b, SlotId s) {
     Bucket& k = buckets_[b];
+    entries_[s].bucket = b;
     entries_[s].newer = kNone;
     entries_[s].older = k.newest;
     (k.newest != kNone ? entries_[k.newest].newer : k.oldest) = s;
     k.newest = s;
+    k.size++;
+  }
+  void PushOldest(uint32_t b, SlotId s) {
+    Bucket& k = buckets_[b];
+    entries_[s].bucket = b;
+    entries_[s].older = kNone;
+    entries_[s].newer = k.oldest;
+    (k.oldest != kNone ? entries_[k.oldest].older : k.newest) = s;
+    k.oldest = s;
     k.size++;
   }
   void Unlink(SlotId s) {
@@ -144,6 +194,8 @@ class LfuPolicy final : public EvictionPolicy {
   std::vector<uint32_t> free_buckets_;
   uint32_t first_ = kNone;  // lowest rank
   uint32_t last_ = kNone;
+  internal::SlotLists parked_;  // refused parents, out of their buckets
+  internal::ChildLinks links_;
 };
 
 }  // namespace

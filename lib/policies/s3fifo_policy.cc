@@ -10,9 +10,10 @@
 // libCacheSim commit of docs/policies.md's reference; later libCacheSim sends it to the main queue
 // when the small one is full before the first eviction, which loses 4 pp at 40 % on our trace).
 //
-// Entries the search may not take (pinned, refused by the cache) are requeued at the new end of
-// their queue, so a search is O(1) amortised; if the rules find nothing, a scan of both queues
-// returns any evictable entry. The ghost check of an incoming block happens at its insertion
+// A parent the cache refuses because its children are cached (the prefix rule) is parked and
+// returns to the old end of its queue when its last linked child leaves; other entries the search
+// may not take (pinned, refused otherwise) are requeued at the new end of their queue; so a search
+// is O(1) amortised. If the rules find nothing, a scan of the queues returns any evictable entry. The ghost check of an incoming block happens at its insertion
 // (after the victim is chosen: a cache takes a slot before it knows the key).
 // Parameters: small_ratio (0.1, in (0, 1)), ghost_ratio (0.9, in [0, 4]), threshold (2, 1..3).
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/child_links.h"
 #include "lib/policies/ghost_list.h"
 #include "lib/policies/policy_params.h"
 #include "lib/policies/slot_list.h"
@@ -28,6 +30,7 @@
 namespace kvtier {
 namespace {
 
+using internal::ChildLinks;
 using internal::GhostList;
 using internal::SlotLists;
 
@@ -72,13 +75,20 @@ class S3FifoPolicy final : public EvictionPolicy {
     if (f < 3) f++;
   }
 
+  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
+
   void OnRemove(SlotId s) override {
-    if (s == victim_ && lists_.ListOf(s) == kSmall && state_[s].known) {
+    const uint16_t queue = lists_.ListOf(s) == kParked ? state_[s].home : lists_.ListOf(s);
+    if (s == victim_ && queue == kSmall && state_[s].known) {
       pending_ghosts_.push_back(state_[s].id);  // enters the ghost queue after the next check
     }
     if (s == victim_) victim_ = SlotLists::kNil;
     lists_.Remove(s);
     state_[s] = State{};
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
+      lists_.Remove(p);
+      lists_.PushBack(state_[p].home, p);
+    }
   }
   void OnPin(SlotId s) override { state_[s].pinned = true; }
   void OnUnpin(SlotId s) override { state_[s].pinned = false; }
@@ -93,7 +103,7 @@ class S3FifoPolicy final : public EvictionPolicy {
     }
     if (auto v = EvictMain(evictable)) return victim_ = *v;
     // The rules are stuck on blocked entries (e.g. all accessed ones pinned): any will do.
-    for (const uint16_t list : {kSmall, kMain}) {
+    for (const uint16_t list : {kSmall, kMain, kParked}) {
       for (SlotId s = lists_.Back(list); s != SlotLists::kNil; s = lists_.Newer(s)) {
         if (evictable(s)) return victim_ = s;
       }
@@ -104,18 +114,21 @@ class S3FifoPolicy final : public EvictionPolicy {
  private:
   static constexpr uint16_t kSmall = 0;
   static constexpr uint16_t kMain = 1;
+  static constexpr uint16_t kParked = 2;
   struct State {
     uint64_t id = 0;
     bool known = false;
     bool pinned = false;
     uint8_t freq = 0;  // accesses, capped at 3
+    uint16_t home = kSmall;  // the queue a parked entry returns to
   };
 
   S3FifoPolicy(uint32_t capacity, double small_ratio, double ghost_ratio, uint32_t threshold)
       : small_target_(static_cast<uint32_t>(capacity * small_ratio)),
         main_target_(capacity - small_target_),
         threshold_(threshold),
-        lists_(capacity, 2),
+        lists_(capacity, 3),
+        links_(capacity),
         ghost_(static_cast<uint32_t>(capacity * ghost_ratio)),
         state_(capacity) {}
 
@@ -133,6 +146,8 @@ class S3FifoPolicy final : public EvictionPolicy {
         blocked = 0;
       } else if (evictable(s)) {
         return s;
+      } else if (!st.pinned && links_.children(s) > 0) {
+        Park(s, kSmall);
       } else {
         lists_.MoveToFront(kSmall, s);
         blocked++;
@@ -152,12 +167,20 @@ class S3FifoPolicy final : public EvictionPolicy {
         blocked = 0;
       } else if (evictable(s)) {
         return s;
+      } else if (!st.pinned && links_.children(s) > 0) {
+        Park(s, kMain);
       } else {
         lists_.MoveToFront(kMain, s);
         blocked++;
       }
     }
     return std::nullopt;
+  }
+
+  void Park(SlotId s, uint16_t home) {
+    state_[s].home = home;
+    lists_.Remove(s);
+    lists_.PushFront(kParked, s);
   }
 
   void FlushGhosts() {
@@ -168,7 +191,8 @@ class S3FifoPolicy final : public EvictionPolicy {
   const uint32_t small_target_;
   const uint32_t main_target_;
   const uint32_t threshold_;
-  SlotLists lists_;  // kSmall, kMain; front: newest
+  SlotLists lists_;  // kSmall, kMain, kParked; front: newest
+  ChildLinks links_;
   GhostList ghost_;
   std::vector<State> state_;
   std::vector<uint64_t> pending_ghosts_;
