@@ -3,8 +3,8 @@
 // stay flat as the tier grows 256-fold.
 //
 // The workload is a cache's, without the cache: requests walk prefix chains (chain c, blocks 0..L-1)
-// chosen with a skew; a resident block is accessed, a missing one is inserted under its parent
-// (OnLink) after a victim is evicted. The predicate enforces the prefix rule, the reason victim
+// chosen with a skew; the resident prefix is accessed leaf first (as Cache::Match touches it), each
+// missing block is inserted under its parent (OnLink) after a victim is evicted. The predicate enforces the prefix rule, the reason victim
 // searches get long: a block with resident children may not go. Compare the policies with `lru`
 // within one run, and each with itself across sizes; the loop's own bookkeeping (a hash map of
 // resident blocks) is in every figure.
@@ -50,18 +50,23 @@ void RunPolicy(benchmark::State& state, const std::string& name) {
   std::uniform_real_distribution<double> u(0, 1);
   const auto prefix_rule = [&](SlotId s) { return w.children[s] == 0; };
   uint64_t accesses = 0, misses = 0;
+  std::vector<SlotId> hits;
   for (auto _ : state) {
     const uint64_t chain = static_cast<uint64_t>(u(rng) * u(rng) * num_chains);
     const uint32_t len = 1 + static_cast<uint32_t>(rng() % kChainLen);
     uint32_t parent = Workload::kNone;
-    for (uint32_t i = 0; i < len; ++i) {
+    uint32_t i = 0;
+    hits.clear();
+    for (; i < len; ++i, ++accesses) {
+      auto it = w.slot_of.find(chain * kChainLen + i);
+      if (it == w.slot_of.end()) break;
+      hits.push_back(it->second);
+      parent = it->second;
+    }
+    for (auto h = hits.rbegin(); h != hits.rend(); ++h) policy.OnAccess(*h);
+    for (; i < len; ++i) {
       const uint64_t block = chain * kChainLen + i;
       accesses++;
-      if (auto it = w.slot_of.find(block); it != w.slot_of.end()) {
-        policy.OnAccess(it->second);
-        parent = it->second;
-        continue;
-      }
       misses++;
       uint32_t s;
       if (w.used < capacity) {
