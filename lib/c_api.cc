@@ -12,8 +12,6 @@
 // answers KVTIER_FAILED_PRECONDITION instead of touching freed memory. Calls take the lock shared,
 // so they run concurrently with each other and never overlap a close. Lock order: life_mu, then
 // reg_mu.
-#include "kvtier/kvtier.h"
-
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -29,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
+#include "kvtier/kvtier.h"
 #include "kvtier/options.h"
 
 namespace {
@@ -118,7 +117,8 @@ absl::Status SlotAddress(const char* call, const kvtier::BlockLayout& layout, ui
         absl::StrCat(call, ": segment ", segment, " vs segments=", segments.size()));
   }
   const kvtier::Segment& s = segments[segment];
-  *address = s.base == nullptr ? nullptr : static_cast<char*>(s.base) + uint64_t{slot} * s.stride_bytes;
+  *address =
+      s.base == nullptr ? nullptr : static_cast<char*>(s.base) + uint64_t{slot} * s.stride_bytes;
   if (bytes != nullptr) *bytes = s.bytes_per_block;
   return absl::OkStatus();
 }
@@ -142,23 +142,24 @@ absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
   }
   // A newer caller's struct: fine if nothing this library does not know about is set.
   if (!TailIsZero(in)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kCall, ": options.struct_size ", in->struct_size, " vs ",
-                     sizeof(kvtier_options), " known, and a field beyond them is set"));
+    return absl::InvalidArgumentError(absl::StrCat(kCall, ": options.struct_size ", in->struct_size,
+                                                   " vs ", sizeof(kvtier_options),
+                                                   " known, and a field beyond them is set"));
   }
   const kvtier_options& o = *in;
   const uint64_t num_segments = uint64_t{o.num_layers} * o.segments_per_layer;
   if (num_segments > (1u << 20)) {
-    return absl::InvalidArgumentError(absl::StrCat(kCall, ": options.num_layers * segments_per_layer = ",
-                                                   num_segments, " vs at most ", 1u << 20));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kCall, ": options.num_layers * segments_per_layer = ", num_segments,
+                     " vs at most ", 1u << 20));
   }
   if (o.segments == nullptr && num_segments != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kCall, ": options.segments is NULL with ", num_segments, " segments"));
   }
   if (o.backend < KVTIER_BACKEND_AUTO || o.backend > KVTIER_BACKEND_METADATA_ONLY) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kCall, ": options.backend ", static_cast<int>(o.backend), " is not a kvtier_backend"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        kCall, ": options.backend ", static_cast<int>(o.backend), " is not a kvtier_backend"));
   }
   kvtier::Options opt;
   opt.layout.tokens_per_block = o.tokens_per_block == 0 ? 16 : o.tokens_per_block;
@@ -167,10 +168,10 @@ absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
     kvtier::LayerLayout layer;
     for (uint32_t s = 0; s < o.segments_per_layer; ++s) {
       const kvtier_segment& seg = o.segments[uint64_t{l} * o.segments_per_layer + s];
-      layer.segments.push_back({.base = seg.base,
-                                .bytes_per_block = seg.bytes_per_block,
-                                .stride_bytes = seg.stride_bytes == 0 ? seg.bytes_per_block
-                                                                      : seg.stride_bytes});
+      layer.segments.push_back(
+          {.base = seg.base,
+           .bytes_per_block = seg.bytes_per_block,
+           .stride_bytes = seg.stride_bytes == 0 ? seg.bytes_per_block : seg.stride_bytes});
     }
     opt.layout.layers.push_back(std::move(layer));
   }
@@ -238,23 +239,40 @@ const char* kvtier_last_error(void) { return t_last_error; }
 
 const char* kvtier_status_name(kvtier_status status) {
   switch (status) {
-    case KVTIER_OK: return "OK";
-    case KVTIER_CANCELLED: return "CANCELLED";
-    case KVTIER_UNKNOWN: return "UNKNOWN";
-    case KVTIER_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case KVTIER_DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case KVTIER_NOT_FOUND: return "NOT_FOUND";
-    case KVTIER_ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case KVTIER_PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case KVTIER_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case KVTIER_FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case KVTIER_ABORTED: return "ABORTED";
-    case KVTIER_OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case KVTIER_UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case KVTIER_INTERNAL: return "INTERNAL";
-    case KVTIER_UNAVAILABLE: return "UNAVAILABLE";
-    case KVTIER_DATA_LOSS: return "DATA_LOSS";
-    case KVTIER_UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case KVTIER_OK:
+      return "OK";
+    case KVTIER_CANCELLED:
+      return "CANCELLED";
+    case KVTIER_UNKNOWN:
+      return "UNKNOWN";
+    case KVTIER_INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case KVTIER_DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case KVTIER_NOT_FOUND:
+      return "NOT_FOUND";
+    case KVTIER_ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case KVTIER_PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case KVTIER_RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case KVTIER_FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case KVTIER_ABORTED:
+      return "ABORTED";
+    case KVTIER_OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case KVTIER_UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case KVTIER_INTERNAL:
+      return "INTERNAL";
+    case KVTIER_UNAVAILABLE:
+      return "UNAVAILABLE";
+    case KVTIER_DATA_LOSS:
+      return "DATA_LOSS";
+    case KVTIER_UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
   }
   return "UNKNOWN_CODE";
 }
@@ -266,10 +284,10 @@ kvtier_status kvtier_hasher_create(const char* model_id, const char* lora_id, co
   return Guard([&]() -> absl::Status {
     if (out == nullptr) return Null("kvtier_hasher_create", "out");
     *out = nullptr;
-    *out = new kvtier_hasher{kvtier::BlockHasher(kvtier::NamespaceSalt{
-        .model_id = model_id == nullptr ? "" : model_id,
-        .lora_id = lora_id == nullptr ? "" : lora_id,
-        .tenant = tenant == nullptr ? "" : tenant})};
+    *out = new kvtier_hasher{
+        kvtier::BlockHasher(kvtier::NamespaceSalt{.model_id = model_id == nullptr ? "" : model_id,
+                                                  .lora_id = lora_id == nullptr ? "" : lora_id,
+                                                  .tenant = tenant == nullptr ? "" : tenant})};
     return absl::OkStatus();
   });
 }
@@ -313,15 +331,15 @@ kvtier_status kvtier_hasher_chain_tokens(const kvtier_hasher* hasher, const int3
       return absl::InvalidArgumentError(absl::StrCat(kCall, ": tokens_per_block is 0"));
     }
     if (num_tokens % tokens_per_block != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(kCall, ": ", num_tokens,
-                                                     " tokens is not a multiple of tokens_per_block=",
-                                                     tokens_per_block));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": ", num_tokens,
+                       " tokens is not a multiple of tokens_per_block=", tokens_per_block));
     }
     const size_t needed = num_tokens / tokens_per_block;
     *num_keys = needed;
     if (keys_capacity < needed) {
-      return absl::OutOfRangeError(absl::StrCat(kCall, ": keys_capacity ", keys_capacity, " vs ",
-                                                needed, " blocks"));
+      return absl::OutOfRangeError(
+          absl::StrCat(kCall, ": keys_capacity ", keys_capacity, " vs ", needed, " blocks"));
     }
     BlockKey parent = kvtier::kRootKey;
     for (size_t b = 0; b < needed; ++b) {
@@ -361,8 +379,9 @@ kvtier_status kvtier_cache_open(const kvtier_options* options, const char* direc
                                 uint64_t disk_capacity_bytes, kvtier_cache** out) {
   if (options == nullptr || directory == nullptr) {
     if (out != nullptr) *out = nullptr;
-    return Record(KVTIER_INVALID_ARGUMENT, options == nullptr ? "kvtier_cache_open: options is NULL"
-                                                              : "kvtier_cache_open: directory is NULL");
+    return Record(KVTIER_INVALID_ARGUMENT, options == nullptr
+                                               ? "kvtier_cache_open: options is NULL"
+                                               : "kvtier_cache_open: directory is NULL");
   }
   // A struct create would reject (too small, or a newer caller's field set): let it say why.
   if (options->struct_size < kOptionsSizeV1 || !TailIsZero(options)) {
@@ -422,8 +441,8 @@ kvtier_status kvtier_cache_slot_address(const kvtier_cache* cache, uint32_t slot
 
 // ---- match ----
 
-kvtier_status kvtier_cache_match(kvtier_cache* cache, const kvtier_block_key* keys,
-                                 size_t num_keys, kvtier_match** out) {
+kvtier_status kvtier_cache_match(kvtier_cache* cache, const kvtier_block_key* keys, size_t num_keys,
+                                 kvtier_match** out) {
   return Guard([&]() -> absl::Status {
     constexpr const char* kCall = "kvtier_cache_match";
     if (cache == nullptr) return Null(kCall, "cache");
@@ -455,18 +474,19 @@ kvtier_status kvtier_match_tiers(const kvtier_match* match, kvtier_tier* tiers, 
     if (match == nullptr) return Null(kCall, "match");
     const size_t n = match->result.tiers.size();
     if (tiers == nullptr && capacity != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(kCall, ": tiers is NULL with capacity=", capacity));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": tiers is NULL with capacity=", capacity));
     }
     if (capacity < n) {
-      return absl::OutOfRangeError(absl::StrCat(kCall, ": capacity ", capacity, " vs ", n, " blocks"));
+      return absl::OutOfRangeError(
+          absl::StrCat(kCall, ": capacity ", capacity, " vs ", n, " blocks"));
     }
     for (size_t i = 0; i < n; ++i) tiers[i] = static_cast<kvtier_tier>(match->result.tiers[i]);
     return absl::OkStatus();
   });
 }
 
-kvtier_status kvtier_match_blocks_in(const kvtier_match* match, kvtier_tier tier,
-                                     uint32_t* count) {
+kvtier_status kvtier_match_blocks_in(const kvtier_match* match, kvtier_tier tier, uint32_t* count) {
   return Guard([&]() -> absl::Status {
     constexpr const char* kCall = "kvtier_match_blocks_in";
     if (match == nullptr) return Null(kCall, "match");
@@ -536,13 +556,15 @@ kvtier_status kvtier_lease_slots(const kvtier_lease* lease, uint32_t* slots, siz
     constexpr const char* kCall = "kvtier_lease_slots";
     if (lease == nullptr) return Null(kCall, "lease");
     if (slots == nullptr && capacity != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(kCall, ": slots is NULL with capacity=", capacity));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": slots is NULL with capacity=", capacity));
     }
     std::shared_lock life(lease->box->life_mu);
     if (absl::Status s = CheckLease(kCall, lease); !s.ok()) return s;
     const auto s = lease->lease.slots();
     if (capacity < s.size()) {
-      return absl::OutOfRangeError(absl::StrCat(kCall, ": capacity ", capacity, " vs ", s.size(), " slots"));
+      return absl::OutOfRangeError(
+          absl::StrCat(kCall, ": capacity ", capacity, " vs ", s.size(), " slots"));
     }
     std::copy(s.begin(), s.end(), slots);
     return absl::OkStatus();
@@ -646,7 +668,8 @@ kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* key
     constexpr const char* kCall = "kvtier_cache_hint";
     if (cache == nullptr) return Null(kCall, "cache");
     if (scores == nullptr && num_keys != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(kCall, ": scores is NULL with num_keys=", num_keys));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": scores is NULL with num_keys=", num_keys));
     }
     std::vector<BlockKey> k;
     if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;

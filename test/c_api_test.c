@@ -13,30 +13,30 @@
 
 #include "kvtier/kvtier.h"
 
-#define CHECK(cond)                                                                         \
-  do {                                                                                      \
-    if (!(cond)) {                                                                          \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: \"%s\"\n", __FILE__, __LINE__, \
-              #cond, kvtier_last_error());                                                  \
-      exit(1);                                                                              \
-    }                                                                                       \
+#define CHECK(cond)                                                                               \
+  do {                                                                                            \
+    if (!(cond)) {                                                                                \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: \"%s\"\n", __FILE__, __LINE__, #cond, \
+              kvtier_last_error());                                                               \
+      exit(1);                                                                                    \
+    }                                                                                             \
   } while (0)
 
-#define CHECK_CODE(expr, code)                                                               \
-  do {                                                                                       \
-    kvtier_status s_ = (expr);                                                               \
-    if (s_ != (code)) {                                                                      \
+#define CHECK_CODE(expr, code)                                                              \
+  do {                                                                                      \
+    kvtier_status s_ = (expr);                                                              \
+    if (s_ != (code)) {                                                                     \
       fprintf(stderr, "%s:%d: %s returned %s, expected %s; last error: \"%s\"\n", __FILE__, \
-              __LINE__, #expr, kvtier_status_name(s_), kvtier_status_name(code),             \
-              kvtier_last_error());                                                          \
-      exit(1);                                                                               \
-    }                                                                                        \
+              __LINE__, #expr, kvtier_status_name(s_), kvtier_status_name(code),            \
+              kvtier_last_error());                                                         \
+      exit(1);                                                                              \
+    }                                                                                       \
     /* A failure always explains itself; a success leaves no message. */                    \
-    if ((code) == KVTIER_OK) {                                                               \
-      CHECK(kvtier_last_error()[0] == '\0');                                                 \
-    } else {                                                                                 \
-      CHECK(kvtier_last_error()[0] != '\0');                                                 \
-    }                                                                                        \
+    if ((code) == KVTIER_OK) {                                                              \
+      CHECK(kvtier_last_error()[0] == '\0');                                                \
+    } else {                                                                                \
+      CHECK(kvtier_last_error()[0] != '\0');                                                \
+    }                                                                                       \
   } while (0)
 
 #define CHECK_OK(expr) CHECK_CODE(expr, KVTIER_OK)
@@ -99,7 +99,8 @@ static uint64_t Verify(kvtier_lease* lease, const kvtier_block_key* keys, uint32
       void* addr = NULL;
       uint64_t bytes = 0;
       CHECK_OK(kvtier_lease_block_address(lease, b, layer, s, &addr, &bytes));
-      for (i = 0; i < bytes; ++i) bad += ((unsigned char*)addr)[i] != Expected(keys[b], layer, s, i);
+      for (i = 0; i < bytes; ++i)
+        bad += ((unsigned char*)addr)[i] != Expected(keys[b], layer, s, i);
     }
   }
   return bad;
@@ -107,7 +108,8 @@ static uint64_t Verify(kvtier_lease* lease, const kvtier_block_key* keys, uint32
 
 /* One request: match, allocate, load, wait per layer and verify, fill the rest, commit, release.
  * Returns the tier counts of the match in hits[3]. */
-static void Request(kvtier_cache* cache, const kvtier_block_key* keys, uint32_t n, uint32_t hits[3]) {
+static void Request(kvtier_cache* cache, const kvtier_block_key* keys, uint32_t n,
+                    uint32_t hits[3]) {
   kvtier_match* match = NULL;
   kvtier_lease* lease = NULL;
   kvtier_transfer* xfer = NULL;

@@ -78,7 +78,11 @@ KVTIER_C_API const char* kvtier_last_error(void);
 /* "OK", "INVALID_ARGUMENT", ...; "UNKNOWN_CODE" for a value outside the enum. Static storage. */
 KVTIER_C_API const char* kvtier_status_name(kvtier_status status);
 
-typedef enum kvtier_tier { KVTIER_TIER_DEVICE = 0, KVTIER_TIER_HOST = 1, KVTIER_TIER_DISK = 2 } kvtier_tier;
+typedef enum kvtier_tier {
+  KVTIER_TIER_DEVICE = 0,
+  KVTIER_TIER_HOST = 1,
+  KVTIER_TIER_DISK = 2
+} kvtier_tier;
 
 typedef enum kvtier_backend {
   KVTIER_BACKEND_AUTO = 0,     /* CUDA when built with it and a device is present, else emulated */
@@ -131,10 +135,10 @@ typedef struct kvtier_segment {
 typedef struct kvtier_options {
   size_t struct_size; /* sizeof(kvtier_options); 0 is rejected */
   /* layout: num_layers * segments_per_layer segments, layer-major (layer 0's, then layer 1's) */
-  uint32_t tokens_per_block;   /* 0 = 16 */
-  uint32_t num_slots;          /* blocks the engine's KV tensors hold; required */
-  uint32_t num_layers;         /* required */
-  uint32_t segments_per_layer; /* 2 for K and V, 1 for MLA; required */
+  uint32_t tokens_per_block;      /* 0 = 16 */
+  uint32_t num_slots;             /* blocks the engine's KV tensors hold; required */
+  uint32_t num_layers;            /* required */
+  uint32_t segments_per_layer;    /* 2 for K and V, 1 for MLA; required */
   const kvtier_segment* segments; /* copied by create; the memory they point to is borrowed */
   kvtier_backend backend;
   /* device tier */
@@ -144,14 +148,14 @@ typedef struct kvtier_options {
   uint64_t host_capacity_bytes; /* 0 disables the host tier */
   const char* host_policy;      /* NULL = "lru" */
   /* disk tier (needs the host tier) */
-  const char* disk_directory;     /* NULL or "" = no disk tier */
-  uint64_t disk_capacity_bytes;   /* 0 disables the disk tier */
-  uint32_t disk_files;            /* 0 = 1 */
-  uint32_t disk_queue_depth;      /* 0 = 64 */
-  const char* disk_policy;        /* NULL = "lru" */
-  bool disk_reset_on_mismatch;    /* start empty on another layout's directory */
-  bool disk_allow_buffered;       /* no O_DIRECT: buffered I/O instead of failing */
-  bool disk_no_flush_on_close;    /* true: skip the flush down to disk at close */
+  const char* disk_directory;   /* NULL or "" = no disk tier */
+  uint64_t disk_capacity_bytes; /* 0 disables the disk tier */
+  uint32_t disk_files;          /* 0 = 1 */
+  uint32_t disk_queue_depth;    /* 0 = 64 */
+  const char* disk_policy;      /* NULL = "lru" */
+  bool disk_reset_on_mismatch;  /* start empty on another layout's directory */
+  bool disk_allow_buffered;     /* no O_DIRECT: buffered I/O instead of failing */
+  bool disk_no_flush_on_close;  /* true: skip the flush down to disk at close */
   /* behaviour */
   bool drop_on_evict;      /* true: device victims are dropped, not demoted (demote_on_evict) */
   bool host_write_through; /* Commit also copies new blocks to the host */
@@ -267,13 +271,14 @@ KVTIER_C_API kvtier_status kvtier_cache_check_invariants(const kvtier_cache* cac
 /* ---- transfers ---- */
 
 /* Blocks the transfer brings (lease slots [0, blocks)), and how many of them were copied. */
-KVTIER_C_API kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer,
-                                                  uint32_t* blocks, uint32_t* blocks_promoted);
+KVTIER_C_API kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer, uint32_t* blocks,
+                                                  uint32_t* blocks_promoted);
 /* *done = true once finished; never blocks. */
 KVTIER_C_API kvtier_status kvtier_transfer_poll(const kvtier_transfer* transfer, bool* done);
 /* Blocks until every copy finished; returns the transfer's outcome. */
 KVTIER_C_API kvtier_status kvtier_transfer_wait(kvtier_transfer* transfer);
-/* Blocks until layer `layer` of every block is on the device; KVTIER_OUT_OF_RANGE for a bad layer. */
+/* Blocks until layer `layer` of every block is on the device; KVTIER_OUT_OF_RANGE for a bad layer.
+ */
 KVTIER_C_API kvtier_status kvtier_transfer_wait_layer(kvtier_transfer* transfer, uint32_t layer);
 /* The outcome so far: KVTIER_UNAVAILABLE while running. */
 KVTIER_C_API kvtier_status kvtier_transfer_status(const kvtier_transfer* transfer);

@@ -66,32 +66,55 @@ PyObject* g_error_type = nullptr;  // kvtier.Error
 
 const char* CodeName(absl::StatusCode code) {
   switch (code) {
-    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case absl::StatusCode::kNotFound: return "NOT_FOUND";
-    case absl::StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case absl::StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case absl::StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case absl::StatusCode::kInternal: return "INTERNAL";
-    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
-    case absl::StatusCode::kDataLoss: return "DATA_LOSS";
-    case absl::StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kCancelled: return "CANCELLED";
-    case absl::StatusCode::kAborted: return "ABORTED";
-    case absl::StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case absl::StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kInternal:
+      return "INTERNAL";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
 
 void RaiseStatus(const absl::Status& status) {
   PyObject* type = g_error_type;
   switch (status.code()) {
-    case absl::StatusCode::kInvalidArgument: type = PyExc_ValueError; break;
-    case absl::StatusCode::kNotFound: type = PyExc_KeyError; break;
-    case absl::StatusCode::kOutOfRange: type = PyExc_IndexError; break;
-    default: break;
+    case absl::StatusCode::kInvalidArgument:
+      type = PyExc_ValueError;
+      break;
+    case absl::StatusCode::kNotFound:
+      type = PyExc_KeyError;
+      break;
+    case absl::StatusCode::kOutOfRange:
+      type = PyExc_IndexError;
+      break;
+    default:
+      break;
   }
   const std::string message(status.message());
   PyObject* instance = PyObject_CallFunction(type, "s", message.c_str());
@@ -157,6 +180,7 @@ struct AlignedFree {
 struct CacheState {
   std::vector<std::unique_ptr<uint8_t, AlignedFree>> owned;  // KV tensors the Cache allocated
   std::vector<std::unique_ptr<py::buffer_info>> borrowed;    // the engine's buffers, held exported
+  std::vector<std::vector<bool>> host_visible;  // [layer][segment]: host memory Python may view
   py::dtype dtype;
   BlockLayout layout;
   std::shared_mutex life_mu;  // shared: a call in progress; exclusive: close
@@ -233,12 +257,13 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
     const uint64_t bytes = uint64_t{o.num_slots} * o.bytes_per_block;
     if (o.num_slots == 0 || bytes / o.num_slots != o.bytes_per_block || bytes > (1ull << 40)) {
       throw StatusError(absl::InvalidArgumentError(
-          absl::StrCat("Options: num_slots=", o.num_slots, " x bytes_per_block=",
-                       o.bytes_per_block, " is not a tensor size kvtier allocates")));
+          absl::StrCat("Options: num_slots=", o.num_slots, " x bytes_per_block=", o.bytes_per_block,
+                       " is not a tensor size kvtier allocates")));
     }
     const bool no_bytes = opt.backend == DeviceBackend::kMetadataOnly;
     for (uint32_t l = 0; l < o.num_layers; ++l) {
       LayerLayout layer;
+      state->host_visible.emplace_back(o.segments_per_layer, !no_bytes);
       for (uint32_t s = 0; s < o.segments_per_layer; ++s) {
         void* base = nullptr;
         if (!no_bytes) {
@@ -256,7 +281,9 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
   } else {
     for (py::handle layer_obj : o.layers) {
       LayerLayout layer;
+      std::vector<bool>& visible = state->host_visible.emplace_back();
       for (py::handle seg : layer_obj) {
+        visible.push_back(!py::isinstance<PySegment>(seg));
         if (py::isinstance<PySegment>(seg)) {
           const auto& s = seg.cast<const PySegment&>();
           layer.segments.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(s.base)),
@@ -265,8 +292,9 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
           continue;
         }
         if (!PyObject_CheckBuffer(seg.ptr())) {
-          throw py::type_error("Options.layers: a segment must be a kvtier.Segment or a writable "
-                               "buffer (numpy array, bytearray)");
+          throw py::type_error(
+              "Options.layers: a segment must be a kvtier.Segment or a writable "
+              "buffer (numpy array, bytearray)");
         }
         // Writable, C-contiguous, held exported for the Cache's life (no resize under it).
         auto info = std::make_unique<py::buffer_info>(
@@ -275,21 +303,21 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
         int64_t expect = info->itemsize;
         for (int64_t d = info->ndim - 1; d >= 0; --d) {
           if (info->shape[d] != 1 && info->strides[d] != expect) {
-            throw StatusError(absl::InvalidArgumentError(
-                "Options.layers: a segment buffer is not C-contiguous"));
+            throw StatusError(
+                absl::InvalidArgumentError("Options.layers: a segment buffer is not C-contiguous"));
           }
           expect *= info->shape[d];
         }
         if (o.num_slots == 0 || nbytes == 0 || nbytes % o.num_slots != 0) {
-          throw StatusError(absl::InvalidArgumentError(absl::StrCat(
-              "Options.layers: a segment buffer of ", nbytes,
-              " bytes is not num_slots=", o.num_slots, " equal blocks")));
+          throw StatusError(absl::InvalidArgumentError(
+              absl::StrCat("Options.layers: a segment buffer of ", nbytes,
+                           " bytes is not num_slots=", o.num_slots, " equal blocks")));
         }
         const uint64_t per_block = nbytes / o.num_slots;
         if (o.bytes_per_block != 0 && o.bytes_per_block != per_block) {
-          throw StatusError(absl::InvalidArgumentError(absl::StrCat(
-              "Options.layers: a segment buffer holds ", per_block, " bytes per block vs ",
-              "bytes_per_block=", o.bytes_per_block)));
+          throw StatusError(absl::InvalidArgumentError(
+              absl::StrCat("Options.layers: a segment buffer holds ", per_block,
+                           " bytes per block vs ", "bytes_per_block=", o.bytes_per_block)));
         }
         layer.segments.push_back({info->ptr, per_block, per_block});
         state->borrowed.push_back(std::move(info));
@@ -364,15 +392,22 @@ uint64_t SlotAddress(const CacheState& st, const char* call, uint32_t slot, uint
   return reinterpret_cast<uintptr_t>(s.base) + uint64_t{slot} * s.stride_bytes;
 }
 
-// A numpy view of `bytes` at `address` (host memory the state keeps alive) of the cache's dtype.
-py::array View(const std::shared_ptr<CacheState>& st, const char* call, uint64_t address,
-               std::vector<py::ssize_t> shape, std::vector<py::ssize_t> strides) {
-  if (address == 0 || st->borrowed.empty() == st->owned.empty()) {
-    // Neither owned nor borrowed host memory: raw (device) addresses, or metadata-only.
-    throw StatusError(absl::FailedPreconditionError(absl::StrCat(
-        call, ": the KV memory is not host memory kvtier can view (raw addresses or "
-              "metadata_only): use the *_address() functions")));
+// Segment (layer, segment) is host memory that the state owns or holds exported: not a raw
+// kvtier.Segment address (device memory on CUDA) and not metadata-only.
+void CheckHostVisible(const CacheState& st, const char* call, uint32_t layer, uint32_t segment) {
+  if (!st.host_visible[layer][segment]) {
+    throw StatusError(absl::FailedPreconditionError(
+        absl::StrCat(call, ": layer ", layer, " segment ", segment,
+                     " is not host memory kvtier can view (a raw kvtier.Segment address or "
+                     "metadata_only): use the *_address() functions")));
   }
+}
+
+// A numpy view at `address` (host memory the state keeps alive) of the cache's dtype.
+py::array View(const std::shared_ptr<CacheState>& st, const char* call, uint32_t layer,
+               uint32_t segment, uint64_t address, std::vector<py::ssize_t> shape,
+               std::vector<py::ssize_t> strides) {
+  CheckHostVisible(*st, call, layer, segment);
   auto* keep = new std::shared_ptr<CacheState>(st);
   py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<CacheState>*>(p); });
   return py::array(st->dtype, std::move(shape), std::move(strides),
@@ -382,13 +417,15 @@ py::array View(const std::shared_ptr<CacheState>& st, const char* call, uint64_t
 void CheckLease(const PyLease& l, const char* call) {
   if (l.state->cache == nullptr) throw StatusError(Closed(call));
   if (l.released) {
-    throw StatusError(absl::FailedPreconditionError(absl::StrCat(call, ": the lease was released")));
+    throw StatusError(
+        absl::FailedPreconditionError(absl::StrCat(call, ": the lease was released")));
   }
 }
 
 void CheckSame(const PyCache& c, const PyLease& l, const char* call) {
   if (c.state != l.state) {
-    throw StatusError(absl::FailedPreconditionError(absl::StrCat(call, ": the lease is another cache's")));
+    throw StatusError(
+        absl::FailedPreconditionError(absl::StrCat(call, ": the lease is another cache's")));
   }
 }
 
@@ -444,8 +481,10 @@ PYBIND11_MODULE(kvtier, m) {
 
   py::class_<BlockKey>(m, "BlockKey", "128-bit key of a block and everything before it")
       .def(py::init<>())
-      .def(py::init([](uint64_t hi, uint64_t lo) { return BlockKey{hi, lo}; }), py::arg("hi"),
-           py::arg("lo"))
+      .def(py::init([](uint64_t hi, uint64_t lo) {
+             return BlockKey{hi, lo};
+           }),
+           py::arg("hi"), py::arg("lo"))
       .def_readonly("hi", &BlockKey::hi)
       .def_readonly("lo", &BlockKey::lo)
       .def("hex", &BlockKey::ToHex)
@@ -507,7 +546,8 @@ PYBIND11_MODULE(kvtier, m) {
       .def_readwrite("bytes_per_block", &PySegment::bytes_per_block)
       .def_readwrite("stride_bytes", &PySegment::stride_bytes);
 
-  py::class_<PyOptions> options(m, "Options", "Cache options; keyword arguments, as kvtier::Options");
+  py::class_<PyOptions> options(m, "Options",
+                                "Cache options; keyword arguments, as kvtier::Options");
   options.def(py::init([](const py::kwargs& kwargs) {
     PyOptions o;
     py::object self = py::cast(&o, py::return_value_policy::reference);
@@ -584,7 +624,7 @@ PYBIND11_MODULE(kvtier, m) {
             const uint64_t address = LeaseBlockAddress(l, "Lease.block", block, layer, segment);
             const Segment& s = SegmentAt(*l.state, "Lease.block", layer, segment);
             const auto itemsize = static_cast<py::ssize_t>(l.state->dtype.itemsize());
-            return View(l.state, "Lease.block", address,
+            return View(l.state, "Lease.block", layer, segment, address,
                         {static_cast<py::ssize_t>(s.bytes_per_block) / itemsize}, {itemsize});
           },
           py::arg("block"), py::arg("layer"), py::arg("segment"),
@@ -605,9 +645,8 @@ PYBIND11_MODULE(kvtier, m) {
             }
             const uint64_t nbytes = static_cast<uint64_t>(info.size) * info.itemsize;
             if (nbytes != s.bytes_per_block) {
-              throw StatusError(absl::InvalidArgumentError(
-                  absl::StrCat("Lease.write_block: ", nbytes, " bytes vs bytes_per_block=",
-                               s.bytes_per_block)));
+              throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+                  "Lease.write_block: ", nbytes, " bytes vs bytes_per_block=", s.bytes_per_block)));
             }
             int64_t expect = info.itemsize;
             for (int64_t d = info.ndim - 1; d >= 0; --d) {
@@ -617,9 +656,8 @@ PYBIND11_MODULE(kvtier, m) {
               }
               expect *= info.shape[d];
             }
-            py::array view = View(l.state, "Lease.write_block", address,
-                                  {static_cast<py::ssize_t>(nbytes)}, {1});
-            std::memcpy(view.mutable_data(), info.ptr, nbytes);
+            CheckHostVisible(*l.state, "Lease.write_block", layer, segment);
+            std::memcpy(reinterpret_cast<void*>(static_cast<uintptr_t>(address)), info.ptr, nbytes);
           },
           py::arg("block"), py::arg("layer"), py::arg("segment"), py::arg("data"),
           "Copies `data` (the cache's dtype, exactly bytes_per_block bytes) into a block");
@@ -719,7 +757,8 @@ PYBIND11_MODULE(kvtier, m) {
       .def("__exit__", [](py::object self, py::args) { self.attr("close")(); })
       .def_property_readonly("block_bytes",
                              [](const PyCache& c) { return c.state->layout.block_bytes(); })
-      .def_property_readonly("num_slots", [](const PyCache& c) { return c.state->layout.num_slots; })
+      .def_property_readonly("num_slots",
+                             [](const PyCache& c) { return c.state->layout.num_slots; })
       .def_property_readonly("num_layers",
                              [](const PyCache& c) { return c.state->layout.layers.size(); })
       .def_property_readonly("tokens_per_block",
@@ -736,7 +775,7 @@ PYBIND11_MODULE(kvtier, m) {
           [](const PyCache& c, uint32_t layer, uint32_t segment) {
             const Segment& s = SegmentAt(*c.state, "Cache.kv", layer, segment);
             const auto itemsize = static_cast<py::ssize_t>(c.state->dtype.itemsize());
-            return View(c.state, "Cache.kv", reinterpret_cast<uintptr_t>(s.base),
+            return View(c.state, "Cache.kv", layer, segment, reinterpret_cast<uintptr_t>(s.base),
                         {static_cast<py::ssize_t>(c.state->layout.num_slots),
                          static_cast<py::ssize_t>(s.bytes_per_block) / itemsize},
                         {static_cast<py::ssize_t>(s.stride_bytes), itemsize});

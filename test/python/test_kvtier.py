@@ -131,6 +131,35 @@ def test_engine_owned_buffers_and_dtype():
     cache.close()
 
 
+def test_raw_segments_are_addresses_only():
+    """kvtier.Segment (an int address, as tensor.data_ptr() on CUDA) is never viewed as numpy."""
+    k = np.zeros((SLOTS, 64), dtype=np.uint8)
+    v = np.zeros((SLOTS, 64), dtype=np.uint8)  # kept alive by this test, addressed raw
+    cache = kvtier.Cache.create(kvtier.Options(
+        num_slots=SLOTS, backend="emulated",
+        layers=[[k, kvtier.Segment(base=v.ctypes.data, bytes_per_block=64)]]))
+    lease = cache.allocate_device(1)
+    lease.block(0, 0, 0)[:] = 1  # the buffer: viewable
+    with pytest.raises(kvtier.Error) as e:
+        lease.block(0, 0, 1)
+    assert e.value.code == "FAILED_PRECONDITION"
+    with pytest.raises(kvtier.Error):
+        lease.write_block(0, 0, 1, np.zeros(64, dtype=np.uint8))
+    assert lease.block_address(0, 0, 1) == v.ctypes.data + 64 * lease.slots[0]
+    cache.release(lease)
+    cache.close()
+
+    meta = kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, num_layers=2, segments_per_layer=1,
+                                              bytes_per_block=64, backend="metadata_only"))
+    lease = meta.allocate_device(1)
+    with pytest.raises(kvtier.Error):
+        lease.block(0, 0, 0)
+    with pytest.raises(kvtier.Error):
+        meta.kv(0, 0)
+    meta.release(lease)
+    meta.close()
+
+
 def test_disk_warm_restart(tmp_path):
     opts = dict(disk_reset_on_mismatch=True, disk_allow_buffered=True)
     disk_bytes = 64 * (LAYERS * SEGS * SEG_BYTES + (64 << 10))
