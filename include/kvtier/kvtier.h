@@ -129,9 +129,10 @@ typedef struct kvtier_segment {
 } kvtier_segment;
 
 /* Zero-initialised fields take the C++ defaults (kvtier/options.h). Set struct_size to
- * sizeof(kvtier_options) (kvtier_options_init does): a caller built against an older, smaller
- * struct gets defaults for the fields it lacks; a larger struct is accepted if the bytes this
- * library does not know are zero. */
+ * sizeof(kvtier_options) (kvtier_options_init does). ABI growth: fields are only ever appended. A
+ * struct larger than this library knows (a newer header) is accepted if the bytes beyond are zero,
+ * else KVTIER_INVALID_ARGUMENT. This is version 1: a struct_size below this sizeof is rejected;
+ * later versions will accept version 1's size and default the fields added since. */
 typedef struct kvtier_options {
   size_t struct_size; /* sizeof(kvtier_options); 0 is rejected */
   /* layout: num_layers * segments_per_layer segments, layer-major (layer 0's, then layer 1's) */
@@ -172,7 +173,8 @@ typedef struct kvtier_tier_stats {
 
 /* kvtier::CacheStats, flattened (see kvtier/stats.h for each field). */
 typedef struct kvtier_stats {
-  size_t struct_size; /* in: sizeof(kvtier_stats) as the caller knows it */
+  size_t struct_size; /* in: sizeof(kvtier_stats) as the caller knows it (at least version 1's);
+                       * a larger struct's unknown tail is left untouched */
   kvtier_tier_stats device, host, disk;
   uint64_t match_calls, blocks_queried, blocks_missed, blocks_loaded, blocks_committed;
   uint64_t demotions, promotions, bytes_h2d, bytes_d2h, transfer_failures;
