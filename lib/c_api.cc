@@ -20,6 +20,7 @@
 #include <new>
 #include <shared_mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_set>
 #include <vector>
 
@@ -72,6 +73,16 @@ kvtier_status Guard(F&& body) noexcept {
 
 absl::Status Null(const char* call, const char* what) {
   return absl::InvalidArgumentError(absl::StrCat(call, ": ", what, " is NULL"));
+}
+
+// The integer a C enum object holds. A C caller may store any int in one; loading a value outside
+// the enumerators as the enum type is undefined in C++ (UBSan: "not a valid value"), so read it
+// as its underlying type and range-check that.
+template <typename E>
+int64_t EnumValue(const E& e) {
+  std::underlying_type_t<E> v;
+  std::memcpy(&v, &e, sizeof(v));
+  return static_cast<int64_t>(v);
 }
 
 BlockKey FromC(const kvtier_block_key& k) { return BlockKey{k.hi, k.lo}; }
@@ -157,9 +168,10 @@ absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
     return absl::InvalidArgumentError(
         absl::StrCat(kCall, ": options.segments is NULL with ", num_segments, " segments"));
   }
-  if (o.backend < KVTIER_BACKEND_AUTO || o.backend > KVTIER_BACKEND_METADATA_ONLY) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kCall, ": options.backend ", static_cast<int>(o.backend), " is not a kvtier_backend"));
+  const int64_t backend = EnumValue(o.backend);
+  if (backend < KVTIER_BACKEND_AUTO || backend > KVTIER_BACKEND_METADATA_ONLY) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kCall, ": options.backend ", backend, " is not a kvtier_backend"));
   }
   kvtier::Options opt;
   opt.layout.tokens_per_block = o.tokens_per_block == 0 ? 16 : o.tokens_per_block;
@@ -175,7 +187,7 @@ absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
     }
     opt.layout.layers.push_back(std::move(layer));
   }
-  opt.backend = static_cast<kvtier::DeviceBackend>(o.backend);
+  opt.backend = static_cast<kvtier::DeviceBackend>(backend);
   opt.device.capacity_slots = o.device_capacity_slots;
   if (o.device_policy != nullptr) opt.device.policy = o.device_policy;
   opt.host.capacity_bytes = o.host_capacity_bytes;
@@ -238,6 +250,8 @@ extern "C" {
 const char* kvtier_last_error(void) { return t_last_error; }
 
 const char* kvtier_status_name(kvtier_status status) {
+  const int64_t value = EnumValue(status);
+  if (value < KVTIER_OK || value > KVTIER_UNAUTHENTICATED) return "UNKNOWN_CODE";
   switch (status) {
     case KVTIER_OK:
       return "OK";
@@ -491,11 +505,12 @@ kvtier_status kvtier_match_blocks_in(const kvtier_match* match, kvtier_tier tier
     constexpr const char* kCall = "kvtier_match_blocks_in";
     if (match == nullptr) return Null(kCall, "match");
     if (count == nullptr) return Null(kCall, "count");
-    if (tier < KVTIER_TIER_DEVICE || tier > KVTIER_TIER_DISK) {
+    const int64_t value = EnumValue(tier);
+    if (value < KVTIER_TIER_DEVICE || value > KVTIER_TIER_DISK) {
       return absl::InvalidArgumentError(
-          absl::StrCat(kCall, ": tier ", static_cast<int>(tier), " is not a kvtier_tier"));
+          absl::StrCat(kCall, ": tier ", value, " is not a kvtier_tier"));
     }
-    *count = match->result.blocks_in(static_cast<kvtier::Tier>(tier));
+    *count = match->result.blocks_in(static_cast<kvtier::Tier>(value));
     return absl::OkStatus();
   });
 }

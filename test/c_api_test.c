@@ -417,7 +417,12 @@ static void TestBadCalls(void) {
   CHECK_CODE(kvtier_lease_slots(lease, slots, 2), KVTIER_OUT_OF_RANGE);
   CHECK_CODE(kvtier_lease_slots(lease, NULL, 4), KVTIER_INVALID_ARGUMENT);
   CHECK_CODE(kvtier_lease_block_address(lease, kBlocks, 0, 0, &addr, NULL), KVTIER_OUT_OF_RANGE);
-  CHECK_CODE(kvtier_cache_commit(cache, keys, kBlocks + 1, lease), KVTIER_INVALID_ARGUMENT);
+  {
+    kvtier_block_key five[kBlocks + 1]; /* more keys than the lease has slots */
+    memcpy(five, keys, sizeof(keys));
+    five[kBlocks] = keys[0];
+    CHECK_CODE(kvtier_cache_commit(cache, five, kBlocks + 1, lease), KVTIER_INVALID_ARGUMENT);
+  }
   CHECK_CODE(kvtier_cache_commit(cache, NULL, 2, lease), KVTIER_INVALID_ARGUMENT);
   CHECK_CODE(kvtier_match_tiers(match, NULL, 1), KVTIER_INVALID_ARGUMENT);
 
@@ -453,7 +458,11 @@ static void TestBadCalls(void) {
   CHECK_CODE(kvtier_lease_block_address(lease, 0, 0, 0, &addr, NULL), KVTIER_FAILED_PRECONDITION);
   CHECK_CODE(kvtier_cache_commit(cache, keys, 1, lease), KVTIER_FAILED_PRECONDITION);
   CHECK_CODE(kvtier_cache_grow(cache, lease, 1), KVTIER_FAILED_PRECONDITION);
-  CHECK_CODE(kvtier_cache_load(cache, match, lease, &xfer), KVTIER_FAILED_PRECONDITION);
+  {
+    kvtier_transfer* x2 = (kvtier_transfer*)1;
+    CHECK_CODE(kvtier_cache_load(cache, match, lease, &x2), KVTIER_FAILED_PRECONDITION);
+    CHECK(x2 == NULL); /* out pointers are cleared on failure */
+  }
   kvtier_lease_destroy(lease);
 
   /* use after close: a live lease, a transfer and a match outlive the close */
