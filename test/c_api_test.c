@@ -5,6 +5,7 @@
  * failed check with exit status 1. Usage: c_api_test [scratch directory, default "."]. */
 #define _XOPEN_SOURCE 700 /* mkdir, snprintf under -std=c99 -pedantic */
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -513,12 +514,131 @@ static void TestBadCalls(void) {
   kvtier_hasher_destroy(hasher);
 }
 
+/* ---- concurrency: workers run requests while the main thread closes the cache ---- */
+
+typedef struct Worker {
+  kvtier_cache* cache;
+  kvtier_hasher* hasher;
+  int id;
+  int completed;    /* requests that committed or found their blocks */
+  int after_close;  /* calls answered FAILED_PRECONDITION because of the close */
+  int unexpected;   /* any other failure */
+} Worker;
+
+/* OK or an outcome a racing engine must expect; FAILED_PRECONDITION counts as "closed". */
+static int Expected2(Worker* w, kvtier_status s) {
+  if (s == KVTIER_OK || s == KVTIER_ALREADY_EXISTS || s == KVTIER_RESOURCE_EXHAUSTED) return 1;
+  if (s == KVTIER_FAILED_PRECONDITION) {
+    w->after_close++;
+    return 0;
+  }
+  fprintf(stderr, "worker %d: %s: %s\n", w->id, kvtier_status_name(s), kvtier_last_error());
+  w->unexpected++;
+  return 0;
+}
+
+/* Fill() that returns the first failure (the cache may close meanwhile) instead of exiting. */
+static kvtier_status FillSoft(kvtier_lease* lease, const kvtier_block_key* keys, uint32_t from,
+                              uint32_t to) {
+  uint32_t b, l, s;
+  uint64_t i;
+  for (b = from; b < to; ++b) {
+    for (l = 0; l < kLayers; ++l) {
+      for (s = 0; s < kSegs; ++s) {
+        void* addr = NULL;
+        uint64_t bytes = 0;
+        kvtier_status st = kvtier_lease_block_address(lease, b, l, s, &addr, &bytes);
+        if (st != KVTIER_OK) return st;
+        for (i = 0; i < bytes; ++i) ((unsigned char*)addr)[i] = Expected(keys[b], l, s, i);
+      }
+    }
+  }
+  return KVTIER_OK;
+}
+
+static void* WorkerMain(void* arg) {
+  Worker* w = (Worker*)arg;
+  int i;
+  for (i = 0; i < 100000 && w->after_close == 0 && w->unexpected == 0; ++i) {
+    int32_t tokens[kBlocks * kTpb];
+    kvtier_block_key keys[kBlocks];
+    size_t n = 0, t;
+    kvtier_match* match = NULL;
+    kvtier_lease* lease = NULL;
+    kvtier_transfer* xfer = NULL;
+    /* Blocks 0-1 shared by every worker, 2-3 by this worker's request family. */
+    for (t = 0; t < kBlocks * kTpb; ++t) {
+      tokens[t] = t < 2 * kTpb ? (int32_t)t : w->id * 1000000 + (i % 5) * 1000 + (int32_t)t;
+    }
+    if (kvtier_hasher_chain_tokens(w->hasher, tokens, kBlocks * kTpb, kTpb, keys, kBlocks, &n) !=
+        KVTIER_OK) {
+      w->unexpected++;
+      break;
+    }
+    if (Expected2(w, kvtier_cache_match(w->cache, keys, n, &match)) &&
+        Expected2(w, kvtier_cache_allocate_device(w->cache, (uint32_t)n, &lease)) && lease &&
+        Expected2(w, kvtier_cache_load(w->cache, match, lease, &xfer))) {
+      kvtier_status s = kvtier_transfer_wait(xfer);
+      uint32_t loaded = 0;
+      if (Expected2(w, s) && Expected2(w, kvtier_transfer_blocks(xfer, &loaded, NULL))) {
+        if (Expected2(w, FillSoft(lease, keys, loaded, (uint32_t)n)) &&
+            Expected2(w, kvtier_cache_commit(w->cache, keys, n, lease))) {
+          w->completed++;
+        }
+      }
+      Expected2(w, kvtier_cache_release(w->cache, lease));
+    }
+    kvtier_transfer_destroy(xfer);
+    kvtier_lease_destroy(lease);
+    kvtier_match_destroy(match);
+  }
+  return NULL;
+}
+
+static void TestConcurrentClose(void) {
+  enum { kWorkers = 4 };
+  kvtier_options o = BaseOptions();
+  kvtier_cache* cache = NULL;
+  kvtier_hasher* hasher = NULL;
+  pthread_t threads[kWorkers];
+  Worker workers[kWorkers];
+  int i, done = 0;
+  kvtier_stats st;
+
+  /* 4 workers x 4-block leases fit the 16 device slots; RESOURCE_EXHAUSTED is tolerated anyway. */
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  CHECK_OK(kvtier_hasher_create("c-test-threads", NULL, NULL, &hasher));
+  for (i = 0; i < kWorkers; ++i) {
+    Worker init = {cache, hasher, i + 1, 0, 0, 0};
+    workers[i] = init;
+    CHECK(pthread_create(&threads[i], NULL, WorkerMain, &workers[i]) == 0);
+  }
+  /* Let them run until each completed a few requests, then close under them. */
+  while (!done) {
+    memset(&st, 0, sizeof(st));
+    st.struct_size = sizeof(st);
+    CHECK_OK(kvtier_cache_stats(cache, &st));
+    done = st.match_calls >= 200;
+  }
+  CHECK_OK(kvtier_cache_close(cache));
+  for (i = 0; i < kWorkers; ++i) {
+    CHECK(pthread_join(threads[i], NULL) == 0);
+    CHECK(workers[i].unexpected == 0);
+    CHECK(workers[i].after_close > 0); /* each saw the close, none crashed */
+    done += workers[i].completed;
+  }
+  printf("c_api_test: %d requests by %d threads before the close\n", done - 1, kWorkers);
+  kvtier_cache_destroy(cache);
+  kvtier_hasher_destroy(hasher);
+}
+
 int main(int argc, char** argv) {
   const char* scratch = argc > 1 ? argv[1] : ".";
   TestBadOptions();
   TestLifecycle();
   TestDiskWarmRestart(scratch);
   TestBadCalls();
+  TestConcurrentClose();
   printf("c_api_test: all checks passed\n");
   return 0;
 }
