@@ -243,6 +243,11 @@ absl::Status CheckLease(const char* call, const kvtier_lease* lease) {
   return absl::OkStatus();
 }
 
+absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
+  if (t == nullptr) return Null(call, "transfer");
+  if (t->box->cache == nullptr) return Closed(call);
+  return absl::OkStatus();
+}
 }  // namespace
 
 extern "C" {
@@ -747,14 +752,6 @@ kvtier_status kvtier_cache_check_invariants(const kvtier_cache* cache) {
 }
 
 // ---- transfers ----
-
-namespace {
-absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
-  if (t == nullptr) return Null(call, "transfer");
-  if (t->box->cache == nullptr) return Closed(call);
-  return absl::OkStatus();
-}
-}  // namespace
 
 kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer, uint32_t* blocks,
                                      uint32_t* blocks_promoted) {
