@@ -1,0 +1,299 @@
+/* kvtier.h: the C API of kvtier, for engines that are not written in C++ (and for FFI).
+ *
+ * Valid C99 (and C++); includes only <stddef.h>, <stdint.h> and <stdbool.h>. It mirrors the C++
+ * lifecycle of kvtier/cache.h (see docs/integration.md):
+ *
+ *   kvtier_hasher_chain_tokens(h, tokens, n, tpb, keys, cap, &nkeys)   block keys, root first
+ *   kvtier_cache_match(c, keys, nkeys, &m)            cached prefix, tier of each block
+ *   kvtier_cache_allocate_device(c, nkeys, &lease)    device slots for the whole sequence
+ *   kvtier_cache_load(c, m, lease, &x)                lease slots [0, blocks) get cached blocks
+ *   kvtier_transfer_wait_layer(x, l) ...              before attention on layer l
+ *   ... compute blocks [blocks, nkeys) into kvtier_lease_slots() ...
+ *   kvtier_cache_commit(c, keys, nkeys, lease)        publish the computed blocks
+ *   kvtier_cache_release(c, lease); kvtier_lease_destroy(lease)
+ *   kvtier_cache_close(c); kvtier_cache_destroy(c)
+ *
+ * Errors: every fallible function returns a kvtier_status (KVTIER_OK == 0; the other values are
+ *   those of absl::StatusCode). On return, kvtier_last_error() gives this thread's message for the
+ *   last call: "" after a success, the Status message ("<Call>: <what is wrong>") after a failure.
+ *   The string is owned by kvtier and valid until the next kvtier call on the same thread.
+ *   No C++ exception and no abort leaves this API on bad input: allocation failures are
+ *   KVTIER_RESOURCE_EXHAUSTED, any other exception KVTIER_INTERNAL.
+ * Misuse detected (an error code, never a crash): a NULL handle or NULL output pointer
+ *   (KVTIER_INVALID_ARGUMENT); a NULL array with a nonzero count (KVTIER_INVALID_ARGUMENT); an
+ *   options or stats struct_size that is 0 or too small (KVTIER_INVALID_ARGUMENT); a lease or
+ *   match used with another cache (KVTIER_FAILED_PRECONDITION, or the C++ API's own check); a
+ *   lease used after kvtier_cache_release (KVTIER_FAILED_PRECONDITION); any call on a cache, or on
+ *   a lease or transfer of a cache, after kvtier_cache_close (KVTIER_FAILED_PRECONDITION).
+ *   NOT detected, undefined like free(): using a handle after its *_destroy() function.
+ * Thread safety: as the C++ API. Cache functions from any thread; a lease, match or transfer
+ *   handle is used by one thread at a time. kvtier_cache_close() waits for calls in progress on
+ *   the cache (including transfer waits) to return.
+ * Ownership: every handle returned through an out pointer is the caller's, freed by its
+ *   *_destroy() function (NULL is accepted). Leases, matches and transfers may outlive the
+ *   cache's close and even its destroy: they then only answer KVTIER_FAILED_PRECONDITION and must
+ *   still be destroyed.
+ */
+#ifndef KVTIER_KVTIER_H_
+#define KVTIER_KVTIER_H_
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define KVTIER_C_API
+#else
+#define KVTIER_C_API __attribute__((visibility("default")))
+#endif
+
+/* absl::StatusCode's values. */
+typedef enum kvtier_status {
+  KVTIER_OK = 0,
+  KVTIER_CANCELLED = 1,
+  KVTIER_UNKNOWN = 2,
+  KVTIER_INVALID_ARGUMENT = 3,
+  KVTIER_DEADLINE_EXCEEDED = 4,
+  KVTIER_NOT_FOUND = 5,
+  KVTIER_ALREADY_EXISTS = 6,
+  KVTIER_PERMISSION_DENIED = 7,
+  KVTIER_RESOURCE_EXHAUSTED = 8,
+  KVTIER_FAILED_PRECONDITION = 9,
+  KVTIER_ABORTED = 10,
+  KVTIER_OUT_OF_RANGE = 11,
+  KVTIER_UNIMPLEMENTED = 12,
+  KVTIER_INTERNAL = 13,
+  KVTIER_UNAVAILABLE = 14,
+  KVTIER_DATA_LOSS = 15,
+  KVTIER_UNAUTHENTICATED = 16
+} kvtier_status;
+
+/* This thread's message for its last kvtier call: "" after a success. Never NULL; valid until the
+ * next kvtier call on this thread. */
+KVTIER_C_API const char* kvtier_last_error(void);
+/* "OK", "INVALID_ARGUMENT", ...; "UNKNOWN_CODE" for a value outside the enum. Static storage. */
+KVTIER_C_API const char* kvtier_status_name(kvtier_status status);
+
+typedef enum kvtier_tier {
+  KVTIER_TIER_DEVICE = 0,
+  KVTIER_TIER_HOST = 1,
+  KVTIER_TIER_DISK = 2
+} kvtier_tier;
+
+typedef enum kvtier_backend {
+  KVTIER_BACKEND_AUTO = 0,     /* CUDA when built with it and a device is present, else emulated */
+  KVTIER_BACKEND_EMULATED = 1, /* device memory is host memory */
+  KVTIER_BACKEND_CUDA = 2,     /* KVTIER_UNIMPLEMENTED when CUDA is not available */
+  KVTIER_BACKEND_METADATA_ONLY = 3 /* no byte moved; simulation only */
+} kvtier_backend;
+
+/* ---- block keys ---- */
+
+typedef struct kvtier_block_key {
+  uint64_t hi;
+  uint64_t lo;
+} kvtier_block_key; /* all-zero = the root key, parent of every first block */
+
+typedef struct kvtier_hasher kvtier_hasher;
+
+/* A hasher for one namespace salt (see kvtier/block_key.h). NULL strings are empty strings. */
+KVTIER_C_API kvtier_status kvtier_hasher_create(const char* model_id, const char* lora_id,
+                                                const char* tenant, kvtier_hasher** out);
+KVTIER_C_API void kvtier_hasher_destroy(kvtier_hasher* hasher);
+/* The key of one block of `num_tokens` token ids chained from `parent` (NULL = the root). */
+KVTIER_C_API kvtier_status kvtier_hasher_chain(const kvtier_hasher* hasher,
+                                               const kvtier_block_key* parent,
+                                               const int32_t* tokens, size_t num_tokens,
+                                               kvtier_block_key* out);
+/* The keys of every block of a sequence from the root. num_tokens must be a multiple of
+ * tokens_per_block (> 0), else KVTIER_INVALID_ARGUMENT; keys_capacity must be at least
+ * num_tokens / tokens_per_block, else KVTIER_OUT_OF_RANGE (*num_keys says how many are needed). */
+KVTIER_C_API kvtier_status kvtier_hasher_chain_tokens(const kvtier_hasher* hasher,
+                                                      const int32_t* tokens, size_t num_tokens,
+                                                      uint32_t tokens_per_block,
+                                                      kvtier_block_key* keys, size_t keys_capacity,
+                                                      size_t* num_keys);
+
+/* ---- options ---- */
+
+/* One per-block region array of the engine's KV memory: slot s is the bytes_per_block bytes at
+ * base + s * stride_bytes (stride_bytes 0 = bytes_per_block). */
+typedef struct kvtier_segment {
+  void* base;
+  uint64_t bytes_per_block;
+  uint64_t stride_bytes;
+} kvtier_segment;
+
+/* Zero-initialised fields take the C++ defaults (kvtier/options.h). Set struct_size to
+ * sizeof(kvtier_options) (kvtier_options_init does). ABI growth: fields are only ever appended. A
+ * struct larger than this library knows (a newer header) is accepted if the bytes beyond are zero,
+ * else KVTIER_INVALID_ARGUMENT. This is version 1: a struct_size below this sizeof is rejected;
+ * later versions will accept version 1's size and default the fields added since. */
+typedef struct kvtier_options {
+  size_t struct_size; /* sizeof(kvtier_options); 0 is rejected */
+  /* layout: num_layers * segments_per_layer segments, layer-major (layer 0's, then layer 1's) */
+  uint32_t tokens_per_block;      /* 0 = 16 */
+  uint32_t num_slots;             /* blocks the engine's KV tensors hold; required */
+  uint32_t num_layers;            /* required */
+  uint32_t segments_per_layer;    /* 2 for K and V, 1 for MLA; required */
+  const kvtier_segment* segments; /* copied by create; the memory they point to is borrowed */
+  kvtier_backend backend;
+  /* device tier */
+  uint32_t device_capacity_slots; /* 0 = num_slots */
+  const char* device_policy;      /* NULL = "lru" */
+  /* host tier */
+  uint64_t host_capacity_bytes; /* 0 disables the host tier */
+  const char* host_policy;      /* NULL = "lru" */
+  /* disk tier (needs the host tier) */
+  const char* disk_directory;   /* NULL or "" = no disk tier */
+  uint64_t disk_capacity_bytes; /* 0 disables the disk tier */
+  uint32_t disk_files;          /* 0 = 1 */
+  uint32_t disk_queue_depth;    /* 0 = 64 */
+  const char* disk_policy;      /* NULL = "lru" */
+  bool disk_reset_on_mismatch;  /* start empty on another layout's directory */
+  bool disk_allow_buffered;     /* no O_DIRECT: buffered I/O instead of failing */
+  bool disk_no_flush_on_close;  /* true: skip the flush down to disk at close */
+  /* behaviour */
+  bool drop_on_evict;      /* true: device victims are dropped, not demoted (demote_on_evict) */
+  bool host_write_through; /* Commit also copies new blocks to the host */
+} kvtier_options;
+
+/* Zeroes *options and sets struct_size. */
+KVTIER_C_API void kvtier_options_init(kvtier_options* options);
+
+/* ---- stats ---- */
+
+typedef struct kvtier_tier_stats {
+  uint64_t capacity_blocks, used_blocks, pinned_blocks, hits, inserts, evictions, drops;
+} kvtier_tier_stats;
+
+/* kvtier::CacheStats, flattened (see kvtier/stats.h for each field). */
+typedef struct kvtier_stats {
+  size_t struct_size; /* in: sizeof(kvtier_stats) as the caller knows it (at least version 1's);
+                       * a larger struct's unknown tail is left untouched */
+  kvtier_tier_stats device, host, disk;
+  uint64_t match_calls, blocks_queried, blocks_missed, blocks_loaded, blocks_committed;
+  uint64_t demotions, promotions, bytes_h2d, bytes_d2h, transfer_failures;
+  uint64_t bytes_disk_read, bytes_disk_written, disk_corrupt_reads, disk_io_errors;
+  uint64_t disk_recovered_blocks, disk_recovery_dropped;
+  uint64_t leases_live, transfers_in_flight;
+  bool disk_buffered_io;
+  double hit_ratio; /* CacheStats::HitRatio() */
+} kvtier_stats;
+
+/* ---- the cache ---- */
+
+typedef struct kvtier_cache kvtier_cache;
+typedef struct kvtier_match kvtier_match;
+typedef struct kvtier_lease kvtier_lease;
+typedef struct kvtier_transfer kvtier_transfer;
+
+/* Validates the options (messages name the field) and builds the cache. With disk_directory set,
+ * serves what a previous cache left there (warm restart). */
+KVTIER_C_API kvtier_status kvtier_cache_create(const kvtier_options* options, kvtier_cache** out);
+/* Opens (or creates) a cache over a disk directory: kvtier_cache_create with *options, except
+ * disk_directory = directory and disk_capacity_bytes = disk_capacity_bytes. The directory must
+ * exist; blocks a previous cache left there are served (warm restart). */
+KVTIER_C_API kvtier_status kvtier_cache_open(const kvtier_options* options, const char* directory,
+                                             uint64_t disk_capacity_bytes, kvtier_cache** out);
+/* Waits for the transfers of this cache, releases its live leases and destroys the C++ cache
+ * (flushing to disk, writing the manifest). Afterwards every call with this handle, its leases or
+ * its transfers answers KVTIER_FAILED_PRECONDITION, except *_destroy and a second close (OK). */
+KVTIER_C_API kvtier_status kvtier_cache_close(kvtier_cache* cache);
+/* Closes (if open) and frees the handle. NULL is a no-op. */
+KVTIER_C_API void kvtier_cache_destroy(kvtier_cache* cache);
+
+/* Bytes of one block over all layers and segments (its size in a host slot). */
+KVTIER_C_API kvtier_status kvtier_cache_block_bytes(const kvtier_cache* cache, uint64_t* bytes);
+
+/* The address of segment `segment` of layer `layer` in device slot `slot` (base + slot * stride)
+ * and its size. Host memory on the emulated device (the engine's own buffers), a device pointer on
+ * CUDA. KVTIER_OUT_OF_RANGE for a bad slot, layer or segment. */
+KVTIER_C_API kvtier_status kvtier_cache_slot_address(const kvtier_cache* cache, uint32_t slot,
+                                                     uint32_t layer, uint32_t segment,
+                                                     void** address, uint64_t* bytes);
+
+/* The longest cached prefix of keys[0, num_keys); *out owns it (kvtier_match_destroy). */
+KVTIER_C_API kvtier_status kvtier_cache_match(kvtier_cache* cache, const kvtier_block_key* keys,
+                                              size_t num_keys, kvtier_match** out);
+/* Matched blocks. */
+KVTIER_C_API kvtier_status kvtier_match_size(const kvtier_match* match, uint32_t* size);
+/* The tier of each matched block (highest tier holding it), into tiers[0, size). capacity must be
+ * at least the size, else KVTIER_OUT_OF_RANGE. */
+KVTIER_C_API kvtier_status kvtier_match_tiers(const kvtier_match* match, kvtier_tier* tiers,
+                                              size_t capacity);
+/* Matched blocks found first in `tier`. */
+KVTIER_C_API kvtier_status kvtier_match_blocks_in(const kvtier_match* match, kvtier_tier tier,
+                                                  uint32_t* count);
+KVTIER_C_API void kvtier_match_destroy(kvtier_match* match);
+
+/* Reserves n >= 1 device slots (Cache::AllocateDevice). KVTIER_RESOURCE_EXHAUSTED when too few are
+ * free or evictable. */
+KVTIER_C_API kvtier_status kvtier_cache_allocate_device(kvtier_cache* cache, uint32_t n,
+                                                        kvtier_lease** out);
+/* Adds n >= 1 slots at the end of the lease (Cache::Grow). */
+KVTIER_C_API kvtier_status kvtier_cache_grow(kvtier_cache* cache, kvtier_lease* lease, uint32_t n);
+/* Slots in the lease. */
+KVTIER_C_API kvtier_status kvtier_lease_size(const kvtier_lease* lease, uint32_t* size);
+/* The device slot of each block, into slots[0, size); capacity >= size else KVTIER_OUT_OF_RANGE.
+ * Load may change slots: read them after kvtier_cache_load. */
+KVTIER_C_API kvtier_status kvtier_lease_slots(const kvtier_lease* lease, uint32_t* slots,
+                                              size_t capacity);
+/* kvtier_cache_slot_address for the slot of the lease's block `block`. */
+KVTIER_C_API kvtier_status kvtier_lease_block_address(const kvtier_lease* lease, uint32_t block,
+                                                      uint32_t layer, uint32_t segment,
+                                                      void** address, uint64_t* bytes);
+/* Brings the matched blocks into lease slots [0, match size) (Cache::Load); never waits. */
+KVTIER_C_API kvtier_status kvtier_cache_load(kvtier_cache* cache, const kvtier_match* match,
+                                             kvtier_lease* lease, kvtier_transfer** out);
+/* Publishes lease slots [0, num_keys) under keys (Cache::Commit). */
+KVTIER_C_API kvtier_status kvtier_cache_commit(kvtier_cache* cache, const kvtier_block_key* keys,
+                                               size_t num_keys, kvtier_lease* lease);
+/* Returns uncommitted slots, unpins the blocks; the lease stays a handle that answers
+ * KVTIER_FAILED_PRECONDITION until kvtier_lease_destroy. Releasing twice: FAILED_PRECONDITION. */
+KVTIER_C_API kvtier_status kvtier_cache_release(kvtier_cache* cache, kvtier_lease* lease);
+/* Releases (if not yet) and frees the handle. NULL is a no-op. */
+KVTIER_C_API void kvtier_lease_destroy(kvtier_lease* lease);
+
+/* The engine's importance score of each cached block (Cache::Hint). */
+KVTIER_C_API kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* keys,
+                                             const double* scores, size_t num_keys);
+
+/* A snapshot of the counters. stats->struct_size must be set by the caller; the fields that fit
+ * in it are written. */
+KVTIER_C_API kvtier_status kvtier_cache_stats(const kvtier_cache* cache, kvtier_stats* stats);
+/* Verifies the cache's internal invariants (tests, debugging); KVTIER_INTERNAL names the first
+ * one broken. */
+KVTIER_C_API kvtier_status kvtier_cache_check_invariants(const kvtier_cache* cache);
+
+/* ---- transfers ---- */
+
+/* Blocks the transfer brings (lease slots [0, blocks)), and how many of them were copied. */
+KVTIER_C_API kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer, uint32_t* blocks,
+                                                  uint32_t* blocks_promoted);
+/* *done = true once finished; never blocks. */
+KVTIER_C_API kvtier_status kvtier_transfer_poll(const kvtier_transfer* transfer, bool* done);
+/* Blocks until every copy finished; returns the transfer's outcome. */
+KVTIER_C_API kvtier_status kvtier_transfer_wait(kvtier_transfer* transfer);
+/* Blocks until layer `layer` of every block is on the device; KVTIER_OUT_OF_RANGE for a bad layer.
+ */
+KVTIER_C_API kvtier_status kvtier_transfer_wait_layer(kvtier_transfer* transfer, uint32_t layer);
+/* The outcome so far: KVTIER_UNAVAILABLE while running. */
+KVTIER_C_API kvtier_status kvtier_transfer_status(const kvtier_transfer* transfer);
+/* The cudaEvent_t (as void*) recorded after layer `layer` was copied, for cudaStreamWaitEvent on
+ * the engine's stream. *event = NULL when there is nothing to wait for, and always on the emulated
+ * device (use kvtier_transfer_wait_layer). KVTIER_OUT_OF_RANGE for a bad layer. */
+KVTIER_C_API kvtier_status kvtier_transfer_layer_ready_event(const kvtier_transfer* transfer,
+                                                             uint32_t layer, void** event);
+/* Waits for the transfer (as the C++ destructor does) and frees the handle. NULL is a no-op. */
+KVTIER_C_API void kvtier_transfer_destroy(kvtier_transfer* transfer);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* KVTIER_KVTIER_H_ */

@@ -1,0 +1,924 @@
+// The `kvtier` Python module: the C++ lifecycle (kvtier/cache.h) for engines written in Python.
+//
+// Wraps the C++ API directly (not the C API). Every call into the cache releases the GIL, so a
+// thread blocked in Transfer.wait() lets other Python threads run. Memory: on the emulated device
+// the KV tensors are host memory, either owned by the Cache (Options.bytes_per_block and friends)
+// or borrowed from writable buffers the engine passes in Options.layers (numpy arrays, bytearrays);
+// lease.block() returns a numpy view into them that keeps that memory alive. With raw addresses
+// (kvtier.Segment(base=tensor.data_ptr(), ...), as on CUDA) only integer addresses are exposed.
+//
+// Close: Cache.close() waits for the cache's transfers, empties its leases and destroys the C++
+// Cache; every later call through the cache, its leases or its transfers raises kvtier.Error. The
+// KV memory itself lives until the last Python object referring to it is gone.
+//
+// Errors: a non-OK absl::Status becomes ValueError (kInvalidArgument), KeyError (kNotFound),
+// IndexError (kOutOfRange) or kvtier.Error (a RuntimeError; every other code); each carries the
+// Status message and a `code` attribute ("INVALID_ARGUMENT", ...). Wrong Python types raise
+// TypeError (pybind11's conversions), a buffer of the wrong dtype TypeError, of the wrong size
+// ValueError.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kvtier/block_key.h"
+#include "kvtier/cache.h"
+#include "kvtier/options.h"
+
+namespace py = pybind11;
+
+namespace kvtier::python {
+
+struct PyLease;
+struct PyTransfer;
+
+namespace {
+
+class StatusError : public std::exception {
+ public:
+  explicit StatusError(absl::Status status)
+      : status_(std::move(status)), message_(status_.message()) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  absl::Status status_;
+  std::string message_;
+};
+
+void ThrowIfError(const absl::Status& status) {
+  if (!status.ok()) throw StatusError(status);
+}
+
+PyObject* g_error_type = nullptr;  // kvtier.Error
+
+const char* CodeName(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kInternal:
+      return "INTERNAL";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+void RaiseStatus(const absl::Status& status) {
+  PyObject* type = g_error_type;
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      type = PyExc_ValueError;
+      break;
+    case absl::StatusCode::kNotFound:
+      type = PyExc_KeyError;
+      break;
+    case absl::StatusCode::kOutOfRange:
+      type = PyExc_IndexError;
+      break;
+    default:
+      break;
+  }
+  const std::string message(status.message());
+  PyObject* instance = PyObject_CallFunction(type, "s", message.c_str());
+  if (instance == nullptr) return;  // that call's error is set
+  PyObject* code = PyUnicode_FromString(CodeName(status.code()));
+  if (code != nullptr) {
+    PyObject_SetAttrString(instance, "code", code);
+    Py_DECREF(code);
+  }
+  PyErr_SetObject(type, instance);
+  Py_DECREF(instance);
+}
+
+absl::Status Closed(const char* call) {
+  return absl::FailedPreconditionError(absl::StrCat(call, ": the cache is closed"));
+}
+
+// ---- options ----
+
+// A raw segment: a device (or host) address as an integer, e.g. tensor.data_ptr().
+struct PySegment {
+  uint64_t base = 0;
+  uint64_t bytes_per_block = 0;
+  uint64_t stride_bytes = 0;  // 0 = bytes_per_block
+};
+
+struct PyOptions {
+  // layout
+  uint32_t tokens_per_block = 16;
+  uint32_t num_slots = 0;
+  uint32_t num_layers = 0;          // with bytes_per_block: the Cache allocates the KV memory
+  uint32_t segments_per_layer = 2;  // 2 (K, V) or 1 (MLA)
+  uint64_t bytes_per_block = 0;     // per segment
+  py::object layers = py::none();   // or: per layer a list of buffers / kvtier.Segment
+  std::string dtype = "uint8";      // element type of the KV tensors, for lease.block()
+  std::string backend = "auto";     // auto, emulated, cuda, metadata_only
+  // tiers
+  uint32_t device_capacity_slots = 0;
+  std::string device_policy = "lru";
+  std::map<std::string, std::string> device_policy_params;
+  uint64_t host_capacity_bytes = 0;
+  std::string host_policy = "lru";
+  std::map<std::string, std::string> host_policy_params;
+  std::string disk_directory;
+  uint64_t disk_capacity_bytes = 0;
+  uint32_t disk_files = 1;
+  uint32_t disk_queue_depth = 64;
+  std::string disk_policy = "lru";
+  std::map<std::string, std::string> disk_policy_params;
+  bool disk_reset_on_mismatch = false;
+  bool disk_allow_buffered = false;
+  bool disk_flush_on_close = true;
+  bool demote_on_evict = true;
+  bool host_write_through = false;
+};
+
+struct AlignedFree {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// Everything a Cache and its handles share. Members are destroyed in reverse order: the Cache
+// (whose destructor may flush blocks out of device memory) before the memory it reads.
+struct CacheState {
+  std::vector<std::unique_ptr<uint8_t, AlignedFree>> owned;  // KV tensors the Cache allocated
+  std::vector<std::unique_ptr<py::buffer_info>> borrowed;    // the engine's buffers, held exported
+  std::vector<std::vector<bool>> host_visible;  // [layer][segment]: host memory Python may view
+  py::dtype dtype;
+  BlockLayout layout;
+  std::shared_mutex life_mu;  // shared: a call in progress; exclusive: close
+  std::unique_ptr<Cache> cache;
+  std::mutex reg_mu;  // after life_mu
+  std::unordered_set<PyLease*> leases;
+  std::unordered_set<PyTransfer*> transfers;
+};
+
+}  // namespace
+
+struct PyLease {
+  std::shared_ptr<CacheState> state;
+  DeviceLease lease;
+  bool released = false;
+  ~PyLease() {
+    py::gil_scoped_release nogil;
+    std::shared_lock life(state->life_mu);
+    {
+      std::lock_guard reg(state->reg_mu);
+      state->leases.erase(this);
+    }
+    lease = DeviceLease();
+  }
+};
+
+struct PyTransfer {
+  std::shared_ptr<CacheState> state;
+  Transfer transfer;
+  ~PyTransfer() {
+    py::gil_scoped_release nogil;
+    std::shared_lock life(state->life_mu);
+    {
+      std::lock_guard reg(state->reg_mu);
+      state->transfers.erase(this);
+    }
+    transfer = Transfer();  // waits for the copies
+  }
+};
+
+struct PyCache {
+  std::shared_ptr<CacheState> state;
+};
+
+namespace {
+
+DeviceBackend ParseBackend(const std::string& name) {
+  if (name == "auto") return DeviceBackend::kAuto;
+  if (name == "emulated") return DeviceBackend::kEmulated;
+  if (name == "cuda") return DeviceBackend::kCuda;
+  if (name == "metadata_only") return DeviceBackend::kMetadataOnly;
+  throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+      "Options.backend: '", name, "' is not one of auto, emulated, cuda, metadata_only")));
+}
+
+// Builds the C++ options and the memory they describe into `state`. Needs the GIL.
+Options BuildOptions(const PyOptions& o, CacheState* state) {
+  Options opt;
+  opt.backend = ParseBackend(o.backend);
+  opt.layout.tokens_per_block = o.tokens_per_block;
+  opt.layout.num_slots = o.num_slots;
+  state->dtype = py::dtype(o.dtype);  // TypeError for an unknown dtype
+  const auto itemsize = static_cast<uint64_t>(state->dtype.itemsize());
+  if (o.layers.is_none()) {
+    if (o.num_layers == 0 || o.segments_per_layer == 0 || o.bytes_per_block == 0) {
+      throw StatusError(absl::InvalidArgumentError(
+          "Options: give layers=[[segment, ...], ...] or num_layers, segments_per_layer and "
+          "bytes_per_block (all > 0) for the Cache to allocate the KV memory"));
+    }
+    if (opt.backend == DeviceBackend::kCuda) {
+      throw StatusError(absl::InvalidArgumentError(
+          "Options.layers: the cuda backend needs the engine's device tensors (kvtier.Segment)"));
+    }
+    const uint64_t bytes = uint64_t{o.num_slots} * o.bytes_per_block;
+    if (o.num_slots == 0 || bytes / o.num_slots != o.bytes_per_block || bytes > (1ull << 40)) {
+      throw StatusError(absl::InvalidArgumentError(
+          absl::StrCat("Options: num_slots=", o.num_slots, " x bytes_per_block=", o.bytes_per_block,
+                       " is not a tensor size kvtier allocates")));
+    }
+    const bool no_bytes = opt.backend == DeviceBackend::kMetadataOnly;
+    for (uint32_t l = 0; l < o.num_layers; ++l) {
+      LayerLayout layer;
+      state->host_visible.emplace_back(o.segments_per_layer, !no_bytes);
+      for (uint32_t s = 0; s < o.segments_per_layer; ++s) {
+        void* base = nullptr;
+        if (!no_bytes) {
+          const uint64_t rounded = (bytes + 4095) / 4096 * 4096;
+          auto* p = static_cast<uint8_t*>(std::aligned_alloc(4096, rounded));
+          if (p == nullptr) throw std::bad_alloc();
+          std::memset(p, 0, rounded);
+          state->owned.emplace_back(p);
+          base = p;
+        }
+        layer.segments.push_back({base, o.bytes_per_block, o.bytes_per_block});
+      }
+      opt.layout.layers.push_back(std::move(layer));
+    }
+  } else {
+    for (py::handle layer_obj : o.layers) {
+      LayerLayout layer;
+      std::vector<bool>& visible = state->host_visible.emplace_back();
+      for (py::handle seg : layer_obj) {
+        visible.push_back(!py::isinstance<PySegment>(seg));
+        if (py::isinstance<PySegment>(seg)) {
+          const auto& s = seg.cast<const PySegment&>();
+          layer.segments.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(s.base)),
+                                    s.bytes_per_block,
+                                    s.stride_bytes == 0 ? s.bytes_per_block : s.stride_bytes});
+          continue;
+        }
+        if (!PyObject_CheckBuffer(seg.ptr())) {
+          throw py::type_error(
+              "Options.layers: a segment must be a kvtier.Segment or a writable "
+              "buffer (numpy array, bytearray)");
+        }
+        // Writable, C-contiguous, held exported for the Cache's life (no resize under it).
+        auto info = std::make_unique<py::buffer_info>(
+            py::reinterpret_borrow<py::buffer>(seg).request(/*writable=*/true));
+        const uint64_t nbytes = static_cast<uint64_t>(info->size) * info->itemsize;
+        int64_t expect = info->itemsize;
+        for (int64_t d = info->ndim - 1; d >= 0; --d) {
+          if (info->shape[d] != 1 && info->strides[d] != expect) {
+            throw StatusError(
+                absl::InvalidArgumentError("Options.layers: a segment buffer is not C-contiguous"));
+          }
+          expect *= info->shape[d];
+        }
+        if (o.num_slots == 0 || nbytes == 0 || nbytes % o.num_slots != 0) {
+          throw StatusError(absl::InvalidArgumentError(
+              absl::StrCat("Options.layers: a segment buffer of ", nbytes,
+                           " bytes is not num_slots=", o.num_slots, " equal blocks")));
+        }
+        const uint64_t per_block = nbytes / o.num_slots;
+        if (o.bytes_per_block != 0 && o.bytes_per_block != per_block) {
+          throw StatusError(absl::InvalidArgumentError(
+              absl::StrCat("Options.layers: a segment buffer holds ", per_block,
+                           " bytes per block vs ", "bytes_per_block=", o.bytes_per_block)));
+        }
+        layer.segments.push_back({info->ptr, per_block, per_block});
+        state->borrowed.push_back(std::move(info));
+      }
+      opt.layout.layers.push_back(std::move(layer));
+    }
+  }
+  for (const LayerLayout& layer : opt.layout.layers) {
+    for (const Segment& s : layer.segments) {
+      if (s.bytes_per_block % itemsize != 0) {
+        throw StatusError(absl::InvalidArgumentError(
+            absl::StrCat("Options.dtype: ", o.dtype, " (", itemsize, " bytes) does not divide ",
+                         "bytes_per_block=", s.bytes_per_block)));
+      }
+    }
+  }
+  opt.device = {.capacity_slots = o.device_capacity_slots,
+                .policy = o.device_policy,
+                .policy_params = {o.device_policy_params.begin(), o.device_policy_params.end()}};
+  opt.host = {.capacity_bytes = o.host_capacity_bytes,
+              .policy = o.host_policy,
+              .policy_params = {o.host_policy_params.begin(), o.host_policy_params.end()}};
+  opt.disk = {.directory = o.disk_directory,
+              .capacity_bytes = o.disk_capacity_bytes,
+              .files = o.disk_files,
+              .queue_depth = o.disk_queue_depth,
+              .policy = o.disk_policy,
+              .policy_params = {o.disk_policy_params.begin(), o.disk_policy_params.end()},
+              .reset_on_mismatch = o.disk_reset_on_mismatch,
+              .allow_buffered = o.disk_allow_buffered,
+              .flush_on_close = o.disk_flush_on_close};
+  opt.demote_on_evict = o.demote_on_evict;
+  opt.host_write_through = o.host_write_through;
+  return opt;
+}
+
+PyCache CreateCache(const PyOptions& o) {
+  auto state = std::make_shared<CacheState>();
+  const Options opt = BuildOptions(o, state.get());
+  absl::StatusOr<std::unique_ptr<Cache>> cache;
+  {
+    py::gil_scoped_release nogil;
+    cache = Cache::Create(opt);
+  }
+  ThrowIfError(cache.status());
+  state->layout = opt.layout;
+  state->cache = std::move(*cache);
+  return PyCache{std::move(state)};
+}
+
+// The address of (slot, layer, segment). Needs no lock: the layout is immutable.
+const Segment& SegmentAt(const CacheState& st, const char* call, uint32_t layer, uint32_t segment) {
+  if (layer >= st.layout.layers.size()) {
+    throw StatusError(absl::OutOfRangeError(
+        absl::StrCat(call, ": layer ", layer, " vs num_layers=", st.layout.layers.size())));
+  }
+  const auto& segs = st.layout.layers[layer].segments;
+  if (segment >= segs.size()) {
+    throw StatusError(absl::OutOfRangeError(
+        absl::StrCat(call, ": segment ", segment, " vs segments=", segs.size())));
+  }
+  return segs[segment];
+}
+
+uint64_t SlotAddress(const CacheState& st, const char* call, uint32_t slot, uint32_t layer,
+                     uint32_t segment) {
+  const Segment& s = SegmentAt(st, call, layer, segment);
+  if (slot >= st.layout.num_slots) {
+    throw StatusError(absl::OutOfRangeError(
+        absl::StrCat(call, ": slot ", slot, " vs num_slots=", st.layout.num_slots)));
+  }
+  return reinterpret_cast<uintptr_t>(s.base) + uint64_t{slot} * s.stride_bytes;
+}
+
+// Segment (layer, segment) is host memory that the state owns or holds exported: not a raw
+// kvtier.Segment address (device memory on CUDA) and not metadata-only.
+void CheckHostVisible(const CacheState& st, const char* call, uint32_t layer, uint32_t segment) {
+  if (!st.host_visible[layer][segment]) {
+    throw StatusError(absl::FailedPreconditionError(
+        absl::StrCat(call, ": layer ", layer, " segment ", segment,
+                     " is not host memory kvtier can view (a raw kvtier.Segment address or "
+                     "metadata_only): use the *_address() functions")));
+  }
+}
+
+// A numpy view at `address` (host memory the state keeps alive) of the cache's dtype.
+py::array View(const std::shared_ptr<CacheState>& st, const char* call, uint32_t layer,
+               uint32_t segment, uint64_t address, std::vector<py::ssize_t> shape,
+               std::vector<py::ssize_t> strides) {
+  CheckHostVisible(*st, call, layer, segment);
+  auto* keep = new std::shared_ptr<CacheState>(st);
+  py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<CacheState>*>(p); });
+  return py::array(st->dtype, std::move(shape), std::move(strides),
+                   reinterpret_cast<void*>(static_cast<uintptr_t>(address)), owner);
+}
+
+void CheckLease(const PyLease& l, const char* call) {
+  if (l.state->cache == nullptr) throw StatusError(Closed(call));
+  if (l.released) {
+    throw StatusError(
+        absl::FailedPreconditionError(absl::StrCat(call, ": the lease was released")));
+  }
+}
+
+void CheckSame(const PyCache& c, const PyLease& l, const char* call) {
+  if (c.state != l.state) {
+    throw StatusError(
+        absl::FailedPreconditionError(absl::StrCat(call, ": the lease is another cache's")));
+  }
+}
+
+uint64_t LeaseBlockAddress(PyLease& l, const char* call, uint32_t block, uint32_t layer,
+                           uint32_t segment) {
+  uint32_t slot = 0;
+  {
+    std::shared_lock life(l.state->life_mu);
+    CheckLease(l, call);
+    if (block >= l.lease.size()) {
+      throw StatusError(absl::OutOfRangeError(
+          absl::StrCat(call, ": block ", block, " vs lease size ", l.lease.size())));
+    }
+    slot = l.lease.slots()[block];
+  }
+  return SlotAddress(*l.state, call, slot, layer, segment);
+}
+
+py::dict TierDict(const TierStats& t) {
+  py::dict d;
+  d["capacity_blocks"] = t.capacity_blocks;
+  d["used_blocks"] = t.used_blocks;
+  d["pinned_blocks"] = t.pinned_blocks;
+  d["hits"] = t.hits;
+  d["inserts"] = t.inserts;
+  d["evictions"] = t.evictions;
+  d["drops"] = t.drops;
+  return d;
+}
+
+}  // namespace
+}  // namespace kvtier::python
+
+PYBIND11_MODULE(kvtier, m) {
+  using namespace kvtier;          // NOLINT: the module body names most of the API
+  using namespace kvtier::python;  // NOLINT
+  m.doc() = "kvtier: tiered KV-cache management (GPU HBM <-> pinned host DRAM <-> NVMe)";
+
+  g_error_type = PyErr_NewException("kvtier.Error", PyExc_RuntimeError, nullptr);
+  m.add_object("Error", py::handle(g_error_type));
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      RaiseStatus(e.status());
+    }
+  });
+
+  py::enum_<Tier>(m, "Tier")
+      .value("DEVICE", Tier::kDevice)
+      .value("HOST", Tier::kHost)
+      .value("DISK", Tier::kDisk);
+
+  py::class_<BlockKey>(m, "BlockKey", "128-bit key of a block and everything before it")
+      .def(py::init<>())
+      .def(py::init([](uint64_t hi, uint64_t lo) {
+             return BlockKey{hi, lo};
+           }),
+           py::arg("hi"), py::arg("lo"))
+      .def_readonly("hi", &BlockKey::hi)
+      .def_readonly("lo", &BlockKey::lo)
+      .def("hex", &BlockKey::ToHex)
+      .def("__eq__", [](const BlockKey& a, const BlockKey& b) { return a == b; })
+      .def("__hash__", [](const BlockKey& k) { return py::hash(py::make_tuple(k.hi, k.lo)); })
+      .def("__repr__", [](const BlockKey& k) { return "BlockKey(" + k.ToHex() + ")"; });
+
+  py::class_<BlockHasher>(m, "Hasher", "Chained, salted block keys (kvtier::BlockHasher)")
+      .def(py::init([](const std::string& model_id, const std::string& lora_id,
+                       const std::string& tenant) {
+             return BlockHasher(NamespaceSalt{model_id, lora_id, tenant});
+           }),
+           py::arg("model_id") = "", py::arg("lora_id") = "", py::arg("tenant") = "")
+      .def(
+          "chain",
+          [](const BlockHasher& h, const std::optional<BlockKey>& parent,
+             const std::vector<int32_t>& tokens) {
+            return h.Chain(parent.value_or(kRootKey), tokens);
+          },
+          py::arg("parent"), py::arg("tokens"),
+          "Key of one block of token ids chained from parent (None = the root)")
+      .def(
+          "chain_tokens",
+          [](const BlockHasher& h, const py::array_t<int32_t, py::array::c_style>& tokens,
+             uint32_t tokens_per_block) {
+            // An int32 numpy array: hashed in place, without a Python object per token.
+            if (tokens.ndim() != 1) {
+              throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+                  "Hasher.chain_tokens: tokens has ", tokens.ndim(), " dimensions vs 1")));
+            }
+            const std::span<const int32_t> span(tokens.data(), static_cast<size_t>(tokens.size()));
+            absl::StatusOr<std::vector<BlockKey>> keys;
+            {
+              py::gil_scoped_release nogil;
+              keys = h.ChainTokens(span, tokens_per_block);
+            }
+            ThrowIfError(keys.status());
+            return std::move(*keys);
+          },
+          // noconvert: only an int32 array takes this path; anything else is converted token by
+          // token below, which range-checks (numpy would wrap 2**40 into an int32 silently).
+          py::arg("tokens").noconvert(), py::arg("tokens_per_block"))
+      .def(
+          "chain_tokens",
+          [](const BlockHasher& h, const std::vector<int32_t>& tokens, uint32_t tokens_per_block) {
+            auto keys = h.ChainTokens(tokens, tokens_per_block);
+            ThrowIfError(keys.status());
+            return std::move(*keys);
+          },
+          py::arg("tokens"), py::arg("tokens_per_block"),
+          "Keys of every block of a token sequence from the root (whole blocks only)");
+
+  py::class_<PySegment>(m, "Segment", "A raw segment: an integer address (tensor.data_ptr())")
+      .def(py::init([](uint64_t base, uint64_t bytes_per_block, uint64_t stride_bytes) {
+             return PySegment{base, bytes_per_block, stride_bytes};
+           }),
+           py::arg("base"), py::arg("bytes_per_block"), py::arg("stride_bytes") = 0)
+      .def_readwrite("base", &PySegment::base)
+      .def_readwrite("bytes_per_block", &PySegment::bytes_per_block)
+      .def_readwrite("stride_bytes", &PySegment::stride_bytes);
+
+  py::class_<PyOptions> options(m, "Options",
+                                "Cache options; keyword arguments, as kvtier::Options");
+  options.def(py::init([](const py::kwargs& kwargs) {
+    PyOptions o;
+    py::object self = py::cast(&o, py::return_value_policy::reference);
+    for (auto item : kwargs) {
+      const std::string key = py::str(item.first);
+      if (key.empty() || key[0] == '_' || !py::hasattr(self, key.c_str())) {
+        throw py::type_error("Options: unknown option '" + key + "'");
+      }
+      self.attr(key.c_str()) = item.second;
+    }
+    return o;
+  }));
+#define KVTIER_PY_FIELD(name) options.def_readwrite(#name, &PyOptions::name)
+  KVTIER_PY_FIELD(tokens_per_block);
+  KVTIER_PY_FIELD(num_slots);
+  KVTIER_PY_FIELD(num_layers);
+  KVTIER_PY_FIELD(segments_per_layer);
+  KVTIER_PY_FIELD(bytes_per_block);
+  KVTIER_PY_FIELD(layers);
+  KVTIER_PY_FIELD(dtype);
+  KVTIER_PY_FIELD(backend);
+  KVTIER_PY_FIELD(device_capacity_slots);
+  KVTIER_PY_FIELD(device_policy);
+  KVTIER_PY_FIELD(device_policy_params);
+  KVTIER_PY_FIELD(host_capacity_bytes);
+  KVTIER_PY_FIELD(host_policy);
+  KVTIER_PY_FIELD(host_policy_params);
+  KVTIER_PY_FIELD(disk_directory);
+  KVTIER_PY_FIELD(disk_capacity_bytes);
+  KVTIER_PY_FIELD(disk_files);
+  KVTIER_PY_FIELD(disk_queue_depth);
+  KVTIER_PY_FIELD(disk_policy);
+  KVTIER_PY_FIELD(disk_policy_params);
+  KVTIER_PY_FIELD(disk_reset_on_mismatch);
+  KVTIER_PY_FIELD(disk_allow_buffered);
+  KVTIER_PY_FIELD(disk_flush_on_close);
+  KVTIER_PY_FIELD(demote_on_evict);
+  KVTIER_PY_FIELD(host_write_through);
+#undef KVTIER_PY_FIELD
+
+  py::class_<MatchResult>(m, "Match", "The cached prefix of a key sequence (a snapshot)")
+      .def("__len__", &MatchResult::size)
+      .def_property_readonly("size", &MatchResult::size)
+      .def_readonly("keys", &MatchResult::keys)
+      .def_readonly("tiers", &MatchResult::tiers)
+      .def("blocks_in", &MatchResult::blocks_in, py::arg("tier"));
+
+  py::class_<PyLease>(m, "Lease", "Device slots reserved for one sequence (kvtier::DeviceLease)")
+      .def("__len__",
+           [](PyLease& l) {
+             std::shared_lock life(l.state->life_mu);
+             CheckLease(l, "Lease.__len__");
+             return l.lease.size();
+           })
+      .def_property_readonly("released",
+                             [](const PyLease& l) { return l.released || !l.state->cache; })
+      .def_property_readonly("slots",
+                             [](PyLease& l) {
+                               std::shared_lock life(l.state->life_mu);
+                               CheckLease(l, "Lease.slots");
+                               auto s = l.lease.slots();
+                               return std::vector<uint32_t>(s.begin(), s.end());
+                             })
+      .def(
+          "block_address",
+          [](PyLease& l, uint32_t block, uint32_t layer, uint32_t segment) {
+            return LeaseBlockAddress(l, "Lease.block_address", block, layer, segment);
+          },
+          py::arg("block"), py::arg("layer"), py::arg("segment"),
+          "Address (int) of segment `segment` of layer `layer` of the lease's block `block`")
+      .def(
+          "block",
+          [](PyLease& l, uint32_t block, uint32_t layer, uint32_t segment) {
+            const uint64_t address = LeaseBlockAddress(l, "Lease.block", block, layer, segment);
+            const Segment& s = SegmentAt(*l.state, "Lease.block", layer, segment);
+            const auto itemsize = static_cast<py::ssize_t>(l.state->dtype.itemsize());
+            return View(l.state, "Lease.block", layer, segment, address,
+                        {static_cast<py::ssize_t>(s.bytes_per_block) / itemsize}, {itemsize});
+          },
+          py::arg("block"), py::arg("layer"), py::arg("segment"),
+          "A writable numpy view (the cache's dtype) of one block's segment in device memory "
+          "(emulated device only)")
+      .def(
+          "write_block",
+          [](PyLease& l, uint32_t block, uint32_t layer, uint32_t segment, const py::buffer& data) {
+            const uint64_t address =
+                LeaseBlockAddress(l, "Lease.write_block", block, layer, segment);
+            const Segment& s = SegmentAt(*l.state, "Lease.write_block", layer, segment);
+            py::buffer_info info = data.request();
+            const py::dtype given(info);
+            if (!given.attr("__eq__")(l.state->dtype).cast<bool>()) {
+              throw py::type_error(absl::StrCat(
+                  "Lease.write_block: data of dtype ", given.attr("name").cast<std::string>(),
+                  " vs the cache's ", l.state->dtype.attr("name").cast<std::string>()));
+            }
+            const uint64_t nbytes = static_cast<uint64_t>(info.size) * info.itemsize;
+            if (nbytes != s.bytes_per_block) {
+              throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+                  "Lease.write_block: ", nbytes, " bytes vs bytes_per_block=", s.bytes_per_block)));
+            }
+            int64_t expect = info.itemsize;
+            for (int64_t d = info.ndim - 1; d >= 0; --d) {
+              if (info.shape[d] != 1 && info.strides[d] != expect) {
+                throw StatusError(
+                    absl::InvalidArgumentError("Lease.write_block: data is not C-contiguous"));
+              }
+              expect *= info.shape[d];
+            }
+            CheckHostVisible(*l.state, "Lease.write_block", layer, segment);
+            std::memcpy(reinterpret_cast<void*>(static_cast<uintptr_t>(address)), info.ptr, nbytes);
+          },
+          py::arg("block"), py::arg("layer"), py::arg("segment"), py::arg("data"),
+          "Copies `data` (the cache's dtype, exactly bytes_per_block bytes) into a block");
+
+  py::class_<PyTransfer>(m, "Transfer", "An asynchronous load into a lease (kvtier::Transfer)")
+      .def_property_readonly("blocks",
+                             [](PyTransfer& t) {
+                               std::shared_lock life(t.state->life_mu);
+                               if (!t.state->cache) throw StatusError(Closed("Transfer.blocks"));
+                               return t.transfer.blocks();
+                             })
+      .def_property_readonly("blocks_promoted",
+                             [](PyTransfer& t) {
+                               std::shared_lock life(t.state->life_mu);
+                               if (!t.state->cache) {
+                                 throw StatusError(Closed("Transfer.blocks_promoted"));
+                               }
+                               return t.transfer.blocks_promoted();
+                             })
+      .def_property_readonly("done",
+                             [](PyTransfer& t) {
+                               std::shared_lock life(t.state->life_mu);
+                               if (!t.state->cache) throw StatusError(Closed("Transfer.done"));
+                               return t.transfer.Poll();
+                             })
+      .def(
+          "wait",
+          [](PyTransfer& t) {
+            absl::Status s;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(t.state->life_mu);
+              s = t.state->cache ? t.transfer.Wait() : Closed("Transfer.wait");
+            }
+            ThrowIfError(s);
+          },
+          "Blocks (GIL released) until every copy finished; raises if the transfer failed")
+      .def(
+          "wait_layer",
+          [](PyTransfer& t, uint32_t layer) {
+            absl::Status s;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(t.state->life_mu);
+              s = t.state->cache ? t.transfer.WaitLayer(layer) : Closed("Transfer.wait_layer");
+            }
+            ThrowIfError(s);
+          },
+          py::arg("layer"), "Blocks (GIL released) until layer `layer` of every block arrived")
+      .def_property_readonly("error",
+                             [](PyTransfer& t) -> std::optional<std::string> {
+                               std::shared_lock life(t.state->life_mu);
+                               if (!t.state->cache) throw StatusError(Closed("Transfer.error"));
+                               absl::Status s = t.transfer.status();
+                               if (s.ok() || absl::IsUnavailable(s)) return std::nullopt;
+                               return std::string(s.message());
+                             })
+      .def(
+          "layer_ready_event",
+          [](PyTransfer& t, uint32_t layer) {
+            std::shared_lock life(t.state->life_mu);
+            if (!t.state->cache) throw StatusError(Closed("Transfer.layer_ready_event"));
+            auto e = t.transfer.LayerReadyEvent(layer);
+            ThrowIfError(e.status());
+            return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(*e));
+          },
+          py::arg("layer"),
+          "The cudaEvent_t (as an int) recorded after layer `layer`; 0 when there is nothing to "
+          "wait for and always on the emulated device");
+
+  py::class_<PyCache>(m, "Cache", "A tiered KV-block cache for one GPU (kvtier::Cache)")
+      .def_static("create", &CreateCache, py::arg("options"))
+      .def_static(
+          "open",
+          [](PyOptions o, const std::string& directory, uint64_t disk_capacity_bytes) {
+            o.disk_directory = directory;
+            o.disk_capacity_bytes = disk_capacity_bytes;
+            return CreateCache(o);
+          },
+          py::arg("options"), py::arg("directory"), py::arg("disk_capacity_bytes"),
+          "create() with a disk tier in `directory` (served again after a restart)")
+      .def("close",
+           [](PyCache& c) {
+             py::gil_scoped_release nogil;
+             CacheState& st = *c.state;
+             std::unique_lock life(st.life_mu);
+             if (st.cache == nullptr) return;
+             {
+               std::lock_guard reg(st.reg_mu);
+               for (PyTransfer* t : st.transfers) t->transfer = Transfer();
+               for (PyLease* l : st.leases) l->lease = DeviceLease();
+             }
+             st.cache.reset();
+           })
+      .def_property_readonly("closed", [](const PyCache& c) { return c.state->cache == nullptr; })
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](py::object self, py::args) { self.attr("close")(); })
+      .def_property_readonly("block_bytes",
+                             [](const PyCache& c) { return c.state->layout.block_bytes(); })
+      .def_property_readonly("num_slots",
+                             [](const PyCache& c) { return c.state->layout.num_slots; })
+      .def_property_readonly("num_layers",
+                             [](const PyCache& c) { return c.state->layout.layers.size(); })
+      .def_property_readonly("tokens_per_block",
+                             [](const PyCache& c) { return c.state->layout.tokens_per_block; })
+      .def_property_readonly("dtype", [](const PyCache& c) { return c.state->dtype; })
+      .def(
+          "slot_address",
+          [](const PyCache& c, uint32_t slot, uint32_t layer, uint32_t segment) {
+            return SlotAddress(*c.state, "Cache.slot_address", slot, layer, segment);
+          },
+          py::arg("slot"), py::arg("layer"), py::arg("segment"))
+      .def(
+          "kv",
+          [](const PyCache& c, uint32_t layer, uint32_t segment) {
+            const Segment& s = SegmentAt(*c.state, "Cache.kv", layer, segment);
+            const auto itemsize = static_cast<py::ssize_t>(c.state->dtype.itemsize());
+            return View(c.state, "Cache.kv", layer, segment, reinterpret_cast<uintptr_t>(s.base),
+                        {static_cast<py::ssize_t>(c.state->layout.num_slots),
+                         static_cast<py::ssize_t>(s.bytes_per_block) / itemsize},
+                        {static_cast<py::ssize_t>(s.stride_bytes), itemsize});
+          },
+          py::arg("layer"), py::arg("segment"),
+          "A numpy view [num_slots, elements per block] of one KV tensor (host memory only)")
+      .def(
+          "match",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            absl::StatusOr<MatchResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              r = c.state->cache ? c.state->cache->Match(keys)
+                                 : absl::StatusOr<MatchResult>(Closed("Cache.match"));
+            }
+            ThrowIfError(r.status());
+            return std::move(*r);
+          },
+          py::arg("keys"))
+      .def(
+          "allocate_device",
+          [](PyCache& c, uint32_t n) {
+            auto handle = std::make_unique<PyLease>();
+            handle->state = c.state;
+            absl::Status s;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) {
+                s = Closed("Cache.allocate_device");
+              } else {
+                auto lease = c.state->cache->AllocateDevice(n);
+                s = lease.status();
+                if (s.ok()) {
+                  handle->lease = std::move(*lease);
+                  std::lock_guard reg(c.state->reg_mu);
+                  c.state->leases.insert(handle.get());
+                }
+              }
+            }
+            ThrowIfError(s);
+            return handle;
+          },
+          py::arg("n"))
+      .def(
+          "grow",
+          [](PyCache& c, PyLease& l, uint32_t n) {
+            CheckSame(c, l, "Cache.grow");
+            py::gil_scoped_release nogil;
+            std::shared_lock life(c.state->life_mu);
+            CheckLease(l, "Cache.grow");
+            ThrowIfError(c.state->cache->Grow(l.lease, n));
+          },
+          py::arg("lease"), py::arg("n"))
+      .def(
+          "load",
+          [](PyCache& c, const MatchResult& match, PyLease& l) {
+            CheckSame(c, l, "Cache.load");
+            auto handle = std::make_unique<PyTransfer>();
+            handle->state = c.state;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              CheckLease(l, "Cache.load");
+              auto x = c.state->cache->Load(match, l.lease);
+              ThrowIfError(x.status());
+              handle->transfer = std::move(*x);
+              std::lock_guard reg(c.state->reg_mu);
+              c.state->transfers.insert(handle.get());
+            }
+            return handle;
+          },
+          py::arg("match"), py::arg("lease"))
+      .def(
+          "commit",
+          [](PyCache& c, const std::vector<BlockKey>& keys, PyLease& l) {
+            CheckSame(c, l, "Cache.commit");
+            py::gil_scoped_release nogil;
+            std::shared_lock life(c.state->life_mu);
+            CheckLease(l, "Cache.commit");
+            ThrowIfError(c.state->cache->Commit(keys, l.lease));
+          },
+          py::arg("keys"), py::arg("lease"))
+      .def(
+          "release",
+          [](PyCache& c, PyLease& l) {
+            CheckSame(c, l, "Cache.release");
+            py::gil_scoped_release nogil;
+            std::shared_lock life(c.state->life_mu);
+            CheckLease(l, "Cache.release");
+            l.released = true;
+            ThrowIfError(c.state->cache->Release(l.lease));
+          },
+          py::arg("lease"))
+      .def(
+          "hint",
+          [](PyCache& c, const std::vector<BlockKey>& keys, const std::vector<double>& scores) {
+            py::gil_scoped_release nogil;
+            std::shared_lock life(c.state->life_mu);
+            if (!c.state->cache) throw StatusError(Closed("Cache.hint"));
+            ThrowIfError(c.state->cache->Hint(keys, scores));
+          },
+          py::arg("keys"), py::arg("scores"))
+      .def("check_invariants",
+           [](PyCache& c) {
+             py::gil_scoped_release nogil;
+             std::shared_lock life(c.state->life_mu);
+             if (!c.state->cache) throw StatusError(Closed("Cache.check_invariants"));
+             ThrowIfError(c.state->cache->CheckInvariants());
+           })
+      .def("stats", [](PyCache& c) {
+        CacheStats s;
+        {
+          py::gil_scoped_release nogil;
+          std::shared_lock life(c.state->life_mu);
+          if (!c.state->cache) throw StatusError(Closed("Cache.stats"));
+          s = c.state->cache->Stats();
+        }
+        py::dict d;
+        d["device"] = TierDict(s.device);
+        d["host"] = TierDict(s.host);
+        d["disk"] = TierDict(s.disk);
+        d["match_calls"] = s.match_calls;
+        d["blocks_queried"] = s.blocks_queried;
+        d["blocks_missed"] = s.blocks_missed;
+        d["blocks_loaded"] = s.blocks_loaded;
+        d["blocks_committed"] = s.blocks_committed;
+        d["demotions"] = s.demotions;
+        d["promotions"] = s.promotions;
+        d["bytes_h2d"] = s.bytes_h2d;
+        d["bytes_d2h"] = s.bytes_d2h;
+        d["transfer_failures"] = s.transfer_failures;
+        d["bytes_disk_read"] = s.bytes_disk_read;
+        d["bytes_disk_written"] = s.bytes_disk_written;
+        d["disk_corrupt_reads"] = s.disk_corrupt_reads;
+        d["disk_io_errors"] = s.disk_io_errors;
+        d["disk_recovered_blocks"] = s.disk_recovered_blocks;
+        d["disk_recovery_dropped"] = s.disk_recovery_dropped;
+        d["disk_buffered_io"] = s.disk_buffered_io;
+        d["leases_live"] = s.leases_live;
+        d["transfers_in_flight"] = s.transfers_in_flight;
+        d["hit_ratio"] = s.HitRatio();
+        return d;
+      });
+}

@@ -1,0 +1,354 @@
+"""The kvtier Python module on the emulated device: lifecycle with byte checks, bad input, GIL.
+
+Run by ctest (python_tests) with PYTHONPATH at the built module; or by hand:
+  PYTHONPATH=build/default/python python3 -m pytest test/python
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import kvtier
+
+LAYERS, SEGS, TPB, SLOTS, SEG_BYTES = 4, 2, 16, 16, 512
+
+
+def pattern(key, layer, seg, nbytes=SEG_BYTES):
+    """What "prefill" writes into a block's segment: bytes derived from its key."""
+    seed = (key.hi ^ key.lo ^ (layer * 2 + seg + 1) * 0x9E3779B97F4A7C15) & (2**64 - 1)
+    return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
+
+
+def make_cache(**overrides):
+    args = dict(tokens_per_block=TPB, num_slots=SLOTS, num_layers=LAYERS, segments_per_layer=SEGS,
+                bytes_per_block=SEG_BYTES, backend="emulated",
+                host_capacity_bytes=SLOTS * LAYERS * SEGS * SEG_BYTES)
+    args.update(overrides)
+    return kvtier.Cache.create(kvtier.Options(**args))
+
+
+def prompt_keys(seed, blocks=4, salt="py-test"):
+    tokens = [seed * 100000 + i for i in range(blocks * TPB)]
+    return kvtier.Hasher(model_id=salt).chain_tokens(tokens, TPB)
+
+
+def request(cache, keys):
+    """One engine step with byte verification; returns the match's per-tier counts."""
+    match = cache.match(keys)
+    counts = {t: match.blocks_in(t) for t in (kvtier.Tier.DEVICE, kvtier.Tier.HOST,
+                                               kvtier.Tier.DISK)}
+    assert sum(counts.values()) == len(match)
+    lease = cache.allocate_device(len(keys))
+    xfer = cache.load(match, lease)
+    assert xfer.blocks == len(match)
+    for layer in range(cache.num_layers):
+        xfer.wait_layer(layer)
+        assert xfer.layer_ready_event(layer) == 0  # no CUDA event on the emulated device
+        for b in range(xfer.blocks):
+            for s in range(SEGS):
+                np.testing.assert_array_equal(lease.block(b, layer, s), pattern(keys[b], layer, s))
+    xfer.wait()
+    assert xfer.done and xfer.error is None
+    for b in range(xfer.blocks, len(keys)):
+        for layer in range(LAYERS):
+            for s in range(SEGS):
+                if s == 0:
+                    lease.block(b, layer, s)[:] = pattern(keys[b], layer, s)  # through the view
+                else:
+                    lease.write_block(b, layer, s, pattern(keys[b], layer, s))
+    cache.commit(keys, lease)
+    cache.release(lease)
+    cache.check_invariants()
+    return counts
+
+
+def test_hasher_matches_chain():
+    h = kvtier.Hasher(model_id="m", tenant="t")
+    tokens = list(range(3 * TPB))
+    keys = h.chain_tokens(tokens, TPB)
+    assert len(keys) == 3
+    assert h.chain(None, tokens[:TPB]) == keys[0]
+    assert h.chain(keys[0], tokens[TPB:2 * TPB]) == keys[1]
+    assert h.chain_tokens(np.arange(3 * TPB, dtype=np.int32), TPB) == keys
+    assert kvtier.Hasher(model_id="other").chain_tokens(tokens, TPB)[0] != keys[0]
+    assert len({keys[0], keys[0], keys[1]}) == 2  # hashable
+    assert len(keys[0].hex()) == 32
+
+
+def test_lifecycle_device_host_hits_and_stats():
+    with make_cache() as cache:
+        keys = prompt_keys(1)
+        assert request(cache, keys)[kvtier.Tier.DEVICE] == 0
+        assert request(cache, keys)[kvtier.Tier.DEVICE] == 4
+        hog = cache.allocate_device(SLOTS)  # evicts the 4 blocks down to the host
+        cache.release(hog)
+        assert request(cache, keys)[kvtier.Tier.HOST] == 4  # promoted, bytes verified
+        cache.hint(keys[:2], [1.0, 2.0])
+        st = cache.stats()
+        assert st["match_calls"] == 3
+        assert st["blocks_queried"] == 12 and st["blocks_missed"] == 4
+        assert st["device"]["hits"] == 4 and st["host"]["hits"] == 4
+        assert st["promotions"] == 4 and st["bytes_h2d"] == 4 * cache.block_bytes
+        assert st["leases_live"] == 0
+        assert st["hit_ratio"] == pytest.approx(8 / 12)
+    assert cache.closed
+
+
+def test_grow_and_slots():
+    cache = make_cache()
+    lease = cache.allocate_device(2)
+    cache.grow(lease, 2)
+    assert len(lease) == 4 and len(set(lease.slots)) == 4
+    assert lease.block_address(3, 1, 1) == cache.slot_address(lease.slots[3], 1, 1)
+    kv = cache.kv(1, 1)
+    assert kv.shape == (SLOTS, SEG_BYTES)
+    lease.block(3, 1, 1)[:] = 7
+    assert (kv[lease.slots[3]] == 7).all()  # the same memory
+    cache.close()
+
+
+def test_engine_owned_buffers_and_dtype():
+    tensors = [[np.zeros((SLOTS, 64), dtype=np.float16) for _ in range(SEGS)]
+               for _ in range(LAYERS)]
+    cache = kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, layers=tensors, dtype="float16",
+                                               backend="emulated", tokens_per_block=TPB))
+    assert cache.block_bytes == LAYERS * SEGS * 128
+    lease = cache.allocate_device(1)
+    view = lease.block(0, 2, 1)
+    assert view.dtype == np.float16 and view.shape == (64,)
+    lease.write_block(0, 2, 1, np.full(64, 1.5, dtype=np.float16))
+    assert (tensors[2][1][lease.slots[0]] == 1.5).all()
+    with pytest.raises(TypeError):
+        lease.write_block(0, 2, 1, np.zeros(64, dtype=np.float32))  # dtype mismatch
+    with pytest.raises(TypeError):
+        lease.write_block(0, 2, 1, np.zeros(128, dtype=np.uint8))  # same bytes, other dtype
+    with pytest.raises(ValueError):
+        lease.write_block(0, 2, 1, np.zeros(63, dtype=np.float16))  # wrong size
+    with pytest.raises(ValueError):
+        lease.write_block(0, 2, 1, np.zeros((64, 2), dtype=np.float16)[:, 0])  # not contiguous
+    cache.release(lease)
+    cache.close()
+
+
+def test_raw_segments_are_addresses_only():
+    """kvtier.Segment (an int address, as tensor.data_ptr() on CUDA) is never viewed as numpy."""
+    k = np.zeros((SLOTS, 64), dtype=np.uint8)
+    v = np.zeros((SLOTS, 64), dtype=np.uint8)  # kept alive by this test, addressed raw
+    cache = kvtier.Cache.create(kvtier.Options(
+        num_slots=SLOTS, backend="emulated",
+        layers=[[k, kvtier.Segment(base=v.ctypes.data, bytes_per_block=64)]]))
+    lease = cache.allocate_device(1)
+    lease.block(0, 0, 0)[:] = 1  # the buffer: viewable
+    with pytest.raises(kvtier.Error) as e:
+        lease.block(0, 0, 1)
+    assert e.value.code == "FAILED_PRECONDITION"
+    with pytest.raises(kvtier.Error):
+        lease.write_block(0, 0, 1, np.zeros(64, dtype=np.uint8))
+    assert lease.block_address(0, 0, 1) == v.ctypes.data + 64 * lease.slots[0]
+    cache.release(lease)
+    cache.close()
+
+    meta = kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, num_layers=2, segments_per_layer=1,
+                                              bytes_per_block=64, backend="metadata_only"))
+    lease = meta.allocate_device(1)
+    with pytest.raises(kvtier.Error):
+        lease.block(0, 0, 0)
+    with pytest.raises(kvtier.Error):
+        meta.kv(0, 0)
+    meta.release(lease)
+    meta.close()
+
+
+def test_disk_warm_restart(tmp_path):
+    opts = dict(disk_reset_on_mismatch=True, disk_allow_buffered=True)
+    disk_bytes = 64 * (LAYERS * SEGS * SEG_BYTES + (64 << 10))
+    keys = prompt_keys(2)
+    args = dict(tokens_per_block=TPB, num_slots=SLOTS, num_layers=LAYERS, segments_per_layer=SEGS,
+                bytes_per_block=SEG_BYTES, backend="emulated",
+                host_capacity_bytes=SLOTS * LAYERS * SEGS * SEG_BYTES, **opts)
+    with kvtier.Cache.open(kvtier.Options(**args), str(tmp_path), disk_bytes) as cache:
+        request(cache, keys)
+    with kvtier.Cache.open(kvtier.Options(**args), str(tmp_path), disk_bytes) as cache:
+        assert request(cache, keys)[kvtier.Tier.DISK] == 4
+
+
+def test_bad_options():
+    with pytest.raises(TypeError):
+        kvtier.Options(no_such_option=1)
+    with pytest.raises(TypeError):
+        kvtier.Options(num_slots="many")
+    with pytest.raises(ValueError):
+        make_cache(num_slots=0)
+    with pytest.raises(ValueError):
+        make_cache(backend="tpu")
+    with pytest.raises(KeyError) as e:  # kNotFound: the policy registry has no such name
+        make_cache(host_policy="no-such-policy")
+    assert e.value.code == "NOT_FOUND" and "no-such-policy" in str(e.value)
+    with pytest.raises(ValueError):
+        make_cache(host_capacity_bytes=1)
+    with pytest.raises(ValueError):
+        make_cache(bytes_per_block=510, dtype="float32")  # 4 does not divide 510
+    with pytest.raises(TypeError):
+        make_cache(dtype="no-such-dtype")
+    with pytest.raises(ValueError):  # a buffer that is not num_slots equal blocks
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, layers=[[bytearray(SLOTS * 8 + 1)]]))
+    with pytest.raises(BufferError):  # read-only
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, layers=[[bytes(SLOTS * 8)]]))
+    with pytest.raises(TypeError):
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, layers=[[42]]))
+    with pytest.raises(KeyError):  # ENOENT: kNotFound
+        kvtier.Cache.open(kvtier.Options(num_slots=SLOTS, num_layers=1, bytes_per_block=64,
+                                         host_capacity_bytes=1 << 20),
+                          "/nonexistent/kvtier", 1 << 20)
+    with pytest.raises((kvtier.Error, ValueError)):  # no CUDA backend in this build
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, backend="cuda",
+                                           layers=[[kvtier.Segment(0x1000, 64)]]))
+
+
+def test_bad_calls():
+    cache, other = make_cache(), make_cache()
+    keys = prompt_keys(3)
+    with pytest.raises(ValueError):
+        kvtier.Hasher().chain_tokens(list(range(TPB + 1)), TPB)
+    with pytest.raises(TypeError):
+        kvtier.Hasher().chain_tokens(["a"] * TPB, TPB)
+    with pytest.raises(TypeError):
+        kvtier.Hasher().chain_tokens([2**40] * TPB, TPB)  # not an int32
+    with pytest.raises(ValueError):
+        cache.allocate_device(0)
+    with pytest.raises(ValueError):
+        cache.allocate_device(SLOTS + 1)
+    with pytest.raises(TypeError):
+        cache.allocate_device(-1)
+    with pytest.raises(ValueError):
+        cache.hint(keys, [1.0])
+    with pytest.raises(TypeError):
+        cache.match([1, 2])
+    lease = cache.allocate_device(4)
+    with pytest.raises(IndexError):
+        lease.block(4, 0, 0)
+    with pytest.raises(IndexError):
+        lease.block(0, LAYERS, 0)
+    with pytest.raises(IndexError):
+        lease.block(0, 0, SEGS)
+    with pytest.raises(IndexError):
+        cache.slot_address(SLOTS, 0, 0)
+    with pytest.raises(ValueError):
+        cache.commit(keys + keys[:1], lease)  # more keys than slots
+    xfer = cache.load(cache.match(keys), lease)
+    with pytest.raises(IndexError):
+        xfer.wait_layer(LAYERS)
+    foreign = other.allocate_device(1)
+    with pytest.raises(kvtier.Error) as e:
+        cache.commit(keys[:1], foreign)
+    assert e.value.code == "FAILED_PRECONDITION"
+    with pytest.raises(kvtier.Error):
+        cache.release(foreign)
+    for b in range(4):
+        for layer in range(LAYERS):
+            for s in range(SEGS):
+                lease.write_block(b, layer, s, pattern(keys[b], layer, s))
+    cache.commit(keys, lease)
+    second = cache.allocate_device(1)
+    with pytest.raises(kvtier.Error) as e:
+        cache.commit(keys[:1], second)
+    assert e.value.code == "ALREADY_EXISTS"
+    del second  # dropping a lease releases it
+    cache.release(lease)
+    assert lease.released
+    with pytest.raises(kvtier.Error):
+        cache.release(lease)  # twice
+    with pytest.raises(kvtier.Error):
+        lease.block(0, 0, 0)
+    with pytest.raises(kvtier.Error):
+        lease.slots
+
+    # after close: the cache, a live lease and a transfer all raise; nothing crashes
+    live = cache.allocate_device(4)
+    xfer = cache.load(cache.match(keys), live)
+    view = live.block(0, 0, 0)
+    cache.close()
+    cache.close()  # idempotent
+    for call in (lambda: cache.match(keys), lambda: cache.allocate_device(1), cache.stats,
+                 lambda: cache.hint(keys, [1.0] * 4), cache.check_invariants,
+                 lambda: live.block(0, 0, 0), lambda: live.slots, lambda: cache.release(live),
+                 lambda: cache.commit(keys, live), xfer.wait, lambda: xfer.wait_layer(0),
+                 lambda: xfer.done):
+        with pytest.raises(kvtier.Error) as e:
+            call()
+        assert e.value.code == "FAILED_PRECONDITION" and "closed" in str(e.value)
+    assert view.sum() >= 0  # a view taken before close still points at live memory
+    assert other.stats()["leases_live"] == 1  # the other cache is unaffected
+    other.release(foreign)
+    other.close()
+
+
+def test_gil_released_during_wait():
+    """A second Python thread runs while this one is blocked in Transfer.wait().
+
+    With the GIL held through the wait, the spinner could not record a time strictly between the
+    two clock readings around it; with it released, it records many.
+    """
+    big = 256 << 10  # 32 blocks x 8 segments x 256 KiB = 64 MiB to copy: milliseconds
+    cache = make_cache(num_slots=32, bytes_per_block=big, host_capacity_bytes=32 * LAYERS * SEGS * big)
+    keys = prompt_keys(4, blocks=32)
+    lease = cache.allocate_device(32)
+    cache.commit(keys, lease)  # contents do not matter here
+    cache.release(lease)
+    cache.release(cache.allocate_device(32))  # all 32 blocks demoted to the host
+    stamps = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            stamps.append(time.monotonic())
+
+    t = threading.Thread(target=spin)
+    t.start()
+    inside = 0
+    for _ in range(5):
+        lease = cache.allocate_device(32)
+        xfer = cache.load(cache.match(keys), lease)
+        assert xfer.blocks_promoted == 32
+        t0 = time.monotonic()
+        xfer.wait()
+        t1 = time.monotonic()
+        inside += sum(1 for s in list(stamps) if t0 < s < t1)
+        cache.release(lease)
+        cache.release(cache.allocate_device(32))  # demote again for the next round
+        if inside > 0:
+            break
+    stop.set()
+    t.join()
+    assert inside > 0, "no other Python thread ran while wait() blocked: the GIL was held"
+    cache.close()
+
+
+def test_gil_released_while_blocked_in_close():
+    """close() waits for a transfer waited on by another thread: both must finish."""
+    cache = make_cache()
+    keys = prompt_keys(5)
+    request(cache, keys)
+    cache.release(cache.allocate_device(SLOTS))
+    lease = cache.allocate_device(4)
+    xfer = cache.load(cache.match(keys), lease)
+    errors = []
+
+    def waiter():
+        try:
+            for _ in range(100):
+                xfer.wait()
+        except kvtier.Error:
+            pass  # closed meanwhile
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=waiter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    cache.close()  # must not deadlock with threads inside wait()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert not errors
