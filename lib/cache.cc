@@ -534,8 +534,12 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
     auto p = CreatePolicy(*policies[t].name, {.capacity_slots = config.capacity_slots[t],
                                               .params = *policies[t].params});
     if (!p.ok()) {
-      return absl::Status(p.status().code(),
-                          absl::StrCat(policies[t].path, ": ", p.status().message()));
+      // An unknown name is a bad option value like any other: kInvalidArgument, not the
+      // registry's kNotFound.
+      const absl::StatusCode code = p.status().code() == absl::StatusCode::kNotFound
+                                        ? absl::StatusCode::kInvalidArgument
+                                        : p.status().code();
+      return absl::Status(code, absl::StrCat(policies[t].path, ": ", p.status().message()));
     }
     config.policies[t] = std::move(*p);
   }

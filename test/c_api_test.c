@@ -291,7 +291,7 @@ static void TestBadOptions(void) {
   CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
   o = BaseOptions();
   o.host_policy = "no-such-policy";
-  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_NOT_FOUND); /* the policy registry's code */
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT); /* a bad option value */
   o = BaseOptions();
   o.host_capacity_bytes = 1; /* less than a block */
   CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);

@@ -478,7 +478,7 @@ TEST_CASE("Cache with disk: bad disk options get clear errors", "[disk][cache]")
   REQUIRE_CODE(Cache::Create(files), absl::StatusCode::kInvalidArgument);
   Options policy = DiskOptions(kv, dir.path, 4, 16);
   policy.disk.policy = "no-such-policy";
-  REQUIRE_CODE(Cache::Create(policy), absl::StatusCode::kNotFound);
+  REQUIRE_CODE(Cache::Create(policy), absl::StatusCode::kInvalidArgument);
   REQUIRE_OK(Cache::Create(DiskOptions(kv, dir.path, 4, 16)));  // and a good one still works
 }
 

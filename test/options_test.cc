@@ -25,7 +25,7 @@ TEST_CASE("Options: a bad field fails Create with a code and leaves nothing behi
   REQUIRE_CODE(with([](Options& o) { o.host.capacity_bytes = 1; }), kInvalid);
   REQUIRE_CODE(with([](Options& o) { o.host.policy = ""; }), kInvalid);
   REQUIRE_CODE(with([](Options& o) { o.device.policy = "no-such-policy"; }),
-               absl::StatusCode::kNotFound);
+               absl::StatusCode::kInvalidArgument);
   REQUIRE_CODE(with([](Options& o) { o.host.policy_params = {{"bogus", "1"}}; }), kInvalid);
   REQUIRE_CODE(with([](Options& o) { o.backend = DeviceBackend::kCuda; }),
                absl::StatusCode::kUnimplemented);

@@ -182,9 +182,9 @@ def test_bad_options():
         make_cache(num_slots=0)
     with pytest.raises(ValueError):
         make_cache(backend="tpu")
-    with pytest.raises(KeyError) as e:  # kNotFound: the policy registry has no such name
+    with pytest.raises(ValueError) as e:  # an unknown policy name is a bad option value
         make_cache(host_policy="no-such-policy")
-    assert e.value.code == "NOT_FOUND" and "no-such-policy" in str(e.value)
+    assert e.value.code == "INVALID_ARGUMENT" and "no-such-policy" in str(e.value)
     with pytest.raises(ValueError):
         make_cache(host_capacity_bytes=1)
     with pytest.raises(ValueError):
