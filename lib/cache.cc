@@ -219,7 +219,7 @@ class CacheCore {
     }
   }
 
-  // `start`: when Load() was called (MonotonicNanos), for load_latency.
+  // `load_start`: when Load() was called (MonotonicNanos), for load_latency.
   absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan, uint64_t load_start)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     StartDiskWritesLocked();  // the plan may have evicted host blocks to disk
