@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/cache_factory.h"
+#include "lib/common/histogram.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
 #include "lib/tiers/disk_tier.h"
@@ -145,9 +146,11 @@ class CacheCore {
   absl::StatusOr<std::shared_ptr<DeviceEvent>> EnqueueDemotionsLocked(
       std::vector<Demotion> demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     const uint64_t bytes = demotions.size() * options_.layout.block_bytes();
+    const uint64_t start = MonotonicNanos();
     if (metadata_only_) {
       for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, true);
       bytes_d2h_ += bytes;
+      demotion_latency_.RecordSince(start);
       return std::shared_ptr<DeviceEvent>();
     }
     std::vector<CopyRegion> regions;
@@ -165,9 +168,12 @@ class CacheCore {
     // index already updated.
     bool reported = false;
     if (s.ok()) {
-      s = device_->AddCallback(Stream::kD2H, [this, demotions](absl::Status st) {
-        MutexLock lock(&index_.mu());
-        for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, st.ok());
+      s = device_->AddCallback(Stream::kD2H, [this, demotions, start](absl::Status st) {
+        {
+          MutexLock lock(&index_.mu());
+          for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, st.ok());
+        }
+        demotion_latency_.RecordSince(start);  // before the event: its waiters see the sample
       });
       reported = s.ok();
     }
@@ -175,6 +181,7 @@ class CacheCore {
         s.ok() ? device_->RecordEvent(Stream::kD2H) : s;
     if (!reported) {  // the callback will not run: fail them now
       for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, false);
+      demotion_latency_.RecordSince(start);
       return s;
     }
     if (!event.ok()) return event.status();  // the callback still reports them
@@ -212,7 +219,8 @@ class CacheCore {
     }
   }
 
-  absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan)
+  // `load_start`: when Load() was called (MonotonicNanos), for load_latency.
+  absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan, uint64_t load_start)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     StartDiskWritesLocked();  // the plan may have evicted host blocks to disk
     const auto layers = static_cast<uint32_t>(layers_.size());
@@ -224,6 +232,7 @@ class CacheCore {
         if (p.from_disk) bytes_disk_read_ += options_.layout.block_bytes();
       }
       bytes_h2d_ += plan.promotions.size() * options_.layout.block_bytes();
+      load_latency_.RecordSince(load_start);
       state->FinishNow();
       return state;
     }
@@ -269,7 +278,7 @@ class CacheCore {
       }
       state->layer_events.push_back(*event);
       const bool last = l + 1 == layers;
-      s = device_->AddCallback(Stream::kH2D, [this, state, ctx, last](absl::Status st) {
+      s = device_->AddCallback(Stream::kH2D, [this, state, ctx, last, load_start](absl::Status st) {
         state->LayerDone(st);
         if (!last) return;
         const absl::Status outcome = state->first_error();
@@ -281,6 +290,7 @@ class CacheCore {
           }
           in_flight_--;
         }
+        load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
         state->Finish();
       });
     }
@@ -314,7 +324,20 @@ class CacheCore {
       stats.disk_io_errors = d.io_errors;
       stats.disk_recovery_dropped = d.recovery_dropped + restore_dropped_;
       stats.disk_buffered_io = d.buffered_io;
+      stats.disk.corrupt_reads = d.corrupt_reads;
+      stats.disk.io_errors = d.io_errors;
+      stats.disk.queue_depth = d.queue_depth;
+      stats.disk_read_latency = d.read_latency;
+      stats.disk_write_latency = d.write_latency;
     }
+    stats.device.bytes_in = stats.bytes_h2d;
+    stats.device.bytes_out = stats.bytes_d2h;
+    stats.host.bytes_in = stats.bytes_d2h + stats.bytes_disk_read;
+    stats.host.bytes_out = stats.bytes_h2d + stats.bytes_disk_written;
+    stats.disk.bytes_in = stats.bytes_disk_written;
+    stats.disk.bytes_out = stats.bytes_disk_read;
+    stats.load_latency = load_latency_.Snapshot();
+    stats.demotion_latency = demotion_latency_.Snapshot();
     return stats;
   }
 
@@ -361,7 +384,9 @@ class CacheCore {
   uint64_t bytes_d2h_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t in_flight_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t bytes_disk_written_ ABSL_GUARDED_BY(index_.mu()) = 0;
-  std::atomic<uint64_t> bytes_disk_read_{0};     // counted on the disk's completion thread
+  std::atomic<uint64_t> bytes_disk_read_{0};  // counted on the disk's completion thread
+  AtomicHistogram load_latency_;              // recorded on copy threads, without a lock
+  AtomicHistogram demotion_latency_;
   uint64_t restored_ = 0, restore_dropped_ = 0;  // set once, before the cache is shared
   // Per host slot: the disk write of the block that last held it, which its next user waits for.
   std::vector<std::shared_ptr<HostEvent>> host_busy_ ABSL_GUARDED_BY(index_.mu());
@@ -650,12 +675,13 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
 }
 
 absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& lease) {
+  const uint64_t start = internal::MonotonicNanos();
   KVTIER_RETURN_IF_ERROR(CheckLease("Load", lease, core_.get()));
   MutexLock lock(&core_->index().mu());
   KVTIER_ASSIGN_OR_RETURN(internal::LoadPlan plan,
                           core_->index().PlanLoadLocked(lease.id_, match.keys));
   lease.slots_ = plan.lease_slots;
-  KVTIER_ASSIGN_OR_RETURN(auto state, core_->StartLoadLocked(std::move(plan)));
+  KVTIER_ASSIGN_OR_RETURN(auto state, core_->StartLoadLocked(std::move(plan), start));
   return Transfer(std::move(state));
 }
 

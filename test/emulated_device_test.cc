@@ -1,5 +1,6 @@
 #include "lib/transfer/emulated_device.h"
 
+#include <atomic>
 #include <cstring>
 #include <future>
 #include <vector>
@@ -84,12 +85,12 @@ TEST_CASE("EmulatedDevice: an injected copy failure reaches the next callback, o
 TEST_CASE("EmulatedDevice: Synchronize drains every stream; host memory is page-aligned",
           "[device]") {
   EmulatedDevice dev;
-  int done = 0;
+  std::atomic<int> done{0};  // the two streams' callbacks run on two threads
   for (int i = 0; i < 100; ++i) {
     REQUIRE_OK(dev.AddCallback(i % 2 ? Stream::kH2D : Stream::kD2H, [&](absl::Status) { done++; }));
   }
   REQUIRE_OK(dev.Synchronize());
-  CHECK(done == 100);
+  CHECK(done.load() == 100);
   auto mem = dev.AllocateHost(1 << 20);
   REQUIRE_OK(mem);
   CHECK(reinterpret_cast<uintptr_t>(*mem) % 4096 == 0);

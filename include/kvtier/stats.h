@@ -1,23 +1,78 @@
-// CacheStats: a snapshot of a Cache's counters and gauges.
+// CacheStats: a snapshot of a Cache's counters, gauges and latency histograms.
 //
 // Counters are monotonic from Create() and never reset by reading; gauges are the value at the time
-// of the snapshot. Names carry their unit (blocks, bytes) and cause.
-// Thread safety: a value; Cache::Stats() may be called from any thread at any time.
+// of the snapshot. Names carry their unit (blocks, bytes) and cause. FormatPrometheus()
+// (kvtier/prometheus.h) renders a snapshot in Prometheus' text format.
+// Thread safety: a value; Cache::Stats() may be called from any thread at any time. Counters
+// recorded outside the cache's lock (disk I/O, latencies) may be a few operations apart from the
+// others in one snapshot; each is monotonic on its own.
 #ifndef KVTIER_STATS_H_
 #define KVTIER_STATS_H_
 
+#include <array>
 #include <cstdint>
 
 namespace kvtier {
 
+// A latency distribution with fixed exponential buckets: bucket i < kFinite holds the samples in
+// (UpperBoundNanos(i-1), UpperBoundNanos(i)], from 1 us doubling to about 8.4 s; the last bucket
+// holds the slower ones. Counts are per bucket (not cumulative): Cumulative(i) sums them.
+struct LatencyHistogram {
+  static constexpr int kFinite = 24;            // buckets with an upper bound
+  static constexpr int kBuckets = kFinite + 1;  // plus the overflow bucket (+Inf)
+  // Upper bound of bucket i < kFinite: 1 us * 2^i, in nanoseconds.
+  static constexpr uint64_t UpperBoundNanos(int i) { return uint64_t{1000} << i; }
+  // The bucket a sample of `nanos` falls in.
+  static constexpr int BucketFor(uint64_t nanos) {
+    for (int i = 0; i < kFinite; ++i) {
+      if (nanos <= UpperBoundNanos(i)) return i;
+    }
+    return kFinite;
+  }
+
+  std::array<uint64_t, kBuckets> buckets{};  // samples per bucket
+  uint64_t count = 0;                        // samples in all buckets (their sum, always)
+  uint64_t sum_nanos = 0;                    // sum of the samples
+
+  // Samples at or below UpperBoundNanos(i) (i == kFinite: all of them).
+  uint64_t Cumulative(int i) const {
+    uint64_t n = 0;
+    for (int b = 0; b <= i && b < kBuckets; ++b) n += buckets[b];
+    return n;
+  }
+};
+
+// One tier's figures. Copies between tiers are counted on both sides: a device-to-host write-back
+// is one of device.demotions and adds to device.bytes_out and host.bytes_in.
 struct TierStats {
-  uint64_t capacity_blocks = 0;  // gauge: slots in the tier
-  uint64_t used_blocks = 0;      // gauge: slots holding a block (Filling or Ready) or leased
-  uint64_t pinned_blocks = 0;    // gauge: resident blocks with a pin (lease or copy in flight)
-  uint64_t hits = 0;             // blocks Match() found here first (highest tier wins)
-  uint64_t inserts = 0;          // blocks that started residing here
-  uint64_t evictions = 0;        // blocks removed to make room (demoted or dropped)
-  uint64_t drops = 0;            // evictions that left the block in no tier at all
+  uint64_t capacity_blocks = 0;   // gauge: slots in the tier
+  uint64_t used_blocks = 0;       // gauge: slots holding a block (Filling or Ready) or leased
+  uint64_t pinned_blocks = 0;     // gauge: resident blocks with a pin (lease or copy in flight)
+  uint64_t in_flight_blocks = 0;  // gauge: residencies being filled (bytes in flight into the tier)
+  uint64_t queue_depth = 0;       // gauge: I/O operations submitted and not completed (disk only:
+                                  // io_uring reads and writes, those held back beyond
+                                  // Options.disk.queue_depth included; 0 for device and host)
+  uint64_t hits = 0;              // blocks Match() found here first (highest tier wins)
+  uint64_t misses = 0;            // blocks Match() did not find here nor in a tier above: per
+                                  // tier, lookups = hits + misses, and disk.misses == blocks_missed
+  uint64_t inserts = 0;           // blocks that started residing here
+  uint64_t evictions = 0;         // blocks removed to make room (demoted or dropped)
+  uint64_t drops = 0;             // evictions that left the block in no tier at all
+  uint64_t demotions = 0;         // copies started from this tier down to the next (device: to
+                                  // host, write-back, write-through or flush; host: to disk)
+  uint64_t promotions = 0;        // copies started into this tier from the one below (device: from
+                                  // host, by Load; host: disk reads, by Load)
+  uint64_t bytes_in = 0;          // bytes copied into this tier (device: bytes_h2d; host: bytes_d2h
+                                  // + bytes_disk_read; disk: bytes_disk_written)
+  uint64_t bytes_out = 0;         // bytes copied out of it (device: bytes_d2h; host: bytes_h2d +
+                                  // bytes_disk_written; disk: bytes_disk_read)
+  uint64_t fill_failures = 0;     // copies into this tier that failed, their residency dropped
+                                  // (device: promotions, whether the copy or the disk read under it
+                                  // failed; host: device-to-host copies; disk: writes); the sum
+                                  // over tiers is transfer_failures
+  uint64_t corrupt_reads = 0;     // reads whose bytes failed to verify (disk only: checksums)
+  uint64_t io_errors = 0;  // reads and writes the storage failed (disk only: io_uring errors;
+                           // device and host copies that fail count in fill_failures)
 };
 
 struct CacheStats {
@@ -43,7 +98,15 @@ struct CacheStats {
   uint64_t disk_recovery_dropped = 0;  // slots found invalid, stale or orphaned at start
   bool disk_buffered_io = false;       // the disk tier runs without O_DIRECT (allow_buffered)
   uint64_t leases_live = 0;            // gauge: DeviceLeases not yet released
-  uint64_t transfers_in_flight = 0;    // gauge
+  uint64_t transfers_in_flight = 0;    // gauge: Load transfers whose copies have not finished
+
+  // Latencies, one sample per operation, whatever its outcome:
+  LatencyHistogram load_latency;        // Load() call to its Transfer finishing (0 blocks to copy:
+                                        // the time Load() took)
+  LatencyHistogram demotion_latency;    // a batch of device-to-host copies (one call's write-back
+                                        // or write-through): enqueued to copied
+  LatencyHistogram disk_write_latency;  // one block's disk write: submitted to completed
+  LatencyHistogram disk_read_latency;   // one block's disk read: submitted to read and verified
 
   // Fraction of queried blocks that Match() found in some tier; 0 when nothing was queried.
   double HitRatio() const {

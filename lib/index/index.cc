@@ -219,6 +219,7 @@ std::optional<SlotId> Index::TakeHostSlotLocked() {
                                        .entry = id,
                                        .host_slot = *victim,
                                        .disk_slot = *disk_slot});
+      host.stats.demotions++;
     } else if (!other_copy) {
       host.stats.drops++;
     }
@@ -279,6 +280,7 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
       demotions->push_back(
           Demotion{.key = E(id).key, .entry = id, .device_slot = *victim, .host_slot = *host_slot});
       counters_.demotions++;
+      dev.stats.demotions++;
     } else if (!host_copy) {
       dev.stats.drops++;
     }
@@ -388,6 +390,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
       ls.holds = true;
       ls.entry = id;
       counters_.promotions++;
+      table(kDev).stats.promotions++;
     } else {
       // On disk only: read it into a new host slot, then copy that to the device.
       const Residency k = E(id).res[T(kDiskTier)];
@@ -412,6 +415,8 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
       ls.holds = true;
       ls.entry = id;
       counters_.promotions++;
+      table(kDev).stats.promotions++;
+      table(kHostTier).stats.promotions++;  // the disk read into the new host slot
     }
     parent = id;
     plan.blocks++;
@@ -487,6 +492,7 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
                                         .host_slot = *hs,
                                         .device_pinned = true});
           counters_.demotions++;
+          table(kDev).stats.demotions++;
         }
       }
     }
@@ -527,6 +533,7 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost)
     return;
   }
   counters_.transfer_failures++;
+  table(kDev).stats.fill_failures++;
   // The bytes in the slot are undefined: forget the residency, give the slot back to its lease.
   bool lease_owns = false;
   if (Lease* lease = FindLeaseLocked(p.lease_id); lease != nullptr) {
@@ -555,6 +562,7 @@ void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
     return;
   }
   counters_.transfer_failures++;
+  table(kHostTier).stats.fill_failures++;
   FreeSlotLocked(kHostTier, RemoveResidencyLocked(d.entry, kHostTier));
 }
 
@@ -576,6 +584,7 @@ std::vector<Demotion> Index::FlushDeviceLocked() {
     out.push_back(Demotion{
         .key = E(id).key, .entry = id, .device_slot = s, .host_slot = *hs, .device_pinned = true});
     counters_.demotions++;
+    table(kDev).stats.demotions++;
   }
   return out;
 }
@@ -599,6 +608,7 @@ void Index::FlushHostLocked() {
                                      .host_slot = s,
                                      .disk_slot = *ds,
                                      .host_pinned = true});
+    table(kHostTier).stats.demotions++;
   }
 }
 
@@ -610,6 +620,7 @@ void Index::FinishDiskWriteLocked(const DiskWrite& w, bool ok) {
     return;
   }
   counters_.transfer_failures++;
+  table(kDiskTier).stats.fill_failures++;
   FreeSlotLocked(kDiskTier, RemoveResidencyLocked(w.entry, kDiskTier));
 }
 
@@ -679,9 +690,18 @@ void Index::FillStatsLocked(CacheStats* stats) const {
     const TierTable& tt = tiers_[t];
     ts.used_blocks = tt.capacity - tt.free.size();
     for (SlotId s = 0; s < tt.capacity; ++s) {
-      if (tt.slot[s].use == SlotUse::kResident && E(tt.slot[s].entry).res[t].pins() > 0)
-        ts.pinned_blocks++;
+      if (tt.slot[s].use != SlotUse::kResident) continue;
+      const Residency& r = E(tt.slot[s].entry).res[t];
+      if (r.pins() > 0) ts.pinned_blocks++;
+      if (r.state == ResState::kFilling) ts.in_flight_blocks++;
     }
+  }
+  // A lookup reaches a tier when no tier above held the block: what one tier misses, the next is
+  // asked for.
+  uint64_t lookups = counters_.blocks_queried;
+  for (TierStats* ts : {&stats->device, &stats->host, &stats->disk}) {
+    ts->misses = lookups - ts->hits;
+    lookups = ts->misses;
   }
   stats->leases_live = leases_.size();
 }

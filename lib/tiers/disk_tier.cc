@@ -303,9 +303,11 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
   std::memset(base + config_.block_bytes, 0, padded_payload_ - config_.block_bytes);
   EncodeTrailer(tr, alignment_, base + padded_payload_);
   writes_++;
+  const uint64_t start = MonotonicNanos();
   return ring_->Submit(
       {RequestFor(IoOp::kWrite, slot, host_slot, static_cast<uint32_t>(slot_bytes_), false)},
-      [this, done = std::move(done)](absl::Status s) {
+      [this, start, done = std::move(done)](absl::Status s) {
+        write_latency_.RecordSince(start);
         if (!s.ok()) io_errors_++;
         done(s);
       });
@@ -318,10 +320,12 @@ absl::Status DiskTier::Read(SlotId slot, const BlockKey& key, void* host_slot,
         absl::StrCat("DiskTier::Read: slot ", slot, " vs ", capacity_slots_));
   }
   reads_++;
+  const uint64_t start = MonotonicNanos();
   return ring_->Submit(
       {RequestFor(IoOp::kRead, slot, host_slot, static_cast<uint32_t>(slot_bytes_), false)},
-      [this, key, slot, host_slot, done = std::move(done)](absl::Status s) {
+      [this, key, slot, host_slot, start, done = std::move(done)](absl::Status s) {
         if (!s.ok()) {
+          read_latency_.RecordSince(start);
           io_errors_++;
           return done(s);
         }
@@ -331,6 +335,7 @@ absl::Status DiskTier::Read(SlotId slot, const BlockKey& key, void* host_slot,
                         tr.fingerprint == config_.layout_fingerprint &&
                         tr.payload_bytes == config_.block_bytes &&
                         tr.payload_hash == PayloadHash(base, config_.block_bytes);
+        read_latency_.RecordSince(start);
         if (!ok) {
           corrupt_++;
           return done(absl::DataLossError(
@@ -485,7 +490,10 @@ DiskTier::Stats DiskTier::stats() const {
                .recovered_blocks = recovered_blocks_,
                .recovery_dropped = recovery_dropped_,
                .buffered_io = buffered_,
-               .from_manifest = from_manifest_};
+               .from_manifest = from_manifest_,
+               .queue_depth = ring_->stats().outstanding,
+               .read_latency = read_latency_.Snapshot(),
+               .write_latency = write_latency_.Snapshot()};
 }
 
 }  // namespace kvtier::internal

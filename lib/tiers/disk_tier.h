@@ -36,6 +36,8 @@
 #include "absl/status/statusor.h"
 #include "kvtier/block_key.h"
 #include "kvtier/policy.h"
+#include "kvtier/stats.h"
+#include "lib/common/histogram.h"
 #include "lib/tiers/io_ring.h"
 
 namespace kvtier::internal {
@@ -63,8 +65,11 @@ class DiskTier {
   struct Stats {
     uint64_t reads = 0, writes = 0, corrupt_reads = 0, io_errors = 0;
     uint64_t recovered_blocks = 0, recovery_dropped = 0;
-    bool buffered_io = false;    // true when O_DIRECT was unavailable and allowed
-    bool from_manifest = false;  // the last Open() used a clean manifest (else a scan)
+    bool buffered_io = false;        // true when O_DIRECT was unavailable and allowed
+    bool from_manifest = false;      // the last Open() used a clean manifest (else a scan)
+    uint64_t queue_depth = 0;        // gauge: reads and writes submitted and not completed
+    LatencyHistogram read_latency;   // Read() to its verification, per block
+    LatencyHistogram write_latency;  // Write() to its completion, per block
   };
 
   // The direct-I/O alignment of `directory`'s file system (statx STATX_DIOALIGN, at least 4 KiB).
@@ -120,6 +125,7 @@ class DiskTier {
   std::vector<StoredBlock> recovered_;
   std::atomic<uint64_t> sequence_{1};
   std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0};
+  AtomicHistogram read_latency_, write_latency_;  // recorded on the completion thread
   uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
   bool buffered_ = false;
   bool from_manifest_ = false;

@@ -112,7 +112,9 @@ void IoRing::Drain() {
 
 IoRing::Stats IoRing::stats() const {
   MutexLock lock(&mu_);
-  return stats_;
+  Stats s = stats_;
+  s.outstanding = outstanding_;
+  return s;
 }
 
 int IoRing::FixedIndex(const void* buf, uint32_t bytes) const {

@@ -79,6 +79,7 @@ class IoRing {
   };
   struct Stats {
     uint64_t ops = 0, bytes = 0, resubmits = 0, errors = 0, fixed_buffer_ops = 0;
+    uint64_t outstanding = 0;  // gauge: ops submitted and not completed (queued ones included)
   };
 
   // `files` are registered with the ring (the ring does not own or close them); `buffers` are
