@@ -556,8 +556,13 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
       {"Options.host.policy", &options.host.policy, &options.host.policy_params},
       {"Options.disk.policy", &options.disk.policy, &options.disk.policy_params}};
   for (int t = 0; t < kNumTiers; ++t) {
-    auto p = CreatePolicy(*policies[t].name, {.capacity_slots = config.capacity_slots[t],
-                                              .params = *policies[t].params});
+    // A disabled tier's policy is never asked anything: its options are not checked (as in
+    // Options::Validate), and it gets an empty lru.
+    const bool enabled = config.capacity_slots[t] > 0;
+    static const PolicyParams kNoParams;
+    auto p = CreatePolicy(enabled ? *policies[t].name : "lru",
+                          {.capacity_slots = config.capacity_slots[t],
+                           .params = enabled ? *policies[t].params : kNoParams});
     if (!p.ok()) {
       // An unknown name is a bad option value like any other: kInvalidArgument, not the
       // registry's kNotFound.

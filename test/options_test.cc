@@ -27,6 +27,15 @@ TEST_CASE("Options: a bad field fails Create with a code and leaves nothing behi
   REQUIRE_CODE(with([](Options& o) { o.device.policy = "no-such-policy"; }),
                absl::StatusCode::kInvalidArgument);
   REQUIRE_CODE(with([](Options& o) { o.host.policy_params = {{"bogus", "1"}}; }), kInvalid);
+  REQUIRE_CODE(with([](Options& o) { o.host.policy_params = {{"x", "1"}}; }), kInvalid);
+  REQUIRE_CODE(with([](Options& o) {
+                 o.device.policy = "s3fifo";
+                 o.device.policy_params = {{"small_ratio", "2"}};
+               }),
+               kInvalid);
+  // A disabled tier's policy is never used, so it is not checked (the disk tier is off here).
+  REQUIRE(good.disk.directory.empty());
+  REQUIRE_OK(with([](Options& o) { o.disk.policy = "no-such-policy"; }));
   REQUIRE_CODE(with([](Options& o) { o.backend = DeviceBackend::kCuda; }),
                absl::StatusCode::kUnimplemented);
   // After all of that, a good cache is still created and works.
