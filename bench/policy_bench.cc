@@ -2,12 +2,12 @@
 // must be O(1) or O(log n) amortised (each policy's file says which), so the time per access should
 // stay flat as the tier grows 256-fold.
 //
-// The workload is a cache's, without the cache: requests walk prefix chains (chain c, blocks 0..L-1)
-// chosen with a skew; the resident prefix is accessed leaf first (as Cache::Match touches it), each
-// missing block is inserted under its parent (OnLink) after a victim is evicted. The predicate enforces the prefix rule, the reason victim
-// searches get long: a block with resident children may not go. Compare the policies with `lru`
-// within one run, and each with itself across sizes; the loop's own bookkeeping (a hash map of
-// resident blocks) is in every figure.
+// The workload is a cache's, without the cache: requests walk prefix chains (chain c, blocks
+// 0..L-1) chosen with a skew; the resident prefix is accessed leaf first (as Cache::Match touches
+// it), each missing block is inserted under its parent (OnLink) after a victim is evicted. The
+// predicate enforces the prefix rule, the reason victim searches get long: a block with resident
+// children may not go. Compare the policies with `lru` within one run, and each with itself across
+// sizes; the loop's own bookkeeping (a hash map of resident blocks) is in every figure.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -24,8 +24,8 @@ namespace {
 constexpr uint32_t kChainLen = 16;
 
 struct Workload {
-  explicit Workload(uint32_t capacity) : slot_parent(capacity, kNone), children(capacity, 0),
-                                         block_of(capacity, 0) {}
+  explicit Workload(uint32_t capacity)
+      : slot_parent(capacity, kNone), children(capacity, 0), block_of(capacity, 0) {}
   static constexpr uint32_t kNone = UINT32_MAX;
   absl::flat_hash_map<uint64_t, uint32_t> slot_of;  // block -> slot
   std::vector<uint32_t> slot_parent;                // slot -> parent slot, kNone for roots
@@ -80,8 +80,8 @@ void RunPolicy(benchmark::State& state, const std::string& name) {
         if (w.slot_parent[s] != Workload::kNone) w.children[w.slot_parent[s]]--;
       }
       // The parent may just have been evicted (it was a leaf): then the block starts a new root.
-      const bool parent_alive = parent != Workload::kNone && parent != s &&
-                                w.slot_of.contains(chain * kChainLen + i - 1);
+      const bool parent_alive =
+          parent != Workload::kNone && parent != s && w.slot_of.contains(chain * kChainLen + i - 1);
       w.slot_of[block] = s;
       w.block_of[s] = block;
       w.slot_parent[s] = parent_alive ? parent : Workload::kNone;

@@ -79,8 +79,8 @@ TEST_CASE("Parking: a refused parent goes right after its last child, for every 
   Fill(*p, {1});
   rule.Link(*p, 1, 0);
   Fill(*p, {2});
-  rule.Link(*p, 2, 1);  // chain 0 <- 1 <- 2, the oldest blocks
-  Fill(*p, {3, 4, 5});  // three roots, newer
+  rule.Link(*p, 2, 1);         // chain 0 <- 1 <- 2, the oldest blocks
+  Fill(*p, {3, 4, 5});         // three roots, newer
   CHECK(rule.Evict(*p) == 2);  // 0 and 1 are refused (parked where the policy parks)
   CHECK(rule.Evict(*p) == 1);
   CHECK(rule.Evict(*p) == 0);
@@ -149,16 +149,16 @@ TEST_CASE("LfuPolicy: fewest accesses first, ties by who reached the count first
 TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p; a ghost hit returns to T2 and moves p",
           "[policy]") {
   auto p = Make("arc", 4);
-  Fill(*p, {0, 1, 2, 3});  // T1 (LRU first): 0 1 2 3, p = 0
-  p->OnAccess(0);          // 0 -> T2
-  CHECK(EvictAndReuse(*p, 104) == 1);  // T1's LRU; block 1001 remembered in B1
+  Fill(*p, {0, 1, 2, 3});               // T1 (LRU first): 0 1 2 3, p = 0
+  p->OnAccess(0);                       // 0 -> T2
+  CHECK(EvictAndReuse(*p, 104) == 1);   // T1's LRU; block 1001 remembered in B1
   CHECK(EvictAndReuse(*p, 1001) == 2);  // 1001 returns: a B1 hit, p = 1, into T2
   // T1: 3 1(104); T2: 0 2(1001). |T1| = 2 > p = 1: T1 gives the victim.
   CHECK(p->PickVictim(Any) == 3);
   p->OnAccess(3);  // 3 -> T2; now |T1| = 1 = p: T2 gives the victim, LRU first
   CHECK(p->PickVictim(Any) == 0);
   p->OnPin(0);
-  CHECK(p->PickVictim(Any) == 2);  // 0 pinned: the next in T2
+  CHECK(p->PickVictim(Any) == 2);                              // 0 pinned: the next in T2
   CHECK(p->PickVictim([](SlotId s) { return s == 1; }) == 1);  // T2 refused: T1 gives
 }
 
@@ -169,10 +169,10 @@ TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hi
   p->OnAccess(0);
   p->OnAccess(1);
   p->OnAccess(1);
-  CHECK(EvictAndReuse(*p, 50) == 2);  // 0 and 1 (2 accesses) go to main; 2 is evicted, a ghost
+  CHECK(EvictAndReuse(*p, 50) == 2);    // 0 and 1 (2 accesses) go to main; 2 is evicted, a ghost
   CHECK(EvictAndReuse(*p, 1002) == 3);  // small: 3 is evicted; 1002 was a ghost: into main
   // Main, oldest first: 0 1 3(1002); over its share of 2. Small: 2(50).
-  p->OnAccess(0);                  // CLOCK: 0 is reinserted once with its counter lowered
+  p->OnAccess(0);  // CLOCK: 0 is reinserted once with its counter lowered
   CHECK(p->PickVictim(Any) == 1);
   p->OnPin(1);
   CHECK(p->PickVictim(Any) == 3);  // the block that came back from the ghost queue
@@ -307,8 +307,8 @@ TEST_CASE("StreamingPolicy: a middle block the cache refuses waits until its chi
 
 TEST_CASE("Built-in policies: all ten are registered", "[policy]") {
   const auto names = ListPolicies();
-  for (const char* name : {"arc", "fifo", "h2o", "lfu", "lru", "prefix_aware", "priority",
-                           "s3fifo", "sieve", "streaming"}) {
+  for (const char* name : {"arc", "fifo", "h2o", "lfu", "lru", "prefix_aware", "priority", "s3fifo",
+                           "sieve", "streaming"}) {
     CAPTURE(name);
     CHECK(std::find(names.begin(), names.end(), name) != names.end());
   }

@@ -15,9 +15,10 @@
 // it with libCacheSim). The victim's ghost bookkeeping waits for the next insertion, which decides
 // whether the ghost lists are trimmed (plain miss) or not (ghost hit). A parent the cache refuses
 // because its children are cached (the prefix rule) is parked, out of T1/T2 but still moving to T2
-// when matched, and returns to the LRU end of its list when its last linked child leaves. Entries the search may not take (pinned, refused by the cache) are passed over; if
-// the preferred list has none to give, the other list gives its LRU evictable entry.
-// Victim cost: O(1) amortised plus the pinned entries passed over. Parameters: none.
+// when matched, and returns to the LRU end of its list when its last linked child leaves. Entries
+// the search may not take (pinned, refused by the cache) are passed over; if the preferred list has
+// none to give, the other list gives its LRU evictable entry. Victim cost: O(1) amortised plus the
+// pinned entries passed over. Parameters: none.
 #include <cstdint>
 #include <vector>
 
@@ -40,9 +41,7 @@ class ArcPolicy final : public EvictionPolicy {
     return std::unique_ptr<EvictionPolicy>(new ArcPolicy(ctx.capacity_slots));
   }
 
-  void OnInsertKey(SlotId s, uint64_t id) override {
-    key_[s] = Key{.id = id, .known = true};
-  }
+  void OnInsertKey(SlotId s, uint64_t id) override { key_[s] = Key{.id = id, .known = true}; }
 
   void OnMissKey(uint64_t id) override {
     const bool in_b1 = b1_.Contains(id);
@@ -183,7 +182,7 @@ class ArcPolicy final : public EvictionPolicy {
   }
 
   const int64_t capacity_;
-  double p_ = 0;  // target size of T1; fractional steps, as the paper's |B2|/|B1|
+  double p_ = 0;     // target size of T1; fractional steps, as the paper's |B2|/|B1|
   SlotLists lists_;  // kT1, kT2, kParked; front: most recent
   internal::ChildLinks links_;
   std::vector<bool> home_t2_;  // for a parked slot: the list it returns to

@@ -3,9 +3,9 @@
 // One insertion-ordered queue (an intrusive list over slot ids). Pinned entries keep their place
 // and are passed over. A parent the cache refuses because its children are cached (the prefix
 // rule) is parked and comes back at the old end when its last linked child leaves, so it goes right
-// after its children, as plain FIFO with the prefix rule would do, and the search does not walk past
-// it on every eviction. Victim cost: O(1) amortised, plus the pinned entries at the old end and
-// entries refused for other reasons (e.g. a host block whose children live only on the device);
+// after its children, as plain FIFO with the prefix rule would do, and the search does not walk
+// past it on every eviction. Victim cost: O(1) amortised, plus the pinned entries at the old end
+// and entries refused for other reasons (e.g. a host block whose children live only on the device);
 // parked entries are offered only when nothing else can go. Parameters: none.
 #include <cstdint>
 #include <vector>

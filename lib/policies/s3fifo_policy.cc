@@ -13,9 +13,10 @@
 // A parent the cache refuses because its children are cached (the prefix rule) is parked and
 // returns to the old end of its queue when its last linked child leaves; other entries the search
 // may not take (pinned, refused otherwise) are requeued at the new end of their queue; so a search
-// is O(1) amortised. If the rules find nothing, a scan of the queues returns any evictable entry. The ghost check of an incoming block happens at its insertion
-// (after the victim is chosen: a cache takes a slot before it knows the key).
-// Parameters: small_ratio (0.1, in (0, 1)), ghost_ratio (0.9, in [0, 4]), threshold (2, 1..3).
+// is O(1) amortised. If the rules find nothing, a scan of the queues returns any evictable entry.
+// The ghost check of an incoming block happens at its insertion (after the victim is chosen: a
+// cache takes a slot before it knows the key). Parameters: small_ratio (0.1, in (0, 1)),
+// ghost_ratio (0.9, in [0, 4]), threshold (2, 1..3).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -38,7 +39,8 @@ class S3FifoPolicy final : public EvictionPolicy {
  public:
   static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
     const auto& p = ctx.params;
-    if (absl::Status s = CheckPolicyParams("s3fifo", p, {"small_ratio", "ghost_ratio", "threshold"});
+    if (absl::Status s =
+            CheckPolicyParams("s3fifo", p, {"small_ratio", "ghost_ratio", "threshold"});
         !s.ok()) {
       return s;
     }
@@ -119,7 +121,7 @@ class S3FifoPolicy final : public EvictionPolicy {
     uint64_t id = 0;
     bool known = false;
     bool pinned = false;
-    uint8_t freq = 0;  // accesses, capped at 3
+    uint8_t freq = 0;        // accesses, capped at 3
     uint16_t home = kSmall;  // the queue a parked entry returns to
   };
 

@@ -35,7 +35,8 @@ class StreamingPolicy final : public EvictionPolicy {
     if (absl::Status s = CheckPolicyParams("streaming", ctx.params, {"sinks", "window"}); !s.ok()) {
       return s;
     }
-    absl::StatusOr<uint32_t> sinks = internal::ParamUint("streaming", ctx.params, "sinks", 1, 0, 1024);
+    absl::StatusOr<uint32_t> sinks =
+        internal::ParamUint("streaming", ctx.params, "sinks", 1, 0, 1024);
     if (!sinks.ok()) return sinks.status();
     absl::StatusOr<uint32_t> window =
         internal::ParamUint("streaming", ctx.params, "window", 8, 0, 65536);
@@ -113,7 +114,7 @@ class StreamingPolicy final : public EvictionPolicy {
     uint32_t depth = 0;
     SlotId parent = kNoParent;
     uint32_t parent_gen = 0;
-    uint32_t gen = 0;  // bumped on each OnRemove: a child's stale link is recognised
+    uint32_t gen = 0;       // bumped on each OnRemove: a child's stale link is recognised
     uint32_t children = 0;  // linked children in the tier
     uint16_t cls = kWindow;
     bool pinned = false;
