@@ -653,8 +653,10 @@ int Run(const Flags& f) {
     std::error_code ec;
     if (!f.warm) std::filesystem::remove_all(f.disk_dir, ec);
     std::filesystem::create_directories(f.disk_dir, ec);
-    // A disk slot is the block rounded up to the direct-I/O alignment plus a one-unit trailer.
+    // A disk slot is the block rounded up to the direct-I/O alignment plus a one-unit trailer. With
+    // a disk tier a host slot is that size too, and host.capacity_bytes caps the whole pool.
     const uint64_t slot = (block + 4095) / 4096 * 4096 + 4096;
+    options.host.capacity_bytes = uint64_t{f.host_blocks} * slot;
     if (f.damage_disk) {
       std::printf("engine_loop: flipped a byte in %" PRIu64 " disk slots of %s\n",
                   DamageDiskFiles(f.disk_dir, slot), f.disk_dir.c_str());

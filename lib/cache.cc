@@ -486,15 +486,23 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
   const uint32_t device_slots =
       options.device.capacity_slots == 0 ? options.layout.num_slots : options.device.capacity_slots;
   const uint64_t block = options.layout.block_bytes();
-  const auto host_slots = static_cast<uint32_t>(options.host.capacity_bytes / block);
   // With a disk tier a host slot also holds the block's on-disk trailer, padded to the file
-  // system's direct-I/O alignment, so that a block moves to and from disk in one transfer.
+  // system's direct-I/O alignment, so that a block moves to and from disk in one transfer. The
+  // slot count comes from that real footprint: host.capacity_bytes is a hard cap on the pool.
   uint64_t host_slot_bytes = block;
   uint32_t alignment = 0;
   if (with_disk && !no_bytes) {
     KVTIER_ASSIGN_OR_RETURN(alignment, DiskTier::Alignment(options.disk.directory));
     host_slot_bytes = DiskTier::HostSlotBytes(block, alignment);
+    if (options.host.capacity_bytes < host_slot_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Options.host.capacity_bytes: ", options.host.capacity_bytes,
+                       " is less than one host slot with a disk tier (", host_slot_bytes,
+                       " bytes: the ", block, "-byte block padded to the ", alignment,
+                       "-byte direct-I/O alignment, plus its trailer)"));
+    }
   }
+  const auto host_slots = static_cast<uint32_t>(options.host.capacity_bytes / host_slot_bytes);
   KVTIER_ASSIGN_OR_RETURN(
       auto host, HostPool::Create(device.get(), no_bytes ? 0 : host_slots, host_slot_bytes));
   std::unique_ptr<DiskTier> disk;

@@ -366,8 +366,11 @@ using test::EngineKv;
 Options DiskOptions(const EngineKv& kv, const fs::path& dir, uint32_t host_blocks,
                     uint32_t disk_blocks) {
   Options o = test::MakeOptions(kv, host_blocks);
-  // Capacity in bytes: a disk slot is the block padded to the alignment plus one trailer unit.
+  // Capacity in bytes: a disk slot is the block padded to the alignment plus one trailer unit, and
+  // so is a host slot when there is a disk tier.
   const uint32_t align = *DiskTier::Alignment(dir.string());
+  o.host.capacity_bytes =
+      uint64_t{host_blocks} * DiskTier::HostSlotBytes(kv.layout().block_bytes(), align);
   o.disk = {.directory = dir.string(),
             .capacity_bytes =
                 uint64_t{disk_blocks} * DiskTier::HostSlotBytes(kv.layout().block_bytes(), align),
@@ -509,6 +512,34 @@ TEST_CASE("Cache with disk: under injected disk faults no corrupt block reaches 
   const CacheStats s = (*cache)->Stats();
   if (kind == 2) CHECK(s.disk_corrupt_reads > 0);
   REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Regression: with a disk tier the host pool stays within host.capacity_bytes",
+          "[disk][cache][options][regression]") {
+  TempDir dir;
+  // 16 KiB blocks: with the trailer and 4 KiB alignment a host slot is 20 KiB, 25% more.
+  EngineKv kv({.layers = 4, .segments = 2, .segment_bytes = 2048, .num_slots = 4});
+  const uint64_t block = kv.layout().block_bytes();
+  const uint64_t slot = DiskTier::HostSlotBytes(block, Align(dir.path));
+  REQUIRE(slot > block);
+  Options o = DiskOptions(kv, dir.path, 0, 64);
+  SECTION("less than one host slot is kInvalidArgument") {
+    o.host.capacity_bytes = slot - 1;
+    REQUIRE_CODE(Cache::Create(o), absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("the slots that fit, and not one byte more") {
+    o.host.capacity_bytes = 8 * block;
+    auto owned = std::make_unique<test::TestDevice>();
+    test::TestDevice* device = owned.get();
+    auto cache = CreateCache(o, std::move(owned));
+    REQUIRE_OK(cache);
+    CHECK(device->max_host_allocation() <= o.host.capacity_bytes);
+    CHECK((*cache)->Stats().host.capacity_blocks == o.host.capacity_bytes / slot);
+    uint64_t matched = 0;
+    CHECK(RunAll(**cache, kv, 1, 12, &matched) == 0);
+    CHECK(RunAll(**cache, kv, 1, 12, &matched) == 0);
+    CHECK(matched > 0);
+  }
 }
 
 // Fails the first read submitted after arm(), with EIO; every other op succeeds.
