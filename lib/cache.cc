@@ -123,6 +123,10 @@ class CacheCore {
     restore_dropped_ = blocks.size() - restored_;
   }
 
+  // The Cache's methods use index_ itself rather than index(), so that clang's thread-safety
+  // analysis sees that the lock they take (index_.mu()) is the one the *Locked calls require.
+  friend class ::kvtier::Cache;
+
   Index& index() { return index_; }
   const Options& options() const { return options_; }
   Device& device() { return *device_; }
@@ -561,8 +565,8 @@ absl::StatusOr<MatchResult> Cache::Match(std::span<const BlockKey> keys) {
       return absl::InvalidArgumentError(absl::StrCat("Match: keys[", i, "] is the root key"));
     }
   }
-  MutexLock lock(&core_->index().mu());
-  return core_->index().MatchLocked(keys);
+  MutexLock lock(&core_->index_.mu());
+  return core_->index_.MatchLocked(keys);
 }
 
 namespace {
@@ -587,7 +591,7 @@ absl::Status Cache::FinishAllocation(const absl::Status& reserved,
                                      std::vector<uint32_t> quarantine) {
   std::shared_ptr<internal::DeviceEvent> write_back;
   {
-    MutexLock lock(&core_->index().mu());
+    MutexLock lock(&core_->index_.mu());
     core_->StartDiskWritesLocked();
     if (!demotions.empty()) {
       auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
@@ -597,14 +601,14 @@ absl::Status Cache::FinishAllocation(const absl::Status& reserved,
   // The victims' bytes must reach the host before anyone may overwrite their slots.
   if (write_back != nullptr) write_back->Wait().IgnoreError();
   if (!quarantine.empty()) {
-    MutexLock lock(&core_->index().mu());
-    core_->index().FreeQuarantinedLocked(quarantine);
+    MutexLock lock(&core_->index_.mu());
+    core_->index_.FreeQuarantinedLocked(quarantine);
   }
   return reserved;
 }
 
 absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
-  const uint32_t capacity = core_->index().capacity(Tier::kDevice);
+  const uint32_t capacity = core_->index_.capacity(Tier::kDevice);
   if (n == 0 || n > capacity) {
     return absl::InvalidArgumentError(
         absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
@@ -614,8 +618,8 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
     std::vector<internal::Demotion> demotions;
     absl::StatusOr<uint64_t> id;
     {
-      MutexLock lock(&core_->index().mu());
-      id = core_->index().NewLeaseLocked(n, &slots, &demotions, &quarantine);
+      MutexLock lock(&core_->index_.mu());
+      id = core_->index_.NewLeaseLocked(n, &slots, &demotions, &quarantine);
     }
     const absl::Status s =
         FinishAllocation(id.status(), std::move(demotions), std::move(quarantine));
@@ -629,7 +633,7 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
 
 absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Grow", lease, core_.get()));
-  const uint32_t capacity = core_->index().capacity(Tier::kDevice);
+  const uint32_t capacity = core_->index_.capacity(Tier::kDevice);
   if (n == 0 || n > capacity - std::min(capacity, lease.size())) {
     return absl::InvalidArgumentError(absl::StrCat("Grow: ", n, " slots asked vs 1..",
                                                    capacity - std::min(capacity, lease.size()),
@@ -640,8 +644,8 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
     std::vector<internal::Demotion> demotions;
     absl::Status grown;
     {
-      MutexLock lock(&core_->index().mu());
-      grown = core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
+      MutexLock lock(&core_->index_.mu());
+      grown = core_->index_.GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
     }
     const absl::Status s = FinishAllocation(grown, std::move(demotions), std::move(quarantine));
     if (s.ok()) {
@@ -655,9 +659,9 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
 
 absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& lease) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Load", lease, core_.get()));
-  MutexLock lock(&core_->index().mu());
+  MutexLock lock(&core_->index_.mu());
   KVTIER_ASSIGN_OR_RETURN(internal::LoadPlan plan,
-                          core_->index().PlanLoadLocked(lease.id_, match.keys));
+                          core_->index_.PlanLoadLocked(lease.id_, match.keys));
   lease.slots_ = plan.lease_slots;
   KVTIER_ASSIGN_OR_RETURN(auto state, core_->StartLoadLocked(std::move(plan)));
   return Transfer(std::move(state));
@@ -665,9 +669,9 @@ absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& leas
 
 absl::Status Cache::Commit(std::span<const BlockKey> keys, DeviceLease& lease) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Commit", lease, core_.get()));
-  MutexLock lock(&core_->index().mu());
+  MutexLock lock(&core_->index_.mu());
   std::vector<internal::Demotion> demotions;
-  KVTIER_RETURN_IF_ERROR(core_->index().CommitLocked(lease.id_, keys, &demotions));
+  KVTIER_RETURN_IF_ERROR(core_->index_.CommitLocked(lease.id_, keys, &demotions));
   core_->StartDiskWritesLocked();
   if (!demotions.empty()) {
     // Write-through copies: their failure only loses the host copy; Commit itself succeeded.
@@ -687,21 +691,21 @@ absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double>
     return absl::InvalidArgumentError(
         absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
   }
-  MutexLock lock(&core_->index().mu());
-  core_->index().HintLocked(keys, scores);
+  MutexLock lock(&core_->index_.mu());
+  core_->index_.HintLocked(keys, scores);
   return absl::OkStatus();
 }
 
 CacheStats Cache::Stats() const {
-  MutexLock lock(&core_->index().mu());
+  MutexLock lock(&core_->index_.mu());
   return core_->Stats();
 }
 
 const Options& Cache::options() const { return core_->options(); }
 
 absl::Status Cache::CheckInvariants() const {
-  MutexLock lock(&core_->index().mu());
-  return core_->index().CheckInvariantsLocked();
+  MutexLock lock(&core_->index_.mu());
+  return core_->index_.CheckInvariantsLocked();
 }
 
 }  // namespace kvtier
