@@ -91,6 +91,47 @@ class CacheCore {
     if (event.ok()) (*event)->Wait().IgnoreError();
   }
 
+  // Waits for every demotion in flight: device-to-host copies (and the index updates they make),
+  // then host-to-disk write-backs, whichever call started them. Until a write-back ends, its disk
+  // slot is Filling, so a full disk has no victim and the prefix rule protects the parents above.
+  void DrainDemotions() {
+    DrainDeviceToHost();
+    std::vector<std::shared_ptr<HostEvent>> writes;
+    {
+      MutexLock lock(&index_.mu());
+      for (const std::shared_ptr<HostEvent>& w : host_busy_) {
+        if (w != nullptr && !w->Query()) writes.push_back(w);
+      }
+    }
+    for (const std::shared_ptr<HostEvent>& w : writes) w->Wait().IgnoreError();
+  }
+
+  // Blocks evicted from any tier so far (a failed allocation that evicted some made progress).
+  uint64_t EvictionsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    CacheStats stats;
+    index_.FillStatsLocked(&stats);
+    return stats.device.evictions + stats.host.evictions + stats.disk.evictions;
+  }
+
+  // After an allocation came up short: whether to try again, having waited for every demotion in
+  // flight. A single attempt can only demote as far as the slots it finds Ready: the host and disk
+  // slots it takes for write-backs stay Filling (not evictable) until it has finished, so with
+  // nothing pinned it can fail where the next attempt, starting from the written-back state,
+  // succeeds. So: retry once after draining, and again for as long as the failed attempt evicted
+  // something (each such attempt moves blocks down the tiers or drops them, a bounded amount),
+  // never more than kMaxAllocationAttempts in all.
+  bool RetryAllocation(int attempt, uint64_t evictions_before) {
+    static constexpr int kMaxAllocationAttempts = 64;
+    if (attempt + 1 >= kMaxAllocationAttempts) return false;
+    bool progress = true;
+    if (attempt > 0) {
+      MutexLock lock(&index_.mu());
+      progress = EvictionsLocked() != evictions_before;
+    }
+    if (progress) DrainDemotions();
+    return progress;
+  }
+
   // Copies every block not yet on disk down to it, so the next start finds whole prefixes.
   void Flush() {
     std::shared_ptr<DeviceEvent> demoted;
@@ -617,17 +658,19 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
     std::vector<uint32_t> slots, quarantine;
     std::vector<internal::Demotion> demotions;
     absl::StatusOr<uint64_t> id;
+    uint64_t evictions_before = 0;
     {
       MutexLock lock(&core_->index_.mu());
+      evictions_before = core_->EvictionsLocked();
       id = core_->index_.NewLeaseLocked(n, &slots, &demotions, &quarantine);
     }
     const absl::Status s =
         FinishAllocation(id.status(), std::move(demotions), std::move(quarantine));
     if (s.ok()) return DeviceLease(core_.get(), *id, std::move(slots));
-    // Short only because copies out of the device (write-through, write-back) pin blocks for now:
-    // wait for them once and try again, rather than fail on a transient state.
-    if (s.code() != absl::StatusCode::kResourceExhausted || attempt > 0) return s;
-    core_->DrainDeviceToHost();
+    if (s.code() != absl::StatusCode::kResourceExhausted ||
+        !core_->RetryAllocation(attempt, evictions_before)) {
+      return s;
+    }
   }
 }
 
@@ -643,8 +686,10 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
     std::vector<uint32_t> slots, quarantine;
     std::vector<internal::Demotion> demotions;
     absl::Status grown;
+    uint64_t evictions_before = 0;
     {
       MutexLock lock(&core_->index_.mu());
+      evictions_before = core_->EvictionsLocked();
       grown = core_->index_.GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
     }
     const absl::Status s = FinishAllocation(grown, std::move(demotions), std::move(quarantine));
@@ -652,8 +697,10 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
       lease.slots_.insert(lease.slots_.end(), slots.begin(), slots.end());
       return absl::OkStatus();
     }
-    if (s.code() != absl::StatusCode::kResourceExhausted || attempt > 0) return s;
-    core_->DrainDeviceToHost();  // as in AllocateDevice
+    if (s.code() != absl::StatusCode::kResourceExhausted ||
+        !core_->RetryAllocation(attempt, evictions_before)) {
+      return s;
+    }
   }
 }
 
