@@ -403,9 +403,9 @@ class WorkQueue {
 struct SchedulerTotals {
   uint64_t requests = 0, truncated = 0, blocks = 0, input_tokens = 0;
   uint64_t matched[kvtier::kNumTiers] = {};
-  uint64_t allocation_waits = 0;         // AllocateDevice kResourceExhausted: waited for a release
+  uint64_t allocation_waits = 0;          // AllocateDevice kResourceExhausted: waited for a release
   uint64_t idle_allocation_failures = 0;  // the same with no request in flight (an error)
-  uint64_t errors = 0;                   // unrecoverable API errors
+  uint64_t errors = 0;                    // unrecoverable API errors
 };
 
 struct WorkerTotals {
