@@ -191,25 +191,26 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
     }
     layout.layers.push_back(std::move(layer));
   }
+  // A disk slot is the block rounded up to the file system's alignment plus one aligned trailer:
+  // size the files for the worst case (4 KiB), so at least disk_blocks slots fit. With a disk tier
+  // a host slot has the same footprint (host.capacity_bytes caps it), so the host is sized alike.
+  constexpr uint64_t kAlign = 4096;
+  const uint64_t slot = config.payload && config.disk_blocks > 0
+                            ? (shape.block_bytes + kAlign - 1) / kAlign * kAlign + kAlign
+                            : shape.block_bytes;
   Options options{
       .layout = std::move(layout),
       .backend = config.payload ? DeviceBackend::kEmulated : DeviceBackend::kMetadataOnly,
       .device = {.capacity_slots = config.device_blocks,
                  .policy = config.policy,
                  .policy_params = config.policy_params},
-      .host = {.capacity_bytes = uint64_t{config.host_blocks} * shape.block_bytes,
+      .host = {.capacity_bytes = uint64_t{config.host_blocks} * slot,
                .policy = config.policy,
                .policy_params = config.policy_params},
       .demote_on_evict = config.demote_on_evict,
       .host_write_through = config.host_write_through,
   };
   if (config.disk_blocks > 0) {
-    // A disk slot is the block rounded up to the file system's alignment plus one aligned trailer:
-    // size the files for the worst case (4 KiB), so at least disk_blocks slots fit.
-    constexpr uint64_t kAlign = 4096;
-    const uint64_t slot = config.payload
-                              ? (shape.block_bytes + kAlign - 1) / kAlign * kAlign + kAlign
-                              : shape.block_bytes;
     options.disk = {.directory = config.payload ? disk_dir : "(metadata-only: no files)",
                     .capacity_bytes = uint64_t{config.disk_blocks} * slot,
                     .policy = config.policy,

@@ -368,19 +368,25 @@ class WorkQueue {
   void Done() {
     std::lock_guard lock(mu_);
     --outstanding_;
+    ++releases_;
     released_.notify_all();
+  }
+  // Releases so far: read before a call that may come up short, for WaitForRelease.
+  uint64_t releases() {
+    std::lock_guard lock(mu_);
+    return releases_;
   }
   void Started() {
     std::lock_guard lock(mu_);
     ++outstanding_;
   }
-  // Waits until the worker has released one more request; false if nothing is outstanding (the
-  // wait would never end).
-  bool WaitForRelease() {
+  // Waits until the worker has released a request since releases() returned `seen` (at once if it
+  // already has: the release may come between the failed call and this wait); false if none was
+  // and nothing is outstanding (the wait would never end).
+  bool WaitForRelease(uint64_t seen) {
     std::unique_lock lock(mu_);
-    if (outstanding_ == 0) return false;
-    const uint64_t before = outstanding_;
-    released_.wait(lock, [&] { return outstanding_ < before; });
+    if (releases_ == seen && outstanding_ == 0) return false;
+    released_.wait(lock, [&] { return releases_ != seen; });
     return true;
   }
 
@@ -390,15 +396,16 @@ class WorkQueue {
   std::deque<InFlight> items_;
   const uint32_t capacity_;
   uint64_t outstanding_ = 0;
+  uint64_t releases_ = 0;
   bool closed_ = false;
 };
 
 struct SchedulerTotals {
   uint64_t requests = 0, truncated = 0, blocks = 0, input_tokens = 0;
   uint64_t matched[kvtier::kNumTiers] = {};
-  uint64_t allocation_waits = 0;         // AllocateDevice kResourceExhausted: waited for a release
-  uint64_t idle_allocation_retries = 0;  // the same with no request in flight: backed off 1 ms
-  uint64_t errors = 0;                   // unrecoverable API errors
+  uint64_t allocation_waits = 0;          // AllocateDevice kResourceExhausted: waited for a release
+  uint64_t idle_allocation_failures = 0;  // the same with no request in flight (an error)
+  uint64_t errors = 0;                    // unrecoverable API errors
 };
 
 struct WorkerTotals {
@@ -549,19 +556,18 @@ void Schedule(kvtier::Cache& cache, const kvtier::BlockHasher& hasher,
       ReportError("Match", match.status(), r.id, &t->errors);
       continue;
     }
+    uint64_t seen = queue.releases();
     absl::StatusOr<kvtier::DeviceLease> lease = cache.AllocateDevice(n);
-    // Too few device slots are evictable: wait for the worker to release a request, and try again.
-    // With nothing of ours in flight, the shortage can only be the cache's own copies (write-backs
-    // to disk still running): back off briefly, a bounded number of times.
-    for (int idle_retries = 0; lease.status().code() == absl::StatusCode::kResourceExhausted;) {
-      if (queue.WaitForRelease()) {
-        ++t->allocation_waits;
-      } else if (idle_retries++ < 100) {
-        ++t->idle_allocation_retries;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      } else {
+    // Every device slot is pinned by requests in flight: wait for the worker to release one, and
+    // try again. With nothing of ours in flight the cache must find the slots itself (it waits for
+    // its own copies): short then is an error.
+    while (lease.status().code() == absl::StatusCode::kResourceExhausted) {
+      if (!queue.WaitForRelease(seen)) {
+        ++t->idle_allocation_failures;
         break;
       }
+      ++t->allocation_waits;
+      seen = queue.releases();
       lease = cache.AllocateDevice(n);
     }
     if (!lease.ok()) {
@@ -653,8 +659,10 @@ int Run(const Flags& f) {
     std::error_code ec;
     if (!f.warm) std::filesystem::remove_all(f.disk_dir, ec);
     std::filesystem::create_directories(f.disk_dir, ec);
-    // A disk slot is the block rounded up to the direct-I/O alignment plus a one-unit trailer.
+    // A disk slot is the block rounded up to the direct-I/O alignment plus a one-unit trailer. With
+    // a disk tier a host slot is that size too, and host.capacity_bytes caps the whole pool.
     const uint64_t slot = (block + 4095) / 4096 * 4096 + 4096;
+    options.host.capacity_bytes = uint64_t{f.host_blocks} * slot;
     if (f.damage_disk) {
       std::printf("engine_loop: flipped a byte in %" PRIu64 " disk slots of %s\n",
                   DamageDiskFiles(f.disk_dir, slot), f.disk_dir.c_str());
@@ -728,7 +736,7 @@ int Run(const Flags& f) {
   row("disk blocks failing checksums", s.disk_corrupt_reads);
   row("Commit conflicts (kAlreadyExists)", wt.commit_conflicts);
   row("AllocateDevice waits (kResourceExhausted)", st.allocation_waits);
-  row("  retries with no request in flight", st.idle_allocation_retries);
+  row("  with no request in flight (errors)", st.idle_allocation_failures);
   row("decode blocks committed after Grow", wt.decode_blocks);
   row("Grow refused (kResourceExhausted)", wt.grow_exhausted);
   row("unrecoverable API errors", st.errors + wt.errors);

@@ -92,6 +92,47 @@ class CacheCore {
     if (event.ok()) (*event)->Wait().IgnoreError();
   }
 
+  // Waits for every demotion in flight: device-to-host copies (and the index updates they make),
+  // then host-to-disk write-backs, whichever call started them. Until a write-back ends, its disk
+  // slot is Filling, so a full disk has no victim and the prefix rule protects the parents above.
+  void DrainDemotions() {
+    DrainDeviceToHost();
+    std::vector<std::shared_ptr<HostEvent>> writes;
+    {
+      MutexLock lock(&index_.mu());
+      for (const std::shared_ptr<HostEvent>& w : host_busy_) {
+        if (w != nullptr && !w->Query()) writes.push_back(w);
+      }
+    }
+    for (const std::shared_ptr<HostEvent>& w : writes) w->Wait().IgnoreError();
+  }
+
+  // Blocks evicted from any tier so far (a failed allocation that evicted some made progress).
+  uint64_t EvictionsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    CacheStats stats;
+    index_.FillStatsLocked(&stats);
+    return stats.device.evictions + stats.host.evictions + stats.disk.evictions;
+  }
+
+  // After an allocation came up short: whether to try again, having waited for every demotion in
+  // flight. A single attempt can only demote as far as the slots it finds Ready: the host and disk
+  // slots it takes for write-backs stay Filling (not evictable) until it has finished, so with
+  // nothing pinned it can fail where the next attempt, starting from the written-back state,
+  // succeeds. So: retry once after draining, and again for as long as the failed attempt evicted
+  // something (each such attempt moves blocks down the tiers or drops them, a bounded amount),
+  // never more than kMaxAllocationAttempts in all.
+  bool RetryAllocation(int attempt, uint64_t evictions_before) {
+    static constexpr int kMaxAllocationAttempts = 64;
+    if (attempt + 1 >= kMaxAllocationAttempts) return false;
+    bool progress = true;
+    if (attempt > 0) {
+      MutexLock lock(&index_.mu());
+      progress = EvictionsLocked() != evictions_before;
+    }
+    if (progress) DrainDemotions();
+    return progress;
+  }
+
   // Copies every block not yet on disk down to it, so the next start finds whole prefixes.
   void Flush() {
     std::shared_ptr<DeviceEvent> demoted;
@@ -123,6 +164,10 @@ class CacheCore {
     restored_ = index_.RestoreLocked(Tier::kDisk, blocks);
     restore_dropped_ = blocks.size() - restored_;
   }
+
+  // The Cache's methods use index_ itself rather than index(), so that clang's thread-safety
+  // analysis sees that the lock they take (index_.mu()) is the one the *Locked calls require.
+  friend class ::kvtier::Cache;
 
   Index& index() { return index_; }
   const Options& options() const { return options_; }
@@ -511,15 +556,23 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
   const uint32_t device_slots =
       options.device.capacity_slots == 0 ? options.layout.num_slots : options.device.capacity_slots;
   const uint64_t block = options.layout.block_bytes();
-  const auto host_slots = static_cast<uint32_t>(options.host.capacity_bytes / block);
   // With a disk tier a host slot also holds the block's on-disk trailer, padded to the file
-  // system's direct-I/O alignment, so that a block moves to and from disk in one transfer.
+  // system's direct-I/O alignment, so that a block moves to and from disk in one transfer. The
+  // slot count comes from that real footprint: host.capacity_bytes is a hard cap on the pool.
   uint64_t host_slot_bytes = block;
   uint32_t alignment = 0;
   if (with_disk && !no_bytes) {
     KVTIER_ASSIGN_OR_RETURN(alignment, DiskTier::Alignment(options.disk.directory));
     host_slot_bytes = DiskTier::HostSlotBytes(block, alignment);
+    if (options.host.capacity_bytes < host_slot_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Options.host.capacity_bytes: ", options.host.capacity_bytes,
+                       " is less than one host slot with a disk tier (", host_slot_bytes,
+                       " bytes: the ", block, "-byte block padded to the ", alignment,
+                       "-byte direct-I/O alignment, plus its trailer)"));
+    }
   }
+  const auto host_slots = static_cast<uint32_t>(options.host.capacity_bytes / host_slot_bytes);
   KVTIER_ASSIGN_OR_RETURN(
       auto host, HostPool::Create(device.get(), no_bytes ? 0 : host_slots, host_slot_bytes));
   std::unique_ptr<DiskTier> disk;
@@ -587,8 +640,8 @@ absl::StatusOr<MatchResult> Cache::Match(std::span<const BlockKey> keys) {
       return absl::InvalidArgumentError(absl::StrCat("Match: keys[", i, "] is the root key"));
     }
   }
-  MutexLock lock(&core_->index().mu());
-  return core_->index().MatchLocked(keys);
+  MutexLock lock(&core_->index_.mu());
+  return core_->index_.MatchLocked(keys);
 }
 
 namespace {
@@ -613,7 +666,7 @@ absl::Status Cache::FinishAllocation(const absl::Status& reserved,
                                      std::vector<uint32_t> quarantine) {
   std::shared_ptr<internal::DeviceEvent> write_back;
   {
-    MutexLock lock(&core_->index().mu());
+    MutexLock lock(&core_->index_.mu());
     core_->StartDiskWritesLocked();
     if (!demotions.empty()) {
       auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
@@ -623,14 +676,14 @@ absl::Status Cache::FinishAllocation(const absl::Status& reserved,
   // The victims' bytes must reach the host before anyone may overwrite their slots.
   if (write_back != nullptr) write_back->Wait().IgnoreError();
   if (!quarantine.empty()) {
-    MutexLock lock(&core_->index().mu());
-    core_->index().FreeQuarantinedLocked(quarantine);
+    MutexLock lock(&core_->index_.mu());
+    core_->index_.FreeQuarantinedLocked(quarantine);
   }
   return reserved;
 }
 
 absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
-  const uint32_t capacity = core_->index().capacity(Tier::kDevice);
+  const uint32_t capacity = core_->index_.capacity(Tier::kDevice);
   if (n == 0 || n > capacity) {
     return absl::InvalidArgumentError(
         absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
@@ -639,23 +692,25 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
     std::vector<uint32_t> slots, quarantine;
     std::vector<internal::Demotion> demotions;
     absl::StatusOr<uint64_t> id;
+    uint64_t evictions_before = 0;
     {
-      MutexLock lock(&core_->index().mu());
-      id = core_->index().NewLeaseLocked(n, &slots, &demotions, &quarantine);
+      MutexLock lock(&core_->index_.mu());
+      evictions_before = core_->EvictionsLocked();
+      id = core_->index_.NewLeaseLocked(n, &slots, &demotions, &quarantine);
     }
     const absl::Status s =
         FinishAllocation(id.status(), std::move(demotions), std::move(quarantine));
     if (s.ok()) return DeviceLease(core_.get(), *id, std::move(slots));
-    // Short only because copies out of the device (write-through, write-back) pin blocks for now:
-    // wait for them once and try again, rather than fail on a transient state.
-    if (s.code() != absl::StatusCode::kResourceExhausted || attempt > 0) return s;
-    core_->DrainDeviceToHost();
+    if (s.code() != absl::StatusCode::kResourceExhausted ||
+        !core_->RetryAllocation(attempt, evictions_before)) {
+      return s;
+    }
   }
 }
 
 absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Grow", lease, core_.get()));
-  const uint32_t capacity = core_->index().capacity(Tier::kDevice);
+  const uint32_t capacity = core_->index_.capacity(Tier::kDevice);
   if (n == 0 || n > capacity - std::min(capacity, lease.size())) {
     return absl::InvalidArgumentError(absl::StrCat("Grow: ", n, " slots asked vs 1..",
                                                    capacity - std::min(capacity, lease.size()),
@@ -665,26 +720,30 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
     std::vector<uint32_t> slots, quarantine;
     std::vector<internal::Demotion> demotions;
     absl::Status grown;
+    uint64_t evictions_before = 0;
     {
-      MutexLock lock(&core_->index().mu());
-      grown = core_->index().GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
+      MutexLock lock(&core_->index_.mu());
+      evictions_before = core_->EvictionsLocked();
+      grown = core_->index_.GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
     }
     const absl::Status s = FinishAllocation(grown, std::move(demotions), std::move(quarantine));
     if (s.ok()) {
       lease.slots_.insert(lease.slots_.end(), slots.begin(), slots.end());
       return absl::OkStatus();
     }
-    if (s.code() != absl::StatusCode::kResourceExhausted || attempt > 0) return s;
-    core_->DrainDeviceToHost();  // as in AllocateDevice
+    if (s.code() != absl::StatusCode::kResourceExhausted ||
+        !core_->RetryAllocation(attempt, evictions_before)) {
+      return s;
+    }
   }
 }
 
 absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& lease) {
   const uint64_t start = internal::MonotonicNanos();
   KVTIER_RETURN_IF_ERROR(CheckLease("Load", lease, core_.get()));
-  MutexLock lock(&core_->index().mu());
+  MutexLock lock(&core_->index_.mu());
   KVTIER_ASSIGN_OR_RETURN(internal::LoadPlan plan,
-                          core_->index().PlanLoadLocked(lease.id_, match.keys));
+                          core_->index_.PlanLoadLocked(lease.id_, match.keys));
   lease.slots_ = plan.lease_slots;
   KVTIER_ASSIGN_OR_RETURN(auto state, core_->StartLoadLocked(std::move(plan), start));
   return Transfer(std::move(state));
@@ -692,9 +751,9 @@ absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& leas
 
 absl::Status Cache::Commit(std::span<const BlockKey> keys, DeviceLease& lease) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Commit", lease, core_.get()));
-  MutexLock lock(&core_->index().mu());
+  MutexLock lock(&core_->index_.mu());
   std::vector<internal::Demotion> demotions;
-  KVTIER_RETURN_IF_ERROR(core_->index().CommitLocked(lease.id_, keys, &demotions));
+  KVTIER_RETURN_IF_ERROR(core_->index_.CommitLocked(lease.id_, keys, &demotions));
   core_->StartDiskWritesLocked();
   if (!demotions.empty()) {
     // Write-through copies: their failure only loses the host copy; Commit itself succeeded.
@@ -714,21 +773,21 @@ absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double>
     return absl::InvalidArgumentError(
         absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
   }
-  MutexLock lock(&core_->index().mu());
-  core_->index().HintLocked(keys, scores);
+  MutexLock lock(&core_->index_.mu());
+  core_->index_.HintLocked(keys, scores);
   return absl::OkStatus();
 }
 
 CacheStats Cache::Stats() const {
-  MutexLock lock(&core_->index().mu());
+  MutexLock lock(&core_->index_.mu());
   return core_->Stats();
 }
 
 const Options& Cache::options() const { return core_->options(); }
 
 absl::Status Cache::CheckInvariants() const {
-  MutexLock lock(&core_->index().mu());
-  return core_->index().CheckInvariantsLocked();
+  MutexLock lock(&core_->index_.mu());
+  return core_->index_.CheckInvariantsLocked();
 }
 
 }  // namespace kvtier

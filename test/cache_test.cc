@@ -1,5 +1,7 @@
 #include "kvtier/cache.h"
 
+#include <random>
+
 #include "test/util/test_util.h"
 
 namespace kvtier {
@@ -271,6 +273,44 @@ TEST_CASE("Cache bad input: all device slots pinned is kResourceExhausted, then 
   REQUIRE_OK((*cache)->CheckInvariants());
   REQUIRE_OK((*cache)->Release(*all));
   StillUsable(**cache, kv);
+}
+
+TEST_CASE("Regression: with nothing pinned or in flight, AllocateDevice frees every device slot",
+          "[cache][regression]") {
+  // One allocation attempt can demote only into host and disk slots that are Ready when it starts
+  // (those it takes stay Filling until it ends), so a full hierarchy of chains needs several.
+  // Metadata-only: every copy completes at once, so nothing is ever in flight between calls.
+  BlockLayout layout{.tokens_per_block = 4, .num_slots = 8};
+  layout.layers.push_back({.segments = {{nullptr, 1024, 1024}}});
+  const uint64_t host_blocks = GENERATE(2, 4, 8), disk_blocks = GENERATE(4, 8, 16);
+  Options o{.layout = layout,
+            .backend = DeviceBackend::kMetadataOnly,
+            .host = {.capacity_bytes = host_blocks * 1024},
+            .disk = {.directory = "(metadata-only)", .capacity_bytes = disk_blocks * 1024}};
+  const uint32_t seed = GENERATE(range(1u, 11u));
+  CAPTURE(host_blocks, disk_blocks, seed);
+  std::mt19937 rng(seed);
+  auto cache = Cache::Create(o);
+  REQUIRE_OK(cache);
+  for (int step = 0; step < 60; ++step) {
+    CAPTURE(step);
+    // A request: a prefix of one of a few conversations, so chains share their first blocks.
+    const auto keys = test::Chain(1 + rng() % 8, rng() % 8);
+    auto match = (*cache)->Match(keys);
+    REQUIRE_OK(match);
+    auto lease = (*cache)->AllocateDevice(static_cast<uint32_t>(keys.size()));
+    REQUIRE_OK(lease);
+    auto xfer = (*cache)->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    REQUIRE_OK(xfer->Wait());
+    REQUIRE_OK((*cache)->Commit(keys, *lease));
+    REQUIRE_OK((*cache)->Release(*lease));
+    // No lease, nothing pinned, nothing in flight: the whole device tier can be had.
+    auto all = (*cache)->AllocateDevice(layout.num_slots);
+    REQUIRE_OK(all);
+    REQUIRE_OK((*cache)->Release(*all));
+    REQUIRE_OK((*cache)->CheckInvariants());
+  }
 }
 
 }  // namespace

@@ -7,14 +7,19 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <future>
 #include <map>
+#include <mutex>
 #include <random>
+#include <thread>
 
 #include "lib/cache_factory.h"
 #include "lib/transfer/emulated_device.h"
+#include "test/util/test_device.h"
 #include "test/util/test_util.h"
 
 namespace kvtier::internal {
@@ -361,8 +366,11 @@ using test::EngineKv;
 Options DiskOptions(const EngineKv& kv, const fs::path& dir, uint32_t host_blocks,
                     uint32_t disk_blocks) {
   Options o = test::MakeOptions(kv, host_blocks);
-  // Capacity in bytes: a disk slot is the block padded to the alignment plus one trailer unit.
+  // Capacity in bytes: a disk slot is the block padded to the alignment plus one trailer unit, and
+  // so is a host slot when there is a disk tier.
   const uint32_t align = *DiskTier::Alignment(dir.string());
+  o.host.capacity_bytes =
+      uint64_t{host_blocks} * DiskTier::HostSlotBytes(kv.layout().block_bytes(), align);
   o.disk = {.directory = dir.string(),
             .capacity_bytes =
                 uint64_t{disk_blocks} * DiskTier::HostSlotBytes(kv.layout().block_bytes(), align),
@@ -504,6 +512,98 @@ TEST_CASE("Cache with disk: under injected disk faults no corrupt block reaches 
   const CacheStats s = (*cache)->Stats();
   if (kind == 2) CHECK(s.disk_corrupt_reads > 0);
   REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Regression: with a disk tier the host pool stays within host.capacity_bytes",
+          "[disk][cache][options][regression]") {
+  TempDir dir;
+  // 16 KiB blocks: with the trailer and 4 KiB alignment a host slot is 20 KiB, 25% more.
+  EngineKv kv({.layers = 4, .segments = 2, .segment_bytes = 2048, .num_slots = 4});
+  const uint64_t block = kv.layout().block_bytes();
+  const uint64_t slot = DiskTier::HostSlotBytes(block, Align(dir.path));
+  REQUIRE(slot > block);
+  Options o = DiskOptions(kv, dir.path, 0, 64);
+  SECTION("less than one host slot is kInvalidArgument") {
+    o.host.capacity_bytes = slot - 1;
+    REQUIRE_CODE(Cache::Create(o), absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("the slots that fit, and not one byte more") {
+    o.host.capacity_bytes = 8 * block;
+    auto owned = std::make_unique<test::TestDevice>();
+    test::TestDevice* device = owned.get();
+    auto cache = CreateCache(o, std::move(owned));
+    REQUIRE_OK(cache);
+    CHECK(device->max_host_allocation() <= o.host.capacity_bytes);
+    CHECK((*cache)->Stats().host.capacity_blocks == o.host.capacity_bytes / slot);
+    uint64_t matched = 0;
+    CHECK(RunAll(**cache, kv, 1, 12, &matched) == 0);
+    CHECK(RunAll(**cache, kv, 1, 12, &matched) == 0);
+    CHECK(matched > 0);
+  }
+}
+
+// Fails the first read submitted after arm(), with EIO; every other op succeeds.
+struct FailNextRead final : FaultInjector {
+  Fault Next(IoOp op, uint64_t /*offset*/, uint32_t /*bytes*/) override {
+    return op == IoOp::kRead && armed.exchange(false) ? Fault::kEio : Fault::kNone;
+  }
+  std::atomic<bool> armed{false};
+};
+
+TEST_CASE("Regression: a failed load is reported only once no copy can write the lease any more",
+          "[disk][cache][faults][regression]") {
+  TempDir dir;
+  EngineKv kv({.num_slots = 8});
+  const Options options = DiskOptions(kv, dir.path, 8, 64);
+  const auto keys = test::Chain(4, 1);
+  {
+    auto cache = Cache::Create(options);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, keys));
+  }  // flush_on_close: the four blocks are on disk only when the next cache starts
+  FailNextRead injector;
+  auto owned = std::make_unique<test::TestDevice>();
+  test::TestDevice* device = owned.get();
+  auto cache = CreateCache(options, std::move(owned), &injector);
+  REQUIRE_OK(cache);
+  auto match = (*cache)->Match(keys);
+  REQUIRE_OK(match);
+  REQUIRE(match->blocks_in(Tier::kDisk) == 4);
+  auto lease = (*cache)->AllocateDevice(4);
+  REQUIRE_OK(lease);
+  // The first block's read fails; the copies of all four blocks are still held back (a slow copy
+  // engine) when that failure is known.
+  injector.armed = true;
+  device->HoldHostToDevice();
+  auto xfer = (*cache)->Load(*match, *lease);
+  REQUIRE_OK(xfer);
+  REQUIRE(xfer->blocks_promoted() == 4);
+  // Lets the copies go once WaitLayer has returned, or after a while if it is (rightly) waiting
+  // for them: without the fix the copies run after the engine has recomputed.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool returned = false;
+  std::thread release([&] {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::milliseconds(300), [&] { return returned; });
+    device->ReleaseHostToDevice();
+  });
+  const absl::Status failed = xfer->WaitLayer(0);
+  {
+    std::lock_guard lock(mu);
+    returned = true;
+  }
+  cv.notify_all();
+  CHECK_FALSE(failed.ok());
+  CHECK(xfer->Poll());  // the whole Transfer had stopped when the error was reported
+  // The engine recomputes into its slots straight away (other bytes than the lost blocks').
+  const auto recomputed = test::Chain(4, 2);
+  const std::vector<uint32_t> slots(lease->slots().begin(), lease->slots().end());
+  for (uint32_t i = 0; i < 4; ++i) kv.Write(slots[i], recomputed[i]);
+  CHECK_FALSE(xfer->Wait().ok());
+  release.join();
+  REQUIRE_OK((*cache)->CheckInvariants());
+  for (uint32_t i = 0; i < 4; ++i) CHECK(kv.Mismatches(slots[i], recomputed[i]) == 0);
 }
 
 }  // namespace cache_level

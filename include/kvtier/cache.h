@@ -120,10 +120,11 @@ class Cache {
   absl::StatusOr<MatchResult> Match(std::span<const BlockKey> keys);
 
   // Reserves n >= 1 device slots, evicting unpinned blocks with the device policy. Blocks while
-  // victims without a host copy are copied to the host (write-back), and, when slots are short only
-  // because copies out of the device are in flight, until those finish; then returns.
-  // kInvalidArgument for n == 0 or n > the device tier's capacity; kResourceExhausted when too few
-  // slots are free or evictable (nothing is reserved then).
+  // victims without a host copy are copied to the host (write-back). When slots are short, first
+  // waits for every demotion in flight (device-to-host copies, host-to-disk write-backs) and tries
+  // again, for as long as each failed try still evicted something (a try can only demote into
+  // slots that were Ready when it started). kInvalidArgument for n == 0 or n > the device tier's
+  // capacity; kResourceExhausted when too few slots are free or evictable (nothing is reserved).
   absl::StatusOr<DeviceLease> AllocateDevice(uint32_t n);
 
   // Adds n >= 1 slots at the end of `lease` (a sequence that grew). Same errors as AllocateDevice.

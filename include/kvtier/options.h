@@ -32,10 +32,14 @@ struct DeviceTierOptions {
 };
 
 struct HostTierOptions {
-  uint64_t capacity_bytes = 0;  // hard cap on the pinned host pool; 0 disables the host tier;
-                                // otherwise at least one block (layout.block_bytes())
-  std::string policy = "lru";   // name in the policy registry
-  PolicyParams policy_params;   // key=value strings, validated by the policy
+  // Hard cap on the pinned host pool; 0 disables the host tier. The pool holds as many slots as
+  // fit: a slot is one block (layout.block_bytes()), or with a disk tier the block rounded up to
+  // the file system's direct-I/O alignment plus one alignment unit for its on-disk trailer (e.g.
+  // 36 KiB for a 32 KiB block at 4 KiB alignment). Create() fails with kInvalidArgument if not
+  // even one slot fits.
+  uint64_t capacity_bytes = 0;
+  std::string policy = "lru";  // name in the policy registry
+  PolicyParams policy_params;  // key=value strings, validated by the policy
 };
 
 // The NVMe tier: fixed-size slots in preallocated files, io_uring, O_DIRECT, checksummed.

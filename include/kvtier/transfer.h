@@ -5,8 +5,11 @@
 //   copies keep their sources pinned until they finish, whether or not the handle still exists.
 // Lifetime: destroy before its Cache; destroying an unfinished Transfer waits for it, so no copy
 //   engine writes into memory the engine has since reused.
-// Errors: a failed copy ends the Transfer with !status().ok(); its blocks are then misses (they are
-//   not published in the cache and their lease slots are writable again), never data.
+// Errors: a failed copy or disk read ends the Transfer with !status().ok(); its blocks are then
+//   misses (they are not published in the cache and their lease slots are writable again), never
+//   data. No call reports a failure before the whole Transfer has stopped: when WaitLayer(), Wait()
+//   or status() returns an error (or Poll() is true), no copy of this Transfer writes into the
+//   lease any more, so the engine may recompute into those slots at once.
 #ifndef KVTIER_TRANSFER_H_
 #define KVTIER_TRANSFER_H_
 
@@ -48,7 +51,9 @@ class Transfer {
   absl::Status status() const;
 
   // Blocks until layer `layer` of every block is on the device (earlier layers too: layers arrive
-  // in order). kOutOfRange for a bad layer; the Transfer's error if it failed.
+  // in order). kOutOfRange for a bad layer. If the Transfer failed, returns its error, but only
+  // after every copy of the Transfer has stopped (as Wait() does), which may take longer than the
+  // layer alone: a failure is never reported while the lease's slots can still be written.
   absl::Status WaitLayer(uint32_t layer);
   // The device event recorded after layer `layer` was copied: a cudaEvent_t on the CUDA backend,
   // for cudaStreamWaitEvent on the engine's compute stream. nullptr when there is nothing to wait

@@ -33,7 +33,9 @@ bool HasDuplicate(std::span<const BlockKey> keys) {
 }  // namespace
 
 Index::Index(IndexConfig config)
-    : demote_on_evict_(config.demote_on_evict), host_write_through_(config.host_write_through) {
+    : capacities_(config.capacity_slots),
+      demote_on_evict_(config.demote_on_evict),
+      host_write_through_(config.host_write_through) {
   MutexLock lock(&mu_);
   for (int t = 0; t < kNumTiers; ++t) {
     TierTable& tt = tiers_[t];
@@ -194,13 +196,14 @@ std::optional<SlotId> Index::TakeHostSlotLocked() {
   }
   bool can_write_back = demote_on_evict_ && table(kDiskTier).capacity > 0;
   for (;;) {
-    auto victim = host.policy->PickVictim([&](SlotId s) {
-      const Entry& e = E(host.slot[s].entry);
-      const Residency& r = e.res[T(kHostTier)];
-      return r.state == ResState::kReady && r.pins() == 0 &&
-             (e.res[T(kDev)].present() || e.res[T(kDiskTier)].present() || e.children == 0 ||
-              can_write_back);
-    });
+    auto victim = host.policy->PickVictim(
+        [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+          const Entry& e = E(host.slot[s].entry);
+          const Residency& r = e.res[T(kHostTier)];
+          return r.state == ResState::kReady && r.pins() == 0 &&
+                 (e.res[T(kDev)].present() || e.res[T(kDiskTier)].present() || e.children == 0 ||
+                  can_write_back);
+        });
     if (!victim) return std::nullopt;
     const uint32_t id = host.slot[*victim].entry;
     const bool other_copy = E(id).res[T(kDev)].present() || E(id).res[T(kDiskTier)].present();
@@ -236,12 +239,13 @@ std::optional<SlotId> Index::TakeDiskSlotLocked() {
     disk.free.pop_back();
     return s;
   }
-  auto victim = disk.policy->PickVictim([&](SlotId s) {
-    const Entry& e = E(disk.slot[s].entry);
-    const Residency& r = e.res[T(kDiskTier)];
-    return r.state == ResState::kReady && r.pins() == 0 &&
-           (e.res[T(kDev)].present() || e.res[T(kHostTier)].present() || e.children == 0);
-  });
+  auto victim = disk.policy->PickVictim(
+      [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+        const Entry& e = E(disk.slot[s].entry);
+        const Residency& r = e.res[T(kDiskTier)];
+        return r.state == ResState::kReady && r.pins() == 0 &&
+               (e.res[T(kDev)].present() || e.res[T(kHostTier)].present() || e.children == 0);
+      });
   if (!victim) return std::nullopt;
   const uint32_t id = disk.slot[*victim].entry;
   disk.stats.evictions++;
@@ -258,13 +262,14 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
   }
   bool can_write_back = demote_on_evict_ && table(kHostTier).capacity > 0;
   for (;;) {
-    auto victim = dev.policy->PickVictim([&](SlotId s) {
-      const Entry& e = E(dev.slot[s].entry);
-      const Residency& r = e.res[T(kDev)];
-      return r.state == ResState::kReady && r.pins() == 0 &&
-             (e.res[T(kHostTier)].present() || e.res[T(kDiskTier)].present() || e.children == 0 ||
-              can_write_back);
-    });
+    auto victim = dev.policy->PickVictim(
+        [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+          const Entry& e = E(dev.slot[s].entry);
+          const Residency& r = e.res[T(kDev)];
+          return r.state == ResState::kReady && r.pins() == 0 &&
+                 (e.res[T(kHostTier)].present() || e.res[T(kDiskTier)].present() ||
+                  e.children == 0 || can_write_back);
+        });
     if (!victim) return std::nullopt;
     const uint32_t id = dev.slot[*victim].entry;
     const bool host_copy = E(id).res[T(kHostTier)].present() || E(id).res[T(kDiskTier)].present();

@@ -183,7 +183,8 @@ class Index {
 
   absl::Status CheckInvariantsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillStatsLocked(CacheStats* stats) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint32_t capacity(Tier tier) const { return tiers_[static_cast<int>(tier)].capacity; }
+  // Fixed at construction: readable without mu().
+  uint32_t capacity(Tier tier) const { return capacities_[static_cast<int>(tier)]; }
   size_t live_leases_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return leases_.size(); }
 
  private:
@@ -209,8 +210,12 @@ class Index {
     std::vector<LeaseSlot> slots;
   };
 
-  TierTable& table(Tier t) { return tiers_[static_cast<int>(t)]; }
-  const TierTable& table(Tier t) const { return tiers_[static_cast<int>(t)]; }
+  TierTable& table(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return tiers_[static_cast<int>(t)];
+  }
+  const TierTable& table(Tier t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return tiers_[static_cast<int>(t)];
+  }
 
   // Slot acquisition with eviction; nullopt when nothing can be freed.
   std::optional<SlotId> TakeDeviceSlotLocked(std::vector<Demotion>* demotions)
@@ -245,6 +250,7 @@ class Index {
   void FreeSlotLocked(Tier tier, SlotId slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Lease* FindLeaseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const std::array<uint32_t, kNumTiers> capacities_;  // slots per tier, as configured
   mutable Mutex mu_;
   std::array<TierTable, kNumTiers> tiers_ ABSL_GUARDED_BY(mu_);
   // key -> entry id. The table stores only the 4-byte id and compares keys through the slab

@@ -54,9 +54,15 @@ struct TransferState {
     done = true;
     cv.SignalAll();
   }
+  // A failure is reported only once the whole Transfer has finished: until then copies of its other
+  // blocks may still write into the lease's slots, and only Finish() (after the index gave the
+  // failed blocks' slots back to the lease) makes them the engine's to recompute into.
   absl::Status WaitLayer(uint32_t layer) {
     MutexLock lock(&mu);
     while (layers_done <= layer && error.ok()) cv.Wait(&mu);
+    if (!error.ok()) {
+      while (!done) cv.Wait(&mu);
+    }
     return error;
   }
   absl::Status Wait() {

@@ -1,0 +1,82 @@
+// TestDevice: an EmulatedDevice that a test can hold back and watch. Host-to-device copies enqueued
+// while the gate is held wait (on the device's stream, like a slow copy engine) until it is
+// released; every host allocation is recorded. The cache owns the device: keep a raw pointer.
+#ifndef KVTIER_TEST_UTIL_TEST_DEVICE_H_
+#define KVTIER_TEST_UTIL_TEST_DEVICE_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+
+#include "lib/common/mutex.h"
+#include "lib/transfer/emulated_device.h"
+#include "lib/transfer/host_event.h"
+
+namespace kvtier::test {
+
+class TestDevice final : public internal::Device {
+ public:
+  const char* name() const override { return "test"; }
+
+  // Copies enqueued on the host-to-device stream from now on wait for ReleaseHostToDevice().
+  void HoldHostToDevice() {
+    internal::MutexLock lock(&mu_);
+    gate_ = std::make_shared<internal::HostEvent>();
+  }
+  void ReleaseHostToDevice() {
+    std::shared_ptr<internal::HostEvent> gate;
+    {
+      internal::MutexLock lock(&mu_);
+      gate = std::move(gate_);
+    }
+    if (gate != nullptr) gate->Complete();
+  }
+  // The largest AllocateHost() request so far, in bytes.
+  uint64_t max_host_allocation() {
+    internal::MutexLock lock(&mu_);
+    return max_host_allocation_;
+  }
+
+  absl::StatusOr<void*> AllocateHost(uint64_t bytes) override {
+    {
+      internal::MutexLock lock(&mu_);
+      max_host_allocation_ = std::max(max_host_allocation_, bytes);
+    }
+    return inner_.AllocateHost(bytes);
+  }
+  void FreeHost(void* ptr, uint64_t bytes) override { inner_.FreeHost(ptr, bytes); }
+  absl::Status Copy(internal::Stream stream,
+                    std::span<const internal::CopyRegion> regions) override {
+    std::shared_ptr<internal::HostEvent> gate;
+    if (stream == internal::Stream::kH2D) {
+      internal::MutexLock lock(&mu_);
+      gate = gate_;
+    }
+    if (gate != nullptr) {
+      if (absl::Status s = inner_.WaitEvent(stream, gate); !s.ok()) return s;
+    }
+    return inner_.Copy(stream, regions);
+  }
+  absl::StatusOr<std::shared_ptr<internal::DeviceEvent>> RecordEvent(
+      internal::Stream stream) override {
+    return inner_.RecordEvent(stream);
+  }
+  absl::Status WaitEvent(internal::Stream stream,
+                         std::shared_ptr<internal::DeviceEvent> event) override {
+    return inner_.WaitEvent(stream, std::move(event));
+  }
+  absl::Status AddCallback(internal::Stream stream, std::function<void(absl::Status)> fn) override {
+    return inner_.AddCallback(stream, std::move(fn));
+  }
+  absl::Status Synchronize() override { return inner_.Synchronize(); }
+
+ private:
+  internal::EmulatedDevice inner_;
+  internal::Mutex mu_;
+  std::shared_ptr<internal::HostEvent> gate_ ABSL_GUARDED_BY(mu_);
+  uint64_t max_host_allocation_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace kvtier::test
+
+#endif  // KVTIER_TEST_UTIL_TEST_DEVICE_H_
