@@ -465,6 +465,8 @@ TEST_CASE("Prometheus: disk counters and latencies move with write-back and read
     Options o = test::MakeOptions(kv, 2);
     auto align = internal::DiskTier::Alignment(dir.string());
     REQUIRE_OK(align);
+    // With a disk tier a host slot holds the block padded for direct I/O plus its trailer.
+    o.host.capacity_bytes = 2 * internal::DiskTier::HostSlotBytes(block, *align);
     o.disk = {.directory = dir.string(),
               .capacity_bytes = 64 * internal::DiskTier::HostSlotBytes(block, *align)};
     auto cache = Cache::Create(o);
