@@ -1,21 +1,21 @@
 // CudaDevice: see cuda_device.h for the contract. The reasoning lives here.
 //
-// Completion and failure. A callback is a cudaLaunchHostFunc, so later work on its stream (and an
-// event recorded after it) waits for it, as the Device contract requires. A host function never
-// runs once the context has a sticky error, so each stream also has a watcher thread that waits
-// (cudaEventSynchronize, blocking sync) on an event recorded right after each callback: success
-// means the host function has returned; an error marks the device failed and calls the callback
-// with it. Each callback fires exactly once (an atomic flag), whichever of the two gets there
-// first. A Callback is shared by the host function and the watcher, so neither frees it under the
-// other; a host function that never runs leaks its reference (a few bytes per callback, only on a
-// failed device).
+// Completion and failure. A callback is not a cudaLaunchHostFunc: a host function stalls its stream
+// until the CPU has run it, which would put a GPU -> CPU -> GPU round trip between every layer of
+// a load, and it never runs once the context has a sticky error. Instead AddCallback records an
+// event, and a watcher thread per stream waits for it (cudaEventSynchronize, blocking sync) and
+// then calls the callback, in enqueue order; an error there marks the device failed and the
+// callback (and every later one) is called with it. The Device contract that work after a
+// callback waits for it is kept where kvtier relies on it, host-side: a CudaEvent's Wait() and
+// Query() also wait for the callbacks enqueued on its stream before it. A native cudaEvent_t
+// waited on by another stream (the engine's LayerReady) does not: it needs only the bytes.
 //
 // Host waits. A disk read completes on io_uring's thread, not on a stream. Waiting for it by
 // blocking inside a host function would stall CUDA's callback thread for every stream, so the
 // stream instead runs a one-thread kernel that polls a mapped host flag (copy_kernels.cu), and the
 // read's completion raises it. The flags live in a pool shared with the pending closures, so a
-// late completion never writes freed memory; a flag returns to the pool from a host function
-// after its kernel finished. With the pool exhausted (4096 waits in flight) the wait falls back to
+// late completion never writes freed memory; a flag returns to the pool from a callback enqueued
+// after its kernel. With the pool exhausted (4096 waits in flight) the wait falls back to
 // a host function that blocks.
 #include "cuda/cuda_device.h"
 
@@ -71,9 +71,21 @@ class ScopedDevice {
   bool restore_ = false;
 };
 
+// The callbacks of one stream, as a CudaEvent sees them.
+class CallbackClock {
+ public:
+  virtual ~CallbackClock() = default;
+  // True once callback number `seq` (1-based; 0: none) of the stream has been called.
+  virtual bool CallbacksDone(int stream, uint64_t seq) = 0;
+  virtual void WaitCallbacks(int stream, uint64_t seq) = 0;
+};
+
 class CudaEvent final : public DeviceEvent {
  public:
-  explicit CudaEvent(cudaEvent_t event) : event_(event) {}
+  // `callbacks_before`: callbacks enqueued on `stream` before the event, which Wait() and Query()
+  // also wait for. `clock` outlives every host-side wait (a Device outlives its events' users).
+  CudaEvent(cudaEvent_t event, CallbackClock* clock, int stream, uint64_t callbacks_before)
+      : event_(event), clock_(clock), stream_(stream), callbacks_before_(callbacks_before) {}
   ~CudaEvent() override {
     // Destroying a recorded event that has not completed is allowed: CUDA releases it later.
     static_cast<void>(cudaEventDestroy(event_));
@@ -82,15 +94,26 @@ class CudaEvent final : public DeviceEvent {
   CudaEvent& operator=(const CudaEvent&) = delete;
 
   // An error (a failed device) counts as complete: Wait() then reports it.
-  bool Query() const override { return cudaEventQuery(event_) != cudaErrorNotReady; }
+  bool Query() const override {
+    return cudaEventQuery(event_) != cudaErrorNotReady &&
+           clock_->CallbacksDone(stream_, callbacks_before_);
+  }
   absl::Status Wait() const override {
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(event_));
-    return absl::OkStatus();
+    const absl::Status s = [&]() -> absl::Status {
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(event_));
+      return absl::OkStatus();
+    }();
+    // Even on error: the watcher calls the earlier callbacks with it at once.
+    clock_->WaitCallbacks(stream_, callbacks_before_);
+    return s;
   }
   void* native() const override { return event_; }
 
  private:
   cudaEvent_t event_;
+  CallbackClock* clock_;
+  int stream_;
+  uint64_t callbacks_before_;
 };
 
 struct Callback {
@@ -101,12 +124,6 @@ struct Callback {
   std::function<void(absl::Status)> fn;
   std::atomic<bool> fired{false};
 };
-
-void CUDART_CB RunCallback(void* arg) {
-  auto* cb = static_cast<std::shared_ptr<Callback>*>(arg);
-  (*cb)->Fire(absl::OkStatus());
-  delete cb;
-}
 
 // Mapped pinned words that WaitFlagKernel polls; see the file comment.
 struct FlagPool {
@@ -140,24 +157,13 @@ struct FlagPool {
   std::vector<uint32_t> free ABSL_GUARDED_BY(mu);
 };
 
-struct FlagRelease {
-  std::shared_ptr<FlagPool> pool;
-  uint32_t index;
-};
-
-void CUDART_CB ReleaseFlag(void* arg) {
-  auto* r = static_cast<FlagRelease*>(arg);
-  r->pool->Give(r->index);
-  delete r;
-}
-
 void CUDART_CB BlockOnHostEvent(void* arg) {
   auto* event = static_cast<std::shared_ptr<DeviceEvent>*>(arg);
   (*event)->Wait().IgnoreError();  // a HostEvent's Wait cannot fail
   delete event;
 }
 
-class CudaDevice final : public Device {
+class CudaDevice final : public Device, public CallbackClock {
  public:
   static absl::StatusOr<std::unique_ptr<CudaDevice>> Create(const CudaOptions& options);
   ~CudaDevice() override;
@@ -176,10 +182,13 @@ class CudaDevice final : public Device {
   // Marks the device failed (first cause wins) and calls every pending callback with the error.
   void MarkFailed(const absl::Status& cause);
 
+  bool CallbacksDone(int stream, uint64_t seq) override;
+  void WaitCallbacks(int stream, uint64_t seq) override;
+
  private:
   struct Pending {
     std::shared_ptr<Callback> cb;
-    cudaEvent_t after = nullptr;  // recorded after the host function; null if that failed
+    cudaEvent_t after = nullptr;  // recorded where the callback was enqueued
   };
   struct Watch {
     Mutex mu;
@@ -217,6 +226,9 @@ class CudaDevice final : public Device {
   const void* DeviceAddress(const void* p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(pinned_mu_);
 
   cudaStream_t stream(Stream s) const { return streams_[static_cast<int>(s)]; }
+  Stream stream_of(cudaStream_t s) const {
+    return s == streams_[static_cast<int>(Stream::kH2D)] ? Stream::kH2D : Stream::kD2H;
+  }
 
   const int device_;
   const CudaCopyMethod method_;
@@ -285,23 +297,31 @@ void CudaDevice::WatchLoop(Watch* w) {
       if (w->queue.empty()) return;
       p = w->queue.front();
     }
-    absl::Status waited = absl::InternalError("CudaDevice: no event after the callback");
-    if (p.after != nullptr) {
-      waited = [&]() -> absl::Status {
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(p.after));
-        return absl::OkStatus();
-      }();
-      static_cast<void>(cudaEventDestroy(p.after));  // done with it either way
-    }
-    if (!waited.ok()) {
-      MarkFailed(waited);
-      p.cb->Fire(failure());  // no-op if the host function got there first
-    }
+    const absl::Status waited = [&]() -> absl::Status {
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(p.after));
+      return absl::OkStatus();
+    }();
+    static_cast<void>(cudaEventDestroy(p.after));  // done with it either way
+    if (!waited.ok()) MarkFailed(waited);
+    // OK unless the device failed (then already called, by MarkFailed, unless it just failed).
+    p.cb->Fire(failed_.load(std::memory_order_acquire) ? failure() : absl::OkStatus());
     MutexLock lock(&w->mu);
     w->queue.pop_front();
     w->finished++;
     w->cv.SignalAll();
   }
+}
+
+bool CudaDevice::CallbacksDone(int stream, uint64_t seq) {
+  Watch& w = watches_[stream];
+  MutexLock lock(&w.mu);
+  return w.finished >= seq;
+}
+
+void CudaDevice::WaitCallbacks(int stream, uint64_t seq) {
+  Watch& w = watches_[stream];
+  MutexLock lock(&w.mu);
+  while (w.finished < seq) w.cv.Wait(&w.mu);
 }
 
 absl::Status CudaDevice::failure() const {
@@ -488,11 +508,20 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> CudaDevice::RecordEvent(Stream stre
   KVTIER_RETURN_IF_ERROR(Refuse("CudaDevice::RecordEvent"));
   ScopedDevice scope;
   KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
+  const int index = static_cast<int>(stream_id);
   auto record = [&]() -> absl::StatusOr<std::shared_ptr<DeviceEvent>> {
     cudaEvent_t e = nullptr;
     KVTIER_CUDA_RETURN_IF_ERROR(
         cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
-    auto event = std::make_shared<CudaEvent>(e);
+    // Callbacks enqueued so far on this stream. The count and the record are not atomic together:
+    // a callback another thread adds in between may be counted; waiting for it as well is
+    // harmless (it runs after work enqueued before this event anyway).
+    uint64_t callbacks_before = 0;
+    {
+      MutexLock lock(&watches_[index].mu);
+      callbacks_before = watches_[index].added;
+    }
+    auto event = std::make_shared<CudaEvent>(e, this, index, callbacks_before);
     KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream(stream_id)));
     return event;
   };
@@ -535,10 +564,11 @@ absl::Status CudaDevice::WaitEventImpl(cudaStream_t s, const std::shared_ptr<Dev
   }
   // The kernel is queued: from here on the flag must be raised whatever else fails.
   host->Then([pool = flags_, index] { pool->Raise(index); });
-  auto release = std::make_unique<FlagRelease>(FlagRelease{flags_, index});
-  // Without the release host function the flag is simply not reused.
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaLaunchHostFunc(s, &ReleaseFlag, release.get()));
-  static_cast<void>(release.release());  // ReleaseFlag frees it
+  // The flag is reused once the kernel has passed (if this fails, it is simply never reused).
+  static_cast<void>(AddCallbackImpl(stream_of(s), std::make_shared<Callback>(
+                                                      [pool = flags_, index](absl::Status st) {
+                                                        if (st.ok()) pool->Give(index);
+                                                      })));
   return absl::OkStatus();
 }
 
@@ -551,35 +581,19 @@ absl::Status CudaDevice::AddCallback(Stream stream_id, std::function<void(absl::
 }
 
 absl::Status CudaDevice::AddCallbackImpl(Stream stream_id, std::shared_ptr<Callback> cb) {
-  const cudaStream_t s = stream(stream_id);
-  // The watcher's event is created first: once the host function is queued, AddCallback must
-  // succeed (the caller then relies on the callback, and it fires exactly once).
   cudaEvent_t after = nullptr;
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaEventCreateWithFlags(&after, cudaEventDisableTiming | cudaEventBlockingSync));
-  auto arg = std::make_unique<std::shared_ptr<Callback>>(cb);
-  if (cudaError_t e = cudaLaunchHostFunc(s, &RunCallback, arg.get()); e != cudaSuccess) {
-    static_cast<void>(cudaEventDestroy(after));  // the launch error is the one to report
+  if (cudaError_t e = cudaEventRecord(after, stream(stream_id)); e != cudaSuccess) {
+    static_cast<void>(cudaEventDestroy(after));  // the record error is the one to report
     KVTIER_CUDA_RETURN_IF_ERROR(e);
   }
-  static_cast<void>(arg.release());  // RunCallback frees it
-  absl::Status recorded = [&]() -> absl::Status {
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(after, s));
-    return absl::OkStatus();
-  }();
-  if (!recorded.ok()) {
-    // The watcher cannot tell when the host function ran: the device is unusable anyway.
-    static_cast<void>(cudaEventDestroy(after));
-    after = nullptr;
-  }
+  // Queued: the watcher now calls it exactly once, whatever happens to the device.
   Watch& w = watches_[static_cast<int>(stream_id)];
-  {
-    MutexLock lock(&w.mu);
-    w.queue.push_back({std::move(cb), after});
-    w.added++;
-    w.cv.SignalAll();
-  }
-  if (!recorded.ok()) MarkFailed(recorded);
+  MutexLock lock(&w.mu);
+  w.queue.push_back({std::move(cb), after});
+  w.added++;
+  w.cv.SignalAll();
   return absl::OkStatus();
 }
 

@@ -13,10 +13,14 @@
 //   cudaStreamWaitEvent; on a HostEvent (a disk read) it enqueues a one-thread kernel that waits
 //   for a mapped host flag the HostEvent raises, so the stream, and every event recorded after it,
 //   waits on the GPU without a host thread blocking.
-// Callbacks: cudaLaunchHostFunc, watched per stream by a thread that waits on an event recorded
-//   after each callback. If that wait fails (a sticky error: illegal address, ECC, lost device),
-//   the device is marked failed and every pending callback is called with the error, so no
-//   Transfer hangs; from then on every enqueue call returns kFailedPrecondition.
+// Callbacks: not host functions (they would stall the stream between layers): an event recorded
+//   where the callback is enqueued, and a watcher thread per stream that waits for it and then
+//   calls the callback, in order. A CudaEvent's host-side Wait()/Query() also wait for the
+//   callbacks enqueued before it on its stream (what the cache relies on: "the index is updated
+//   once the event completes"); its native cudaEvent_t, waited on by another stream, does not.
+//   If a watcher's wait fails (a sticky error: illegal address, ECC, lost device), the device is
+//   marked failed and every pending callback is called with the error, so no Transfer hangs; from
+//   then on every enqueue call returns kFailedPrecondition.
 //
 // Thread safety: every method from any thread; each call makes the device current for its CUDA
 //   calls and restores the caller's current device.

@@ -432,7 +432,7 @@ TEST_CASE("CudaDevice: a failed device calls pending callbacks with the error an
         absl::StatusCode::kFailedPrecondition);
   CHECK((*device)->AddCallback(internal::Stream::kD2H, [](absl::Status) {}).code() ==
         absl::StatusCode::kFailedPrecondition);
-  read->Complete();  // the stream drains; the host function's late call is ignored
+  read->Complete();  // the stream drains; the watcher's late call is ignored
   CHECK_FALSE((*device)->Synchronize().ok());
   CHECK(calls == 1);
 }
