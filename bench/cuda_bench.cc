@@ -112,6 +112,10 @@ std::unique_ptr<Rig> MakeRig(int64_t layout, CudaCopyMethod method, uint32_t blo
   }
   rig->host = static_cast<std::byte*>(*host);
   std::memset(rig->host, 0x5a, rig->host_bytes);
+  if (cudaDeviceSynchronize() != cudaSuccess) {  // the cudaMemsets above are asynchronous
+    *error = "cudaDeviceSynchronize after setup failed";
+    return nullptr;
+  }
   return rig;
 }
 

@@ -10,7 +10,9 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,10 +51,11 @@ struct GpuShape {
   uint32_t num_slots;
 };
 
-// The engine's device KV memory: one cudaMalloc per (layer, segment) tensor.
+// The engine's device KV memory: one cudaMalloc per (layer, segment) tensor; or, with
+// on_gpu = false, host buffers (to run the same scenario on the emulated device anywhere).
 class GpuKv {
  public:
-  explicit GpuKv(const GpuShape& shape) : shape_(shape) {
+  explicit GpuKv(const GpuShape& shape, bool on_gpu = true) : shape_(shape), on_gpu_(on_gpu) {
     layout_.tokens_per_block = 16;
     layout_.num_slots = shape.num_slots;
     for (uint32_t l = 0; l < shape.layers; ++l) {
@@ -60,11 +63,15 @@ class GpuKv {
       for (uint32_t g = 0; g < shape.segments; ++g) {
         void* p = nullptr;
         const uint64_t stride = shape.seg_bytes + shape.stride_pad;
-        if (cudaMalloc(&p, stride * shape.num_slots) != cudaSuccess) {
+        if (!on_gpu) {
+          host_.push_back(std::make_unique<std::byte[]>(stride * shape.num_slots));
+          p = host_.back().get();
+        } else if (cudaMalloc(&p, stride * shape.num_slots) != cudaSuccess) {
           ok_ = false;
           return;
+        } else {
+          tensors_.push_back(p);
         }
-        tensors_.push_back(p);
         layer.segments.push_back({p, shape.seg_bytes, stride});
       }
       layout_.layers.push_back(std::move(layer));
@@ -81,16 +88,27 @@ class GpuKv {
     for (uint32_t l = 0; l < shape_.layers; ++l) {
       for (uint32_t g = 0; g < shape_.segments; ++g) {
         for (uint64_t i = 0; i < buf.size(); ++i) buf[i] = PatternByte(key, l, g, i);
+        if (!on_gpu_) {
+          std::memcpy(At(l, g, slot), buf.data(), buf.size());
+          continue;
+        }
         REQUIRE_CUDA(cudaMemcpy(At(l, g, slot), buf.data(), buf.size(), cudaMemcpyHostToDevice));
       }
     }
+    // A pageable-to-device cudaMemcpy may return before its DMA lands: the engine's "prefill" must
+    // be complete before Commit lets kvtier's streams read it.
+    if (on_gpu_) REQUIRE_CUDA(cudaDeviceSynchronize());
   }
   uint64_t Mismatches(uint32_t slot, const BlockKey& key) {
     std::vector<uint8_t> buf(shape_.seg_bytes);
     uint64_t bad = 0;
     for (uint32_t l = 0; l < shape_.layers; ++l) {
       for (uint32_t g = 0; g < shape_.segments; ++g) {
-        REQUIRE_CUDA(cudaMemcpy(buf.data(), At(l, g, slot), buf.size(), cudaMemcpyDeviceToHost));
+        if (on_gpu_) {
+          REQUIRE_CUDA(cudaMemcpy(buf.data(), At(l, g, slot), buf.size(), cudaMemcpyDeviceToHost));
+        } else {
+          std::memcpy(buf.data(), At(l, g, slot), buf.size());
+        }
         for (uint64_t i = 0; i < buf.size(); ++i) bad += buf[i] != PatternByte(key, l, g, i);
       }
     }
@@ -99,9 +117,14 @@ class GpuKv {
   void Scribble(uint32_t slot) {
     for (uint32_t l = 0; l < shape_.layers; ++l) {
       for (uint32_t g = 0; g < shape_.segments; ++g) {
-        REQUIRE_CUDA(cudaMemset(At(l, g, slot), 0xA5, shape_.seg_bytes));
+        if (on_gpu_) {
+          REQUIRE_CUDA(cudaMemset(At(l, g, slot), 0xA5, shape_.seg_bytes));
+        } else {
+          std::memset(At(l, g, slot), 0xA5, shape_.seg_bytes);
+        }
       }
     }
+    if (on_gpu_) REQUIRE_CUDA(cudaDeviceSynchronize());  // cudaMemset is asynchronous
   }
 
  private:
@@ -110,8 +133,10 @@ class GpuKv {
     return static_cast<std::byte*>(s.base) + uint64_t{slot} * s.stride_bytes;
   }
   GpuShape shape_;
+  bool on_gpu_;
   bool ok_ = true;
-  std::vector<void*> tensors_;
+  std::vector<void*> tensors_;                     // cudaMalloc'ed
+  std::vector<std::unique_ptr<std::byte[]>> host_;  // or these
   BlockLayout layout_;
 };
 
@@ -209,6 +234,45 @@ TEST_CASE("CudaDevice: kAuto on host memory stays emulated; LayerReady is kUnimp
   REQUIRE_CODE(Transfer().LayerReady(0), absl::StatusCode::kFailedPrecondition);
 }
 
+// Commits 8 chains of 2 blocks into an 8-slot device with 4 host slots over a disk tier, so that
+// the first ones go device -> host -> disk, then loads every chain back and checks every byte.
+void RoundTripThroughDisk(GpuKv& kv, DeviceBackend backend, CudaCopyMethod method) {
+  TempDir dir;
+  Options options;
+  options.layout = kv.layout();
+  options.backend = backend;
+  options.cuda.copy_method = method;
+  options.host.capacity_bytes = 4 * kv.layout().block_bytes();  // 4 host slots: the rest to disk
+  options.disk = {.directory = dir.path.string(),
+                  .capacity_bytes = 64 * kv.layout().block_bytes() + (16 << 20),
+                  .allow_buffered = true};
+  auto cache = Cache::Create(options);
+  REQUIRE_OK(cache);
+  std::vector<std::vector<BlockKey>> chains;
+  for (uint32_t i = 0; i < 8; ++i) {
+    chains.push_back(test::Chain(2, 10 + i, 16));
+    CommitChain(**cache, kv, chains.back());
+  }
+  uint32_t from_disk = 0;
+  for (const auto& chain : chains) {
+    MatchResult match;
+    CHECK(LoadAndCheck(**cache, kv, chain, &match) == 0);
+    from_disk += match.blocks_in(Tier::kDisk);
+  }
+  CHECK(from_disk > 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  const CacheStats stats = (*cache)->Stats();
+  CHECK(stats.bytes_disk_read > 0);
+  CHECK(stats.bytes_disk_written > 0);
+  CHECK(stats.bytes_h2d > 0);
+  CHECK(stats.bytes_d2h > 0);
+}
+
+TEST_CASE("CudaDevice: the round-trip scenario holds on the emulated device", "[cuda]") {
+  GpuKv kv({"mla", 6, 1, 16 * 576 * 2, 0, 8}, /*on_gpu=*/false);
+  RoundTripThroughDisk(kv, DeviceBackend::kEmulated, CudaCopyMethod::kAuto);
+}
+
 TEST_CASE("CudaDevice: bytes round-trip device -> host -> disk -> host -> device", "[cuda]") {
   if (NoDevice()) return;
   const GpuShape shape = GENERATE(
@@ -225,32 +289,7 @@ TEST_CASE("CudaDevice: bytes round-trip device -> host -> disk -> host -> device
   CAPTURE(shape.name, MethodName(method));
   GpuKv kv(shape);
   REQUIRE(kv.ok());
-  TempDir dir;
-  Options options;
-  options.layout = kv.layout();
-  options.backend = DeviceBackend::kCuda;
-  options.cuda.copy_method = method;
-  options.host.capacity_bytes = 2 * kv.layout().block_bytes();  // 2 host slots: the rest to disk
-  options.disk = {.directory = dir.path.string(),
-                  .capacity_bytes = 64 * kv.layout().block_bytes() + (16 << 20),
-                  .allow_buffered = true};
-  auto cache = Cache::Create(options);
-  REQUIRE_OK(cache);
-  const auto a = test::Chain(4, 1, 16);
-  const auto b = test::Chain(8, 2, 16);
-  const auto c = test::Chain(8, 3, 16);
-  CommitChain(**cache, kv, a);
-  CommitChain(**cache, kv, b);  // evicts a: device -> host -> disk
-  CommitChain(**cache, kv, c);  // evicts b
-  MatchResult match;
-  CHECK(LoadAndCheck(**cache, kv, a, &match) == 0);
-  CHECK(match.blocks_in(Tier::kDevice) == 0);
-  CHECK(match.blocks_in(Tier::kDisk) > 0);
-  CHECK(LoadAndCheck(**cache, kv, b) == 0);
-  REQUIRE_OK((*cache)->CheckInvariants());
-  const CacheStats stats = (*cache)->Stats();
-  CHECK(stats.bytes_disk_read > 0);
-  CHECK(stats.bytes_disk_written > 0);
+  RoundTripThroughDisk(kv, DeviceBackend::kCuda, method);
 }
 
 // A cache whose blocks `keys` sit in the host tier only (committed with write-through, then pushed
@@ -259,10 +298,11 @@ struct HostResident {
   std::unique_ptr<Cache> cache;
   std::vector<BlockKey> keys;
 };
-HostResident MakeHostResident(GpuKv& kv, uint32_t blocks, CudaCopyMethod method) {
+HostResident MakeHostResident(GpuKv& kv, uint32_t blocks, CudaCopyMethod method,
+                              DeviceBackend backend = DeviceBackend::kCuda) {
   Options options;
   options.layout = kv.layout();
-  options.backend = DeviceBackend::kCuda;
+  options.backend = backend;
   options.cuda.copy_method = method;
   options.host.capacity_bytes = uint64_t{blocks} * kv.layout().block_bytes();
   options.host_write_through = true;
@@ -358,26 +398,23 @@ TEST_CASE("CudaDevice: a compute stream waiting on LayerReady(0) does not wait f
   static_cast<void>(cudaStreamDestroy(compute));
 }
 
-TEST_CASE("CudaDevice: concurrent loads (H2D) and stores (D2H) do not corrupt each other",
-          "[cuda]") {
-  if (NoDevice()) return;
-  const CudaCopyMethod method = GENERATE(CudaCopyMethod::kKernel, CudaCopyMethod::kBatchMemcpy);
-  CAPTURE(MethodName(method));
-  GpuKv kv({"gqa", 8, 2, 16 * 8 * 128 * 2, 0, 64});
-  REQUIRE(kv.ok());
+// Four threads, each loading, verifying, completing and committing (with write-through) chains of
+// 4 blocks on a 24-slot device (32 blocks per thread: misses, so promotions): H2D and D2H copies
+// in flight together.
+void ConcurrentLoadsAndStores(GpuKv& kv, DeviceBackend backend, CudaCopyMethod method) {
   Options options;
   options.layout = kv.layout();
-  options.backend = DeviceBackend::kCuda;
+  options.backend = backend;
   options.cuda.copy_method = method;
   options.host.capacity_bytes = 256 * kv.layout().block_bytes();
   options.host_write_through = true;
   auto cache = Cache::Create(options);
   REQUIRE_OK(cache);
   constexpr int kThreads = 4, kRounds = 20;
-  std::atomic<uint64_t> mismatched{0}, errors{0}, loaded{0};
+  std::atomic<uint64_t> mismatched{0}, errors{0}, loaded{0}, promoted{0};
   auto worker = [&](int t) {
     for (int round = 0; round < kRounds; ++round) {
-      const auto keys = test::Chain(4, 1000 * t + round % 5, 16);
+      const auto keys = test::Chain(4, 1000 * t + round % 8, 16);  // 32 blocks per thread
       auto match = (*cache)->Match(keys);
       if (!match.ok()) {
         errors++;
@@ -390,6 +427,7 @@ TEST_CASE("CudaDevice: concurrent loads (H2D) and stores (D2H) do not corrupt ea
         errors++;
         continue;
       }
+      promoted += xfer->blocks_promoted();
       for (uint32_t i = 0; i < xfer->blocks(); ++i) {
         mismatched += kv.Mismatches(lease->slots()[i], keys[i]);
         loaded++;
@@ -404,7 +442,31 @@ TEST_CASE("CudaDevice: concurrent loads (H2D) and stores (D2H) do not corrupt ea
   CHECK(mismatched == 0);
   CHECK(errors == 0);
   CHECK(loaded > 0);
+  const CacheStats stats = (*cache)->Stats();
+  INFO("promotions " << stats.promotions << ", demotions " << stats.demotions << ", bytes_d2h "
+                     << stats.bytes_d2h);
+  CHECK(promoted > 0);
   REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("CudaDevice: the host-resident and concurrency scenarios hold on the emulated device",
+          "[cuda]") {
+  GpuKv kv({"gqa", 8, 2, 1024, 0, 24}, /*on_gpu=*/false);
+  {
+    HostResident r = MakeHostResident(kv, 16, CudaCopyMethod::kAuto, DeviceBackend::kEmulated);
+    CHECK(r.keys.size() == 16);
+  }
+  ConcurrentLoadsAndStores(kv, DeviceBackend::kEmulated, CudaCopyMethod::kAuto);
+}
+
+TEST_CASE("CudaDevice: concurrent loads (H2D) and stores (D2H) do not corrupt each other",
+          "[cuda]") {
+  if (NoDevice()) return;
+  const CudaCopyMethod method = GENERATE(CudaCopyMethod::kKernel, CudaCopyMethod::kBatchMemcpy);
+  CAPTURE(MethodName(method));
+  GpuKv kv({"gqa", 8, 2, 16 * 8 * 128 * 2, 0, 24});
+  REQUIRE(kv.ok());
+  ConcurrentLoadsAndStores(kv, DeviceBackend::kCuda, method);
 }
 
 TEST_CASE("CudaDevice: a failed device calls pending callbacks with the error and refuses work",
