@@ -190,22 +190,25 @@ void BM_CudaPromote(benchmark::State& state) {
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
     std::shared_ptr<internal::DeviceEvent> first;
-    for (uint32_t l = 0; l < rig->shape.layers; ++l) {
-      if (!rig->device->Copy(Stream::kH2D, layers[l]).ok()) state.SkipWithError("Copy failed");
-      auto ev = rig->device->RecordEvent(Stream::kH2D);
-      if (!ev.ok()) {
-        state.SkipWithError("RecordEvent failed");
-        break;
-      }
-      if (l == 0) first = *ev;
+    absl::Status s;
+    for (uint32_t l = 0; l < rig->shape.layers && s.ok(); ++l) {
+      s = rig->device->Copy(Stream::kH2D, layers[l]);
+      auto ev = s.ok() ? rig->device->RecordEvent(Stream::kH2D) : s;
+      if (!ev.ok()) s = ev.status();
+      if (s.ok() && l == 0) first = *ev;
     }
-    if (first != nullptr && !first->Wait().ok()) state.SkipWithError("layer 0 failed");
+    if (s.ok() && first != nullptr) s = first->Wait();
     const auto at_layer0 = std::chrono::steady_clock::now();
-    if (!rig->device->Synchronize().ok()) state.SkipWithError("Synchronize failed");
+    if (s.ok()) s = rig->device->Synchronize();
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
     const auto end = std::chrono::steady_clock::now();
     layer0_s += std::chrono::duration<double>(at_layer0 - start).count();
     whole_s += std::chrono::duration<double>(end - start).count();
   }
+  if (state.iterations() == 0) return;
   const uint64_t bytes = rig->host_bytes;
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   const double n = static_cast<double>(state.iterations());
@@ -228,10 +231,15 @@ void BM_CudaDemote(benchmark::State& state) {
   double whole_s = 0;
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
-    if (!rig->device->Copy(Stream::kD2H, regions).ok()) state.SkipWithError("Copy failed");
-    if (!rig->device->Synchronize().ok()) state.SkipWithError("Synchronize failed");
+    absl::Status s = rig->device->Copy(Stream::kD2H, regions);
+    if (s.ok()) s = rig->device->Synchronize();
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
     whole_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
+  if (state.iterations() == 0) return;
   const uint64_t bytes = rig->host_bytes;
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   const double baseline = BaselineSeconds(false, bytes);
