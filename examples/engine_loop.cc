@@ -277,7 +277,7 @@ uint64_t Pattern(const BlockKey& key, uint32_t layer, uint32_t seg, uint64_t w) 
 
 // What the engine's kernels do to KV memory, one layer at a time. The emulated implementation runs
 // on the calling thread; a CUDA one would launch on the compute stream (after waiting for the
-// layer's LayerReadyEvent) and report mismatches through a device counter.
+// layer's LayerReady event) and report mismatches through a device counter.
 class KvKernels {
  public:
   virtual ~KvKernels() = default;
