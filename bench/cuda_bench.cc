@@ -271,9 +271,11 @@ int main(int argc, char** argv) {
   std::string why;
   if (kvtier::internal::CudaDeviceCount(&why) == 0) {
     bool json = false;
-    for (int i = 1; i < argc; ++i) json = json || std::strcmp(argv[i], "--benchmark_format=json") == 0;
+    for (int i = 1; i < argc; ++i)
+      json = json || std::strcmp(argv[i], "--benchmark_format=json") == 0;
     std::fprintf(stderr, "kvtier_bench_cuda: skipped: no CUDA device (%s)\n", why.c_str());
-    if (json) std::printf("{\"context\": {}, \"benchmarks\": [], \"skipped\": \"no CUDA device\"}\n");
+    if (json)
+      std::printf("{\"context\": {}, \"benchmarks\": [], \"skipped\": \"no CUDA device\"}\n");
     return 0;
   }
   benchmark::Initialize(&argc, argv);

@@ -19,7 +19,8 @@ constexpr uint32_t kUnroll = 4;  // 16-byte loads in flight per thread before th
 // grid: (blocks per region, regions); block: kThreads threads. Each CTA row copies one region:
 // 16-byte vectors when both ends are 16-byte aligned, then the tail (or everything, when not
 // aligned) byte by byte.
-__global__ void __launch_bounds__(kThreads) GatherKernel(const __grid_constant__ GatherBatch batch) {
+__global__ void __launch_bounds__(kThreads)
+    GatherKernel(const __grid_constant__ GatherBatch batch) {
   const GatherRegion r = batch.regions[blockIdx.y];
   auto* dst = static_cast<unsigned char*>(r.dst);
   const auto* src = static_cast<const unsigned char*>(r.src);
@@ -68,8 +69,8 @@ cudaError_t LaunchGather(const GatherRegion* regions, uint32_t n, uint64_t max_b
   std::copy(regions, regions + n, batch.regions);
   // One CTA moves kThreads * 16 * kUnroll = 16 KiB per pass; up to 16 CTAs per region.
   const uint64_t per_cta = uint64_t{kThreads} * 16 * kUnroll;
-  const auto x = static_cast<uint32_t>(std::clamp<uint64_t>((max_bytes + per_cta - 1) / per_cta,
-                                                            1, 16));
+  const auto x =
+      static_cast<uint32_t>(std::clamp<uint64_t>((max_bytes + per_cta - 1) / per_cta, 1, 16));
   GatherKernel<<<dim3(x, n), kThreads, 0, stream>>>(batch);
   return cudaGetLastError();
 }

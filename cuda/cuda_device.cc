@@ -37,8 +37,8 @@
 #include "cuda/copy_kernels.h"
 #include "cuda/cuda_probe.h"
 #include "cuda/cuda_status.h"
-#include "lib/common/status_macros.h"
 #include "lib/common/mutex.h"
+#include "lib/common/status_macros.h"
 #include "lib/transfer/host_event.h"
 
 namespace kvtier::internal {
@@ -565,10 +565,10 @@ absl::Status CudaDevice::WaitEventImpl(cudaStream_t s, const std::shared_ptr<Dev
   // The kernel is queued: from here on the flag must be raised whatever else fails.
   host->Then([pool = flags_, index] { pool->Raise(index); });
   // The flag is reused once the kernel has passed (if this fails, it is simply never reused).
-  static_cast<void>(AddCallbackImpl(stream_of(s), std::make_shared<Callback>(
-                                                      [pool = flags_, index](absl::Status st) {
-                                                        if (st.ok()) pool->Give(index);
-                                                      })));
+  static_cast<void>(AddCallbackImpl(
+      stream_of(s), std::make_shared<Callback>([pool = flags_, index](absl::Status st) {
+        if (st.ok()) pool->Give(index);
+      })));
   return absl::OkStatus();
 }
 
@@ -629,8 +629,8 @@ absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(const CudaOptions& opti
   std::string why;
   const int count = CudaDeviceCount(&why);
   if (count == 0) {
-    return absl::FailedPreconditionError(absl::StrCat("CreateCudaDevice: no CUDA device (", why,
-                                                      ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("CreateCudaDevice: no CUDA device (", why, ")"));
   }
   if (options.device < 0 || options.device >= count) {
     return absl::FailedPreconditionError(absl::StrCat("CreateCudaDevice: device ", options.device,

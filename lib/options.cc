@@ -19,9 +19,9 @@ absl::Status Options::Validate() const {
     case CudaCopyMethod::kMemcpyAsync:
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("Options.cuda.copy_method: ",
-                                                     static_cast<int>(cuda.copy_method),
-                                                     " is not a CudaCopyMethod"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Options.cuda.copy_method: ", static_cast<int>(cuda.copy_method),
+                       " is not a CudaCopyMethod"));
   }
   if (device.capacity_slots > layout.num_slots) {
     return absl::InvalidArgumentError(

@@ -35,11 +35,11 @@ bool NoDevice() {
   return true;
 }
 
-#define REQUIRE_CUDA(expr)                                 \
-  do {                                                     \
-    const cudaError_t e_ = (expr);                         \
-    INFO(#expr << ": " << cudaGetErrorString(e_));         \
-    REQUIRE(e_ == cudaSuccess);                            \
+#define REQUIRE_CUDA(expr)                         \
+  do {                                             \
+    const cudaError_t e_ = (expr);                 \
+    INFO(#expr << ": " << cudaGetErrorString(e_)); \
+    REQUIRE(e_ == cudaSuccess);                    \
   } while (0)
 
 struct GpuShape {
@@ -135,7 +135,7 @@ class GpuKv {
   GpuShape shape_;
   bool on_gpu_;
   bool ok_ = true;
-  std::vector<void*> tensors_;                     // cudaMalloc'ed
+  std::vector<void*> tensors_;                      // cudaMalloc'ed
   std::vector<std::unique_ptr<std::byte[]>> host_;  // or these
   BlockLayout layout_;
 };
@@ -143,8 +143,8 @@ class GpuKv {
 struct TempDir {
   TempDir() {
     static std::atomic<int> counter{0};
-    path = fs::current_path() / ("cuda_device_test." + std::to_string(getpid()) + "." +
-                                 std::to_string(counter++));
+    path = fs::current_path() /
+           ("cuda_device_test." + std::to_string(getpid()) + "." + std::to_string(counter++));
     fs::create_directories(path);
   }
   ~TempDir() { fs::remove_all(path); }
@@ -220,7 +220,10 @@ TEST_CASE("CudaDevice: kAuto on host memory stays emulated; LayerReady is kUnimp
   }
   // Push the blocks off the device so that the next load copies.
   const uint32_t capacity = (*cache)->options().layout.num_slots;
-  { auto all = (*cache)->AllocateDevice(capacity); REQUIRE_OK(all); }
+  {
+    auto all = (*cache)->AllocateDevice(capacity);
+    REQUIRE_OK(all);
+  }
   auto match = (*cache)->Match(keys);
   REQUIRE_OK(match);
   REQUIRE(match->blocks_in(Tier::kHost) == 2);
@@ -277,8 +280,7 @@ TEST_CASE("CudaDevice: bytes round-trip device -> host -> disk -> host -> device
   if (NoDevice()) return;
   const GpuShape shape = GENERATE(
       // Llama-like MHA/GQA: K and V per layer, 16 tokens x heads x 128 dims x fp16.
-      GpuShape{"mha", 4, 2, 16 * 32 * 128 * 2, 0, 8},
-      GpuShape{"gqa", 4, 2, 16 * 8 * 128 * 2, 0, 8},
+      GpuShape{"mha", 4, 2, 16 * 32 * 128 * 2, 0, 8}, GpuShape{"gqa", 4, 2, 16 * 8 * 128 * 2, 0, 8},
       // MLA: one latent segment of 576 dims per layer.
       GpuShape{"mla", 6, 1, 16 * 576 * 2, 0, 8},
       // Odd sizes and strides: the kernel's byte path, unaligned batch-memcpy entries.
@@ -311,7 +313,10 @@ HostResident MakeHostResident(GpuKv& kv, uint32_t blocks, CudaCopyMethod method,
   HostResident r{std::move(*cache), test::Chain(blocks, 7, 16)};
   CommitChain(*r.cache, kv, r.keys);
   // Taking every device slot evicts them (their host copies make that free).
-  { auto all = r.cache->AllocateDevice(kv.layout().num_slots); REQUIRE_OK(all); }
+  {
+    auto all = r.cache->AllocateDevice(kv.layout().num_slots);
+    REQUIRE_OK(all);
+  }
   auto match = r.cache->Match(r.keys);
   REQUIRE_OK(match);
   REQUIRE(match->blocks_in(Tier::kHost) == blocks);
@@ -390,8 +395,9 @@ TEST_CASE("CudaDevice: a compute stream waiting on LayerReady(0) does not wait f
   const auto whole = std::chrono::steady_clock::now();
   using us = std::chrono::microseconds;
   WARN("layer 0 ready after " << std::chrono::duration_cast<us>(layer0 - start).count()
-                              << " us, whole load " << std::chrono::duration_cast<us>(whole - start).count()
-                              << " us (" << MethodName(method) << ")");
+                              << " us, whole load "
+                              << std::chrono::duration_cast<us>(whole - start).count() << " us ("
+                              << MethodName(method) << ")");
   CHECK(last_state == cudaErrorNotReady);  // the compute stream ran ahead of the last layer
   for (uint32_t i = 0; i < 32; ++i) CHECK(kv.Mismatches(lease->slots()[i], r.keys[i]) == 0);
   static_cast<void>(cudaEventDestroy(layer0_seen));

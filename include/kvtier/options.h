@@ -17,10 +17,11 @@
 namespace kvtier {
 
 enum class DeviceBackend {
-  kAuto,  // CUDA when built with it, a device is present and the layout's pointers are device
-          // memory (cudaMalloc); else emulated
+  kAuto,      // CUDA when built with it, a device is present and the layout's pointers are device
+              // memory (cudaMalloc); else emulated
   kEmulated,  // device memory is host memory; copies on copy threads (tests, CI, laptops)
-  kCuda,      // CUDA, or kUnimplemented when not built with it, kFailedPrecondition without a device
+  kCuda,      // CUDA; Create() fails with kUnimplemented when not built with it, and with
+              // kFailedPrecondition without a device or when the layout is not device memory
   // No byte is read or written and layout pointers may be null: copies complete at once. For
   // simulation (kvtier-replay) and index benchmarks, never for an engine.
   kMetadataOnly,
