@@ -26,7 +26,7 @@
 // to KV memory is the KvKernels interface below: on the emulated device, "attention" copies each
 // loaded block's layer out of device memory and compares every byte with the pattern that prefill
 // wrote for that key and layer; a CUDA engine would launch kernels on its compute stream after
-// cudaStreamWaitEvent(stream, transfer.LayerReadyEvent(l)) instead.
+// cudaStreamWaitEvent(stream, transfer.LayerReady(l)) instead.
 //
 // Exit status: 0 when every loaded byte matched and every API error was one an engine recovers
 // from (kResourceExhausted from AllocateDevice/Grow: wait or skip; kAlreadyExists from Commit:
@@ -277,7 +277,7 @@ uint64_t Pattern(const BlockKey& key, uint32_t layer, uint32_t seg, uint64_t w) 
 
 // What the engine's kernels do to KV memory, one layer at a time. The emulated implementation runs
 // on the calling thread; a CUDA one would launch on the compute stream (after waiting for the
-// layer's LayerReadyEvent) and report mismatches through a device counter.
+// layer's LayerReady event) and report mismatches through a device counter.
 class KvKernels {
  public:
   virtual ~KvKernels() = default;

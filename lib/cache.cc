@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cassert>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,10 @@
 #include "lib/transfer/emulated_device.h"
 #include "lib/transfer/host_event.h"
 #include "lib/transfer/transfer_state.h"
+
+#if KVTIER_HAVE_CUDA
+#include "cuda/cuda_device.h"
+#endif
 
 namespace kvtier {
 
@@ -524,23 +529,87 @@ absl::StatusOr<void*> Transfer::LayerReadyEvent(uint32_t layer) const {
   return state_->layer_events[layer]->native();
 }
 
+absl::StatusOr<void*> Transfer::LayerReady(uint32_t layer) const {
+  if (state_ == nullptr) return absl::FailedPreconditionError("Transfer::LayerReady: empty handle");
+  if (layer >= state_->layers) {
+    return absl::OutOfRangeError(
+        absl::StrCat("Transfer::LayerReady: layer ", layer, " vs num_layers=", state_->layers));
+  }
+  if (state_->layer_events.empty()) return nullptr;  // nothing was copied
+  void* event = state_->layer_events[layer]->native();
+  if (event == nullptr) {
+    return absl::UnimplementedError(
+        "Transfer::LayerReady: this device has no native events (emulated); use WaitLayer");
+  }
+  return event;
+}
+
 // ---- Cache ----
 
 Cache::Cache(std::unique_ptr<CacheCore> core) : core_(std::move(core)) {}
 Cache::~Cache() = default;
 
-absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
-  KVTIER_RETURN_IF_ERROR(options.Validate());
+namespace {
+
+#if KVTIER_HAVE_CUDA
+// The CUDA device for a layout whose segments are all device memory on one GPU.
+absl::StatusOr<std::unique_ptr<internal::Device>> MakeCudaDevice(const Options& options) {
+  int holder = -1;
+  for (size_t l = 0; l < options.layout.layers.size(); ++l) {
+    const auto& segments = options.layout.layers[l].segments;
+    for (size_t g = 0; g < segments.size(); ++g) {
+      std::string why;
+      const int d = internal::CudaDeviceOfPointer(segments[g].base, &why);
+      if (d < 0 || (holder >= 0 && d != holder)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Cache::Create: backend kCuda: Options.layout.layers[", l, "].segments[", g,
+            "].base: ", d < 0 ? why : absl::StrCat("on device ", d, " vs ", holder)));
+      }
+      holder = d;
+    }
+  }
+  CudaOptions cuda = options.cuda;
+  if (cuda.device < 0) cuda.device = holder;
+  if (cuda.device != holder) {
+    return absl::InvalidArgumentError(absl::StrCat("Options.cuda.device: ", cuda.device,
+                                                   " vs the layout's memory on device ", holder));
+  }
+  return internal::CreateCudaDevice(cuda);
+}
+#endif
+
+absl::StatusOr<std::unique_ptr<internal::Device>> MakeDevice(const Options& options) {
   switch (options.backend) {
     case DeviceBackend::kCuda:
+#if KVTIER_HAVE_CUDA
+      return MakeCudaDevice(options);
+#else
       return absl::UnimplementedError(
-          "Cache::Create: backend kCuda: this build has no CUDA device backend");
+          "Cache::Create: backend kCuda: this build has no CUDA device backend "
+          "(configure with KVTIER_WITH_CUDA=ON)");
+#endif
     case DeviceBackend::kAuto:
+#if KVTIER_HAVE_CUDA
+      // CUDA only for an engine whose KV tensors are device memory: host buffers (tests, CPU
+      // engines) keep the emulated device even on a GPU machine.
+      if (internal::CudaDeviceOfPointer(options.layout.layers[0].segments[0].base, nullptr) >= 0) {
+        return MakeCudaDevice(options);
+      }
+#endif
+      break;
     case DeviceBackend::kEmulated:
     case DeviceBackend::kMetadataOnly:
       break;
   }
-  return internal::CreateCache(options, std::make_unique<internal::EmulatedDevice>());
+  return std::unique_ptr<internal::Device>(std::make_unique<internal::EmulatedDevice>());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
+  KVTIER_RETURN_IF_ERROR(options.Validate());
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<internal::Device> device, MakeDevice(options));
+  return internal::CreateCache(options, std::move(device));
 }
 
 namespace internal {

@@ -8,6 +8,21 @@ absl::Status Options::Validate() const {
   if (absl::Status s = layout.ValidateShape(backend != DeviceBackend::kMetadataOnly); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("Options.layout: ", s.message()));
   }
+  if (cuda.device < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Options.cuda.device: ", cuda.device, " vs -1 (auto) or an ordinal >= 0"));
+  }
+  switch (cuda.copy_method) {
+    case CudaCopyMethod::kAuto:
+    case CudaCopyMethod::kKernel:
+    case CudaCopyMethod::kBatchMemcpy:
+    case CudaCopyMethod::kMemcpyAsync:
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("Options.cuda.copy_method: ", static_cast<int>(cuda.copy_method),
+                       " is not a CudaCopyMethod"));
+  }
   if (device.capacity_slots > layout.num_slots) {
     return absl::InvalidArgumentError(
         absl::StrCat("Options.device.capacity_slots: ", device.capacity_slots,

@@ -90,7 +90,9 @@ TEST_CASE("Cache: evicted blocks are written back to host and promoted back byte
     auto ev = xfer->LayerReadyEvent(l);
     REQUIRE_OK(ev);
     CHECK(*ev == nullptr);  // the emulated device has no native events
+    REQUIRE_CODE(xfer->LayerReady(l), absl::StatusCode::kUnimplemented);  // so: use WaitLayer
   }
+  REQUIRE_CODE(xfer->LayerReady(99), absl::StatusCode::kOutOfRange);
   REQUIRE_CODE(xfer->WaitLayer(kv.shape().layers), absl::StatusCode::kOutOfRange);
   REQUIRE_CODE(xfer->LayerReadyEvent(99), absl::StatusCode::kOutOfRange);
   REQUIRE_OK(xfer->Wait());

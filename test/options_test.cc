@@ -36,8 +36,17 @@ TEST_CASE("Options: a bad field fails Create with a code and leaves nothing behi
   // A disabled tier's policy is never used, so it is not checked (the disk tier is off here).
   REQUIRE(good.disk.directory.empty());
   REQUIRE_OK(with([](Options& o) { o.disk.policy = "no-such-policy"; }));
-  REQUIRE_CODE(with([](Options& o) { o.backend = DeviceBackend::kCuda; }),
-               absl::StatusCode::kUnimplemented);
+  REQUIRE_CODE(with([](Options& o) { o.cuda.device = -2; }), kInvalid);
+  REQUIRE_CODE(with([](Options& o) { o.cuda.copy_method = static_cast<CudaCopyMethod>(9); }),
+               kInvalid);
+  {
+    // kCuda over host buffers: kUnimplemented in a build without CUDA; kFailedPrecondition with
+    // it (no device, or the layout is not device memory).
+    const absl::Status s = with([](Options& o) { o.backend = DeviceBackend::kCuda; });
+    INFO(s.ToString());
+    CHECK((s.code() == absl::StatusCode::kUnimplemented ||
+           s.code() == absl::StatusCode::kFailedPrecondition));
+  }
   // After all of that, a good cache is still created and works.
   auto cache = Cache::Create(good);
   REQUIRE_OK(cache);

@@ -17,12 +17,30 @@
 namespace kvtier {
 
 enum class DeviceBackend {
-  kAuto,      // CUDA when built with it and a device is present, else emulated
+  kAuto,      // CUDA when built with it, a device is present and the layout's pointers are device
+              // memory (cudaMalloc); else emulated
   kEmulated,  // device memory is host memory; copies on copy threads (tests, CI, laptops)
-  kCuda,      // CUDA or kUnimplemented
+  kCuda,      // CUDA; Create() fails with kUnimplemented when not built with it, and with
+              // kFailedPrecondition without a device or when the layout is not device memory
   // No byte is read or written and layout pointers may be null: copies complete at once. For
   // simulation (kvtier-replay) and index benchmarks, never for an engine.
   kMetadataOnly,
+};
+
+// How the CUDA backend moves one block's segments between the engine's per-layer tensors and a
+// contiguous host slot (each Copy is many small segments: 2 x layers per block).
+enum class CudaCopyMethod {
+  kAuto,         // kKernel until the benchmark (kvtier_bench_cuda) says otherwise
+  kKernel,       // one gather/scatter kernel launch per up to 512 segments, reading or writing
+                 // the mapped pinned host pool directly (16-byte loads/stores where aligned)
+  kBatchMemcpy,  // cudaMemcpyBatchAsync, one entry per segment (copy engines; CUDA 12.8+ driver)
+  kMemcpyAsync,  // one cudaMemcpyAsync per segment (the simplest; the baseline)
+};
+
+// The CUDA backend's settings; ignored by the other backends.
+struct CudaOptions {
+  int device = -1;  // CUDA device ordinal; -1: the device holding the layout's first segment
+  CudaCopyMethod copy_method = CudaCopyMethod::kAuto;
 };
 
 struct DeviceTierOptions {
@@ -64,6 +82,7 @@ struct DiskTierOptions {
 struct Options {
   BlockLayout layout;  // the engine's device KV memory; required
   DeviceBackend backend = DeviceBackend::kAuto;
+  CudaOptions cuda;  // used when the backend is CUDA
   DeviceTierOptions device;
   HostTierOptions host;
   DiskTierOptions disk;  // needs the host tier: disk reads and writes go through host slots

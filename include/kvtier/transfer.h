@@ -60,6 +60,16 @@ class Transfer {
   // for (every block was already on the device) and always on the emulated device (use WaitLayer).
   // kOutOfRange for a bad layer.
   absl::StatusOr<void*> LayerReadyEvent(uint32_t layer) const;
+  // The engine's handle for layer `layer`: the cudaEvent_t (as void*) that completes once layer
+  // `layer` of every block is on the device, for cudaStreamWaitEvent(compute_stream, event, 0), so
+  // attention on layer 0 starts while later layers are still copying. Events complete in layer
+  // order. The event stays valid while this Transfer lives (destroy the Transfer only after the
+  // engine's stream has passed its wait, or after Wait()). nullptr when there is nothing to wait
+  // for (every block was already on the device). kUnimplemented on the emulated device (it has no
+  // native events: use WaitLayer), kOutOfRange for a bad layer, kFailedPrecondition when empty.
+  // If the copies fail, the event still completes (or the CUDA context reports the error on the
+  // engine's stream); status()/Wait() say whether the bytes are valid.
+  absl::StatusOr<void*> LayerReady(uint32_t layer) const;
 
  private:
   friend class Cache;

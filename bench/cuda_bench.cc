@@ -1,0 +1,286 @@
+// kvtier_bench_cuda: the CUDA backend's copy path against one large cudaMemcpyAsync.
+//
+// BM_CudaMemcpyBaseline/<dir>/<bytes>: one cudaMemcpyAsync of `bytes` between a pinned buffer and
+//   device memory (dir 0: H2D, 1: D2H): what the copy engines give at best.
+// BM_CudaPromote/<layout>/<method>/<blocks> and BM_CudaDemote/...: kvtier's Device moving `blocks`
+//   whole blocks between the engine's per-layer tensors (cudaMalloc) and the pinned host pool, as
+//   Cache::Load (per layer: the layer's segments of every block, then a layer event) and demotion
+//   (every segment of every block, one event) enqueue them. Counters: vs_memcpy (bandwidth over the
+//   baseline's for the same total bytes, measured in the same process), and for promotion
+//   layer0_us / whole_us (host-observed time to layer 0's event and to the end).
+// Layouts: 0 Llama-3-8B 16 tokens/block (32 layers x K,V x 8 heads x 128 dims x fp16 = 32 KiB per
+//   segment), 1 the same with 64 tokens (128 KiB), 2 MLA 61 layers x 576 dims x fp16 x 16 tokens
+//   (18 KiB), 3 MLA with 64 tokens (72 KiB). Methods: 1 kernel, 2 cudaMemcpyBatchAsync,
+//   3 cudaMemcpyAsync per segment.
+// Without a CUDA device it prints why and exits 0 (an empty benchmark list in JSON).
+#include <benchmark/benchmark.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_device.h"
+#include "cuda/cuda_probe.h"
+#include "kvtier/options.h"
+
+namespace kvtier {
+namespace {
+
+using internal::CopyRegion;
+using internal::Device;
+using internal::Stream;
+
+struct Shape {
+  uint32_t layers;
+  uint32_t segments;
+  uint64_t seg_bytes;
+};
+
+Shape LayoutShape(int64_t layout) {
+  switch (layout) {
+    case 0:
+      return {32, 2, 16 * 8 * 128 * 2};
+    case 1:
+      return {32, 2, 64 * 8 * 128 * 2};
+    case 2:
+      return {61, 1, 16 * 576 * 2};
+    default:
+      return {61, 1, 64 * 576 * 2};
+  }
+}
+
+// The engine's tensors (device) and a pinned host pool of `blocks` slots, plus the device.
+struct Rig {
+  Shape shape{};
+  uint32_t blocks = 0;
+  std::unique_ptr<Device> device;
+  std::vector<void*> tensors;  // [layer * segments + segment]
+  std::byte* host = nullptr;
+  uint64_t host_bytes = 0;
+
+  uint64_t block_bytes() const { return uint64_t{shape.layers} * shape.segments * shape.seg_bytes; }
+  ~Rig() {
+    for (void* p : tensors) static_cast<void>(cudaFree(p));
+    if (host != nullptr) device->FreeHost(host, host_bytes);
+  }
+  // Layer `layer` of every block; to_device: host slot -> device slot.
+  void LayerRegions(uint32_t layer, bool to_device, std::vector<CopyRegion>* out) const {
+    for (uint32_t b = 0; b < blocks; ++b) {
+      std::byte* slot = host + b * block_bytes();
+      for (uint32_t g = 0; g < shape.segments; ++g) {
+        std::byte* dev = static_cast<std::byte*>(tensors[layer * shape.segments + g]) +
+                         uint64_t{b} * shape.seg_bytes;
+        std::byte* h = slot + (uint64_t{layer} * shape.segments + g) * shape.seg_bytes;
+        out->push_back(to_device ? CopyRegion{dev, h, shape.seg_bytes}
+                                 : CopyRegion{h, dev, shape.seg_bytes});
+      }
+    }
+  }
+};
+
+std::unique_ptr<Rig> MakeRig(int64_t layout, CudaCopyMethod method, uint32_t blocks,
+                             std::string* error) {
+  auto rig = std::make_unique<Rig>();
+  rig->shape = LayoutShape(layout);
+  rig->blocks = blocks;
+  auto device = internal::CreateCudaDevice({.device = 0, .copy_method = method});
+  if (!device.ok()) {
+    *error = device.status().ToString();
+    return nullptr;
+  }
+  rig->device = std::move(*device);
+  for (uint32_t i = 0; i < rig->shape.layers * rig->shape.segments; ++i) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, rig->shape.seg_bytes * blocks) != cudaSuccess) {
+      *error = "cudaMalloc of the KV tensors failed";
+      return nullptr;
+    }
+    static_cast<void>(cudaMemset(p, i & 0xff, rig->shape.seg_bytes * blocks));
+    rig->tensors.push_back(p);
+  }
+  rig->host_bytes = rig->block_bytes() * blocks;
+  auto host = rig->device->AllocateHost(rig->host_bytes);
+  if (!host.ok()) {
+    *error = host.status().ToString();
+    return nullptr;
+  }
+  rig->host = static_cast<std::byte*>(*host);
+  std::memset(rig->host, 0x5a, rig->host_bytes);
+  if (cudaDeviceSynchronize() != cudaSuccess) {  // the cudaMemsets above are asynchronous
+    *error = "cudaDeviceSynchronize after setup failed";
+    return nullptr;
+  }
+  return rig;
+}
+
+// Seconds for one cudaMemcpyAsync of `bytes` (pinned <-> device), median of 5, cached per size.
+double BaselineSeconds(bool to_device, uint64_t bytes) {
+  static std::map<std::pair<bool, uint64_t>, double> cache;
+  if (auto it = cache.find({to_device, bytes}); it != cache.end()) return it->second;
+  void* dev = nullptr;
+  void* host = nullptr;
+  cudaStream_t s = nullptr;
+  cudaEvent_t a = nullptr, b = nullptr;
+  if (cudaMalloc(&dev, bytes) != cudaSuccess || cudaMallocHost(&host, bytes) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaEventCreate(&a) != cudaSuccess || cudaEventCreate(&b) != cudaSuccess) {
+    return 0;
+  }
+  std::vector<float> ms;
+  for (int i = 0; i < 6; ++i) {
+    static_cast<void>(cudaEventRecord(a, s));
+    static_cast<void>(to_device ? cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, s)
+                                : cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, s));
+    static_cast<void>(cudaEventRecord(b, s));
+    static_cast<void>(cudaEventSynchronize(b));
+    float t = 0;
+    static_cast<void>(cudaEventElapsedTime(&t, a, b));
+    if (i > 0) ms.push_back(t);  // the first one warms up
+  }
+  std::sort(ms.begin(), ms.end());
+  const double seconds = ms[ms.size() / 2] / 1e3;
+  static_cast<void>(cudaEventDestroy(a));
+  static_cast<void>(cudaEventDestroy(b));
+  static_cast<void>(cudaStreamDestroy(s));
+  static_cast<void>(cudaFree(dev));
+  static_cast<void>(cudaFreeHost(host));
+  cache[{to_device, bytes}] = seconds;
+  return seconds;
+}
+
+void BM_CudaMemcpyBaseline(benchmark::State& state) {
+  const bool to_device = state.range(0) == 0;
+  const auto bytes = static_cast<uint64_t>(state.range(1));
+  void* dev = nullptr;
+  void* host = nullptr;
+  cudaStream_t s = nullptr;
+  if (cudaMalloc(&dev, bytes) != cudaSuccess || cudaMallocHost(&host, bytes) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+    state.SkipWithError("allocation failed");
+    return;
+  }
+  for (auto _ : state) {
+    static_cast<void>(to_device ? cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, s)
+                                : cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, s));
+    static_cast<void>(cudaStreamSynchronize(s));
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  static_cast<void>(cudaStreamDestroy(s));
+  static_cast<void>(cudaFree(dev));
+  static_cast<void>(cudaFreeHost(host));
+}
+
+void BM_CudaPromote(benchmark::State& state) {
+  std::string error;
+  auto rig = MakeRig(state.range(0), static_cast<CudaCopyMethod>(state.range(1)),
+                     static_cast<uint32_t>(state.range(2)), &error);
+  if (rig == nullptr) {
+    state.SkipWithError(error.c_str());
+    return;
+  }
+  std::vector<std::vector<CopyRegion>> layers(rig->shape.layers);
+  for (uint32_t l = 0; l < rig->shape.layers; ++l) rig->LayerRegions(l, true, &layers[l]);
+  double layer0_s = 0, whole_s = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    std::shared_ptr<internal::DeviceEvent> first;
+    absl::Status s;
+    for (uint32_t l = 0; l < rig->shape.layers && s.ok(); ++l) {
+      s = rig->device->Copy(Stream::kH2D, layers[l]);
+      auto ev = s.ok() ? rig->device->RecordEvent(Stream::kH2D) : s;
+      if (!ev.ok()) s = ev.status();
+      if (s.ok() && l == 0) first = *ev;
+    }
+    if (s.ok() && first != nullptr) s = first->Wait();
+    const auto at_layer0 = std::chrono::steady_clock::now();
+    if (s.ok()) s = rig->device->Synchronize();
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
+    const auto end = std::chrono::steady_clock::now();
+    layer0_s += std::chrono::duration<double>(at_layer0 - start).count();
+    whole_s += std::chrono::duration<double>(end - start).count();
+  }
+  if (state.iterations() == 0) return;
+  const uint64_t bytes = rig->host_bytes;
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  const double n = static_cast<double>(state.iterations());
+  state.counters["layer0_us"] = layer0_s / n * 1e6;
+  state.counters["whole_us"] = whole_s / n * 1e6;
+  const double baseline = BaselineSeconds(true, bytes);
+  if (baseline > 0 && whole_s > 0) state.counters["vs_memcpy"] = baseline / (whole_s / n);
+}
+
+void BM_CudaDemote(benchmark::State& state) {
+  std::string error;
+  auto rig = MakeRig(state.range(0), static_cast<CudaCopyMethod>(state.range(1)),
+                     static_cast<uint32_t>(state.range(2)), &error);
+  if (rig == nullptr) {
+    state.SkipWithError(error.c_str());
+    return;
+  }
+  std::vector<CopyRegion> regions;
+  for (uint32_t l = 0; l < rig->shape.layers; ++l) rig->LayerRegions(l, false, &regions);
+  double whole_s = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status s = rig->device->Copy(Stream::kD2H, regions);
+    if (s.ok()) s = rig->device->Synchronize();
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
+    whole_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  if (state.iterations() == 0) return;
+  const uint64_t bytes = rig->host_bytes;
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  const double baseline = BaselineSeconds(false, bytes);
+  if (baseline > 0 && whole_s > 0) {
+    state.counters["vs_memcpy"] = baseline / (whole_s / static_cast<double>(state.iterations()));
+  }
+}
+
+void CopyArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"layout", "method", "blocks"});
+  for (int64_t layout : {0, 1, 2, 3}) {
+    for (int64_t method : {1, 2, 3}) {
+      for (int64_t blocks : {16, 64}) b->Args({layout, method, blocks});
+    }
+  }
+}
+
+BENCHMARK(BM_CudaMemcpyBaseline)
+    ->ArgNames({"dir", "bytes"})
+    ->ArgsProduct({{0, 1}, {32 << 20, 512 << 20}})
+    ->UseRealTime();
+BENCHMARK(BM_CudaPromote)->Apply(CopyArgs)->UseRealTime();
+BENCHMARK(BM_CudaDemote)->Apply(CopyArgs)->UseRealTime();
+
+}  // namespace
+}  // namespace kvtier
+
+int main(int argc, char** argv) {
+  std::string why;
+  if (kvtier::internal::CudaDeviceCount(&why) == 0) {
+    bool json = false;
+    for (int i = 1; i < argc; ++i)
+      json = json || std::strcmp(argv[i], "--benchmark_format=json") == 0;
+    std::fprintf(stderr, "kvtier_bench_cuda: skipped: no CUDA device (%s)\n", why.c_str());
+    if (json)
+      std::printf("{\"context\": {}, \"benchmarks\": [], \"skipped\": \"no CUDA device\"}\n");
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,60 @@
+// CudaDevice: the Device backend on a CUDA GPU (see lib/transfer/device.h for the semantics).
+//
+// Streams: two non-blocking copy streams, separate from the engine's: kH2D (promotion) at the
+//   device's highest stream priority, kD2H (demotion) at its lowest, so that promotion wins for SMs
+//   when both run kernels.
+// Host memory: AllocateHost maps anonymous pages and pins them once with cudaHostRegister (mapped,
+//   portable); never per copy. Plain pages, not cudaHostAlloc's, so that O_DIRECT and io_uring's
+//   buffer registration work on the pool.
+// Copies: by CudaOptions.copy_method (kernel, cudaMemcpyBatchAsync, or one cudaMemcpyAsync per
+//   region). The kernel reaches the host pool through its mapped device address.
+// Events: one cudaEvent_t per RecordEvent (timing disabled, blocking sync); native() is the
+//   cudaEvent_t, valid while the DeviceEvent lives. WaitEvent on a CUDA event is
+//   cudaStreamWaitEvent; on a HostEvent (a disk read) it enqueues a one-thread kernel that waits
+//   for a mapped host flag the HostEvent raises, so the stream, and every event recorded after it,
+//   waits on the GPU without a host thread blocking.
+// Callbacks: not host functions (they would stall the stream between layers): an event recorded
+//   where the callback is enqueued, and a watcher thread per stream that waits for it and then
+//   calls the callback, in order. A CudaEvent's host-side Wait()/Query() also wait for the
+//   callbacks enqueued before it on its stream (what the cache relies on: "the index is updated
+//   once the event completes"); its native cudaEvent_t, waited on by another stream, does not.
+//   If a watcher's wait fails (a sticky error: illegal address, ECC, lost device), the device is
+//   marked failed and every pending callback is called with the error, so no Transfer hangs; from
+//   then on every enqueue call returns kFailedPrecondition.
+//
+// Thread safety: every method from any thread; each call makes the device current for its CUDA
+//   calls and restores the caller's current device.
+// Errors: CUDA errors through KVTIER_CUDA_RETURN_IF_ERROR (call, file:line, cudaGetErrorString):
+//   kResourceExhausted for out of memory, kInternal otherwise.
+//
+// This header has no CUDA include: lib/cache.cc creates the device through it.
+#ifndef KVTIER_CUDA_CUDA_DEVICE_H_
+#define KVTIER_CUDA_CUDA_DEVICE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvtier/options.h"
+#include "lib/transfer/device.h"
+
+namespace kvtier::internal {
+
+// Creates the device for CUDA ordinal `options.device` (must be >= 0 here). kFailedPrecondition
+// when there is no such device (the message says what cudaGetDeviceCount answered); a CUDA error
+// status if streams or the flag pool cannot be created.
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(const CudaOptions& options);
+
+// The CUDA ordinal holding `ptr` when it is device (or managed) memory; -1 for anything else
+// (host memory, or no device), with the reason in `why`.
+int CudaDeviceOfPointer(const void* ptr, std::string* why);
+
+// Tests: marks `device` (a CudaDevice) failed with `error`, as a sticky CUDA error would. Pending
+// callbacks are then called with the error and new work is refused. kInvalidArgument if `device`
+// is not a CudaDevice.
+absl::Status FailCudaDeviceForTesting(Device* device, absl::Status error);
+
+}  // namespace kvtier::internal
+
+#endif  // KVTIER_CUDA_CUDA_DEVICE_H_
