@@ -140,15 +140,8 @@ class GpuKv {
   BlockLayout layout_;
 };
 
-struct TempDir {
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::current_path() /
-           ("cuda_device_test." + std::to_string(getpid()) + "." + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("cuda_device_test") {}
 };
 
 // Allocates, writes the pattern of `keys` into the lease's slots, commits, releases.

@@ -6,7 +6,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -29,16 +28,8 @@ namespace fs = std::filesystem;
 constexpr uint64_t kBlockBytes = 24 * 1024 + 100;  // deliberately not aligned
 
 // A fresh directory under the test's working directory (the build tree: a real disk).
-struct TempDir {
-  TempDir() {
-    path = fs::current_path() /
-           ("disk_tier_test." + std::to_string(getpid()) + "." + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  static inline std::atomic<int> counter{0};
-  fs::path path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("disk_tier_test") {}
 };
 
 // Host memory laid out as the cache lays it out: n slots of HostSlotBytes each.

@@ -1,6 +1,5 @@
 #include "kvtier/prometheus.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -455,10 +454,8 @@ TEST_CASE("Prometheus: stats follow a cache through match, allocate, load, commi
 
 TEST_CASE("Prometheus: disk counters and latencies move with write-back and reads",
           "[prometheus][stats][disk]") {
-  namespace fs = std::filesystem;
-  const fs::path dir = fs::current_path() / ("prometheus_test." + std::to_string(getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  const test::TempDir tmp("prometheus_test");  // removed after the cache, even on failure
+  const std::filesystem::path& dir = tmp.path;
   {
     test::EngineKv kv({.num_slots = 4});
     const uint64_t block = kv.layout().block_bytes();
@@ -495,7 +492,6 @@ TEST_CASE("Prometheus: disk counters and latencies move with write-back and read
     CheckLookups(s);
     CheckExposition(s, FormatPrometheus(s));
   }
-  fs::remove_all(dir);
 }
 
 CacheStats SomeStats() {

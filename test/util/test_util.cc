@@ -1,5 +1,8 @@
 #include "test/util/test_util.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <utility>
 
 namespace kvtier::test {
@@ -106,6 +109,19 @@ absl::StatusOr<StepResult> RunSequence(Cache& cache, EngineKv& kv, std::span<con
   if (absl::Status s = cache.Commit(keys, *lease); !s.ok()) return s;
   if (lease_out != nullptr) *lease_out = std::move(*lease);
   return r;
+}
+
+TempDir::TempDir(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  path = std::filesystem::current_path() /
+         (prefix + "." + std::to_string(getpid()) + "." + std::to_string(counter++));
+  std::filesystem::remove_all(path);
+  std::filesystem::create_directories(path);
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;  // never throw from a destructor
+  std::filesystem::remove_all(path, ignored);
 }
 
 }  // namespace kvtier::test

@@ -7,7 +7,9 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -92,6 +94,17 @@ struct StepResult {
 };
 absl::StatusOr<StepResult> RunSequence(Cache& cache, EngineKv& kv, std::span<const BlockKey> keys,
                                        DeviceLease* lease_out = nullptr);
+
+// A fresh, empty directory `<prefix>.<pid>.<n>` under the test's working directory (the build
+// tree: a real disk with O_DIRECT, unlike /tmp on tmpfs), removed with everything in it on
+// destruction, also when the test fails.
+struct TempDir {
+  explicit TempDir(const std::string& prefix);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::filesystem::path path;
+};
 
 }  // namespace kvtier::test
 
