@@ -1,6 +1,5 @@
 #include "kvtier/prometheus.h"
 
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>

@@ -24,6 +24,11 @@ class ChildLinks {
   explicit ChildLinks(uint32_t capacity_slots) : nodes_(capacity_slots) {}
 
   uint32_t children(SlotId s) const { return nodes_[s].children; }
+  // s's linked parent while that link lives, else kNone.
+  SlotId Parent(SlotId s) const {
+    const Node& n = nodes_[s];
+    return n.parent != kNone && nodes_[n.parent].gen == n.parent_gen ? n.parent : kNone;
+  }
 
   // OnLink(child, parent).
   void Link(SlotId child, SlotId parent) {
@@ -34,12 +39,9 @@ class ChildLinks {
 
   // OnRemove(s): ends s's links. Returns s's parent when s was its last linked child, else kNone.
   SlotId Remove(SlotId s) {
+    const SlotId parent = Parent(s);
+    const SlotId orphaned = parent != kNone && --nodes_[parent].children == 0 ? parent : kNone;
     Node& n = nodes_[s];
-    SlotId orphaned = kNone;
-    if (n.parent != kNone && nodes_[n.parent].gen == n.parent_gen &&
-        --nodes_[n.parent].children == 0) {
-      orphaned = n.parent;
-    }
     n.parent = kNone;
     n.children = 0;
     n.gen++;

@@ -6,21 +6,22 @@
 // block becomes a leaf at the place its own last use gives it among the leaves: right behind the
 // child just evicted when that child was the coldest, so the rest of a cold branch goes next.
 // Inner blocks are offered only when no leaf can go (all pinned or refused), so the policy never
-// fails an allocation the cache could serve. A child's link to a parent slot that has since been
-// reused is recognised by a generation count, without child lists.
+// fails an allocation the cache could serve. Links and child counts are ChildLinks
+// (child_links.h).
 // Cost: access O(1); victim O(1) plus the entries the cache refuses; a block becoming a leaf
 // O(number of leaves used less recently than it), which is O(1) for the cold branch being evicted.
 // Pinned entries leave the lists and come back as most recent when unpinned. Parameters: none.
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/child_links.h"
 #include "lib/policies/slot_list.h"
 
 namespace kvtier {
 namespace {
 
+using internal::ChildLinks;
 using internal::SlotLists;
 
 class PrefixAwarePolicy final : public EvictionPolicy {
@@ -31,20 +32,14 @@ class PrefixAwarePolicy final : public EvictionPolicy {
   }
 
   void OnInsert(SlotId s) override {
-    Node& n = nodes_[s];
-    n.children = 0;
-    n.parent = kNoParent;
-    n.pinned = false;
-    n.tick = ++clock_;
+    nodes_[s] = Node{.tick = ++clock_};
     lists_.PushFront(kLeaf, s);
   }
 
   void OnLink(SlotId s, SlotId parent) override {
-    Node& n = nodes_[s];
-    n.parent = parent;
-    n.parent_gen = nodes_[parent].gen;
+    links_.Link(s, parent);
     Node& p = nodes_[parent];
-    if (p.children++ == 0 && !p.pinned) {
+    if (links_.children(parent) == 1 && !p.pinned) {
       lists_.Remove(parent);
       lists_.PushFront(kInner, parent);  // the prefix was just extended: a use of the parent
       p.tick = ++clock_;
@@ -54,23 +49,15 @@ class PrefixAwarePolicy final : public EvictionPolicy {
   void OnAccess(SlotId s) override {
     Node& n = nodes_[s];
     n.tick = ++clock_;
-    if (!n.pinned) lists_.MoveToFront(n.children == 0 ? kLeaf : kInner, s);
+    if (!n.pinned) lists_.MoveToFront(links_.children(s) == 0 ? kLeaf : kInner, s);
   }
 
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
-    Node& n = nodes_[s];
-    n.gen++;
-    if (n.parent != kNoParent && nodes_[n.parent].gen == n.parent_gen) {
-      const SlotId parent = n.parent;
-      Node& p = nodes_[parent];
-      if (--p.children == 0 && !p.pinned) {
-        lists_.Remove(parent);
-        InsertLeafByTick(parent);
-      }
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && !nodes_[p].pinned) {
+      lists_.Remove(p);
+      InsertLeafByTick(p);
     }
-    n.parent = kNoParent;
-    n.children = 0;
   }
 
   void OnPin(SlotId s) override {
@@ -81,7 +68,7 @@ class PrefixAwarePolicy final : public EvictionPolicy {
     Node& n = nodes_[s];
     n.pinned = false;
     n.tick = ++clock_;
-    lists_.PushFront(n.children == 0 ? kLeaf : kInner, s);
+    lists_.PushFront(links_.children(s) == 0 ? kLeaf : kInner, s);
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
@@ -96,17 +83,13 @@ class PrefixAwarePolicy final : public EvictionPolicy {
  private:
   static constexpr uint16_t kLeaf = 0;
   static constexpr uint16_t kInner = 1;
-  static constexpr SlotId kNoParent = std::numeric_limits<SlotId>::max();
   struct Node {
     uint64_t tick = 0;  // last insert, access, extension or unpin
-    SlotId parent = kNoParent;
-    uint32_t parent_gen = 0;  // the parent's gen when linked: a mismatch means the link is dead
-    uint32_t gen = 0;         // bumped on each OnRemove of this slot
-    uint32_t children = 0;    // linked children still in the tier
     bool pinned = false;
   };
 
-  explicit PrefixAwarePolicy(uint32_t capacity) : lists_(capacity, 2), nodes_(capacity) {}
+  explicit PrefixAwarePolicy(uint32_t capacity)
+      : lists_(capacity, 2), links_(capacity), nodes_(capacity) {}
 
   // The leaf list is ordered by tick, newest at the front; keep it so.
   void InsertLeafByTick(SlotId s) {
@@ -130,6 +113,7 @@ class PrefixAwarePolicy final : public EvictionPolicy {
 
   uint64_t clock_ = 0;
   SlotLists lists_;  // kLeaf, kInner; front: most recent
+  ChildLinks links_;
   std::vector<Node> nodes_;
 };
 

@@ -17,16 +17,17 @@
 // entries leave the lists and return as most recent when unpinned.
 // Parameters: sinks (default 1, 0..1024), window (default 8, 0..65536), both in blocks.
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/child_links.h"
 #include "lib/policies/policy_params.h"
 #include "lib/policies/slot_list.h"
 
 namespace kvtier {
 namespace {
 
+using internal::ChildLinks;
 using internal::SlotLists;
 
 class StreamingPolicy final : public EvictionPolicy {
@@ -46,20 +47,17 @@ class StreamingPolicy final : public EvictionPolicy {
   }
 
   void OnInsert(SlotId s) override {
-    nodes_[s] = Node{.gen = nodes_[s].gen};
+    nodes_[s] = Node{};
     Classify(s, 0);
   }
 
   void OnLink(SlotId s, SlotId parent) override {
-    Node& n = nodes_[s];
-    n.parent = parent;
-    n.parent_gen = nodes_[parent].gen;
+    links_.Link(s, parent);
     Classify(s, nodes_[parent].depth + 1);
-    nodes_[parent].children++;
     // The block `window` positions up leaves the window (unless it is a sink).
     SlotId up = s;
-    for (uint32_t i = 0; i < window_ && up != kNoParent; ++i) up = LiveParent(up);
-    if (up != kNoParent && nodes_[up].cls == kWindow) SetClass(up, kMiddle);
+    for (uint32_t i = 0; i < window_ && up != ChildLinks::kNone; ++i) up = links_.Parent(up);
+    if (up != ChildLinks::kNone && nodes_[up].cls == kWindow) SetClass(up, kMiddle);
   }
 
   void OnAccess(SlotId s) override {
@@ -67,15 +65,10 @@ class StreamingPolicy final : public EvictionPolicy {
   }
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
-    if (const SlotId parent = LiveParent(s); parent != kNoParent) {
-      Node& p = nodes_[parent];
-      if (--p.children == 0 && lists_.ListOf(parent) == kParked) {
-        lists_.Remove(parent);
-        lists_.PushBack(p.cls, parent);  // the next in line: its cold branch goes on
-      }
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
+      lists_.Remove(p);
+      lists_.PushBack(nodes_[p].cls, p);  // the next in line: its cold branch goes on
     }
-    nodes_[s].gen++;
-    nodes_[s].children = 0;
   }
   void OnPin(SlotId s) override {
     nodes_[s].pinned = true;
@@ -91,7 +84,7 @@ class StreamingPolicy final : public EvictionPolicy {
       for (SlotId s = lists_.Back(cls); s != SlotLists::kNil;) {
         const SlotId newer = lists_.Newer(s);
         if (can_evict(s)) return s;
-        if (nodes_[s].children > 0) {  // refused while its children are here: park it
+        if (links_.children(s) > 0) {  // refused while its children are here: park it
           lists_.Remove(s);
           lists_.PushFront(kParked, s);
         }
@@ -109,24 +102,14 @@ class StreamingPolicy final : public EvictionPolicy {
   static constexpr uint16_t kWindow = 1;
   static constexpr uint16_t kSink = 2;
   static constexpr uint16_t kParked = 3;  // refused inner blocks, any class
-  static constexpr SlotId kNoParent = std::numeric_limits<SlotId>::max();
   struct Node {
     uint32_t depth = 0;
-    SlotId parent = kNoParent;
-    uint32_t parent_gen = 0;
-    uint32_t gen = 0;       // bumped on each OnRemove: a child's stale link is recognised
-    uint32_t children = 0;  // linked children in the tier
     uint16_t cls = kWindow;
     bool pinned = false;
   };
 
   StreamingPolicy(uint32_t capacity, uint32_t sinks, uint32_t window)
-      : sinks_(sinks), window_(window), lists_(capacity, 4), nodes_(capacity) {}
-
-  SlotId LiveParent(SlotId s) const {
-    const Node& n = nodes_[s];
-    return n.parent != kNoParent && nodes_[n.parent].gen == n.parent_gen ? n.parent : kNoParent;
-  }
+      : sinks_(sinks), window_(window), lists_(capacity, 4), links_(capacity), nodes_(capacity) {}
   void Classify(SlotId s, uint32_t depth) {
     nodes_[s].depth = depth;
     SetClass(s, depth < sinks_ ? kSink : window_ > 0 ? kWindow : kMiddle);
@@ -146,6 +129,7 @@ class StreamingPolicy final : public EvictionPolicy {
   const uint32_t sinks_;
   const uint32_t window_;
   SlotLists lists_;  // kMiddle, kWindow, kSink, kParked; front: most recent
+  ChildLinks links_;
   std::vector<Node> nodes_;
 };
 
