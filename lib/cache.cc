@@ -12,12 +12,14 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "lib/cache_factory.h"
 #include "lib/common/histogram.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
 #include "lib/tiers/disk_tier.h"
 #include "lib/tiers/host_pool.h"
+#include "lib/tiers/remote_tier.h"
 #include "lib/transfer/device.h"
 #include "lib/transfer/emulated_device.h"
 #include "lib/transfer/host_event.h"
@@ -37,6 +39,8 @@ const char* TierName(Tier tier) {
       return "host";
     case Tier::kDisk:
       return "disk";
+    case Tier::kRemote:
+      return "remote";
   }
   return "unknown";
 }
@@ -52,12 +56,15 @@ namespace internal {
 class CacheCore {
  public:
   CacheCore(const Options& options, std::unique_ptr<Device> device, std::unique_ptr<HostPool> host,
-            std::unique_ptr<DiskTier> disk, IndexConfig config)
+            std::unique_ptr<DiskTier> disk, std::unique_ptr<RemoteTier> remote, IndexConfig config)
       : options_(options),
         metadata_only_(options.backend == DeviceBackend::kMetadataOnly),
         device_(std::move(device)),
         host_(std::move(host)),
         disk_(std::move(disk)),
+        remote_(std::move(remote)),
+        publish_on_demotion_(remote_ != nullptr &&
+                             options.remote.publish == RemotePublish::kWriteThrough),
         index_(std::move(config)) {
     host_busy_.resize(index_.capacity(Tier::kHost));
     // Where each layer's segments sit inside a contiguous host slot.
@@ -73,11 +80,11 @@ class CacheCore {
   }
 
   ~CacheCore() {
-    // Callbacks reference this object: drain the disk (its reads feed device streams), the device,
-    // then the disk again (device callbacks may have started nothing new, but be exact).
-    if (disk_ != nullptr) disk_->Drain();
+    // Callbacks reference this object: drain the disk and the remote tier (their reads feed device
+    // streams), the device, then both again (device callbacks may have queued remote writes).
+    DrainStorage();
     device_->Synchronize().IgnoreError();
-    if (disk_ != nullptr) disk_->Drain();
+    DrainStorage();
     if (disk_ != nullptr && options_.disk.flush_on_close) Flush();
     MutexLock lock(&index_.mu());
     assert(index_.live_leases_locked() == 0 && "destroy every DeviceLease before its Cache");
@@ -89,6 +96,11 @@ class CacheCore {
       }
       disk_->Close(live).IgnoreError();  // best effort: without it the next start scans
     }
+  }
+
+  void DrainStorage() {
+    if (disk_ != nullptr) disk_->Drain();
+    if (remote_ != nullptr) remote_->Drain();
   }
 
   // Waits for every device-to-host copy enqueued so far (and the index updates they make).
@@ -219,10 +231,17 @@ class CacheCore {
     bool reported = false;
     if (s.ok()) {
       s = device_->AddCallback(Stream::kD2H, [this, demotions, start](absl::Status st) {
+        std::vector<RemoteWrite> publish;
         {
           MutexLock lock(&index_.mu());
-          for (const Demotion& d : demotions) index_.FinishDemotionLocked(d, st.ok());
+          for (const Demotion& d : demotions) {
+            index_.FinishDemotionLocked(d, st.ok());
+            if (st.ok() && publish_on_demotion_) {
+              if (auto w = index_.PinHostCopyLocked(d.key)) publish.push_back(*w);
+            }
+          }
         }
+        if (!publish.empty()) PublishPinned(std::move(publish));
         demotion_latency_.RecordSince(start);  // before the event: its waiters see the sample
       });
       reported = s.ok();
@@ -243,9 +262,56 @@ class CacheCore {
     return host_busy_[host_slot] != nullptr && !host_busy_[host_slot]->Query();
   }
 
-  // Starts the host-to-disk write-backs the last index call decided. Call after every index call
-  // that may take host slots, before enqueueing anything that uses those slots.
+  // Remote write-through: publishes host copies the index io-pinned, and unpins them once their
+  // bytes are copied out.
+  void PublishPinned(std::vector<RemoteWrite> pinned) {
+    std::vector<RemoteTier::Write> writes;
+    for (const RemoteWrite& w : pinned) {
+      writes.push_back({.key = w.key, .parent = w.parent, .src = host_->slot_ptr(w.host_slot)});
+    }
+    remote_->WriteAsync(std::move(writes), [this, pinned = std::move(pinned)] {
+      MutexLock lock(&index_.mu());
+      for (const RemoteWrite& w : pinned) index_.UnpinHostCopyLocked(w);
+    });
+  }
+
+  // Starts the remote write-backs of host victims the last index call decided: each victim's slot
+  // was handed on, and its next user waits (host_busy_) until the victim's bytes are copied out.
+  void StartRemoteWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    std::vector<RemoteWrite> victims = index_.TakeRemoteWritesLocked();
+    if (victims.empty() || remote_ == nullptr) return;
+    auto copied = std::make_shared<HostEvent>();
+    std::vector<RemoteTier::Write> writes;
+    for (const RemoteWrite& w : victims) {
+      writes.push_back({.key = w.key, .parent = w.parent, .src = host_->slot_ptr(w.host_slot)});
+      // The slot may also be being written to disk (the same bytes): its next user waits for both.
+      host_busy_[w.host_slot] =
+          BusyLocked(w.host_slot) ? Both(host_busy_[w.host_slot], copied) : copied;
+    }
+    remote_->WriteAsync(std::move(writes), [copied] { copied->Complete(); });
+  }
+
+  // An event that completes once both have.
+  static std::shared_ptr<HostEvent> Both(const std::shared_ptr<HostEvent>& a,
+                                         const std::shared_ptr<HostEvent>& b) {
+    auto both = std::make_shared<HostEvent>();
+    auto pending = std::make_shared<std::atomic<int>>(2);
+    auto one_done = [both, pending] {
+      if (pending->fetch_sub(1) == 1) both->Complete();
+    };
+    a->Then(one_done);
+    b->Then(one_done);
+    return both;
+  }
+
+  // Starts the host-to-disk (and host-to-remote) write-backs the last index call decided. Call
+  // after every index call that may take host slots, before enqueueing anything that uses them.
   void StartDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    StartDiskWritesOnlyLocked();
+    StartRemoteWritesLocked();
+  }
+
+  void StartDiskWritesOnlyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     for (const DiskWrite& w : index_.TakeDiskWritesLocked()) {
       bytes_disk_written_ += options_.layout.block_bytes();
       if (disk_ == nullptr) {  // metadata-only: the write is done when decided
@@ -293,6 +359,7 @@ class CacheCore {
     // Disk-resident blocks: read each into its host slot (after any write-back of that slot's
     // previous block); block i's device copies wait for read i alone, so they overlap later reads.
     std::vector<std::shared_ptr<HostEvent>> read_done(n);
+    StartRemoteReadsLocked(ctx, state, &read_done);
     for (size_t i = 0; i < n; ++i) {
       const Promotion& p = ctx->promotions[i];
       if (!p.from_disk) continue;
@@ -359,9 +426,25 @@ class CacheCore {
     return state;
   }
 
+  // Match's second half: how many of `keys` (past the local prefix) the store holds, within the
+  // budget. Without the lock: it waits for the network.
+  uint32_t MatchRemote(std::span<const BlockKey> keys) {
+    if (remote_ == nullptr || keys.empty()) return 0;
+    bool timed_out = false;
+    const auto deadline = RemoteTier::Clock::now() +
+                          std::chrono::microseconds(options_.remote.match_budget_us);
+    return remote_->ExistsPrefix(keys, deadline, &timed_out);
+  }
+  bool has_remote() const { return remote_ != nullptr; }
+
   CacheStats Stats() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     CacheStats stats;
     index_.FillStatsLocked(&stats);
+    if (remote_ != nullptr) {
+      remote_->FillStats(&stats);
+      stats.host.bytes_in += stats.remote.bytes_read;
+      stats.host.bytes_out += stats.remote.bytes_written;
+    }
     stats.bytes_h2d = bytes_h2d_;
     stats.bytes_d2h = bytes_d2h_;
     stats.bytes_disk_written = bytes_disk_written_;
@@ -398,6 +481,37 @@ class CacheCore {
                                        // read i's event completes; read after the last layer)
   };
 
+  // Remote-resident blocks: one pipelined read of them all into their new host slots (after any
+  // write-back of those slots' previous blocks); block i's device copies wait for read i alone.
+  void StartRemoteReadsLocked(const std::shared_ptr<LoadContext>& ctx,
+                              const std::shared_ptr<TransferState>& state,
+                              std::vector<std::shared_ptr<HostEvent>>* read_done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    std::vector<RemoteTier::Read> reads;
+    std::vector<size_t> which;  // reads[j] is promotion which[j]
+    std::vector<std::shared_ptr<HostEvent>> busy;
+    for (size_t i = 0; i < ctx->promotions.size(); ++i) {
+      const Promotion& p = ctx->promotions[i];
+      if (!p.from_remote) continue;
+      (*read_done)[i] = std::make_shared<HostEvent>();
+      reads.push_back({.key = p.key, .dst = host_->slot_ptr(p.host_slot)});
+      which.push_back(i);
+      if (BusyLocked(p.host_slot)) busy.push_back(host_busy_[p.host_slot]);
+    }
+    if (reads.empty()) return;
+    std::vector<std::shared_ptr<HostEvent>> done;
+    for (size_t i : which) done.push_back((*read_done)[i]);
+    remote_->ReadAsync(
+        std::move(reads),
+        [busy = std::move(busy)] {
+          for (const auto& b : busy) b->Wait().IgnoreError();
+        },
+        [state, done = std::move(done)](size_t j, const absl::Status& st) {
+          if (!st.ok()) state->RecordError(st);
+          done[j]->Complete();
+        });
+  }
+
   void StartDiskRead(const std::shared_ptr<LoadContext>& ctx,
                      const std::shared_ptr<TransferState>& state, size_t i,
                      const std::shared_ptr<HostEvent>& done) {
@@ -428,6 +542,8 @@ class CacheCore {
   std::unique_ptr<Device> device_;
   std::unique_ptr<HostPool> host_;
   std::unique_ptr<DiskTier> disk_;  // null without a disk tier (or when metadata-only)
+  std::unique_ptr<RemoteTier> remote_;  // null without a remote tier
+  const bool publish_on_demotion_;      // remote write-through: publish what reaches the host
   std::vector<std::vector<SegmentAt>> layers_;
   Index index_;
   uint64_t bytes_h2d_ ABSL_GUARDED_BY(index_.mu()) = 0;
@@ -665,9 +781,34 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                            memory));
     disk_slots = disk->capacity_slots();
   }
+  std::unique_ptr<RemoteTier> remote;
+  if (!options.remote.nodes.empty()) {
+    const RemoteTierOptions& r = options.remote;
+    RemoteTierConfig rc{
+        .cluster = {.seeds = absl::StrSplit(r.nodes, ',', absl::SkipWhitespace()),
+                    .password = r.password,
+                    .connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms)},
+        .name_space = absl::StrCat(r.scope, ".",
+                                   absl::Hex(options.layout.Fingerprint(), absl::kZeroPad16)),
+        .block_bytes = block,
+        .layout_fingerprint = options.layout.Fingerprint(),
+        .ttl_seconds = r.ttl_seconds,
+        .timeout = std::chrono::milliseconds(r.timeout_ms),
+        .threads = r.threads};
+    auto opened = RemoteTier::Open(std::move(rc));
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("Options.remote.nodes: ", opened.status().message()));
+    }
+    remote = std::move(*opened);
+  }
+  const bool remote_write_through =
+      remote != nullptr && options.remote.publish == RemotePublish::kWriteThrough;
   config.capacity_slots = {device_slots, host_slots, disk_slots};
   config.demote_on_evict = options.demote_on_evict;
-  config.host_write_through = options.host_write_through;
+  config.host_write_through = options.host_write_through || remote_write_through;
+  config.remote_write_back =
+      remote != nullptr && options.remote.publish == RemotePublish::kWriteBack;
   struct TierPolicy {
     const char* path;
     const std::string* name;
@@ -696,7 +837,7 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
     config.policies[t] = std::move(*p);
   }
   auto core = std::make_unique<CacheCore>(options, std::move(device), std::move(host),
-                                          std::move(disk), std::move(config));
+                                          std::move(disk), std::move(remote), std::move(config));
   core->Restore();
   return std::unique_ptr<Cache>(new Cache(std::move(core)));
 }
@@ -709,8 +850,23 @@ absl::StatusOr<MatchResult> Cache::Match(std::span<const BlockKey> keys) {
       return absl::InvalidArgumentError(absl::StrCat("Match: keys[", i, "] is the root key"));
     }
   }
-  MutexLock lock(&core_->index_.mu());
-  return core_->index_.MatchLocked(keys);
+  MatchResult m;
+  {
+    MutexLock lock(&core_->index_.mu());
+    m = core_->index_.MatchLocked(keys);
+  }
+  if (!core_->has_remote() || m.size() == keys.size()) return m;
+  const uint32_t found = core_->MatchRemote(keys.subspan(m.size()));
+  if (found > 0) {
+    MutexLock lock(&core_->index_.mu());
+    core_->index_.NoteRemoteHitsLocked(found);
+  }
+  const size_t local = m.keys.size();
+  for (uint32_t i = 0; i < found; ++i) {
+    m.keys.push_back(keys[local + i]);
+    m.tiers.push_back(Tier::kRemote);
+  }
+  return m;
 }
 
 namespace {
@@ -811,8 +967,17 @@ absl::StatusOr<Transfer> Cache::Load(const MatchResult& match, DeviceLease& leas
   const uint64_t start = internal::MonotonicNanos();
   KVTIER_RETURN_IF_ERROR(CheckLease("Load", lease, core_.get()));
   MutexLock lock(&core_->index_.mu());
+  uint32_t remote_from = UINT32_MAX;  // the first block Match() found in the remote tier only
+  if (core_->has_remote()) {
+    for (uint32_t i = 0; i < match.tiers.size(); ++i) {
+      if (match.tiers[i] == Tier::kRemote) {
+        remote_from = i;
+        break;
+      }
+    }
+  }
   KVTIER_ASSIGN_OR_RETURN(internal::LoadPlan plan,
-                          core_->index_.PlanLoadLocked(lease.id_, match.keys));
+                          core_->index_.PlanLoadLocked(lease.id_, match.keys, remote_from));
   lease.slots_ = plan.lease_slots;
   KVTIER_ASSIGN_OR_RETURN(auto state, core_->StartLoadLocked(std::move(plan), start));
   return Transfer(std::move(state));

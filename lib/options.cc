@@ -54,6 +54,34 @@ absl::Status Options::Validate() const {
     }
     if (disk.policy.empty()) return absl::InvalidArgumentError("Options.disk.policy: empty");
   }
+  if (!remote.nodes.empty()) {
+    if (host.capacity_bytes == 0) {
+      return absl::InvalidArgumentError(
+          "Options.remote: the remote tier needs a host tier (Options.host.capacity_bytes > 0)");
+    }
+    if (backend == DeviceBackend::kMetadataOnly) {
+      return absl::InvalidArgumentError(
+          "Options.remote: the remote tier stores bytes; backend kMetadataOnly moves none");
+    }
+    if (remote.scope.empty() || remote.scope.find_first_of(": \t\r\n") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Options.remote.scope: '", remote.scope, "' must be non-empty, without ':' or spaces"));
+    }
+    if (remote.publish != RemotePublish::kWriteThrough &&
+        remote.publish != RemotePublish::kWriteBack) {
+      return absl::InvalidArgumentError(absl::StrCat("Options.remote.publish: ",
+                                                     static_cast<int>(remote.publish),
+                                                     " is not a RemotePublish"));
+    }
+    if (remote.timeout_ms == 0 || remote.connect_timeout_ms == 0) {
+      return absl::InvalidArgumentError(
+          "Options.remote.timeout_ms and connect_timeout_ms: must be > 0");
+    }
+    if (remote.threads == 0 || remote.threads > 64) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Options.remote.threads: ", remote.threads, " vs 1..64"));
+    }
+  }
   if (device.policy.empty()) return absl::InvalidArgumentError("Options.device.policy: empty");
   if (host.policy.empty()) return absl::InvalidArgumentError("Options.host.policy: empty");
   return absl::OkStatus();

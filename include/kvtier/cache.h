@@ -17,6 +17,10 @@
 // still cached, so a cached block's ancestors are always reachable.
 // Warm restart: with Options.disk, Create() serves the blocks a previous cache left in the
 // directory (destroying a Cache writes the manifest that makes the next start fast).
+// Remote tier (Options.remote): caches on many machines share blocks through a Redis Cluster.
+// Match() asks the store about the blocks past the local prefix (within match_budget_us), Load()
+// reads them into host slots, verifies them and copies them to the device like host hits; a
+// block the store lost or that fails to verify fails the Transfer like a failed disk read.
 //
 // Thread safety: every Cache method may be called from any thread concurrently (a scheduler thread
 //   matching and allocating while workers load and commit). A DeviceLease or Transfer handle is
@@ -45,7 +49,9 @@
 
 namespace kvtier {
 
-enum class Tier : uint8_t { kDevice = 0, kHost = 1, kDisk = 2 };
+// kRemote (Options.remote) is shared with other caches and has no slots of its own: only
+// MatchResult names it (a block to be read from the store). kNumTiers counts the local tiers.
+enum class Tier : uint8_t { kDevice = 0, kHost = 1, kDisk = 2, kRemote = 3 };
 inline constexpr int kNumTiers = 3;
 const char* TierName(Tier tier);
 
@@ -65,7 +71,8 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
 // The cached prefix of a key sequence, as Match() saw it. A snapshot: Load() re-checks it.
 struct MatchResult {
   std::vector<BlockKey> keys;  // the matched prefix of the queried keys
-  std::vector<Tier> tiers;     // highest tier holding each block (device, then host, then disk)
+  std::vector<Tier> tiers;     // highest tier holding each block (device, then host, then disk,
+                               // then remote: after the local prefix, blocks the store holds)
   uint32_t size() const { return static_cast<uint32_t>(keys.size()); }
   uint32_t blocks_in(Tier tier) const;
 };

@@ -79,6 +79,39 @@ struct DiskTierOptions {
   bool flush_on_close = true;
 };
 
+// When blocks are published to the remote tier.
+enum class RemotePublish {
+  // Every block that reaches the host from the device is published: Commit() copies each new
+  // block to the host (as Options.host_write_through does) and from there to the store, so other
+  // replicas can use a prefix as soon as it is computed. Costs a write per new block.
+  kWriteThrough,
+  // A block is published when the host tier evicts it: less traffic, but other replicas only see
+  // what this one has stopped holding.
+  kWriteBack,
+};
+
+// The remote tier: a Redis Cluster that many caches (engine replicas, on many machines) share.
+// Blocks go to it from host slots and come back through host slots, so it needs the host tier.
+// Capacity and eviction are the store's (its maxmemory policy, and ttl_seconds here).
+struct RemoteTierOptions {
+  // "host:port[,host:port...]" of one or more cluster nodes (the rest are discovered); empty
+  // disables the remote tier.
+  std::string nodes;
+  // Caches that share blocks must use the same scope (and the same layout: its fingerprint is
+  // part of every store key, so another model's blocks are never even looked up).
+  std::string scope = "default";
+  RemotePublish publish = RemotePublish::kWriteThrough;
+  uint32_t ttl_seconds = 0;  // expiry of every published block; 0: none
+  // How long Match() may wait for the store to confirm the blocks past the local prefix; what it
+  // has not confirmed by then counts as a miss.
+  uint32_t match_budget_us = 5000;
+  uint32_t timeout_ms = 1000;         // per batch of reads or writes
+  uint32_t connect_timeout_ms = 500;  // per connection attempt
+  std::string password;               // AUTH on every connection when non-empty (no TLS: Debian
+                                      // 12's hiredis 0.14 has none; use a private network)
+  uint32_t threads = 2;               // threads running the store's batches
+};
+
 struct Options {
   BlockLayout layout;  // the engine's device KV memory; required
   DeviceBackend backend = DeviceBackend::kAuto;
@@ -86,6 +119,7 @@ struct Options {
   DeviceTierOptions device;
   HostTierOptions host;
   DiskTierOptions disk;  // needs the host tier: disk reads and writes go through host slots
+  RemoteTierOptions remote;  // needs the host tier, as the disk tier does
   // A device victim with no host copy is copied to the host tier before its slot is reused
   // (write-back). False drops it instead: cheaper eviction, fewer hits.
   bool demote_on_evict = true;

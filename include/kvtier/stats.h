@@ -54,7 +54,8 @@ struct TierStats {
                                   // Options.disk.queue_depth included; 0 for device and host)
   uint64_t hits = 0;              // blocks Match() found here first (highest tier wins)
   uint64_t misses = 0;            // blocks Match() did not find here nor in a tier above: per
-                                  // tier, lookups = hits + misses, and disk.misses == blocks_missed
+                                  // tier, lookups = hits + misses, and disk.misses ==
+                                  // blocks_missed + remote.hits
   uint64_t inserts = 0;           // blocks that started residing here
   uint64_t evictions = 0;         // blocks removed to make room (demoted or dropped)
   uint64_t drops = 0;             // evictions that left the block in no tier at all
@@ -75,14 +76,37 @@ struct TierStats {
                            // device and host copies that fail count in fill_failures)
 };
 
+// The remote tier's figures (Options.remote); all zero without one. A remote block is read into
+// a host slot (counted in host.promotions) and then copied to the device like a host hit.
+struct RemoteStats {
+  uint64_t hits = 0;             // blocks Match() found in the remote tier past the local prefix
+  uint64_t lookups = 0;          // blocks Match() asked the remote tier about (EXISTS)
+  uint64_t lookup_timeouts = 0;  // Match() calls whose lookup ran out of Options.remote
+                                 // .match_budget_us: the blocks not yet confirmed are misses
+  uint64_t reads = 0;            // blocks Load() read from the store and verified
+  uint64_t read_misses = 0;      // reads that found no value (evicted or expired there): misses
+  uint64_t corrupt_reads = 0;    // values that failed to verify (header, key, layout, payload
+                                 // checksum): misses, never handed to the engine
+  uint64_t read_errors = 0;      // reads the store failed (unreachable node, timeout)
+  uint64_t writes = 0;           // blocks published (SET acknowledged)
+  uint64_t write_errors = 0;     // publications the store failed
+  uint64_t writes_skipped = 0;   // publications skipped: this cache knows the block is there
+  uint64_t bytes_read = 0;       // payload bytes of verified reads
+  uint64_t bytes_written = 0;    // payload bytes of acknowledged writes
+  uint64_t redirects = 0;        // MOVED and ASK replies followed (slot migrations, failovers)
+  uint64_t connects = 0;         // connections opened to the cluster's nodes
+};
+
 struct CacheStats {
   TierStats device;
   TierStats host;
   TierStats disk;
+  RemoteStats remote;
 
   uint64_t match_calls = 0;
   uint64_t blocks_queried = 0;      // keys passed to Match()
-  uint64_t blocks_missed = 0;       // keys at or after the first miss of each Match()
+  uint64_t blocks_missed = 0;       // keys at or after the first miss of each Match() (local
+                                    // tiers, then the remote tier)
   uint64_t blocks_loaded = 0;       // blocks a Load() handed to a lease (device hits + promotions)
   uint64_t blocks_committed = 0;    // new blocks published by Commit()
   uint64_t demotions = 0;           // device-to-host copies started (write-back or write-through)
@@ -107,6 +131,8 @@ struct CacheStats {
                                         // or write-through): enqueued to copied
   LatencyHistogram disk_write_latency;  // one block's disk write: submitted to completed
   LatencyHistogram disk_read_latency;   // one block's disk read: submitted to read and verified
+  LatencyHistogram remote_read_latency;   // one Load()'s remote reads (one pipelined batch)
+  LatencyHistogram remote_write_latency;  // one batch of remote writes (publications)
 
   // Fraction of queried blocks that Match() found in some tier; 0 when nothing was queried.
   double HitRatio() const {

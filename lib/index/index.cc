@@ -35,7 +35,8 @@ bool HasDuplicate(std::span<const BlockKey> keys) {
 Index::Index(IndexConfig config)
     : capacities_(config.capacity_slots),
       demote_on_evict_(config.demote_on_evict),
-      host_write_through_(config.host_write_through) {
+      host_write_through_(config.host_write_through),
+      remote_write_back_(config.remote_write_back) {
   MutexLock lock(&mu_);
   for (int t = 0; t < kNumTiers; ++t) {
     TierTable& tt = tiers_[t];
@@ -226,6 +227,13 @@ std::optional<SlotId> Index::TakeHostSlotLocked() {
     } else if (!other_copy) {
       host.stats.drops++;
     }
+    if (remote_write_back_) {
+      // The bytes stay in the slot until its next user, who waits for this write, fills it.
+      const uint32_t parent = E(id).parent_id;
+      remote_writes_.push_back(RemoteWrite{.key = E(id).key,
+                                           .parent = parent == kNoEntry ? kRootKey : E(parent).key,
+                                           .host_slot = *victim});
+    }
     host.stats.evictions++;
     return RemoveResidencyLocked(id, kHostTier);
   }
@@ -354,7 +362,8 @@ absl::Status Index::GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<S
   return AddLeaseSlotsLocked(*lease, n, slots, demotions, quarantine);
 }
 
-absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys) {
+absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys,
+                                               uint32_t remote_from) {
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Load: the lease was released");
   if (keys.size() > lease->slots.size()) {
@@ -371,8 +380,28 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
   LoadPlan plan;
   uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
-    const uint32_t id = FindLocked(keys[i]);
-    if (id == kNoEntry || !E(id).cached() || E(id).parent_id != parent) break;
+    uint32_t id = FindLocked(keys[i]);
+    if (id != kNoEntry && E(id).parent_id != parent) break;
+    if (id == kNoEntry || !E(id).cached()) {
+      if (i < remote_from || !AdoptRemoteLocked(keys[i], parent, &id)) break;
+      LeaseSlot& ls = lease->slots[i];
+      plan.promotions.push_back(Promotion{.key = keys[i],
+                                          .entry = id,
+                                          .host_slot = E(id).res[T(kHostTier)].slot,
+                                          .device_slot = ls.slot,
+                                          .lease_id = lease_id,
+                                          .position = i,
+                                          .from_remote = true});
+      AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
+      ls.holds = true;
+      ls.entry = id;
+      counters_.promotions++;
+      table(kDev).stats.promotions++;
+      table(kHostTier).stats.promotions++;  // the remote read into the new host slot
+      parent = id;
+      plan.blocks++;
+      continue;
+    }
     const Residency d = E(id).res[T(kDev)];
     LeaseSlot& ls = lease->slots[i];
     if (d.present()) {
@@ -521,9 +550,44 @@ absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
   return absl::OkStatus();
 }
 
+bool Index::AdoptRemoteLocked(const BlockKey& key, uint32_t parent, uint32_t* id) {
+  // The entry first: as the parent's child it keeps the parent cached (prefix rule) while making
+  // room on the host evicts, so the chain it hangs from stays matchable.
+  if (*id == kNoEntry) *id = AddEntryLocked(key, parent);
+  std::optional<SlotId> host_slot = TakeHostSlotLocked();
+  if (!host_slot) {  // every host slot pinned or protected: the rest is a miss
+    EraseIfUnusedLocked(*id);
+    return false;
+  }
+  AddResidencyLocked(*id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
+  return true;
+}
+
+std::optional<RemoteWrite> Index::PinHostCopyLocked(const BlockKey& key) {
+  const uint32_t id = FindLocked(key);
+  if (id == kNoEntry) return std::nullopt;
+  const Residency& h = E(id).res[T(kHostTier)];
+  if (h.state != ResState::kReady) return std::nullopt;
+  PinLocked(id, kHostTier, /*lease=*/false);
+  const uint32_t parent = E(id).parent_id;
+  return RemoteWrite{.key = key,
+                     .parent = parent == kNoEntry ? kRootKey : E(parent).key,
+                     .entry = id,
+                     .host_slot = h.slot};
+}
+
+void Index::UnpinHostCopyLocked(const RemoteWrite& w) { UnpinLocked(w.entry, kHostTier, false); }
+
 void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost) {
   UnpinLocked(p.entry, kHostTier, /*lease=*/false);
   UnpinLocked(p.entry, kDev, /*lease=*/false);
+  if (p.from_remote) {
+    if (ok) {
+      E(p.entry).res[T(kHostTier)].state = ResState::kReady;
+    } else {
+      FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
+    }
+  }
   if (p.from_disk) {
     UnpinLocked(p.entry, kDiskTier, /*lease=*/false);
     if (ok) {

@@ -72,7 +72,9 @@ static_assert(sizeof(Entry) == 48);
 
 // A host-to-device copy the caller must enqueue: the host slot into lease position `position`.
 // With from_disk, the block is first read from `disk_slot` into `host_slot` (a new host residency,
-// Filling until the promotion finishes).
+// Filling until the promotion finishes). With from_remote, it is first read from the remote tier
+// into `host_slot` (the entry is new to the index, or was a lost parent: its host residency is
+// Filling until the promotion finishes, and a failure forgets it).
 struct Promotion {
   BlockKey key;
   uint32_t entry = kNoEntry;  // the key's entry id (it exists until the promotion finishes)
@@ -81,7 +83,18 @@ struct Promotion {
   uint64_t lease_id = 0;
   uint32_t position = 0;
   bool from_disk = false;
+  bool from_remote = false;
   SlotId disk_slot = 0;
+};
+
+// A block the remote tier should get a copy of from a host slot, decided by the index: a host
+// victim under remote write-back (the slot was handed on: its next user waits for the write), or
+// a host copy io-pinned by PinHostCopyLocked (write-through: unpin when the write ends).
+struct RemoteWrite {
+  BlockKey key;
+  BlockKey parent;
+  uint32_t entry = kNoEntry;  // for PinHostCopyLocked's writes: the entry to unpin
+  SlotId host_slot = 0;
 };
 
 // A host-to-disk write the caller must start (write-back of a host victim). The host slot was
@@ -124,6 +137,9 @@ struct IndexConfig {
   std::array<std::unique_ptr<EvictionPolicy>, kNumTiers> policies;
   bool demote_on_evict = true;
   bool host_write_through = false;
+  // Every host victim (its bytes still in the slot) is handed to the remote tier, as a
+  // RemoteWrite taken with TakeRemoteWritesLocked.
+  bool remote_write_back = false;
 };
 
 class Index {
@@ -152,7 +168,10 @@ class Index {
                                std::vector<SlotId>* quarantine = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeQuarantinedLocked(std::span<const SlotId> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys)
+  // Positions at or after `remote_from` that are cached nowhere locally may be read from the remote
+  // tier (Match found them there): they get a new host slot and a from_remote promotion.
+  absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys,
+                                          uint32_t remote_from = UINT32_MAX)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
                             std::vector<Demotion>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -166,6 +185,21 @@ class Index {
   // Disk write-backs decided by the calls since the last take (any call that takes host slots).
   std::vector<DiskWrite> TakeDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return std::exchange(disk_writes_, {});
+  }
+  // Remote write-backs of host victims decided since the last take (remote_write_back only).
+  std::vector<RemoteWrite> TakeRemoteWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::exchange(remote_writes_, {});
+  }
+  // Remote write-through: io-pins the key's Ready host copy (so it is neither evicted nor
+  // overwritten) and describes it; nullopt when the key has no Ready host copy. Release with
+  // UnpinHostCopyLocked once the remote write has ended.
+  std::optional<RemoteWrite> PinHostCopyLocked(const BlockKey& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnpinHostCopyLocked(const RemoteWrite& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Match found `n` more blocks in the remote tier after the local prefix: they are not misses.
+  void NoteRemoteHitsLocked(uint32_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    counters_.blocks_missed -= n;
+    counters_.remote.hits += n;
   }
 
   // Flush, for a clean shutdown: device blocks with no copy in another tier get a host copy
@@ -222,6 +256,11 @@ class Index {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<SlotId> TakeHostSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<SlotId> TakeDiskSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A Filling, io-pinned host residency for a block read from the remote tier, under `parent`;
+  // *id is the key's entry (a lost parent) or kNoEntry (a new entry is made). False when no host
+  // slot can be had.
+  bool AdoptRemoteLocked(const BlockKey& key, uint32_t parent, uint32_t* id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
                                    std::vector<Demotion>* demotions,
                                    std::vector<SlotId>* quarantine)
@@ -276,8 +315,10 @@ class Index {
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<DiskWrite> disk_writes_ ABSL_GUARDED_BY(mu_);
+  std::vector<RemoteWrite> remote_writes_ ABSL_GUARDED_BY(mu_);
   const bool demote_on_evict_;
   const bool host_write_through_;
+  const bool remote_write_back_;
   CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)
 };
 

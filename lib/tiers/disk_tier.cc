@@ -7,11 +7,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
-#if defined(__x86_64__)
-#include <xxh_x86dispatch.h>
-#endif
 
 #include <cerrno>
 #include <cstring>
@@ -23,90 +19,15 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
+#include "lib/tiers/block_header.h"
 
 namespace kvtier::internal {
 namespace {
 
-constexpr char kMagic[8] = {'K', 'V', 'T', 'I', 'E', 'R', 'B', '1'};
 constexpr char kManifestMagic[8] = {'K', 'V', 'T', 'I', 'E', 'R', 'M', '1'};
-constexpr uint32_t kVersion = 1;
-constexpr size_t kTrailerFields = 8 + 4 + 4 + 16 + 16 + 8 + 8 + 8 + 8;  // before its checksum
+constexpr uint32_t kVersion = kBlockHeaderVersion;
 
 uint64_t RoundUp(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
-
-// The payload checksum, on every read and write: the widest vector unit the CPU has (libxxhash's
-// runtime dispatch on x86-64; the value is XXH3-64's whatever the path).
-uint64_t PayloadHash(const void* p, size_t n) {
-#if defined(__x86_64__)
-  return XXH3_64bits_dispatch(p, n);
-#else
-  return XXH3_64bits(p, n);
-#endif
-}
-
-// Little-endian encoding, whatever the host.
-struct Writer {
-  uint8_t* p;
-  void U32(uint32_t v) {
-    for (int i = 0; i < 4; ++i) *p++ = static_cast<uint8_t>(v >> (8 * i));
-  }
-  void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) *p++ = static_cast<uint8_t>(v >> (8 * i));
-  }
-  void Bytes(const void* b, size_t n) {
-    std::memcpy(p, b, n);
-    p += n;
-  }
-};
-struct Reader {
-  const uint8_t* p;
-  uint32_t U32() {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= uint32_t{*p++} << (8 * i);
-    return v;
-  }
-  uint64_t U64() {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= uint64_t{*p++} << (8 * i);
-    return v;
-  }
-};
-
-struct Trailer {
-  BlockKey key, parent;
-  uint64_t fingerprint = 0, payload_bytes = 0, payload_hash = 0, sequence = 0;
-};
-
-void EncodeTrailer(const Trailer& t, uint32_t trailer_bytes, uint8_t* out) {
-  std::memset(out, 0, trailer_bytes);
-  Writer w{out};
-  w.Bytes(kMagic, 8);
-  w.U32(kVersion);
-  w.U32(trailer_bytes);
-  w.U64(t.key.hi);
-  w.U64(t.key.lo);
-  w.U64(t.parent.hi);
-  w.U64(t.parent.lo);
-  w.U64(t.fingerprint);
-  w.U64(t.payload_bytes);
-  w.U64(t.payload_hash);
-  w.U64(t.sequence);
-  w.U64(XXH3_64bits(out, kTrailerFields));
-}
-
-// Decodes and checks the trailer's own integrity (magic, version, size, checksum).
-bool DecodeTrailer(const uint8_t* in, uint32_t trailer_bytes, Trailer* t) {
-  if (std::memcmp(in, kMagic, 8) != 0) return false;
-  Reader r{in + 8};
-  if (r.U32() != kVersion || r.U32() != trailer_bytes) return false;
-  t->key = {r.U64(), r.U64()};
-  t->parent = {r.U64(), r.U64()};
-  t->fingerprint = r.U64();
-  t->payload_bytes = r.U64();
-  t->payload_hash = r.U64();
-  t->sequence = r.U64();
-  return r.U64() == XXH3_64bits(in, kTrailerFields);
-}
 
 absl::Status Errno(const std::string& what) { return absl::ErrnoToStatus(errno, what); }
 
@@ -294,14 +215,14 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
         absl::StrCat("DiskTier::Write: slot ", slot, " vs ", capacity_slots_));
   }
   auto* base = static_cast<uint8_t*>(host_slot);
-  const Trailer tr{.key = key,
+  const BlockHeader tr{.key = key,
                    .parent = parent,
                    .fingerprint = config_.layout_fingerprint,
                    .payload_bytes = config_.block_bytes,
                    .payload_hash = PayloadHash(base, config_.block_bytes),
                    .sequence = sequence_.fetch_add(1)};
   std::memset(base + config_.block_bytes, 0, padded_payload_ - config_.block_bytes);
-  EncodeTrailer(tr, alignment_, base + padded_payload_);
+  EncodeBlockHeader(tr, alignment_, base + padded_payload_);
   writes_++;
   const uint64_t start = MonotonicNanos();
   return ring_->Submit(
@@ -330,8 +251,8 @@ absl::Status DiskTier::Read(SlotId slot, const BlockKey& key, void* host_slot,
           return done(s);
         }
         const auto* base = static_cast<const uint8_t*>(host_slot);
-        Trailer tr;
-        const bool ok = DecodeTrailer(base + padded_payload_, alignment_, &tr) && tr.key == key &&
+        BlockHeader tr;
+        const bool ok = DecodeBlockHeader(base + padded_payload_, alignment_, &tr) && tr.key == key &&
                         tr.fingerprint == config_.layout_fingerprint &&
                         tr.payload_bytes == config_.block_bytes &&
                         tr.payload_hash == PayloadHash(base, config_.block_bytes);
@@ -380,8 +301,8 @@ absl::Status DiskTier::ScanTrailers() {
     for (uint32_t i = 0; i < n; ++i) {
       const uint8_t* p = buf.p + uint64_t{i} * alignment_;
       if (std::all_of(p, p + 8, [](uint8_t b) { return b == 0; })) continue;  // never written
-      Trailer tr;
-      if (!DecodeTrailer(p, alignment_, &tr) || tr.fingerprint != config_.layout_fingerprint ||
+      BlockHeader tr;
+      if (!DecodeBlockHeader(p, alignment_, &tr) || tr.fingerprint != config_.layout_fingerprint ||
           tr.payload_bytes != config_.block_bytes) {
         recovery_dropped_++;
         continue;
@@ -413,11 +334,11 @@ absl::Status DiskTier::LoadManifest(bool* found) {
   constexpr size_t kHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8, kEntry = 4 + 32;
   if (bytes.size() < kHead + 8 || std::memcmp(bytes.data(), kManifestMagic, 8) != 0 ||
       XXH3_64bits(bytes.data(), bytes.size() - 8) !=
-          Reader{bytes.data() + bytes.size() - 8}.U64()) {
+          LeReader{bytes.data() + bytes.size() - 8}.U64()) {
     recovery_dropped_++;  // a torn or foreign manifest: fall back to the scan
     return absl::OkStatus();
   }
-  Reader r{bytes.data() + 8};
+  LeReader r{bytes.data() + 8};
   const uint32_t version = r.U32();
   const uint64_t fingerprint = r.U64(), slot_bytes = r.U64();
   const uint32_t slots = r.U32(), files = r.U32();
@@ -443,7 +364,7 @@ absl::Status DiskTier::LoadManifest(bool* found) {
 
 absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
   std::vector<uint8_t> bytes(8 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + live.size() * 36 + 8);
-  Writer w{bytes.data()};
+  LeWriter w{bytes.data()};
   w.Bytes(kManifestMagic, 8);
   w.U32(kVersion);
   w.U64(config_.layout_fingerprint);

@@ -1,0 +1,231 @@
+#include "lib/tiers/remote_tier.h"
+
+#include <cstring>
+#include <string_view>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "lib/tiers/block_header.h"
+
+namespace kvtier::internal {
+namespace {
+
+// Room for the header's fields and growth; values are header + payload.
+constexpr uint32_t kHeaderBytes = 128;
+static_assert(kHeaderBytes >= kBlockHeaderMinBytes);
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RemoteTier>> RemoteTier::Open(RemoteTierConfig config) {
+  if (config.block_bytes == 0) return absl::InvalidArgumentError("RemoteTier: block_bytes is 0");
+  if (config.threads == 0) config.threads = 1;
+  auto cluster = RedisCluster::Connect(config.cluster);
+  if (!cluster.ok()) return cluster.status();
+  return std::unique_ptr<RemoteTier>(new RemoteTier(std::move(config), std::move(*cluster)));
+}
+
+RemoteTier::RemoteTier(RemoteTierConfig config, std::unique_ptr<RedisCluster> cluster)
+    : config_(std::move(config)),
+      prefix_(absl::StrCat("kvtier:", config_.name_space, ":")),
+      cluster_(std::move(cluster)) {
+  for (uint32_t i = 0; i < config_.threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+RemoteTier::~RemoteTier() {
+  Drain();
+  {
+    MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  cv_.SignalAll();
+  for (std::thread& t : workers_) t.join();
+}
+
+std::string RemoteTier::StoreKey(const BlockKey& key) const {
+  return absl::StrCat(prefix_, key.ToHex());
+}
+
+void RemoteTier::Submit(std::function<void()> job) {
+  {
+    MutexLock lock(&mu_);
+    jobs_.push_back(std::move(job));
+  }
+  cv_.SignalAll();
+}
+
+void RemoteTier::WorkerLoop() {
+  MutexLock lock(&mu_);
+  for (;;) {
+    while (jobs_.empty() && !stop_) cv_.Wait(&mu_);
+    if (jobs_.empty()) return;  // stopping, nothing left
+    std::function<void()> job = std::move(jobs_.front());
+    jobs_.pop_front();
+    running_++;
+    mu_.Unlock();
+    job();
+    job = nullptr;  // its captures go before Drain() can return
+    mu_.Lock();
+    running_--;
+    cv_.SignalAll();
+  }
+}
+
+void RemoteTier::Drain() {
+  MutexLock lock(&mu_);
+  while (!jobs_.empty() || running_ > 0) cv_.Wait(&mu_);
+}
+
+bool RemoteTier::Known(const BlockKey& key) {
+  MutexLock lock(&known_mu_);
+  return known_.contains(key);
+}
+
+void RemoteTier::Remember(const BlockKey& key) {
+  MutexLock lock(&known_mu_);
+  if (!known_.insert(key).second) return;
+  known_order_.push_back(key);
+  // Bounded: the oldest beliefs go first (forgetting one only costs a duplicate publication).
+  while (known_order_.size() > config_.known_capacity) {
+    known_.erase(known_order_.front());
+    known_order_.pop_front();
+  }
+}
+
+void RemoteTier::Forget(const BlockKey& key) {
+  MutexLock lock(&known_mu_);
+  known_.erase(key);  // its known_order_ record stays until it ages out; erasing twice is harmless
+}
+
+uint32_t RemoteTier::ExistsPrefix(std::span<const BlockKey> keys, Clock::time_point deadline,
+                                  bool* timed_out) {
+  *timed_out = false;
+  if (keys.empty()) return 0;
+  std::vector<std::string> store_keys;
+  store_keys.reserve(keys.size());
+  for (const BlockKey& k : keys) store_keys.push_back(StoreKey(k));
+  lookups_ += keys.size();
+  std::vector<absl::StatusOr<bool>> found = cluster_->Exists(store_keys, deadline);
+  uint32_t n = 0;
+  for (; n < found.size(); ++n) {
+    if (!found[n].ok()) {
+      *timed_out = found[n].status().code() == absl::StatusCode::kDeadlineExceeded;
+      if (*timed_out) lookup_timeouts_++;
+      break;
+    }
+    if (!*found[n]) {
+      Forget(keys[n]);  // evicted or expired there: publish it again when it comes by
+      break;
+    }
+  }
+  return n;
+}
+
+void RemoteTier::ReadAsync(std::vector<Read> reads, std::function<void()> before,
+                           std::function<void(size_t, const absl::Status&)> done) {
+  Submit([this, reads = std::move(reads), before = std::move(before), done = std::move(done)] {
+    if (before) before();
+    const uint64_t start = MonotonicNanos();
+    std::vector<std::string> store_keys;
+    store_keys.reserve(reads.size());
+    for (const Read& r : reads) store_keys.push_back(StoreKey(r.key));
+    auto values = cluster_->Get(store_keys, Clock::now() + config_.timeout);
+    read_latency_.RecordSince(start);
+    for (size_t i = 0; i < reads.size(); ++i) {
+      absl::Status s;
+      if (!values[i].ok()) {
+        read_errors_++;
+        s = values[i].status();
+      } else if (!values[i]->has_value()) {
+        read_misses_++;
+        Forget(reads[i].key);
+        s = absl::NotFoundError(absl::StrCat("RemoteTier: ", store_keys[i], " is not in the store"));
+      } else {
+        const std::string& v = **values[i];
+        const auto* bytes = reinterpret_cast<const uint8_t*>(v.data());
+        BlockHeader h;
+        const bool ok = v.size() == kHeaderBytes + config_.block_bytes &&
+                        DecodeBlockHeader(bytes, kHeaderBytes, &h) && h.key == reads[i].key &&
+                        h.fingerprint == config_.layout_fingerprint &&
+                        h.payload_bytes == config_.block_bytes &&
+                        h.payload_hash == PayloadHash(bytes + kHeaderBytes, config_.block_bytes);
+        if (ok) {
+          std::memcpy(reads[i].dst, bytes + kHeaderBytes, config_.block_bytes);
+          reads_++;
+          bytes_read_ += config_.block_bytes;
+          Remember(reads[i].key);
+        } else {
+          corrupt_reads_++;
+          Forget(reads[i].key);  // a good copy may be published over it
+          s = absl::DataLossError(absl::StrCat("RemoteTier: ", store_keys[i], " (", v.size(),
+                                               " bytes) does not hold the block intact"));
+        }
+      }
+      done(i, s);
+    }
+  });
+}
+
+void RemoteTier::WriteAsync(std::vector<Write> writes, std::function<void()> done) {
+  Submit([this, writes = std::move(writes), done = std::move(done)] {
+    const uint64_t start = MonotonicNanos();
+    std::vector<std::string> store_keys;
+    std::vector<std::string> values;
+    std::vector<const Write*> sent;
+    for (const Write& w : writes) {
+      if (Known(w.key)) {
+        writes_skipped_++;
+        continue;
+      }
+      std::string v(kHeaderBytes + config_.block_bytes, '\0');
+      auto* bytes = reinterpret_cast<uint8_t*>(v.data());
+      std::memcpy(bytes + kHeaderBytes, w.src, config_.block_bytes);
+      EncodeBlockHeader({.key = w.key,
+                         .parent = w.parent,
+                         .fingerprint = config_.layout_fingerprint,
+                         .payload_bytes = config_.block_bytes,
+                         .payload_hash = PayloadHash(bytes + kHeaderBytes, config_.block_bytes)},
+                        kHeaderBytes, bytes);
+      store_keys.push_back(StoreKey(w.key));
+      values.push_back(std::move(v));
+      sent.push_back(&w);
+    }
+    // The payloads are copied: the sources are free again.
+    if (done) done();
+    if (sent.empty()) return;
+    std::vector<std::string_view> views(values.begin(), values.end());
+    std::vector<absl::Status> results =
+        cluster_->Set(store_keys, views, config_.ttl_seconds, Clock::now() + config_.timeout);
+    for (size_t i = 0; i < sent.size(); ++i) {
+      if (results[i].ok()) {
+        writes_++;
+        bytes_written_ += config_.block_bytes;
+        Remember(sent[i]->key);
+      } else {
+        write_errors_++;
+      }
+    }
+    write_latency_.RecordSince(start);
+  });
+}
+
+void RemoteTier::FillStats(CacheStats* stats) const {
+  RemoteStats& r = stats->remote;
+  r.lookups = lookups_;
+  r.lookup_timeouts = lookup_timeouts_;
+  r.reads = reads_;
+  r.read_misses = read_misses_;
+  r.corrupt_reads = corrupt_reads_;
+  r.read_errors = read_errors_;
+  r.writes = writes_;
+  r.write_errors = write_errors_;
+  r.writes_skipped = writes_skipped_;
+  r.bytes_read = bytes_read_;
+  r.bytes_written = bytes_written_;
+  const RedisClusterStats c = cluster_->stats();
+  r.redirects = c.moved + c.ask;
+  r.connects = c.connects;
+  stats->remote_read_latency = read_latency_.Snapshot();
+  stats->remote_write_latency = write_latency_.Snapshot();
+}
+
+}  // namespace kvtier::internal
