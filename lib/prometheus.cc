@@ -87,6 +87,44 @@ constexpr CacheMetric kCacheMetrics[] = {
      "Disk slots found invalid, stale or orphaned at start.", &CacheStats::disk_recovery_dropped},
 };
 
+struct RemoteMetric {
+  const char* name;
+  const char* type;
+  const char* help;
+  uint64_t RemoteStats::*field;
+};
+
+constexpr RemoteMetric kRemoteMetrics[] = {
+    {"kvtier_remote_hits_total", "counter",
+     "Blocks Match() found in the remote tier past the local prefix.", &RemoteStats::hits},
+    {"kvtier_remote_lookups_total", "counter", "Blocks Match() asked the remote tier about.",
+     &RemoteStats::lookups},
+    {"kvtier_remote_lookup_timeouts_total", "counter",
+     "Match() calls whose remote lookup ran out of its budget.", &RemoteStats::lookup_timeouts},
+    {"kvtier_remote_reads_total", "counter", "Blocks read from the remote tier and verified.",
+     &RemoteStats::reads},
+    {"kvtier_remote_read_misses_total", "counter",
+     "Remote reads that found no value (evicted or expired there).", &RemoteStats::read_misses},
+    {"kvtier_remote_corrupt_reads_total", "counter",
+     "Remote values that failed to verify (treated as misses).", &RemoteStats::corrupt_reads},
+    {"kvtier_remote_read_errors_total", "counter", "Remote reads the store failed.",
+     &RemoteStats::read_errors},
+    {"kvtier_remote_writes_total", "counter", "Blocks published to the remote tier.",
+     &RemoteStats::writes},
+    {"kvtier_remote_write_errors_total", "counter", "Publications the store failed.",
+     &RemoteStats::write_errors},
+    {"kvtier_remote_writes_skipped_total", "counter",
+     "Publications skipped: the block was known to be there.", &RemoteStats::writes_skipped},
+    {"kvtier_remote_bytes_read_total", "counter", "Payload bytes of verified remote reads.",
+     &RemoteStats::bytes_read},
+    {"kvtier_remote_bytes_written_total", "counter", "Payload bytes of acknowledged remote writes.",
+     &RemoteStats::bytes_written},
+    {"kvtier_remote_redirects_total", "counter", "MOVED and ASK replies followed.",
+     &RemoteStats::redirects},
+    {"kvtier_remote_connects_total", "counter", "Connections opened to the cluster's nodes.",
+     &RemoteStats::connects},
+};
+
 struct HistogramMetric {
   const char* name;
   const char* help;
@@ -103,6 +141,10 @@ constexpr HistogramMetric kHistograms[] = {
      &CacheStats::disk_write_latency},
     {"kvtier_disk_read_latency_seconds", "One block's disk read, submitted to verified.",
      &CacheStats::disk_read_latency},
+    {"kvtier_remote_read_latency_seconds", "One Load()'s pipelined remote reads.",
+     &CacheStats::remote_read_latency},
+    {"kvtier_remote_write_latency_seconds", "One batch of remote writes (publications).",
+     &CacheStats::remote_write_latency},
 };
 
 // Shortest text that reads back as `v` ("1e-06", "0.131072", "8.388608").
@@ -197,6 +239,10 @@ std::string Format(const CacheStats& stats, std::string constant) {
   for (const CacheMetric& m : kCacheMetrics) {
     w.Family(m.name, m.type, m.help);
     w.Sample(m.name, "", "", absl::StrCat(stats.*m.field));
+  }
+  for (const RemoteMetric& m : kRemoteMetrics) {
+    w.Family(m.name, m.type, m.help);
+    w.Sample(m.name, "", "", absl::StrCat(stats.remote.*m.field));
   }
   w.Family("kvtier_disk_buffered_io", "gauge",
            "1 when the disk tier runs without O_DIRECT (allow_buffered), else 0.");

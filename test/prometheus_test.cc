@@ -317,7 +317,14 @@ void CheckExposition(const CacheStats& s, const std::string& text,
   CHECK(x.Value("kvtier_leases_live") == s.leases_live);
   CHECK(x.Value("kvtier_transfers_in_flight") == s.transfers_in_flight);
   CHECK(x.Value("kvtier_disk_buffered_io") == (s.disk_buffered_io ? 1 : 0));
+  CHECK(x.Value("kvtier_remote_hits_total") == s.remote.hits);
+  CHECK(x.Value("kvtier_remote_reads_total") == s.remote.reads);
+  CHECK(x.Value("kvtier_remote_corrupt_reads_total") == s.remote.corrupt_reads);
+  CHECK(x.Value("kvtier_remote_writes_total") == s.remote.writes);
+  CHECK(x.Value("kvtier_remote_bytes_written_total") == s.remote.bytes_written);
   const std::pair<const char*, const LatencyHistogram*> histograms[] = {
+      {"kvtier_remote_read_latency_seconds", &s.remote_read_latency},
+      {"kvtier_remote_write_latency_seconds", &s.remote_write_latency},
       {"kvtier_load_latency_seconds", &s.load_latency},
       {"kvtier_demotion_latency_seconds", &s.demotion_latency},
       {"kvtier_disk_write_latency_seconds", &s.disk_write_latency},
