@@ -21,6 +21,18 @@ absl::StatusOr<std::unique_ptr<RemoteTier>> RemoteTier::Open(RemoteTierConfig co
   if (config.threads == 0) config.threads = 1;
   auto cluster = RedisCluster::Connect(config.cluster);
   if (!cluster.ok()) return cluster.status();
+  // Open a connection to every master now (an EXISTS of a probe key in each one's slots), so the
+  // first Match() does not spend its budget connecting. A master that does not answer is not an
+  // error here: its keys are misses until it does.
+  absl::flat_hash_set<std::string> masters;
+  std::vector<std::string> probes;
+  for (int i = 0; i < 4096 && masters.size() < 64; ++i) {
+    std::string probe = absl::StrCat("kvtier:probe:", i);
+    if (masters.insert((*cluster)->NodeForSlot(RedisCluster::KeySlot(probe))).second) {
+      probes.push_back(std::move(probe));
+    }
+  }
+  (*cluster)->Exists(probes, Clock::now() + config.cluster.connect_timeout);
   return std::unique_ptr<RemoteTier>(new RemoteTier(std::move(config), std::move(*cluster)));
 }
 
