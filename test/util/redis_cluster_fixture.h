@@ -44,6 +44,9 @@ class LocalRedisCluster {
   absl::Status Restart(int node);
   // Waits until every live node reports cluster_state:ok (after a failover, say).
   absl::Status WaitHealthy(std::chrono::milliseconds timeout);
+  // Waits until every live master has replicas_per_master replicas online at its replication
+  // offset (so a write acknowledged before survives a failover).
+  absl::Status WaitReplicated(std::chrono::milliseconds timeout);
   // Moves `slots` hash slots from master `from` to master `to` (redis-cli --cluster reshard).
   absl::Status Reshard(int from, int to, int slots);
   // Runs redis-cli against node `node` with `args`; returns its stdout.

@@ -1,0 +1,737 @@
+#include "lib/tiers/redis_cluster.h"
+
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "lib/common/mutex.h"
+#include "lib/common/status_macros.h"
+
+namespace kvtier::internal {
+namespace {
+
+using Clock = RedisCluster::Clock;
+constexpr int kNumSlots = 16384;
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
+
+struct ContextDeleter {
+  void operator()(redisContext* c) const { redisFree(c); }
+};
+using ContextPtr = std::unique_ptr<redisContext, ContextDeleter>;
+
+// CRC16-XMODEM (poly 0x1021, init 0), as Redis Cluster's keyHashSlot uses.
+uint16_t Crc16(std::string_view data) {
+  uint16_t crc = 0;
+  for (unsigned char byte : data) {
+    crc ^= static_cast<uint16_t>(byte) << 8;
+    for (int bit = 0; bit < 8; ++bit) {
+      crc = (crc & 0x8000) ? static_cast<uint16_t>((crc << 1) ^ 0x1021)
+                           : static_cast<uint16_t>(crc << 1);
+    }
+  }
+  return crc;
+}
+
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view addr) {
+  const size_t colon = addr.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0 || colon + 1 == addr.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RedisCluster: seed '", addr, "' is not host:port"));
+  }
+  int port = 0;
+  const char* first = addr.data() + colon + 1;
+  const char* last = addr.data() + addr.size();
+  auto [end, ec] = std::from_chars(first, last, port);
+  if (ec != std::errc() || end != last || port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RedisCluster: seed '", addr, "' has no valid port (vs 1..65535)"));
+  }
+  return HostPort{std::string(addr.substr(0, colon)), port};
+}
+
+timeval ToTimeval(Clock::duration d) {
+  // A zero timeval means "no timeout" to the kernel: never hand it one.
+  const int64_t us =
+      std::max<int64_t>(1000, std::chrono::duration_cast<std::chrono::microseconds>(d).count());
+  return timeval{.tv_sec = static_cast<time_t>(us / 1000000),
+                 .tv_usec = static_cast<suseconds_t>(us % 1000000)};
+}
+
+bool SetSocketTimeout(redisContext* c, int option, Clock::time_point deadline) {
+  const timeval tv = ToTimeval(deadline - Clock::now());
+  return setsockopt(c->fd, SOL_SOCKET, option, &tv, sizeof(tv)) == 0;
+}
+
+// Why a pipeline step failed: kDeadlineExceeded when the deadline passed (the socket timeout
+// fired), kUnavailable for any other I/O or protocol failure.
+absl::Status IoError(const redisContext* c, absl::string_view addr, Clock::time_point deadline,
+                     int saved_errno) {
+  if (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || Clock::now() >= deadline) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("RedisCluster: ", addr, " did not answer before the deadline"));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "RedisCluster: I/O with ", addr, " failed: ", c->errstr[0] ? c->errstr : "connection lost"));
+}
+
+// Writes the whole output buffer, each write() bounded by what is left of the deadline.
+absl::Status Flush(redisContext* c, absl::string_view addr, Clock::time_point deadline) {
+  int done = 0;
+  while (!done) {
+    if (Clock::now() >= deadline || !SetSocketTimeout(c, SO_SNDTIMEO, deadline)) {
+      return IoError(c, addr, deadline, EAGAIN);
+    }
+    errno = 0;
+    if (redisBufferWrite(c, &done) != REDIS_OK) return IoError(c, addr, deadline, errno);
+  }
+  return absl::OkStatus();
+}
+
+// The next reply, reading as needed; each read() bounded by what is left of the deadline (hiredis'
+// own redisGetReply would restart the full timeout on every read of a large reply).
+absl::StatusOr<ReplyPtr> ReadReply(redisContext* c, absl::string_view addr,
+                                   Clock::time_point deadline) {
+  for (;;) {
+    void* reply = nullptr;
+    if (redisGetReplyFromReader(c, &reply) != REDIS_OK) {
+      return absl::UnavailableError(
+          absl::StrCat("RedisCluster: bad reply from ", addr, ": ", c->errstr));
+    }
+    if (reply != nullptr) return ReplyPtr(static_cast<redisReply*>(reply));
+    if (Clock::now() >= deadline || !SetSocketTimeout(c, SO_RCVTIMEO, deadline)) {
+      return IoError(c, addr, deadline, EAGAIN);
+    }
+    errno = 0;
+    if (redisBufferRead(c) != REDIS_OK) return IoError(c, addr, deadline, errno);
+  }
+}
+
+// The argv of one command; the strings it points into outlive it (keys, values, literals).
+struct Argv {
+  std::vector<const char*> argv;
+  std::vector<size_t> len;
+  void Add(std::string_view s) {
+    argv.push_back(s.data());
+    len.push_back(s.size());
+  }
+};
+
+// "MOVED 3999 127.0.0.1:6381" / "ASK 3999 127.0.0.1:6381": the slot and the target.
+bool ParseRedirect(absl::string_view err, absl::string_view kind, int* slot, std::string* addr) {
+  if (err.substr(0, kind.size()) != kind || err.size() <= kind.size() + 1 ||
+      err[kind.size()] != ' ') {
+    return false;
+  }
+  err.remove_prefix(kind.size() + 1);
+  const size_t space = err.find(' ');
+  if (space == absl::string_view::npos) return false;
+  auto [end, ec] = std::from_chars(err.data(), err.data() + space, *slot);
+  if (ec != std::errc() || end != err.data() + space || *slot < 0 || *slot >= kNumSlots) {
+    return false;
+  }
+  *addr = std::string(err.substr(space + 1));
+  return !addr->empty();
+}
+
+// Server errors that a retry later may cure (cluster reconfiguring, failover under way).
+bool IsTransientServerError(absl::string_view err) {
+  for (absl::string_view prefix : {"CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN"}) {
+    if (err.substr(0, prefix.size()) == prefix) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+struct RedisCluster::Impl {
+  struct Node {
+    HostPort host_port;
+    std::vector<ContextPtr> idle;     // connections with no command in flight
+    Clock::duration backoff{};        // 0 while the node is reachable
+    Clock::time_point retry_after{};  // connects fail fast until then
+  };
+
+  // One command of a batch on its way to a node.
+  struct Op {
+    size_t index;       // into the batch's keys
+    std::string addr;   // node to send it to
+    uint32_t hops = 0;  // redirects followed so far
+    bool asking = false;
+  };
+
+  explicit Impl(RedisClusterConfig c) : config(std::move(c)) {}
+
+  const RedisClusterConfig config;
+
+  mutable Mutex mu;
+  // Master "host:port" per slot ("" when unknown).
+  std::vector<std::string> slot_owner ABSL_GUARDED_BY(mu) = std::vector<std::string>(kNumSlots);
+  absl::flat_hash_map<std::string, Node> nodes ABSL_GUARDED_BY(mu);
+  Clock::time_point last_refresh ABSL_GUARDED_BY(mu){};
+
+  struct {
+    std::atomic<uint64_t> commands{0}, moved{0}, ask{0}, topology_refreshes{0}, connects{0},
+        connect_failures{0}, timeouts{0}, errors{0};
+  } stats;
+
+  static void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
+    counter.fetch_add(n, std::memory_order_relaxed);
+  }
+
+  Node& NodeLocked(const std::string& addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto [it, inserted] = nodes.try_emplace(addr);
+    if (inserted) {
+      auto hp = ParseHostPort(addr);
+      if (hp.ok()) it->second.host_port = *hp;
+    }
+    return it->second;
+  }
+
+  // An idle connection to `addr`, or a new one (connect bounded by connect_timeout). Fails at
+  // once with kUnavailable while the node is in its reconnect backoff.
+  absl::StatusOr<ContextPtr> Acquire(const std::string& addr) {
+    HostPort hp;
+    {
+      MutexLock lock(&mu);
+      Node& node = NodeLocked(addr);
+      if (!node.idle.empty()) {
+        ContextPtr c = std::move(node.idle.back());
+        node.idle.pop_back();
+        return c;
+      }
+      if (Clock::now() < node.retry_after) {
+        return absl::UnavailableError(
+            absl::StrCat("RedisCluster: ", addr, " is unreachable (reconnect backoff)"));
+      }
+      if (node.host_port.port == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("RedisCluster: node address '", addr, "' is not host:port"));
+      }
+      hp = node.host_port;
+    }
+    absl::Status st = absl::OkStatus();
+    ContextPtr c(redisConnectWithTimeout(
+        hp.host.c_str(), hp.port,
+        ToTimeval(std::chrono::duration_cast<Clock::duration>(config.connect_timeout))));
+    if (c == nullptr) {
+      st = absl::ResourceExhaustedError(
+          absl::StrCat("RedisCluster: no memory for a connection to ", addr));
+    } else if (c->err) {
+      st = absl::UnavailableError(
+          absl::StrCat("RedisCluster: connect to ", addr, " failed: ", c->errstr));
+    } else {
+      // hiredis sets TCP_NODELAY itself on TCP connects; set it again so a pipeline's last
+      // command never waits for Nagle whatever the hiredis version.
+      int one = 1;
+      setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      if (!config.password.empty()) st = Auth(c.get(), addr);
+    }
+    MutexLock lock(&mu);
+    Node& node = NodeLocked(addr);
+    if (!st.ok()) {
+      Bump(stats.connect_failures);
+      if (st.code() == absl::StatusCode::kUnavailable) {
+        const auto min = std::chrono::duration_cast<Clock::duration>(config.reconnect_backoff_min);
+        const auto max = std::chrono::duration_cast<Clock::duration>(config.reconnect_backoff_max);
+        node.backoff =
+            node.backoff == Clock::duration::zero() ? min : std::min(max, 2 * node.backoff);
+        node.retry_after = Clock::now() + node.backoff;
+      }
+      return st;
+    }
+    Bump(stats.connects);
+    node.backoff = Clock::duration::zero();
+    node.retry_after = Clock::time_point{};
+    return c;
+  }
+
+  absl::Status Auth(redisContext* c, const std::string& addr) {
+    Argv a;
+    a.Add("AUTH");
+    a.Add(config.password);
+    const Clock::time_point deadline = Clock::now() + config.connect_timeout;
+    if (redisAppendCommandArgv(c, static_cast<int>(a.argv.size()), a.argv.data(), a.len.data()) !=
+        REDIS_OK) {
+      return absl::UnavailableError(absl::StrCat("RedisCluster: AUTH to ", addr, ": ", c->errstr));
+    }
+    KVTIER_RETURN_IF_ERROR(Flush(c, addr, deadline));
+    KVTIER_ASSIGN_OR_RETURN(ReplyPtr reply, ReadReply(c, addr, deadline));
+    if (reply->type == REDIS_REPLY_ERROR) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("RedisCluster: ", addr, " refused AUTH: ", reply->str));
+    }
+    return absl::OkStatus();
+  }
+
+  // Back to the pool, or closed when the pool is full.
+  void Release(const std::string& addr, ContextPtr c) {
+    MutexLock lock(&mu);
+    Node& node = NodeLocked(addr);
+    if (node.idle.size() < config.max_connections_per_node) node.idle.push_back(std::move(c));
+    // else: c closes here; redisFree only closes a socket, no network wait.
+  }
+
+  // After an I/O failure (not a timeout) the node's idle connections are most likely dead too:
+  // close them rather than failing one batch on each.
+  void DropIdle(const std::string& addr) {
+    std::vector<ContextPtr> dead;
+    {
+      MutexLock lock(&mu);
+      dead.swap(NodeLocked(addr).idle);
+    }
+  }
+
+  // CLUSTER SLOTS from `addr`, checked for full coverage, installed as the slot map.
+  absl::Status RefreshFrom(const std::string& addr) {
+    KVTIER_ASSIGN_OR_RETURN(ContextPtr c, Acquire(addr));
+    const Clock::time_point deadline = Clock::now() + config.connect_timeout;
+    Argv a;
+    a.Add("CLUSTER");
+    a.Add("SLOTS");
+    if (redisAppendCommandArgv(c.get(), 2, a.argv.data(), a.len.data()) != REDIS_OK) {
+      return absl::UnavailableError(
+          absl::StrCat("RedisCluster: CLUSTER SLOTS to ", addr, ": ", c->errstr));
+    }
+    absl::Status flushed = Flush(c.get(), addr, deadline);
+    absl::StatusOr<ReplyPtr> reply =
+        flushed.ok() ? ReadReply(c.get(), addr, deadline) : absl::StatusOr<ReplyPtr>(flushed);
+    if (!reply.ok()) {
+      if (reply.status().code() != absl::StatusCode::kDeadlineExceeded) DropIdle(addr);
+      return reply.status();
+    }
+    Release(addr, std::move(c));
+    const redisReply* r = reply->get();
+    if (r->type == REDIS_REPLY_ERROR) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr, ": ", r->str));
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+      return absl::InternalError(absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr,
+                                              ": reply type ", r->type, " vs array"));
+    }
+    std::vector<std::string> owner(kNumSlots);
+    int covered = 0;
+    for (size_t i = 0; i < r->elements; ++i) {
+      const redisReply* range = r->element[i];
+      if (range->type != REDIS_REPLY_ARRAY || range->elements < 3 ||
+          range->element[0]->type != REDIS_REPLY_INTEGER ||
+          range->element[1]->type != REDIS_REPLY_INTEGER ||
+          range->element[2]->type != REDIS_REPLY_ARRAY || range->element[2]->elements < 2 ||
+          range->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+          range->element[2]->element[1]->type != REDIS_REPLY_INTEGER) {
+        return absl::InternalError(
+            absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr, ": malformed entry ", i));
+      }
+      const long long first = range->element[0]->integer;
+      const long long last = range->element[1]->integer;
+      if (first < 0 || last >= kNumSlots || first > last) {
+        return absl::InternalError(absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr,
+                                                ": slot range ", first, "-", last));
+      }
+      std::string host(range->element[2]->element[0]->str, range->element[2]->element[0]->len);
+      // An empty or "?" host: the node does not know its own address; it is the one we asked.
+      if (host.empty() || host == "?") host = ParseHostPort(addr)->host;
+      const std::string master = absl::StrCat(host, ":", range->element[2]->element[1]->integer);
+      for (long long s = first; s <= last; ++s) {
+        if (owner[s].empty()) ++covered;
+        owner[s] = master;
+      }
+    }
+    if (covered != kNumSlots) {
+      return absl::FailedPreconditionError(absl::StrCat("RedisCluster: ", addr, " serves ", covered,
+                                                        " slots vs ", kNumSlots, " expected"));
+    }
+    Bump(stats.topology_refreshes);
+    MutexLock lock(&mu);
+    slot_owner = std::move(owner);
+    for (const std::string& m : slot_owner) NodeLocked(m);
+    last_refresh = Clock::now();
+    return absl::OkStatus();
+  }
+
+  // Tries `preferred` first, then the masters, then the seeds. kFailedPrecondition when the
+  // nodes answered but none covers every slot (or AUTH was refused), else kUnavailable.
+  absl::Status Refresh(const std::string& preferred) {
+    std::vector<std::string> candidates;
+    if (!preferred.empty()) candidates.push_back(preferred);
+    {
+      MutexLock lock(&mu);
+      for (const std::string& m : slot_owner) {
+        if (!m.empty() && std::find(candidates.begin(), candidates.end(), m) == candidates.end()) {
+          candidates.push_back(m);
+        }
+      }
+    }
+    for (const std::string& s : config.seeds) {
+      if (std::find(candidates.begin(), candidates.end(), s) == candidates.end()) {
+        candidates.push_back(s);
+      }
+    }
+    std::vector<std::string> errors;
+    bool precondition = false;
+    for (const std::string& addr : candidates) {
+      absl::Status st = RefreshFrom(addr);
+      if (st.ok()) return st;
+      precondition |= st.code() == absl::StatusCode::kFailedPrecondition;
+      errors.push_back(std::string(st.message()));
+    }
+    std::string msg = absl::StrCat("RefreshTopology: no node gave a topology (",
+                                   absl::StrJoin(errors, "; "), ")");
+    return precondition ? absl::FailedPreconditionError(msg) : absl::UnavailableError(msg);
+  }
+
+  // Runs one command per key: groups them by node, writes every node's pipeline, then reads
+  // each node's replies; MOVED/ASK send a key again (to the named node) in the next round. The
+  // result per key is its reply (never an error reply) or the status it failed with.
+  std::vector<absl::StatusOr<ReplyPtr>> Run(std::span<const std::string> keys,
+                                            absl::FunctionRef<void(size_t, Argv*)> build,
+                                            Clock::time_point deadline) {
+    std::vector<absl::StatusOr<ReplyPtr>> out;
+    out.reserve(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) out.emplace_back(absl::InternalError("not run"));
+    std::vector<Op> ops;
+    ops.reserve(keys.size());
+    {
+      MutexLock lock(&mu);
+      for (size_t i = 0; i < keys.size(); ++i) {
+        ops.push_back(Op{.index = i, .addr = slot_owner[KeySlot(keys[i])]});
+      }
+    }
+    while (!ops.empty()) {
+      if (Clock::now() >= deadline) {
+        for (const Op& op : ops) {
+          out[op.index] = absl::DeadlineExceededError(
+              absl::StrCat("RedisCluster: deadline passed before '", op.addr, "' was asked"));
+        }
+        break;
+      }
+      // Group by node, keeping the batch's order within a node.
+      absl::flat_hash_map<std::string, std::vector<Op>> by_node;
+      std::vector<std::string> order;
+      for (Op& op : ops) {
+        auto [it, inserted] = by_node.try_emplace(op.addr);
+        if (inserted) order.push_back(op.addr);
+        it->second.push_back(std::move(op));
+      }
+      ops.clear();
+
+      bool refresh = false;        // connection trouble: re-read the topology (rate-limited)
+      bool moved_refresh = false;  // a MOVED: re-read it now
+      std::string moved_to;
+      auto fail = [&](const std::vector<Op>& group, size_t from, const absl::Status& st) {
+        for (size_t k = from; k < group.size(); ++k) out[group[k].index] = st;
+        if (st.code() == absl::StatusCode::kDeadlineExceeded) {
+          Bump(stats.timeouts);
+        } else {
+          Bump(stats.errors, group.size() - from);
+        }
+      };
+
+      // Write phase: every node's pipeline is flushed before any reply is read, so the nodes
+      // work in parallel.
+      std::vector<std::pair<std::string, ContextPtr>> sent;
+      for (const std::string& addr : order) {
+        std::vector<Op>& group = by_node[addr];
+        if (addr.empty()) {
+          fail(group, 0, absl::UnavailableError("RedisCluster: no master serves the key's slot"));
+          refresh = true;
+          continue;
+        }
+        absl::StatusOr<ContextPtr> c = Acquire(addr);
+        if (!c.ok()) {
+          fail(group, 0, c.status());
+          refresh = true;
+          continue;
+        }
+        absl::Status st = absl::OkStatus();
+        for (const Op& op : group) {
+          if (op.asking) {
+            const char* asking_argv[] = {"ASKING"};
+            const size_t asking_len[] = {6};
+            if (redisAppendCommandArgv(c->get(), 1, asking_argv, asking_len) != REDIS_OK) {
+              st = absl::ResourceExhaustedError("RedisCluster: cannot queue ASKING");
+              break;
+            }
+          }
+          Argv a;
+          build(op.index, &a);
+          if (redisAppendCommandArgv(c->get(), static_cast<int>(a.argv.size()), a.argv.data(),
+                                     a.len.data()) != REDIS_OK) {
+            st = absl::ResourceExhaustedError("RedisCluster: cannot queue a command");
+            break;
+          }
+        }
+        if (st.ok()) st = Flush(c->get(), addr, deadline);
+        Bump(stats.commands, group.size());
+        if (!st.ok()) {
+          // The connection is dropped (c goes out of scope): replies would be out of step.
+          fail(group, 0, st);
+          if (st.code() != absl::StatusCode::kDeadlineExceeded) {
+            DropIdle(addr);
+            refresh = true;
+          }
+          continue;
+        }
+        sent.emplace_back(addr, std::move(*c));
+      }
+
+      // Read phase.
+      for (auto& [addr, c] : sent) {
+        std::vector<Op>& group = by_node[addr];
+        absl::Status st = absl::OkStatus();
+        size_t k = 0;
+        for (; k < group.size(); ++k) {
+          Op& op = group[k];
+          if (op.asking) {
+            absl::StatusOr<ReplyPtr> asking = ReadReply(c.get(), addr, deadline);
+            if (!asking.ok()) {
+              st = asking.status();
+              break;
+            }
+          }
+          absl::StatusOr<ReplyPtr> reply = ReadReply(c.get(), addr, deadline);
+          if (!reply.ok()) {
+            st = reply.status();
+            break;
+          }
+          if ((*reply)->type != REDIS_REPLY_ERROR) {
+            out[op.index] = std::move(reply);
+            continue;
+          }
+          absl::string_view err((*reply)->str, (*reply)->len);
+          int slot = 0;
+          std::string target;
+          const bool moved = ParseRedirect(err, "MOVED", &slot, &target);
+          const bool ask = !moved && ParseRedirect(err, "ASK", &slot, &target);
+          if (moved || ask) {
+            if (op.hops >= config.max_redirects) {
+              Bump(stats.errors);
+              out[op.index] = absl::InternalError(absl::StrCat(
+                  "RedisCluster: key redirected ", op.hops + 1,
+                  " times vs max_redirects=", config.max_redirects, " (last: ", err, ")"));
+              continue;
+            }
+            if (moved) {
+              Bump(stats.moved);
+              MutexLock lock(&mu);
+              slot_owner[slot] = target;
+              moved_refresh = true;
+              moved_to = target;
+            } else {
+              Bump(stats.ask);
+            }
+            ops.push_back(
+                Op{.index = op.index, .addr = target, .hops = op.hops + 1, .asking = ask});
+            continue;
+          }
+          Bump(stats.errors);
+          if (IsTransientServerError(err)) {
+            out[op.index] = absl::UnavailableError(absl::StrCat("RedisCluster: ", addr, ": ", err));
+            refresh = true;
+          } else {
+            out[op.index] = absl::InternalError(absl::StrCat("RedisCluster: ", addr, ": ", err));
+          }
+        }
+        if (!st.ok()) {
+          // c is dropped, not released: the unread replies would answer the next batch.
+          fail(group, k, st);
+          if (st.code() != absl::StatusCode::kDeadlineExceeded) {
+            DropIdle(addr);
+            refresh = true;
+          }
+          c.reset();
+          continue;
+        }
+        Release(addr, std::move(c));
+      }
+
+      if (moved_refresh) {
+        // The redirected keys carry their target already; the refresh fixes the other slots
+        // that moved with this one. Its failure is not the batch's.
+        Refresh(moved_to).IgnoreError();
+      } else if (refresh) {
+        bool due;
+        {
+          MutexLock lock(&mu);
+          due = Clock::now() - last_refresh >= config.reconnect_backoff_min;
+        }
+        if (due) Refresh("").IgnoreError();
+      }
+    }
+    return out;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Connect(RedisClusterConfig config) {
+  if (config.seeds.empty()) {
+    return absl::InvalidArgumentError("RedisCluster: no seeds (vs at least one host:port)");
+  }
+  for (const std::string& seed : config.seeds) KVTIER_RETURN_IF_ERROR(ParseHostPort(seed).status());
+  if (config.connect_timeout <= std::chrono::milliseconds::zero()) {
+    return absl::InvalidArgumentError(absl::StrCat("RedisCluster: connect_timeout ",
+                                                   config.connect_timeout.count(), "ms vs > 0"));
+  }
+  if (config.reconnect_backoff_min <= std::chrono::milliseconds::zero() ||
+      config.reconnect_backoff_max < config.reconnect_backoff_min) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RedisCluster: reconnect_backoff_min ", config.reconnect_backoff_min.count(),
+                     "ms, _max ", config.reconnect_backoff_max.count(), "ms vs 0 < min <= max"));
+  }
+  auto impl = std::make_unique<Impl>(std::move(config));
+  KVTIER_RETURN_IF_ERROR(impl->Refresh(""));
+  return std::unique_ptr<RedisCluster>(new RedisCluster(std::move(impl)));
+}
+
+RedisCluster::RedisCluster(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RedisCluster::~RedisCluster() = default;
+
+std::vector<absl::StatusOr<std::optional<std::string>>> RedisCluster::Get(
+    std::span<const std::string> keys, Clock::time_point deadline) {
+  auto replies = impl_->Run(
+      keys,
+      [&](size_t i, Argv* a) {
+        a->Add("GET");
+        a->Add(keys[i]);
+      },
+      deadline);
+  std::vector<absl::StatusOr<std::optional<std::string>>> out;
+  out.reserve(keys.size());
+  for (auto& r : replies) {
+    if (!r.ok()) {
+      out.push_back(r.status());
+    } else if ((*r)->type == REDIS_REPLY_NIL) {
+      out.push_back(std::optional<std::string>());
+    } else if ((*r)->type == REDIS_REPLY_STRING) {
+      out.push_back(std::optional<std::string>(std::in_place, (*r)->str, (*r)->len));
+    } else {
+      out.push_back(absl::InternalError(
+          absl::StrCat("RedisCluster: GET reply type ", (*r)->type, " vs string or nil")));
+    }
+  }
+  return out;
+}
+
+std::vector<absl::StatusOr<bool>> RedisCluster::Exists(std::span<const std::string> keys,
+                                                       Clock::time_point deadline) {
+  auto replies = impl_->Run(
+      keys,
+      [&](size_t i, Argv* a) {
+        a->Add("EXISTS");
+        a->Add(keys[i]);
+      },
+      deadline);
+  std::vector<absl::StatusOr<bool>> out;
+  out.reserve(keys.size());
+  for (auto& r : replies) {
+    if (!r.ok()) {
+      out.push_back(r.status());
+    } else if ((*r)->type == REDIS_REPLY_INTEGER) {
+      out.push_back((*r)->integer > 0);
+    } else {
+      out.push_back(absl::InternalError(
+          absl::StrCat("RedisCluster: EXISTS reply type ", (*r)->type, " vs integer")));
+    }
+  }
+  return out;
+}
+
+std::vector<absl::Status> RedisCluster::Set(std::span<const std::string> keys,
+                                            std::span<const std::string_view> values,
+                                            uint32_t ttl_seconds, Clock::time_point deadline) {
+  if (values.size() != keys.size()) {
+    return std::vector<absl::Status>(
+        keys.size(), absl::InvalidArgumentError(absl::StrCat("Set: ", values.size(), " values vs ",
+                                                             keys.size(), " keys")));
+  }
+  const std::string ttl = absl::StrCat(ttl_seconds);
+  auto replies = impl_->Run(
+      keys,
+      [&](size_t i, Argv* a) {
+        a->Add("SET");
+        a->Add(keys[i]);
+        a->Add(values[i]);
+        if (ttl_seconds > 0) {
+          a->Add("EX");
+          a->Add(ttl);
+        }
+      },
+      deadline);
+  std::vector<absl::Status> out;
+  out.reserve(keys.size());
+  for (auto& r : replies) out.push_back(r.status());
+  return out;
+}
+
+std::vector<absl::Status> RedisCluster::Del(std::span<const std::string> keys,
+                                            Clock::time_point deadline) {
+  auto replies = impl_->Run(
+      keys,
+      [&](size_t i, Argv* a) {
+        a->Add("DEL");
+        a->Add(keys[i]);
+      },
+      deadline);
+  std::vector<absl::Status> out;
+  out.reserve(keys.size());
+  for (auto& r : replies) out.push_back(r.status());
+  return out;
+}
+
+absl::Status RedisCluster::RefreshTopology() { return impl_->Refresh(""); }
+
+std::string RedisCluster::NodeForSlot(uint16_t slot) const {
+  if (slot >= kNumSlots) return "";
+  MutexLock lock(&impl_->mu);
+  return impl_->slot_owner[slot];
+}
+
+RedisClusterStats RedisCluster::stats() const {
+  const auto& s = impl_->stats;
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  return RedisClusterStats{.commands = get(s.commands),
+                           .moved = get(s.moved),
+                           .ask = get(s.ask),
+                           .topology_refreshes = get(s.topology_refreshes),
+                           .connects = get(s.connects),
+                           .connect_failures = get(s.connect_failures),
+                           .timeouts = get(s.timeouts),
+                           .errors = get(s.errors)};
+}
+
+uint16_t RedisCluster::KeySlot(std::string_view key) {
+  // The {hash tag} rule: if the key has a '{' followed later by a '}' with at least one byte
+  // between them, only the bytes between the first '{' and the first '}' after it are hashed.
+  const size_t open = key.find('{');
+  if (open != std::string_view::npos) {
+    const size_t close = key.find('}', open + 1);
+    if (close != std::string_view::npos && close > open + 1) {
+      key = key.substr(open + 1, close - open - 1);
+    }
+  }
+  return Crc16(key) & (kNumSlots - 1);
+}
+
+}  // namespace kvtier::internal

@@ -1,0 +1,396 @@
+#include "lib/tiers/redis_cluster.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "test/util/redis_cluster_fixture.h"
+#include "test/util/test_util.h"
+
+namespace kvtier::internal {
+namespace {
+
+using Clock = RedisCluster::Clock;
+using std::chrono::milliseconds;
+using test::LocalRedisCluster;
+
+Clock::time_point In(milliseconds d) { return Clock::now() + d; }
+
+// The cluster the non-destructive cases share (started on first use; nullptr when redis is not
+// installed, after a WARN). Its destructor at exit kills the nodes.
+LocalRedisCluster* SharedCluster() {
+  static std::unique_ptr<LocalRedisCluster> cluster = [] {
+    std::unique_ptr<LocalRedisCluster> c;
+    std::string why;
+    if (!LocalRedisCluster::Available(&why)) return c;
+    auto started = LocalRedisCluster::Start({.masters = 3});
+    if (started.ok())
+      c = std::move(*started);
+    else
+      FAIL("LocalRedisCluster::Start: " << started.status().ToString());
+    return c;
+  }();
+  return cluster.get();
+}
+
+bool SkipWithoutRedis() {
+  std::string why;
+  if (LocalRedisCluster::Available(&why)) return false;
+  WARN("skipped: " << why);
+  return true;
+}
+
+std::unique_ptr<RedisCluster> ConnectTo(const LocalRedisCluster& cluster) {
+  auto client = RedisCluster::Connect({.seeds = cluster.seeds()});
+  REQUIRE_OK(client);
+  return std::move(*client);
+}
+
+// A value of `bytes` bytes that differs per `seed`, NUL bytes included.
+std::string Value(size_t bytes, uint32_t seed) {
+  std::string v(bytes, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < bytes; ++i) {
+    x = x * 1664525u + 1013904223u;
+    v[i] = static_cast<char>((x >> 24) % 4 == 0 ? 0 : x >> 24);
+  }
+  return v;
+}
+
+std::vector<std::string_view> Views(const std::vector<std::string>& values) {
+  return {values.begin(), values.end()};
+}
+
+void RequireAllOk(const std::vector<absl::Status>& results) {
+  for (size_t i = 0; i < results.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE_OK(results[i]);
+  }
+}
+
+// A port nobody listens on (bound then closed).
+int ClosedPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST_CASE("RedisCluster: KeySlot is CRC16-XMODEM mod 16384 with the hash tag rule", "[redis]") {
+  // Values from the Redis Cluster specification (no server needed).
+  CHECK(RedisCluster::KeySlot("123456789") == (0x31C3 & 16383));
+  CHECK(RedisCluster::KeySlot("{user1000}.following") == RedisCluster::KeySlot("user1000"));
+  CHECK(RedisCluster::KeySlot("{user1000}.followers") == RedisCluster::KeySlot("user1000"));
+  CHECK(RedisCluster::KeySlot("foo{}{bar}") == RedisCluster::KeySlot("foo{}{bar}"));
+  CHECK(RedisCluster::KeySlot("foo{{bar}}zap") == RedisCluster::KeySlot("{bar"));
+  CHECK(RedisCluster::KeySlot("foo{bar}{zap}") == RedisCluster::KeySlot("bar"));
+
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  for (std::string key : {"foo", "bar", "", "123456789", "{user1000}.following", "foo{}{bar}",
+                          "foo{{bar}}zap", "foo{bar}{zap}", "{}", "a{b", "kvtier:block:42"}) {
+    CAPTURE(key);
+    auto out = cluster->Cli(0, {"CLUSTER", "KEYSLOT", key});
+    REQUIRE_OK(out);
+    int want = -1;
+    REQUIRE(absl::SimpleAtoi(absl::StripAsciiWhitespace(*out), &want));
+    CHECK(RedisCluster::KeySlot(key) == want);
+  }
+}
+
+TEST_CASE("RedisCluster: binary values round trip on every master", "[redis]") {
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  auto client = ConnectTo(*cluster);
+
+  // Keys until each master serves some, with empty, NUL-laden and 1 MiB values.
+  std::vector<std::string> keys, values;
+  std::set<std::string> masters;
+  for (uint32_t i = 0; masters.size() < 3 || keys.size() < 12; ++i) {
+    keys.push_back(absl::StrCat("roundtrip:", i));
+    masters.insert(client->NodeForSlot(RedisCluster::KeySlot(keys.back())));
+    values.push_back(i % 4 == 0   ? std::string()
+                     : i % 4 == 1 ? std::string("\0a\0", 3)
+                     : i % 4 == 2 ? Value(1 << 20, i)
+                                  : Value(1000, i));
+  }
+  REQUIRE(masters.size() == 3);
+  RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+
+  auto got = client->Get(keys, In(milliseconds(5000)));
+  REQUIRE(got.size() == keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(keys[i]);
+    REQUIRE_OK(got[i]);
+    REQUIRE(got[i]->has_value());
+    CHECK(**got[i] == values[i]);
+  }
+  auto exists = client->Exists(keys, In(milliseconds(5000)));
+  for (auto& e : exists) {
+    REQUIRE_OK(e);
+    CHECK(*e);
+  }
+
+  RequireAllOk(client->Del(keys, In(milliseconds(5000))));
+  exists = client->Exists(keys, In(milliseconds(5000)));
+  got = client->Get(keys, In(milliseconds(5000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE_OK(exists[i]);
+    CHECK_FALSE(*exists[i]);
+    REQUIRE_OK(got[i]);
+    CHECK_FALSE(got[i]->has_value());
+  }
+  CHECK(client->stats().commands >= 5 * keys.size());
+  CHECK(client->stats().errors == 0);
+}
+
+TEST_CASE("RedisCluster: a batch of 64 keys is pipelined, a missing key is nullopt", "[redis]") {
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  auto client = ConnectTo(*cluster);
+
+  std::vector<std::string> keys, values;
+  for (uint32_t i = 0; i < 64; ++i) {
+    keys.push_back(absl::StrCat("batch:", i));
+    values.push_back(Value(4096, i));
+  }
+  RequireAllOk(client->Set(keys, Views(values), 60, In(milliseconds(5000))));
+  const uint64_t connects = client->stats().connects;
+  keys.push_back("batch:missing");
+  auto got = client->Get(keys, In(milliseconds(5000)));
+  REQUIRE(got.size() == 65);
+  for (size_t i = 0; i < 64; ++i) {
+    REQUIRE_OK(got[i]);
+    REQUIRE(got[i]->has_value());
+    CHECK(**got[i] == values[i]);
+  }
+  REQUIRE_OK(got[64]);
+  CHECK_FALSE(got[64]->has_value());
+  // One pooled connection per master served the whole batch: nothing new was opened.
+  CHECK(client->stats().connects == connects);
+  auto ttl = cluster->Cli(0, {"-c", "TTL", keys[0]});
+  REQUIRE_OK(ttl);
+  int seconds = 0;
+  REQUIRE(absl::SimpleAtoi(absl::StripAsciiWhitespace(*ttl), &seconds));
+  CHECK(seconds > 0);
+  CHECK(seconds <= 60);
+}
+
+TEST_CASE("RedisCluster: bad configurations fail with their codes, quickly", "[redis]") {
+  SECTION("malformed seeds") {
+    for (std::string seed :
+         {"", "localhost", "localhost:", ":6379", "host:0", "host:70000", "host:12ab"}) {
+      CAPTURE(seed);
+      REQUIRE_CODE(RedisCluster::Connect({.seeds = {seed}}), absl::StatusCode::kInvalidArgument);
+    }
+    REQUIRE_CODE(RedisCluster::Connect({}), absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("no reachable node") {
+    const auto start = Clock::now();
+    auto client = RedisCluster::Connect({.seeds = {absl::StrCat("127.0.0.1:", ClosedPort()),
+                                                   absl::StrCat("127.0.0.1:", ClosedPort())},
+                                         .connect_timeout = milliseconds(200)});
+    REQUIRE_CODE(client, absl::StatusCode::kUnavailable);
+    CHECK(Clock::now() - start < milliseconds(2000));
+  }
+}
+
+TEST_CASE("RedisCluster: a deadline already passed fails every key with kDeadlineExceeded",
+          "[redis]") {
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  auto client = ConnectTo(*cluster);
+  const std::vector<std::string> keys = {"late:1", "late:2", "late:3"};
+  const std::vector<std::string> values = {"a", "b", "c"};
+  const auto past = Clock::now() - milliseconds(1);
+  for (const absl::Status& s : client->Set(keys, Views(values), 0, past)) {
+    REQUIRE_CODE(s, absl::StatusCode::kDeadlineExceeded);
+  }
+  for (const auto& r : client->Get(keys, past)) {
+    REQUIRE_CODE(r, absl::StatusCode::kDeadlineExceeded);
+  }
+  // The client is still usable with a real deadline.
+  RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+}
+
+TEST_CASE("RedisCluster: concurrent batches from 4 threads", "[redis]") {
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  auto client = ConnectTo(*cluster);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round) {
+        std::vector<std::string> keys, values;
+        for (int i = 0; i < 16; ++i) {
+          keys.push_back(absl::StrCat("concurrent:", t, ":", i));
+          values.push_back(Value(512, static_cast<uint32_t>(t * 1000 + round * 16 + i)));
+        }
+        for (const absl::Status& s : client->Set(keys, Views(values), 0, In(milliseconds(5000)))) {
+          if (!s.ok()) failures++;
+        }
+        auto got = client->Get(keys, In(milliseconds(5000)));
+        for (size_t i = 0; i < keys.size(); ++i) {
+          if (!got[i].ok() || !got[i]->has_value() || **got[i] != values[i]) failures++;
+        }
+        if (round % 5 == 0 && !client->RefreshTopology().ok()) failures++;
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  CHECK(failures == 0);
+  CHECK(client->stats().errors == 0);
+}
+
+TEST_CASE("RedisCluster: MOVED is followed after a reshard, with a stale slot map", "[redis]") {
+  if (SkipWithoutRedis()) return;
+  auto started = LocalRedisCluster::Start({.masters = 3});
+  REQUIRE_OK(started);
+  LocalRedisCluster& cluster = **started;
+  auto stale = ConnectTo(cluster);
+
+  // Keys on master 0's lowest slots (what reshard moves first) and some anywhere.
+  std::vector<std::string> keys, values;
+  for (uint32_t i = 0; keys.size() < 48; ++i) {
+    std::string key = absl::StrCat("moved:", i);
+    if (keys.size() < 24 && RedisCluster::KeySlot(key) >= 500) continue;
+    keys.push_back(std::move(key));
+    values.push_back(Value(100 + i, i));
+  }
+  RequireAllOk(stale->Set(keys, Views(values), 0, In(milliseconds(5000))));
+  const std::string before = stale->NodeForSlot(RedisCluster::KeySlot(keys[0]));
+  REQUIRE(before == cluster.nodes()[0]);
+
+  REQUIRE_OK(cluster.Reshard(0, 1, 500));
+  // The stale client still routes slot(keys[0]) to master 0 until told otherwise.
+  CHECK(stale->NodeForSlot(RedisCluster::KeySlot(keys[0])) == before);
+
+  auto got = stale->Get(keys, In(milliseconds(5000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(keys[i]);
+    REQUIRE_OK(got[i]);
+    REQUIRE(got[i]->has_value());
+    CHECK(**got[i] == values[i]);
+  }
+  CHECK(stale->stats().moved > 0);
+  CHECK(stale->NodeForSlot(RedisCluster::KeySlot(keys[0])) == cluster.nodes()[1]);
+  // The slot map was refreshed: a second read needs no redirect.
+  const uint64_t moved = stale->stats().moved;
+  got = stale->Get(keys, In(milliseconds(5000)));
+  for (auto& g : got) REQUIRE_OK(g);
+  CHECK(stale->stats().moved == moved);
+}
+
+TEST_CASE("RedisCluster: ASK is followed while a slot is migrating", "[redis]") {
+  if (SkipWithoutRedis()) return;
+  auto started = LocalRedisCluster::Start({.masters = 3});
+  REQUIRE_OK(started);
+  LocalRedisCluster& cluster = **started;
+  auto client = ConnectTo(cluster);
+
+  // Half-migrate the slot of "{ask}": master 0 MIGRATING to master 1, master 1 IMPORTING. A key
+  // absent from the source is answered with ASK to the target.
+  const std::string slot = absl::StrCat(RedisCluster::KeySlot("{ask}"));
+  int from = -1;
+  for (int m = 0; m < 3; ++m) {
+    if (client->NodeForSlot(RedisCluster::KeySlot("{ask}")) == cluster.nodes()[m]) from = m;
+  }
+  REQUIRE(from >= 0);
+  const int to = (from + 1) % 3;
+  auto from_id = cluster.Cli(from, {"CLUSTER", "MYID"});
+  auto to_id = cluster.Cli(to, {"CLUSTER", "MYID"});
+  REQUIRE_OK(from_id);
+  REQUIRE_OK(to_id);
+  REQUIRE_OK(cluster.Cli(to, {"CLUSTER", "SETSLOT", slot, "IMPORTING",
+                              std::string(absl::StripAsciiWhitespace(*from_id))}));
+  REQUIRE_OK(cluster.Cli(from, {"CLUSTER", "SETSLOT", slot, "MIGRATING",
+                                std::string(absl::StripAsciiWhitespace(*to_id))}));
+
+  const std::vector<std::string> keys = {"{ask}:new"};
+  const std::vector<std::string> values = {"asked"};
+  RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+  CHECK(client->stats().ask == 1);
+  CHECK(client->stats().moved == 0);
+  auto got = client->Get(keys, In(milliseconds(5000)));
+  REQUIRE_OK(got[0]);
+  REQUIRE(got[0]->has_value());
+  CHECK(**got[0] == "asked");
+  CHECK(client->stats().ask == 2);
+  // ASK does not change the slot map: the slot still belongs to the source.
+  CHECK(client->NodeForSlot(RedisCluster::KeySlot("{ask}")) == cluster.nodes()[from]);
+}
+
+TEST_CASE("RedisCluster: a killed master fails fast, and the client recovers after failover",
+          "[redis]") {
+  if (SkipWithoutRedis()) return;
+  auto started = LocalRedisCluster::Start({.masters = 3, .replicas_per_master = 1});
+  REQUIRE_OK(started);
+  LocalRedisCluster& cluster = **started;
+  auto client = ConnectTo(cluster);
+
+  std::vector<std::string> keys, values, victim_keys;
+  for (uint32_t i = 0; i < 48; ++i) {
+    keys.push_back(absl::StrCat("failover:", i));
+    values.push_back(Value(2000, i));
+  }
+  RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+  REQUIRE_OK(cluster.WaitReplicated(milliseconds(10000)));
+
+  cluster.Kill(0);
+  const std::string dead = cluster.nodes()[0];
+  const auto start = Clock::now();
+  auto got = client->Get(keys, In(milliseconds(1000)));
+  CHECK(Clock::now() - start < milliseconds(1500));
+  size_t failed = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(keys[i]);
+    if (client->NodeForSlot(RedisCluster::KeySlot(keys[i])) == dead) {
+      CHECK_FALSE(got[i].ok());
+      failed++;
+    } else {
+      REQUIRE_OK(got[i]);
+      CHECK(got[i]->value_or("") == values[i]);
+    }
+  }
+  CHECK(failed > 0);
+  // While the node is down its keys keep failing fast (reconnect backoff, refused connects).
+  const auto again = Clock::now();
+  got = client->Get(keys, In(milliseconds(1000)));
+  CHECK(Clock::now() - again < milliseconds(1500));
+
+  REQUIRE_OK(cluster.WaitHealthy(milliseconds(20000)));
+  REQUIRE_OK(client->RefreshTopology());
+  got = client->Get(keys, In(milliseconds(5000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(keys[i]);
+    REQUIRE_OK(got[i]);
+    REQUIRE(got[i]->has_value());
+    CHECK(**got[i] == values[i]);
+  }
+  CHECK(client->stats().connect_failures + client->stats().errors > 0);
+
+  // The old master comes back as a replica of its successor.
+  REQUIRE_OK(cluster.Restart(0));
+  RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+}
+
+}  // namespace
+}  // namespace kvtier::internal
