@@ -15,10 +15,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -168,14 +170,16 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
   }
   const uint64_t segment_bytes = shape.block_bytes / segments;
   if (config.payload) {
-    const uint64_t need = (uint64_t{config.device_blocks} + config.host_blocks) * shape.block_bytes;
+    const uint64_t need = (uint64_t{config.device_blocks} + config.host_blocks) *
+                          shape.block_bytes * std::max<uint32_t>(1, config.replicas);
     const uint64_t physical = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
                               static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     if (need > physical / 10 * 8) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "Replay: payload mode needs ", need >> 20, " MiB ((device ", config.device_blocks,
-          " + host ", config.host_blocks, " blocks) x ", shape.block_bytes, " bytes) vs 80% of ",
-          physical >> 20, " MiB of memory; use a smaller block size"));
+          " + host ", config.host_blocks, " blocks) x ", shape.block_bytes, " bytes x ",
+          std::max<uint32_t>(1, config.replicas), " replicas) vs 80% of ", physical >> 20,
+          " MiB of memory; use a smaller block size"));
     }
     memory->bytes.reset(new uint8_t[config.device_blocks * shape.block_bytes]);
   }
@@ -210,6 +214,9 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
       .demote_on_evict = config.demote_on_evict,
       .host_write_through = config.host_write_through,
   };
+  // Assigned, not designated above: GCC 12 then warns that the skipped `disk` member "may be used
+  // uninitialized" (a false positive, -Werror).
+  options.remote = config.remote;
   if (config.disk_blocks > 0) {
     options.disk = {.directory = config.payload ? disk_dir : "(metadata-only: no files)",
                     .capacity_bytes = uint64_t{config.disk_blocks} * slot,
@@ -245,6 +252,67 @@ class ScratchDir {
   std::string path_;
 };
 
+// Word `w` of segment `segment` (layer * 2 + K|V) of the block named `key`: what a replica of a
+// remote replay "computes", so that a replica loading the block can check every byte.
+uint64_t PatternWord(const BlockKey& key, uint64_t segment, uint64_t w) {
+  uint64_t x =
+      key.hi ^ (key.lo + 0x9E3779B97F4A7C15ULL * (segment + 1)) ^ (w * 0xD6E8FEB86659FD93ULL);
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 29;
+  return x;
+}
+
+// Writes `key`'s pattern into device slot `slot` of payload memory (every segment), or, with
+// `check`, compares the slot with it instead: returns the bytes that differ.
+uint64_t PatternSlot(uint8_t* memory, const ReplayConfig& config, uint32_t slot,
+                     const BlockKey& key, bool check) {
+  const uint64_t segments = uint64_t{2} * config.shape.layers;
+  const uint64_t segment_bytes = config.shape.block_bytes / segments;
+  uint64_t mismatched = 0;
+  for (uint64_t seg = 0; seg < segments; ++seg) {
+    uint8_t* p = memory + (seg * config.device_blocks + slot) * segment_bytes;
+    for (uint64_t off = 0; off < segment_bytes; off += 8) {
+      const uint64_t want = PatternWord(key, seg, off / 8);
+      const size_t len = std::min<uint64_t>(8, segment_bytes - off);
+      if (!check) {
+        std::memcpy(p + off, &want, len);
+        continue;
+      }
+      uint64_t have = want;
+      std::memcpy(&have, p + off, len);
+      for (uint64_t d = have ^ want; d != 0; d >>= 8) mismatched += (d & 0xff) != 0;
+    }
+  }
+  return mismatched;
+}
+
+void AddRemoteStats(const RemoteStats& a, RemoteStats* sum) {
+  sum->hits += a.hits;
+  sum->lookups += a.lookups;
+  sum->lookup_timeouts += a.lookup_timeouts;
+  sum->reads += a.reads;
+  sum->read_misses += a.read_misses;
+  sum->corrupt_reads += a.corrupt_reads;
+  sum->read_errors += a.read_errors;
+  sum->writes += a.writes;
+  sum->write_errors += a.write_errors;
+  sum->writes_skipped += a.writes_skipped;
+  sum->bytes_read += a.bytes_read;
+  sum->bytes_written += a.bytes_written;
+  sum->redirects += a.redirects;
+  sum->connects += a.connects;
+}
+
+// One cache of the replay. Members in destruction order reversed: the cache goes first (its copy
+// thread writes into `memory`), the disk directory last.
+struct Replica {
+  ScratchDir scratch;
+  DeviceMemory memory;
+  std::unique_ptr<Cache> cache;
+  ReplicaReplayStats stats;
+};
+
 absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig& config,
                                          std::span<const BlockKey> keys) {
   if (keys.size() != trace.blocks.size()) {
@@ -254,22 +322,30 @@ absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig&
   if (config.disk_blocks > 0 && config.host_blocks == 0) {
     return absl::InvalidArgumentError("Replay: a disk tier needs a host tier (host_blocks > 0)");
   }
-  ScratchDir scratch;
-  if (config.payload && config.disk_blocks > 0) {
-    if (config.disk_directory.empty()) {
-      return absl::InvalidArgumentError("Replay: payload mode with a disk tier needs a directory");
+  const bool remote = !config.remote.nodes.empty();
+  std::vector<std::unique_ptr<Replica>> replicas;
+  for (uint32_t i = 0; i < config.replicas; ++i) {
+    auto replica = std::make_unique<Replica>();
+    if (config.payload && config.disk_blocks > 0) {
+      if (config.disk_directory.empty()) {
+        return absl::InvalidArgumentError(
+            "Replay: payload mode with a disk tier needs a directory");
+      }
+      if (absl::Status s = replica->scratch.Create(config.disk_directory); !s.ok()) return s;
     }
-    if (absl::Status s = scratch.Create(config.disk_directory); !s.ok()) return s;
+    absl::StatusOr<Options> options =
+        CacheOptions(config, &replica->memory, replica->scratch.path());
+    if (!options.ok()) return options.status();
+    absl::StatusOr<std::unique_ptr<Cache>> created = Cache::Create(*options);
+    if (!created.ok()) return created.status();
+    replica->cache = *std::move(created);
+    replicas.push_back(std::move(replica));
   }
-  DeviceMemory memory;
-  absl::StatusOr<Options> options = CacheOptions(config, &memory, scratch.path());
-  if (!options.ok()) return options.status();
-  absl::StatusOr<std::unique_ptr<Cache>> created = Cache::Create(*options);
-  if (!created.ok()) return created.status();
-  Cache& cache = **created;
 
   ReplayResult out{.policy = config.policy, .mode = Mode::kCache, .payload = config.payload};
   const uint32_t cap = config.device_blocks;
+  // With a remote tier: the replica that first computed and committed each block (published it).
+  absl::flat_hash_map<BlockKey, uint32_t> publisher;
   ProgressTicker ticker(config);
   auto fail = [&](const TraceRequest& r, const absl::Status& s) {
     return absl::Status(s.code(),
@@ -278,6 +354,9 @@ absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig&
   const Clock::time_point start = Clock::now();
   for (size_t ri = 0; ri < trace.requests.size(); ++ri) {
     const TraceRequest& r = trace.requests[ri];
+    const auto who = static_cast<uint32_t>(ri % replicas.size());
+    Replica& replica = *replicas[who];
+    Cache& cache = *replica.cache;
     const uint32_t n = std::min(r.num_blocks, cap);
     out.capped_blocks += r.num_blocks - n;
     uint32_t served = 0;
@@ -293,11 +372,36 @@ absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig&
       served = config.payload && !xfer->Wait().ok() ? 0 : xfer->blocks();
       out.matched_blocks += match->size();
       for (uint32_t i = 0; i < served; ++i) {
-        out.tiers[static_cast<int>(match->tiers[i])].hits++;
+        const Tier tier = match->tiers[i];
+        if (tier != Tier::kRemote) {
+          out.tiers[static_cast<int>(tier)].hits++;
+          continue;
+        }
+        replica.stats.remote_hit_blocks++;
+        const auto it = publisher.find(request_keys[i]);
+        replica.stats.cross_replica_hit_blocks += it != publisher.end() && it->second != who;
+      }
+      if (remote) {
+        // Attention reads what was loaded; prefill writes the rest (rewriting a block shared
+        // from the device after a failed load writes the same bytes again).
+        const std::span<const uint32_t> slots = lease->slots();
+        for (uint32_t i = 0; i < n; ++i) {
+          out.mismatched_bytes += PatternSlot(replica.memory.bytes.get(), config, slots[i],
+                                              request_keys[i], /*check=*/i < served);
+        }
       }
       if (absl::Status s = cache.Commit(request_keys, *lease); !s.ok()) return fail(r, s);
       if (absl::Status s = cache.Release(*lease); !s.ok()) return fail(r, s);
+      if (remote) {
+        for (uint32_t i = served; i < n; ++i) {
+          replica.stats.published_blocks += publisher.try_emplace(request_keys[i], who).second;
+        }
+      }
     }
+    replica.stats.requests++;
+    replica.stats.block_accesses += r.num_blocks;
+    replica.stats.blocks_queried += n;
+    replica.stats.hit_blocks += served;
     out.hit_blocks += served;
     AddRequestRatios(r, served, config.shape, &out);
     if (absl::Status s = ticker.Tick(ri + 1, r); !s.ok()) return s;
@@ -306,19 +410,34 @@ absl::StatusOr<ReplayResult> ReplayCache(const Trace& trace, const ReplayConfig&
   out.requests = trace.requests.size();
   out.block_accesses = trace.block_accesses();
   out.prefix_hit_blocks = out.hit_blocks;
-  const CacheStats stats = cache.Stats();
-  const TierStats* tier_stats[kNumTiers] = {&stats.device, &stats.host, &stats.disk};
-  for (int t = 0; t < kNumTiers; ++t) {
-    out.tiers[t].capacity_blocks = tier_stats[t]->capacity_blocks;
-    out.tiers[t].inserts = tier_stats[t]->inserts;
-    out.tiers[t].evictions = tier_stats[t]->evictions;
-    out.tiers[t].drops = tier_stats[t]->drops;
+  for (const std::unique_ptr<Replica>& replica : replicas) {
+    const CacheStats stats = replica->cache->Stats();
+    const TierStats* tier_stats[kNumTiers] = {&stats.device, &stats.host, &stats.disk};
+    for (int t = 0; t < kNumTiers; ++t) {
+      out.tiers[t].capacity_blocks += tier_stats[t]->capacity_blocks;
+      out.tiers[t].inserts += tier_stats[t]->inserts;
+      out.tiers[t].evictions += tier_stats[t]->evictions;
+      out.tiers[t].drops += tier_stats[t]->drops;
+    }
+    out.bytes_h2d += stats.bytes_h2d;
+    out.bytes_d2h += stats.bytes_d2h;
+    out.bytes_disk_written += stats.bytes_disk_written;
+    out.bytes_disk_read += stats.bytes_disk_read;
+    if (absl::Status s = replica->cache->CheckInvariants(); !s.ok()) return s;
+    if (!remote) continue;
+    ReplicaReplayStats& rs = replica->stats;
+    rs.remote = stats.remote;
+    ReplicaReplayStats& sum = out.remote_total;
+    sum.requests += rs.requests;
+    sum.block_accesses += rs.block_accesses;
+    sum.blocks_queried += rs.blocks_queried;
+    sum.hit_blocks += rs.hit_blocks;
+    sum.remote_hit_blocks += rs.remote_hit_blocks;
+    sum.cross_replica_hit_blocks += rs.cross_replica_hit_blocks;
+    sum.published_blocks += rs.published_blocks;
+    AddRemoteStats(rs.remote, &sum.remote);
+    out.replicas.push_back(rs);
   }
-  out.bytes_h2d = stats.bytes_h2d;
-  out.bytes_d2h = stats.bytes_d2h;
-  out.bytes_disk_written = stats.bytes_disk_written;
-  out.bytes_disk_read = stats.bytes_disk_read;
-  if (absl::Status s = cache.CheckInvariants(); !s.ok()) return s;
   return out;
 }
 
@@ -361,6 +480,16 @@ absl::StatusOr<ReplayResult> Replay(const Trace& trace, const ReplayConfig& conf
                                     std::span<const BlockKey> keys) {
   if (config.device_blocks == 0) {
     return absl::InvalidArgumentError("Replay: device_blocks must be > 0");
+  }
+  if (config.replicas == 0) return absl::InvalidArgumentError("Replay: replicas must be > 0");
+  if (config.replicas > 1 && config.remote.nodes.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Replay: replicas=", config.replicas,
+                     " share nothing without a remote tier (remote.nodes)"));
+  }
+  if (!config.remote.nodes.empty() && (config.mode != Mode::kCache || !config.payload)) {
+    return absl::InvalidArgumentError(
+        "Replay: a remote tier needs cache mode with payload (the store holds the blocks' bytes)");
   }
   // Unknown names fail here for both modes, with the registered ones listed.
   if (auto probe =

@@ -8,13 +8,19 @@
 //    `device_blocks` blocks are looked up and cached, the rest count as misses (`capped_blocks`).
 //    Metadata-only by default (DeviceBackend::kMetadataOnly: no byte moves); with `payload`, the
 //    emulated device and host pool hold and copy real bytes (and a disk tier writes files).
+//    With a remote tier (`remote.nodes`, payload only) `replicas` Caches, each with the tiers
+//    above, share one Redis Cluster: request i goes to replica i % replicas, a block computed by
+//    one replica is published and another may load it from the store. Every computed block is
+//    then filled with a pattern derived from its key and every loaded block is checked against it
+//    (`mismatched_bytes`).
 //  - kFlat: the reference simulation of libCacheSim: one tier of unit-size blocks, one lookup per
 //    block access, a hit if resident (EvictionPolicy::OnAccess), else an insert that first evicts
 //    the policy's victim (PickVictim with an always-true predicate, OnRemove, OnInsert). Same
 //    registered EvictionPolicy objects as the cache, no prefix rule, no pins, no links.
 //
 // Thread safety: Replay() may run concurrently on distinct configs (each builds its own cache).
-// Errors: kInvalidArgument for a bad config (zero capacity, shape not divisible, unknown mode),
+// Errors: kInvalidArgument for a bad config (zero capacity, shape not divisible, unknown mode,
+//   replicas > 1 without a remote tier, a remote tier without payload),
 //   kNotFound for an unknown policy (listing the registered ones), kResourceExhausted when payload
 //   memory would not fit, kInternal when a policy breaks the call protocol (returns a slot it was
 //   not given), kDeadlineExceeded past time_limit_seconds, or the cache's own error.
@@ -32,6 +38,7 @@
 #include "bench/trace.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
+#include "kvtier/options.h"
 #include "kvtier/policy.h"
 
 namespace kvtier::replay {
@@ -64,6 +71,35 @@ struct ReplayConfig {
   // > 0: a run still replaying after this many seconds stops with kDeadlineExceeded (a policy
   // whose victim search degenerates must not stall a sweep). Checked every 64 requests.
   double time_limit_seconds = 0;
+  // kCache: caches replaying the trace, requests assigned round-robin; > 1 needs a remote tier
+  // (what they share) and payload.
+  uint32_t replicas = 1;
+  // kCache with payload: the remote tier every replica's cache uses (Options.remote); nodes empty:
+  // none. Use a scope of the run's own, or blocks of an earlier run are hits.
+  RemoteTierOptions remote;
+};
+
+// One replica's share of a multi-replica (or remote-tier) replay.
+struct ReplicaReplayStats {
+  uint64_t requests = 0;
+  uint64_t block_accesses = 0;     // blocks of its requests
+  uint64_t blocks_queried = 0;     // keys it passed to Match() (requests capped at the device tier)
+  uint64_t hit_blocks = 0;         // blocks Load() served (the usable prefix, any tier)
+  uint64_t remote_hit_blocks = 0;  // of which: Match found them only in the remote tier
+  // Of which: the replay saw another replica publish the block first (it computed and committed
+  // it before anyone else did): what sharing the store bought this replica.
+  uint64_t cross_replica_hit_blocks = 0;
+  uint64_t published_blocks = 0;  // blocks it computed and committed first (their publisher)
+  RemoteStats remote;             // its cache's remote-tier counters at the end of the replay
+
+  double prefix_hit_ratio() const { return Ratio(hit_blocks, block_accesses); }
+  double remote_hit_ratio() const { return Ratio(remote_hit_blocks, blocks_queried); }
+  double cross_replica_hit_ratio() const { return Ratio(cross_replica_hit_blocks, blocks_queried); }
+
+ private:
+  static double Ratio(uint64_t a, uint64_t b) {
+    return b == 0 ? 0.0 : static_cast<double>(a) / static_cast<double>(b);
+  }
 };
 
 struct TierReplayStats {
@@ -98,6 +134,11 @@ struct ReplayResult {
   uint64_t bytes_disk_written = 0;  // host -> disk
   uint64_t bytes_disk_read = 0;     // disk -> host
   double seconds = 0;               // the replay loop alone (no parsing, no cache creation)
+  // kCache with a remote tier: one entry per replica (the fields above sum them; tiers[] capacity
+  // included). Empty otherwise.
+  std::vector<ReplicaReplayStats> replicas;
+  ReplicaReplayStats remote_total;  // the replicas' figures summed
+  uint64_t mismatched_bytes = 0;    // with a remote tier: loaded bytes that differ from the pattern
 
   double hit_ratio() const { return Ratio(hit_blocks, block_accesses); }
   double prefix_hit_ratio() const { return Ratio(prefix_hit_blocks, block_accesses); }

@@ -34,6 +34,7 @@
 #include "absl/strings/string_view.h"
 #include "bench/replay.h"
 #include "bench/trace.h"
+#include "kvtier/options.h"
 #include "kvtier/policy.h"
 
 namespace kvtier::replay {
@@ -67,6 +68,12 @@ Replays a Mooncake-format trace (JSON lines with hash_ids) through kvtier's evic
   --param KEY=VALUE       a policy parameter (repeatable), passed to every policy
   --no-demote             drop device victims instead of writing them back to the host
   --write-through         copy committed blocks to the host tier at once
+  --replicas N            cache mode: N caches (each with the tiers above) sharing the remote
+                          tier; request i goes to replica i % N (default 1; > 1 needs --remote)
+  --remote HOST:PORT,...  a Redis Cluster as every replica's remote tier (needs full mode:
+                          switched on if not given; keep --block-bytes small)
+  --remote-scope S        the remote tier's scope (default kvtier-replay-<pid>: a run of its own)
+  --remote-publish MODE   write-through (default) or write-back
   --max-requests N        replay only the first N requests
   --repeat N              replay each configuration N times; speed = the median run's (default 1)
   --time-limit SECONDS    stop a run that takes longer (its row reports the error; default: none)
@@ -99,6 +106,9 @@ struct Args {
   std::vector<std::string> plugins;
   int progress = -1;  // -1: when stderr is a terminal
   bool list_policies = false;
+  uint32_t replicas = 1;
+  std::string remote, remote_scope;
+  RemotePublish remote_publish = RemotePublish::kWriteThrough;
 };
 
 // A usage error: print, exit 2.
@@ -260,6 +270,22 @@ Args ParseArgs(int argc, char** argv) {
     } else if (flag == "--write-through") {
       no_value();
       a.write_through = true;
+    } else if (flag == "--replicas") {
+      a.replicas = ParseU32(flag, next(), 1);
+    } else if (flag == "--remote") {
+      a.remote = next();
+      if (a.remote.empty()) Usage("--remote: empty");
+    } else if (flag == "--remote-scope") {
+      a.remote_scope = next();
+    } else if (flag == "--remote-publish") {
+      const std::string v = next();
+      if (v == "write-through") {
+        a.remote_publish = RemotePublish::kWriteThrough;
+      } else if (v == "write-back") {
+        a.remote_publish = RemotePublish::kWriteBack;
+      } else {
+        Usage(absl::StrCat("--remote-publish: '", v, "' is not write-through or write-back"));
+      }
     } else if (flag == "--max-requests") {
       a.max_requests = ParseU32(flag, next(), 1);
     } else if (flag == "--repeat") {
@@ -391,6 +417,46 @@ void PrintTable(const Setup& setup, const std::vector<Run>& runs) {
   for (const std::string& e : errors) std::printf("error: %s\n", e.c_str());
 }
 
+// With a remote tier: per run, a row per replica and their total.
+void PrintReplicas(const std::vector<Run>& runs) {
+  for (const Run& run : runs) {
+    if (!run.result.ok() || run.result->replicas.empty()) continue;
+    const ReplayResult& r = *run.result;
+    std::printf("\nremote tier, %s %s: %zu replicas, requests round-robin\n", run.policy.c_str(),
+                run.capacity.text.c_str(), r.replicas.size());
+    const std::vector<std::string> head = {
+        "replica",     "requests",      "queried",   "prefix hit", "remote hits",
+        "remote hit",  "cross-replica", "cross hit", "published",  "remote reads",
+        "read misses", "corrupt",       "writes"};
+    std::vector<std::vector<std::string>> rows = {head};
+    auto row = [&](const std::string& name, const ReplicaReplayStats& s) {
+      auto f4 = [](double v) { return absl::StrFormat("%.4f", v); };
+      rows.push_back({name, absl::StrCat(s.requests), absl::StrCat(s.blocks_queried),
+                      f4(s.prefix_hit_ratio()), absl::StrCat(s.remote_hit_blocks),
+                      f4(s.remote_hit_ratio()), absl::StrCat(s.cross_replica_hit_blocks),
+                      f4(s.cross_replica_hit_ratio()), absl::StrCat(s.published_blocks),
+                      absl::StrCat(s.remote.reads), absl::StrCat(s.remote.read_misses),
+                      absl::StrCat(s.remote.corrupt_reads), absl::StrCat(s.remote.writes)});
+    };
+    for (size_t i = 0; i < r.replicas.size(); ++i) row(absl::StrCat(i), r.replicas[i]);
+    row("total", r.remote_total);
+    std::vector<size_t> width(head.size(), 0);
+    for (const auto& cells : rows) {
+      for (size_t i = 0; i < cells.size(); ++i) width[i] = std::max(width[i], cells[i].size());
+    }
+    for (const auto& cells : rows) {
+      std::string line;
+      for (size_t i = 0; i < cells.size(); ++i) {
+        line += i == 0 ? absl::StrFormat("%-*s", width[i], cells[i])
+                       : absl::StrFormat("  %*s", width[i], cells[i]);
+      }
+      std::printf("%s\n", line.c_str());
+    }
+    std::printf("mismatched bytes (loaded blocks vs what their publisher computed): %" PRIu64 "\n",
+                r.mismatched_bytes);
+  }
+}
+
 FILE* OpenOut(const std::string& path) {
   if (path == "-") return stdout;
   FILE* f = std::fopen(path.c_str(), "w");
@@ -456,13 +522,20 @@ std::vector<std::pair<std::string, std::string>> Fields(const Setup& setup, cons
                        {name + "_evictions", absl::StrCat(s.evictions)},
                        {name + "_drops", absl::StrCat(s.drops)}});
   }
-  f.insert(f.end(), {{"bytes_h2d", absl::StrCat(r.bytes_h2d)},
-                     {"bytes_d2h", absl::StrCat(r.bytes_d2h)},
-                     {"bytes_disk_written", absl::StrCat(r.bytes_disk_written)},
-                     {"bytes_disk_read", absl::StrCat(r.bytes_disk_read)},
-                     {"seconds", num(r.seconds)},
-                     {"accesses_per_second", absl::StrFormat("%.0f", r.accesses_per_second())},
-                     {"error", "\"\""}});
+  f.insert(f.end(),
+           {{"bytes_h2d", absl::StrCat(r.bytes_h2d)},
+            {"bytes_d2h", absl::StrCat(r.bytes_d2h)},
+            {"bytes_disk_written", absl::StrCat(r.bytes_disk_written)},
+            {"bytes_disk_read", absl::StrCat(r.bytes_disk_read)},
+            {"replicas", absl::StrCat(std::max<size_t>(1, r.replicas.size()))},
+            {"remote_hit_blocks", absl::StrCat(r.remote_total.remote_hit_blocks)},
+            {"cross_replica_hit_blocks", absl::StrCat(r.remote_total.cross_replica_hit_blocks)},
+            {"cross_replica_hit_ratio", num(r.remote_total.cross_replica_hit_ratio())},
+            {"remote_corrupt_reads", absl::StrCat(r.remote_total.remote.corrupt_reads)},
+            {"mismatched_bytes", absl::StrCat(r.mismatched_bytes)},
+            {"seconds", num(r.seconds)},
+            {"accesses_per_second", absl::StrFormat("%.0f", r.accesses_per_second())},
+            {"error", "\"\""}});
   return f;
 }
 
@@ -609,7 +682,7 @@ bool Plot(const std::string& png, const Setup& setup, const std::vector<Run>& ru
 }
 
 int Main(int argc, char** argv) {
-  const Args args = ParseArgs(argc, argv);
+  Args args = ParseArgs(argc, argv);
   for (const std::string& plugin : args.plugins) {
     if (dlopen(plugin.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
       Usage(absl::StrCat("--plugin: ", dlerror()));
@@ -643,6 +716,23 @@ int Main(int argc, char** argv) {
       std::find(args.modes.begin(), args.modes.end(), Mode::kCache) != args.modes.end();
   if (!has_cache && (!args.host_capacity.empty() || !args.disk_capacity.empty() || args.full)) {
     Usage("--host-capacity, --disk-capacity and --full apply to --mode cache only");
+  }
+  if (args.replicas > 1 && args.remote.empty()) {
+    Usage("--replicas > 1 needs --remote HOST:PORT,... (the tier the replicas share)");
+  }
+  if (!args.remote.empty()) {
+    if (!has_cache || args.modes.size() > 1)
+      Usage("--remote and --replicas apply to --mode cache only");
+    if (args.host_capacity.empty()) {
+      Usage("--remote needs --host-capacity (remote blocks move through host slots)");
+    }
+    if (!args.full) {
+      std::fprintf(stderr,
+                   "kvtier-replay: --remote: the remote tier stores the blocks' bytes: full mode "
+                   "(--full) switched on\n");
+      args.full = true;
+    }
+    if (args.remote_scope.empty()) args.remote_scope = absl::StrCat("kvtier-replay-", getpid());
   }
   if (!args.disk_capacity.empty() && args.host_capacity.empty()) {
     Usage("--disk-capacity needs --host-capacity (disk blocks move through host slots)");
@@ -723,7 +813,13 @@ int Main(int argc, char** argv) {
                       .layers = args.layers,
                       .block_bytes = *block_bytes},
             .time_limit_seconds = args.time_limit_seconds,
+            .replicas = args.replicas,
         };
+        if (!args.remote.empty()) {
+          config.remote = {.nodes = args.remote,
+                           .scope = absl::StrCat(args.remote_scope, "-", runs.size()),
+                           .publish = args.remote_publish};
+        }
         if (progress) {
           config.progress = [&](uint64_t done) {
             const TraceRequest& last = trace->requests[done - 1];
@@ -738,6 +834,8 @@ int Main(int argc, char** argv) {
         std::vector<double> seconds;
         for (uint32_t k = 1; k < args.repeat && result.ok(); ++k) {
           seconds.push_back(result->seconds);
+          // Each repeat cold: a scope of its own, or the store serves the last one's blocks.
+          if (!args.remote.empty()) config.remote.scope += absl::StrCat(".", k);
           result = Replay(*trace, config, keys);
         }
         if (result.ok() && !seconds.empty()) {
@@ -751,6 +849,7 @@ int Main(int argc, char** argv) {
     }
   }
   PrintTable(setup, runs);
+  PrintReplicas(runs);
   if (!args.csv.empty()) WriteCsv(args.csv, setup, runs);
   if (!args.json.empty()) WriteJson(args.json, setup, runs);
   if (!args.plot.empty() && Plot(args.plot, setup, runs)) {

@@ -28,6 +28,13 @@
 // wrote for that key and layer; a CUDA engine would launch kernels on its compute stream after
 // cudaStreamWaitEvent(stream, transfer.LayerReady(l)) instead.
 //
+// With --remote host:port[,...] the cache also has a remote tier (Options.remote): a Redis
+// Cluster that other engine_loop processes ("replicas" on other machines) share under the same
+// --remote-scope. Blocks one process publishes (--remote-publish write-through: at Commit;
+// write-back: when its host tier evicts them) another one's Match finds past its local prefix and
+// its Load reads, verifies and copies to the device; the byte check covers them like any other
+// loaded block. examples/remote_demo.sh runs two processes this way.
+//
 // Exit status: 0 when every loaded byte matched and every API error was one an engine recovers
 // from (kResourceExhausted from AllocateDevice/Grow: wait or skip; kAlreadyExists from Commit:
 // another request published the same blocks first; a failed Transfer: recompute those blocks);
@@ -81,6 +88,9 @@ struct Flags {
   uint32_t inflight = 4;            // requests between scheduler and worker
   bool warm = false;                // keep the previous run's disk blocks (warm restart)
   bool damage_disk = false;         // --warm, after flipping a byte in every stored block
+  std::string remote;               // "host:port[,host:port]" of a Redis Cluster; "" = no remote
+  std::string remote_scope = "engine_loop";  // processes sharing blocks use the same scope
+  kvtier::RemotePublish remote_publish = kvtier::RemotePublish::kWriteThrough;
 };
 
 void Usage() {
@@ -91,7 +101,11 @@ void Usage() {
                "                   [--disk-dir DIR] [--layers N] [--block-bytes N] [--inflight N] "
                "[--warm]\n"
                "                   [--damage-disk (--warm, with a byte of every stored block "
-               "flipped)]\n");
+               "flipped)]\n"
+               "                   [--remote HOST:PORT[,HOST:PORT...] (a Redis Cluster shared "
+               "with other processes)]\n"
+               "                   [--remote-scope S] [--remote-publish "
+               "write-through|write-back]\n");
 }
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -111,6 +125,22 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       f->trace = v;
     } else if (a == "--disk-dir") {
       f->disk_dir = v;
+    } else if (a == "--remote") {
+      f->remote = v;
+    } else if (a == "--remote-scope") {
+      f->remote_scope = v;
+    } else if (a == "--remote-publish") {
+      if (std::strcmp(v, "write-through") == 0) {
+        f->remote_publish = kvtier::RemotePublish::kWriteThrough;
+      } else if (std::strcmp(v, "write-back") == 0) {
+        f->remote_publish = kvtier::RemotePublish::kWriteBack;
+      } else {
+        std::fprintf(stderr,
+                     "engine_loop: --remote-publish: expected write-through or write-back (got "
+                     "'%s')\n",
+                     v);
+        return false;
+      }
     } else if (!numeric) {
       std::fprintf(stderr, "engine_loop: %s: expected a number (got '%s')\n", a.c_str(), v);
       return false;
@@ -142,6 +172,12 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     std::fprintf(stderr,
                  "engine_loop: --device-blocks and --inflight must be > 0; a disk tier needs a "
                  "host tier\n");
+    return false;
+  }
+  if (!f->remote.empty() && f->host_blocks == 0) {
+    std::fprintf(stderr,
+                 "engine_loop: --remote needs a host tier (remote blocks move through host "
+                 "slots)\n");
     return false;
   }
   return true;
@@ -403,20 +439,22 @@ class WorkQueue {
 struct SchedulerTotals {
   uint64_t requests = 0, truncated = 0, blocks = 0, input_tokens = 0;
   uint64_t matched[kvtier::kNumTiers] = {};
+  uint64_t matched_remote = 0;            // past the local prefix, in the remote tier
   uint64_t allocation_waits = 0;          // AllocateDevice kResourceExhausted: waited for a release
   uint64_t idle_allocation_failures = 0;  // the same with no request in flight (an error)
   uint64_t errors = 0;                    // unrecoverable API errors
 };
 
 struct WorkerTotals {
-  uint64_t blocks_loaded = 0;      // handed over by successful loads (verified)
-  uint64_t blocks_computed = 0;    // prefilled (missed, or recomputed after a failed load)
-  uint64_t tokens_reused = 0;      // prompt tokens whose KV came from the cache
-  uint64_t load_errors = 0;        // failed Transfers (their promoted blocks were recomputed)
-  uint64_t blocks_recomputed = 0;  // of which: blocks recomputed after a failed load
-  uint64_t commit_conflicts = 0;   // Commit kAlreadyExists: someone else published them first
-  uint64_t decode_blocks = 0;      // generated full blocks committed after Grow
-  uint64_t grow_exhausted = 0;     // Grow kResourceExhausted: decode blocks not cached
+  uint64_t blocks_loaded = 0;         // handed over by successful loads (verified)
+  uint64_t blocks_loaded_remote = 0;  // of which: Match found them only in the remote tier
+  uint64_t blocks_computed = 0;       // prefilled (missed, or recomputed after a failed load)
+  uint64_t tokens_reused = 0;         // prompt tokens whose KV came from the cache
+  uint64_t load_errors = 0;           // failed Transfers (their promoted blocks were recomputed)
+  uint64_t blocks_recomputed = 0;     // of which: blocks recomputed after a failed load
+  uint64_t commit_conflicts = 0;      // Commit kAlreadyExists: someone else published them first
+  uint64_t decode_blocks = 0;         // generated full blocks committed after Grow
+  uint64_t grow_exhausted = 0;        // Grow kResourceExhausted: decode blocks not cached
   uint64_t mismatched_bytes = 0;
   uint64_t errors = 0;  // unrecoverable API errors
   std::vector<double>
@@ -481,6 +519,11 @@ void Work(kvtier::Cache& cache, const kvtier::BlockHasher& hasher, KvKernels& ke
     t->blocks_computed += todo_keys.size();
     const uint32_t reused = n - static_cast<uint32_t>(todo_keys.size());
     t->blocks_loaded += reused;
+    if (!load_failed) {
+      for (uint32_t i = 0; i < loaded; ++i) {
+        t->blocks_loaded_remote += w->match.tiers[i] == kvtier::Tier::kRemote;
+      }
+    }
     t->tokens_reused +=
         std::min<uint64_t>(uint64_t{reused} * kTokensPerBlock, w->request->input_tokens);
 
@@ -590,6 +633,7 @@ void Schedule(kvtier::Cache& cache, const kvtier::BlockHasher& hasher,
     for (int tier = 0; tier < kvtier::kNumTiers; ++tier) {
       t->matched[tier] += w.match.blocks_in(static_cast<kvtier::Tier>(tier));
     }
+    t->matched_remote += w.match.blocks_in(kvtier::Tier::kRemote);
     queue.Started();
     queue.Push(std::move(w));
   }
@@ -672,6 +716,9 @@ int Run(const Flags& f) {
                     .reset_on_mismatch = true,
                     .allow_buffered = true};
   }
+  if (!f.remote.empty()) {
+    options.remote = {.nodes = f.remote, .scope = f.remote_scope, .publish = f.remote_publish};
+  }
   absl::StatusOr<std::unique_ptr<kvtier::Cache>> created = kvtier::Cache::Create(options);
   if (!created.ok()) {
     std::fprintf(stderr, "engine_loop: Cache::Create: %s\n", created.status().ToString().c_str());
@@ -714,7 +761,9 @@ int Run(const Flags& f) {
   row("  matched on device", st.matched[0]);
   row("  matched on host", st.matched[1]);
   row("  matched on disk", st.matched[2]);
+  if (!f.remote.empty()) row("  matched in the remote tier only", st.matched_remote);
   row("  loaded and verified", wt.blocks_loaded);
+  if (!f.remote.empty()) row("    of which from the remote tier", wt.blocks_loaded_remote);
   row("  computed (prefill)", wt.blocks_computed);
   std::printf("  %-44s %14.4f\n", "prefix hit ratio (blocks loaded / prompt blocks)", hit);
   std::printf("  %-44s %14.4f\n", "Match hit ratio (CacheStats::HitRatio)", s.HitRatio());
@@ -734,6 +783,21 @@ int Run(const Flags& f) {
   row("load errors (blocks recomputed)", wt.load_errors);
   row("  blocks recomputed after a failed load", wt.blocks_recomputed);
   row("disk blocks failing checksums", s.disk_corrupt_reads);
+  if (!f.remote.empty()) {
+    std::printf(
+        "  remote tier: %s, scope '%s', %s\n", f.remote.c_str(), f.remote_scope.c_str(),
+        f.remote_publish == kvtier::RemotePublish::kWriteThrough ? "write-through" : "write-back");
+    row("  Match blocks found in the remote tier", s.remote.hits);
+    row("  remote lookups (EXISTS)", s.remote.lookups);
+    row("  Match lookups out of time budget", s.remote.lookup_timeouts);
+    row("  remote reads (verified)", s.remote.reads);
+    row("  remote corrupt reads", s.remote.corrupt_reads);
+    row("  remote read misses (value gone)", s.remote.read_misses);
+    row("  remote read errors", s.remote.read_errors);
+    row("  remote writes (acknowledged so far)", s.remote.writes);
+    row("  remote write errors", s.remote.write_errors);
+    row("  remote writes skipped (already there)", s.remote.writes_skipped);
+  }
   row("Commit conflicts (kAlreadyExists)", wt.commit_conflicts);
   row("AllocateDevice waits (kResourceExhausted)", st.allocation_waits);
   row("  with no request in flight (errors)", st.idle_allocation_failures);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/trace.h"
+#include "test/util/redis_cluster_fixture.h"
 #include "test/util/test_util.h"
 
 namespace kvtier::replay {
@@ -190,6 +191,18 @@ TEST_CASE("Replay: bad configurations are errors", "[replay]") {
   CHECK(Replay(t, {.device_blocks = 4, .shape = {.layers = 3, .block_bytes = 1000}})
             .status()
             .code() == absl::StatusCode::kInvalidArgument);
+  // Replicas share nothing without a remote tier; the remote tier needs real bytes.
+  CHECK(Replay(t, {.device_blocks = 4, .host_blocks = 4, .payload = true, .replicas = 2})
+            .status()
+            .code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Replay(t, {.device_blocks = 4, .host_blocks = 4, .replicas = 0}).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(
+      Replay(
+          t,
+          {.device_blocks = 4, .host_blocks = 4, .replicas = 2, .remote = {.nodes = "127.0.0.1:1"}})
+          .status()
+          .code() == absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("Replay: a run past its time limit stops with kDeadlineExceeded", "[replay]") {
@@ -267,6 +280,48 @@ TEST_CASE("Replay: flat LRU on the real trace's first 2000 requests equals a pla
     REQUIRE_OK(c.status());
     CHECK(c->hit_blocks >= c->tiers[0].hits);
   }
+}
+
+TEST_CASE("Replay: two replicas share the real trace's prefixes through a Redis Cluster",
+          "[replay][remote]") {
+  std::string why;
+  if (!test::LocalRedisCluster::Available(&why)) {
+    WARN("skipped: no redis-server to run a cluster with (" << why << ")");
+    return;
+  }
+  const std::string path = RealTracePath();
+  if (path.empty()) {
+    WARN("skipped: ../shared/data/conversation_trace.jsonl not found beside the repository");
+    return;
+  }
+  absl::StatusOr<Trace> t = ReadTrace(path, 300);
+  REQUIRE_OK(t.status());
+  auto cluster = test::LocalRedisCluster::Start();
+  REQUIRE_OK(cluster.status());
+  std::string nodes;
+  for (const std::string& n : (*cluster)->nodes()) nodes += (nodes.empty() ? "" : ",") + n;
+  // Small blocks (2 layers, 4 KiB): the store and the byte checks stay fast.
+  absl::StatusOr<ReplayResult> r =
+      Replay(*t, {.device_blocks = 256,
+                  .host_blocks = 512,
+                  .payload = true,
+                  .shape = {.layers = 2, .block_bytes = 4096},
+                  .replicas = 2,
+                  .remote = {.nodes = nodes, .scope = "replay-test-" + std::to_string(getpid())}});
+  REQUIRE_OK(r.status());
+  REQUIRE(r->replicas.size() == 2);
+  const ReplicaReplayStats& total = r->remote_total;
+  CAPTURE(total.blocks_queried, total.remote_hit_blocks, total.cross_replica_hit_blocks,
+          total.published_blocks, total.remote.writes, total.remote.reads);
+  CHECK(total.requests == 300);
+  CHECK(r->replicas[0].requests == 150);
+  CHECK(total.cross_replica_hit_blocks > 0);
+  CHECK(total.cross_replica_hit_blocks <= total.remote_hit_blocks);
+  CHECK(total.remote_hit_blocks <= total.remote.reads);
+  CHECK(r->mismatched_bytes == 0);
+  CHECK(total.remote.corrupt_reads == 0);
+  CHECK(total.remote.read_errors == 0);
+  CHECK(total.hit_blocks == r->hit_blocks);
 }
 
 }  // namespace
