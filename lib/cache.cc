@@ -110,10 +110,13 @@ class CacheCore {
   }
 
   // Waits for every demotion in flight: device-to-host copies (and the index updates they make),
-  // then host-to-disk write-backs, whichever call started them. Until a write-back ends, its disk
+  // remote publications, then host-to-disk write-backs, whichever call started them. Until a write-back ends, its disk
   // slot is Filling, so a full disk has no victim and the prefix rule protects the parents above.
   void DrainDemotions() {
     DrainDeviceToHost();
+    // Remote publications the copies just queued hold their host copies pinned until the payload
+    // is copied out: a host full of them has no victim for the next attempt either.
+    if (remote_ != nullptr) remote_->Drain();
     std::vector<std::shared_ptr<HostEvent>> writes;
     {
       MutexLock lock(&index_.mu());
