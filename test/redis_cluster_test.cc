@@ -260,6 +260,72 @@ TEST_CASE("RedisCluster: concurrent batches from 4 threads", "[redis]") {
   CHECK(client->stats().errors == 0);
 }
 
+TEST_CASE(
+    "RedisCluster: a node that does not answer in time fails its keys with "
+    "kDeadlineExceeded, and the client recovers",
+    "[redis]") {
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  auto client = ConnectTo(*cluster);
+  std::vector<std::string> keys, values;
+  for (uint32_t i = 0; i < 24; ++i) {
+    keys.push_back(absl::StrCat("slow:", i));
+    values.push_back(Value(64, i));
+  }
+  RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+
+  // Master 0 holds every client's commands for 1 s: a 200 ms batch times out on its keys only.
+  REQUIRE_OK(cluster->Cli(0, {"CLIENT", "PAUSE", "1000", "ALL"}));
+  const auto start = Clock::now();
+  auto got = client->Get(keys, In(milliseconds(200)));
+  CHECK(Clock::now() - start < milliseconds(700));
+  size_t timed_out = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(keys[i]);
+    if (client->NodeForSlot(RedisCluster::KeySlot(keys[i])) == cluster->nodes()[0]) {
+      REQUIRE_CODE(got[i], absl::StatusCode::kDeadlineExceeded);
+      timed_out++;
+    } else {
+      REQUIRE_OK(got[i]);
+      CHECK(got[i]->value_or("") == values[i]);
+    }
+  }
+  CHECK(timed_out > 0);
+  CHECK(client->stats().timeouts > 0);
+
+  // The timed-out connection was dropped (its late replies never answer another batch): once
+  // the pause ends every key reads its own value.
+  got = client->Get(keys, In(milliseconds(5000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(keys[i]);
+    REQUIRE_OK(got[i]);
+    CHECK(got[i]->value_or("") == values[i]);
+  }
+}
+
+TEST_CASE("RedisCluster: AUTH with the cluster's password; a wrong one is kFailedPrecondition",
+          "[redis]") {
+  if (SkipWithoutRedis()) return;
+  auto started = LocalRedisCluster::Start({.masters = 3, .password = "s3cret"});
+  REQUIRE_OK(started);
+  LocalRedisCluster& cluster = **started;
+  REQUIRE_CODE(RedisCluster::Connect({.seeds = cluster.seeds(), .password = "wrong"}),
+               absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE(RedisCluster::Connect({.seeds = cluster.seeds()}),
+               absl::StatusCode::kFailedPrecondition);
+  auto client = RedisCluster::Connect({.seeds = cluster.seeds(), .password = "s3cret"});
+  REQUIRE_OK(client);
+  const std::vector<std::string> keys = {"auth:a", "auth:b", "auth:c", "auth:d"};
+  const std::vector<std::string> values = {"1", "2", "3", "4"};
+  RequireAllOk((*client)->Set(keys, Views(values), 0, In(milliseconds(5000))));
+  auto got = (*client)->Get(keys, In(milliseconds(5000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE_OK(got[i]);
+    CHECK(got[i]->value_or("") == values[i]);
+  }
+}
+
 TEST_CASE("RedisCluster: MOVED is followed after a reshard, with a stale slot map", "[redis]") {
   if (SkipWithoutRedis()) return;
   auto started = LocalRedisCluster::Start({.masters = 3});

@@ -3,6 +3,7 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -121,7 +122,12 @@ absl::StatusOr<ReplyPtr> ReadReply(redisContext* c, absl::string_view addr,
           absl::StrCat("RedisCluster: bad reply from ", addr, ": ", c->errstr));
     }
     if (reply != nullptr) return ReplyPtr(static_cast<redisReply*>(reply));
-    if (Clock::now() >= deadline || !SetSocketTimeout(c, SO_RCVTIMEO, deadline)) {
+    if (Clock::now() >= deadline) {
+      // Past the deadline, replies that have already arrived are still taken (a slow node read
+      // first must not fail the keys of the nodes that answered in time); nothing is waited for.
+      pollfd p{.fd = c->fd, .events = POLLIN, .revents = 0};
+      if (poll(&p, 1, 0) != 1) return IoError(c, addr, deadline, EAGAIN);
+    } else if (!SetSocketTimeout(c, SO_RCVTIMEO, deadline)) {
       return IoError(c, addr, deadline, EAGAIN);
     }
     errno = 0;
