@@ -52,14 +52,4 @@ for bs in 65536 262144 2097152; do
   done
 done
 echo >&2
-python3 - "$out/raw" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    bs, qd, d, tool, bw = line.split()
-    rows.setdefault((int(bs), int(qd), d), {}).setdefault(tool, []).append(float(bw))
-print(f"{'block':>8} {'QD':>3} {'op':>5} {'fio GB/s':>9} {'kvtier GB/s':>11} {'kvtier/fio':>10}")
-for (bs, qd, d), t in sorted(rows.items()):
-    f, k = statistics.median(t["fio"]), statistics.median(t["kvtier"])
-    print(f"{bs >> 10:>6}Ki {qd:>3} {d.lower():>5} {f / 1e9:>9.2f} {k / 1e9:>11.2f} {k / f if f else 0:>10.2f}")
-PY
+python3 "$(dirname "$0")/ratio_table.py" "$out/raw" --baseline fio --depth-name QD

@@ -23,35 +23,11 @@ done
 [ -x "$bench" ] || { echo "remote_vs_redis_benchmark: $bench not built (cmake --build $build --target kvtier_bench)" >&2; exit 2; }
 
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-ports=()
-while [ ${#ports[@]} -lt 3 ]; do
-  p=$((20000 + RANDOM % 10000))
-  if port_free "$p" && port_free $((p + 10000)) && [[ ! " ${ports[*]} " =~ " $p " ]]; then ports+=("$p"); fi
-done
-for p in "${ports[@]}"; do
-  mkdir -p "$work/$p"
-  redis-server --port "$p" --bind 127.0.0.1 --protected-mode no --daemonize no \
-    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
-    --appendonly no --save '' --dir "$work/$p" --logfile "$work/$p/redis.log" </dev/null >/dev/null 2>&1 &
-  pids+=($!)
-done
-for p in "${ports[@]}"; do
-  for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
-done
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
-for p in "${ports[@]}"; do
-  for _ in $(seq 200); do redis-cli -p "$p" cluster info | grep -q cluster_state:ok && break; sleep 0.05; done
-done
-export KVTIER_BENCH_REDIS_SEEDS=$(printf '127.0.0.1:%s,' "${ports[@]}")
+cluster=$(dirname "$0")/../examples/local_redis_cluster.sh
+trap 'bash "$cluster" stop "$work/cluster"; rm -rf "$work"' EXIT
+seeds=$(bash "$cluster" start "$work/cluster" 3)
+export KVTIER_BENCH_REDIS_SEEDS=$seeds
+first=${seeds%%,*}
 
 kvtier_run() {  # Set|Get bytes batch -> bytes/s
   "$bench" --benchmark_filter="^BM_Remote$1/$2/$3/real_time\$" --benchmark_min_time="$secs" \
@@ -62,14 +38,14 @@ redis_run() {  # set|get bytes pipeline -> bytes/s
   # Enough requests for about `secs` seconds at ~1 GB/s, at least 100 per client.
   local n
   n=$(awk -v s="$secs" -v b="$2" 'BEGIN { n = int(s * 1e9 / b); print (n < 300 ? 300 : n) }')
-  redis-benchmark --cluster -h 127.0.0.1 -p "${ports[0]}" -t "$1" -d "$2" -P "$3" -c 3 -n "$n" \
+  redis-benchmark --cluster -h "${first%:*}" -p "${first##*:}" -t "$1" -d "$2" -P "$3" -c 3 -n "$n" \
     -r 64 --csv 2>/dev/null |
     python3 -c 'import csv,sys
 rows=[r for r in csv.reader(sys.stdin) if r and r[0] not in ("test",)]
 print(float(rows[-1][1]) * int(sys.argv[1]) if rows else 0)' "$2"
 }
 
-echo "remote_vs_redis_benchmark: cluster on ports ${ports[*]}, $reps repetitions of ~${secs}s per point" >&2
+echo "remote_vs_redis_benchmark: cluster on $seeds, $reps repetitions of ~${secs}s per point" >&2
 out="$work/raw"
 for bs in 65536 262144 2097152; do
   for depth in 1 8 64; do
@@ -84,14 +60,4 @@ for bs in 65536 262144 2097152; do
   done
 done
 echo >&2
-python3 - "$out" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    bs, depth, op, tool, bw = line.split()
-    rows.setdefault((int(bs), int(depth), op), {}).setdefault(tool, []).append(float(bw))
-print(f"{'value':>8} {'depth':>5} {'op':>4} {'redis-benchmark GB/s':>20} {'kvtier GB/s':>11} {'kvtier/redis':>12}")
-for (bs, depth, op), t in sorted(rows.items()):
-    r, k = statistics.median(t["redis"]), statistics.median(t["kvtier"])
-    print(f"{bs >> 10:>6}Ki {depth:>5} {op.lower():>4} {r / 1e9:>20.2f} {k / 1e9:>11.2f} {k / r if r else 0:>12.2f}")
-PY
+python3 "$(dirname "$0")/ratio_table.py" "$out" --baseline redis --depth-name depth

@@ -32,55 +32,10 @@ fi
 
 start=$(date +%s.%N)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/kvtier-remote-demo.XXXXXX")
-cleanup() {
-  local pidfile
-  for pidfile in "$dir"/node*/redis.pid; do
-    [[ -f $pidfile ]] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
-  done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+cluster=$(dirname "$0")/local_redis_cluster.sh
+trap 'bash "$cluster" stop "$dir/cluster"; rm -rf "$dir"' EXIT
 trap 'exit 1' INT TERM
-
-# A port is free when nothing answers on it; the cluster bus uses port + 10000 as well.
-in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-ports=()
-base=$((20000 + (RANDOM % 900) * 10))
-for ((p = base; ${#ports[@]} < 3 && p < base + 2000; ++p)); do
-  if ! in_use "$p" && ! in_use $((p + 10000)); then ports+=("$p"); fi
-done
-[[ ${#ports[@]} -eq 3 ]] || { echo "remote_demo: no free ports near $base" >&2; exit 1; }
-
-nodes=()
-for i in 0 1 2; do
-  d=$dir/node$i
-  mkdir -p "$d"
-  redis-server --port "${ports[$i]}" --bind 127.0.0.1 --cluster-enabled yes \
-    --cluster-config-file nodes.conf --cluster-node-timeout 2000 --appendonly no --save '' \
-    --dir "$d" --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log"
-  nodes+=("127.0.0.1:${ports[$i]}")
-done
-
-# Polls `cmd` every 0.1 s for up to $1 seconds.
-wait_for() {
-  local deadline=$(($(date +%s) + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    if (($(date +%s) >= deadline)); then return 1; fi
-    sleep 0.1
-  done
-}
-for p in "${ports[@]}"; do
-  wait_for 10 bash -c "[[ \$(redis-cli -p $p ping) == PONG ]]" ||
-    { echo "remote_demo: redis-server on port $p did not start:" >&2; cat "$dir"/node*/redis.log >&2; exit 1; }
-done
-redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 ||
-  { echo "remote_demo: redis-cli --cluster create failed:" >&2; cat "$dir/create.log" >&2; exit 1; }
-for p in "${ports[@]}"; do
-  wait_for 20 bash -c "redis-cli -p $p cluster info | grep -q '^cluster_state:ok'" ||
-    { echo "remote_demo: the cluster did not reach cluster_state:ok" >&2; exit 1; }
-done
-seeds=$(IFS=,; echo "${nodes[*]}")
+seeds=$(bash "$cluster" start "$dir/cluster" 3) || { echo "remote_demo: no cluster" >&2; exit 1; }
 echo "remote_demo: Redis Cluster of 3 masters on ${seeds} (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'))"
 
 # Both replicas: the same requests, small blocks (4 layers of 2 KiB K and V), no disk tier, the

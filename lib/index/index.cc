@@ -378,53 +378,43 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     }
   }
   LoadPlan plan;
+  // A host-to-device copy of entry `id` (its host copy at `p.host_slot`) into lease position i.
+  auto promote = [&](uint32_t i, uint32_t id, Promotion p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    LeaseSlot& ls = lease->slots[i];
+    p.key = keys[i];
+    p.entry = id;
+    p.device_slot = ls.slot;
+    p.lease_id = lease_id;
+    p.position = i;
+    plan.promotions.push_back(p);
+    AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
+    ls.holds = true;
+    ls.entry = id;
+    counters_.promotions++;
+    table(kDev).stats.promotions++;
+    // A disk or remote read into a new host slot comes first.
+    if (p.from_disk || p.from_remote) table(kHostTier).stats.promotions++;
+  };
   uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
     uint32_t id = FindLocked(keys[i]);
     if (id != kNoEntry && E(id).parent_id != parent) break;
     if (id == kNoEntry || !E(id).cached()) {
+      // Cached nowhere here; Match found it in the remote tier: read it into a new host slot.
       if (i < remote_from || !AdoptRemoteLocked(keys[i], parent, &id)) break;
-      LeaseSlot& ls = lease->slots[i];
-      plan.promotions.push_back(Promotion{.key = keys[i],
-                                          .entry = id,
-                                          .host_slot = E(id).res[T(kHostTier)].slot,
-                                          .device_slot = ls.slot,
-                                          .lease_id = lease_id,
-                                          .position = i,
-                                          .from_remote = true});
-      AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
-      ls.holds = true;
-      ls.entry = id;
-      counters_.promotions++;
-      table(kDev).stats.promotions++;
-      table(kHostTier).stats.promotions++;  // the remote read into the new host slot
-      parent = id;
-      plan.blocks++;
-      continue;
-    }
-    const Residency d = E(id).res[T(kDev)];
-    LeaseSlot& ls = lease->slots[i];
-    if (d.present()) {
+      promote(i, id, {.host_slot = E(id).res[T(kHostTier)].slot, .from_remote = true});
+    } else if (const Residency d = E(id).res[T(kDev)]; d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
       if (d.state != ResState::kReady || d.lease_pins == Residency::kMaxLeasePins) break;
+      LeaseSlot& ls = lease->slots[i];
       FreeSlotLocked(kDev, ls.slot);
       ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};
       PinLocked(id, kDev, /*lease=*/true);
     } else if (const Residency h = E(id).res[T(kHostTier)]; h.present()) {
       if (h.state != ResState::kReady) break;
       PinLocked(id, kHostTier, /*lease=*/false);
-      plan.promotions.push_back(Promotion{.key = keys[i],
-                                          .entry = id,
-                                          .host_slot = h.slot,
-                                          .device_slot = ls.slot,
-                                          .lease_id = lease_id,
-                                          .position = i});
-      AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
-      ls.holds = true;
-      ls.entry = id;
-      counters_.promotions++;
-      table(kDev).stats.promotions++;
+      promote(i, id, {.host_slot = h.slot});
     } else {
       // On disk only: read it into a new host slot, then copy that to the device.
       const Residency k = E(id).res[T(kDiskTier)];
@@ -437,20 +427,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
         break;
       }
       AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      plan.promotions.push_back(Promotion{.key = keys[i],
-                                          .entry = id,
-                                          .host_slot = *host_slot,
-                                          .device_slot = ls.slot,
-                                          .lease_id = lease_id,
-                                          .position = i,
-                                          .from_disk = true,
-                                          .disk_slot = k.slot});
-      AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
-      ls.holds = true;
-      ls.entry = id;
-      counters_.promotions++;
-      table(kDev).stats.promotions++;
-      table(kHostTier).stats.promotions++;  // the disk read into the new host slot
+      promote(i, id, {.host_slot = *host_slot, .from_disk = true, .disk_slot = k.slot});
     }
     parent = id;
     plan.blocks++;
