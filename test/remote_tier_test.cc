@@ -205,6 +205,35 @@ TEST_CASE("RemoteTier: blocks round-trip byte-exact; missing and corrupt values 
   }
 }
 
+TEST_CASE("RemoteTier: ExistsPrefix follows a long prefix across its growing batches",
+          "[remote]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  auto tier = RemoteTier::Open(TierConfig(*cluster, 64));
+  REQUIRE_OK(tier);
+  const std::vector<BlockKey> keys = Chain(300, 3);
+  const std::vector<uint8_t> payload(64, 0x5A);
+  std::vector<RemoteTier::Write> writes;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    writes.push_back({keys[i], i == 0 ? kRootKey : keys[i - 1], payload.data()});
+  }
+  WriteAll(**tier, writes);
+  const auto deadline = [] { return Clock::now() + std::chrono::seconds(5); };
+  bool timed_out = true;
+  CHECK((*tier)->ExistsPrefix(keys, deadline(), &timed_out) == 300);  // 32 + 128 + 140
+  CHECK_FALSE(timed_out);
+  // A gap in each batch: the count stops right before it.
+  for (uint32_t gap : {250u, 100u, 20u}) {
+    const std::string key = (*tier)->StoreKey(keys[gap]);
+    REQUIRE_OK((*tier)->cluster().Del({&key, 1}, deadline())[0]);
+    CHECK((*tier)->ExistsPrefix(keys, deadline(), &timed_out) == gap);
+  }
+  CacheStats st;
+  (*tier)->FillStats(&st);
+  // Keys asked about, whole batches: 32+128+140 three times, then 32+128, then 32.
+  CHECK(st.remote.lookups == 300 + 300 + 160 + 32);
+}
+
 TEST_CASE("Remote: two caches share a prefix through the cluster byte-exactly", "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);

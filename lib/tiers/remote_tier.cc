@@ -1,5 +1,6 @@
 #include "lib/tiers/remote_tier.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 #include <utility>
@@ -111,22 +112,28 @@ void RemoteTier::Forget(const BlockKey& key) {
 uint32_t RemoteTier::ExistsPrefix(std::span<const BlockKey> keys, Clock::time_point deadline,
                                   bool* timed_out) {
   *timed_out = false;
-  if (keys.empty()) return 0;
-  std::vector<std::string> store_keys;
-  store_keys.reserve(keys.size());
-  for (const BlockKey& k : keys) store_keys.push_back(StoreKey(k));
-  lookups_ += keys.size();
-  std::vector<absl::StatusOr<bool>> found = cluster_->Exists(store_keys, deadline);
+  // In growing batches (32, 128, then the rest): a prompt the store has little of costs one
+  // small round trip, one it has much of a few.
   uint32_t n = 0;
-  for (; n < found.size(); ++n) {
-    if (!found[n].ok()) {
-      *timed_out = found[n].status().code() == absl::StatusCode::kDeadlineExceeded;
-      if (*timed_out) lookup_timeouts_++;
-      break;
-    }
-    if (!*found[n]) {
-      Forget(keys[n]);  // evicted or expired there: publish it again when it comes by
-      break;
+  size_t batch = 32;
+  std::vector<std::string> store_keys;
+  while (n < keys.size()) {
+    const std::span<const BlockKey> part = keys.subspan(n, std::min(batch, keys.size() - n));
+    batch *= 4;
+    store_keys.clear();
+    for (const BlockKey& k : part) store_keys.push_back(StoreKey(k));
+    lookups_ += part.size();
+    std::vector<absl::StatusOr<bool>> found = cluster_->Exists(store_keys, deadline);
+    for (size_t i = 0; i < part.size(); ++i, ++n) {
+      if (!found[i].ok()) {
+        *timed_out = found[i].status().code() == absl::StatusCode::kDeadlineExceeded;
+        if (*timed_out) lookup_timeouts_++;
+        return n;
+      }
+      if (!*found[i]) {
+        Forget(part[i]);  // evicted or expired there: publish it again when it comes by
+        return n;
+      }
     }
   }
   return n;
