@@ -6,8 +6,8 @@
 #   examples/local_redis_cluster.sh stop DIR              # kills the nodes, removes DIR
 #
 # Each node runs daemonized in DIR/nodeI (cluster-enabled, no persistence) on free ports (the
-# cluster bus takes port + 10000 too); `start` returns once every node reports cluster_state:ok,
-# and on any failure stops what it started and exits non-zero with the nodes' logs.
+# cluster bus takes port + 10000 too); `start` returns once every node reports cluster_state:ok.
+# A failed attempt stops what it started and shows the nodes' logs; after three, it exits 1.
 set -euo pipefail
 
 usage() { echo "usage: $0 start DIR [MASTERS] | stop DIR" >&2; exit 2; }
@@ -34,17 +34,16 @@ wait_for() {
   done
 }
 
+# Reports why a start attempt failed (with the nodes' output and logs) and stops its nodes.
 fail() {
   echo "local_redis_cluster: $1" >&2
-  cat "$dir"/node*/redis.log "$dir/create.log" 2>/dev/null >&2 || true
+  cat "$dir"/node*/stdout "$dir"/node*/redis.log "$dir/create.log" 2>/dev/null >&2 || true
   stop
-  exit 1
+  return 1
 }
 
-start() {
-  for tool in redis-server redis-cli; do
-    command -v "$tool" >/dev/null || { echo "local_redis_cluster: $tool not found (apt-get install redis-server redis-tools)" >&2; exit 1; }
-  done
+# One attempt on freshly chosen ports.
+start_once() {
   mkdir -p "$dir"
   # A port is free when nothing answers on it.
   in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -52,25 +51,41 @@ start() {
   for ((p = base; ${#ports[@]} < masters && p < base + 2000; ++p)); do
     if ! in_use "$p" && ! in_use $((p + 10000)); then ports+=("$p"); fi
   done
-  [[ ${#ports[@]} -eq $masters ]] || fail "no free ports near $base"
+  [[ ${#ports[@]} -eq $masters ]] || { fail "no free ports near $base"; return 1; }
   for ((i = 0; i < masters; ++i)); do
     mkdir -p "$dir/node$i"
     redis-server --port "${ports[$i]}" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file nodes.conf --cluster-node-timeout 2000 --appendonly no --save '' \
       --dir "$dir/node$i" --daemonize yes --pidfile "$dir/node$i/redis.pid" \
-      --logfile "$dir/node$i/redis.log" >/dev/null
+      --logfile "$dir/node$i/redis.log" >"$dir/node$i/stdout" 2>&1 ||
+      { fail "redis-server on ${ports[$i]} failed"; return 1; }
     nodes+=("127.0.0.1:${ports[$i]}")
   done
   for p in "${ports[@]}"; do
-    wait_for 10 bash -c "[[ \$(redis-cli -p $p ping) == PONG ]]" || fail "redis-server on $p did not start"
+    wait_for 10 bash -c "[[ \$(redis-cli -p $p ping) == PONG ]]" ||
+      { fail "redis-server on $p did not start"; return 1; }
   done
   redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 ||
-    fail "redis-cli --cluster create failed"
+    { fail "redis-cli --cluster create failed"; return 1; }
   for p in "${ports[@]}"; do
     wait_for 20 bash -c "redis-cli -p $p cluster info | grep -q '^cluster_state:ok'" ||
-      fail "the cluster did not reach cluster_state:ok"
+      { fail "the cluster did not reach cluster_state:ok"; return 1; }
   done
   (IFS=,; echo "${nodes[*]}")
+}
+
+# A port chosen free can be taken before redis-server binds it (ephemeral client ports, other
+# clusters starting): try again on other ports.
+start() {
+  for tool in redis-server redis-cli; do
+    command -v "$tool" >/dev/null || { echo "local_redis_cluster: $tool not found (apt-get install redis-server redis-tools)" >&2; exit 1; }
+  done
+  local attempt
+  for attempt in 1 2 3; do
+    start_once && return 0
+    echo "local_redis_cluster: attempt $attempt failed" >&2
+  done
+  exit 1
 }
 
 case $cmd in
