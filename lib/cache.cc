@@ -110,8 +110,9 @@ class CacheCore {
   }
 
   // Waits for every demotion in flight: device-to-host copies (and the index updates they make),
-  // remote publications, then host-to-disk write-backs, whichever call started them. Until a write-back ends, its disk
-  // slot is Filling, so a full disk has no victim and the prefix rule protects the parents above.
+  // remote publications, then host-to-disk write-backs, whichever call started them. Until a
+  // write-back ends, its disk slot is Filling, so a full disk has no victim and the prefix rule
+  // protects the parents above.
   void DrainDemotions() {
     DrainDeviceToHost();
     // Remote publications the copies just queued hold their host copies pinned until the payload
@@ -434,8 +435,8 @@ class CacheCore {
   uint32_t MatchRemote(std::span<const BlockKey> keys) {
     if (remote_ == nullptr || keys.empty()) return 0;
     bool timed_out = false;
-    const auto deadline = RemoteTier::Clock::now() +
-                          std::chrono::microseconds(options_.remote.match_budget_us);
+    const auto deadline =
+        RemoteTier::Clock::now() + std::chrono::microseconds(options_.remote.match_budget_us);
     return remote_->ExistsPrefix(keys, deadline, &timed_out);
   }
   bool has_remote() const { return remote_ != nullptr; }
@@ -544,7 +545,7 @@ class CacheCore {
   const bool metadata_only_;  // no bytes move: every copy completes when enqueued
   std::unique_ptr<Device> device_;
   std::unique_ptr<HostPool> host_;
-  std::unique_ptr<DiskTier> disk_;  // null without a disk tier (or when metadata-only)
+  std::unique_ptr<DiskTier> disk_;      // null without a disk tier (or when metadata-only)
   std::unique_ptr<RemoteTier> remote_;  // null without a remote tier
   const bool publish_on_demotion_;      // remote write-through: publish what reaches the host
   std::vector<std::vector<SegmentAt>> layers_;
@@ -791,8 +792,8 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
         .cluster = {.seeds = absl::StrSplit(r.nodes, ',', absl::SkipWhitespace()),
                     .password = r.password,
                     .connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms)},
-        .name_space = absl::StrCat(r.scope, ".",
-                                   absl::Hex(options.layout.Fingerprint(), absl::kZeroPad16)),
+        .name_space =
+            absl::StrCat(r.scope, ".", absl::Hex(options.layout.Fingerprint(), absl::kZeroPad16)),
         .block_bytes = block,
         .layout_fingerprint = options.layout.Fingerprint(),
         .ttl_seconds = r.ttl_seconds,

@@ -64,14 +64,13 @@ absl::Status Options::Validate() const {
           "Options.remote: the remote tier stores bytes; backend kMetadataOnly moves none");
     }
     if (remote.scope.empty() || remote.scope.find_first_of(": \t\r\n") != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Options.remote.scope: '", remote.scope, "' must be non-empty, without ':' or spaces"));
+      return absl::InvalidArgumentError(absl::StrCat("Options.remote.scope: '", remote.scope,
+                                                     "' must be non-empty, without ':' or spaces"));
     }
     if (remote.publish != RemotePublish::kWriteThrough &&
         remote.publish != RemotePublish::kWriteBack) {
-      return absl::InvalidArgumentError(absl::StrCat("Options.remote.publish: ",
-                                                     static_cast<int>(remote.publish),
-                                                     " is not a RemotePublish"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Options.remote.publish: ", static_cast<int>(remote.publish), " is not a RemotePublish"));
     }
     if (remote.timeout_ms == 0 || remote.connect_timeout_ms == 0) {
       return absl::InvalidArgumentError(

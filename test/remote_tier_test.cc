@@ -2,21 +2,22 @@
 // RemoteTier's value format and verification, then two Caches ("engines on two machines")
 // sharing prefixes through the cluster byte-exactly, namespaces, publication modes, corrupt and
 // vanished values, a dead master, and bad configuration.
+#include "lib/tiers/remote_tier.h"
+
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <future>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "lib/tiers/redis_cluster.h"
-#include "lib/tiers/remote_tier.h"
 #include "test/util/redis_cluster_fixture.h"
 #include "test/util/test_util.h"
 
@@ -43,12 +44,12 @@ LocalRedisCluster* SharedCluster() {
   return cluster.get();
 }
 
-#define SKIP_WITHOUT_REDIS(cluster)                                    \
-  if ((cluster) == nullptr) {                                          \
-    std::string why_;                                                  \
-    LocalRedisCluster::Available(&why_);                               \
+#define SKIP_WITHOUT_REDIS(cluster)                                          \
+  if ((cluster) == nullptr) {                                                \
+    std::string why_;                                                        \
+    LocalRedisCluster::Available(&why_);                                     \
     WARN("skipped: no redis-server to run a cluster with (" << why_ << ")"); \
-    return;                                                            \
+    return;                                                                  \
   }
 
 std::string Nodes(const LocalRedisCluster& c) {
@@ -171,10 +172,10 @@ TEST_CASE("RemoteTier: blocks round-trip byte-exact; missing and corrupt values 
       REQUIRE(v->has_value());
       values.push_back(**v);
     }
-    values[0][values[0].size() - 100] ^= 0x01;                            // one payload bit
-    values[1] = *rc.Get({&store_keys[2], 1}, deadline)[0].value();        // another block's value
-    values[2].resize(values[2].size() - 1);                               // torn
-    values[3][20] ^= 0x40;                                                // the header
+    values[0][values[0].size() - 100] ^= 0x01;                      // one payload bit
+    values[1] = *rc.Get({&store_keys[2], 1}, deadline)[0].value();  // another block's value
+    values[2].resize(values[2].size() - 1);                         // torn
+    values[3][20] ^= 0x40;                                          // the header
     std::vector<std::string_view> views(values.begin(), values.end());
     for (const absl::Status& s : rc.Set(store_keys, views, 0, deadline)) REQUIRE_OK(s);
     std::vector<std::vector<uint8_t>> dst(4, std::vector<uint8_t>(kBytes, 0xEE));
@@ -205,8 +206,7 @@ TEST_CASE("RemoteTier: blocks round-trip byte-exact; missing and corrupt values 
   }
 }
 
-TEST_CASE("RemoteTier: ExistsPrefix follows a long prefix across its growing batches",
-          "[remote]") {
+TEST_CASE("RemoteTier: ExistsPrefix follows a long prefix across its growing batches", "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);
   auto tier = RemoteTier::Open(TierConfig(*cluster, 64));
@@ -364,8 +364,8 @@ TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss; the cac
   REQUIRE(match->size() == keys.size());
   auto remote = RemoteTier::Open(
       {.cluster = {.seeds = cluster->nodes()},
-       .name_space = scope + "." + absl::StrCat(absl::Hex(kv_a.layout().Fingerprint(),
-                                                          absl::kZeroPad16)),
+       .name_space =
+           scope + "." + absl::StrCat(absl::Hex(kv_a.layout().Fingerprint(), absl::kZeroPad16)),
        .block_bytes = kv_a.layout().block_bytes(),
        .layout_fingerprint = kv_a.layout().Fingerprint()});
   REQUIRE_OK(remote);

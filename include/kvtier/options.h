@@ -118,7 +118,7 @@ struct Options {
   CudaOptions cuda;  // used when the backend is CUDA
   DeviceTierOptions device;
   HostTierOptions host;
-  DiskTierOptions disk;  // needs the host tier: disk reads and writes go through host slots
+  DiskTierOptions disk;      // needs the host tier: disk reads and writes go through host slots
   RemoteTierOptions remote;  // needs the host tier, as the disk tier does
   // A device victim with no host copy is copied to the host tier before its slot is reused
   // (write-back). False drops it instead: cheaper eviction, fewer hits.

@@ -125,13 +125,13 @@ struct CacheStats {
   uint64_t transfers_in_flight = 0;    // gauge: Load transfers whose copies have not finished
 
   // Latencies, one sample per operation, whatever its outcome:
-  LatencyHistogram load_latency;        // Load() call to its Transfer finishing (0 blocks to copy:
-                                        // the time Load() took)
-  LatencyHistogram demotion_latency;    // a batch of device-to-host copies (one call's write-back
-                                        // or write-through): enqueued to copied
-  LatencyHistogram disk_write_latency;  // one block's disk write: submitted to completed
-  LatencyHistogram disk_read_latency;   // one block's disk read: submitted to read and verified
-  LatencyHistogram remote_read_latency;   // one Load()'s remote reads (one pipelined batch)
+  LatencyHistogram load_latency;         // Load() call to its Transfer finishing (0 blocks to copy:
+                                         // the time Load() took)
+  LatencyHistogram demotion_latency;     // a batch of device-to-host copies (one call's write-back
+                                         // or write-through): enqueued to copied
+  LatencyHistogram disk_write_latency;   // one block's disk write: submitted to completed
+  LatencyHistogram disk_read_latency;    // one block's disk read: submitted to read and verified
+  LatencyHistogram remote_read_latency;  // one Load()'s remote reads (one pipelined batch)
   LatencyHistogram remote_write_latency;  // one batch of remote writes (publications)
 
   // Fraction of queried blocks that Match() found in some tier; 0 when nothing was queried.

@@ -24,10 +24,10 @@ inline constexpr uint32_t kBlockHeaderVersion = 1;
 
 struct BlockHeader {
   BlockKey key, parent;
-  uint64_t fingerprint = 0;    // the layout's (BlockLayout::Fingerprint)
+  uint64_t fingerprint = 0;  // the layout's (BlockLayout::Fingerprint)
   uint64_t payload_bytes = 0;
-  uint64_t payload_hash = 0;   // PayloadHash of the payload
-  uint64_t sequence = 0;       // the writer's own use (the disk tier: write order)
+  uint64_t payload_hash = 0;  // PayloadHash of the payload
+  uint64_t sequence = 0;      // the writer's own use (the disk tier: write order)
 };
 
 // XXH3-64 of a payload, with the widest vector unit the CPU has (libxxhash's runtime dispatch on

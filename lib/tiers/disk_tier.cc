@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
-
 #include <xxhash.h>
 
 #include <cerrno>
@@ -216,11 +215,11 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
   }
   auto* base = static_cast<uint8_t*>(host_slot);
   const BlockHeader tr{.key = key,
-                   .parent = parent,
-                   .fingerprint = config_.layout_fingerprint,
-                   .payload_bytes = config_.block_bytes,
-                   .payload_hash = PayloadHash(base, config_.block_bytes),
-                   .sequence = sequence_.fetch_add(1)};
+                       .parent = parent,
+                       .fingerprint = config_.layout_fingerprint,
+                       .payload_bytes = config_.block_bytes,
+                       .payload_hash = PayloadHash(base, config_.block_bytes),
+                       .sequence = sequence_.fetch_add(1)};
   std::memset(base + config_.block_bytes, 0, padded_payload_ - config_.block_bytes);
   EncodeBlockHeader(tr, alignment_, base + padded_payload_);
   writes_++;
@@ -252,8 +251,8 @@ absl::Status DiskTier::Read(SlotId slot, const BlockKey& key, void* host_slot,
         }
         const auto* base = static_cast<const uint8_t*>(host_slot);
         BlockHeader tr;
-        const bool ok = DecodeBlockHeader(base + padded_payload_, alignment_, &tr) && tr.key == key &&
-                        tr.fingerprint == config_.layout_fingerprint &&
+        const bool ok = DecodeBlockHeader(base + padded_payload_, alignment_, &tr) &&
+                        tr.key == key && tr.fingerprint == config_.layout_fingerprint &&
                         tr.payload_bytes == config_.block_bytes &&
                         tr.payload_hash == PayloadHash(base, config_.block_bytes);
         read_latency_.RecordSince(start);

@@ -45,14 +45,14 @@ struct RedisClusterConfig {
 };
 
 struct RedisClusterStats {
-  uint64_t commands = 0;         // commands sent (ASKING and topology queries excluded)
-  uint64_t moved = 0;            // MOVED replies followed
-  uint64_t ask = 0;              // ASK replies followed
+  uint64_t commands = 0;  // commands sent (ASKING and topology queries excluded)
+  uint64_t moved = 0;     // MOVED replies followed
+  uint64_t ask = 0;       // ASK replies followed
   uint64_t topology_refreshes = 0;
-  uint64_t connects = 0;         // connections opened
+  uint64_t connects = 0;  // connections opened
   uint64_t connect_failures = 0;
-  uint64_t timeouts = 0;         // node pipelines that ran past their deadline
-  uint64_t errors = 0;           // per-key failures of any other kind (I/O, protocol, server)
+  uint64_t timeouts = 0;  // node pipelines that ran past their deadline
+  uint64_t errors = 0;    // per-key failures of any other kind (I/O, protocol, server)
 };
 
 class RedisCluster {

@@ -157,7 +157,8 @@ void RemoteTier::ReadAsync(std::vector<Read> reads, std::function<void()> before
       } else if (!values[i]->has_value()) {
         read_misses_++;
         Forget(reads[i].key);
-        s = absl::NotFoundError(absl::StrCat("RemoteTier: ", store_keys[i], " is not in the store"));
+        s = absl::NotFoundError(
+            absl::StrCat("RemoteTier: ", store_keys[i], " is not in the store"));
       } else {
         const std::string& v = **values[i];
         const auto* bytes = reinterpret_cast<const uint8_t*>(v.data());

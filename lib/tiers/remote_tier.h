@@ -116,9 +116,9 @@ class RemoteTier {
   absl::flat_hash_set<BlockKey> known_ ABSL_GUARDED_BY(known_mu_);
   std::deque<BlockKey> known_order_ ABSL_GUARDED_BY(known_mu_);  // oldest first, for the bound
 
-  std::atomic<uint64_t> lookups_{0}, lookup_timeouts_{0}, reads_{0}, read_misses_{0}, corrupt_reads_{0},
-      read_errors_{0}, writes_{0}, write_errors_{0}, writes_skipped_{0}, bytes_read_{0},
-      bytes_written_{0};
+  std::atomic<uint64_t> lookups_{0}, lookup_timeouts_{0}, reads_{0}, read_misses_{0},
+      corrupt_reads_{0}, read_errors_{0}, writes_{0}, write_errors_{0}, writes_skipped_{0},
+      bytes_read_{0}, bytes_written_{0};
   AtomicHistogram read_latency_, write_latency_;
 };
 
