@@ -7,11 +7,11 @@
 // Cluster: the one named by $KVTIER_BENCH_REDIS_SEEDS ("host:port,host:port"; the script's), else
 // a 3-master LocalRedisCluster started here (needs redis-server and redis-cli; skipped without).
 //
-// Batches of 16 MiB and more run ~10x slower than smaller ones on a VM where page faults are
-// dear: glibc hands the freed replies' memory back to the kernel after each batch and the next
-// one faults it in again (GLIBC_TUNABLES=glibc.malloc.trim_threshold=1073741824:
-// glibc.malloc.mmap_threshold=33554432 removes the cliff). Replies written straight into the
-// caller's buffers (hiredis reply functions) would avoid it.
+// BM_RemoteGet reads with GetInto (values copied once, from the connection's buffer into the
+// caller's, as the remote tier reads into host slots); BM_RemoteSet sends values from the
+// caller's memory. Neither allocates per value: with per-reply allocations, glibc handed large
+// freed replies back to the kernel after each batch and the next one faulted them in again
+// (7-15x slower for 256 KiB values on this VM).
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -105,9 +105,13 @@ void BM_RemoteGet(benchmark::State& state) {
   for (const absl::Status& s : r.client->Set(keys, values, 0, Deadline())) {
     if (!s.ok()) return state.SkipWithError(s.ToString().c_str());
   }
+  // Into the caller's buffers, as the remote tier reads blocks into host slots.
+  std::vector<std::string> dst(keys.size(), std::string(static_cast<size_t>(bytes), '\0'));
+  std::vector<RedisCluster::ReadTarget> targets;
+  for (std::string& d : dst) targets.push_back({.body = d.data(), .body_len = d.size()});
   for (auto _ : state) {
-    for (const auto& got : r.client->Get(keys, Deadline())) {
-      if (!got.ok() || !got->has_value() || (*got)->size() != value.size()) {
+    for (const auto& got : r.client->GetInto(keys, targets, Deadline())) {
+      if (!got.ok() || !got->has_value() || **got != value.size()) {
         return state.SkipWithError(got.ok() ? "GET: missing or short value"
                                             : got.status().ToString().c_str());
       }

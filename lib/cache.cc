@@ -116,7 +116,7 @@ class CacheCore {
   void DrainDemotions() {
     DrainDeviceToHost();
     // Remote publications the copies just queued hold their host copies pinned until the payload
-    // is copied out: a host full of them has no victim for the next attempt either.
+    // is sent: a host full of them has no victim for the next attempt either.
     if (remote_ != nullptr) remote_->Drain();
     std::vector<std::shared_ptr<HostEvent>> writes;
     {
@@ -267,7 +267,7 @@ class CacheCore {
   }
 
   // Remote write-through: publishes host copies the index io-pinned, and unpins them once their
-  // bytes are copied out.
+  // bytes are sent (the payload goes to the network from the host slot itself).
   void PublishPinned(std::vector<RemoteWrite> pinned) {
     std::vector<RemoteTier::Write> writes;
     for (const RemoteWrite& w : pinned) {
@@ -280,7 +280,7 @@ class CacheCore {
   }
 
   // Starts the remote write-backs of host victims the last index call decided: each victim's slot
-  // was handed on, and its next user waits (host_busy_) until the victim's bytes are copied out.
+  // was handed on, and its next user waits (host_busy_) until the victim's bytes are sent.
   void StartRemoteWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     std::vector<RemoteWrite> victims = index_.TakeRemoteWritesLocked();
     if (victims.empty() || remote_ == nullptr) return;

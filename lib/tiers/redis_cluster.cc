@@ -6,12 +6,15 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <climits>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -28,8 +31,11 @@ namespace {
 using Clock = RedisCluster::Clock;
 constexpr int kNumSlots = 16384;
 
+extern redisReply kSunkReply;
 struct ReplyDeleter {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
+  void operator()(redisReply* r) const {
+    if (r != &kSunkReply) freeReplyObject(r);
+  }
 };
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
@@ -135,15 +141,145 @@ absl::StatusOr<ReplyPtr> ReadReply(redisContext* c, absl::string_view addr,
   }
 }
 
-// The argv of one command; the strings it points into outlive it (keys, values, literals).
+// The argv of one command; the strings it points into outlive it (keys, values, literals). An
+// argument may be two parts sent back to back (a block's header and payload, from different
+// memory): nothing is copied to join them.
 struct Argv {
   std::vector<const char*> argv;
   std::vector<size_t> len;
-  void Add(std::string_view s) {
+  std::vector<std::string_view> tail;  // per argument: a second part ("" for most)
+  void Add(std::string_view s, std::string_view second = {}) {
     argv.push_back(s.data());
     len.push_back(s.size());
+    tail.push_back(second);
   }
 };
+
+// Commands framed in RESP for one writev() pipeline: small pieces (lengths, verbs, keys) are
+// copied into one buffer, large ones (values) are sent from the caller's memory as they are.
+class Frames {
+ public:
+  void Command(const Argv& a) {
+    Inline(absl::StrCat("*", a.argv.size(), "\r\n"));
+    for (size_t i = 0; i < a.argv.size(); ++i) {
+      Inline(absl::StrCat("$", a.len[i] + a.tail[i].size(), "\r\n"));
+      Data(std::string_view(a.argv[i], a.len[i]));
+      Data(a.tail[i]);
+      Inline("\r\n");
+    }
+  }
+  void Asking() { Inline("*1\r\n$6\r\nASKING\r\n"); }
+
+  // Writes everything, each writev() bounded by what is left of the deadline.
+  absl::Status Write(redisContext* c, absl::string_view addr, Clock::time_point deadline) {
+    std::vector<iovec> iov;
+    iov.reserve(pieces_.size());
+    for (const Piece& p : pieces_) {
+      const char* base = p.owned ? small_.data() + p.offset : p.data;
+      iov.push_back({const_cast<char*>(base), p.size});
+    }
+    size_t first = 0;
+    while (first < iov.size()) {
+      if (Clock::now() >= deadline || !SetSocketTimeout(c, SO_SNDTIMEO, deadline)) {
+        return IoError(c, addr, deadline, EAGAIN);
+      }
+      const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+      const ssize_t n = writev(c->fd, iov.data() + first, count);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return IoError(c, addr, deadline, errno);
+      }
+      // Skip what was written; a partial iovec keeps its rest.
+      size_t left = static_cast<size_t>(n);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left > 0) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  static constexpr size_t kInlineBelow = 4096;  // smaller data is copied, not pointed at
+  struct Piece {
+    bool owned;
+    size_t offset;  // into small_ when owned
+    const char* data;
+    size_t size;
+  };
+  void Inline(std::string_view s) {
+    if (!pieces_.empty() && pieces_.back().owned &&
+        pieces_.back().offset + pieces_.back().size == small_.size()) {
+      pieces_.back().size += s.size();  // extend the last owned piece
+    } else {
+      pieces_.push_back({true, small_.size(), nullptr, s.size()});
+    }
+    small_.append(s);
+  }
+  void Data(std::string_view s) {
+    if (s.size() < kInlineBelow) {
+      Inline(s);
+    } else {
+      pieces_.push_back({false, 0, s.data(), s.size()});
+    }
+  }
+  std::string small_;
+  std::vector<Piece> pieces_;
+};
+
+// Where a GET's value goes instead of a new reply object: its first head_len bytes to head, the
+// rest (up to body_len) to body. Set as the reader's privdata while that one reply is read.
+struct ReadSink {
+  RedisCluster::ReadTarget target;
+  size_t value_bytes = 0;  // the whole value's length
+  bool filled = false;
+};
+
+// The reply for a value that went to a ReadSink: a marker, never freed.
+redisReply kSunkReply = {.type = REDIS_REPLY_STRING};
+
+// hiredis' own reply functions, and ours, which divert a top-level bulk string into the reader's
+// ReadSink when it has one (so a large value is copied once, from the reader's buffer to its
+// destination, with no allocation on the way).
+const redisReplyObjectFunctions* g_default_functions = nullptr;
+
+void* CreateString(const redisReadTask* task, char* str, size_t len) {
+  auto* sink = static_cast<ReadSink*>(task->privdata);
+  if (sink != nullptr && task->type == REDIS_REPLY_STRING && task->parent == nullptr) {
+    const RedisCluster::ReadTarget& t = sink->target;
+    const size_t head = std::min(len, t.head_len);
+    if (head > 0) std::memcpy(t.head, str, head);
+    const size_t body = std::min(len - head, t.body_len);
+    if (body > 0) std::memcpy(t.body, str + head, body);
+    sink->value_bytes = len;
+    sink->filled = true;
+    return &kSunkReply;
+  }
+  return g_default_functions->createString(task, str, len);
+}
+void* CreateArray(const redisReadTask* task, int n) {
+  return g_default_functions->createArray(task, n);
+}
+void* CreateInteger(const redisReadTask* task, long long v) {  // NOLINT(runtime/int): hiredis'
+  return g_default_functions->createInteger(task, v);
+}
+void* CreateNil(const redisReadTask* task) { return g_default_functions->createNil(task); }
+void FreeObject(void* reply) {
+  if (reply != &kSunkReply) g_default_functions->freeObject(reply);
+}
+redisReplyObjectFunctions g_sink_functions = {CreateString, CreateArray, CreateInteger, CreateNil,
+                                              FreeObject};
+
+// A new connection's reader: keeps its buffer between replies (hiredis frees a large empty one,
+// and a big value's buffer would be allocated and faulted in again for every reply), and diverts
+// values into ReadSinks.
+void SetUpReader(redisContext* c) {
+  static std::once_flag once;
+  std::call_once(once, [&] { g_default_functions = c->reader->fn; });
+  c->reader->maxbuf = 0;
+  c->reader->fn = &g_sink_functions;
+}
 
 // "MOVED 3999 127.0.0.1:6381" / "ASK 3999 127.0.0.1:6381": the slot and the target.
 bool ParseRedirect(absl::string_view err, absl::string_view kind, int* slot, std::string* addr) {
@@ -253,6 +389,7 @@ struct RedisCluster::Impl {
       // command never waits for Nagle whatever the hiredis version.
       int one = 1;
       setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      SetUpReader(c.get());
       if (!config.password.empty()) st = Auth(c.get(), addr);
     }
     MutexLock lock(&mu);
@@ -412,9 +549,13 @@ struct RedisCluster::Impl {
   // Runs one command per key: groups them by node, writes every node's pipeline, then reads
   // each node's replies; MOVED/ASK send a key again (to the named node) in the next round. The
   // result per key is its reply (never an error reply) or the status it failed with.
+  // `targets` (empty, or one per key): where each key's GET value goes (its reply is then
+  // kSunkReply, with the value's length in `sunk`).
   std::vector<absl::StatusOr<ReplyPtr>> Run(std::span<const std::string> keys,
                                             absl::FunctionRef<void(size_t, Argv*)> build,
-                                            Clock::time_point deadline) {
+                                            Clock::time_point deadline,
+                                            std::span<const RedisCluster::ReadTarget> targets = {},
+                                            std::vector<size_t>* sunk = nullptr) {
     std::vector<absl::StatusOr<ReplyPtr>> out;
     out.reserve(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) out.emplace_back(absl::InternalError("not run"));
@@ -472,25 +613,14 @@ struct RedisCluster::Impl {
           refresh = true;
           continue;
         }
-        absl::Status st = absl::OkStatus();
+        Frames frames;
         for (const Op& op : group) {
-          if (op.asking) {
-            const char* asking_argv[] = {"ASKING"};
-            const size_t asking_len[] = {6};
-            if (redisAppendCommandArgv(c->get(), 1, asking_argv, asking_len) != REDIS_OK) {
-              st = absl::ResourceExhaustedError("RedisCluster: cannot queue ASKING");
-              break;
-            }
-          }
+          if (op.asking) frames.Asking();
           Argv a;
           build(op.index, &a);
-          if (redisAppendCommandArgv(c->get(), static_cast<int>(a.argv.size()), a.argv.data(),
-                                     a.len.data()) != REDIS_OK) {
-            st = absl::ResourceExhaustedError("RedisCluster: cannot queue a command");
-            break;
-          }
+          frames.Command(a);
         }
-        if (st.ok()) st = Flush(c->get(), addr, deadline);
+        absl::Status st = frames.Write(c->get(), addr, deadline);
         Bump(stats.commands, group.size());
         if (!st.ok()) {
           // The connection is dropped (c goes out of scope): replies would be out of step.
@@ -518,11 +648,18 @@ struct RedisCluster::Impl {
               break;
             }
           }
+          ReadSink sink;
+          if (!targets.empty()) {
+            sink.target = targets[op.index];
+            c->reader->privdata = &sink;
+          }
           absl::StatusOr<ReplyPtr> reply = ReadReply(c.get(), addr, deadline);
+          c->reader->privdata = nullptr;
           if (!reply.ok()) {
             st = reply.status();
             break;
           }
+          if (sink.filled && sunk != nullptr) (*sunk)[op.index] = sink.value_bytes;
           if ((*reply)->type != REDIS_REPLY_ERROR) {
             out[op.index] = std::move(reply);
             continue;
@@ -640,6 +777,40 @@ std::vector<absl::StatusOr<std::optional<std::string>>> RedisCluster::Get(
   return out;
 }
 
+std::vector<absl::StatusOr<std::optional<size_t>>> RedisCluster::GetInto(
+    std::span<const std::string> keys, std::span<const ReadTarget> targets,
+    Clock::time_point deadline) {
+  if (targets.size() != keys.size()) {
+    return std::vector<absl::StatusOr<std::optional<size_t>>>(
+        keys.size(), absl::InvalidArgumentError(absl::StrCat(
+                         "GetInto: ", targets.size(), " targets vs ", keys.size(), " keys")));
+  }
+  std::vector<size_t> sunk(keys.size(), 0);
+  auto replies = impl_->Run(
+      keys,
+      [&](size_t i, Argv* a) {
+        a->Add("GET");
+        a->Add(keys[i]);
+      },
+      deadline, targets, &sunk);
+  std::vector<absl::StatusOr<std::optional<size_t>>> out;
+  out.reserve(keys.size());
+  for (size_t i = 0; i < replies.size(); ++i) {
+    const auto& r = replies[i];
+    if (!r.ok()) {
+      out.push_back(r.status());
+    } else if ((*r)->type == REDIS_REPLY_NIL) {
+      out.push_back(std::optional<size_t>());
+    } else if (r->get() == &kSunkReply) {
+      out.push_back(std::optional<size_t>(sunk[i]));
+    } else {
+      out.push_back(absl::InternalError(
+          absl::StrCat("RedisCluster: GET reply type ", (*r)->type, " vs string or nil")));
+    }
+  }
+  return out;
+}
+
 std::vector<absl::StatusOr<bool>> RedisCluster::Exists(std::span<const std::string> keys,
                                                        Clock::time_point deadline) {
   auto replies = impl_->Run(
@@ -667,6 +838,15 @@ std::vector<absl::StatusOr<bool>> RedisCluster::Exists(std::span<const std::stri
 std::vector<absl::Status> RedisCluster::Set(std::span<const std::string> keys,
                                             std::span<const std::string_view> values,
                                             uint32_t ttl_seconds, Clock::time_point deadline) {
+  std::vector<ValueParts> parts;
+  parts.reserve(values.size());
+  for (std::string_view v : values) parts.push_back({v, {}});
+  return SetParts(keys, parts, ttl_seconds, deadline);
+}
+
+std::vector<absl::Status> RedisCluster::SetParts(std::span<const std::string> keys,
+                                                 std::span<const ValueParts> values,
+                                                 uint32_t ttl_seconds, Clock::time_point deadline) {
   if (values.size() != keys.size()) {
     return std::vector<absl::Status>(
         keys.size(), absl::InvalidArgumentError(absl::StrCat("Set: ", values.size(), " values vs ",
@@ -678,7 +858,7 @@ std::vector<absl::Status> RedisCluster::Set(std::span<const std::string> keys,
       [&](size_t i, Argv* a) {
         a->Add("SET");
         a->Add(keys[i]);
-        a->Add(values[i]);
+        a->Add(values[i].head, values[i].body);
         if (ttl_seconds > 0) {
           a->Add("EX");
           a->Add(ttl);

@@ -71,6 +71,20 @@ class RedisCluster {
   // GET of each key: nullopt for a missing key. `out[i]` is the reply for keys[i].
   std::vector<absl::StatusOr<std::optional<std::string>>> Get(std::span<const std::string> keys,
                                                               Clock::time_point deadline);
+  // Where GetInto puts a value: its first head_len bytes at head, the rest (up to body_len) at
+  // body. Bytes beyond head_len + body_len are not copied anywhere.
+  struct ReadTarget {
+    char* head = nullptr;
+    size_t head_len = 0;
+    char* body = nullptr;
+    size_t body_len = 0;
+  };
+  // GET of each key straight into caller memory (copied once, from the connection's buffer; no
+  // allocation per value): the value's whole length (compare it with what you expected: a
+  // longer or shorter value was only partly copied), or nullopt for a missing key.
+  std::vector<absl::StatusOr<std::optional<size_t>>> GetInto(std::span<const std::string> keys,
+                                                             std::span<const ReadTarget> targets,
+                                                             Clock::time_point deadline);
   // EXISTS of each key.
   std::vector<absl::StatusOr<bool>> Exists(std::span<const std::string> keys,
                                            Clock::time_point deadline);
@@ -78,6 +92,15 @@ class RedisCluster {
   std::vector<absl::Status> Set(std::span<const std::string> keys,
                                 std::span<const std::string_view> values, uint32_t ttl_seconds,
                                 Clock::time_point deadline);
+  // A value sent as two parts back to back (a header and a payload from different memory), with
+  // no copy to join them: values of 4 KiB and more are written from the caller's memory.
+  struct ValueParts {
+    std::string_view head;
+    std::string_view body;
+  };
+  std::vector<absl::Status> SetParts(std::span<const std::string> keys,
+                                     std::span<const ValueParts> values, uint32_t ttl_seconds,
+                                     Clock::time_point deadline);
   // DEL of each key (whether it existed is not reported).
   std::vector<absl::Status> Del(std::span<const std::string> keys, Clock::time_point deadline);
 

@@ -1,6 +1,7 @@
 #include "lib/tiers/remote_tier.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <string_view>
 #include <utility>
@@ -146,8 +147,18 @@ void RemoteTier::ReadAsync(std::vector<Read> reads, std::function<void()> before
     const uint64_t start = MonotonicNanos();
     std::vector<std::string> store_keys;
     store_keys.reserve(reads.size());
-    for (const Read& r : reads) store_keys.push_back(StoreKey(r.key));
-    auto values = cluster_->Get(store_keys, Clock::now() + config_.timeout);
+    // The header of each value lands here, its payload straight in the destination.
+    std::vector<std::array<uint8_t, kHeaderBytes>> headers(reads.size());
+    std::vector<RedisCluster::ReadTarget> targets;
+    targets.reserve(reads.size());
+    for (size_t i = 0; i < reads.size(); ++i) {
+      store_keys.push_back(StoreKey(reads[i].key));
+      targets.push_back({.head = reinterpret_cast<char*>(headers[i].data()),
+                         .head_len = kHeaderBytes,
+                         .body = static_cast<char*>(reads[i].dst),
+                         .body_len = config_.block_bytes});
+    }
+    auto values = cluster_->GetInto(store_keys, targets, Clock::now() + config_.timeout);
     read_latency_.RecordSince(start);
     for (size_t i = 0; i < reads.size(); ++i) {
       absl::Status s;
@@ -160,23 +171,21 @@ void RemoteTier::ReadAsync(std::vector<Read> reads, std::function<void()> before
         s = absl::NotFoundError(
             absl::StrCat("RemoteTier: ", store_keys[i], " is not in the store"));
       } else {
-        const std::string& v = **values[i];
-        const auto* bytes = reinterpret_cast<const uint8_t*>(v.data());
+        const size_t value_bytes = **values[i];
         BlockHeader h;
-        const bool ok = v.size() == kHeaderBytes + config_.block_bytes &&
-                        DecodeBlockHeader(bytes, kHeaderBytes, &h) && h.key == reads[i].key &&
-                        h.fingerprint == config_.layout_fingerprint &&
+        const bool ok = value_bytes == kHeaderBytes + config_.block_bytes &&
+                        DecodeBlockHeader(headers[i].data(), kHeaderBytes, &h) &&
+                        h.key == reads[i].key && h.fingerprint == config_.layout_fingerprint &&
                         h.payload_bytes == config_.block_bytes &&
-                        h.payload_hash == PayloadHash(bytes + kHeaderBytes, config_.block_bytes);
+                        h.payload_hash == PayloadHash(reads[i].dst, config_.block_bytes);
         if (ok) {
-          std::memcpy(reads[i].dst, bytes + kHeaderBytes, config_.block_bytes);
           reads_++;
           bytes_read_ += config_.block_bytes;
           Remember(reads[i].key);
         } else {
           corrupt_reads_++;
           Forget(reads[i].key);  // a good copy may be published over it
-          s = absl::DataLossError(absl::StrCat("RemoteTier: ", store_keys[i], " (", v.size(),
+          s = absl::DataLossError(absl::StrCat("RemoteTier: ", store_keys[i], " (", value_bytes,
                                                " bytes) does not hold the block intact"));
         }
       }
@@ -189,42 +198,45 @@ void RemoteTier::WriteAsync(std::vector<Write> writes, std::function<void()> don
   Submit([this, writes = std::move(writes), done = std::move(done)] {
     const uint64_t start = MonotonicNanos();
     std::vector<std::string> store_keys;
-    std::vector<std::string> values;
+    std::vector<std::array<uint8_t, kHeaderBytes>> headers;
     std::vector<const Write*> sent;
     for (const Write& w : writes) {
       if (Known(w.key)) {
         writes_skipped_++;
         continue;
       }
-      std::string v(kHeaderBytes + config_.block_bytes, '\0');
-      auto* bytes = reinterpret_cast<uint8_t*>(v.data());
-      std::memcpy(bytes + kHeaderBytes, w.src, config_.block_bytes);
+      headers.emplace_back();
       EncodeBlockHeader({.key = w.key,
                          .parent = w.parent,
                          .fingerprint = config_.layout_fingerprint,
                          .payload_bytes = config_.block_bytes,
-                         .payload_hash = PayloadHash(bytes + kHeaderBytes, config_.block_bytes)},
-                        kHeaderBytes, bytes);
+                         .payload_hash = PayloadHash(w.src, config_.block_bytes)},
+                        kHeaderBytes, headers.back().data());
       store_keys.push_back(StoreKey(w.key));
-      values.push_back(std::move(v));
       sent.push_back(&w);
     }
-    // The payloads are copied: the sources are free again.
-    if (done) done();
-    if (sent.empty()) return;
-    std::vector<std::string_view> views(values.begin(), values.end());
-    std::vector<absl::Status> results =
-        cluster_->Set(store_keys, views, config_.ttl_seconds, Clock::now() + config_.timeout);
-    for (size_t i = 0; i < sent.size(); ++i) {
-      if (results[i].ok()) {
-        writes_++;
-        bytes_written_ += config_.block_bytes;
-        Remember(sent[i]->key);
-      } else {
-        write_errors_++;
+    if (!sent.empty()) {
+      // Header and payload go out back to back, the payload from the source itself.
+      std::vector<RedisCluster::ValueParts> values;
+      for (size_t i = 0; i < sent.size(); ++i) {
+        values.push_back(
+            {std::string_view(reinterpret_cast<const char*>(headers[i].data()), kHeaderBytes),
+             std::string_view(static_cast<const char*>(sent[i]->src), config_.block_bytes)});
       }
+      std::vector<absl::Status> results = cluster_->SetParts(
+          store_keys, values, config_.ttl_seconds, Clock::now() + config_.timeout);
+      for (size_t i = 0; i < sent.size(); ++i) {
+        if (results[i].ok()) {
+          writes_++;
+          bytes_written_ += config_.block_bytes;
+          Remember(sent[i]->key);
+        } else {
+          write_errors_++;
+        }
+      }
+      write_latency_.RecordSince(start);
     }
-    write_latency_.RecordSince(start);
+    if (done) done();  // the sources are free again
   });
 }
 

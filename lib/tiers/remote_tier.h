@@ -80,8 +80,9 @@ class RemoteTier {
     BlockKey parent;
     const void* src = nullptr;  // block_bytes of payload, readable until done runs
   };
-  // Publishes the blocks this tier does not already know to be there (one pipelined batch), then
-  // calls done() once: the sources may be reused from then on.
+  // Publishes the blocks this tier does not already know to be there (one pipelined batch; each
+  // payload is sent from `src` itself, not copied), then calls done() once: the sources may be
+  // reused from then on.
   void WriteAsync(std::vector<Write> writes, std::function<void()> done);
 
   // Waits until every job queued so far has ended (its callback run).
