@@ -79,46 +79,67 @@ RedisCluster::Clock::time_point Deadline() {
   return RedisCluster::Clock::now() + std::chrono::seconds(30);
 }
 
-void BM_RemoteSet(benchmark::State& state) {
+// One benchmark point: its client, `batch` keys and one value of `bytes` for each.
+struct Point {
+  RedisCluster* client = nullptr;
+  int64_t bytes = 0, batch = 0;
+  std::vector<std::string> keys;
+  std::string value;
+  std::vector<std::string_view> values;
+};
+
+// Fills *p in place (its values point into its value); false when the state was skipped.
+bool Setup(benchmark::State& state, Point* p) {
   Remote& r = GetRemote();
-  if (r.client == nullptr) return state.SkipWithError(("no Redis Cluster: " + r.error).c_str());
-  const int64_t bytes = state.range(0), batch = state.range(1);
-  const std::vector<std::string> keys = Keys(bytes, batch);
-  const std::string value(static_cast<size_t>(bytes), 'k');
-  const std::vector<std::string_view> values(keys.size(), value);
+  if (r.client == nullptr) {
+    state.SkipWithError(("no Redis Cluster: " + r.error).c_str());
+    return false;
+  }
+  p->client = r.client.get();
+  p->bytes = state.range(0);
+  p->batch = state.range(1);
+  p->keys = Keys(p->bytes, p->batch);
+  p->value.assign(static_cast<size_t>(p->bytes), 'k');
+  p->values.assign(p->keys.size(), p->value);
+  return true;
+}
+
+// Counts value bytes and values.
+void Count(benchmark::State& state, const Point& p) {
+  state.SetBytesProcessed(state.iterations() * p.batch * p.bytes);
+  state.SetItemsProcessed(state.iterations() * p.batch);
+}
+
+void BM_RemoteSet(benchmark::State& state) {
+  Point p;
+  if (!Setup(state, &p)) return;
   for (auto _ : state) {
-    for (const absl::Status& s : r.client->Set(keys, values, 0, Deadline())) {
+    for (const absl::Status& s : p.client->Set(p.keys, p.values, 0, Deadline())) {
       if (!s.ok()) return state.SkipWithError(s.ToString().c_str());
     }
   }
-  state.SetBytesProcessed(state.iterations() * batch * bytes);
-  state.SetItemsProcessed(state.iterations() * batch);
+  Count(state, p);
 }
 
 void BM_RemoteGet(benchmark::State& state) {
-  Remote& r = GetRemote();
-  if (r.client == nullptr) return state.SkipWithError(("no Redis Cluster: " + r.error).c_str());
-  const int64_t bytes = state.range(0), batch = state.range(1);
-  const std::vector<std::string> keys = Keys(bytes, batch);
-  const std::string value(static_cast<size_t>(bytes), 'k');
-  const std::vector<std::string_view> values(keys.size(), value);
-  for (const absl::Status& s : r.client->Set(keys, values, 0, Deadline())) {
+  Point p;
+  if (!Setup(state, &p)) return;
+  for (const absl::Status& s : p.client->Set(p.keys, p.values, 0, Deadline())) {
     if (!s.ok()) return state.SkipWithError(s.ToString().c_str());
   }
   // Into the caller's buffers, as the remote tier reads blocks into host slots.
-  std::vector<std::string> dst(keys.size(), std::string(static_cast<size_t>(bytes), '\0'));
+  std::vector<std::string> dst(p.keys.size(), std::string(p.value.size(), '\0'));
   std::vector<RedisCluster::ReadTarget> targets;
   for (std::string& d : dst) targets.push_back({.body = d.data(), .body_len = d.size()});
   for (auto _ : state) {
-    for (const auto& got : r.client->GetInto(keys, targets, Deadline())) {
-      if (!got.ok() || !got->has_value() || **got != value.size()) {
+    for (const auto& got : p.client->GetInto(p.keys, targets, Deadline())) {
+      if (!got.ok() || !got->has_value() || **got != p.value.size()) {
         return state.SkipWithError(got.ok() ? "GET: missing or short value"
                                             : got.status().ToString().c_str());
       }
     }
   }
-  state.SetBytesProcessed(state.iterations() * batch * bytes);
-  state.SetItemsProcessed(state.iterations() * batch);
+  Count(state, p);
 }
 
 void RemoteArgs(benchmark::internal::Benchmark* b) {
