@@ -106,7 +106,7 @@ TEST_CASE("Cache: evicted blocks are written back to host and promoted back byte
   REQUIRE_OK((*cache)->CheckInvariants());
 }
 
-TEST_CASE("Cache: write-through copies committed blocks to host; no write-back means drops",
+TEST_CASE("Cache: write-through copies committed blocks to host, no write-back means drops",
           "[cache]") {
   EngineKv kv({.num_slots = 4});
   SECTION("write-through: later eviction needs no copy") {
@@ -139,7 +139,7 @@ TEST_CASE("Cache: write-through copies committed blocks to host; no write-back m
   }
 }
 
-TEST_CASE("Cache: sequences sharing a prefix share its blocks; Grow extends a lease", "[cache]") {
+TEST_CASE("Cache: sequences sharing a prefix share its blocks, Grow extends a lease", "[cache]") {
   EngineKv kv({.num_slots = 16});
   auto cache = Cache::Create(test::MakeOptions(kv, 16));
   REQUIRE_OK(cache);
@@ -174,7 +174,7 @@ TEST_CASE("Cache: sequences sharing a prefix share its blocks; Grow extends a le
   CHECK(m->size() == kl->size());
 }
 
-TEST_CASE("Cache bad input: unknown keys miss; a root key is rejected", "[cache][bad_input]") {
+TEST_CASE("Cache bad input: unknown keys miss, a root key is rejected", "[cache][bad_input]") {
   EngineKv kv;
   auto cache = Cache::Create(test::MakeOptions(kv, 8));
   REQUIRE_OK(cache);

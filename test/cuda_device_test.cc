@@ -197,7 +197,7 @@ TEST_CASE("CudaDevice: kCuda on memory that is not a GPU's is refused with a rea
   CHECK(cache.status().message().find("backend kCuda") != absl::string_view::npos);
 }
 
-TEST_CASE("CudaDevice: kAuto on host memory stays emulated; LayerReady is kUnimplemented there",
+TEST_CASE("CudaDevice: kAuto on host memory stays emulated, LayerReady is kUnimplemented there",
           "[cuda]") {
   test::EngineKv host_kv;
   Options options = test::MakeOptions(host_kv, 8);

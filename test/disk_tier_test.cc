@@ -165,7 +165,7 @@ TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers
   CHECK_FALSE(fs::exists(dir.path / "manifest"));  // trusted once
 }
 
-TEST_CASE("DiskTier: without a manifest the trailers are scanned; bad ones are dropped", "[disk]") {
+TEST_CASE("DiskTier: without a manifest the trailers are scanned, bad ones are dropped", "[disk]") {
   TempDir dir;
   const uint32_t align = Align(dir.path);
   HostSlots host(1, align);

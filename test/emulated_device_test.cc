@@ -82,7 +82,7 @@ TEST_CASE("EmulatedDevice: an injected copy failure reaches the next callback, o
   CHECK(dst == src);
 }
 
-TEST_CASE("EmulatedDevice: Synchronize drains every stream; host memory is page-aligned",
+TEST_CASE("EmulatedDevice: Synchronize drains every stream, host memory is page-aligned",
           "[device]") {
   EmulatedDevice dev;
   std::atomic<int> done{0};  // the two streams' callbacks run on two threads

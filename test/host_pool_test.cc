@@ -26,7 +26,7 @@ TEST_CASE("HostPool: slots are disjoint, page-aligned at the base, and hold what
   }
 }
 
-TEST_CASE("HostPool: an empty pool is allowed; an overflowing size is rejected", "[host_pool]") {
+TEST_CASE("HostPool: an empty pool is allowed, an overflowing size is rejected", "[host_pool]") {
   EmulatedDevice dev;
   auto empty = HostPool::Create(&dev, 0, 4096);
   REQUIRE_OK(empty);

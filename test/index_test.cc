@@ -35,7 +35,7 @@ struct Fixture {
   Index index;
 };
 
-TEST_CASE("Index: commit makes pinned Ready residencies; release unpins them", "[index]")
+TEST_CASE("Index: commit makes pinned Ready residencies, release unpins them", "[index]")
 ABSL_NO_THREAD_SAFETY_ANALYSIS {
   Fixture f(8);
   MutexLock lock(&f.index.mu());
@@ -214,7 +214,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   f.Check();
 }
 
-TEST_CASE("Index: restored disk blocks are added parents first; orphans are left out", "[index]")
+TEST_CASE("Index: restored disk blocks are added parents first, orphans are left out", "[index]")
 ABSL_NO_THREAD_SAFETY_ANALYSIS {
   Fixture f(4, /*host=*/4, /*disk=*/16);
   MutexLock lock(&f.index.mu());

@@ -36,7 +36,7 @@ SlotId EvictAndReuse(EvictionPolicy& p, uint64_t new_id) {
   return *v;
 }
 
-TEST_CASE("FifoPolicy: insertion order; access and pins change nothing", "[policy]") {
+TEST_CASE("FifoPolicy: insertion order, access and pins change nothing", "[policy]") {
   auto p = Make("fifo", 8);
   Fill(*p, {0, 1, 2, 3});
   p->OnAccess(0);
@@ -110,7 +110,7 @@ TEST_CASE("SievePolicy: the hand clears visited bits and resumes where it stoppe
   CHECK(p->PickVictim(Any) == 0);
 }
 
-TEST_CASE("LfuPolicy: fewest accesses first, ties by who reached the count first; aging",
+TEST_CASE("LfuPolicy: fewest accesses first, ties by who reached the count first, aging",
           "[policy]") {
   SECTION("plain") {
     auto p = Make("lfu", 8);
@@ -146,7 +146,7 @@ TEST_CASE("LfuPolicy: fewest accesses first, ties by who reached the count first
                absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p; a ghost hit returns to T2 and moves p",
+TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p, a ghost hit returns to T2 and moves p",
           "[policy]") {
   auto p = Make("arc", 4);
   Fill(*p, {0, 1, 2, 3});               // T1 (LRU first): 0 1 2 3, p = 0

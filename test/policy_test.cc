@@ -18,7 +18,7 @@ auto Any() {
   return [](SlotId) { return true; };
 }
 
-TEST_CASE("LruPolicy: evicts in least-recent order; access, pin and unpin move entries",
+TEST_CASE("LruPolicy: evicts in least-recent order, access, pin and unpin move entries",
           "[policy]") {
   auto lru = Make("lru", 8);
   for (SlotId s : {0, 1, 2, 3}) lru->OnInsert(s);
@@ -38,7 +38,7 @@ TEST_CASE("LruPolicy: evicts in least-recent order; access, pin and unpin move e
   CHECK_FALSE(lru->PickVictim([](SlotId) { return false; }).has_value());
 }
 
-TEST_CASE("Policy registry: names are unique and listed; bad names and params are errors",
+TEST_CASE("Policy registry: names are unique and listed, bad names and params are errors",
           "[policy]") {
   const auto names = ListPolicies();
   CHECK(std::find(names.begin(), names.end(), "lru") != names.end());

@@ -304,7 +304,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("RedisCluster: AUTH with the cluster's password; a wrong one is kFailedPrecondition",
+TEST_CASE("RedisCluster: AUTH with the cluster's password, a wrong one is kFailedPrecondition",
           "[redis]") {
   if (SkipWithoutRedis()) return;
   auto started = LocalRedisCluster::Start({.masters = 3, .password = "s3cret"});

@@ -111,7 +111,7 @@ void WriteAll(RemoteTier& tier, std::vector<RemoteTier::Write> writes) {
   tier.Drain();
 }
 
-TEST_CASE("RemoteTier: blocks round-trip byte-exact; missing and corrupt values are misses",
+TEST_CASE("RemoteTier: blocks round-trip byte-exact, missing and corrupt values are misses",
           "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);
@@ -344,7 +344,7 @@ TEST_CASE("Remote: write-back publishes a block only when the host evicts it", "
   REQUIRE_OK((*b)->CheckInvariants());
 }
 
-TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss; the cache recovers",
+TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss, the cache recovers",
           "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);
