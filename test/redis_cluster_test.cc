@@ -191,6 +191,79 @@ TEST_CASE("RedisCluster: a batch of 64 keys is pipelined, a missing key is nullo
   CHECK(seconds <= 60);
 }
 
+TEST_CASE("RedisCluster: SetParts joins head and body, GetInto splits values into caller memory",
+          "[redis]") {
+  if (SkipWithoutRedis()) return;
+  LocalRedisCluster* cluster = SharedCluster();
+  REQUIRE(cluster != nullptr);
+  auto client = ConnectTo(*cluster);
+  // Bodies below and above the size that is sent from the caller's memory instead of copied.
+  const std::vector<size_t> body_bytes = {0, 1, 4095, 4096, 70000, 1 << 20};
+  std::vector<std::string> keys, heads, bodies;
+  std::vector<RedisCluster::ValueParts> parts;
+  for (size_t i = 0; i < body_bytes.size(); ++i) {
+    keys.push_back(absl::StrCat("parts:", i));
+    heads.push_back(Value(16 + i, 100 + static_cast<uint32_t>(i)));
+    bodies.push_back(Value(body_bytes[i], 200 + static_cast<uint32_t>(i)));
+  }
+  for (size_t i = 0; i < keys.size(); ++i) parts.push_back({heads[i], bodies[i]});
+  RequireAllOk(client->SetParts(keys, parts, 0, In(milliseconds(5000))));
+  // Whole values read back as head + body.
+  auto whole = client->Get(keys, In(milliseconds(5000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE_OK(whole[i]);
+    REQUIRE(whole[i]->has_value());
+    CHECK(**whole[i] == heads[i] + bodies[i]);
+  }
+  SECTION("into buffers of the exact sizes") {
+    std::vector<std::string> h(keys.size()), b(keys.size());
+    std::vector<RedisCluster::ReadTarget> targets;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      h[i].assign(heads[i].size(), '?');
+      b[i].assign(bodies[i].size(), '?');
+      targets.push_back({h[i].data(), h[i].size(), b[i].data(), b[i].size()});
+    }
+    keys.push_back("parts:missing");
+    targets.push_back({});
+    auto got = client->GetInto(keys, targets, In(milliseconds(5000)));
+    for (size_t i = 0; i + 1 < keys.size(); ++i) {
+      REQUIRE_OK(got[i]);
+      REQUIRE(got[i]->has_value());
+      CHECK(**got[i] == heads[i].size() + bodies[i].size());
+      CHECK(h[i] == heads[i]);
+      CHECK(b[i] == bodies[i]);
+    }
+    REQUIRE_OK(got.back());
+    CHECK_FALSE(got.back()->has_value());
+  }
+  SECTION("a value longer or shorter than the buffers reports its length, copies what fits") {
+    const size_t i = 4;  // 16 + 4 head bytes, 70000 body bytes
+    std::string small_head(8, '?'), small_body(100, '?');
+    std::string big_head(64, '?'), big_body(80000, '?');
+    const std::vector<std::string> two = {keys[i], keys[i]};
+    const std::vector<RedisCluster::ReadTarget> targets = {
+        {small_head.data(), small_head.size(), small_body.data(), small_body.size()},
+        {big_head.data(), big_head.size(), big_body.data(), big_body.size()}};
+    auto got = client->GetInto(two, targets, In(milliseconds(5000)));
+    const std::string value = heads[i] + bodies[i];
+    for (int k = 0; k < 2; ++k) {
+      REQUIRE_OK(got[k]);
+      REQUIRE(got[k]->has_value());
+      CHECK(**got[k] == value.size());
+    }
+    CHECK(small_head == value.substr(0, 8));
+    CHECK(small_body == value.substr(8, 100));
+    CHECK(big_head == value.substr(0, 64));
+    CHECK(big_body.substr(0, value.size() - 64) == value.substr(64));
+    CHECK(big_body.substr(value.size() - 64) == std::string(80000 - (value.size() - 64), '?'));
+  }
+  SECTION("mismatched spans are kInvalidArgument") {
+    auto got = client->GetInto(keys, {}, In(milliseconds(5000)));
+    REQUIRE(got.size() == keys.size());
+    CHECK(got[0].status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST_CASE("RedisCluster: bad configurations fail with their codes, quickly", "[redis]") {
   SECTION("malformed seeds") {
     for (std::string seed :
