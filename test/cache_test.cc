@@ -139,6 +139,41 @@ TEST_CASE("Cache: write-through copies committed blocks to host, no write-back m
   }
 }
 
+TEST_CASE("Regression: with write-through, committing a block held on the host keeps one copy",
+          "[cache]") {
+  // The engine recomputes blocks that are only on the host (a Load that stopped short, a stale
+  // Match) and commits them. Write-through used to give such a block a second host residency,
+  // leaving its first host slot marked resident to an entry that no longer pointed at it.
+  EngineKv kv({.num_slots = 4});
+  Options o = test::MakeOptions(kv, 16);
+  o.host_write_through = true;
+  auto cache = Cache::Create(o);
+  REQUIRE_OK(cache);
+  const std::vector<BlockKey> keys = test::Chain(3, 1);
+  REQUIRE_OK(test::RunSequence(**cache, kv, keys));
+  {
+    auto all = (*cache)->AllocateDevice(4);  // evicts the three from the device: host copies only
+    REQUIRE_OK(all);
+  }
+  auto m = (*cache)->Match(keys);
+  REQUIRE_OK(m);
+  REQUIRE(m->blocks_in(Tier::kHost) == 3);
+  auto lease = (*cache)->AllocateDevice(3);
+  REQUIRE_OK(lease);
+  for (uint32_t i = 0; i < 3; ++i) kv.Write(lease->slots()[i], keys[i]);
+  REQUIRE_OK((*cache)->Commit(keys, *lease));  // no Load: the engine computed them again
+  REQUIRE_OK((*cache)->CheckInvariants());
+  const CacheStats s = (*cache)->Stats();
+  CHECK(s.host.used_blocks == 3);
+  CHECK(s.demotions == 3);  // the first commit's write-through only
+  *lease = DeviceLease();
+  auto again = test::RunSequence(**cache, kv, keys);
+  REQUIRE_OK(again);
+  CHECK(again->loaded == 3);
+  CHECK(again->mismatched_bytes == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
 TEST_CASE("Cache: sequences sharing a prefix share its blocks, Grow extends a lease", "[cache]") {
   EngineKv kv({.num_slots = 16});
   auto cache = Cache::Create(test::MakeOptions(kv, 16));

@@ -493,7 +493,10 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
       ls.holds = true;
       ls.entry = id;
       counters_.blocks_committed++;
-      if (host_write_through_) {
+      // A key that joins its host copy (cached below the device) keeps that one: a second host
+      // residency would leave the first slot marked resident to an entry that no longer points at
+      // it.
+      if (host_write_through_ && !E(id).res[T(kHostTier)].present()) {
         if (std::optional<SlotId> hs = TakeHostSlotLocked()) {
           AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
           PinLocked(id, kDev, /*lease=*/false);
