@@ -104,19 +104,6 @@ absl::Status IoError(const redisContext* c, absl::string_view addr, Clock::time_
       "RedisCluster: I/O with ", addr, " failed: ", c->errstr[0] ? c->errstr : "connection lost"));
 }
 
-// Writes the whole output buffer, each write() bounded by what is left of the deadline.
-absl::Status Flush(redisContext* c, absl::string_view addr, Clock::time_point deadline) {
-  int done = 0;
-  while (!done) {
-    if (Clock::now() >= deadline || !SetSocketTimeout(c, SO_SNDTIMEO, deadline)) {
-      return IoError(c, addr, deadline, EAGAIN);
-    }
-    errno = 0;
-    if (redisBufferWrite(c, &done) != REDIS_OK) return IoError(c, addr, deadline, errno);
-  }
-  return absl::OkStatus();
-}
-
 // The next reply, reading as needed; each read() bounded by what is left of the deadline (hiredis'
 // own redisGetReply would restart the full timeout on every read of a large reply).
 absl::StatusOr<ReplyPtr> ReadReply(redisContext* c, absl::string_view addr,
@@ -227,6 +214,15 @@ class Frames {
   std::string small_;
   std::vector<Piece> pieces_;
 };
+
+// One command and its reply, on a connection with nothing else in flight (AUTH, CLUSTER SLOTS).
+absl::StatusOr<ReplyPtr> Call(redisContext* c, absl::string_view addr, const Argv& a,
+                              Clock::time_point deadline) {
+  Frames frames;
+  frames.Command(a);
+  KVTIER_RETURN_IF_ERROR(frames.Write(c, addr, deadline));
+  return ReadReply(c, addr, deadline);
+}
 
 // Where a GET's value goes instead of a new reply object: its first head_len bytes to head, the
 // rest (up to body_len) to body. Set as the reader's privdata while that one reply is read.
@@ -415,13 +411,8 @@ struct RedisCluster::Impl {
     Argv a;
     a.Add("AUTH");
     a.Add(config.password);
-    const Clock::time_point deadline = Clock::now() + config.connect_timeout;
-    if (redisAppendCommandArgv(c, static_cast<int>(a.argv.size()), a.argv.data(), a.len.data()) !=
-        REDIS_OK) {
-      return absl::UnavailableError(absl::StrCat("RedisCluster: AUTH to ", addr, ": ", c->errstr));
-    }
-    KVTIER_RETURN_IF_ERROR(Flush(c, addr, deadline));
-    KVTIER_ASSIGN_OR_RETURN(ReplyPtr reply, ReadReply(c, addr, deadline));
+    KVTIER_ASSIGN_OR_RETURN(ReplyPtr reply,
+                            Call(c, addr, a, Clock::now() + config.connect_timeout));
     if (reply->type == REDIS_REPLY_ERROR) {
       return absl::FailedPreconditionError(
           absl::StrCat("RedisCluster: ", addr, " refused AUTH: ", reply->str));
@@ -450,17 +441,10 @@ struct RedisCluster::Impl {
   // CLUSTER SLOTS from `addr`, checked for full coverage, installed as the slot map.
   absl::Status RefreshFrom(const std::string& addr) {
     KVTIER_ASSIGN_OR_RETURN(ContextPtr c, Acquire(addr));
-    const Clock::time_point deadline = Clock::now() + config.connect_timeout;
     Argv a;
     a.Add("CLUSTER");
     a.Add("SLOTS");
-    if (redisAppendCommandArgv(c.get(), 2, a.argv.data(), a.len.data()) != REDIS_OK) {
-      return absl::UnavailableError(
-          absl::StrCat("RedisCluster: CLUSTER SLOTS to ", addr, ": ", c->errstr));
-    }
-    absl::Status flushed = Flush(c.get(), addr, deadline);
-    absl::StatusOr<ReplyPtr> reply =
-        flushed.ok() ? ReadReply(c.get(), addr, deadline) : absl::StatusOr<ReplyPtr>(flushed);
+    absl::StatusOr<ReplyPtr> reply = Call(c.get(), addr, a, Clock::now() + config.connect_timeout);
     if (!reply.ok()) {
       if (reply.status().code() != absl::StatusCode::kDeadlineExceeded) DropIdle(addr);
       return reply.status();
