@@ -160,7 +160,7 @@ class CacheCore {
     {
       MutexLock lock(&index_.mu());
       std::vector<Demotion> demotions = index_.FlushDeviceLocked();
-      StartDiskWritesLocked();  // host room made by write-back
+      StartWriteBacksLocked();  // host room made by write-back
       if (!demotions.empty()) {
         auto event = EnqueueDemotionsLocked(std::move(demotions));
         if (event.ok()) demoted = *event;
@@ -171,7 +171,7 @@ class CacheCore {
     {
       MutexLock lock(&index_.mu());
       index_.FlushHostLocked();
-      StartDiskWritesLocked();
+      StartWriteBacksLocked();
     }
     disk_->Drain();
   }
@@ -266,13 +266,20 @@ class CacheCore {
     return host_busy_[host_slot] != nullptr && !host_busy_[host_slot]->Query();
   }
 
+  // The remote writes of blocks whose bytes are in host slots.
+  std::vector<RemoteTier::Write> FromHostSlots(const std::vector<RemoteWrite>& blocks) const {
+    std::vector<RemoteTier::Write> writes;
+    writes.reserve(blocks.size());
+    for (const RemoteWrite& w : blocks) {
+      writes.push_back({.key = w.key, .parent = w.parent, .src = host_->slot_ptr(w.host_slot)});
+    }
+    return writes;
+  }
+
   // Remote write-through: publishes host copies the index io-pinned, and unpins them once their
   // bytes are sent (the payload goes to the network from the host slot itself).
   void PublishPinned(std::vector<RemoteWrite> pinned) {
-    std::vector<RemoteTier::Write> writes;
-    for (const RemoteWrite& w : pinned) {
-      writes.push_back({.key = w.key, .parent = w.parent, .src = host_->slot_ptr(w.host_slot)});
-    }
+    std::vector<RemoteTier::Write> writes = FromHostSlots(pinned);  // before pinned is moved
     remote_->WriteAsync(std::move(writes), [this, pinned = std::move(pinned)] {
       MutexLock lock(&index_.mu());
       for (const RemoteWrite& w : pinned) index_.UnpinHostCopyLocked(w);
@@ -285,14 +292,12 @@ class CacheCore {
     std::vector<RemoteWrite> victims = index_.TakeRemoteWritesLocked();
     if (victims.empty() || remote_ == nullptr) return;
     auto copied = std::make_shared<HostEvent>();
-    std::vector<RemoteTier::Write> writes;
     for (const RemoteWrite& w : victims) {
-      writes.push_back({.key = w.key, .parent = w.parent, .src = host_->slot_ptr(w.host_slot)});
       // The slot may also be being written to disk (the same bytes): its next user waits for both.
       host_busy_[w.host_slot] =
           BusyLocked(w.host_slot) ? Both(host_busy_[w.host_slot], copied) : copied;
     }
-    remote_->WriteAsync(std::move(writes), [copied] { copied->Complete(); });
+    remote_->WriteAsync(FromHostSlots(victims), [copied] { copied->Complete(); });
   }
 
   // An event that completes once both have.
@@ -310,12 +315,12 @@ class CacheCore {
 
   // Starts the host-to-disk (and host-to-remote) write-backs the last index call decided. Call
   // after every index call that may take host slots, before enqueueing anything that uses them.
-  void StartDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    StartDiskWritesOnlyLocked();
+  void StartWriteBacksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    StartDiskWritesLocked();
     StartRemoteWritesLocked();
   }
 
-  void StartDiskWritesOnlyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+  void StartDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     for (const DiskWrite& w : index_.TakeDiskWritesLocked()) {
       bytes_disk_written_ += options_.layout.block_bytes();
       if (disk_ == nullptr) {  // metadata-only: the write is done when decided
@@ -342,7 +347,7 @@ class CacheCore {
   // `load_start`: when Load() was called (MonotonicNanos), for load_latency.
   absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan, uint64_t load_start)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    StartDiskWritesLocked();  // the plan may have evicted host blocks to disk
+    StartWriteBacksLocked();  // the plan may have evicted host blocks to disk
     const auto layers = static_cast<uint32_t>(layers_.size());
     auto state = std::make_shared<TransferState>(
         plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
@@ -896,7 +901,7 @@ absl::Status Cache::FinishAllocation(const absl::Status& reserved,
   std::shared_ptr<internal::DeviceEvent> write_back;
   {
     MutexLock lock(&core_->index_.mu());
-    core_->StartDiskWritesLocked();
+    core_->StartWriteBacksLocked();
     if (!demotions.empty()) {
       auto event = core_->EnqueueDemotionsLocked(std::move(demotions));
       if (event.ok()) write_back = *event;
@@ -992,7 +997,7 @@ absl::Status Cache::Commit(std::span<const BlockKey> keys, DeviceLease& lease) {
   MutexLock lock(&core_->index_.mu());
   std::vector<internal::Demotion> demotions;
   KVTIER_RETURN_IF_ERROR(core_->index_.CommitLocked(lease.id_, keys, &demotions));
-  core_->StartDiskWritesLocked();
+  core_->StartWriteBacksLocked();
   if (!demotions.empty()) {
     // Write-through copies: their failure only loses the host copy; Commit itself succeeded.
     core_->EnqueueDemotionsLocked(std::move(demotions)).status().IgnoreError();
