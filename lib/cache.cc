@@ -6,6 +6,7 @@
 // only waits (write-back before AllocateDevice returns, Transfer::Wait) happen after unlocking.
 #include "kvtier/cache.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <string>
@@ -121,18 +122,20 @@ class CacheCore {
     std::vector<std::shared_ptr<HostEvent>> writes;
     {
       MutexLock lock(&index_.mu());
-      for (const std::shared_ptr<HostEvent>& w : host_busy_) {
-        if (w != nullptr && !w->Query()) writes.push_back(w);
-      }
+      writes = writes_in_flight_;
     }
     for (const std::shared_ptr<HostEvent>& w : writes) w->Wait().IgnoreError();
   }
 
-  // Blocks evicted from any tier so far (a failed allocation that evicted some made progress).
-  uint64_t EvictionsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    CacheStats stats;
-    index_.FillStatsLocked(&stats);
-    return stats.device.evictions + stats.host.evictions + stats.disk.evictions;
+  // Remembers a host-slot write-back in flight for DrainDemotions. Finished ones are dropped when
+  // the list has doubled since the last pass: amortised O(1) per write, never a walk of the pool.
+  void TrackWriteLocked(std::shared_ptr<HostEvent> write)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    writes_in_flight_.push_back(std::move(write));
+    if (writes_in_flight_.size() < prune_at_) return;
+    std::erase_if(writes_in_flight_,
+                  [](const std::shared_ptr<HostEvent>& w) { return w->Query(); });
+    prune_at_ = std::max<size_t>(kMinPruneAt, 2 * writes_in_flight_.size());
   }
 
   // After an allocation came up short: whether to try again, having waited for every demotion in
@@ -148,7 +151,7 @@ class CacheCore {
     bool progress = true;
     if (attempt > 0) {
       MutexLock lock(&index_.mu());
-      progress = EvictionsLocked() != evictions_before;
+      progress = index_.EvictionsLocked() != evictions_before;
     }
     if (progress) DrainDemotions();
     return progress;
@@ -297,6 +300,7 @@ class CacheCore {
       host_busy_[w.host_slot] =
           BusyLocked(w.host_slot) ? Both(host_busy_[w.host_slot], copied) : copied;
     }
+    TrackWriteLocked(copied);
     remote_->WriteAsync(FromHostSlots(victims), [copied] { copied->Complete(); });
   }
 
@@ -329,6 +333,7 @@ class CacheCore {
       }
       auto done = std::make_shared<HostEvent>();
       host_busy_[w.host_slot] = done;
+      TrackWriteLocked(done);
       absl::Status s = disk_->Write(w.disk_slot, w.key, w.parent, host_->slot_ptr(w.host_slot),
                                     [this, w, done](absl::Status st) {
                                       {
@@ -565,6 +570,10 @@ class CacheCore {
   uint64_t restored_ = 0, restore_dropped_ = 0;  // set once, before the cache is shared
   // Per host slot: the disk write of the block that last held it, which its next user waits for.
   std::vector<std::shared_ptr<HostEvent>> host_busy_ ABSL_GUARDED_BY(index_.mu());
+  // Those writes that may still be in flight, for DrainDemotions (see TrackWriteLocked).
+  static constexpr size_t kMinPruneAt = 64;
+  std::vector<std::shared_ptr<HostEvent>> writes_in_flight_ ABSL_GUARDED_BY(index_.mu());
+  size_t prune_at_ ABSL_GUARDED_BY(index_.mu()) = kMinPruneAt;
 };
 
 }  // namespace internal
@@ -929,7 +938,7 @@ absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
     uint64_t evictions_before = 0;
     {
       MutexLock lock(&core_->index_.mu());
-      evictions_before = core_->EvictionsLocked();
+      evictions_before = core_->index_.EvictionsLocked();
       id = core_->index_.NewLeaseLocked(n, &slots, &demotions, &quarantine);
     }
     const absl::Status s =
@@ -957,7 +966,7 @@ absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {
     uint64_t evictions_before = 0;
     {
       MutexLock lock(&core_->index_.mu());
-      evictions_before = core_->EvictionsLocked();
+      evictions_before = core_->index_.EvictionsLocked();
       grown = core_->index_.GrowLeaseLocked(lease.id_, n, &slots, &demotions, &quarantine);
     }
     const absl::Status s = FinishAllocation(grown, std::move(demotions), std::move(quarantine));

@@ -81,6 +81,10 @@ constexpr CacheMetric kCacheMetrics[] = {
     {"kvtier_leases_live", "gauge", "DeviceLeases not yet released.", &CacheStats::leases_live},
     {"kvtier_transfers_in_flight", "gauge", "Load transfers whose copies have not finished.",
      &CacheStats::transfers_in_flight},
+    {"kvtier_index_work_total", "counter",
+     "Entries and slots the index visited (lookups, eviction candidates); grows with requests, "
+     "not capacity.",
+     &CacheStats::index_work},
     {"kvtier_disk_recovered_blocks", "gauge", "Blocks served from a previous run's directory.",
      &CacheStats::disk_recovered_blocks},
     {"kvtier_disk_recovery_dropped_blocks", "gauge",

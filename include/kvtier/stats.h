@@ -123,6 +123,11 @@ struct CacheStats {
   bool disk_buffered_io = false;       // the disk tier runs without O_DIRECT (allow_buffered)
   uint64_t leases_live = 0;            // gauge: DeviceLeases not yet released
   uint64_t transfers_in_flight = 0;    // gauge: Load transfers whose copies have not finished
+  uint64_t index_work = 0;             // entries and slots the index visited: key lookups, eviction
+                            // candidates its policies offered (taken or passed over), slots
+                            // walked by flush and restore. Grows with the requests served, not
+                            // with capacity: a rise per request means victim searches walk past
+                            // blocks they may not evict (pinned or prefix-protected)
 
   // Latencies, one sample per operation, whatever its outcome:
   LatencyHistogram load_latency;         // Load() call to its Transfer finishing (0 blocks to copy:

@@ -51,6 +51,9 @@ Index::Index(IndexConfig config)
     }
     tt.stats.capacity_blocks = tt.capacity;
   }
+  for (int t = 0; t < kNumTiers; ++t) {
+    bottom_[t] = t + 1 == kNumTiers || !demote_on_evict_ || tiers_[t + 1].capacity == 0;
+  }
   const size_t expected = size_t{tiers_[0].capacity} + tiers_[1].capacity;
   ids_.reserve(expected);
   slab_.reserve(expected);
@@ -78,7 +81,10 @@ uint32_t Index::AddEntryLocked(const BlockKey& key, uint32_t parent_id) {
 
 void Index::PinLocked(uint32_t id, Tier tier, bool lease) {
   Residency& r = E(id).res[T(tier)];
-  if (r.pins() == 0) table(tier).policy->OnPin(r.slot);
+  if (r.pins() == 0) {
+    if (!r.withheld) table(tier).policy->OnPin(r.slot);
+    table(tier).pinned++;
+  }
   if (lease) {
     r.lease_pins++;
   } else {
@@ -93,7 +99,60 @@ void Index::UnpinLocked(uint32_t id, Tier tier, bool lease) {
   } else {
     r.io_pins--;
   }
-  if (r.pins() == 0) table(tier).policy->OnUnpin(r.slot);
+  if (r.pins() == 0) {
+    if (!r.withheld) table(tier).policy->OnUnpin(r.slot);
+    table(tier).pinned--;
+  }
+}
+
+bool Index::KeptByPrefixLocked(uint32_t id, Tier tier) const {
+  const Entry& e = E(id);
+  if (!bottom_[T(tier)] || e.children == 0) return false;
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (t != T(tier) && e.res[t].present()) return false;
+  }
+  return true;
+}
+
+void Index::ReviewWithheldLocked(uint32_t id) {
+  for (int t = 0; t < kNumTiers; ++t) {
+    Residency& r = E(id).res[t];
+    if (!r.withheld || KeptByPrefixLocked(id, static_cast<Tier>(t))) continue;
+    r.withheld = 0;
+    if (r.pins() == 0) tiers_[t].policy->OnUnpin(r.slot);
+  }
+}
+
+void Index::MarkReadyLocked(uint32_t id, Tier tier) {
+  Residency& r = E(id).res[T(tier)];
+  if (r.state == ResState::kFilling) table(tier).filling--;
+  r.state = ResState::kReady;
+}
+
+template <typename Pred>
+std::optional<SlotId> Index::PickVictimLocked(Tier tier, Pred can_evict) {
+  TierTable& tt = table(tier);
+  absl::InlinedVector<uint32_t, 16> kept;  // entries passed over for the prefix rule alone
+  std::optional<SlotId> victim =
+      tt.policy->PickVictim([&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        work_++;
+        if (can_evict(s)) return true;
+        const uint32_t id = tt.slot[s].entry;
+        const Residency& r = E(id).res[T(tier)];
+        if (r.state == ResState::kReady && r.pins() == 0 && KeptByPrefixLocked(id, tier)) {
+          kept.push_back(id);
+        }
+        return false;
+      });
+  // Outside the policy's walk (it may not be re-entered): withhold them now, before the caller
+  // removes the victim (which may hand one back, its parent).
+  for (uint32_t id : kept) {
+    Residency& r = E(id).res[T(tier)];
+    if (r.withheld) continue;  // offered twice in one walk
+    r.withheld = 1;
+    tt.policy->OnPin(r.slot);
+  }
+  return victim;
 }
 
 void Index::FreeSlotLocked(Tier tier, SlotId slot) {
@@ -118,14 +177,22 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
     if (const Residency& pr = E(parent).res[T(tier)]; pr.present())
       tt.policy->OnLink(slot, pr.slot);
   }
-  if (lease_pins + io_pins > 0) tt.policy->OnPin(slot);
+  if (lease_pins + io_pins > 0) {
+    tt.policy->OnPin(slot);
+    tt.pinned++;
+  }
+  if (state == ResState::kFilling) tt.filling++;
   tt.stats.inserts++;
+  ReviewWithheldLocked(id);  // a second copy: the others are no longer the only one
 }
 
 SlotId Index::RemoveResidencyLocked(uint32_t id, Tier tier) {
   Residency& r = E(id).res[T(tier)];
   const SlotId slot = r.slot;
-  table(tier).policy->OnRemove(slot);
+  TierTable& tt = table(tier);
+  tt.policy->OnRemove(slot);
+  if (r.pins() > 0) tt.pinned--;
+  if (r.state == ResState::kFilling) tt.filling--;
   r = Residency{};
   EraseIfUnusedLocked(id);
   return slot;
@@ -140,7 +207,7 @@ void Index::EraseIfUnusedLocked(uint32_t id) {
     ids_.erase(e.key);  // before clearing the key: the table hashes through it
     e = Entry{};
     free_ids_.push_back(id);
-    if (parent != kNoEntry) E(parent).children--;
+    if (parent != kNoEntry && --E(parent).children == 0) ReviewWithheldLocked(parent);
     id = parent;
   }
 }
@@ -197,8 +264,8 @@ std::optional<SlotId> Index::TakeHostSlotLocked() {
   }
   bool can_write_back = demote_on_evict_ && table(kDiskTier).capacity > 0;
   for (;;) {
-    auto victim = host.policy->PickVictim(
-        [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+    auto victim = PickVictimLocked(
+        kHostTier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
           const Entry& e = E(host.slot[s].entry);
           const Residency& r = e.res[T(kHostTier)];
           return r.state == ResState::kReady && r.pins() == 0 &&
@@ -247,8 +314,8 @@ std::optional<SlotId> Index::TakeDiskSlotLocked() {
     disk.free.pop_back();
     return s;
   }
-  auto victim = disk.policy->PickVictim(
-      [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+  auto victim = PickVictimLocked(
+      kDiskTier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
         const Entry& e = E(disk.slot[s].entry);
         const Residency& r = e.res[T(kDiskTier)];
         return r.state == ResState::kReady && r.pins() == 0 &&
@@ -270,8 +337,8 @@ std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotio
   }
   bool can_write_back = demote_on_evict_ && table(kHostTier).capacity > 0;
   for (;;) {
-    auto victim = dev.policy->PickVictim(
-        [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+    auto victim = PickVictimLocked(
+        kDev, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
           const Entry& e = E(dev.slot[s].entry);
           const Residency& r = e.res[T(kDev)];
           return r.state == ResState::kReady && r.pins() == 0 &&
@@ -563,7 +630,7 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost)
   UnpinLocked(p.entry, kDev, /*lease=*/false);
   if (p.from_remote) {
     if (ok) {
-      E(p.entry).res[T(kHostTier)].state = ResState::kReady;
+      MarkReadyLocked(p.entry, kHostTier);
     } else {
       FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
     }
@@ -571,14 +638,14 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost)
   if (p.from_disk) {
     UnpinLocked(p.entry, kDiskTier, /*lease=*/false);
     if (ok) {
-      E(p.entry).res[T(kHostTier)].state = ResState::kReady;  // the block is on the host now too
+      MarkReadyLocked(p.entry, kHostTier);  // the block is on the host now too
     } else {
       FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
       if (source_lost) FreeSlotLocked(kDiskTier, RemoveResidencyLocked(p.entry, kDiskTier));
     }
   }
   if (ok) {
-    E(p.entry).res[T(kDev)].state = ResState::kReady;
+    MarkReadyLocked(p.entry, kDev);
     return;
   }
   counters_.transfer_failures++;
@@ -590,7 +657,9 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost)
     if (ls.holds && ls.entry == p.entry && ls.slot == p.device_slot) {
       ls.holds = false;
       ls.entry = kNoEntry;
-      E(p.entry).res[T(kDev)].lease_pins--;
+      Residency& r = E(p.entry).res[T(kDev)];
+      r.lease_pins--;
+      if (r.pins() == 0) table(kDev).pinned--;  // removed below: no OnUnpin before OnRemove
       lease_owns = true;
     }
   }
@@ -607,7 +676,7 @@ void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
   if (d.device_pinned) UnpinLocked(d.entry, kDev, /*lease=*/false);
   UnpinLocked(d.entry, kHostTier, /*lease=*/false);
   if (ok) {
-    E(d.entry).res[T(kHostTier)].state = ResState::kReady;
+    MarkReadyLocked(d.entry, kHostTier);
     return;
   }
   counters_.transfer_failures++;
@@ -618,6 +687,7 @@ void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
 std::vector<Demotion> Index::FlushDeviceLocked() {
   std::vector<Demotion> out;
   const TierTable& dev = table(kDev);
+  work_ += dev.capacity;
   for (SlotId s = 0; s < dev.capacity; ++s) {
     if (dev.slot[s].use != SlotUse::kResident) continue;
     const uint32_t id = dev.slot[s].entry;
@@ -640,6 +710,7 @@ std::vector<Demotion> Index::FlushDeviceLocked() {
 
 void Index::FlushHostLocked() {
   const TierTable& host = table(kHostTier);
+  work_ += host.capacity;
   for (SlotId s = 0; s < host.capacity; ++s) {
     if (host.slot[s].use != SlotUse::kResident) continue;
     const uint32_t id = host.slot[s].entry;
@@ -665,7 +736,7 @@ void Index::FinishDiskWriteLocked(const DiskWrite& w, bool ok) {
   if (w.host_pinned) UnpinLocked(w.entry, kHostTier, /*lease=*/false);
   UnpinLocked(w.entry, kDiskTier, /*lease=*/false);
   if (ok) {
-    E(w.entry).res[T(kDiskTier)].state = ResState::kReady;
+    MarkReadyLocked(w.entry, kDiskTier);
     return;
   }
   counters_.transfer_failures++;
@@ -711,6 +782,7 @@ uint32_t Index::RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks) 
   }
   // The restored slots are resident now: rebuild the free list (low ids on top, as at start).
   tt.free.clear();
+  work_ += tt.capacity;
   for (uint32_t s = tt.capacity; s > 0; --s) {
     if (tt.slot[s - 1].use == SlotUse::kFree) tt.free.push_back(s - 1);
   }
@@ -720,6 +792,7 @@ uint32_t Index::RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks) 
 std::vector<RestoredBlock> Index::ListLocked(Tier tier) const {
   std::vector<RestoredBlock> out;
   const TierTable& tt = table(tier);
+  work_ += tt.capacity;
   for (SlotId s = 0; s < tt.capacity; ++s) {
     if (tt.slot[s].use != SlotUse::kResident) continue;
     const Entry& e = E(tt.slot[s].entry);
@@ -738,12 +811,8 @@ void Index::FillStatsLocked(CacheStats* stats) const {
     TierStats& ts = t == 0 ? stats->device : t == 1 ? stats->host : stats->disk;
     const TierTable& tt = tiers_[t];
     ts.used_blocks = tt.capacity - tt.free.size();
-    for (SlotId s = 0; s < tt.capacity; ++s) {
-      if (tt.slot[s].use != SlotUse::kResident) continue;
-      const Residency& r = E(tt.slot[s].entry).res[t];
-      if (r.pins() > 0) ts.pinned_blocks++;
-      if (r.state == ResState::kFilling) ts.in_flight_blocks++;
-    }
+    ts.pinned_blocks = tt.pinned;
+    ts.in_flight_blocks = tt.filling;
   }
   // A lookup reaches a tier when no tier above held the block: what one tier misses, the next is
   // asked for.
@@ -753,6 +822,7 @@ void Index::FillStatsLocked(CacheStats* stats) const {
     lookups = ts->misses;
   }
   stats->leases_live = leases_.size();
+  stats->index_work = work_;
 }
 
 absl::Status Index::CheckInvariantsLocked() const {
@@ -760,7 +830,9 @@ absl::Status Index::CheckInvariantsLocked() const {
   // Entry ids: the key map and the slab agree; unused ids are exactly the free ones.
   std::vector<uint8_t> live(slab_.size(), 0);
   for (uint32_t id : ids_) {
-    if (id >= slab_.size() || live[id]++ || FindLocked(E(id).key) != id) {
+    if (id >= slab_.size() || live[id]++) return fail("entry ", id, " is listed twice");
+    auto found = ids_.find(E(id).key);  // not FindLocked: checking is not counted as work
+    if (found == ids_.end() || *found != id) {
       return fail("entry ", id, " is not found under its own key");
     }
   }
@@ -824,6 +896,7 @@ absl::Status Index::CheckInvariantsLocked() const {
   }
   // Entries: residencies point at their slots, pins add up, the chain is intact.
   std::vector<uint32_t> children(slab_.size(), 0);
+  std::array<uint64_t, kNumTiers> pinned{}, filling{};
   for (uint32_t id : ids_) {
     const Entry& e = E(id);
     const BlockKey& key = e.key;
@@ -846,6 +919,13 @@ absl::Status Index::CheckInvariantsLocked() const {
         return fail(key.ToHex(), ": ", TierName(static_cast<Tier>(t)), " residency at slot ",
                     r.slot, " which does not name it");
       }
+      pinned[t] += r.pins() > 0;
+      filling[t] += r.state == ResState::kFilling;
+      if (r.withheld &&
+          (r.state != ResState::kReady || !KeptByPrefixLocked(id, static_cast<Tier>(t)))) {
+        return fail(key.ToHex(), ": ", TierName(static_cast<Tier>(t)),
+                    " residency withheld from its policy but not kept by the prefix rule");
+      }
       if (r.state == ResState::kFilling && r.io_pins == 0) {
         return fail(key.ToHex(), ": Filling without an I/O pin");
       }
@@ -858,6 +938,13 @@ absl::Status Index::CheckInvariantsLocked() const {
   for (uint32_t id : ids_) {
     if (E(id).children != children[id]) {
       return fail(E(id).key.ToHex(), ": ", E(id).children, " children vs ", children[id]);
+    }
+  }
+  // The maintained gauges agree with the residencies.
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (tiers_[t].pinned != pinned[t] || tiers_[t].filling != filling[t]) {
+      return fail(TierName(static_cast<Tier>(t)), ": gauges say ", tiers_[t].pinned, " pinned and ",
+                  tiers_[t].filling, " filling vs ", pinned[t], " and ", filling[t], " counted");
     }
   }
   return absl::OkStatus();

@@ -43,7 +43,12 @@ enum class ResState : uint8_t { kAbsent, kFilling, kReady };
 struct Residency {
   SlotId slot = 0;
   uint16_t lease_pins = 0;  // leases holding this block at this slot (device tier only)
-  uint8_t io_pins = 0;      // copies reading or writing the slot
+  uint8_t io_pins : 7 = 0;  // copies reading or writing the slot
+  // Withheld from the tier's policy (it was told OnPin) because the prefix rule keeps it: the
+  // block's only copy, in a tier that cannot write victims back, with children. A victim search
+  // that passed over it withholds it, so that no later search walks past it again; it is handed
+  // back (OnUnpin, unless pinned) when that stops being true. See Index::PickVictimLocked.
+  uint8_t withheld : 1 = 0;
   ResState state = ResState::kAbsent;
   static constexpr uint16_t kMaxLeasePins = UINT16_MAX;
   bool present() const { return state != ResState::kAbsent; }
@@ -216,7 +221,19 @@ class Index {
   std::vector<RestoredBlock> ListLocked(Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status CheckInvariantsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // O(tiers): every figure is a maintained counter or gauge.
   void FillStatsLocked(CacheStats* stats) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Blocks evicted from any tier so far (a failed allocation that evicted some made progress).
+  uint64_t EvictionsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    uint64_t n = 0;
+    for (const TierTable& tt : tiers_) n += tt.stats.evictions;
+    return n;
+  }
+  // Work done so far, in entries and slots visited: key lookups, eviction candidates the policies
+  // offered (accepted or not), and slots walked by whole-tier passes (flush, restore, listing).
+  // Monotonic, never reset; a test compares its growth per call across capacities, so that work
+  // proportional to a tier's size on a per-request path fails CI (CheckInvariants is not counted).
+  uint64_t work_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return work_; }
   // Fixed at construction: readable without mu().
   uint32_t capacity(Tier tier) const { return capacities_[static_cast<int>(tier)]; }
   size_t live_leases_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return leases_.size(); }
@@ -233,7 +250,11 @@ class Index {
     std::vector<Slot> slot;    // one record per slot: the eviction path touches one cache line
     std::vector<SlotId> free;  // stack of kFree slots
     std::unique_ptr<EvictionPolicy> policy;
+    // Counters and the two gauges below are maintained by the residency transitions; the rest of
+    // the gauges (used blocks) are derived from the free list.
     TierStats stats;
+    uint64_t pinned = 0;   // residencies with a pin
+    uint64_t filling = 0;  // residencies in kFilling
   };
   struct LeaseSlot {
     SlotId slot = 0;
@@ -267,6 +288,7 @@ class Index {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindLocked(const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    work_++;
     auto it = ids_.find(key);
     return it == ids_.end() ? kNoEntry : *it;
   }
@@ -283,6 +305,18 @@ class Index {
   void AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState state, uint32_t lease_pins,
                           uint32_t io_pins) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   SlotId RemoveResidencyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A Filling residency's bytes have arrived.
+  void MarkReadyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the prefix rule alone keeps entry `id`'s residency in `tier` (Ready, unpinned): it has
+  // children and no copy in another tier, and the tier cannot write victims back (its bottom).
+  bool KeptByPrefixLocked(uint32_t id, Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands back to their policies entry `id`'s withheld residencies that are no longer kept.
+  void ReviewWithheldLocked(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Asks `tier`'s policy for a victim that `can_evict` accepts, counting each candidate as work.
+  // Candidates passed over because the prefix rule keeps them are withheld from the policy.
+  template <typename Pred>
+  std::optional<SlotId> PickVictimLocked(Tier tier, Pred can_evict)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PinLocked(uint32_t id, Tier tier, bool lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnpinLocked(uint32_t id, Tier tier, bool lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseIfUnusedLocked(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -317,9 +351,13 @@ class Index {
   std::vector<DiskWrite> disk_writes_ ABSL_GUARDED_BY(mu_);
   std::vector<RemoteWrite> remote_writes_ ABSL_GUARDED_BY(mu_);
   const bool demote_on_evict_;
+  // Per tier: its victims are never written back below (the device without a host tier, the host
+  // without a disk tier, the disk), so the prefix rule protects its only copies with children.
+  std::array<bool, kNumTiers> bottom_{};
   const bool host_write_through_;
   const bool remote_write_back_;
   CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)
+  mutable uint64_t work_ ABSL_GUARDED_BY(mu_) = 0;  // see work_locked()
 };
 
 }  // namespace kvtier::internal
