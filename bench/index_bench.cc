@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "bench/scale_workload.h"
 #include "kvtier/cache.h"
 
 namespace {
@@ -114,6 +115,34 @@ void BM_FlatHashMapBaseline(benchmark::State& state) {
       static_cast<double>(hits) / static_cast<double>(state.iterations());
 }
 BENCHMARK(BM_FlatHashMapBaseline)->Unit(benchmark::kMicrosecond);
+
+// BM_Scale/<slots>: the whole lifecycle (Match, AllocateDevice, Load, Commit, Hint, Stats,
+// Release) of 16-block requests on device + host + disk tiers of <slots> slots each, metadata only
+// (bench/scale_workload.h). Per-request cost must not grow with capacity: compare the time per
+// request across the arguments within one run (goal: 4 Mi <= 2x 16 Ki).
+void BM_Scale(benchmark::State& state) {
+  auto w = kvtier::bench::ScaleWorkload::Create(static_cast<uint32_t>(state.range(0)));
+  if (!w.ok()) return state.SkipWithError(w.status().ToString().c_str());
+  if (absl::Status s = (*w)->WarmUp(); !s.ok()) return state.SkipWithError(s.ToString().c_str());
+  const kvtier::CacheStats before = (*w)->cache().Stats();
+  uint64_t matched = 0;
+  for (auto _ : state) {
+    uint32_t m = 0;
+    if (absl::Status s = (*w)->Request(&m); !s.ok()) {
+      return state.SkipWithError(s.ToString().c_str());
+    }
+    matched += m;
+  }
+  const kvtier::CacheStats after = (*w)->cache().Stats();
+  const auto n = static_cast<double>(state.iterations());
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) *
+                          kvtier::bench::ScaleWorkload::kBlocks);
+  state.counters["matched_per_request"] = static_cast<double>(matched) / n;
+  state.counters["index_work_per_request"] =
+      static_cast<double>(after.index_work - before.index_work) / n;
+}
+BENCHMARK(BM_Scale)->Arg(16 << 10)->Arg(256 << 10)->Arg(1 << 20)->Arg(4 << 20)->Unit(
+    benchmark::kMicrosecond);
 
 // Hashing a block of 16 tokens into a chained key, against XXH3-128 of the same 64 bytes.
 void BM_BlockHasherChain(benchmark::State& state) {
