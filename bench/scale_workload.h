@@ -30,20 +30,22 @@ class ScaleWorkload {
   static constexpr uint32_t kBlocks = 16;  // per request
   static constexpr uint32_t kPrefix = 8;   // of them drawn from cached chains
 
-  static absl::StatusOr<std::unique_ptr<ScaleWorkload>> Create(uint32_t slots) {
+  // `disk`: false leaves the host tier at the bottom (its victims are dropped).
+  static absl::StatusOr<std::unique_ptr<ScaleWorkload>> Create(uint32_t slots, bool disk = true) {
     BlockLayout layout{.tokens_per_block = 16, .num_slots = slots};
     layout.layers.push_back({.segments = {{nullptr, kBytes, kBytes}}});
     auto cache = Cache::Create({.layout = layout,
                                 .backend = DeviceBackend::kMetadataOnly,
                                 .host = {.capacity_bytes = uint64_t{slots} * kBytes},
                                 .disk = {.directory = "unused-metadata-only",
-                                         .capacity_bytes = uint64_t{slots} * kBytes}});
+                                         .capacity_bytes = disk ? uint64_t{slots} * kBytes : 0}});
     if (!cache.ok()) return cache.status();
-    return std::unique_ptr<ScaleWorkload>(new ScaleWorkload(std::move(*cache), slots));
+    return std::unique_ptr<ScaleWorkload>(
+        new ScaleWorkload(std::move(*cache), slots, disk ? 3 : 2));
   }
 
   absl::Status WarmUp() {
-    const uint64_t chains = 3 * uint64_t{slots_} / kBlocks + 1;
+    const uint64_t chains = tiers_ * uint64_t{slots_} / kBlocks + 1;
     for (uint64_t c = 0; c < chains; ++c) {
       if (absl::Status s = Run(NewChain(), /*lookup=*/false); !s.ok()) return s;
     }
@@ -66,8 +68,8 @@ class ScaleWorkload {
   static constexpr uint64_t kBytes = 16;  // per block: never touched (metadata only)
   static constexpr uint64_t kSuffixChains = uint64_t{1} << 40;  // requests' suffixes' chain ids
 
-  ScaleWorkload(std::unique_ptr<Cache> cache, uint32_t slots)
-      : cache_(std::move(cache)), slots_(slots) {}
+  ScaleWorkload(std::unique_ptr<Cache> cache, uint32_t slots, uint32_t tiers)
+      : cache_(std::move(cache)), slots_(slots), tiers_(tiers) {}
 
   static uint64_t Mix(uint64_t x) {
     x += 0x9E3779B97F4A7C15ULL;
@@ -115,6 +117,7 @@ class ScaleWorkload {
 
   std::unique_ptr<Cache> cache_;
   const uint32_t slots_;
+  const uint32_t tiers_;
   uint64_t chains_ = 0;    // chains committed whole by WarmUp (requests draw prefixes from them)
   uint64_t requests_ = 0;  // requests so far (seeds the prefix draw)
 };

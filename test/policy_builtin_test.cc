@@ -316,3 +316,60 @@ TEST_CASE("Built-in policies: all ten are registered", "[policy]") {
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST_CASE("Withholding (lru, h2o): a withheld slot is no candidate, and comes back where it was",
+          "[policy]") {
+  const std::string name = GENERATE(as<std::string>{}, "lru", "h2o");
+  CAPTURE(name);
+  auto p = Make(name, 8);
+  Fill(*p, {0, 1, 2, 3});  // coldest first
+  std::vector<SlotId> offered;
+  auto refuse_0 = [&](SlotId s) {
+    offered.push_back(s);
+    return s != 0;
+  };
+  CHECK(p->PickVictim(refuse_0) == 1);  // passed over 0
+  REQUIRE(p->OnWithhold(0));
+  offered.clear();
+  CHECK(p->PickVictim(refuse_0) == 1);
+  CHECK(std::find(offered.begin(), offered.end(), 0) == offered.end());  // not offered again
+  SECTION("untouched, it is restored at the cold end") {
+    p->OnRestore(0);
+    CHECK(p->PickVictim(Any) == 0);
+  }
+  SECTION("accessed while withheld, it is restored as recent") {
+    p->OnAccess(0);
+    p->OnRestore(0);
+    CHECK(p->PickVictim(Any) == 1);
+  }
+  SECTION("pinned while withheld, it waits for its unpin") {
+    p->OnPin(0);
+    p->OnRestore(0);
+    CHECK(p->PickVictim([](SlotId s) { return s == 0; }) == std::nullopt);
+    p->OnUnpin(0);
+    CHECK(p->PickVictim([](SlotId s) { return s == 0; }) == 0);
+    CHECK(p->PickVictim(Any) == 1);  // the unpin made it recent
+  }
+  SECTION("removed while withheld, its slot is reused normally") {
+    p->OnRemove(0);
+    p->OnInsert(0);
+    CHECK(p->PickVictim(Any) == 1);
+    p->OnRemove(1);
+    p->OnRemove(2);
+    p->OnRemove(3);
+    CHECK(p->PickVictim(Any) == 0);
+  }
+}
+
+TEST_CASE("Withholding: a policy that does not implement it declines", "[policy]") {
+  auto p = Make("fifo", 4);
+  Fill(*p, {0, 1});
+  CHECK_FALSE(p->OnWithhold(0));
+  CHECK(p->PickVictim(Any) == 0);
+}
+
+}  // namespace
+}  // namespace kvtier

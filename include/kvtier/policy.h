@@ -70,6 +70,17 @@ class EvictionPolicy {
   // accumulated attention mass. Higher means keep longer; policies that rank otherwise ignore it.
   virtual void OnHint(SlotId /*slot*/, double /*score*/) {}
   virtual std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) = 0;
+
+  // Optional, for speed. After PickVictim passed over `slot` because the prefix rule keeps it (the
+  // block's only copy, with children still cached, in a tier that cannot write victims back), the
+  // cache offers to withhold it: return true to take it out of the candidates until
+  // OnRestore(slot), so that later searches do not walk past it again and again. OnRestore should
+  // put it back where it would be had it never left: it was at the cold end when withheld, unless
+  // it was accessed or pinned meanwhile (OnAccess, OnPin and OnUnpin still come while it is
+  // withheld). OnRemove(slot) may come instead of OnRestore. The default declines: such a block
+  // stays a candidate and every search that reaches it passes over it.
+  virtual bool OnWithhold(SlotId /*slot*/) { return false; }
+  virtual void OnRestore(SlotId /*slot*/) {}
 };
 
 using PolicyFactory =

@@ -82,7 +82,7 @@ uint32_t Index::AddEntryLocked(const BlockKey& key, uint32_t parent_id) {
 void Index::PinLocked(uint32_t id, Tier tier, bool lease) {
   Residency& r = E(id).res[T(tier)];
   if (r.pins() == 0) {
-    if (!r.withheld) table(tier).policy->OnPin(r.slot);
+    table(tier).policy->OnPin(r.slot);
     table(tier).pinned++;
   }
   if (lease) {
@@ -100,7 +100,7 @@ void Index::UnpinLocked(uint32_t id, Tier tier, bool lease) {
     r.io_pins--;
   }
   if (r.pins() == 0) {
-    if (!r.withheld) table(tier).policy->OnUnpin(r.slot);
+    table(tier).policy->OnUnpin(r.slot);
     table(tier).pinned--;
   }
 }
@@ -119,7 +119,7 @@ void Index::ReviewWithheldLocked(uint32_t id) {
     Residency& r = E(id).res[t];
     if (!r.withheld || KeptByPrefixLocked(id, static_cast<Tier>(t))) continue;
     r.withheld = 0;
-    if (r.pins() == 0) tiers_[t].policy->OnUnpin(r.slot);
+    tiers_[t].policy->OnRestore(r.slot);
   }
 }
 
@@ -144,13 +144,11 @@ std::optional<SlotId> Index::PickVictimLocked(Tier tier, Pred can_evict) {
         }
         return false;
       });
-  // Outside the policy's walk (it may not be re-entered): withhold them now, before the caller
-  // removes the victim (which may hand one back, its parent).
+  // Outside the policy's walk (it may not be re-entered): offer to withhold them now, before the
+  // caller removes the victim (which may restore one: its parent).
   for (uint32_t id : kept) {
     Residency& r = E(id).res[T(tier)];
-    if (r.withheld) continue;  // offered twice in one walk
-    r.withheld = 1;
-    tt.policy->OnPin(r.slot);
+    if (!r.withheld && tt.policy->OnWithhold(r.slot)) r.withheld = 1;
   }
   return victim;
 }

@@ -44,10 +44,10 @@ struct Residency {
   SlotId slot = 0;
   uint16_t lease_pins = 0;  // leases holding this block at this slot (device tier only)
   uint8_t io_pins : 7 = 0;  // copies reading or writing the slot
-  // Withheld from the tier's policy (it was told OnPin) because the prefix rule keeps it: the
-  // block's only copy, in a tier that cannot write victims back, with children. A victim search
-  // that passed over it withholds it, so that no later search walks past it again; it is handed
-  // back (OnUnpin, unless pinned) when that stops being true. See Index::PickVictimLocked.
+  // Withheld from the tier's policy (EvictionPolicy::OnWithhold accepted) because the prefix rule
+  // keeps it: the block's only copy, in a tier that cannot write victims back, with children. A
+  // victim search that passed over it withheld it, so that no later search walks past it again;
+  // OnRestore hands it back when that stops being true. See Index::PickVictimLocked.
   uint8_t withheld : 1 = 0;
   ResState state = ResState::kAbsent;
   static constexpr uint16_t kMaxLeasePins = UINT16_MAX;

@@ -6,8 +6,10 @@
 // hint); with accumulate=false a hint replaces it (the engine keeps the sums). A block starts at
 // 0, so without hints this is LRU. Unlike the paper, nothing is dropped: a demoted block still
 // exists in the tier below (docs/policies.md).
-// Structure: an indexed min-heap on (score, last use); pinned entries leave it until unpinned.
-// Victim cost: O(log n) plus O(log n) per entry the cache refuses. Access: O(log n).
+// Structure: an indexed min-heap on (score, last use); pinned and withheld entries leave it until
+// unpinned or restored (a restored entry keeps its rank: it goes back exactly where it was).
+// Victim cost: O(log n) plus O(log n) per entry the cache refuses (a prefix-kept one once, then it
+// is withheld). Access: O(log n).
 // Parameters: accumulate (true|false, default true).
 #include <cmath>
 #include <cstdint>
@@ -35,18 +37,34 @@ class H2oPolicy final : public EvictionPolicy {
   }
   void OnAccess(SlotId s) override {
     rank_[s].tick = ++clock_;
-    heap_.Update(s);
+    heap_.Update(s);  // no-op while out of the heap
   }
-  void OnRemove(SlotId s) override { heap_.Erase(s); }
-  void OnPin(SlotId s) override { heap_.Erase(s); }
+  void OnRemove(SlotId s) override {
+    heap_.Erase(s);  // no-op when absent
+    rank_[s].pinned = rank_[s].withheld = false;
+  }
+  void OnPin(SlotId s) override {
+    rank_[s].pinned = true;
+    heap_.Erase(s);  // no-op when absent
+  }
   void OnUnpin(SlotId s) override {
+    rank_[s].pinned = false;
     rank_[s].tick = ++clock_;
-    heap_.Push(s);
+    if (!rank_[s].withheld) heap_.Push(s);
+  }
+  bool OnWithhold(SlotId s) override {
+    rank_[s].withheld = true;
+    heap_.Erase(s);  // no-op when absent
+    return true;
+  }
+  void OnRestore(SlotId s) override {
+    rank_[s].withheld = false;
+    if (!rank_[s].pinned) heap_.Push(s);
   }
   void OnHint(SlotId s, double score) override {
     if (std::isnan(score)) return;
     rank_[s].score = accumulate_ ? rank_[s].score + score : score;
-    heap_.Update(s);
+    heap_.Update(s);  // no-op while out of the heap
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
@@ -69,6 +87,8 @@ class H2oPolicy final : public EvictionPolicy {
   struct Rank {
     double score = 0;
     uint64_t tick = 0;  // last insert, access or unpin
+    bool pinned = false;
+    bool withheld = false;
   };
   struct Less {
     const std::vector<Rank>* rank;

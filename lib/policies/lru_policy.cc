@@ -2,9 +2,11 @@
 //
 // An intrusive doubly linked list over slot ids (vectors, no nodes). Pinned slots leave the list
 // and come back at the most recent end when unpinned, so that blocks a running sequence held are
-// as fresh as when it ended. Victim cost: O(1) plus the entries the predicate rejects (unpinned
-// but prefix-protected parents, which the cache touches after their children, so they sit away from
-// the cold end).
+// as fresh as when it ended. Withheld slots (prefix-protected parents the cache took out of the
+// candidates) leave it too, and come back at the least recent end, where they were, or at the most
+// recent one if they were accessed or pinned meanwhile. Victim cost: O(1) plus the entries the
+// predicate rejects, each at most once while it stays rejected for the prefix rule (then it is
+// withheld); pinned and Filling slots are never in the list.
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -21,20 +23,45 @@ class LruPolicy final : public EvictionPolicy {
     return std::unique_ptr<EvictionPolicy>(new LruPolicy(ctx.capacity_slots));
   }
 
-  void OnInsert(SlotId s) override { PushFront(s); }
+  void OnInsert(SlotId s) override {
+    nodes_[s].pinned = nodes_[s].withheld = false;
+    PushFront(s);
+  }
   void OnAccess(SlotId s) override {
-    if (!linked(s)) return;  // pinned: relinked on unpin
+    if (!linked(s)) {  // pinned: relinked on unpin; withheld: restored at the recent end
+      nodes_[s].touched = true;
+      return;
+    }
     Unlink(s);
     PushFront(s);
   }
   void OnRemove(SlotId s) override {
     if (linked(s)) Unlink(s);
+    nodes_[s].pinned = nodes_[s].withheld = false;
   }
   void OnPin(SlotId s) override {
+    nodes_[s].pinned = true;
     if (linked(s)) Unlink(s);
   }
   void OnUnpin(SlotId s) override {
-    if (!linked(s)) PushFront(s);
+    nodes_[s].pinned = false;
+    nodes_[s].touched = true;
+    if (!nodes_[s].withheld) PushFront(s);
+  }
+  bool OnWithhold(SlotId s) override {
+    if (linked(s)) Unlink(s);
+    nodes_[s].withheld = true;
+    nodes_[s].touched = false;
+    return true;
+  }
+  void OnRestore(SlotId s) override {
+    nodes_[s].withheld = false;
+    if (nodes_[s].pinned) return;  // relinked on unpin
+    if (nodes_[s].touched) {
+      PushFront(s);
+    } else {
+      PushBack(s);
+    }
   }
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
     for (SlotId s = tail_; s != kNil; s = nodes_[s].prev) {
@@ -53,15 +80,30 @@ class LruPolicy final : public EvictionPolicy {
     SlotId prev = kNil;
     SlotId next = kNil;
     bool linked = false;
+    bool pinned = false;
+    bool withheld = false;
+    bool touched = false;  // accessed or unpinned while withheld
   };
   explicit LruPolicy(uint32_t capacity) : nodes_(capacity) {}
 
   bool linked(SlotId s) const { return nodes_[s].linked; }
   void PushFront(SlotId s) {
-    nodes_[s] = Node{.prev = kNil, .next = head_, .linked = true};
+    Node& n = nodes_[s];
+    n.prev = kNil;
+    n.next = head_;
+    n.linked = true;
     if (head_ != kNil) nodes_[head_].prev = s;
     head_ = s;
     if (tail_ == kNil) tail_ = s;
+  }
+  void PushBack(SlotId s) {
+    Node& n = nodes_[s];
+    n.prev = tail_;
+    n.next = kNil;
+    n.linked = true;
+    if (tail_ != kNil) nodes_[tail_].next = s;
+    tail_ = s;
+    if (head_ == kNil) head_ = s;
   }
   void Unlink(SlotId s) {
     Node& n = nodes_[s];
