@@ -359,7 +359,7 @@ class CacheCore {
     if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
       for (const Promotion& p : plan.promotions) {
         index_.FinishPromotionLocked(p, true);
-        if (p.from_disk) bytes_disk_read_ += options_.layout.block_bytes();
+        if (p.source == Tier::kDisk) bytes_disk_read_ += options_.layout.block_bytes();
       }
       bytes_h2d_ += plan.promotions.size() * options_.layout.block_bytes();
       load_latency_.RecordSince(load_start);
@@ -376,7 +376,7 @@ class CacheCore {
     StartRemoteReadsLocked(ctx, state, &read_done);
     for (size_t i = 0; i < n; ++i) {
       const Promotion& p = ctx->promotions[i];
-      if (!p.from_disk) continue;
+      if (p.source != Tier::kDisk) continue;
       read_done[i] = std::make_shared<HostEvent>();
       auto start = [this, ctx, state, i, done = read_done[i]] {
         StartDiskRead(ctx, state, i, done);
@@ -506,7 +506,7 @@ class CacheCore {
     std::vector<std::shared_ptr<HostEvent>> busy;
     for (size_t i = 0; i < ctx->promotions.size(); ++i) {
       const Promotion& p = ctx->promotions[i];
-      if (!p.from_remote) continue;
+      if (p.source != Tier::kRemote) continue;
       (*read_done)[i] = std::make_shared<HostEvent>();
       reads.push_back({.key = p.key, .dst = host_->slot_ptr(p.host_slot)});
       which.push_back(i);

@@ -106,12 +106,7 @@ void Index::UnpinLocked(uint32_t id, Tier tier, bool lease) {
 }
 
 bool Index::KeptByPrefixLocked(uint32_t id, Tier tier) const {
-  const Entry& e = E(id);
-  if (!bottom_[T(tier)] || e.children == 0) return false;
-  for (int t = 0; t < kNumTiers; ++t) {
-    if (t != T(tier) && e.res[t].present()) return false;
-  }
-  return true;
+  return bottom_[T(tier)] && E(id).children > 0 && !HasOtherCopyLocked(id, tier);
 }
 
 void Index::ReviewWithheldLocked(uint32_t id) {
@@ -252,118 +247,67 @@ void Index::HintLocked(std::span<const BlockKey> keys, std::span<const double> s
   }
 }
 
-std::optional<SlotId> Index::TakeHostSlotLocked() {
-  TierTable& host = table(kHostTier);
-  if (host.capacity == 0) return std::nullopt;
-  if (!host.free.empty()) {
-    const SlotId s = host.free.back();
-    host.free.pop_back();
+bool Index::HasOtherCopyLocked(uint32_t id, Tier tier) const {
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (t != T(tier) && E(id).res[t].present()) return true;
+  }
+  return false;
+}
+
+std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Demotion>* demotions) {
+  TierTable& tt = table(tier);
+  if (tt.capacity == 0) return std::nullopt;
+  if (!tt.free.empty()) {
+    const SlotId s = tt.free.back();
+    tt.free.pop_back();
     return s;
   }
-  bool can_write_back = demote_on_evict_ && table(kDiskTier).capacity > 0;
+  // A victim with no copy elsewhere is written back to the tier below, unless this is the bottom.
+  bool can_write_back = !bottom_[T(tier)];
   for (;;) {
     auto victim = PickVictimLocked(
-        kHostTier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
-          const Entry& e = E(host.slot[s].entry);
-          const Residency& r = e.res[T(kHostTier)];
+        tier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
+          const uint32_t id = tt.slot[s].entry;
+          const Residency& r = E(id).res[T(tier)];
           return r.state == ResState::kReady && r.pins() == 0 &&
-                 (e.res[T(kDev)].present() || e.res[T(kDiskTier)].present() || e.children == 0 ||
-                  can_write_back);
+                 (E(id).children == 0 || can_write_back || HasOtherCopyLocked(id, tier));
         });
     if (!victim) return std::nullopt;
-    const uint32_t id = host.slot[*victim].entry;
-    const bool other_copy = E(id).res[T(kDev)].present() || E(id).res[T(kDiskTier)].present();
+    const uint32_t id = tt.slot[*victim].entry;
+    const bool other_copy = HasOtherCopyLocked(id, tier);
     if (!other_copy && can_write_back) {
-      // Write-back to disk: the disk copy starts Filling and the host slot is handed on at once;
-      // its next user waits for the write (the caller tracks that).
-      std::optional<SlotId> disk_slot = TakeDiskSlotLocked();
-      if (!disk_slot) {
-        can_write_back = false;  // disk full of pinned or protected blocks: drop leaves instead
+      // Write-back: the copy below starts Filling (io-pinned) and this slot is handed on at once;
+      // the caller finishes the copy before anyone may write the slot (the device: Demotion, the
+      // host: DiskWrite, whose slot's next user waits for it).
+      const Tier below = static_cast<Tier>(T(tier) + 1);
+      std::optional<SlotId> slot_below = TakeSlotLocked(below, nullptr);
+      if (!slot_below) {
+        can_write_back = false;  // below full of pinned or protected blocks: drop leaves instead
         continue;
       }
-      AddResidencyLocked(id, kDiskTier, *disk_slot, ResState::kFilling, 0, 1);
-      const uint32_t parent = E(id).parent_id;
-      disk_writes_.push_back(DiskWrite{.key = E(id).key,
-                                       .parent = parent == kNoEntry ? kRootKey : E(parent).key,
-                                       .entry = id,
-                                       .host_slot = *victim,
-                                       .disk_slot = *disk_slot});
-      host.stats.demotions++;
+      AddResidencyLocked(id, below, *slot_below, ResState::kFilling, 0, 1);
+      if (tier == kDev) {
+        demotions->push_back(Demotion{
+            .key = E(id).key, .entry = id, .device_slot = *victim, .host_slot = *slot_below});
+        counters_.demotions++;
+      } else {
+        disk_writes_.push_back(DiskWrite{.key = E(id).key,
+                                         .parent = ParentKeyLocked(id),
+                                         .entry = id,
+                                         .host_slot = *victim,
+                                         .disk_slot = *slot_below});
+      }
+      tt.stats.demotions++;
     } else if (!other_copy) {
-      host.stats.drops++;
+      tt.stats.drops++;
     }
-    if (remote_write_back_) {
+    if (tier == kHostTier && remote_write_back_) {
       // The bytes stay in the slot until its next user, who waits for this write, fills it.
-      const uint32_t parent = E(id).parent_id;
-      remote_writes_.push_back(RemoteWrite{.key = E(id).key,
-                                           .parent = parent == kNoEntry ? kRootKey : E(parent).key,
-                                           .host_slot = *victim});
+      remote_writes_.push_back(
+          RemoteWrite{.key = E(id).key, .parent = ParentKeyLocked(id), .host_slot = *victim});
     }
-    host.stats.evictions++;
-    return RemoveResidencyLocked(id, kHostTier);
-  }
-}
-
-std::optional<SlotId> Index::TakeDiskSlotLocked() {
-  TierTable& disk = table(kDiskTier);
-  if (disk.capacity == 0) return std::nullopt;
-  if (!disk.free.empty()) {
-    const SlotId s = disk.free.back();
-    disk.free.pop_back();
-    return s;
-  }
-  auto victim = PickVictimLocked(
-      kDiskTier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
-        const Entry& e = E(disk.slot[s].entry);
-        const Residency& r = e.res[T(kDiskTier)];
-        return r.state == ResState::kReady && r.pins() == 0 &&
-               (e.res[T(kDev)].present() || e.res[T(kHostTier)].present() || e.children == 0);
-      });
-  if (!victim) return std::nullopt;
-  const uint32_t id = disk.slot[*victim].entry;
-  disk.stats.evictions++;
-  if (!E(id).res[T(kDev)].present() && !E(id).res[T(kHostTier)].present()) disk.stats.drops++;
-  return RemoveResidencyLocked(id, kDiskTier);
-}
-
-std::optional<SlotId> Index::TakeDeviceSlotLocked(std::vector<Demotion>* demotions) {
-  TierTable& dev = table(kDev);
-  if (!dev.free.empty()) {
-    const SlotId s = dev.free.back();
-    dev.free.pop_back();
-    return s;
-  }
-  bool can_write_back = demote_on_evict_ && table(kHostTier).capacity > 0;
-  for (;;) {
-    auto victim = PickVictimLocked(
-        kDev, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
-          const Entry& e = E(dev.slot[s].entry);
-          const Residency& r = e.res[T(kDev)];
-          return r.state == ResState::kReady && r.pins() == 0 &&
-                 (e.res[T(kHostTier)].present() || e.res[T(kDiskTier)].present() ||
-                  e.children == 0 || can_write_back);
-        });
-    if (!victim) return std::nullopt;
-    const uint32_t id = dev.slot[*victim].entry;
-    const bool host_copy = E(id).res[T(kHostTier)].present() || E(id).res[T(kDiskTier)].present();
-    if (!host_copy && can_write_back) {
-      // Write-back: the host copy starts Filling (io-pinned) and the device slot is handed on at
-      // once; the caller finishes the copy before anyone may write the slot.
-      std::optional<SlotId> host_slot = TakeHostSlotLocked();
-      if (!host_slot) {
-        can_write_back = false;  // host full of pinned or protected blocks: drop leaves instead
-        continue;
-      }
-      AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      demotions->push_back(
-          Demotion{.key = E(id).key, .entry = id, .device_slot = *victim, .host_slot = *host_slot});
-      counters_.demotions++;
-      dev.stats.demotions++;
-    } else if (!host_copy) {
-      dev.stats.drops++;
-    }
-    dev.stats.evictions++;
-    return RemoveResidencyLocked(id, kDev);
+    tt.stats.evictions++;
+    return RemoveResidencyLocked(id, tier);
   }
 }
 
@@ -373,7 +317,7 @@ absl::Status Index::AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<Sl
   const size_t first = lease.slots.size();
   const size_t first_demotion = demotions->size();
   for (uint32_t i = 0; i < n; ++i) {
-    std::optional<SlotId> s = TakeDeviceSlotLocked(demotions);
+    std::optional<SlotId> s = TakeSlotLocked(kDev, demotions);
     if (!s) {
       // Give back what was taken; a slot whose block is being written back stays out of use until
       // that copy is done.
@@ -458,7 +402,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     counters_.promotions++;
     table(kDev).stats.promotions++;
     // A disk or remote read into a new host slot comes first.
-    if (p.from_disk || p.from_remote) table(kHostTier).stats.promotions++;
+    if (p.source != kHostTier) table(kHostTier).stats.promotions++;
   };
   uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
@@ -467,7 +411,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     if (id == kNoEntry || !E(id).cached()) {
       // Cached nowhere here; Match found it in the remote tier: read it into a new host slot.
       if (i < remote_from || !AdoptRemoteLocked(keys[i], parent, &id)) break;
-      promote(i, id, {.host_slot = E(id).res[T(kHostTier)].slot, .from_remote = true});
+      promote(i, id, {.host_slot = E(id).res[T(kHostTier)].slot, .source = Tier::kRemote});
     } else if (const Residency d = E(id).res[T(kDev)]; d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
@@ -486,13 +430,13 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
       if (k.state != ResState::kReady) break;
       // Pin the source first: making room on the host can cascade into a disk eviction.
       PinLocked(id, kDiskTier, /*lease=*/false);
-      std::optional<SlotId> host_slot = TakeHostSlotLocked();
+      std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr);
       if (!host_slot) {  // every host slot pinned: the rest is a miss
         UnpinLocked(id, kDiskTier, /*lease=*/false);
         break;
       }
       AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      promote(i, id, {.host_slot = *host_slot, .from_disk = true, .disk_slot = k.slot});
+      promote(i, id, {.host_slot = *host_slot, .source = kDiskTier, .disk_slot = k.slot});
     }
     parent = id;
     plan.blocks++;
@@ -562,7 +506,7 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
       // residency would leave the first slot marked resident to an entry that no longer points at
       // it.
       if (host_write_through_ && !E(id).res[T(kHostTier)].present()) {
-        if (std::optional<SlotId> hs = TakeHostSlotLocked()) {
+        if (std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr)) {
           AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
           PinLocked(id, kDev, /*lease=*/false);
           demotions->push_back(Demotion{.key = keys[i],
@@ -599,7 +543,7 @@ bool Index::AdoptRemoteLocked(const BlockKey& key, uint32_t parent, uint32_t* id
   // The entry first: as the parent's child it keeps the parent cached (prefix rule) while making
   // room on the host evicts, so the chain it hangs from stays matchable.
   if (*id == kNoEntry) *id = AddEntryLocked(key, parent);
-  std::optional<SlotId> host_slot = TakeHostSlotLocked();
+  std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr);
   if (!host_slot) {  // every host slot pinned or protected: the rest is a miss
     EraseIfUnusedLocked(*id);
     return false;
@@ -614,11 +558,7 @@ std::optional<RemoteWrite> Index::PinHostCopyLocked(const BlockKey& key) {
   const Residency& h = E(id).res[T(kHostTier)];
   if (h.state != ResState::kReady) return std::nullopt;
   PinLocked(id, kHostTier, /*lease=*/false);
-  const uint32_t parent = E(id).parent_id;
-  return RemoteWrite{.key = key,
-                     .parent = parent == kNoEntry ? kRootKey : E(parent).key,
-                     .entry = id,
-                     .host_slot = h.slot};
+  return RemoteWrite{.key = key, .parent = ParentKeyLocked(id), .entry = id, .host_slot = h.slot};
 }
 
 void Index::UnpinHostCopyLocked(const RemoteWrite& w) { UnpinLocked(w.entry, kHostTier, false); }
@@ -626,14 +566,14 @@ void Index::UnpinHostCopyLocked(const RemoteWrite& w) { UnpinLocked(w.entry, kHo
 void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost) {
   UnpinLocked(p.entry, kHostTier, /*lease=*/false);
   UnpinLocked(p.entry, kDev, /*lease=*/false);
-  if (p.from_remote) {
+  if (p.source == Tier::kRemote) {
     if (ok) {
       MarkReadyLocked(p.entry, kHostTier);
     } else {
       FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
     }
   }
-  if (p.from_disk) {
+  if (p.source == kDiskTier) {
     UnpinLocked(p.entry, kDiskTier, /*lease=*/false);
     if (ok) {
       MarkReadyLocked(p.entry, kHostTier);  // the block is on the host now too
@@ -694,7 +634,7 @@ std::vector<Demotion> Index::FlushDeviceLocked() {
         e.res[T(kDiskTier)].present()) {
       continue;
     }
-    std::optional<SlotId> hs = TakeHostSlotLocked();
+    std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr);
     if (!hs) break;
     AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
     PinLocked(id, kDev, /*lease=*/false);
@@ -715,13 +655,12 @@ void Index::FlushHostLocked() {
     if (E(id).res[T(kHostTier)].state != ResState::kReady || E(id).res[T(kDiskTier)].present()) {
       continue;
     }
-    std::optional<SlotId> ds = TakeDiskSlotLocked();
+    std::optional<SlotId> ds = TakeSlotLocked(kDiskTier, nullptr);
     if (!ds) break;
     AddResidencyLocked(id, kDiskTier, *ds, ResState::kFilling, 0, 1);
     PinLocked(id, kHostTier, /*lease=*/false);
-    const uint32_t parent = E(id).parent_id;
     disk_writes_.push_back(DiskWrite{.key = E(id).key,
-                                     .parent = parent == kNoEntry ? kRootKey : E(parent).key,
+                                     .parent = ParentKeyLocked(id),
                                      .entry = id,
                                      .host_slot = s,
                                      .disk_slot = *ds,
@@ -795,7 +734,7 @@ std::vector<RestoredBlock> Index::ListLocked(Tier tier) const {
     if (tt.slot[s].use != SlotUse::kResident) continue;
     const Entry& e = E(tt.slot[s].entry);
     if (e.res[T(tier)].state != ResState::kReady) continue;
-    out.push_back({e.key, e.parent_id == kNoEntry ? kRootKey : E(e.parent_id).key, s});
+    out.push_back({e.key, ParentKeyLocked(tt.slot[s].entry), s});
   }
   return out;
 }

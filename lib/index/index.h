@@ -76,10 +76,11 @@ static_assert(sizeof(Residency) == 8);
 static_assert(sizeof(Entry) == 48);
 
 // A host-to-device copy the caller must enqueue: the host slot into lease position `position`.
-// With from_disk, the block is first read from `disk_slot` into `host_slot` (a new host residency,
-// Filling until the promotion finishes). With from_remote, it is first read from the remote tier
-// into `host_slot` (the entry is new to the index, or was a lost parent: its host residency is
-// Filling until the promotion finishes, and a failure forgets it).
+// `source` is where the bytes are: kHost, in `host_slot` already; kDisk, to be read first from
+// `disk_slot` into `host_slot` (a new host residency, Filling until the promotion finishes);
+// kRemote, to be read first from the remote tier into `host_slot` (the entry is new to the
+// index, or was a lost parent: its host residency is Filling until the promotion finishes, and a
+// failure forgets it).
 struct Promotion {
   BlockKey key;
   uint32_t entry = kNoEntry;  // the key's entry id (it exists until the promotion finishes)
@@ -87,8 +88,7 @@ struct Promotion {
   SlotId device_slot = 0;
   uint64_t lease_id = 0;
   uint32_t position = 0;
-  bool from_disk = false;
-  bool from_remote = false;
+  Tier source = Tier::kHost;
   SlotId disk_slot = 0;
 };
 
@@ -174,7 +174,7 @@ class Index {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeQuarantinedLocked(std::span<const SlotId> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Positions at or after `remote_from` that are cached nowhere locally may be read from the remote
-  // tier (Match found them there): they get a new host slot and a from_remote promotion.
+  // tier (Match found them there): they get a new host slot and a promotion with source kRemote.
   absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys,
                                           uint32_t remote_from = UINT32_MAX)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -272,11 +272,18 @@ class Index {
     return tiers_[static_cast<int>(t)];
   }
 
-  // Slot acquisition with eviction; nullopt when nothing can be freed.
-  std::optional<SlotId> TakeDeviceSlotLocked(std::vector<Demotion>* demotions)
+  // A slot of `tier` (free, or a victim's: written back to the tier below when it has no copy
+  // elsewhere and the tier is not the bottom, else dropped); nullopt when nothing can be freed.
+  // The device's write-backs are appended to `demotions`; the host's are queued as DiskWrites
+  // (and RemoteWrites under remote write-back) for TakeDiskWritesLocked/TakeRemoteWritesLocked.
+  std::optional<SlotId> TakeSlotLocked(Tier tier, std::vector<Demotion>* demotions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::optional<SlotId> TakeHostSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::optional<SlotId> TakeDiskSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasOtherCopyLocked(uint32_t id, Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The key of entry `id`'s parent (kRootKey for a first block).
+  BlockKey ParentKeyLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const uint32_t parent = E(id).parent_id;
+    return parent == kNoEntry ? kRootKey : E(parent).key;
+  }
   // A Filling, io-pinned host residency for a block read from the remote tier, under `parent`;
   // *id is the key's entry (a lost parent) or kNoEntry (a new entry is made). False when no host
   // slot can be had.
