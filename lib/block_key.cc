@@ -4,7 +4,6 @@
 #include <xxhash.h>
 
 #include <array>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 
@@ -24,13 +23,6 @@ constexpr char kSaltDomain[] = "kvtier-salt-v1";
 constexpr char kKeyDomain[] = "kvtier-key-v1";
 
 }  // namespace
-
-std::string BlockKey::ToHex() const {
-  char buf[33];
-  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(hi),
-                static_cast<unsigned long long>(lo));
-  return buf;
-}
 
 BlockHasher::BlockHasher(const NamespaceSalt& salt) {
   // '\0' separators make ("ab","c") and ("a","bc") different salts.

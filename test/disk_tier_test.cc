@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "lib/cache_factory.h"
+#include "lib/tiers/block_header.h"
 #include "lib/transfer/emulated_device.h"
 #include "test/util/test_device.h"
 #include "test/util/test_util.h"
@@ -136,6 +137,60 @@ TEST_CASE("DiskTier: a corrupted payload, trailer or wrong key reads as kDataLos
   REQUIRE_OK(ReadBlock(**disk, 3, 3, host.at(0)));
   CHECK(Matches(host.at(0), 3));
   CHECK((*disk)->stats().corrupt_reads == 3);
+}
+
+TEST_CASE("BlockHeader: VerifyBlock accepts only the expected block, intact",
+          "[disk][block_header]") {
+  constexpr uint32_t kHeaderBytes = 128;
+  constexpr uint64_t kFingerprint = 0x1234;
+  std::vector<uint8_t> payload(kBlockBytes);
+  Pattern(payload.data(), 7);
+  std::vector<uint8_t> header(kHeaderBytes);
+  EncodeBlockHeader({.key = KeyOf(7),
+                     .parent = ParentOf(7),
+                     .fingerprint = kFingerprint,
+                     .payload_bytes = kBlockBytes,
+                     .payload_hash = PayloadHash(payload.data(), kBlockBytes),
+                     .sequence = 42},
+                    kHeaderBytes, header.data());
+  const auto verify = [&](const BlockKey& key, uint64_t fingerprint, uint64_t payload_bytes) {
+    return VerifyBlock(header.data(), kHeaderBytes, payload.data(), key, fingerprint,
+                       payload_bytes);
+  };
+  REQUIRE(verify(KeyOf(7), kFingerprint, kBlockBytes));
+
+  SECTION("a flipped payload byte") {
+    payload[kBlockBytes / 2] ^= 0x01;
+    CHECK_FALSE(verify(KeyOf(7), kFingerprint, kBlockBytes));
+  }
+  SECTION("another key") { CHECK_FALSE(verify(KeyOf(8), kFingerprint, kBlockBytes)); }
+  SECTION("another layout fingerprint") {
+    CHECK_FALSE(verify(KeyOf(7), kFingerprint + 1, kBlockBytes));
+  }
+  SECTION("another payload length") {
+    CHECK_FALSE(verify(KeyOf(7), kFingerprint, kBlockBytes - 1));
+    CHECK_FALSE(verify(KeyOf(7), kFingerprint, kBlockBytes + 1));
+    // A header naming another length, though the hash covers the expected bytes.
+    EncodeBlockHeader({.key = KeyOf(7),
+                       .parent = ParentOf(7),
+                       .fingerprint = kFingerprint,
+                       .payload_bytes = kBlockBytes + 1,
+                       .payload_hash = PayloadHash(payload.data(), kBlockBytes)},
+                      kHeaderBytes, header.data());
+    CHECK_FALSE(verify(KeyOf(7), kFingerprint, kBlockBytes));
+  }
+  SECTION("a damaged header") {
+    // Magic, version, size, key, fingerprint, the header's own checksum (the zero padding after
+    // kBlockHeaderMinBytes is not covered).
+    const size_t byte = GENERATE(as<size_t>{}, 0, 8, 12, 16, 48, kBlockHeaderMinBytes - 1);
+    CAPTURE(byte);
+    header[byte] ^= 0x01;
+    CHECK_FALSE(verify(KeyOf(7), kFingerprint, kBlockBytes));
+  }
+  SECTION("a header read at another size") {
+    CHECK_FALSE(VerifyBlock(header.data(), kHeaderBytes - 8, payload.data(), KeyOf(7), kFingerprint,
+                            kBlockBytes));
+  }
 }
 
 TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers from", "[disk]") {

@@ -45,15 +45,10 @@
 #include "kvtier/block_key.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
+#include "kvtier/tier.h"
 #include "kvtier/transfer.h"
 
 namespace kvtier {
-
-// kRemote (Options.remote) is shared with other caches and has no slots of its own: only
-// MatchResult names it (a block to be read from the store). kNumTiers counts the local tiers.
-enum class Tier : uint8_t { kDevice = 0, kHost = 1, kDisk = 2, kRemote = 3 };
-inline constexpr int kNumTiers = 3;
-const char* TierName(Tier tier);
 
 namespace internal {
 class CacheCore;
@@ -67,15 +62,6 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
                                                    FaultInjector* disk_faults);
 }  // namespace internal
-
-// The cached prefix of a key sequence, as Match() saw it. A snapshot: Load() re-checks it.
-struct MatchResult {
-  std::vector<BlockKey> keys;  // the matched prefix of the queried keys
-  std::vector<Tier> tiers;     // highest tier holding each block (device, then host, then disk,
-                               // then remote: after the local prefix, blocks the store holds)
-  uint32_t size() const { return static_cast<uint32_t>(keys.size()); }
-  uint32_t blocks_in(Tier tier) const;
-};
 
 // Device slots reserved for one sequence, in block order. Slot i is where block i of the sequence
 // lives in the engine's KV tensors (layout segment base + slot * stride).

@@ -29,9 +29,9 @@
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "kvtier/block_key.h"
-#include "kvtier/cache.h"
 #include "kvtier/policy.h"
 #include "kvtier/stats.h"
+#include "kvtier/tier.h"
 #include "lib/common/mutex.h"
 
 namespace kvtier::internal {

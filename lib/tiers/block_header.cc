@@ -52,4 +52,12 @@ bool DecodeBlockHeader(const uint8_t* in, uint32_t header_bytes, BlockHeader* h)
   return r.U64() == XXH3_64bits(in, kFields);
 }
 
+bool VerifyBlock(const uint8_t* header, uint32_t header_bytes, const void* payload,
+                 const BlockKey& key, uint64_t fingerprint, uint64_t payload_bytes) {
+  BlockHeader h;
+  return DecodeBlockHeader(header, header_bytes, &h) && h.key == key &&
+         h.fingerprint == fingerprint && h.payload_bytes == payload_bytes &&
+         h.payload_hash == PayloadHash(payload, payload_bytes);
+}
+
 }  // namespace kvtier::internal

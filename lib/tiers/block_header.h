@@ -39,6 +39,13 @@ void EncodeBlockHeader(const BlockHeader& h, uint32_t header_bytes, uint8_t* out
 // Decodes and checks the header's own integrity (magic, version, size, checksum); false if any
 // fails. Says nothing of the payload: compare payload_hash with PayloadHash of the bytes read.
 bool DecodeBlockHeader(const uint8_t* in, uint32_t header_bytes, BlockHeader* h);
+// Whether a block read back from storage is the one expected, intact: the `header_bytes` header at
+// `header` decodes (DecodeBlockHeader), names `key`, the layout `fingerprint` and `payload_bytes`
+// bytes of payload, and the `payload_bytes` bytes at `payload` hash to its payload_hash. The one
+// check both the disk and the remote tier apply to every read. O(payload_bytes); the payload is
+// hashed only when the header matches.
+bool VerifyBlock(const uint8_t* header, uint32_t header_bytes, const void* payload,
+                 const BlockKey& key, uint64_t fingerprint, uint64_t payload_bytes);
 
 // Little-endian field writer and reader (block headers, the disk tier's manifest).
 struct LeWriter {

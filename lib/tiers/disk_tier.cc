@@ -250,11 +250,8 @@ absl::Status DiskTier::Read(SlotId slot, const BlockKey& key, void* host_slot,
           return done(s);
         }
         const auto* base = static_cast<const uint8_t*>(host_slot);
-        BlockHeader tr;
-        const bool ok = DecodeBlockHeader(base + padded_payload_, alignment_, &tr) &&
-                        tr.key == key && tr.fingerprint == config_.layout_fingerprint &&
-                        tr.payload_bytes == config_.block_bytes &&
-                        tr.payload_hash == PayloadHash(base, config_.block_bytes);
+        const bool ok = VerifyBlock(base + padded_payload_, alignment_, base, key,
+                                    config_.layout_fingerprint, config_.block_bytes);
         read_latency_.RecordSince(start);
         if (!ok) {
           corrupt_++;

@@ -172,12 +172,9 @@ void RemoteTier::ReadAsync(std::vector<Read> reads, std::function<void()> before
             absl::StrCat("RemoteTier: ", store_keys[i], " is not in the store"));
       } else {
         const size_t value_bytes = **values[i];
-        BlockHeader h;
         const bool ok = value_bytes == kHeaderBytes + config_.block_bytes &&
-                        DecodeBlockHeader(headers[i].data(), kHeaderBytes, &h) &&
-                        h.key == reads[i].key && h.fingerprint == config_.layout_fingerprint &&
-                        h.payload_bytes == config_.block_bytes &&
-                        h.payload_hash == PayloadHash(reads[i].dst, config_.block_bytes);
+                        VerifyBlock(headers[i].data(), kHeaderBytes, reads[i].dst, reads[i].key,
+                                    config_.layout_fingerprint, config_.block_bytes);
         if (ok) {
           reads_++;
           bytes_read_ += config_.block_bytes;
