@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "lib/cache_factory.h"
 #include "lib/common/histogram.h"
+#include "lib/common/huge_pages.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
 #include "lib/tiers/disk_tier.h"
@@ -549,7 +550,7 @@ class CacheCore {
   AtomicHistogram demotion_latency_;
   uint64_t restored_ = 0, restore_dropped_ = 0;  // set once, before the cache is shared
   // Per host slot: the disk write of the block that last held it, which its next user waits for.
-  std::vector<std::shared_ptr<HostEvent>> host_busy_ ABSL_GUARDED_BY(index_.mu());
+  HugeVector<std::shared_ptr<HostEvent>> host_busy_ ABSL_GUARDED_BY(index_.mu());
   // Those writes that may still be in flight, for DrainDemotions (see TrackWriteLocked).
   static constexpr size_t kMinPruneAt = 64;
   std::vector<std::shared_ptr<HostEvent>> writes_in_flight_ ABSL_GUARDED_BY(index_.mu());

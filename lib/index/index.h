@@ -32,6 +32,7 @@
 #include "kvtier/policy.h"
 #include "kvtier/stats.h"
 #include "kvtier/tier.h"
+#include "lib/common/huge_pages.h"
 #include "lib/common/mutex.h"
 
 namespace kvtier::internal {
@@ -247,8 +248,8 @@ class Index {
       uint32_t entry = kNoEntry;  // entry id while use == kResident
       SlotUse use = SlotUse::kFree;
     };
-    std::vector<Slot> slot;    // one record per slot: the eviction path touches one cache line
-    std::vector<SlotId> free;  // stack of kFree slots
+    HugeVector<Slot> slot;    // one record per slot: the eviction path touches one cache line
+    HugeVector<SlotId> free;  // stack of kFree slots
     std::unique_ptr<EvictionPolicy> policy;
     // Counters and the two gauges below are maintained by the residency transitions; the rest of
     // the gauges (used blocks) are derived from the free list.
@@ -338,20 +339,21 @@ class Index {
   // probes in cache.
   struct IdHash {
     using is_transparent = void;
-    const std::vector<Entry>* slab;
+    const HugeVector<Entry>* slab;
     size_t operator()(uint32_t id) const { return absl::Hash<BlockKey>{}((*slab)[id].key); }
     size_t operator()(const BlockKey& key) const { return absl::Hash<BlockKey>{}(key); }
   };
   struct IdEq {
     using is_transparent = void;
-    const std::vector<Entry>* slab;
+    const HugeVector<Entry>* slab;
     bool operator()(uint32_t a, uint32_t b) const { return a == b; }
     bool operator()(uint32_t id, const BlockKey& key) const { return (*slab)[id].key == key; }
     bool operator()(const BlockKey& key, uint32_t id) const { return (*slab)[id].key == key; }
   };
-  std::vector<Entry> slab_ ABSL_GUARDED_BY(mu_);  // entry id -> entry
-  absl::flat_hash_set<uint32_t, IdHash, IdEq> ids_ ABSL_GUARDED_BY(mu_){0, IdHash{&slab_},
-                                                                        IdEq{&slab_}};
+  // The two largest structures, touched at random by every request: on huge pages.
+  HugeVector<Entry> slab_ ABSL_GUARDED_BY(mu_);  // entry id -> entry
+  absl::flat_hash_set<uint32_t, IdHash, IdEq, HugePageAllocator<uint32_t>> ids_
+      ABSL_GUARDED_BY(mu_){0, IdHash{&slab_}, IdEq{&slab_}};
   std::vector<uint32_t> free_ids_ ABSL_GUARDED_BY(mu_);  // unused entry ids
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;

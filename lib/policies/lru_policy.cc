@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/common/huge_pages.h"
 
 namespace kvtier {
 namespace {
@@ -112,7 +113,7 @@ class LruPolicy final : public EvictionPolicy {
     n.linked = false;
   }
 
-  std::vector<Node> nodes_;
+  internal::HugeVector<Node> nodes_;  // touched at random by every search: on huge pages
   SlotId head_ = kNil;
   SlotId tail_ = kNil;
 };

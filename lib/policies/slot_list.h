@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/common/huge_pages.h"
 
 namespace kvtier::internal {
 
@@ -84,7 +85,7 @@ class SlotLists {
     SlotId tail = kNil;
     uint32_t size = 0;
   };
-  std::vector<Node> nodes_;
+  HugeVector<Node> nodes_;  // touched at random by every search: on huge pages
   std::vector<List> lists_;
 };
 
