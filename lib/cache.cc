@@ -16,7 +16,6 @@
 #include "absl/strings/str_split.h"
 #include "lib/cache_factory.h"
 #include "lib/common/histogram.h"
-#include "lib/common/huge_pages.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
 #include "lib/tiers/disk_tier.h"
@@ -25,6 +24,7 @@
 #include "lib/transfer/device.h"
 #include "lib/transfer/emulated_device.h"
 #include "lib/transfer/host_event.h"
+#include "lib/transfer/host_slot_hazards.h"
 #include "lib/transfer/transfer_state.h"
 
 #if KVTIER_HAVE_CUDA
@@ -47,8 +47,8 @@ class CacheCore {
         remote_(std::move(remote)),
         publish_on_demotion_(remote_ != nullptr &&
                              options.remote.publish == RemotePublish::kWriteThrough),
-        index_(std::move(config)) {
-    host_busy_.resize(index_.capacity(Tier::kHost));
+        index_(std::move(config)),
+        hazards_(index_.capacity(Tier::kHost)) {
     // Where each layer's segments sit inside a contiguous host slot.
     uint64_t offset = 0;
     for (const LayerLayout& layer : options_.layout.layers) {
@@ -103,20 +103,9 @@ class CacheCore {
     std::vector<std::shared_ptr<HostEvent>> writes;
     {
       MutexLock lock(&index_.mu());
-      writes = writes_in_flight_;
+      writes = hazards_.InFlight();
     }
     for (const std::shared_ptr<HostEvent>& w : writes) w->Wait().IgnoreError();
-  }
-
-  // Remembers a host-slot write-back in flight for DrainDemotions. Finished ones are dropped when
-  // the list has doubled since the last pass: amortised O(1) per write, never a walk of the pool.
-  void TrackWriteLocked(std::shared_ptr<HostEvent> write)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    writes_in_flight_.push_back(std::move(write));
-    if (writes_in_flight_.size() < prune_at_) return;
-    std::erase_if(writes_in_flight_,
-                  [](const std::shared_ptr<HostEvent>& w) { return w->Query(); });
-    prune_at_ = std::max<size_t>(kMinPruneAt, 2 * writes_in_flight_.size());
   }
 
   // After an allocation came up short: whether to try again, having waited for every demotion in
@@ -207,8 +196,8 @@ class CacheCore {
     absl::Status s;
     for (const Demotion& d : demotions) {
       // A host slot whose previous block is still being written to disk: wait for that write.
-      if (s.ok() && BusyLocked(d.host_slot))
-        s = device_->WaitEvent(Stream::kD2H, host_busy_[d.host_slot]);
+      if (s.ok() && hazards_.Busy(d.host_slot))
+        s = device_->WaitEvent(Stream::kD2H, hazards_.Pending(d.host_slot));
       for (uint32_t l = 0; l < layers_.size(); ++l) {
         AppendLayerRegions(l, d.device_slot, d.host_slot, /*to_device=*/false, &regions);
       }
@@ -246,10 +235,6 @@ class CacheCore {
     return event;
   }
 
-  bool BusyLocked(SlotId host_slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    return host_busy_[host_slot] != nullptr && !host_busy_[host_slot]->Query();
-  }
-
   // The remote writes of blocks whose bytes are in host slots.
   std::vector<RemoteTier::Write> FromHostSlots(const std::vector<RemoteWrite>& blocks) const {
     std::vector<RemoteTier::Write> writes;
@@ -271,31 +256,14 @@ class CacheCore {
   }
 
   // Starts the remote write-backs of host victims the last index call decided: each victim's slot
-  // was handed on, and its next user waits (host_busy_) until the victim's bytes are sent.
+  // was handed on, and its next user waits (hazards_) until the victim's bytes are sent.
   void StartRemoteWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     std::vector<RemoteWrite> victims = index_.TakeRemoteWritesLocked();
     if (victims.empty() || remote_ == nullptr) return;
     auto copied = std::make_shared<HostEvent>();
-    for (const RemoteWrite& w : victims) {
-      // The slot may also be being written to disk (the same bytes): its next user waits for both.
-      host_busy_[w.host_slot] =
-          BusyLocked(w.host_slot) ? Both(host_busy_[w.host_slot], copied) : copied;
-    }
-    TrackWriteLocked(copied);
+    // A slot may also be being written to disk (the same bytes): its next user waits for both.
+    for (const RemoteWrite& w : victims) hazards_.Add(w.host_slot, copied);
     remote_->WriteAsync(FromHostSlots(victims), [copied] { copied->Complete(); });
-  }
-
-  // An event that completes once both have.
-  static std::shared_ptr<HostEvent> Both(const std::shared_ptr<HostEvent>& a,
-                                         const std::shared_ptr<HostEvent>& b) {
-    auto both = std::make_shared<HostEvent>();
-    auto pending = std::make_shared<std::atomic<int>>(2);
-    auto one_done = [both, pending] {
-      if (pending->fetch_sub(1) == 1) both->Complete();
-    };
-    a->Then(one_done);
-    b->Then(one_done);
-    return both;
   }
 
   // Starts the host-to-disk (and host-to-remote) write-backs the last index call decided. Call
@@ -313,8 +281,7 @@ class CacheCore {
         continue;
       }
       auto done = std::make_shared<HostEvent>();
-      host_busy_[w.host_slot] = done;
-      TrackWriteLocked(done);
+      hazards_.Add(w.host_slot, done);
       absl::Status s = disk_->Write(w.disk_slot, w.key, w.parent, host_->slot_ptr(w.host_slot),
                                     [this, w, done](absl::Status st) {
                                       {
@@ -362,8 +329,8 @@ class CacheCore {
       auto start = [this, ctx, state, i, done = read_done[i]] {
         StartDiskRead(ctx, state, i, done);
       };
-      if (BusyLocked(p.host_slot)) {
-        host_busy_[p.host_slot]->Then(std::move(start));
+      if (hazards_.Busy(p.host_slot)) {
+        hazards_.Pending(p.host_slot)->Then(std::move(start));
       } else {
         start();
       }
@@ -491,7 +458,7 @@ class CacheCore {
       (*read_done)[i] = std::make_shared<HostEvent>();
       reads.push_back({.key = p.key, .dst = host_->slot_ptr(p.host_slot)});
       which.push_back(i);
-      if (BusyLocked(p.host_slot)) busy.push_back(host_busy_[p.host_slot]);
+      if (hazards_.Busy(p.host_slot)) busy.push_back(hazards_.Pending(p.host_slot));
     }
     if (reads.empty()) return;
     std::vector<std::shared_ptr<HostEvent>> done;
@@ -549,12 +516,8 @@ class CacheCore {
   AtomicHistogram load_latency_;              // recorded on copy threads, without a lock
   AtomicHistogram demotion_latency_;
   uint64_t restored_ = 0, restore_dropped_ = 0;  // set once, before the cache is shared
-  // Per host slot: the disk write of the block that last held it, which its next user waits for.
-  HugeVector<std::shared_ptr<HostEvent>> host_busy_ ABSL_GUARDED_BY(index_.mu());
-  // Those writes that may still be in flight, for DrainDemotions (see TrackWriteLocked).
-  static constexpr size_t kMinPruneAt = 64;
-  std::vector<std::shared_ptr<HostEvent>> writes_in_flight_ ABSL_GUARDED_BY(index_.mu());
-  size_t prune_at_ ABSL_GUARDED_BY(index_.mu()) = kMinPruneAt;
+  // Host slots whose last block is still being written below, and those writes.
+  HostSlotHazards hazards_ ABSL_GUARDED_BY(index_.mu());
 };
 
 }  // namespace internal
