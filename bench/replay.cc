@@ -23,6 +23,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "lib/options_fields.h"
 
 namespace kvtier::replay {
 namespace {
@@ -225,6 +226,9 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
                     .reset_on_mismatch = true,
                     .allow_buffered = true,
                     .flush_on_close = false};
+  }
+  for (const auto& [path, value] : config.options) {
+    if (absl::Status s = internal::SetOption(options, path, value); !s.ok()) return s;
   }
   return options;
 }

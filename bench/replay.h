@@ -32,6 +32,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -77,6 +78,10 @@ struct ReplayConfig {
   // kCache with payload: the remote tier every replica's cache uses (Options.remote); nodes empty:
   // none. Use a scope of the run's own, or blocks of an earlier run are hits.
   RemoteTierOptions remote;
+  // kCache: (path, text) pairs set on every cache's Options after the fields above, in order, by
+  // the shared option table (lib/options_fields.h; kvtier-replay --option PATH=VALUE). A bad path
+  // or value fails the replay with kInvalidArgument naming the path.
+  std::vector<std::pair<std::string, std::string>> options;
 };
 
 // One replica's share of a multi-replica (or remote-tier) replay.

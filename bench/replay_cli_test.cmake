@@ -26,7 +26,26 @@ expect_exit2("unknown argument" --trace ${trace} --frobnicate)
 expect_exit2("--mode: 'fast'" --trace ${trace} --mode fast)
 expect_exit2("--plugin: " --trace ${trace} --plugin ${WORK_DIR}/no-such-plugin.so)
 expect_exit2("--disk-capacity needs --host-capacity" --trace ${trace} --disk-capacity 4)
+expect_exit2("--option: 'remote.nodes' is not PATH=VALUE" --trace ${trace} --option remote.nodes)
+expect_exit2("--option: Options.remote.nodez: no such option" --trace ${trace}
+             --option remote.nodez=x)
+expect_exit2("--option: Options.remote.publish: 'x' is not write-through or write-back"
+             --trace ${trace} --option remote.publish=x)
+expect_exit2("--option apply to --mode cache only" --trace ${trace} --mode flat
+             --option host.policy=fifo)
+# --option reaches the cache: a policy name the registry lacks fails the run (exit 1, in its row).
+execute_process(COMMAND ${REPLAY} --trace ${trace} --capacity 2 --quiet
+                        --option device.policy=no-such-policy
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT "${out}${err}" MATCHES "no-such-policy")
+  message(FATAL_ERROR "kvtier-replay --option device.policy=no-such-policy: exit ${rc}\n${out}${err}")
+endif()
+execute_process(COMMAND ${REPLAY} --list-options RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "remote.publish +write-through\\|write-back +write-through")
+  message(FATAL_ERROR "kvtier-replay --list-options: exit ${rc}\n${out}")
+endif()
 execute_process(COMMAND ${REPLAY} --trace ${trace} --capacity 2 --mode flat,cache --quiet
+                        --option demote_on_evict=false --option=host.policy=fifo
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0 OR NOT out MATCHES "flat +lru")
   message(FATAL_ERROR "kvtier-replay on a 1-request trace: exit ${rc}\n${out}${err}")

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,6 +37,7 @@
 #include "bench/trace.h"
 #include "kvtier/options.h"
 #include "kvtier/policy.h"
+#include "lib/options_fields.h"
 
 namespace kvtier::replay {
 namespace {
@@ -74,6 +76,10 @@ Replays a Mooncake-format trace (JSON lines with hash_ids) through kvtier's evic
                           switched on if not given; keep --block-bytes small)
   --remote-scope S        the remote tier's scope (default kvtier-replay-<pid>: a run of its own)
   --remote-publish MODE   write-through (default) or write-back
+  --option PATH=VALUE     set any kvtier::Options field by its path on every cache (cache mode;
+                          repeatable), after the flags above: --option remote.timeout_ms=200
+                          --option disk.queue_depth=128 --option host.policy=sieve
+  --list-options          print every PATH with its type and default, and exit
   --max-requests N        replay only the first N requests
   --repeat N              replay each configuration N times; speed = the median run's (default 1)
   --time-limit SECONDS    stop a run that takes longer (its row reports the error; default: none)
@@ -109,6 +115,8 @@ struct Args {
   uint32_t replicas = 1;
   std::string remote, remote_scope;
   RemotePublish remote_publish = RemotePublish::kWriteThrough;
+  std::vector<std::pair<std::string, std::string>> options;  // --option PATH=VALUE, in order
+  bool list_options = false;
 };
 
 // A usage error: print, exit 2.
@@ -286,6 +294,22 @@ Args ParseArgs(int argc, char** argv) {
       } else {
         Usage(absl::StrCat("--remote-publish: '", v, "' is not write-through or write-back"));
       }
+    } else if (flag == "--option") {
+      const std::string pv = next();
+      const size_t eq = pv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        Usage(absl::StrCat("--option: '", pv, "' is not PATH=VALUE (--list-options)"));
+      }
+      // Checked now against defaults, so a typo is a usage error before the trace is read.
+      Options scratch;
+      const std::string path = pv.substr(0, eq), text = pv.substr(eq + 1);
+      if (absl::Status s = internal::SetOption(scratch, path, text); !s.ok()) {
+        Usage(absl::StrCat("--option: ", s.message()));
+      }
+      a.options.emplace_back(path, text);
+    } else if (flag == "--list-options") {
+      no_value();
+      a.list_options = true;
     } else if (flag == "--max-requests") {
       a.max_requests = ParseU32(flag, next(), 1);
     } else if (flag == "--repeat") {
@@ -688,6 +712,18 @@ int Main(int argc, char** argv) {
       Usage(absl::StrCat("--plugin: ", dlerror()));
     }
   }
+  if (args.list_options) {
+    const Options defaults;
+    for (const internal::OptionField& f : internal::OptionFields()) {
+      std::string type = internal::OptionTypeName(f.type);
+      if (!f.names.empty()) type = absl::StrJoin(f.names, "|");
+      const std::string value = internal::FormatOptionValue(f.get(defaults));
+      std::printf("%-26s %-14s %-16s %.*s\n", std::string(f.path).c_str(), type.c_str(),
+                  value.empty() ? "''" : value.c_str(), static_cast<int>(f.help.size()),
+                  f.help.data());
+    }
+    return 0;
+  }
   const std::vector<std::string> registered = ListPolicies();
   if (args.list_policies) {
     for (const std::string& p : registered) std::printf("%s\n", p.c_str());
@@ -714,8 +750,9 @@ int Main(int argc, char** argv) {
   }
   const bool has_cache =
       std::find(args.modes.begin(), args.modes.end(), Mode::kCache) != args.modes.end();
-  if (!has_cache && (!args.host_capacity.empty() || !args.disk_capacity.empty() || args.full)) {
-    Usage("--host-capacity, --disk-capacity and --full apply to --mode cache only");
+  if (!has_cache && (!args.host_capacity.empty() || !args.disk_capacity.empty() || args.full ||
+                     !args.options.empty())) {
+    Usage("--host-capacity, --disk-capacity, --full and --option apply to --mode cache only");
   }
   if (args.replicas > 1 && args.remote.empty()) {
     Usage("--replicas > 1 needs --remote HOST:PORT,... (the tier the replicas share)");
@@ -814,6 +851,7 @@ int Main(int argc, char** argv) {
                       .block_bytes = *block_bytes},
             .time_limit_seconds = args.time_limit_seconds,
             .replicas = args.replicas,
+            .options = args.options,
         };
         if (!args.remote.empty()) {
           config.remote = {.nodes = args.remote,

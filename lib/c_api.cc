@@ -12,6 +12,13 @@
 // answers KVTIER_FAILED_PRECONDITION instead of touching freed memory. Calls take the lock shared,
 // so they run concurrently with each other and never overlap a close. Lock order: life_mu, then
 // reg_mu.
+//
+// Options: the struct's fields map to kvtier::Options by hand (they are C types: segments, NULL
+// strings, inverted booleans); kvtier_options_set stores (path, text) pairs in a side object the
+// struct points to, applied through the shared option table (lib/options_fields.h) after the
+// fields, so every option the table lists reaches C without a new struct version.
+#include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -22,6 +29,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -30,6 +38,7 @@
 #include "kvtier/cache.h"
 #include "kvtier/kvtier.h"
 #include "kvtier/options.h"
+#include "lib/options_fields.h"
 
 namespace {
 
@@ -42,8 +51,12 @@ static_assert(static_cast<int>(kvtier::DeviceBackend::kMetadataOnly) ==
               KVTIER_BACKEND_METADATA_ONLY);
 
 // The size of each struct in version 1 of the API: the smallest struct_size accepted.
-constexpr size_t kOptionsSizeV1 = sizeof(kvtier_options);
+constexpr size_t kOptionsSizeV1 = KVTIER_OPTIONS_SIZE_V1;
 constexpr size_t kStatsSizeV1 = sizeof(kvtier_stats);
+// The smallest struct_size that reaches `values` (version 2).
+constexpr size_t kOptionsSizeV2 = offsetof(kvtier_options, values) + sizeof(kvtier_option_values*);
+// Version 1's layout is frozen: 104 bytes on LP64 (its 5 trailing bools padded to 8).
+static_assert(sizeof(void*) != 8 || kOptionsSizeV1 == 104);
 
 thread_local char t_last_error[1024] = "";
 
@@ -98,6 +111,15 @@ absl::Status CopyKeys(const char* call, const kvtier_block_key* keys, size_t n,
   return absl::OkStatus();
 }
 
+}  // namespace
+
+// (path, text) pairs in the order first set; a path set again keeps its place, with the new text.
+struct kvtier_option_values {
+  std::vector<std::pair<std::string, std::string>> pairs;
+};
+
+namespace {
+
 struct CacheBox {
   std::shared_mutex life_mu;             // shared: a call in progress; exclusive: close
   std::unique_ptr<kvtier::Cache> cache;  // nullptr once closed (written under life_mu exclusive)
@@ -141,6 +163,11 @@ bool TailIsZero(const kvtier_options* in) {
     if (bytes[i] != 0) return false;
   }
   return true;
+}
+
+// The values of a struct that reaches the field (version 2), else nullptr.
+const kvtier_option_values* ValuesOf(const kvtier_options* in) {
+  return in->struct_size >= kOptionsSizeV2 ? in->values : nullptr;
 }
 
 absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
@@ -202,6 +229,12 @@ absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
   opt.disk.flush_on_close = !o.disk_no_flush_on_close;
   opt.demote_on_evict = !o.drop_on_evict;
   opt.host_write_through = o.host_write_through;
+  if (const kvtier_option_values* values = ValuesOf(in); values != nullptr) {
+    for (const auto& [path, value] : values->pairs) {
+      // Parsed when set; a failure here would mean the table changed under a live struct.
+      if (absl::Status s = kvtier::internal::SetOption(opt, path, value); !s.ok()) return s;
+    }
+  }
   *out = std::move(opt);
   return absl::OkStatus();
 }
@@ -378,6 +411,39 @@ void kvtier_options_init(kvtier_options* options) {
   options->struct_size = sizeof(*options);
 }
 
+kvtier_status kvtier_options_set(kvtier_options* options, const char* path, const char* value) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_options_set";
+    if (options == nullptr) return Null(kCall, "options");
+    if (path == nullptr) return Null(kCall, "path");
+    if (value == nullptr) return Null(kCall, "value");
+    if (options->struct_size < kOptionsSizeV2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": options.struct_size ", options->struct_size, " vs at least ",
+                       kOptionsSizeV2, " (a version-1 struct has no values; kvtier_options_init)"));
+    }
+    // Parse now, against defaults, so the error comes from the call that made it.
+    kvtier::Options scratch;
+    if (absl::Status s = kvtier::internal::SetOption(scratch, path, value); !s.ok()) return s;
+    if (options->values == nullptr) options->values = new kvtier_option_values;
+    auto& pairs = options->values->pairs;
+    auto it =
+        std::find_if(pairs.begin(), pairs.end(), [&](const auto& p) { return p.first == path; });
+    if (it != pairs.end()) {
+      it->second = value;
+    } else {
+      pairs.emplace_back(path, value);
+    }
+    return absl::OkStatus();
+  });
+}
+
+void kvtier_options_free_values(kvtier_options* options) {
+  if (options == nullptr || options->struct_size < kOptionsSizeV2) return;
+  delete options->values;
+  options->values = nullptr;
+}
+
 kvtier_status kvtier_cache_create(const kvtier_options* options, kvtier_cache** out) {
   return Guard([&]() -> absl::Status {
     if (out == nullptr) return Null("kvtier_cache_create", "out");
@@ -406,8 +472,13 @@ kvtier_status kvtier_cache_open(const kvtier_options* options, const char* direc
   if (options->struct_size < kOptionsSizeV1 || !TailIsZero(options)) {
     return kvtier_cache_create(options, out);
   }
-  kvtier_options copy = *options;  // the fields this library knows
+  // The fields this library knows that the caller's struct reaches (a version-1 struct has no
+  // `values`: copying sizeof(kvtier_options) bytes would read past it); the rest stay zero.
+  kvtier_options copy;
+  std::memset(&copy, 0, sizeof(copy));
+  std::memcpy(&copy, options, std::min(options->struct_size, sizeof(copy)));
   copy.struct_size = sizeof(copy);
+  if (options->struct_size < kOptionsSizeV2) copy.values = nullptr;
   copy.disk_directory = directory;
   copy.disk_capacity_bytes = disk_capacity_bytes;
   return kvtier_cache_create(&copy, out);

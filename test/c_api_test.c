@@ -260,7 +260,7 @@ static void TestBadOptions(void) {
 
   o.struct_size = 0;
   CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
-  o.struct_size = sizeof(o) - 8;
+  o.struct_size = KVTIER_OPTIONS_SIZE_V1 - 8;
   CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
 
   /* A newer caller's larger struct: accepted when the unknown tail is zero. */
@@ -309,6 +309,84 @@ static void TestBadOptions(void) {
           s == KVTIER_INVALID_ARGUMENT);
     if (s == KVTIER_OK) kvtier_cache_destroy(cache);
   }
+}
+
+static int Contains(const char* haystack, const char* needle) {
+  return strstr(haystack, needle) != NULL;
+}
+
+/* kvtier_options_set: any option by its path, the remote tier's included. */
+static void TestOptionValues(const char* scratch) {
+  kvtier_options o = BaseOptions();
+  kvtier_options* v1;
+  kvtier_cache* cache = (kvtier_cache*)1;
+  char dir[4096];
+
+  /* Values are parsed when set: an unknown path or a bad value names the path, stores nothing. */
+  CHECK_CODE(kvtier_options_set(&o, "remote.nodez", "x"), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "Options.remote.nodez"));
+  CHECK_CODE(kvtier_options_set(&o, "remote.publish", "x"), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "Options.remote.publish: 'x'"));
+  CHECK_CODE(kvtier_options_set(&o, "remote.timeout_ms", "-5"), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "Options.remote.timeout_ms"));
+  CHECK(o.values == NULL);
+  CHECK_CODE(kvtier_options_set(NULL, "remote.nodes", "x"), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_options_set(&o, NULL, "x"), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_options_set(&o, "remote.nodes", NULL), KVTIER_INVALID_ARGUMENT);
+
+  /* Applied at create, after the struct's fields: a remote tier with a bad thread count fails
+     Validate, before any connection, naming the field. */
+  CHECK_OK(kvtier_options_set(&o, "remote.nodes", "127.0.0.1:1"));
+  CHECK_OK(kvtier_options_set(&o, "remote.threads", "0"));
+  CHECK(o.values != NULL);
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
+  CHECK(cache == NULL);
+  CHECK(Contains(kvtier_last_error(), "Options.remote.threads"));
+  /* Set again: replaced. Nothing listens on port 1: create fails fast, naming the nodes. */
+  CHECK_OK(kvtier_options_set(&o, "remote.threads", "1"));
+  CHECK_OK(kvtier_options_set(&o, "remote.connect_timeout_ms", "100"));
+  CHECK_OK(kvtier_options_set(&o, "remote.scope", "c-api-test"));
+  CHECK_OK(kvtier_options_set(&o, "remote.publish", "write-back"));
+  CHECK(kvtier_cache_create(&o, &cache) != KVTIER_OK);
+  CHECK(cache == NULL);
+  CHECK(Contains(kvtier_last_error(), "Options.remote.nodes"));
+  kvtier_options_free_values(&o);
+  CHECK(o.values == NULL);
+  kvtier_options_free_values(&o); /* twice: a no-op */
+  kvtier_options_free_values(NULL);
+
+  /* A path overrides its struct field; the struct keeps working without values. */
+  o = BaseOptions();
+  CHECK_OK(kvtier_options_set(&o, "host.capacity_bytes", "1")); /* less than a block */
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "Options.host.capacity_bytes"));
+  CHECK_OK(kvtier_options_set(&o, "host.capacity_bytes", "0")); /* no host tier: fine */
+  CHECK_OK(kvtier_options_set(&o, "device.policy_params", ""));
+  CHECK_OK(kvtier_options_set(&o, "disk.allow_buffered", "true"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+
+  /* A struct from a version-1 header (no `values`): create and open accept it, reading nothing
+     past its struct_size (ASan would see it: the copy is exactly that large); set refuses it. */
+  o = BaseOptions();
+  o.struct_size = KVTIER_OPTIONS_SIZE_V1;
+  o.disk_allow_buffered = true;
+  o.disk_reset_on_mismatch = true;
+  /* Only its first KVTIER_OPTIONS_SIZE_V1 bytes exist: fields are set in `o` above, not here. */
+  v1 = (kvtier_options*)malloc(KVTIER_OPTIONS_SIZE_V1);
+  CHECK(v1 != NULL);
+  memcpy(v1, &o, KVTIER_OPTIONS_SIZE_V1);
+  CHECK_OK(kvtier_cache_create(v1, &cache));
+  kvtier_cache_destroy(cache);
+  snprintf(dir, sizeof(dir), "%s/c_api_test_disk", scratch);
+  mkdir(dir, 0755);
+  CHECK_OK(kvtier_cache_open(v1, dir, 64 * ((uint64_t)kLayers * kSegs * kSegBytes + (64 << 10)),
+                             &cache));
+  kvtier_cache_destroy(cache);
+  CHECK_CODE(kvtier_options_set(v1, "remote.scope", "x"), KVTIER_INVALID_ARGUMENT);
+  kvtier_options_free_values(v1); /* a no-op: the struct has no values field */
+  free(v1);
 }
 
 static void TestBadCalls(void) {
@@ -522,9 +600,9 @@ typedef struct Worker {
   kvtier_cache* cache;
   kvtier_hasher* hasher;
   int id;
-  int completed;    /* requests that committed or found their blocks */
-  int after_close;  /* calls answered FAILED_PRECONDITION because of the close */
-  int unexpected;   /* any other failure */
+  int completed;   /* requests that committed or found their blocks */
+  int after_close; /* calls answered FAILED_PRECONDITION because of the close */
+  int unexpected;  /* any other failure */
 } Worker;
 
 /* OK or an outcome a racing engine must expect; FAILED_PRECONDITION counts as "closed". */
@@ -637,6 +715,7 @@ static void TestConcurrentClose(void) {
 int main(int argc, char** argv) {
   const char* scratch = argc > 1 ? argv[1] : ".";
   TestBadOptions();
+  TestOptionValues(scratch);
   TestLifecycle();
   TestDiskWarmRestart(scratch);
   TestBadCalls();

@@ -128,11 +128,21 @@ typedef struct kvtier_segment {
   uint64_t stride_bytes;
 } kvtier_segment;
 
+/* Values stored by kvtier_options_set (opaque). */
+typedef struct kvtier_option_values kvtier_option_values;
+
 /* Zero-initialised fields take the C++ defaults (kvtier/options.h). Set struct_size to
  * sizeof(kvtier_options) (kvtier_options_init does). ABI growth: fields are only ever appended. A
  * struct larger than this library knows (a newer header) is accepted if the bytes beyond are zero,
- * else KVTIER_INVALID_ARGUMENT. This is version 1: a struct_size below this sizeof is rejected;
- * later versions will accept version 1's size and default the fields added since. */
+ * else KVTIER_INVALID_ARGUMENT. This is version 2 (version 1 ended before `values`): a struct_size
+ * of at least KVTIER_OPTIONS_SIZE_V1 is accepted, the fields it does not reach taking their
+ * defaults; a smaller one is rejected.
+ *
+ * The fields below cover the layout and the common settings. Every other option of
+ * kvtier::Options (the remote tier's, cuda.*, policy parameters, ...) is set by its dotted path
+ * with kvtier_options_set(), which any option can also be set through: the one list of paths that
+ * the Python module and kvtier-replay --option use too (lib/options_fields.h in the source tree).
+ * Options added to kvtier::Options later reach C that way, without a new struct version. */
 typedef struct kvtier_options {
   size_t struct_size; /* sizeof(kvtier_options); 0 is rejected */
   /* layout: num_layers * segments_per_layer segments, layer-major (layer 0's, then layer 1's) */
@@ -160,10 +170,40 @@ typedef struct kvtier_options {
   /* behaviour */
   bool drop_on_evict;      /* true: device victims are dropped, not demoted (demote_on_evict) */
   bool host_write_through; /* Commit also copies new blocks to the host */
+  /* ---- version 2 ---- */
+  /* What kvtier_options_set stored, applied by create after the fields above (a path set there
+   * overrides its field here). NULL = nothing. Owned through the struct: a copy of the struct
+   * shares it; free it once, with kvtier_options_free_values. */
+  kvtier_option_values* values;
 } kvtier_options;
 
-/* Zeroes *options and sets struct_size. */
+/* The struct_size of a version-1 kvtier_options (no `values`): still accepted by create. */
+#define KVTIER_OPTIONS_SIZE_V1 offsetof(kvtier_options, values)
+
+/* Zeroes *options and sets struct_size. Call kvtier_options_free_values first on a struct that
+ * holds values, or they leak. */
 KVTIER_C_API void kvtier_options_init(kvtier_options* options);
+
+/* Sets one option of kvtier::Options by its dotted path (kvtier/options.h; the list with each
+ * type: lib/options_fields.h in the source tree, or kvtier-replay --list-options), from text:
+ *   kvtier_options_set(&o, "remote.nodes", "10.0.0.7:7000");
+ *   kvtier_options_set(&o, "remote.publish", "write-back");
+ *   kvtier_options_set(&o, "remote.connect_timeout_ms", "200");
+ *   kvtier_options_set(&o, "host.policy_params", "key=value,key2=value2");
+ * bool: true/false; integers: decimal; enums by name (backend auto|emulated|cuda|metadata_only,
+ * cuda.copy_method auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back);
+ * strings as given; policy parameters key=value[,key=value...]. The value is parsed now: an unknown
+ * path, or a value that does not parse or fit the field, is KVTIER_INVALID_ARGUMENT with a message
+ * naming the path ("Options.remote.publish: 'x' is not write-through or write-back") and stores
+ * nothing. What the value means (a policy name, reachable nodes) is checked by
+ * kvtier_cache_create, as for the struct's fields. Setting a path again replaces its value. The
+ * strings are copied. Needs a version-2 struct (struct_size >= sizeof(kvtier_options) as of this
+ * header), else KVTIER_INVALID_ARGUMENT. Allocates options->values on first use. */
+KVTIER_C_API kvtier_status kvtier_options_set(kvtier_options* options, const char* path,
+                                              const char* value);
+/* Frees what kvtier_options_set stored and sets options->values to NULL; the other fields are left
+ * as they are. NULL, or a struct without values (or a version-1 struct), is a no-op. */
+KVTIER_C_API void kvtier_options_free_values(kvtier_options* options);
 
 /* ---- stats ---- */
 

@@ -11,6 +11,13 @@
 // Cache; every later call through the cache, its leases or its transfers raises kvtier.Error. The
 // KV memory itself lives until the last Python object referring to it is gone.
 //
+// Options: the layout keywords (num_slots, layers, dtype, ...) are this module's own; every other
+// keyword is a row of the shared option table (lib/options_fields.h), named by its path with '.'
+// replaced by '_' (host.capacity_bytes -> host_capacity_bytes, remote.nodes -> remote_nodes), so
+// a field added to the table is a keyword here with no change to this file. A value of the wrong
+// Python type raises TypeError; one the table rejects (out of range, not an enum's name) ValueError
+// naming the path, when the Options is built.
+//
 // Errors: a non-OK absl::Status becomes ValueError (kInvalidArgument), KeyError (kNotFound),
 // IndexError (kOutOfRange) or kvtier.Error (a RuntimeError; every other code); each carries the
 // Status message and a `code` attribute ("INVALID_ARGUMENT", ...). Wrong Python types raise
@@ -20,15 +27,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,6 +44,7 @@
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
 #include "kvtier/options.h"
+#include "lib/options_fields.h"
 
 namespace py = pybind11;
 
@@ -150,26 +159,67 @@ struct PyOptions {
   uint64_t bytes_per_block = 0;     // per segment
   py::object layers = py::none();   // or: per layer a list of buffers / kvtier.Segment
   std::string dtype = "uint8";      // element type of the KV tensors, for lease.block()
-  std::string backend = "auto";     // auto, emulated, cuda, metadata_only
-  // tiers
-  uint32_t device_capacity_slots = 0;
-  std::string device_policy = "lru";
-  std::map<std::string, std::string> device_policy_params;
-  uint64_t host_capacity_bytes = 0;
-  std::string host_policy = "lru";
-  std::map<std::string, std::string> host_policy_params;
-  std::string disk_directory;
-  uint64_t disk_capacity_bytes = 0;
-  uint32_t disk_files = 1;
-  uint32_t disk_queue_depth = 64;
-  std::string disk_policy = "lru";
-  std::map<std::string, std::string> disk_policy_params;
-  bool disk_reset_on_mismatch = false;
-  bool disk_allow_buffered = false;
-  bool disk_flush_on_close = true;
-  bool demote_on_evict = true;
-  bool host_write_through = false;
+  // Everything else, set through the option table's keywords; its layout is unused.
+  Options tree;
 };
+
+// The Python value of a table row's value.
+py::object ToPython(const internal::OptionValue& value) {
+  struct Convert {
+    py::object operator()(bool b) const { return py::bool_(b); }
+    py::object operator()(int64_t v) const { return py::int_(v); }
+    py::object operator()(uint64_t v) const { return py::int_(v); }
+    py::object operator()(const std::string& s) const { return py::str(s); }
+    py::object operator()(const PolicyParams& p) const { return py::cast(p); }
+  };
+  return std::visit(Convert{}, value);
+}
+
+// Stores a Python value in row `field` of `options`: TypeError for a value of the wrong Python
+// type (as pybind11's own conversions would raise), the table's ValueError for one it rejects.
+void SetFromPython(Options& options, const internal::OptionField& field, const py::object& value) {
+  using internal::OptionType;
+  auto type_error = [&](const char* expected) {
+    return py::type_error(
+        absl::StrCat("Options.", field.path, ": ", expected, " vs a ",
+                     py::str(py::type::of(value).attr("__name__")).cast<std::string>()));
+  };
+  internal::OptionValue v;
+  switch (field.type) {
+    case OptionType::kBool: {
+      py::detail::make_caster<bool> c;
+      if (!c.load(value, true)) throw type_error("a bool");
+      v = py::detail::cast_op<bool>(c);
+      break;
+    }
+    case OptionType::kInt:
+    case OptionType::kUint: {
+      // Any int (numpy's too), range-checked by the table: its text form says which range.
+      if (PyFloat_Check(value.ptr()) || !PyIndex_Check(value.ptr())) throw type_error("an int");
+      PyObject* index = PyNumber_Index(value.ptr());
+      if (index == nullptr) throw py::error_already_set();
+      const std::string text = py::str(py::reinterpret_steal<py::object>(index));
+      absl::StatusOr<internal::OptionValue> parsed = internal::ParseOptionValue(field, text);
+      ThrowIfError(parsed.status());
+      v = std::move(*parsed);
+      break;
+    }
+    case OptionType::kString:
+    case OptionType::kEnum: {
+      py::detail::make_caster<std::string> c;
+      if (!c.load(value, true)) throw type_error("a str");
+      v = py::detail::cast_op<std::string>(std::move(c));
+      break;
+    }
+    case OptionType::kParams: {
+      py::detail::make_caster<PolicyParams> c;
+      if (!c.load(value, true)) throw type_error("a dict of str to str");
+      v = py::detail::cast_op<PolicyParams>(std::move(c));
+      break;
+    }
+  }
+  ThrowIfError(internal::SetOptionValue(options, field, v));
+}
 
 struct AlignedFree {
   void operator()(uint8_t* p) const { std::free(p); }
@@ -227,19 +277,10 @@ struct PyCache {
 
 namespace {
 
-DeviceBackend ParseBackend(const std::string& name) {
-  if (name == "auto") return DeviceBackend::kAuto;
-  if (name == "emulated") return DeviceBackend::kEmulated;
-  if (name == "cuda") return DeviceBackend::kCuda;
-  if (name == "metadata_only") return DeviceBackend::kMetadataOnly;
-  throw StatusError(absl::InvalidArgumentError(absl::StrCat(
-      "Options.backend: '", name, "' is not one of auto, emulated, cuda, metadata_only")));
-}
-
 // Builds the C++ options and the memory they describe into `state`. Needs the GIL.
 Options BuildOptions(const PyOptions& o, CacheState* state) {
-  Options opt;
-  opt.backend = ParseBackend(o.backend);
+  Options opt = o.tree;
+  opt.layout = BlockLayout{};
   opt.layout.tokens_per_block = o.tokens_per_block;
   opt.layout.num_slots = o.num_slots;
   state->dtype = py::dtype(o.dtype);  // TypeError for an unknown dtype
@@ -334,23 +375,6 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
       }
     }
   }
-  opt.device = {.capacity_slots = o.device_capacity_slots,
-                .policy = o.device_policy,
-                .policy_params = {o.device_policy_params.begin(), o.device_policy_params.end()}};
-  opt.host = {.capacity_bytes = o.host_capacity_bytes,
-              .policy = o.host_policy,
-              .policy_params = {o.host_policy_params.begin(), o.host_policy_params.end()}};
-  opt.disk = {.directory = o.disk_directory,
-              .capacity_bytes = o.disk_capacity_bytes,
-              .files = o.disk_files,
-              .queue_depth = o.disk_queue_depth,
-              .policy = o.disk_policy,
-              .policy_params = {o.disk_policy_params.begin(), o.disk_policy_params.end()},
-              .reset_on_mismatch = o.disk_reset_on_mismatch,
-              .allow_buffered = o.disk_allow_buffered,
-              .flush_on_close = o.disk_flush_on_close};
-  opt.demote_on_evict = o.demote_on_evict;
-  opt.host_write_through = o.host_write_through;
   return opt;
 }
 
@@ -568,25 +592,17 @@ PYBIND11_MODULE(kvtier, m) {
   KVTIER_PY_FIELD(bytes_per_block);
   KVTIER_PY_FIELD(layers);
   KVTIER_PY_FIELD(dtype);
-  KVTIER_PY_FIELD(backend);
-  KVTIER_PY_FIELD(device_capacity_slots);
-  KVTIER_PY_FIELD(device_policy);
-  KVTIER_PY_FIELD(device_policy_params);
-  KVTIER_PY_FIELD(host_capacity_bytes);
-  KVTIER_PY_FIELD(host_policy);
-  KVTIER_PY_FIELD(host_policy_params);
-  KVTIER_PY_FIELD(disk_directory);
-  KVTIER_PY_FIELD(disk_capacity_bytes);
-  KVTIER_PY_FIELD(disk_files);
-  KVTIER_PY_FIELD(disk_queue_depth);
-  KVTIER_PY_FIELD(disk_policy);
-  KVTIER_PY_FIELD(disk_policy_params);
-  KVTIER_PY_FIELD(disk_reset_on_mismatch);
-  KVTIER_PY_FIELD(disk_allow_buffered);
-  KVTIER_PY_FIELD(disk_flush_on_close);
-  KVTIER_PY_FIELD(demote_on_evict);
-  KVTIER_PY_FIELD(host_write_through);
 #undef KVTIER_PY_FIELD
+  // Every other option: one property per row of the shared table.
+  for (const internal::OptionField& field : internal::OptionFields()) {
+    std::string name(field.path);
+    std::replace(name.begin(), name.end(), '.', '_');
+    const internal::OptionField* row = &field;  // the table is static
+    options.def_property(
+        name.c_str(), [row](const PyOptions& o) { return ToPython(row->get(o.tree)); },
+        [row](PyOptions& o, const py::object& value) { SetFromPython(o.tree, *row, value); },
+        row->help.data());  // a string literal: NUL-terminated
+  }
 
   py::class_<MatchResult>(m, "Match", "The cached prefix of a key sequence (a snapshot)")
       .def("__len__", &MatchResult::size)
@@ -733,8 +749,8 @@ PYBIND11_MODULE(kvtier, m) {
       .def_static(
           "open",
           [](PyOptions o, const std::string& directory, uint64_t disk_capacity_bytes) {
-            o.disk_directory = directory;
-            o.disk_capacity_bytes = disk_capacity_bytes;
+            o.tree.disk.directory = directory;
+            o.tree.disk.capacity_bytes = disk_capacity_bytes;
             return CreateCache(o);
           },
           py::arg("options"), py::arg("directory"), py::arg("disk_capacity_bytes"),

@@ -206,6 +206,51 @@ def test_bad_options():
                                            layers=[[kvtier.Segment(0x1000, 64)]]))
 
 
+def test_table_options_are_keywords():
+    """Every option of the shared table is a keyword (path with '.' as '_'), read back as set."""
+    o = kvtier.Options(remote_scope="py-test", remote_timeout_ms=250, remote_publish="write-back",
+                       remote_password="", remote_ttl_seconds=60, cuda_device=-1,
+                       cuda_copy_method="memcpy_async", disk_queue_depth=8,
+                       host_policy_params={"a": "1"}, demote_on_evict=False)
+    assert (o.remote_scope, o.remote_timeout_ms, o.remote_publish) == ("py-test", 250, "write-back")
+    assert (o.remote_ttl_seconds, o.cuda_copy_method, o.disk_queue_depth) == (60, "memcpy_async", 8)
+    assert o.host_policy_params == {"a": "1"} and o.demote_on_evict is False
+    assert (o.remote_nodes, o.remote_connect_timeout_ms, o.backend) == ("", 500, "auto")  # defaults
+    o.remote_match_budget_us = 100
+    assert o.remote_match_budget_us == 100
+    with pytest.raises(ValueError) as e:  # a value the table rejects names the path
+        kvtier.Options(remote_publish="x")
+    assert "Options.remote.publish: 'x' is not write-through or write-back" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        kvtier.Options(remote_threads=-1)
+    assert "Options.remote.threads" in str(e.value)
+    with pytest.raises(ValueError):
+        kvtier.Options(disk_files=2**32)
+    with pytest.raises(TypeError):
+        kvtier.Options(remote_timeout_ms="fast")
+    with pytest.raises(TypeError):
+        kvtier.Options(remote_nodes=7)
+    with pytest.raises(TypeError):
+        kvtier.Options(remote_timeout_ms=1.5)
+    with pytest.raises(TypeError):
+        kvtier.Options(remote_nodez="127.0.0.1:1")
+
+
+def test_remote_options_reach_the_cache():
+    """The remote tier's options are applied at create: validated, then used (no server here)."""
+    with pytest.raises(ValueError) as e:  # validated before any connection
+        make_cache(remote_nodes="127.0.0.1:1", remote_threads=0)
+    assert "Options.remote.threads" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        make_cache(remote_nodes="127.0.0.1:1", remote_scope="has space")
+    assert "Options.remote.scope" in str(e.value)
+    start = time.monotonic()
+    with pytest.raises((kvtier.Error, ValueError)) as e:  # nothing listens on port 1
+        make_cache(remote_nodes="127.0.0.1:1", remote_connect_timeout_ms=100, remote_timeout_ms=100)
+    assert "Options.remote.nodes" in str(e.value)
+    assert time.monotonic() - start < 10
+
+
 def test_bad_calls():
     cache, other = make_cache(), make_cache()
     keys = prompt_keys(3)
