@@ -320,9 +320,11 @@ TEST_CASE("Built-in policies: all ten are registered", "[policy]") {
 namespace kvtier {
 namespace {
 
-TEST_CASE("Withholding (lru, h2o): a withheld slot is no candidate, and comes back where it was",
-          "[policy]") {
-  const std::string name = GENERATE(as<std::string>{}, "lru", "h2o");
+TEST_CASE(
+    "Withholding (lru, h2o, priority, streaming): a withheld slot is no candidate, and comes back "
+    "where it was",
+    "[policy]") {
+  const std::string name = GENERATE(as<std::string>{}, "lru", "h2o", "priority", "streaming");
   CAPTURE(name);
   auto p = Make(name, 8);
   Fill(*p, {0, 1, 2, 3});  // coldest first

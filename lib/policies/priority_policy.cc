@@ -5,7 +5,9 @@
 // until then it is `default` (35, TensorRT-LLM's default). One LRU list per priority level; the
 // victim is the least recently used evictable entry of the lowest non-empty level. Pinned entries
 // leave their list and come back at the most recent end of their level when unpinned, as in
-// `lru`. Victim cost: O(101) to find the level plus the entries the cache refuses.
+// `lru`; so do withheld ones (OnWithhold), which come back at the least recent end of their level
+// unless used meanwhile. Victim cost: O(101) to find the level plus the entries the cache refuses
+// (a prefix-kept one once: it is withheld then).
 // Parameters: default (0..100, default 35).
 #include <algorithm>
 #include <cmath>
@@ -36,27 +38,56 @@ class PriorityPolicy final : public EvictionPolicy {
 
   void OnInsert(SlotId s) override {
     level_[s] = default_level_;
-    pinned_[s] = false;
+    pinned_[s] = withheld_[s] = false;
     lists_.PushFront(level_[s], s);
   }
   void OnAccess(SlotId s) override {
-    if (!pinned_[s]) lists_.MoveToFront(level_[s], s);
+    if (pinned_[s] || withheld_[s]) {
+      touched_[s] = true;  // a withheld slot comes back as recent
+      return;
+    }
+    lists_.MoveToFront(level_[s], s);
   }
-  void OnRemove(SlotId s) override { lists_.Remove(s); }
+  void OnRemove(SlotId s) override {
+    lists_.Remove(s);
+    pinned_[s] = withheld_[s] = false;
+  }
   void OnPin(SlotId s) override {
     pinned_[s] = true;
     lists_.Remove(s);
   }
   void OnUnpin(SlotId s) override {
     pinned_[s] = false;
-    lists_.PushFront(level_[s], s);
+    touched_[s] = true;
+    if (!withheld_[s]) lists_.PushFront(level_[s], s);
+  }
+  // Withheld (a prefix-kept block the cache took out of the candidates): out of its list, back at
+  // its level's cold end where it was, or at the recent end if it was used meanwhile.
+  bool OnWithhold(SlotId s) override {
+    lists_.Remove(s);
+    withheld_[s] = true;
+    touched_[s] = false;
+    return true;
+  }
+  void OnRestore(SlotId s) override {
+    withheld_[s] = false;
+    if (pinned_[s]) return;  // relinked on unpin
+    if (touched_[s]) {
+      lists_.PushFront(level_[s], s);
+    } else {
+      lists_.PushBack(level_[s], s);
+    }
   }
   void OnHint(SlotId s, double score) override {
     const double clamped = std::isnan(score) ? default_level_ : std::clamp(score, 0.0, 100.0);
     const auto level = static_cast<uint16_t>(std::lround(clamped));
     if (level == level_[s]) return;
     level_[s] = level;
-    if (!pinned_[s]) lists_.MoveToFront(level, s);
+    if (pinned_[s] || withheld_[s]) {
+      touched_[s] = true;
+      return;
+    }
+    lists_.MoveToFront(level, s);
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
@@ -73,12 +104,16 @@ class PriorityPolicy final : public EvictionPolicy {
       : default_level_(default_level),
         lists_(capacity, kLevels),
         level_(capacity, default_level),
-        pinned_(capacity, false) {}
+        pinned_(capacity, false),
+        withheld_(capacity, false),
+        touched_(capacity, false) {}
 
   const uint16_t default_level_;
   SlotLists lists_;  // one per level; front: most recent
   std::vector<uint16_t> level_;
   std::vector<bool> pinned_;
+  std::vector<bool> withheld_;  // OnWithhold accepted, not yet restored
+  std::vector<bool> touched_;   // accessed, hinted or unpinned while withheld
 };
 
 }  // namespace

@@ -61,10 +61,15 @@ class StreamingPolicy final : public EvictionPolicy {
   }
 
   void OnAccess(SlotId s) override {
-    if (!nodes_[s].pinned && lists_.ListOf(s) != kParked) lists_.MoveToFront(nodes_[s].cls, s);
+    if (nodes_[s].pinned || nodes_[s].withheld) {
+      nodes_[s].touched = true;  // a withheld slot comes back as recent
+      return;
+    }
+    if (lists_.ListOf(s) != kParked) lists_.MoveToFront(nodes_[s].cls, s);
   }
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
+    nodes_[s].pinned = nodes_[s].withheld = false;
     if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
       lists_.Remove(p);
       lists_.PushBack(nodes_[p].cls, p);  // the next in line: its cold branch goes on
@@ -76,7 +81,26 @@ class StreamingPolicy final : public EvictionPolicy {
   }
   void OnUnpin(SlotId s) override {
     nodes_[s].pinned = false;
-    lists_.PushFront(nodes_[s].cls, s);
+    nodes_[s].touched = true;
+    if (!nodes_[s].withheld) lists_.PushFront(nodes_[s].cls, s);
+  }
+  // Withheld (a prefix-kept block the cache took out of the candidates): out of its list, back at
+  // its class's cold end where it was, or at the recent end if it was used or reclassified.
+  bool OnWithhold(SlotId s) override {
+    lists_.Remove(s);
+    nodes_[s].withheld = true;
+    nodes_[s].touched = false;
+    return true;
+  }
+  void OnRestore(SlotId s) override {
+    Node& n = nodes_[s];
+    n.withheld = false;
+    if (n.pinned) return;  // relinked on unpin
+    if (n.touched) {
+      lists_.PushFront(n.cls, s);
+    } else {
+      lists_.PushBack(n.cls, s);
+    }
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
@@ -106,6 +130,8 @@ class StreamingPolicy final : public EvictionPolicy {
     uint32_t depth = 0;
     uint16_t cls = kWindow;
     bool pinned = false;
+    bool withheld = false;  // OnWithhold accepted, not yet restored
+    bool touched = false;   // accessed, reclassified or unpinned while withheld
   };
 
   StreamingPolicy(uint32_t capacity, uint32_t sinks, uint32_t window)
@@ -118,7 +144,8 @@ class StreamingPolicy final : public EvictionPolicy {
     Node& n = nodes_[s];
     const bool listed = lists_.Linked(s);
     n.cls = cls;
-    if (n.pinned || lists_.ListOf(s) == kParked) return;
+    if (n.withheld) n.touched = true;  // a move to the front, deferred to its restore
+    if (n.pinned || n.withheld || lists_.ListOf(s) == kParked) return;
     if (listed) {
       lists_.MoveToFront(cls, s);  // keeps its recency as well as a move can: most recent
     } else {
