@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cassert>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "lib/tiers/disk_tier.h"
 #include "lib/tiers/host_pool.h"
 #include "lib/tiers/remote_tier.h"
+#include "lib/tiers/storage_tier.h"
 #include "lib/transfer/device.h"
 #include "lib/transfer/emulated_device.h"
 #include "lib/transfer/host_event.h"
@@ -235,24 +237,27 @@ class CacheCore {
     return event;
   }
 
-  // The remote writes of blocks whose bytes are in host slots.
-  std::vector<RemoteTier::Write> FromHostSlots(const std::vector<RemoteWrite>& blocks) const {
-    std::vector<RemoteTier::Write> writes;
-    writes.reserve(blocks.size());
-    for (const RemoteWrite& w : blocks) {
-      writes.push_back({.key = w.key, .parent = w.parent, .src = host_->slot_ptr(w.host_slot)});
+  // The storage-tier blocks of writes whose bytes are in host slots.
+  template <typename W>
+  std::vector<StorageTier::Block> FromHostSlots(const std::vector<W>& writes) const {
+    std::vector<StorageTier::Block> blocks;
+    blocks.reserve(writes.size());
+    for (const W& w : writes) {
+      StorageTier::Block b{.key = w.key, .parent = w.parent, .host = host_->slot_ptr(w.host_slot)};
+      if constexpr (std::is_same_v<W, DiskWrite>) b.slot = w.disk_slot;
+      blocks.push_back(b);
     }
-    return writes;
+    return blocks;
   }
 
-  // Remote write-through: publishes host copies the index io-pinned, and unpins them once their
+  // Remote write-through: publishes host copies the index io-pinned, and unpins each once its
   // bytes are sent (the payload goes to the network from the host slot itself).
   void PublishPinned(std::vector<RemoteWrite> pinned) {
-    std::vector<RemoteTier::Write> writes = FromHostSlots(pinned);  // before pinned is moved
-    remote_->WriteAsync(std::move(writes), [this, pinned = std::move(pinned)] {
+    auto unpin = [this, pinned](size_t j, const absl::Status&) {
       MutexLock lock(&index_.mu());
-      for (const RemoteWrite& w : pinned) index_.UnpinHostCopyLocked(w);
-    });
+      index_.UnpinHostCopyLocked(pinned[j]);
+    };
+    for (const auto& [j, st] : remote_->WriteBlocks(FromHostSlots(pinned), unpin)) unpin(j, st);
   }
 
   // Starts the remote write-backs of host victims the last index call decided: each victim's slot
@@ -260,10 +265,14 @@ class CacheCore {
   void StartRemoteWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     std::vector<RemoteWrite> victims = index_.TakeRemoteWritesLocked();
     if (victims.empty() || remote_ == nullptr) return;
-    auto copied = std::make_shared<HostEvent>();
-    // A slot may also be being written to disk (the same bytes): its next user waits for both.
-    for (const RemoteWrite& w : victims) hazards_.Add(w.host_slot, copied);
-    remote_->WriteAsync(FromHostSlots(victims), [copied] { copied->Complete(); });
+    std::vector<std::shared_ptr<HostEvent>> sent;
+    for (const RemoteWrite& w : victims) {
+      // A slot may also be being written to disk (the same bytes): its next user waits for both.
+      sent.push_back(std::make_shared<HostEvent>());
+      hazards_.Add(w.host_slot, sent.back());
+    }
+    auto done = [sent](size_t j, const absl::Status&) { sent[j]->Complete(); };
+    for (const auto& [j, st] : remote_->WriteBlocks(FromHostSlots(victims), done)) done(j, st);
   }
 
   // Starts the host-to-disk (and host-to-remote) write-backs the last index call decided. Call
@@ -274,26 +283,29 @@ class CacheCore {
   }
 
   void StartDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    for (const DiskWrite& w : index_.TakeDiskWritesLocked()) {
-      bytes_disk_written_ += options_.layout.block_bytes();
-      if (disk_ == nullptr) {  // metadata-only: the write is done when decided
-        index_.FinishDiskWriteLocked(w, true);
-        continue;
-      }
-      auto done = std::make_shared<HostEvent>();
-      hazards_.Add(w.host_slot, done);
-      absl::Status s = disk_->Write(w.disk_slot, w.key, w.parent, host_->slot_ptr(w.host_slot),
-                                    [this, w, done](absl::Status st) {
-                                      {
-                                        MutexLock lock(&index_.mu());
-                                        index_.FinishDiskWriteLocked(w, st.ok());
-                                      }
-                                      done->Complete();
-                                    });
-      if (!s.ok()) {
-        index_.FinishDiskWriteLocked(w, false);
-        done->Complete();
-      }
+    std::vector<DiskWrite> writes = index_.TakeDiskWritesLocked();
+    if (writes.empty()) return;
+    bytes_disk_written_ += writes.size() * options_.layout.block_bytes();
+    if (disk_ == nullptr) {  // metadata-only: the write is done when decided
+      for (const DiskWrite& w : writes) index_.FinishDiskWriteLocked(w, true);
+      return;
+    }
+    std::vector<std::shared_ptr<HostEvent>> written;
+    for (const DiskWrite& w : writes) {
+      written.push_back(std::make_shared<HostEvent>());
+      hazards_.Add(w.host_slot, written.back());
+    }
+    const StorageTier::NotStarted not_started = disk_->WriteBlocks(
+        FromHostSlots(writes), [this, writes, written](size_t j, const absl::Status& st) {
+          {
+            MutexLock lock(&index_.mu());
+            index_.FinishDiskWriteLocked(writes[j], st.ok());
+          }
+          written[j]->Complete();
+        });
+    for (const auto& [j, st] : not_started) {  // under the lock already
+      index_.FinishDiskWriteLocked(writes[j], false);
+      written[j]->Complete();
     }
   }
 
@@ -318,23 +330,10 @@ class CacheCore {
     ctx->promotions = std::move(plan.promotions);
     ctx->source_lost.assign(ctx->promotions.size(), 0);
     const size_t n = ctx->promotions.size();
-    // Disk-resident blocks: read each into its host slot (after any write-back of that slot's
-    // previous block); block i's device copies wait for read i alone, so they overlap later reads.
+    // Blocks in a storage tier (disk, remote) are read into their host slots first; block i's
+    // device copies wait for read i alone, so they overlap later reads.
     std::vector<std::shared_ptr<HostEvent>> read_done(n);
-    StartRemoteReadsLocked(ctx, state, &read_done);
-    for (size_t i = 0; i < n; ++i) {
-      const Promotion& p = ctx->promotions[i];
-      if (p.source != Tier::kDisk) continue;
-      read_done[i] = std::make_shared<HostEvent>();
-      auto start = [this, ctx, state, i, done = read_done[i]] {
-        StartDiskRead(ctx, state, i, done);
-      };
-      if (hazards_.Busy(p.host_slot)) {
-        hazards_.Pending(p.host_slot)->Then(std::move(start));
-      } else {
-        start();
-      }
-    }
+    StartStorageReadsLocked(ctx, state, &read_done);
     absl::Status s;
     std::vector<CopyRegion> regions;
     for (uint32_t l = 0; l < layers && s.ok(); ++l) {
@@ -402,10 +401,8 @@ class CacheCore {
   CacheStats Stats() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
     CacheStats stats;
     index_.FillStatsLocked(&stats);
-    if (remote_ != nullptr) {
-      remote_->FillStats(&stats);
-      stats.host.bytes_in += stats.remote.bytes_read;
-      stats.host.bytes_out += stats.remote.bytes_written;
+    for (const Tier t : {Tier::kDisk, Tier::kRemote}) {
+      if (const StorageTier* tier = storage(t)) tier->FillStats(&stats);
     }
     stats.bytes_h2d = bytes_h2d_;
     stats.bytes_d2h = bytes_d2h_;
@@ -413,18 +410,7 @@ class CacheCore {
     stats.bytes_disk_read = bytes_disk_read_.load();
     stats.transfers_in_flight = in_flight_;
     stats.disk_recovered_blocks = restored_;
-    if (disk_ != nullptr) {
-      const DiskTier::Stats d = disk_->stats();
-      stats.disk_corrupt_reads = d.corrupt_reads;
-      stats.disk_io_errors = d.io_errors;
-      stats.disk_recovery_dropped = d.recovery_dropped + restore_dropped_;
-      stats.disk_buffered_io = d.buffered_io;
-      stats.disk.corrupt_reads = d.corrupt_reads;
-      stats.disk.io_errors = d.io_errors;
-      stats.disk.queue_depth = d.queue_depth;
-      stats.disk_read_latency = d.read_latency;
-      stats.disk_write_latency = d.write_latency;
-    }
+    stats.disk_recovery_dropped += restore_dropped_;
     stats.device.bytes_in = stats.bytes_h2d;
     stats.device.bytes_out = stats.bytes_d2h;
     stats.host.bytes_in = stats.bytes_d2h + stats.bytes_disk_read;
@@ -443,55 +429,71 @@ class CacheCore {
                                        // read i's event completes; read after the last layer)
   };
 
-  // Remote-resident blocks: one pipelined read of them all into their new host slots (after any
-  // write-back of those slots' previous blocks); block i's device copies wait for read i alone.
-  void StartRemoteReadsLocked(const std::shared_ptr<LoadContext>& ctx,
-                              const std::shared_ptr<TransferState>& state,
-                              std::vector<std::shared_ptr<HostEvent>>* read_done)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
-    std::vector<RemoteTier::Read> reads;
-    std::vector<size_t> which;  // reads[j] is promotion which[j]
-    std::vector<std::shared_ptr<HostEvent>> busy;
-    for (size_t i = 0; i < ctx->promotions.size(); ++i) {
-      const Promotion& p = ctx->promotions[i];
-      if (p.source != Tier::kRemote) continue;
-      (*read_done)[i] = std::make_shared<HostEvent>();
-      reads.push_back({.key = p.key, .dst = host_->slot_ptr(p.host_slot)});
-      which.push_back(i);
-      if (hazards_.Busy(p.host_slot)) busy.push_back(hazards_.Pending(p.host_slot));
+  // The storage tier a promotion's bytes come from (null: the host).
+  StorageTier* storage(Tier source) const {
+    switch (source) {
+      case Tier::kDisk:
+        return disk_.get();
+      case Tier::kRemote:
+        return remote_.get();
+      default:
+        return nullptr;
     }
-    if (reads.empty()) return;
-    std::vector<std::shared_ptr<HostEvent>> done;
-    for (size_t i : which) done.push_back((*read_done)[i]);
-    remote_->ReadAsync(
-        std::move(reads),
-        [busy = std::move(busy)] {
-          for (const auto& b : busy) b->Wait().IgnoreError();
-        },
-        [state, done = std::move(done)](size_t j, const absl::Status& st) {
-          if (!st.ok()) state->RecordError(st);
-          done[j]->Complete();
-        });
   }
 
-  void StartDiskRead(const std::shared_ptr<LoadContext>& ctx,
-                     const std::shared_ptr<TransferState>& state, size_t i,
-                     const std::shared_ptr<HostEvent>& done) {
-    const Promotion& p = ctx->promotions[i];
-    absl::Status s = disk_->Read(p.disk_slot, p.key, host_->slot_ptr(p.host_slot),
-                                 [this, ctx, state, i, done](absl::Status st) {
-                                   if (st.ok()) {
-                                     bytes_disk_read_ += options_.layout.block_bytes();
-                                   } else {
-                                     ctx->source_lost[i] = st.code() == absl::StatusCode::kDataLoss;
-                                     state->RecordError(st);
-                                   }
-                                   done->Complete();
-                                 });
-    if (!s.ok()) {
-      state->RecordError(s);
-      done->Complete();
+  // Reads the storage-resident blocks of a load into their host slots: per tier, one batch of
+  // those whose slot is free now, and each of the others alone once the write still reading its
+  // slot (hazards_) has ended. (*read_done)[i] completes when promotion i's read has, however.
+  void StartStorageReadsLocked(const std::shared_ptr<LoadContext>& ctx,
+                               const std::shared_ptr<TransferState>& state,
+                               std::vector<std::shared_ptr<HostEvent>>* read_done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu()) {
+    for (const Tier source : {Tier::kDisk, Tier::kRemote}) {
+      StorageTier* tier = storage(source);
+      std::vector<StorageTier::Block> now;
+      std::vector<size_t> now_which;  // now[j] is promotion now_which[j]
+      for (size_t i = 0; i < ctx->promotions.size(); ++i) {
+        const Promotion& p = ctx->promotions[i];
+        if (p.source != source) continue;
+        (*read_done)[i] = std::make_shared<HostEvent>();
+        StorageTier::Block block{
+            .key = p.key, .slot = p.disk_slot, .host = host_->slot_ptr(p.host_slot)};
+        if (hazards_.Busy(p.host_slot)) {
+          hazards_.Pending(p.host_slot)
+              ->Then([tier, block, done = ReadDone(ctx, state, *read_done, {i}, source)] {
+                for (const auto& [j, st] : tier->ReadBlocks({block}, done)) done(j, st);
+              });
+        } else {
+          now.push_back(block);
+          now_which.push_back(i);
+        }
+      }
+      if (now.empty()) continue;
+      StorageTier::Done done = ReadDone(ctx, state, *read_done, std::move(now_which), source);
+      // The completion takes no lock: it may run here for a block that could not be started.
+      for (const auto& [j, st] : tier->ReadBlocks(std::move(now), done)) done(j, st);
     }
+  }
+
+  // The completion of a batch of reads whose block j is promotion which[j].
+  StorageTier::Done ReadDone(const std::shared_ptr<LoadContext>& ctx,
+                             const std::shared_ptr<TransferState>& state,
+                             const std::vector<std::shared_ptr<HostEvent>>& read_done,
+                             std::vector<size_t> which, Tier source) {
+    std::vector<std::shared_ptr<HostEvent>> events;
+    for (size_t i : which) events.push_back(read_done[i]);
+    return [this, ctx, state, source, which = std::move(which), events = std::move(events)](
+               size_t j, const absl::Status& st) {
+      if (st.ok()) {
+        if (source == Tier::kDisk) bytes_disk_read_ += options_.layout.block_bytes();
+      } else {
+        // A copy that failed to verify is dropped from its tier (the disk's; the remote tier
+        // forgets it itself) so that the next Match does not find it again.
+        ctx->source_lost[which[j]] = st.code() == absl::StatusCode::kDataLoss;
+        state->RecordError(st);
+      }
+      events[j]->Complete();
+    };
   }
 
   struct SegmentAt {

@@ -399,6 +399,43 @@ absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
   return absl::OkStatus();
 }
 
+StorageTier::NotStarted DiskTier::ReadBlocks(std::vector<Block> blocks, Done done) {
+  auto shared = std::make_shared<Done>(std::move(done));
+  NotStarted not_started;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const Block& b = blocks[i];
+    absl::Status s =
+        Read(b.slot, b.key, b.host, [shared, i](absl::Status st) { (*shared)(i, st); });
+    if (!s.ok()) not_started.emplace_back(i, std::move(s));
+  }
+  return not_started;
+}
+
+StorageTier::NotStarted DiskTier::WriteBlocks(std::vector<Block> blocks, Done done) {
+  auto shared = std::make_shared<Done>(std::move(done));
+  NotStarted not_started;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const Block& b = blocks[i];
+    absl::Status s =
+        Write(b.slot, b.key, b.parent, b.host, [shared, i](absl::Status st) { (*shared)(i, st); });
+    if (!s.ok()) not_started.emplace_back(i, std::move(s));
+  }
+  return not_started;
+}
+
+void DiskTier::FillStats(CacheStats* stats) const {
+  const Stats d = this->stats();
+  stats->disk_corrupt_reads = d.corrupt_reads;
+  stats->disk_io_errors = d.io_errors;
+  stats->disk_recovery_dropped = d.recovery_dropped;
+  stats->disk_buffered_io = d.buffered_io;
+  stats->disk.corrupt_reads = d.corrupt_reads;
+  stats->disk.io_errors = d.io_errors;
+  stats->disk.queue_depth = d.queue_depth;
+  stats->disk_read_latency = d.read_latency;
+  stats->disk_write_latency = d.write_latency;
+}
+
 DiskTier::Stats DiskTier::stats() const {
   return Stats{.reads = reads_.load(),
                .writes = writes_.load(),

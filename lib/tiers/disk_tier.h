@@ -39,6 +39,7 @@
 #include "kvtier/stats.h"
 #include "lib/common/histogram.h"
 #include "lib/tiers/io_ring.h"
+#include "lib/tiers/storage_tier.h"
 
 namespace kvtier::internal {
 
@@ -60,7 +61,7 @@ struct StoredBlock {
   BlockKey parent;
 };
 
-class DiskTier {
+class DiskTier final : public StorageTier {
  public:
   struct Stats {
     uint64_t reads = 0, writes = 0, corrupt_reads = 0, io_errors = 0;
@@ -99,13 +100,18 @@ class DiskTier {
   absl::Status Read(SlotId slot, const BlockKey& key, void* host_slot,
                     std::function<void(absl::Status)> done);
 
+  // StorageTier: the per-block Read and Write above, for a batch.
+  NotStarted ReadBlocks(std::vector<Block> blocks, Done done) override;
+  NotStarted WriteBlocks(std::vector<Block> blocks, Done done) override;
+
   // Waits for every read and write started so far (their callbacks included).
-  void Drain() { ring_->Drain(); }
+  void Drain() override { ring_->Drain(); }
 
   // Clean shutdown: writes the manifest of `live` blocks atomically. Open() trusts it once.
   absl::Status Close(std::span<const StoredBlock> live);
 
   Stats stats() const;
+  void FillStats(CacheStats* stats) const override;
 
  private:
   DiskTier() = default;

@@ -237,6 +237,25 @@ void RemoteTier::WriteAsync(std::vector<Write> writes, std::function<void()> don
   });
 }
 
+StorageTier::NotStarted RemoteTier::ReadBlocks(std::vector<Block> blocks, Done done) {
+  std::vector<Read> reads;
+  reads.reserve(blocks.size());
+  for (const Block& b : blocks) reads.push_back({.key = b.key, .dst = b.host});
+  ReadAsync(std::move(reads), nullptr, std::move(done));
+  return {};
+}
+
+StorageTier::NotStarted RemoteTier::WriteBlocks(std::vector<Block> blocks, Done done) {
+  std::vector<Write> writes;
+  writes.reserve(blocks.size());
+  for (const Block& b : blocks) writes.push_back({.key = b.key, .parent = b.parent, .src = b.host});
+  const size_t n = writes.size();
+  WriteAsync(std::move(writes), [n, done = std::move(done)] {
+    for (size_t i = 0; i < n; ++i) done(i, absl::OkStatus());
+  });
+  return {};
+}
+
 void RemoteTier::FillStats(CacheStats* stats) const {
   RemoteStats& r = stats->remote;
   r.lookups = lookups_;

@@ -36,6 +36,7 @@
 #include "lib/common/histogram.h"
 #include "lib/common/mutex.h"
 #include "lib/tiers/redis_cluster.h"
+#include "lib/tiers/storage_tier.h"
 
 namespace kvtier::internal {
 
@@ -50,7 +51,7 @@ struct RemoteTierConfig {
   size_t known_capacity = 1 << 20;          // keys remembered as published or seen
 };
 
-class RemoteTier {
+class RemoteTier final : public StorageTier {
  public:
   using Clock = RedisCluster::Clock;
 
@@ -85,13 +86,18 @@ class RemoteTier {
   // reused from then on.
   void WriteAsync(std::vector<Write> writes, std::function<void()> done);
 
+  // StorageTier: ReadAsync and WriteAsync for a batch. A write's done reports OK whatever the
+  // store answered: publication is best effort, and failures are counted (write_errors).
+  NotStarted ReadBlocks(std::vector<Block> blocks, Done done) override;
+  NotStarted WriteBlocks(std::vector<Block> blocks, Done done) override;
+
   // Waits until every job queued so far has ended (its callback run).
-  void Drain();
+  void Drain() override;
 
   // The store key of a block.
   std::string StoreKey(const BlockKey& key) const;
   // Adds this tier's counters and latencies to `stats`.
-  void FillStats(CacheStats* stats) const;
+  void FillStats(CacheStats* stats) const override;
   RedisCluster& cluster() { return *cluster_; }
 
  private:
