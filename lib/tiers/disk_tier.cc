@@ -399,28 +399,34 @@ absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
   return absl::OkStatus();
 }
 
-StorageTier::NotStarted DiskTier::ReadBlocks(std::vector<Block> blocks, Done done) {
-  auto shared = std::make_shared<Done>(std::move(done));
-  NotStarted not_started;
+namespace {
+
+// Starts `op(blocks[i], done_i)` for each block (a per-block Read or Write); those that could not
+// be started are returned, and their completion never runs.
+template <typename Op>
+StorageTier::NotStarted StartEach(const std::vector<StorageTier::Block>& blocks,
+                                  StorageTier::Done done, Op op) {
+  auto shared = std::make_shared<StorageTier::Done>(std::move(done));
+  StorageTier::NotStarted not_started;
   for (size_t i = 0; i < blocks.size(); ++i) {
-    const Block& b = blocks[i];
-    absl::Status s =
-        Read(b.slot, b.key, b.host, [shared, i](absl::Status st) { (*shared)(i, st); });
+    absl::Status s = op(blocks[i], [shared, i](absl::Status st) { (*shared)(i, st); });
     if (!s.ok()) not_started.emplace_back(i, std::move(s));
   }
   return not_started;
 }
 
+}  // namespace
+
+StorageTier::NotStarted DiskTier::ReadBlocks(std::vector<Block> blocks, Done done) {
+  return StartEach(blocks, std::move(done), [this](const Block& b, auto cb) {
+    return Read(b.slot, b.key, b.host, std::move(cb));
+  });
+}
+
 StorageTier::NotStarted DiskTier::WriteBlocks(std::vector<Block> blocks, Done done) {
-  auto shared = std::make_shared<Done>(std::move(done));
-  NotStarted not_started;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    const Block& b = blocks[i];
-    absl::Status s =
-        Write(b.slot, b.key, b.parent, b.host, [shared, i](absl::Status st) { (*shared)(i, st); });
-    if (!s.ok()) not_started.emplace_back(i, std::move(s));
-  }
-  return not_started;
+  return StartEach(blocks, std::move(done), [this](const Block& b, auto cb) {
+    return Write(b.slot, b.key, b.parent, b.host, std::move(cb));
+  });
 }
 
 void DiskTier::FillStats(CacheStats* stats) const {
