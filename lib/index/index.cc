@@ -593,11 +593,8 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost)
   if (Lease* lease = FindLeaseLocked(p.lease_id); lease != nullptr) {
     LeaseSlot& ls = lease->slots[p.position];
     if (ls.holds && ls.entry == p.entry && ls.slot == p.device_slot) {
-      ls.holds = false;
+      ls.holds = false;  // its lease pin goes with the residency, removed below
       ls.entry = kNoEntry;
-      Residency& r = E(p.entry).res[T(kDev)];
-      r.lease_pins--;
-      if (r.pins() == 0) table(kDev).pinned--;  // removed below: no OnUnpin before OnRemove
       lease_owns = true;
     }
   }

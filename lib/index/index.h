@@ -230,11 +230,6 @@ class Index {
     for (const TierTable& tt : tiers_) n += tt.stats.evictions;
     return n;
   }
-  // Work done so far, in entries and slots visited: key lookups, eviction candidates the policies
-  // offered (accepted or not), and slots walked by whole-tier passes (flush, restore, listing).
-  // Monotonic, never reset; a test compares its growth per call across capacities, so that work
-  // proportional to a tier's size on a per-request path fails CI (CheckInvariants is not counted).
-  uint64_t work_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return work_; }
   // Fixed at construction: readable without mu().
   uint32_t capacity(Tier tier) const { return capacities_[static_cast<int>(tier)]; }
   size_t live_leases_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return leases_.size(); }
@@ -366,7 +361,11 @@ class Index {
   const bool host_write_through_;
   const bool remote_write_back_;
   CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)
-  mutable uint64_t work_ ABSL_GUARDED_BY(mu_) = 0;  // see work_locked()
+  // Work done so far, in entries and slots visited: key lookups, eviction candidates the policies
+  // offered (accepted or not), and slots walked by whole-tier passes (flush, restore, listing);
+  // CheckInvariants is not counted. Monotonic; reported as CacheStats::index_work, which
+  // test/cost_test.cc compares per request across capacities.
+  mutable uint64_t work_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace kvtier::internal
