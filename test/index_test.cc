@@ -23,9 +23,9 @@ struct Fixture {
   void Check() ABSL_NO_THREAD_SAFETY_ANALYSIS { REQUIRE_OK(index.CheckInvariantsLocked()); }
   // A lease of n slots committing `keys` (a chain); returns the lease id.
   uint64_t Commit(std::span<const BlockKey> keys,
-                  std::vector<Demotion>* d = nullptr) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                  std::vector<Move>* d = nullptr) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     std::vector<SlotId> slots;
-    std::vector<Demotion> ignored;
+    std::vector<Move> ignored;
     auto id = index.NewLeaseLocked(static_cast<uint32_t>(keys.size()), &slots, d ? d : &ignored);
     REQUIRE_OK(id);
     REQUIRE_OK(index.CommitLocked(*id, keys, d ? d : &ignored));
@@ -66,7 +66,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // it b1 b0 a1 a0.
   f.index.MatchLocked(a);
   std::vector<SlotId> slots;
-  std::vector<Demotion> d;
+  std::vector<Move> d;
   const uint64_t l1 = *f.index.NewLeaseLocked(1, &slots, &d);  // evicts b1, b's leaf
   CacheStats s;
   f.index.FillStatsLocked(&s);
@@ -81,7 +81,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // Everything is pinned or leased now except a; pin a too: the next allocation fails, and
   // nothing changes.
   const uint64_t la = *f.index.NewLeaseLocked(0, &slots, &d);
-  auto plan = f.index.PlanLoadLocked(la, std::span(a).first(0));
+  auto plan = f.index.PlanLoadLocked(la, MatchResult{});
   REQUIRE_OK(plan);
   const uint64_t l3 = *f.index.NewLeaseLocked(2, &slots, &d);  // takes a's two slots
   CHECK(f.index.MatchLocked(a).size() == 0);
@@ -102,19 +102,19 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   MutexLock lock(&f.index.mu());
   const auto a = test::Chain(2, 1);
   REQUIRE_OK(f.index.ReleaseLeaseLocked(f.Commit(a)));
-  std::vector<Demotion> demotions;
+  std::vector<Move> demotions;
   f.Commit(test::Chain(2, 2), &demotions);
   REQUIRE(demotions.size() == 2);
-  CHECK_FALSE(demotions[0].device_pinned);
+  CHECK_FALSE(demotions[0].source_kept);
   auto m = f.index.MatchLocked(a);
   REQUIRE(m.size() == 2);
   CHECK(m.tiers[0] == Tier::kHost);  // Filling counts as cached for Match ...
   std::vector<SlotId> slots;
-  std::vector<Demotion> d;
+  std::vector<Move> d;
   const uint64_t probe = *f.index.NewLeaseLocked(0 + 0, &slots, &d);  // an empty lease
-  auto plan = f.index.PlanLoadLocked(probe, std::span(a).first(0));
+  auto plan = f.index.PlanLoadLocked(probe, MatchResult{});
   REQUIRE_OK(plan);
-  for (const Demotion& x : demotions) f.index.FinishDemotionLocked(x, ok);
+  for (const Move& x : demotions) f.index.FinishMoveLocked(x, ok);
   f.Check();
   CacheStats s;
   f.index.FillStatsLocked(&s);
@@ -132,29 +132,29 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   std::vector<SlotId> first_slots;
   REQUIRE_OK(f.index.ReleaseLeaseLocked(first));
   // Push a's last two blocks down to the host by filling the device.
-  std::vector<Demotion> demotions;
+  std::vector<Move> demotions;
   const uint64_t other = f.Commit(test::Chain(3, 2), &demotions);
-  for (const Demotion& d : demotions) f.index.FinishDemotionLocked(d, true);
+  for (const Move& d : demotions) f.index.FinishMoveLocked(d, true);
   REQUIRE_OK(f.index.ReleaseLeaseLocked(other));
   f.Check();
   auto m = f.index.MatchLocked(a);
   REQUIRE(m.size() == 3);
   std::vector<SlotId> slots;
-  std::vector<Demotion> d;
+  std::vector<Move> d;
   const uint64_t lease = *f.index.NewLeaseLocked(3, &slots, &d);
-  auto plan = f.index.PlanLoadLocked(lease, m.keys);
+  auto plan = f.index.PlanLoadLocked(lease, m);
   REQUIRE_OK(plan);
   CHECK(plan->blocks == 3);
   CHECK(plan->promotions.size() == m.blocks_in(Tier::kHost));
   f.Check();
   // A second lease cannot share the blocks still being promoted: its plan stops there.
   const uint64_t lease2 = *f.index.NewLeaseLocked(1, &slots, &d);
-  auto plan2 = f.index.PlanLoadLocked(lease2, m.keys);
+  auto plan2 = f.index.PlanLoadLocked(lease2, m);
   REQUIRE_CODE(plan2, absl::StatusCode::kInvalidArgument);  // 3 blocks into a 1-slot lease
   // Loading twice into the same lease is refused.
-  REQUIRE_CODE(f.index.PlanLoadLocked(lease, m.keys), absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE(f.index.PlanLoadLocked(lease, m), absl::StatusCode::kFailedPrecondition);
   // A failed promotion gives the slot back to the lease.
-  for (const Promotion& p : plan->promotions) f.index.FinishPromotionLocked(p, false);
+  for (const Move& p : plan->promotions) f.index.FinishMoveLocked(p, false);
   f.Check();
   REQUIRE_OK(f.index.CommitLocked(lease, a, &d));  // the engine recomputed them
   f.Check();
@@ -166,7 +166,7 @@ TEST_CASE("Index: Commit is all or nothing", "[index]") ABSL_NO_THREAD_SAFETY_AN
   const auto a = test::Chain(2, 1);
   f.Commit(a);
   std::vector<SlotId> slots;
-  std::vector<Demotion> d;
+  std::vector<Move> d;
   const uint64_t lease = *f.index.NewLeaseLocked(3, &slots, &d);
   const auto fresh = test::Chain(3, 7);
   // keys[2] is a's root under another parent: the chain contradicts the index.
@@ -192,13 +192,13 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   MutexLock lock(&f.index.mu());
   const auto a = test::Chain(2, 1);
   REQUIRE_OK(f.index.ReleaseLeaseLocked(f.Commit(a)));
-  std::vector<Demotion> d;
+  std::vector<Move> d;
   std::vector<SlotId> slots;
   // One slot: the least recent block, a's leaf (released last-to-first), is written back; fail it.
   const uint64_t l1 = *f.index.NewLeaseLocked(1, &slots, &d);
   REQUIRE(d.size() == 1);
   CHECK(d[0].key == a[1]);
-  f.index.FinishDemotionLocked(d[0], false);
+  f.index.FinishMoveLocked(d[0], false);
   f.Check();
   CHECK(f.index.MatchLocked(a).size() == 1);
   // Now the root: the same again. Nothing of a is left, and no entry lingers (Check).
@@ -206,7 +206,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const uint64_t l2 = *f.index.NewLeaseLocked(1, &slots, &d);
   REQUIRE(d.size() == 1);
   CHECK(d[0].key == a[0]);
-  f.index.FinishDemotionLocked(d[0], false);
+  f.index.FinishMoveLocked(d[0], false);
   f.Check();
   CHECK(f.index.MatchLocked(a).size() == 0);
   REQUIRE_OK(f.index.ReleaseLeaseLocked(l1));

@@ -32,23 +32,26 @@ set(S "${SOURCE_DIR}")
 check("public headers expose no internal or third-party header"
       "\"(lib|cuda)/|${third_party_io}|${cuda_headers}" "" "${S}/include/kvtier/*.h")
 check("lib/common is the bottom: no other component"
-      "\"(lib/(index|policies|tiers|transfer|python)|cuda)/|\"lib/cache_factory\\.h" ""
+      "\"(lib/(index|movers|policies|tiers|transfer|python)|cuda)/|\"lib/cache_" ""
       "${S}/lib/common/*.h" "${S}/lib/common/*.cc")
 check("a policy only ranks entries: no index, tier, device or CUDA"
-      "\"(lib/(index|tiers|transfer)|cuda)/|\"kvtier/(cache|transfer)\\.h|${third_party_io}|${cuda_headers}"
+      "\"(lib/(index|movers|tiers|transfer)|cuda)/|\"kvtier/(cache|transfer)\\.h|${third_party_io}|${cuda_headers}"
       "" "${S}/lib/policies/*.h" "${S}/lib/policies/*.cc")
 check("the index does no I/O and knows no tier, device or CUDA"
-      "\"(lib/(tiers|transfer)|cuda)/|\"lib/cache_factory\\.h|\"kvtier/(cache|transfer)\\.h|${third_party_io}|${cuda_headers}"
+      "\"(lib/(movers|tiers|transfer)|cuda)/|\"lib/cache_|\"kvtier/(cache|transfer)\\.h|${third_party_io}|${cuda_headers}"
       "" "${S}/lib/index/*.h" "${S}/lib/index/*.cc")
 check("the transfer layer knows no index, policy or tier"
-      "\"(lib/(index|policies|tiers)|cuda)/|\"kvtier/cache\\.h|${third_party_io}|${cuda_headers}" ""
+      "\"(lib/(index|movers|policies|tiers)|cuda)/|\"kvtier/cache\\.h|${third_party_io}|${cuda_headers}" ""
       "${S}/lib/transfer/*.h" "${S}/lib/transfer/*.cc")
 check("a tier knows no index or policy and moves bytes through the Device"
-      "\"(lib/(index|policies)|cuda)/|\"kvtier/cache\\.h|${cuda_headers}" ""
+      "\"(lib/(index|movers|policies)|cuda)/|\"kvtier/cache\\.h|${cuda_headers}" ""
       "${S}/lib/tiers/*.h" "${S}/lib/tiers/*.cc")
 check("cuda/ implements the Device: no index, policy or tier"
-      "\"lib/(index|policies|tiers)/|\"kvtier/cache\\.h" ""
+      "\"lib/(index|movers|policies|tiers)/|\"kvtier/cache\\.h" ""
       "${S}/cuda/*.h" "${S}/cuda/*.cc" "${S}/cuda/*.cuh" "${S}/cuda/*.cu")
+check("the movers carry out the Index's moves: no policy, facade or third-party I/O"
+      "\"(lib/policies|cuda)/|\"lib/cache_|\"kvtier/cache\\.h|${third_party_io}|${cuda_headers}" ""
+      "${S}/lib/movers/*.h" "${S}/lib/movers/*.cc")
 check("only the io ring includes liburing" "<liburing\\.h>" "^lib/tiers/io_ring\\.cc$"
       "${S}/lib/*.h" "${S}/lib/*.cc" "${S}/lib/*/*.h" "${S}/lib/*/*.cc" "${S}/cuda/*")
 check("only the Redis client includes hiredis" "<hiredis/" "^lib/tiers/redis_cluster\\.cc$"

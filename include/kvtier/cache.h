@@ -50,18 +50,7 @@
 
 namespace kvtier {
 
-namespace internal {
-class CacheCore;
-class Device;
-class FaultInjector;
-struct Demotion;
-}  // namespace internal
 class Cache;
-namespace internal {
-absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
-                                                   std::unique_ptr<Device> device,
-                                                   FaultInjector* disk_faults);
-}  // namespace internal
 
 // Device slots reserved for one sequence, in block order. Slot i is where block i of the sequence
 // lives in the engine's KV tensors (layout segment base + slot * stride).
@@ -78,9 +67,9 @@ class DeviceLease {
   DeviceLease& operator=(const DeviceLease&) = delete;
   ~DeviceLease();
 
-  explicit operator bool() const { return core_ != nullptr; }
-  // The cache that issued it (nullptr when empty); for checks.
-  const internal::CacheCore* core_for_checks() const { return core_; }
+  explicit operator bool() const { return cache_ != nullptr; }
+  // The cache that issued it (nullptr when empty).
+  const Cache* cache() const { return cache_; }
   uint32_t size() const { return static_cast<uint32_t>(slots_.size()); }
   // Device slot of each block. Load() may replace slot i by the slot where block i already resides
   // on the device (no copy): read this after Load() to build the engine's block table.
@@ -88,12 +77,11 @@ class DeviceLease {
 
  private:
   friend class Cache;
-  friend class internal::CacheCore;
-  DeviceLease(internal::CacheCore* core, uint64_t id, std::vector<uint32_t> slots)
-      : core_(core), id_(id), slots_(std::move(slots)) {}
+  DeviceLease(Cache* cache, uint64_t id, std::vector<uint32_t> slots)
+      : cache_(cache), id_(id), slots_(std::move(slots)) {}
   void Reset();
 
-  internal::CacheCore* core_ = nullptr;
+  Cache* cache_ = nullptr;
   uint64_t id_ = 0;
   std::vector<uint32_t> slots_;
 };
@@ -155,15 +143,14 @@ class Cache {
   // naming the first one broken. O(blocks). For tests and debugging.
   absl::Status CheckInvariants() const;
 
+  // The implementation (lib/cache_core.h): opaque to users.
+  class Core;
+
  private:
-  friend absl::StatusOr<std::unique_ptr<Cache>> internal::CreateCache(
-      const Options& options, std::unique_ptr<internal::Device> device,
-      internal::FaultInjector* disk_faults);
-  explicit Cache(std::unique_ptr<internal::CacheCore> core);
-  absl::Status FinishAllocation(const absl::Status& reserved,
-                                std::vector<internal::Demotion> demotions,
-                                std::vector<uint32_t> quarantine);
-  std::unique_ptr<internal::CacheCore> core_;
+  friend class DeviceLease;
+  explicit Cache(std::unique_ptr<Core> core);
+  void ReleaseLease(uint64_t id);  // for ~DeviceLease: never fails
+  std::unique_ptr<Core> core_;
 };
 
 }  // namespace kvtier

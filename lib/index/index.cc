@@ -36,7 +36,7 @@ Index::Index(IndexConfig config)
     : capacities_(config.capacity_slots),
       demote_on_evict_(config.demote_on_evict),
       host_write_through_(config.host_write_through),
-      remote_write_back_(config.remote_write_back) {
+      store_feed_(config.store_feed) {
   MutexLock lock(&mu_);
   for (int t = 0; t < kNumTiers; ++t) {
     TierTable& tt = tiers_[t];
@@ -254,7 +254,7 @@ bool Index::HasOtherCopyLocked(uint32_t id, Tier tier) const {
   return false;
 }
 
-std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Demotion>* demotions) {
+std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demotions) {
   TierTable& tt = table(tier);
   if (tt.capacity == 0) return std::nullopt;
   if (!tt.free.empty()) {
@@ -277,8 +277,8 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Demotion>* de
     const bool other_copy = HasOtherCopyLocked(id, tier);
     if (!other_copy && can_write_back) {
       // Write-back: the copy below starts Filling (io-pinned) and this slot is handed on at once;
-      // the caller finishes the copy before anyone may write the slot (the device: Demotion, the
-      // host: DiskWrite, whose slot's next user waits for it).
+      // the caller finishes the copy before anyone may write the slot (the device: a demotion, the
+      // host: a write, whose slot's next user waits for it).
       const Tier below = static_cast<Tier>(T(tier) + 1);
       std::optional<SlotId> slot_below = TakeSlotLocked(below, nullptr);
       if (!slot_below) {
@@ -286,25 +286,25 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Demotion>* de
         continue;
       }
       AddResidencyLocked(id, below, *slot_below, ResState::kFilling, 0, 1);
+      const Move m{
+          .key = E(id).key, .entry = id, .from = {tier, *victim}, .to = {below, *slot_below}};
       if (tier == kDev) {
-        demotions->push_back(Demotion{
-            .key = E(id).key, .entry = id, .device_slot = *victim, .host_slot = *slot_below});
+        demotions->push_back(m);
         counters_.demotions++;
       } else {
-        disk_writes_.push_back(DiskWrite{.key = E(id).key,
-                                         .parent = ParentKeyLocked(id),
-                                         .entry = id,
-                                         .host_slot = *victim,
-                                         .disk_slot = *slot_below});
+        writes_.push_back(m);
+        writes_.back().parent = ParentKeyLocked(id);
       }
       tt.stats.demotions++;
     } else if (!other_copy) {
       tt.stats.drops++;
     }
-    if (tier == kHostTier && remote_write_back_) {
+    if (tier == kHostTier && store_feed_ == IndexConfig::StoreFeed::kHostVictims) {
       // The bytes stay in the slot until its next user, who waits for this write, fills it.
-      remote_writes_.push_back(
-          RemoteWrite{.key = E(id).key, .parent = ParentKeyLocked(id), .host_slot = *victim});
+      writes_.push_back(Move{.key = E(id).key,
+                             .parent = ParentKeyLocked(id),
+                             .from = {kHostTier, *victim},
+                             .to = {Tier::kRemote, 0}});
     }
     tt.stats.evictions++;
     return RemoveResidencyLocked(id, tier);
@@ -312,7 +312,7 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Demotion>* de
 }
 
 absl::Status Index::AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
-                                        std::vector<Demotion>* demotions,
+                                        std::vector<Move>* demotions,
                                         std::vector<SlotId>* quarantine) {
   const size_t first = lease.slots.size();
   const size_t first_demotion = demotions->size();
@@ -325,7 +325,7 @@ absl::Status Index::AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<Sl
         const SlotId slot = lease.slots[j].slot;
         const bool copying = std::any_of(
             demotions->begin() + static_cast<ptrdiff_t>(first_demotion), demotions->end(),
-            [slot](const Demotion& d) { return !d.device_pinned && d.device_slot == slot; });
+            [slot](const Move& d) { return !d.source_kept && d.from.slot == slot; });
         if (copying && quarantine != nullptr) {
           table(kDev).slot[slot].use = SlotUse::kQuarantined;
           quarantine->push_back(slot);
@@ -351,7 +351,7 @@ void Index::FreeQuarantinedLocked(std::span<const SlotId> slots) {
 }
 
 absl::StatusOr<uint64_t> Index::NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
-                                               std::vector<Demotion>* demotions,
+                                               std::vector<Move>* demotions,
                                                std::vector<SlotId>* quarantine) {
   Lease lease;
   lease.slots.reserve(n);
@@ -364,15 +364,14 @@ absl::StatusOr<uint64_t> Index::NewLeaseLocked(uint32_t n, std::vector<SlotId>* 
 }
 
 absl::Status Index::GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<SlotId>* slots,
-                                    std::vector<Demotion>* demotions,
-                                    std::vector<SlotId>* quarantine) {
+                                    std::vector<Move>* demotions, std::vector<SlotId>* quarantine) {
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Grow: the lease was released");
   return AddLeaseSlotsLocked(*lease, n, slots, demotions, quarantine);
 }
 
-absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys,
-                                               uint32_t remote_from) {
+absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchResult& match) {
+  const std::span<const BlockKey> keys = match.keys;
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Load: the lease was released");
   if (keys.size() > lease->slots.size()) {
@@ -387,31 +386,35 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     }
   }
   LoadPlan plan;
-  // A host-to-device copy of entry `id` (its host copy at `p.host_slot`) into lease position i.
-  auto promote = [&](uint32_t i, uint32_t id, Promotion p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    LeaseSlot& ls = lease->slots[i];
-    p.key = keys[i];
-    p.entry = id;
-    p.device_slot = ls.slot;
-    p.lease_id = lease_id;
-    p.position = i;
-    plan.promotions.push_back(p);
-    AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
-    ls.holds = true;
-    ls.entry = id;
-    counters_.promotions++;
-    table(kDev).stats.promotions++;
-    // A disk or remote read into a new host slot comes first.
-    if (p.source != kHostTier) table(kHostTier).stats.promotions++;
-  };
+  // A copy of entry `id` from `from` (through host slot `via` when below the host) into lease
+  // position i.
+  auto promote = [&](uint32_t i, uint32_t id, Place from, SlotId via = 0)
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                       LeaseSlot& ls = lease->slots[i];
+                       plan.promotions.push_back(Move{.key = keys[i],
+                                                      .entry = id,
+                                                      .from = from,
+                                                      .to = {kDev, ls.slot},
+                                                      .via = via,
+                                                      .position = i,
+                                                      .lease_id = lease_id});
+                       AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
+                       ls.holds = true;
+                       ls.entry = id;
+                       counters_.promotions++;
+                       table(kDev).stats.promotions++;
+                       // A read from below into a new host slot comes first.
+                       if (from.tier != kHostTier) table(kHostTier).stats.promotions++;
+                     };
   uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
     uint32_t id = FindLocked(keys[i]);
     if (id != kNoEntry && E(id).parent_id != parent) break;
     if (id == kNoEntry || !E(id).cached()) {
-      // Cached nowhere here; Match found it in the remote tier: read it into a new host slot.
-      if (i < remote_from || !AdoptRemoteLocked(keys[i], parent, &id)) break;
-      promote(i, id, {.host_slot = E(id).res[T(kHostTier)].slot, .source = Tier::kRemote});
+      // Cached nowhere here; Match found it in a store: read it into a new host slot.
+      const Tier store = i < match.tiers.size() ? match.tiers[i] : kDev;
+      if (T(store) < kNumTiers || !StageFromStoreLocked(keys[i], parent, &id)) break;
+      promote(i, id, {store, 0}, E(id).res[T(kHostTier)].slot);
     } else if (const Residency d = E(id).res[T(kDev)]; d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
@@ -423,7 +426,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
     } else if (const Residency h = E(id).res[T(kHostTier)]; h.present()) {
       if (h.state != ResState::kReady) break;
       PinLocked(id, kHostTier, /*lease=*/false);
-      promote(i, id, {.host_slot = h.slot});
+      promote(i, id, {kHostTier, h.slot});
     } else {
       // On disk only: read it into a new host slot, then copy that to the device.
       const Residency k = E(id).res[T(kDiskTier)];
@@ -436,7 +439,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
         break;
       }
       AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      promote(i, id, {.host_slot = *host_slot, .source = kDiskTier, .disk_slot = k.slot});
+      promote(i, id, {kDiskTier, k.slot}, *host_slot);
     }
     parent = id;
     plan.blocks++;
@@ -448,7 +451,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, std::span<cons
 }
 
 absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
-                                 std::vector<Demotion>* demotions) {
+                                 std::vector<Move>* demotions) {
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Commit: the lease was released");
   if (keys.size() > lease->slots.size()) {
@@ -509,11 +512,11 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
         if (std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr)) {
           AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
           PinLocked(id, kDev, /*lease=*/false);
-          demotions->push_back(Demotion{.key = keys[i],
-                                        .entry = id,
-                                        .device_slot = ls.slot,
-                                        .host_slot = *hs,
-                                        .device_pinned = true});
+          demotions->push_back(Move{.key = keys[i],
+                                    .entry = id,
+                                    .from = {kDev, ls.slot},
+                                    .to = {kHostTier, *hs},
+                                    .source_kept = true});
           counters_.demotions++;
           table(kDev).stats.demotions++;
         }
@@ -539,7 +542,7 @@ absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
   return absl::OkStatus();
 }
 
-bool Index::AdoptRemoteLocked(const BlockKey& key, uint32_t parent, uint32_t* id) {
+bool Index::StageFromStoreLocked(const BlockKey& key, uint32_t parent, uint32_t* id) {
   // The entry first: as the parent's child it keeps the parent cached (prefix rule) while making
   // room on the host evicts, so the chain it hangs from stays matchable.
   if (*id == kNoEntry) *id = AddEntryLocked(key, parent);
@@ -552,53 +555,62 @@ bool Index::AdoptRemoteLocked(const BlockKey& key, uint32_t parent, uint32_t* id
   return true;
 }
 
-std::optional<RemoteWrite> Index::PinHostCopyLocked(const BlockKey& key) {
-  const uint32_t id = FindLocked(key);
-  if (id == kNoEntry) return std::nullopt;
-  const Residency& h = E(id).res[T(kHostTier)];
-  if (h.state != ResState::kReady) return std::nullopt;
-  PinLocked(id, kHostTier, /*lease=*/false);
-  return RemoteWrite{.key = key, .parent = ParentKeyLocked(id), .entry = id, .host_slot = h.slot};
+void Index::QueueWriteLocked(uint32_t id, SlotId host_slot, Place to, bool source_kept) {
+  if (source_kept) PinLocked(id, kHostTier, /*lease=*/false);
+  writes_.push_back(Move{.key = E(id).key,
+                         .parent = ParentKeyLocked(id),
+                         .entry = id,
+                         .from = {kHostTier, host_slot},
+                         .to = to,
+                         .source_kept = source_kept});
 }
 
-void Index::UnpinHostCopyLocked(const RemoteWrite& w) { UnpinLocked(w.entry, kHostTier, false); }
-
-void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost) {
-  UnpinLocked(p.entry, kHostTier, /*lease=*/false);
-  UnpinLocked(p.entry, kDev, /*lease=*/false);
-  if (p.source == Tier::kRemote) {
-    if (ok) {
-      MarkReadyLocked(p.entry, kHostTier);
-    } else {
-      FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
-    }
-  }
-  if (p.source == kDiskTier) {
-    UnpinLocked(p.entry, kDiskTier, /*lease=*/false);
-    if (ok) {
-      MarkReadyLocked(p.entry, kHostTier);  // the block is on the host now too
-    } else {
-      FreeSlotLocked(kHostTier, RemoveResidencyLocked(p.entry, kHostTier));
-      if (source_lost) FreeSlotLocked(kDiskTier, RemoveResidencyLocked(p.entry, kDiskTier));
+void Index::FinishMoveLocked(const Move& m, bool ok, bool source_lost) {
+  if (m.entry == kNoEntry) return;  // a store's copy of a host victim: no state here
+  const Tier to = m.to.tier;
+  if (m.source_kept) UnpinLocked(m.entry, m.from.tier, /*lease=*/false);
+  if (T(to) >= kNumTiers) return;  // a store keeps no residency here
+  UnpinLocked(m.entry, to, /*lease=*/false);
+  if (to == kDev) {
+    UnpinLocked(m.entry, kHostTier, /*lease=*/false);
+    if (m.from.tier != kHostTier) {
+      // Read from below into the `via` host slot first: the block is on the host now too, or not.
+      if (T(m.from.tier) < kNumTiers) UnpinLocked(m.entry, m.from.tier, /*lease=*/false);
+      if (ok) {
+        MarkReadyLocked(m.entry, kHostTier);
+      } else {
+        FreeSlotLocked(kHostTier, RemoveResidencyLocked(m.entry, kHostTier));
+        if (source_lost && T(m.from.tier) < kNumTiers) {
+          FreeSlotLocked(m.from.tier, RemoveResidencyLocked(m.entry, m.from.tier));
+        }
+      }
     }
   }
   if (ok) {
-    MarkReadyLocked(p.entry, kDev);
+    MarkReadyLocked(m.entry, to);
+    if (to == kHostTier && store_feed_ == IndexConfig::StoreFeed::kHostFills) {
+      QueueWriteLocked(m.entry, m.to.slot, {Tier::kRemote, 0}, /*source_kept=*/true);
+    }
     return;
   }
   counters_.transfer_failures++;
-  table(kDev).stats.fill_failures++;
-  // The bytes in the slot are undefined: forget the residency, give the slot back to its lease.
+  table(to).stats.fill_failures++;
+  if (to != kDev) {
+    FreeSlotLocked(to, RemoveResidencyLocked(m.entry, to));
+    return;
+  }
+  // The bytes in the device slot are undefined: forget the residency, give the slot back to its
+  // lease.
   bool lease_owns = false;
-  if (Lease* lease = FindLeaseLocked(p.lease_id); lease != nullptr) {
-    LeaseSlot& ls = lease->slots[p.position];
-    if (ls.holds && ls.entry == p.entry && ls.slot == p.device_slot) {
+  if (Lease* lease = FindLeaseLocked(m.lease_id); lease != nullptr) {
+    LeaseSlot& ls = lease->slots[m.position];
+    if (ls.holds && ls.entry == m.entry && ls.slot == m.to.slot) {
       ls.holds = false;  // its lease pin goes with the residency, removed below
       ls.entry = kNoEntry;
       lease_owns = true;
     }
   }
-  const SlotId slot = RemoveResidencyLocked(p.entry, kDev);
+  const SlotId slot = RemoveResidencyLocked(m.entry, kDev);
   if (lease_owns) {
     table(kDev).slot[slot].use = SlotUse::kLeased;
     table(kDev).slot[slot].entry = kNoEntry;
@@ -607,20 +619,8 @@ void Index::FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost)
   }
 }
 
-void Index::FinishDemotionLocked(const Demotion& d, bool ok) {
-  if (d.device_pinned) UnpinLocked(d.entry, kDev, /*lease=*/false);
-  UnpinLocked(d.entry, kHostTier, /*lease=*/false);
-  if (ok) {
-    MarkReadyLocked(d.entry, kHostTier);
-    return;
-  }
-  counters_.transfer_failures++;
-  table(kHostTier).stats.fill_failures++;
-  FreeSlotLocked(kHostTier, RemoveResidencyLocked(d.entry, kHostTier));
-}
-
-std::vector<Demotion> Index::FlushDeviceLocked() {
-  std::vector<Demotion> out;
+std::vector<Move> Index::FlushDeviceLocked() {
+  std::vector<Move> out;
   const TierTable& dev = table(kDev);
   work_ += dev.capacity;
   for (SlotId s = 0; s < dev.capacity; ++s) {
@@ -635,8 +635,11 @@ std::vector<Demotion> Index::FlushDeviceLocked() {
     if (!hs) break;
     AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
     PinLocked(id, kDev, /*lease=*/false);
-    out.push_back(Demotion{
-        .key = E(id).key, .entry = id, .device_slot = s, .host_slot = *hs, .device_pinned = true});
+    out.push_back(Move{.key = E(id).key,
+                       .entry = id,
+                       .from = {kDev, s},
+                       .to = {kHostTier, *hs},
+                       .source_kept = true});
     counters_.demotions++;
     table(kDev).stats.demotions++;
   }
@@ -655,27 +658,9 @@ void Index::FlushHostLocked() {
     std::optional<SlotId> ds = TakeSlotLocked(kDiskTier, nullptr);
     if (!ds) break;
     AddResidencyLocked(id, kDiskTier, *ds, ResState::kFilling, 0, 1);
-    PinLocked(id, kHostTier, /*lease=*/false);
-    disk_writes_.push_back(DiskWrite{.key = E(id).key,
-                                     .parent = ParentKeyLocked(id),
-                                     .entry = id,
-                                     .host_slot = s,
-                                     .disk_slot = *ds,
-                                     .host_pinned = true});
+    QueueWriteLocked(id, s, {kDiskTier, *ds}, /*source_kept=*/true);
     table(kHostTier).stats.demotions++;
   }
-}
-
-void Index::FinishDiskWriteLocked(const DiskWrite& w, bool ok) {
-  if (w.host_pinned) UnpinLocked(w.entry, kHostTier, /*lease=*/false);
-  UnpinLocked(w.entry, kDiskTier, /*lease=*/false);
-  if (ok) {
-    MarkReadyLocked(w.entry, kDiskTier);
-    return;
-  }
-  counters_.transfer_failures++;
-  table(kDiskTier).stats.fill_failures++;
-  FreeSlotLocked(kDiskTier, RemoveResidencyLocked(w.entry, kDiskTier));
 }
 
 uint32_t Index::RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks) {

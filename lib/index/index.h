@@ -2,8 +2,8 @@
 // the cache happens here, under mu(), and CheckInvariants() verifies all of them.
 //
 // The Index does no I/O and knows no Device: a transition that needs bytes moved returns a
-// Promotion or Demotion for the caller to enqueue, and the caller reports the copy's outcome back
-// through FinishPromotion/FinishDemotion.
+// Move for the caller to carry out, and the caller reports the copy's outcome back through
+// FinishMoveLocked.
 //
 // Lock order (the whole library): Index::mu() -> a Device's queue locks -> TransferState::mu.
 // Policies own no lock: they run under mu().
@@ -76,42 +76,43 @@ struct Entry {
 static_assert(sizeof(Residency) == 8);
 static_assert(sizeof(Entry) == 48);
 
-// A host-to-device copy the caller must enqueue: the host slot into lease position `position`.
-// `source` is where the bytes are: kHost, in `host_slot` already; kDisk, to be read first from
-// `disk_slot` into `host_slot` (a new host residency, Filling until the promotion finishes);
-// kRemote, to be read first from the remote tier into `host_slot` (the entry is new to the
-// index, or was a lost parent: its host residency is Filling until the promotion finishes, and a
-// failure forgets it).
-struct Promotion {
-  BlockKey key;
-  uint32_t entry = kNoEntry;  // the key's entry id (it exists until the promotion finishes)
-  SlotId host_slot = 0;
-  SlotId device_slot = 0;
-  uint64_t lease_id = 0;
-  uint32_t position = 0;
-  Tier source = Tier::kHost;
-  SlotId disk_slot = 0;
+// Where a block's bytes are: a tier and a slot of it. A store the index tracks no slots of
+// (kRemote) names its blocks by key: slot 0.
+struct Place {
+  Tier tier = Tier::kHost;
+  SlotId slot = 0;
 };
 
-// A block the remote tier should get a copy of from a host slot, decided by the index: a host
-// victim under remote write-back (the slot was handed on: its next user waits for the write), or
-// a host copy io-pinned by PinHostCopyLocked (write-through: unpin when the write ends).
-struct RemoteWrite {
+// One copy of one block that the Index decided (state only: the slots are taken, the target is
+// Filling and io-pinned) and the caller carries out, reporting its outcome with FinishMoveLocked.
+// By direction:
+//  - a promotion, to the device (lease `lease_id`, position `position`): from a host slot, or
+//    from a tier below through `via`, a new host slot the bytes are read into first (Filling
+//    until the promotion finishes; for a store the entry may be new, and a failure forgets it);
+//  - a demotion, device to host;
+//  - a write, host to a tier below: a disk slot, or a store (the remote tier).
+// `source_kept`: the source copy stays, io-pinned until the move ends (write-through, flush).
+// Otherwise a demotion's or a write's source slot was handed on at once (write-back of a victim):
+// its next user must wait for this copy (a device slot: the allocation waits for the demotion; a
+// host slot: HostSlotHazards). `entry` is kNoEntry for a copy the index keeps no state for (a
+// store's copy of a host victim): finishing it changes nothing.
+struct Move {
   BlockKey key;
-  BlockKey parent;
-  uint32_t entry = kNoEntry;  // for PinHostCopyLocked's writes: the entry to unpin
-  SlotId host_slot = 0;
-};
-
-// A host-to-disk write the caller must start (write-back of a host victim). The host slot was
-// handed on at once: whoever uses it next must wait until this write has finished.
-struct DiskWrite {
-  BlockKey key;
-  BlockKey parent;
+  BlockKey parent;  // writes: the key's parent (kRootKey for a first block), stored with it
   uint32_t entry = kNoEntry;
-  SlotId host_slot = 0;
-  SlotId disk_slot = 0;
-  bool host_pinned = false;  // a flush: the host copy stays and is io-pinned until the write ends
+  Place from;
+  Place to;
+  SlotId via = 0;
+  bool source_kept = false;
+  uint32_t position = 0;
+  uint64_t lease_id = 0;
+
+  // The host slot the bytes pass through: a promotion's source (or `via`), a demotion's target, a
+  // write's source.
+  SlotId host_slot() const {
+    if (from.tier == Tier::kHost) return from.slot;
+    return to.tier == Tier::kHost ? to.slot : via;
+  }
 };
 
 // A block found in a tier's storage at start (warm restart).
@@ -121,20 +122,9 @@ struct RestoredBlock {
   SlotId slot = 0;
 };
 
-// A device-to-host copy the caller must enqueue. `device_pinned`: the device residency stays and is
-// io-pinned until FinishDemotion (write-through); otherwise the device slot was already handed on
-// and the caller must finish the copy before anything writes the slot (write-back).
-struct Demotion {
-  BlockKey key;
-  uint32_t entry = kNoEntry;  // the key's entry id (it exists until the demotion finishes)
-  SlotId device_slot = 0;
-  SlotId host_slot = 0;
-  bool device_pinned = false;
-};
-
 struct LoadPlan {
   uint32_t blocks = 0;  // lease positions [0, blocks) now hold the matched keys
-  std::vector<Promotion> promotions;
+  std::vector<Move> promotions;
   std::vector<uint32_t> lease_slots;  // the lease's device slots after the plan
 };
 
@@ -143,9 +133,11 @@ struct IndexConfig {
   std::array<std::unique_ptr<EvictionPolicy>, kNumTiers> policies;
   bool demote_on_evict = true;
   bool host_write_through = false;
-  // Every host victim (its bytes still in the slot) is handed to the remote tier, as a
-  // RemoteWrite taken with TakeRemoteWritesLocked.
-  bool remote_write_back = false;
+  // What the store (the remote tier, Tier::kRemote) gets a copy of, as writes from host slots:
+  // kHostVictims, every host victim (its bytes still in the slot: write-back); kHostFills, every
+  // block a demotion brought to the host (the host copy io-pinned until sent: write-through).
+  enum class StoreFeed : uint8_t { kNone, kHostVictims, kHostFills };
+  StoreFeed store_feed = StoreFeed::kNone;
 };
 
 class Index {
@@ -166,52 +158,41 @@ class Index {
   // written back are appended to `quarantine` (if given; else freed at once): the caller frees them
   // with FreeQuarantinedLocked once those copies are done, so no one writes them before.
   absl::StatusOr<uint64_t> NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
-                                          std::vector<Demotion>* demotions,
+                                          std::vector<Move>* demotions,
                                           std::vector<SlotId>* quarantine = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<SlotId>* slots,
-                               std::vector<Demotion>* demotions,
+                               std::vector<Move>* demotions,
                                std::vector<SlotId>* quarantine = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeQuarantinedLocked(std::span<const SlotId> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Positions at or after `remote_from` that are cached nowhere locally may be read from the remote
-  // tier (Match found them there): they get a new host slot and a promotion with source kRemote.
-  absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, std::span<const BlockKey> keys,
-                                          uint32_t remote_from = UINT32_MAX)
+  // Plans lease positions [0, match.size()). A block cached nowhere locally that the match found
+  // in a store (match.tiers[i] >= kNumTiers) gets a new host slot to be read into from the store.
+  absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, const MatchResult& match)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
-                            std::vector<Demotion>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                            std::vector<Move>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ReleaseLeaseLocked(uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // `source_lost`: the disk copy it was read from failed to verify and is dropped too.
-  void FinishPromotionLocked(const Promotion& p, bool ok, bool source_lost = false)
+  // Reports a move's outcome. `source_lost`: a promotion's copy in the tier below failed to
+  // verify, and is dropped too. A demotion that succeeds under StoreFeed::kHostFills queues a
+  // write to the store.
+  void FinishMoveLocked(const Move& m, bool ok, bool source_lost = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishDemotionLocked(const Demotion& d, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishDiskWriteLocked(const DiskWrite& w, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Disk write-backs decided by the calls since the last take (any call that takes host slots).
-  std::vector<DiskWrite> TakeDiskWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return std::exchange(disk_writes_, {});
+  // Writes from host slots to the tiers below (disk, store) decided since the last take: by any
+  // call that takes host slots, by FlushHostLocked, by FinishMoveLocked.
+  std::vector<Move> TakeWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::exchange(writes_, {});
   }
-  // Remote write-backs of host victims decided since the last take (remote_write_back only).
-  std::vector<RemoteWrite> TakeRemoteWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return std::exchange(remote_writes_, {});
-  }
-  // Remote write-through: io-pins the key's Ready host copy (so it is neither evicted nor
-  // overwritten) and describes it; nullopt when the key has no Ready host copy. Release with
-  // UnpinHostCopyLocked once the remote write has ended.
-  std::optional<RemoteWrite> PinHostCopyLocked(const BlockKey& key)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void UnpinHostCopyLocked(const RemoteWrite& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Match found `n` more blocks in the remote tier after the local prefix: they are not misses.
-  void NoteRemoteHitsLocked(uint32_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // Match found `n` more blocks in a store past the local prefix: they are not misses.
+  void NoteStoreHitsLocked(uint32_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     counters_.blocks_missed -= n;
-    counters_.remote.hits += n;
   }
 
   // Flush, for a clean shutdown: device blocks with no copy in another tier get a host copy
-  // (returned as demotions), then host blocks with no disk copy get a disk copy (as disk writes).
+  // (returned as demotions), then host blocks with no disk copy get a disk copy (as writes).
   // As room allows; nothing pinned is evicted.
-  std::vector<Demotion> FlushDeviceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<Move> FlushDeviceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FlushHostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Adds blocks found in `tier`'s storage, parents before children; a block whose parent is
@@ -270,9 +251,9 @@ class Index {
 
   // A slot of `tier` (free, or a victim's: written back to the tier below when it has no copy
   // elsewhere and the tier is not the bottom, else dropped); nullopt when nothing can be freed.
-  // The device's write-backs are appended to `demotions`; the host's are queued as DiskWrites
-  // (and RemoteWrites under remote write-back) for TakeDiskWritesLocked/TakeRemoteWritesLocked.
-  std::optional<SlotId> TakeSlotLocked(Tier tier, std::vector<Demotion>* demotions)
+  // The device's write-backs are appended to `demotions`; the host's are queued as writes (to the
+  // disk, and to the store under StoreFeed::kHostVictims) for TakeWritesLocked.
+  std::optional<SlotId> TakeSlotLocked(Tier tier, std::vector<Move>* demotions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasOtherCopyLocked(uint32_t id, Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The key of entry `id`'s parent (kRootKey for a first block).
@@ -280,14 +261,17 @@ class Index {
     const uint32_t parent = E(id).parent_id;
     return parent == kNoEntry ? kRootKey : E(parent).key;
   }
-  // A Filling, io-pinned host residency for a block read from the remote tier, under `parent`;
+  // A Filling, io-pinned host residency for a block to be read from a store, under `parent`;
   // *id is the key's entry (a lost parent) or kNoEntry (a new entry is made). False when no host
   // slot can be had.
-  bool AdoptRemoteLocked(const BlockKey& key, uint32_t parent, uint32_t* id)
+  bool StageFromStoreLocked(const BlockKey& key, uint32_t parent, uint32_t* id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A host-to-tier-below write of entry `id`'s host copy at `host_slot` (queued for
+  // TakeWritesLocked).
+  void QueueWriteLocked(uint32_t id, SlotId host_slot, Place to, bool source_kept)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AddLeaseSlotsLocked(Lease& lease, uint32_t n, std::vector<SlotId>* slots,
-                                   std::vector<Demotion>* demotions,
-                                   std::vector<SlotId>* quarantine)
+                                   std::vector<Move>* demotions, std::vector<SlotId>* quarantine)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   uint32_t FindLocked(const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -352,14 +336,13 @@ class Index {
   std::vector<uint32_t> free_ids_ ABSL_GUARDED_BY(mu_);  // unused entry ids
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
-  std::vector<DiskWrite> disk_writes_ ABSL_GUARDED_BY(mu_);
-  std::vector<RemoteWrite> remote_writes_ ABSL_GUARDED_BY(mu_);
+  std::vector<Move> writes_ ABSL_GUARDED_BY(mu_);
   const bool demote_on_evict_;
   // Per tier: its victims are never written back below (the device without a host tier, the host
   // without a disk tier, the disk), so the prefix rule protects its only copies with children.
   std::array<bool, kNumTiers> bottom_{};
   const bool host_write_through_;
-  const bool remote_write_back_;
+  const IndexConfig::StoreFeed store_feed_;
   CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)
   // Work done so far, in entries and slots visited: key lookups, eviction candidates the policies
   // offered (accepted or not), and slots walked by whole-tier passes (flush, restore, listing);

@@ -140,6 +140,14 @@ uint32_t RemoteTier::ExistsPrefix(std::span<const BlockKey> keys, Clock::time_po
   return n;
 }
 
+uint32_t RemoteTier::FindPrefix(std::span<const BlockKey> keys) {
+  if (keys.empty()) return 0;
+  bool timed_out = false;
+  const uint32_t n = ExistsPrefix(keys, Clock::now() + config_.match_budget, &timed_out);
+  hits_ += n;
+  return n;
+}
+
 void RemoteTier::ReadAsync(std::vector<Read> reads, std::function<void()> before,
                            std::function<void(size_t, const absl::Status&)> done) {
   Submit([this, reads = std::move(reads), before = std::move(before), done = std::move(done)] {
@@ -258,6 +266,7 @@ StorageTier::NotStarted RemoteTier::WriteBlocks(std::vector<Block> blocks, Done 
 
 void RemoteTier::FillStats(CacheStats* stats) const {
   RemoteStats& r = stats->remote;
+  r.hits = hits_;
   r.lookups = lookups_;
   r.lookup_timeouts = lookup_timeouts_;
   r.reads = reads_;

@@ -46,9 +46,10 @@ struct RemoteTierConfig {
   uint64_t block_bytes = 0;
   uint64_t layout_fingerprint = 0;
   uint32_t ttl_seconds = 0;  // EX on every SET; 0: none (the store's maxmemory policy decides)
-  std::chrono::milliseconds timeout{1000};  // per read or write batch
-  uint32_t threads = 2;                     // worker threads running batches
-  size_t known_capacity = 1 << 20;          // keys remembered as published or seen
+  std::chrono::milliseconds timeout{1000};       // per read or write batch
+  std::chrono::microseconds match_budget{1000};  // FindPrefix's deadline, from its call
+  uint32_t threads = 2;                          // worker threads running batches
+  size_t known_capacity = 1 << 20;               // keys remembered as published or seen
 };
 
 class RemoteTier final : public StorageTier {
@@ -90,6 +91,8 @@ class RemoteTier final : public StorageTier {
   // store answered: publication is best effort, and failures are counted (write_errors).
   NotStarted ReadBlocks(std::vector<Block> blocks, Done done) override;
   NotStarted WriteBlocks(std::vector<Block> blocks, Done done) override;
+  // ExistsPrefix within config.match_budget; the blocks found count as hits.
+  uint32_t FindPrefix(std::span<const BlockKey> keys) override;
 
   // Waits until every job queued so far has ended (its callback run).
   void Drain() override;
@@ -123,7 +126,7 @@ class RemoteTier final : public StorageTier {
   absl::flat_hash_set<BlockKey> known_ ABSL_GUARDED_BY(known_mu_);
   std::deque<BlockKey> known_order_ ABSL_GUARDED_BY(known_mu_);  // oldest first, for the bound
 
-  std::atomic<uint64_t> lookups_{0}, lookup_timeouts_{0}, reads_{0}, read_misses_{0},
+  std::atomic<uint64_t> hits_{0}, lookups_{0}, lookup_timeouts_{0}, reads_{0}, read_misses_{0},
       corrupt_reads_{0}, read_errors_{0}, writes_{0}, write_errors_{0}, writes_skipped_{0},
       bytes_read_{0}, bytes_written_{0};
   AtomicHistogram read_latency_, write_latency_;

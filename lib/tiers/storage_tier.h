@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -41,6 +42,11 @@ class StorageTier {
   [[nodiscard]] virtual NotStarted ReadBlocks(std::vector<Block> blocks, Done done) = 0;
   // Stores blocks[i] from blocks[i].host; done(i, status) for each i started.
   [[nodiscard]] virtual NotStarted WriteBlocks(std::vector<Block> blocks, Done done) = 0;
+  // Match, past the blocks the Index knows: how many of `keys`, from the first, this tier holds,
+  // found within the tier's own time budget (the caller waits, without locks). Only a store the
+  // Index tracks no slots of (the remote tier, shared with other caches) answers; a tier whose
+  // blocks the Index knows (the disk) returns 0.
+  virtual uint32_t FindPrefix(std::span<const BlockKey> /*keys*/) { return 0; }
   // Waits until every operation started so far has ended (its callbacks run).
   virtual void Drain() = 0;
   // Sets this tier's own figures in `stats` (counters, gauges, latencies); the Cache adds the

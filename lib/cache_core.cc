@@ -1,0 +1,157 @@
+#include "lib/cache_core.h"
+
+#include <cassert>
+#include <utility>
+#include <vector>
+
+namespace kvtier {
+
+using internal::MutexLock;
+
+Cache::Core::Core(const Options& options, std::unique_ptr<internal::Device> device,
+                  std::unique_ptr<internal::HostPool> host,
+                  std::unique_ptr<internal::DiskTier> disk,
+                  std::unique_ptr<internal::StorageTier> remote, internal::IndexConfig config)
+    : options_(options),
+      device_(std::move(device)),
+      host_(std::move(host)),
+      index_(std::move(config)),
+      storage_(index_, *host_, options.layout.block_bytes(), std::move(disk), std::move(remote)),
+      device_mover_(options_.layout, options.backend == DeviceBackend::kMetadataOnly, index_,
+                    *device_, *host_, storage_) {}
+
+Cache::Core::~Core() {
+  // Callbacks reference this object: drain the tiers below (their reads feed device streams), the
+  // device, then the tiers again (device callbacks may have started writes).
+  storage_.Drain();
+  device_->Synchronize().IgnoreError();
+  storage_.Drain();
+  internal::DiskTier* disk = storage_.disk();
+  if (disk != nullptr && options_.disk.flush_on_close) Flush();
+  MutexLock lock(&index_.mu());
+  assert(index_.live_leases_locked() == 0 && "destroy every DeviceLease before its Cache");
+  if (disk != nullptr) {
+    // Clean shutdown: the manifest lets the next Create() skip the trailer scan.
+    std::vector<internal::StoredBlock> live;
+    for (const internal::RestoredBlock& b : index_.ListLocked(Tier::kDisk)) {
+      live.push_back({b.slot, b.key, b.parent});
+    }
+    disk->Close(live).IgnoreError();  // best effort: without it the next start scans
+  }
+}
+
+absl::Status Cache::Core::Allocate(Reserve reserve) {
+  for (int attempt = 0;; ++attempt) {
+    std::vector<internal::Move> demotions;
+    std::vector<SlotId> quarantine;
+    absl::Status reserved;
+    uint64_t evictions_before = 0;
+    {
+      MutexLock lock(&index_.mu());
+      evictions_before = index_.EvictionsLocked();
+      reserved = reserve(&demotions, &quarantine);
+    }
+    const absl::Status s = FinishAllocation(reserved, std::move(demotions), std::move(quarantine));
+    if (s.ok() || s.code() != absl::StatusCode::kResourceExhausted ||
+        !RetryAllocation(attempt, evictions_before)) {
+      return s;
+    }
+  }
+}
+
+absl::Status Cache::Core::FinishAllocation(const absl::Status& reserved,
+                                           std::vector<internal::Move> demotions,
+                                           std::vector<SlotId> quarantine) {
+  std::shared_ptr<internal::DeviceEvent> write_back;
+  {
+    MutexLock lock(&index_.mu());
+    storage_.StartWritesLocked();
+    if (!demotions.empty()) {
+      auto event = device_mover_.EnqueueDemotionsLocked(std::move(demotions));
+      if (event.ok()) write_back = *event;
+    }
+  }
+  // The victims' bytes must reach the host before anyone may overwrite their slots.
+  if (write_back != nullptr) write_back->Wait().IgnoreError();
+  if (!quarantine.empty()) {
+    MutexLock lock(&index_.mu());
+    index_.FreeQuarantinedLocked(quarantine);
+  }
+  return reserved;
+}
+
+void Cache::Core::DrainDemotions() {
+  device_mover_.DrainDeviceToHost();
+  // Publications the copies just started hold their host copies pinned until sent, and until a
+  // write-back ends its disk slot is Filling: either way no victim for the next attempt yet.
+  storage_.WaitForWrites();
+}
+
+// A single attempt can only demote as far as the slots it finds Ready: the host and disk slots it
+// takes for write-backs stay Filling (not evictable) until it has finished, so with nothing pinned
+// it can fail where the next attempt, starting from the written-back state, succeeds. So: retry
+// once after draining, and again for as long as the failed attempt evicted something (each such
+// attempt moves blocks down the tiers or drops them, a bounded amount), never more than
+// kMaxAllocationAttempts in all.
+bool Cache::Core::RetryAllocation(int attempt, uint64_t evictions_before) {
+  static constexpr int kMaxAllocationAttempts = 64;
+  if (attempt + 1 >= kMaxAllocationAttempts) return false;
+  bool progress = true;
+  if (attempt > 0) {
+    MutexLock lock(&index_.mu());
+    progress = index_.EvictionsLocked() != evictions_before;
+  }
+  if (progress) DrainDemotions();
+  return progress;
+}
+
+void Cache::Core::Flush() {
+  std::shared_ptr<internal::DeviceEvent> demoted;
+  {
+    MutexLock lock(&index_.mu());
+    std::vector<internal::Move> demotions = index_.FlushDeviceLocked();
+    storage_.StartWritesLocked();  // host room made by write-back
+    if (!demotions.empty()) {
+      auto event = device_mover_.EnqueueDemotionsLocked(std::move(demotions));
+      if (event.ok()) demoted = *event;
+    }
+  }
+  if (demoted != nullptr) demoted->Wait().IgnoreError();
+  device_->Synchronize().IgnoreError();  // the demotions' callbacks made the host copies Ready
+  {
+    MutexLock lock(&index_.mu());
+    index_.FlushHostLocked();
+    storage_.StartWritesLocked();
+  }
+  storage_.Drain();
+}
+
+void Cache::Core::Restore() {
+  internal::DiskTier* disk = storage_.disk();
+  if (disk == nullptr) return;
+  std::vector<internal::RestoredBlock> blocks;
+  for (const internal::StoredBlock& b : disk->recovered()) {
+    blocks.push_back({b.key, b.parent, b.slot});
+  }
+  MutexLock lock(&index_.mu());
+  restored_ = index_.RestoreLocked(Tier::kDisk, blocks);
+  restore_dropped_ = blocks.size() - restored_;
+}
+
+CacheStats Cache::Core::StatsLocked() const {
+  CacheStats stats;
+  index_.FillStatsLocked(&stats);
+  storage_.FillStats(&stats);
+  device_mover_.FillStats(&stats);
+  stats.disk_recovered_blocks = restored_;
+  stats.disk_recovery_dropped += restore_dropped_;
+  stats.device.bytes_in = stats.bytes_h2d;
+  stats.device.bytes_out = stats.bytes_d2h;
+  stats.host.bytes_in = stats.bytes_d2h + stats.bytes_disk_read;
+  stats.host.bytes_out = stats.bytes_h2d + stats.bytes_disk_written;
+  stats.disk.bytes_in = stats.bytes_disk_written;
+  stats.disk.bytes_out = stats.bytes_disk_read;
+  return stats;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,191 @@
+#include "lib/movers/device_mover.h"
+
+#include <utility>
+
+namespace kvtier::internal {
+
+DeviceMover::DeviceMover(const BlockLayout& layout, bool metadata_only, Index& index,
+                         Device& device, HostPool& host, StorageMover& storage)
+    : block_bytes_(layout.block_bytes()),
+      metadata_only_(metadata_only),
+      index_(index),
+      device_(device),
+      host_(host),
+      storage_(storage) {
+  // Where each layer's segments sit inside a contiguous host slot.
+  uint64_t offset = 0;
+  for (const LayerLayout& layer : layout.layers) {
+    std::vector<SegmentAt> segs;
+    for (const Segment& g : layer.segments) {
+      segs.push_back({g, offset});
+      offset += g.bytes_per_block;
+    }
+    layers_.push_back(std::move(segs));
+  }
+}
+
+void DeviceMover::AppendLayerRegions(uint32_t layer, SlotId device_slot, SlotId host_slot,
+                                     bool to_device, std::vector<CopyRegion>* out) const {
+  std::byte* host = host_.slot_ptr(host_slot);
+  for (const SegmentAt& s : layers_[layer]) {
+    std::byte* dev =
+        static_cast<std::byte*>(s.segment.base) + uint64_t{device_slot} * s.segment.stride_bytes;
+    std::byte* h = host + s.host_offset;
+    out->push_back(to_device ? CopyRegion{dev, h, s.segment.bytes_per_block}
+                             : CopyRegion{h, dev, s.segment.bytes_per_block});
+  }
+}
+
+absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked(
+    std::vector<Move> demotions) {
+  index_.mu().AssertHeld();
+  const uint64_t bytes = demotions.size() * block_bytes_;
+  const uint64_t start = MonotonicNanos();
+  if (metadata_only_) {
+    for (const Move& d : demotions) index_.FinishMoveLocked(d, true);
+    storage_.StartWritesLocked();
+    bytes_d2h_ += bytes;
+    demotion_latency_.RecordSince(start);
+    return std::shared_ptr<DeviceEvent>();
+  }
+  std::vector<CopyRegion> regions;
+  absl::Status s;
+  for (const Move& d : demotions) {
+    // A host slot whose previous block is still being written below: wait for that write.
+    if (s.ok()) {
+      if (std::shared_ptr<HostEvent> w = storage_.PendingWriteLocked(d.to.slot)) {
+        s = device_.WaitEvent(Stream::kD2H, w);
+      }
+    }
+    for (uint32_t l = 0; l < layers_.size(); ++l) {
+      AppendLayerRegions(l, d.from.slot, d.to.slot, /*to_device=*/false, &regions);
+    }
+  }
+  if (s.ok()) s = device_.Copy(Stream::kD2H, regions);
+  // The callback first, then the event: whoever waits on the event (AllocateDevice) finds the
+  // index already updated.
+  bool reported = false;
+  if (s.ok()) {
+    s = device_.AddCallback(Stream::kD2H, [this, demotions, start](absl::Status st) {
+      {
+        MutexLock lock(&index_.mu());
+        for (const Move& d : demotions) index_.FinishMoveLocked(d, st.ok());
+        storage_.StartWritesLocked();  // publications of what reached the host (write-through)
+      }
+      demotion_latency_.RecordSince(start);  // before the event: its waiters see the sample
+    });
+    reported = s.ok();
+  }
+  absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
+      s.ok() ? device_.RecordEvent(Stream::kD2H) : s;
+  if (!reported) {  // the callback will not run: fail them now
+    for (const Move& d : demotions) index_.FinishMoveLocked(d, false);
+    demotion_latency_.RecordSince(start);
+    return s;
+  }
+  if (!event.ok()) return event.status();  // the callback still reports them
+  bytes_d2h_ += bytes;
+  return event;
+}
+
+absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(LoadPlan plan,
+                                                                            uint64_t load_start) {
+  index_.mu().AssertHeld();
+  storage_.StartWritesLocked();  // the plan may have evicted host blocks to the tiers below
+  const auto layers = static_cast<uint32_t>(layers_.size());
+  auto state = std::make_shared<TransferState>(
+      plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
+  if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
+    for (const Move& p : plan.promotions) {
+      index_.FinishMoveLocked(p, true);
+      if (p.from.tier != Tier::kHost) storage_.CountReadLocked(p.from.tier);
+    }
+    bytes_h2d_ += plan.promotions.size() * block_bytes_;
+    load_latency_.RecordSince(load_start);
+    state->FinishNow();
+    return state;
+  }
+  auto ctx = std::make_shared<LoadContext>();
+  ctx->promotions = std::move(plan.promotions);
+  ctx->source_lost.assign(ctx->promotions.size(), 0);
+  const size_t n = ctx->promotions.size();
+  // Blocks below the host are read into their host slots first; block i's device copies wait
+  // for read i alone, so they overlap later reads.
+  std::vector<std::shared_ptr<HostEvent>> read_done;
+  storage_.StartReadsLocked(
+      ctx->promotions,
+      [ctx, state](size_t i, const absl::Status& st) {
+        if (st.ok()) return;
+        // A copy that failed to verify is dropped from its tier (the disk's; the remote tier
+        // forgets it itself) so that the next Match does not find it again.
+        ctx->source_lost[i] = st.code() == absl::StatusCode::kDataLoss;
+        state->RecordError(st);
+      },
+      &read_done);
+  absl::Status s;
+  std::vector<CopyRegion> regions;
+  for (uint32_t l = 0; l < layers && s.ok(); ++l) {
+    regions.clear();
+    for (size_t i = 0; i < n && s.ok(); ++i) {
+      const Move& p = ctx->promotions[i];
+      if (l == 0 && read_done[i] != nullptr) {
+        if (!regions.empty()) s = device_.Copy(Stream::kH2D, regions);
+        regions.clear();
+        if (s.ok()) s = device_.WaitEvent(Stream::kH2D, read_done[i]);
+      }
+      AppendLayerRegions(l, p.to.slot, p.host_slot(), /*to_device=*/true, &regions);
+    }
+    if (s.ok() && !regions.empty()) s = device_.Copy(Stream::kH2D, regions);
+    absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
+        s.ok() ? device_.RecordEvent(Stream::kH2D) : s;
+    if (!event.ok()) {
+      s = event.status();
+      break;
+    }
+    state->layer_events.push_back(*event);
+    const bool last = l + 1 == layers;
+    s = device_.AddCallback(Stream::kH2D, [this, state, ctx, last, load_start](absl::Status st) {
+      state->LayerDone(st);
+      if (!last) return;
+      const absl::Status outcome = state->first_error();
+      {
+        MutexLock lock(&index_.mu());
+        for (size_t i = 0; i < ctx->promotions.size(); ++i) {
+          index_.FinishMoveLocked(ctx->promotions[i], outcome.ok(), ctx->source_lost[i] != 0);
+        }
+        in_flight_--;
+      }
+      load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
+      state->Finish();
+    });
+  }
+  if (!s.ok()) {
+    // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports
+    // to the index, is the last thing enqueued, so it is not queued: report the failure now.
+    // Reads already started complete into their (now freed) host slots' old owners: wait.
+    for (const auto& r : read_done) {
+      if (r != nullptr) r->Wait().IgnoreError();
+    }
+    for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    return s;
+  }
+  bytes_h2d_ += n * block_bytes_;
+  in_flight_++;
+  return state;
+}
+
+void DeviceMover::DrainDeviceToHost() {
+  auto event = device_.RecordEvent(Stream::kD2H);
+  if (event.ok()) (*event)->Wait().IgnoreError();
+}
+
+void DeviceMover::FillStats(CacheStats* stats) const {
+  index_.mu().AssertHeld();
+  stats->bytes_h2d = bytes_h2d_;
+  stats->bytes_d2h = bytes_d2h_;
+  stats->transfers_in_flight = in_flight_;
+  stats->load_latency = load_latency_.Snapshot();
+  stats->demotion_latency = demotion_latency_.Snapshot();
+}
+
+}  // namespace kvtier::internal

@@ -1,0 +1,89 @@
+// DeviceMover: copies blocks between device slots and host slots on the device's streams, layer by
+// layer, and reports each copy's outcome to the Index from the stream's callback:
+//  - promotions (Load): host to device; a block below the host is first read into its host slot
+//    by the StorageMover, and its device copies wait for that read alone;
+//  - demotions (eviction write-back, write-through, flush): device to host, each after the write
+//    still reading its host slot (StorageMover::PendingWriteLocked).
+// Copies of one call are enqueued contiguously on their stream while the index lock is held;
+// enqueueing never waits.
+//
+// Thread safety: *Locked methods run under the index lock (they assert it). Callbacks run on the
+// device's threads and take it.
+// Ownership: borrows the Index, Device, HostPool and StorageMover, which outlive it.
+#ifndef KVTIER_LIB_MOVERS_DEVICE_MOVER_H_
+#define KVTIER_LIB_MOVERS_DEVICE_MOVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kvtier/layout.h"
+#include "kvtier/stats.h"
+#include "lib/common/histogram.h"
+#include "lib/index/index.h"
+#include "lib/movers/storage_mover.h"
+#include "lib/tiers/host_pool.h"
+#include "lib/transfer/device.h"
+#include "lib/transfer/transfer_state.h"
+
+namespace kvtier::internal {
+
+class DeviceMover {
+ public:
+  // `metadata_only`: no bytes move; every copy completes when enqueued.
+  DeviceMover(const BlockLayout& layout, bool metadata_only, Index& index, Device& device,
+              HostPool& host, StorageMover& storage);
+  DeviceMover(const DeviceMover&) = delete;
+  DeviceMover& operator=(const DeviceMover&) = delete;
+
+  // Enqueues the device-to-host copies of `demotions` and a callback that reports them to the
+  // Index (and starts the writes their arrival decides). Returns the event to wait on before the
+  // write-back device slots may be reused (null when nothing was copied). On failure they are
+  // reported failed.
+  absl::StatusOr<std::shared_ptr<DeviceEvent>> EnqueueDemotionsLocked(std::vector<Move> demotions);
+
+  // Carries out a Load's plan: reads from below, then every layer's host-to-device copies, one
+  // event per layer; the last layer's callback reports the promotions. `load_start`: when Load()
+  // was called (MonotonicNanos), for load_latency.
+  absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan,
+                                                                 uint64_t load_start);
+
+  // Waits for every device-to-host copy enqueued so far (and the index updates they make).
+  void DrainDeviceToHost();
+  // Bytes copied each way, loads in flight, load and demotion latencies.
+  void FillStats(CacheStats* stats) const;
+
+ private:
+  struct SegmentAt {
+    Segment segment;
+    uint64_t host_offset;  // of this segment inside a host slot
+  };
+  struct LoadContext {
+    std::vector<Move> promotions;
+    std::vector<uint8_t> source_lost;  // promotion i's copy below failed to verify (set before
+                                       // read i's event completes; read after the last layer)
+  };
+
+  // Regions of layer `layer` of one block between a device slot and a host slot.
+  void AppendLayerRegions(uint32_t layer, SlotId device_slot, SlotId host_slot, bool to_device,
+                          std::vector<CopyRegion>* out) const;
+
+  const uint64_t block_bytes_;
+  const bool metadata_only_;
+  Index& index_;
+  Device& device_;
+  HostPool& host_;
+  StorageMover& storage_;
+  std::vector<std::vector<SegmentAt>> layers_;
+  uint64_t bytes_h2d_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  uint64_t bytes_d2h_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  uint64_t in_flight_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  AtomicHistogram load_latency_;  // recorded on copy threads, without a lock
+  AtomicHistogram demotion_latency_;
+};
+
+}  // namespace kvtier::internal
+
+#endif  // KVTIER_LIB_MOVERS_DEVICE_MOVER_H_
