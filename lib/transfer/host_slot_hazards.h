@@ -60,7 +60,6 @@ class HostSlotHazards {
 
   // Finished writes are dropped when the list has doubled since the last pass: amortised O(1).
   void Track(const std::shared_ptr<HostEvent>& write) {
-    if (!in_flight_.empty() && in_flight_.back() == write) return;  // one event, many slots
     in_flight_.push_back(write);
     if (in_flight_.size() < prune_at_) return;
     std::erase_if(in_flight_, [](const std::shared_ptr<HostEvent>& w) { return w->Query(); });
