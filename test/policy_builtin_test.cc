@@ -321,10 +321,11 @@ namespace kvtier {
 namespace {
 
 TEST_CASE(
-    "Withholding (lru, h2o, priority, streaming): a withheld slot is no candidate, and comes back "
-    "where it was",
+    "Withholding (lru, h2o, priority, streaming, prefix_aware): a withheld slot is no candidate, "
+    "and comes back where it was",
     "[policy]") {
-  const std::string name = GENERATE(as<std::string>{}, "lru", "h2o", "priority", "streaming");
+  const std::string name =
+      GENERATE(as<std::string>{}, "lru", "h2o", "priority", "streaming", "prefix_aware");
   CAPTURE(name);
   auto p = Make(name, 8);
   Fill(*p, {0, 1, 2, 3});  // coldest first
@@ -363,6 +364,58 @@ TEST_CASE(
     p->OnRemove(2);
     p->OnRemove(3);
     CHECK(p->PickVictim(Any) == 0);
+  }
+}
+
+TEST_CASE("PrefixAwarePolicy: a withheld block comes back at the place its last use gives it",
+          "[policy]") {
+  auto p = Make("prefix_aware", 8);
+  Fill(*p, {0, 1, 2, 3});  // leaves, coldest first
+  REQUIRE(p->OnWithhold(0));
+  const auto no_0 = [](SlotId s) {
+    CHECK(s != 0);  // a withheld slot is never offered
+    return true;
+  };
+  SECTION("used between other uses, it goes between them") {
+    p->OnAccess(1);
+    p->OnAccess(0);
+    p->OnAccess(2);
+    p->OnRestore(0);
+    for (SlotId expected : {3u, 1u, 0u, 2u}) {
+      CHECK(p->PickVictim(Any) == expected);
+      p->OnRemove(expected);
+    }
+  }
+  SECTION("extended while withheld, it comes back as an inner block") {
+    Fill(*p, {4});
+    p->OnLink(4, 0);  // 0 <- 4: a use of 0, after 4's insertion
+    p->OnAccess(1);
+    CHECK(p->PickVictim(no_0) == 2);
+    p->OnRestore(0);
+    // 0 a leaf once 4 is gone, its extension older than 1's access.
+    for (SlotId expected : {2u, 3u, 4u, 0u, 1u}) {
+      CHECK(p->PickVictim(Any) == expected);
+      p->OnRemove(expected);
+    }
+  }
+  SECTION("its last child gone while withheld, it waits for its restore") {
+    Fill(*p, {4});
+    p->OnLink(4, 0);
+    p->OnRemove(4);  // 0 a leaf again, still withheld
+    CHECK(p->PickVictim(no_0) == 1);
+    p->OnRestore(0);
+    CHECK(p->PickVictim(Any) == 1);  // the extension made 0 more recent than 1, 2 and 3
+    p->OnRemove(1);
+    p->OnRemove(2);
+    CHECK(p->PickVictim(Any) == 3);
+  }
+  SECTION("removed while withheld, nothing of it stays") {
+    p->OnRemove(0);
+    for (SlotId expected : {1u, 2u, 3u}) {
+      CHECK(p->PickVictim(no_0) == expected);
+      p->OnRemove(expected);
+    }
+    CHECK_FALSE(p->PickVictim(Any).has_value());
   }
 }
 
