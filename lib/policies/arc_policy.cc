@@ -15,10 +15,13 @@
 // it with libCacheSim). The victim's ghost bookkeeping waits for the next insertion, which decides
 // whether the ghost lists are trimmed (plain miss) or not (ghost hit). A parent the cache refuses
 // because its children are cached (the prefix rule) is parked, out of T1/T2 but still moving to T2
-// when matched, and returns to the LRU end of its list when its last linked child leaves. Entries
-// the search may not take (pinned, refused by the cache) are passed over; if the preferred list has
-// none to give, the other list gives its LRU evictable entry. Victim cost: O(1) amortised plus the
-// pinned entries passed over. Parameters: none.
+// when matched, and returns to the LRU end of its list when its last linked child leaves. A block
+// the cache withholds (OnWithhold: kept for the prefix rule, its children in a tier above) leaves
+// its list the same way; it keeps its place as a rank that moves as the list would have moved it,
+// and its restore puts it back at that place. Entries the search may not take (pinned, refused by
+// the cache) are passed over; if the preferred list has none to give, the other list gives its LRU
+// evictable entry. Victim cost: O(1) amortised plus the pinned entries passed over; a restore
+// O(entries between its place and the nearer end of its list). Parameters: none.
 #include <cstdint>
 #include <vector>
 
@@ -61,21 +64,30 @@ class ArcPolicy final : public EvictionPolicy {
       if (!adapted) Adapt(in_b1);
       SettleVictim(/*trim=*/false);
       (in_b1 ? b1_ : b2_).Erase(k.id);
-      lists_.PushFront(kT2, s);
+      PushFront(kT2, s);
     } else {
       SettleVictim(/*trim=*/true);
-      lists_.PushFront(kT1, s);
+      PushFront(kT1, s);
     }
     pinned_[s] = false;
   }
 
-  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
+  void OnLink(SlotId s, SlotId parent) override {
+    links_.Link(s, parent);
+    // A withheld parent would be parked by the next search that met it, refused: park it now.
+    if (withheld_[parent] && !parked_[parent]) {
+      parked_[parent] = true;
+      order_[parent] = ++newest_;
+    }
+  }
   void OnAccess(SlotId s) override {
-    if (lists_.ListOf(s) == kParked) {
-      if (!home_t2_[s]) parked_t1_--;
+    if (Away(s)) {  // moves to T2 where it is now, or when it comes back
+      if (!home_t2_[s]) away_t1_--;
       home_t2_[s] = true;
+      if (!parked_[s]) order_[s] = ++newest_;
     } else {
-      lists_.MoveToFront(kT2, s);
+      lists_.Remove(s);
+      PushFront(kT2, s);
     }
   }
 
@@ -87,17 +99,46 @@ class ArcPolicy final : public EvictionPolicy {
       victim_pending_ = true;
       victim_ = SlotLists::kNil;
     }
-    if (lists_.ListOf(s) == kParked && !home_t2_[s]) parked_t1_--;
+    if (Away(s) && !home_t2_[s]) away_t1_--;
+    if (withheld_[s]) withheld_count_--;
+    withheld_[s] = parked_[s] = false;
     lists_.Remove(s);
     key_[s] = Key{};
-    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
-      if (!home_t2_[p]) parked_t1_--;
-      lists_.Remove(p);
-      lists_.PushBack(home_t2_[p] ? kT2 : kT1, p);
+    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && parked_[p]) {
+      parked_[p] = false;  // back at the LRU end of its list
+      if (withheld_[p]) {
+        order_[p] = --oldest_;
+      } else {
+        if (!home_t2_[p]) away_t1_--;
+        lists_.Remove(p);
+        PushBack(home_t2_[p] ? kT2 : kT1, p);
+      }
     }
   }
   void OnPin(SlotId s) override { pinned_[s] = true; }
   void OnUnpin(SlotId s) override { pinned_[s] = false; }
+
+  // Withheld (a block the cache keeps for the prefix rule, taken out of the candidates): out of its
+  // list, still counted in |T1| or |T2|, and its place kept as an order that moves as the list
+  // would have moved it (an access to T2's MRU end, a park, an unpark to the LRU end), so that its
+  // restore puts it back where it would be had it never left.
+  bool OnWithhold(SlotId s) override {
+    if (!parked_[s]) {
+      home_t2_[s] = lists_.ListOf(s) == kT2;
+      if (!home_t2_[s]) away_t1_++;
+    }
+    lists_.Remove(s);
+    withheld_[s] = true;
+    withheld_count_++;
+    return true;
+  }
+  void OnRestore(SlotId s) override {
+    withheld_[s] = false;
+    withheld_count_--;
+    if (parked_[s]) return InsertByOrder(kParked, s);
+    if (!home_t2_[s]) away_t1_--;
+    InsertByOrder(home_t2_[s] ? kT2 : kT1, s);
+  }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
     SettleVictim(/*trim=*/true);  // a victim whose slot was never refilled
@@ -111,9 +152,10 @@ class ArcPolicy final : public EvictionPolicy {
           if (can_evict(s)) return victim_ = s;
           if (links_.children(s) > 0) {
             home_t2_[s] = list == kT2;
-            if (list == kT1) parked_t1_++;
+            if (list == kT1) away_t1_++;
+            parked_[s] = true;
             lists_.Remove(s);
-            lists_.PushFront(kParked, s);
+            PushFront(kParked, s);
           }
         }
         s = newer;
@@ -139,14 +181,34 @@ class ArcPolicy final : public EvictionPolicy {
         lists_(capacity, 3),
         links_(capacity),
         home_t2_(capacity, false),
+        parked_(capacity, false),
+        withheld_(capacity, false),
+        order_(capacity, 0),
         b1_(capacity),
         b2_(capacity),
         key_(capacity),
         pinned_(capacity, false) {}
 
-  // |T1| and |T2| count their parked entries too.
-  int64_t T1Size() const { return lists_.Size(kT1) + parked_t1_; }
-  int64_t T2Size() const { return lists_.Size(kT2) + (lists_.Size(kParked) - parked_t1_); }
+  // Out of T1 and T2: parked or withheld.
+  bool Away(SlotId s) const { return parked_[s] || withheld_[s]; }
+  // |T1| and |T2| count their parked and withheld entries too.
+  int64_t T1Size() const { return lists_.Size(kT1) + away_t1_; }
+  int64_t T2Size() const {
+    return lists_.Size(kT2) + (lists_.Size(kParked) + withheld_count_ - away_t1_);
+  }
+
+  // Every list is ordered by order_, greatest at the front.
+  void PushFront(uint16_t list, SlotId s) {
+    order_[s] = ++newest_;
+    lists_.PushFront(list, s);
+  }
+  void PushBack(uint16_t list, SlotId s) {
+    order_[s] = --oldest_;
+    lists_.PushBack(list, s);
+  }
+  void InsertByOrder(uint16_t list, SlotId s) {
+    lists_.InsertByOrder(list, s, [this](SlotId x) { return order_[x]; });
+  }
 
   // The paper's adaptation of p on a hit in B1 (grow T1's target) or B2 (shrink it).
   void Adapt(bool in_b1) {
@@ -185,8 +247,14 @@ class ArcPolicy final : public EvictionPolicy {
   double p_ = 0;     // target size of T1; fractional steps, as the paper's |B2|/|B1|
   SlotLists lists_;  // kT1, kT2, kParked; front: most recent
   internal::ChildLinks links_;
-  std::vector<bool> home_t2_;  // for a parked slot: the list it returns to
-  uint32_t parked_t1_ = 0;     // parked slots whose home is T1
+  std::vector<bool> home_t2_;   // for a parked or withheld slot: the list it returns to
+  std::vector<bool> parked_;    // in kParked, or would be there but for being withheld
+  std::vector<bool> withheld_;  // OnWithhold accepted, not yet restored
+  std::vector<int64_t> order_;  // the place in its list (see PushFront); kept while withheld
+  int64_t newest_ = 0;          // the last order_ given at a front
+  int64_t oldest_ = 0;          // the last order_ given at a back
+  uint32_t away_t1_ = 0;        // parked or withheld slots whose home is T1
+  uint32_t withheld_count_ = 0;
   GhostList b1_, b2_;
   std::vector<Key> key_;
   std::vector<bool> pinned_;

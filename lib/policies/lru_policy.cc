@@ -13,9 +13,12 @@
 
 #include "kvtier/policy.h"
 #include "lib/common/huge_pages.h"
+#include "lib/policies/withhold_state.h"
 
 namespace kvtier {
 namespace {
+
+using internal::WithholdState;
 
 class LruPolicy final : public EvictionPolicy {
  public:
@@ -25,43 +28,38 @@ class LruPolicy final : public EvictionPolicy {
   }
 
   void OnInsert(SlotId s) override {
-    nodes_[s].pinned = nodes_[s].withheld = false;
+    nodes_[s].state.Reset();
     PushFront(s);
   }
   void OnAccess(SlotId s) override {
-    if (!linked(s)) {  // pinned: relinked on unpin; withheld: restored at the recent end
-      nodes_[s].touched = true;
-      return;
-    }
+    if (nodes_[s].state.Defer()) return;  // pinned or withheld: comes back as recent
     Unlink(s);
     PushFront(s);
   }
   void OnRemove(SlotId s) override {
     if (linked(s)) Unlink(s);
-    nodes_[s].pinned = nodes_[s].withheld = false;
+    nodes_[s].state.Reset();
   }
   void OnPin(SlotId s) override {
-    nodes_[s].pinned = true;
+    nodes_[s].state.Pin();
     if (linked(s)) Unlink(s);
   }
   void OnUnpin(SlotId s) override {
-    nodes_[s].pinned = false;
-    nodes_[s].touched = true;
-    if (!nodes_[s].withheld) PushFront(s);
+    if (nodes_[s].state.Unpin()) PushFront(s);
   }
   bool OnWithhold(SlotId s) override {
     if (linked(s)) Unlink(s);
-    nodes_[s].withheld = true;
-    nodes_[s].touched = false;
+    nodes_[s].state.Withhold();
     return true;
   }
   void OnRestore(SlotId s) override {
-    nodes_[s].withheld = false;
-    if (nodes_[s].pinned) return;  // relinked on unpin
-    if (nodes_[s].touched) {
-      PushFront(s);
-    } else {
-      PushBack(s);
+    switch (nodes_[s].state.Restore()) {
+      case WithholdState::Place::kFront:
+        return PushFront(s);
+      case WithholdState::Place::kBack:
+        return PushBack(s);
+      case WithholdState::Place::kNowhere:
+        return;  // relinked on unpin
     }
   }
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
@@ -80,11 +78,10 @@ class LruPolicy final : public EvictionPolicy {
   struct Node {
     SlotId prev = kNil;
     SlotId next = kNil;
-    bool linked = false;
-    bool pinned = false;
-    bool withheld = false;
-    bool touched = false;  // accessed or unpinned while withheld
+    bool linked = false;  // in the list: neither pinned nor withheld
+    WithholdState state;
   };
+  static_assert(sizeof(Node) == 12, "one node per slot: keep the state inside the padding");
   explicit LruPolicy(uint32_t capacity) : nodes_(capacity) {}
 
   bool linked(SlotId s) const { return nodes_[s].linked; }

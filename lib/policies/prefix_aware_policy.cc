@@ -8,9 +8,14 @@
 // Inner blocks are offered only when no leaf can go (all pinned or refused), so the policy never
 // fails an allocation the cache could serve. Links and child counts are ChildLinks
 // (child_links.h).
-// Cost: access O(1); victim O(1) plus the entries the cache refuses; a block becoming a leaf
-// O(number of leaves used less recently than it), which is O(1) for the cold branch being evicted.
-// Pinned entries leave the lists and come back as most recent when unpinned. Parameters: none.
+// Both lists are ordered by each block's last use (a tick). Pinned entries leave the lists and come
+// back as most recent when unpinned. Withheld ones (OnWithhold: blocks the cache keeps for the
+// prefix rule, their children in a tier above) leave them too and come back at the place their
+// last use gives them, as if they had never left, so withholding changes no victim.
+// Cost: access O(1); victim O(1) plus the entries the cache refuses, each at most once while the
+// prefix rule keeps it (it is withheld then); a block becoming a leaf or restored O(number of
+// entries between its place and the nearer end of its list), which is O(1) for the cold branch
+// being evicted and for a withheld block restored unused. Parameters: none.
 #include <cstdint>
 #include <vector>
 
@@ -41,7 +46,9 @@ class PrefixAwarePolicy final : public EvictionPolicy {
     Node& p = nodes_[parent];
     if (links_.children(parent) == 1 && !p.pinned) {
       lists_.Remove(parent);
-      lists_.PushFront(kInner, parent);  // the prefix was just extended: a use of the parent
+      // The prefix was just extended: a use of the parent. A withheld one gets its tick and list
+      // at its restore.
+      if (!p.withheld) lists_.PushFront(kInner, parent);
       p.tick = ++clock_;
     }
   }
@@ -49,14 +56,16 @@ class PrefixAwarePolicy final : public EvictionPolicy {
   void OnAccess(SlotId s) override {
     Node& n = nodes_[s];
     n.tick = ++clock_;
-    if (!n.pinned) lists_.MoveToFront(links_.children(s) == 0 ? kLeaf : kInner, s);
+    if (!n.pinned && !n.withheld) lists_.MoveToFront(ListFor(s), s);
   }
 
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
-    if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && !nodes_[p].pinned) {
+    nodes_[s].withheld = false;
+    if (const SlotId p = links_.Remove(s);
+        p != ChildLinks::kNone && !nodes_[p].pinned && !nodes_[p].withheld) {
       lists_.Remove(p);
-      InsertLeafByTick(p);
+      InsertByTick(kLeaf, p);
     }
   }
 
@@ -68,7 +77,22 @@ class PrefixAwarePolicy final : public EvictionPolicy {
     Node& n = nodes_[s];
     n.pinned = false;
     n.tick = ++clock_;
-    lists_.PushFront(links_.children(s) == 0 ? kLeaf : kInner, s);
+    if (!n.withheld) lists_.PushFront(ListFor(s), s);
+  }
+
+  // Withheld (a block the cache keeps for the prefix rule, taken out of the candidates): out of its
+  // list, its tick still moving with its uses, back at its tick's place among the leaves or inner
+  // blocks when restored, as if it had never left (both lists are ordered by tick).
+  bool OnWithhold(SlotId s) override {
+    lists_.Remove(s);
+    nodes_[s].withheld = true;
+    return true;
+  }
+  void OnRestore(SlotId s) override {
+    Node& n = nodes_[s];
+    n.withheld = false;
+    if (n.pinned) return;  // relinked on unpin
+    InsertByTick(ListFor(s), s);
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
@@ -86,29 +110,19 @@ class PrefixAwarePolicy final : public EvictionPolicy {
   struct Node {
     uint64_t tick = 0;  // last insert, access, extension or unpin
     bool pinned = false;
+    bool withheld = false;  // OnWithhold accepted, not yet restored
   };
 
   explicit PrefixAwarePolicy(uint32_t capacity)
       : lists_(capacity, 2), links_(capacity), nodes_(capacity) {}
 
-  // The leaf list is ordered by tick, newest at the front; keep it so.
-  void InsertLeafByTick(SlotId s) {
-    SlotId older_than_s = lists_.Back(kLeaf);
-    if (older_than_s == SlotLists::kNil || nodes_[older_than_s].tick > nodes_[s].tick) {
-      lists_.PushBack(kLeaf, s);
-      return;
-    }
-    // Walk toward the front while entries are older than s; s goes right in front of the last.
-    SlotId at = older_than_s;
-    while (lists_.Newer(at) != SlotLists::kNil && nodes_[lists_.Newer(at)].tick < nodes_[s].tick) {
-      at = lists_.Newer(at);
-    }
-    const SlotId newer = lists_.Newer(at);
-    if (newer == SlotLists::kNil) {
-      lists_.PushFront(kLeaf, s);
-    } else {
-      lists_.InsertOlder(newer, s);
-    }
+  uint16_t ListFor(SlotId s) const { return links_.children(s) == 0 ? kLeaf : kInner; }
+
+  // Each list is ordered by tick, newest at the front; keep it so. O(1) for the cold branch
+  // being evicted (s goes right behind the child just removed) and for a restored block used
+  // meanwhile (near the front).
+  void InsertByTick(uint16_t list, SlotId s) {
+    lists_.InsertByOrder(list, s, [this](SlotId x) { return nodes_[x].tick; });
   }
 
   uint64_t clock_ = 0;

@@ -17,11 +17,13 @@
 #include "kvtier/policy.h"
 #include "lib/policies/policy_params.h"
 #include "lib/policies/slot_list.h"
+#include "lib/policies/withhold_state.h"
 
 namespace kvtier {
 namespace {
 
 using internal::SlotLists;
+using internal::WithholdState;
 
 class PriorityPolicy final : public EvictionPolicy {
  public:
@@ -38,44 +40,39 @@ class PriorityPolicy final : public EvictionPolicy {
 
   void OnInsert(SlotId s) override {
     level_[s] = default_level_;
-    pinned_[s] = withheld_[s] = false;
+    state_[s].Reset();
     lists_.PushFront(level_[s], s);
   }
   void OnAccess(SlotId s) override {
-    if (pinned_[s] || withheld_[s]) {
-      touched_[s] = true;  // a withheld slot comes back as recent
-      return;
-    }
+    if (state_[s].Defer()) return;  // pinned or withheld: comes back as recent
     lists_.MoveToFront(level_[s], s);
   }
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
-    pinned_[s] = withheld_[s] = false;
+    state_[s].Reset();
   }
   void OnPin(SlotId s) override {
-    pinned_[s] = true;
+    state_[s].Pin();
     lists_.Remove(s);
   }
   void OnUnpin(SlotId s) override {
-    pinned_[s] = false;
-    touched_[s] = true;
-    if (!withheld_[s]) lists_.PushFront(level_[s], s);
+    if (state_[s].Unpin()) lists_.PushFront(level_[s], s);
   }
   // Withheld (a prefix-kept block the cache took out of the candidates): out of its list, back at
   // its level's cold end where it was, or at the recent end if it was used meanwhile.
   bool OnWithhold(SlotId s) override {
     lists_.Remove(s);
-    withheld_[s] = true;
-    touched_[s] = false;
+    state_[s].Withhold();
     return true;
   }
   void OnRestore(SlotId s) override {
-    withheld_[s] = false;
-    if (pinned_[s]) return;  // relinked on unpin
-    if (touched_[s]) {
-      lists_.PushFront(level_[s], s);
-    } else {
-      lists_.PushBack(level_[s], s);
+    switch (state_[s].Restore()) {
+      case WithholdState::Place::kFront:
+        return lists_.PushFront(level_[s], s);
+      case WithholdState::Place::kBack:
+        return lists_.PushBack(level_[s], s);
+      case WithholdState::Place::kNowhere:
+        return;  // relinked on unpin
     }
   }
   void OnHint(SlotId s, double score) override {
@@ -83,10 +80,7 @@ class PriorityPolicy final : public EvictionPolicy {
     const auto level = static_cast<uint16_t>(std::lround(clamped));
     if (level == level_[s]) return;
     level_[s] = level;
-    if (pinned_[s] || withheld_[s]) {
-      touched_[s] = true;
-      return;
-    }
+    if (state_[s].Defer()) return;
     lists_.MoveToFront(level, s);
   }
 
@@ -104,16 +98,12 @@ class PriorityPolicy final : public EvictionPolicy {
       : default_level_(default_level),
         lists_(capacity, kLevels),
         level_(capacity, default_level),
-        pinned_(capacity, false),
-        withheld_(capacity, false),
-        touched_(capacity, false) {}
+        state_(capacity) {}
 
   const uint16_t default_level_;
   SlotLists lists_;  // one per level; front: most recent
   std::vector<uint16_t> level_;
-  std::vector<bool> pinned_;
-  std::vector<bool> withheld_;  // OnWithhold accepted, not yet restored
-  std::vector<bool> touched_;   // accessed, hinted or unpinned while withheld
+  std::vector<WithholdState> state_;
 };
 
 }  // namespace

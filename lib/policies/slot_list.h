@@ -58,6 +58,24 @@ class SlotLists {
     nodes_[older].prev = s;
     lists_[list].size++;
   }
+  // For a list ordered by `order(slot)`, greatest at the front (a tick, a recency rank; values
+  // distinct): puts s at its place. The walk starts from the end whose value is nearer to s's:
+  // O(entries between that end and s). Precondition: s is in no list.
+  template <typename Order>
+  void InsertByOrder(uint16_t list, SlotId s, Order order) {
+    const auto key = order(s);
+    const SlotId front = lists_[list].head;
+    if (front == kNil || order(front) < key) return PushFront(list, s);
+    const SlotId back = lists_[list].tail;
+    if (order(back) > key) return PushBack(list, s);
+    SlotId at;  // s goes right behind it
+    if (order(front) - key < key - order(back)) {
+      for (at = front; order(nodes_[at].next) > key;) at = nodes_[at].next;
+    } else {
+      for (at = nodes_[back].prev; order(at) < key;) at = nodes_[at].prev;
+    }
+    InsertOlder(at, s);
+  }
   // No-op when s is in no list.
   void Remove(SlotId s) {
     Node& n = nodes_[s];

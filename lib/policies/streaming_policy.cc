@@ -23,12 +23,14 @@
 #include "lib/policies/child_links.h"
 #include "lib/policies/policy_params.h"
 #include "lib/policies/slot_list.h"
+#include "lib/policies/withhold_state.h"
 
 namespace kvtier {
 namespace {
 
 using internal::ChildLinks;
 using internal::SlotLists;
+using internal::WithholdState;
 
 class StreamingPolicy final : public EvictionPolicy {
  public:
@@ -61,45 +63,40 @@ class StreamingPolicy final : public EvictionPolicy {
   }
 
   void OnAccess(SlotId s) override {
-    if (nodes_[s].pinned || nodes_[s].withheld) {
-      nodes_[s].touched = true;  // a withheld slot comes back as recent
-      return;
-    }
+    if (nodes_[s].state.Defer()) return;  // pinned or withheld: comes back as recent
     if (lists_.ListOf(s) != kParked) lists_.MoveToFront(nodes_[s].cls, s);
   }
   void OnRemove(SlotId s) override {
     lists_.Remove(s);
-    nodes_[s].pinned = nodes_[s].withheld = false;
+    nodes_[s].state.Reset();
     if (const SlotId p = links_.Remove(s); p != ChildLinks::kNone && lists_.ListOf(p) == kParked) {
       lists_.Remove(p);
       lists_.PushBack(nodes_[p].cls, p);  // the next in line: its cold branch goes on
     }
   }
   void OnPin(SlotId s) override {
-    nodes_[s].pinned = true;
+    nodes_[s].state.Pin();
     lists_.Remove(s);
   }
   void OnUnpin(SlotId s) override {
-    nodes_[s].pinned = false;
-    nodes_[s].touched = true;
-    if (!nodes_[s].withheld) lists_.PushFront(nodes_[s].cls, s);
+    if (nodes_[s].state.Unpin()) lists_.PushFront(nodes_[s].cls, s);
   }
   // Withheld (a prefix-kept block the cache took out of the candidates): out of its list, back at
   // its class's cold end where it was, or at the recent end if it was used or reclassified.
   bool OnWithhold(SlotId s) override {
     lists_.Remove(s);
-    nodes_[s].withheld = true;
-    nodes_[s].touched = false;
+    nodes_[s].state.Withhold();
     return true;
   }
   void OnRestore(SlotId s) override {
     Node& n = nodes_[s];
-    n.withheld = false;
-    if (n.pinned) return;  // relinked on unpin
-    if (n.touched) {
-      lists_.PushFront(n.cls, s);
-    } else {
-      lists_.PushBack(n.cls, s);
+    switch (n.state.Restore()) {
+      case WithholdState::Place::kFront:
+        return lists_.PushFront(n.cls, s);
+      case WithholdState::Place::kBack:
+        return lists_.PushBack(n.cls, s);
+      case WithholdState::Place::kNowhere:
+        return;  // relinked on unpin
     }
   }
 
@@ -129,9 +126,7 @@ class StreamingPolicy final : public EvictionPolicy {
   struct Node {
     uint32_t depth = 0;
     uint16_t cls = kWindow;
-    bool pinned = false;
-    bool withheld = false;  // OnWithhold accepted, not yet restored
-    bool touched = false;   // accessed, reclassified or unpinned while withheld
+    WithholdState state;
   };
 
   StreamingPolicy(uint32_t capacity, uint32_t sinks, uint32_t window)
@@ -144,8 +139,8 @@ class StreamingPolicy final : public EvictionPolicy {
     Node& n = nodes_[s];
     const bool listed = lists_.Linked(s);
     n.cls = cls;
-    if (n.withheld) n.touched = true;  // a move to the front, deferred to its restore
-    if (n.pinned || n.withheld || lists_.ListOf(s) == kParked) return;
+    // Pinned or withheld: a move to the front, deferred to its return.
+    if (n.state.Defer() || lists_.ListOf(s) == kParked) return;
     if (listed) {
       lists_.MoveToFront(cls, s);  // keeps its recency as well as a move can: most recent
     } else {
