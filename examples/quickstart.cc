@@ -92,7 +92,9 @@ bool Run(const std::string& data_dir) {
       }
       auto keys = hasher.ChainTokens(chats[user], kTokensPerBlock);
       auto match = keys.ok() ? cache.Match(*keys) : keys.status();
-      auto lease = cache.AllocateDevice(static_cast<uint32_t>(keys->size()));
+      // With the match, its device blocks are shared at once: making room cannot evict them.
+      auto lease = match.ok() ? cache.AllocateDevice(*match, static_cast<uint32_t>(keys->size()))
+                              : absl::StatusOr<kvtier::DeviceLease>(match.status());
       if (!match.ok() || !lease.ok()) {
         std::fprintf(stderr, "request failed: %s\n",
                      (!match.ok() ? match.status() : lease.status()).ToString().c_str());
@@ -100,7 +102,8 @@ bool Run(const std::string& data_dir) {
       }
       auto xfer = cache.Load(*match, *lease);
       if (!xfer.ok()) return false;
-      const uint32_t loaded = xfer->Wait().ok() ? xfer->blocks() : 0;  // failed load: recompute
+      // A failed load: recompute what it was bringing (the positions shared at allocation stay).
+      const uint32_t loaded = xfer->Wait().ok() ? xfer->blocks() : lease->shared();
       const auto slots = lease->slots();
       // "Attention", layer by layer: layer l of the loaded prefix must be exactly what was stored.
       for (uint32_t l = 0; l < kLayers && loaded > 0; ++l) {
@@ -162,8 +165,11 @@ bool Run(const std::string& data_dir) {
   std::printf("  %-34s %12" PRIu64 "\n", "mismatched bytes", t.mismatched_bytes);
   std::printf("  %-34s %12s\n", "invariants", invariants.ok() ? "ok" : "BROKEN");
   if (!invariants.ok()) std::fprintf(stderr, "%s\n", invariants.ToString().c_str());
-  // The demo must show what it claims: every tier served hits, nothing came back wrong.
-  return t.mismatched_bytes == 0 && invariants.ok() && t.host_hits > 0 && t.disk_hits > 0;
+  // The demo must show what it claims: nothing came back wrong; a first run's hits come from every
+  // tier, a warm run's from the previous run's disk blocks (every block then has a disk copy, so
+  // the device's victims are dropped rather than demoted, and the host only stages disk reads).
+  return t.mismatched_bytes == 0 && invariants.ok() && t.disk_hits > 0 &&
+         (t.host_hits > 0 || recovered > 0);
 }
 
 }  // namespace

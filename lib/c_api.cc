@@ -52,7 +52,7 @@ static_assert(static_cast<int>(kvtier::DeviceBackend::kMetadataOnly) ==
 
 // The size of each struct in version 1 of the API: the smallest struct_size accepted.
 constexpr size_t kOptionsSizeV1 = KVTIER_OPTIONS_SIZE_V1;
-constexpr size_t kStatsSizeV1 = sizeof(kvtier_stats);
+constexpr size_t kStatsSizeV1 = offsetof(kvtier_stats, blocks_commit_shared);
 // The smallest struct_size that reaches `values` (version 2).
 constexpr size_t kOptionsSizeV2 = offsetof(kvtier_options, values) + sizeof(kvtier_option_values*);
 // Version 1's layout is frozen: 104 bytes on LP64 (its 5 trailing bools padded to 8).
@@ -595,17 +595,23 @@ void kvtier_match_destroy(kvtier_match* match) { delete match; }
 
 // ---- leases ----
 
-kvtier_status kvtier_cache_allocate_device(kvtier_cache* cache, uint32_t n, kvtier_lease** out) {
+namespace {
+
+// kvtier_cache_allocate_device (without_match: no match) and kvtier_cache_allocate_for_match.
+kvtier_status Allocate(const char* call, kvtier_cache* cache, const kvtier_match* match, uint32_t n,
+                       kvtier_lease** out, bool without_match) {
   return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_cache_allocate_device";
+    const char* const kCall = call;
     if (cache == nullptr) return Null(kCall, "cache");
+    if (match == nullptr && !without_match) return Null(kCall, "match");
     if (out == nullptr) return Null(kCall, "out");
     *out = nullptr;
     auto handle = std::make_unique<kvtier_lease>();
     handle->box = cache->box;
     std::shared_lock life(cache->box->life_mu);
     if (cache->box->cache == nullptr) return Closed(kCall);
-    auto lease = cache->box->cache->AllocateDevice(n);
+    auto lease = match != nullptr ? cache->box->cache->AllocateDevice(match->result, n)
+                                  : cache->box->cache->AllocateDevice(n);
     if (!lease.ok()) return lease.status();
     handle->lease = std::move(*lease);
     {
@@ -615,6 +621,17 @@ kvtier_status kvtier_cache_allocate_device(kvtier_cache* cache, uint32_t n, kvti
     *out = handle.release();
     return absl::OkStatus();
   });
+}
+
+}  // namespace
+
+kvtier_status kvtier_cache_allocate_device(kvtier_cache* cache, uint32_t n, kvtier_lease** out) {
+  return Allocate("kvtier_cache_allocate_device", cache, nullptr, n, out, /*without_match=*/true);
+}
+
+kvtier_status kvtier_cache_allocate_for_match(kvtier_cache* cache, const kvtier_match* match,
+                                              uint32_t n, kvtier_lease** out) {
+  return Allocate("kvtier_cache_allocate_for_match", cache, match, n, out, /*without_match=*/false);
 }
 
 kvtier_status kvtier_cache_grow(kvtier_cache* cache, kvtier_lease* lease, uint32_t n) {
@@ -638,6 +655,17 @@ kvtier_status kvtier_lease_size(const kvtier_lease* lease, uint32_t* size) {
     std::shared_lock life(lease->box->life_mu);
     if (absl::Status s = CheckLease("kvtier_lease_size", lease); !s.ok()) return s;
     *size = lease->lease.size();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_lease_shared(const kvtier_lease* lease, uint32_t* shared) {
+  return Guard([&]() -> absl::Status {
+    if (lease == nullptr) return Null("kvtier_lease_shared", "lease");
+    if (shared == nullptr) return Null("kvtier_lease_shared", "shared");
+    std::shared_lock life(lease->box->life_mu);
+    if (absl::Status s = CheckLease("kvtier_lease_shared", lease); !s.ok()) return s;
+    *shared = lease->lease.shared();
     return absl::OkStatus();
   });
 }
@@ -808,7 +836,10 @@ kvtier_status kvtier_cache_stats(const kvtier_cache* cache, kvtier_stats* stats)
     o.transfers_in_flight = s.transfers_in_flight;
     o.disk_buffered_io = s.disk_buffered_io;
     o.hit_ratio = s.HitRatio();
-    *stats = o;  // the caller's struct is at least this large; a larger tail is left as it is
+    o.blocks_commit_shared = s.blocks_commit_shared;
+    // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared); a
+    // larger tail is left as it is.
+    std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));
     return absl::OkStatus();
   });
 }

@@ -25,7 +25,8 @@ using internal::MutexLock;
 DeviceLease::DeviceLease(DeviceLease&& other) noexcept
     : cache_(std::exchange(other.cache_, nullptr)),
       id_(std::exchange(other.id_, 0)),
-      slots_(std::move(other.slots_)) {
+      slots_(std::move(other.slots_)),
+      shared_(std::exchange(other.shared_, 0)) {
   other.slots_.clear();
 }
 
@@ -35,6 +36,7 @@ DeviceLease& DeviceLease::operator=(DeviceLease&& other) noexcept {
     cache_ = std::exchange(other.cache_, nullptr);
     id_ = std::exchange(other.id_, 0);
     slots_ = std::move(other.slots_);
+    shared_ = std::exchange(other.shared_, 0);
     other.slots_.clear();
   }
   return *this;
@@ -47,6 +49,7 @@ void DeviceLease::Reset() {
   cache_ = nullptr;
   id_ = 0;
   slots_.clear();
+  shared_ = 0;
 }
 
 // ---- Transfer ----
@@ -163,22 +166,32 @@ absl::Status CheckLease(const char* call, const DeviceLease& lease, const Cache*
 }  // namespace
 
 absl::StatusOr<DeviceLease> Cache::AllocateDevice(uint32_t n) {
+  return AllocateDevice(MatchResult{}, n);
+}
+
+absl::StatusOr<DeviceLease> Cache::AllocateDevice(const MatchResult& match, uint32_t n) {
   const uint32_t capacity = core_->index_.capacity(Tier::kDevice);
   if (n == 0 || n > capacity) {
     return absl::InvalidArgumentError(
         absl::StrCat("AllocateDevice: ", n, " slots asked vs 1..", capacity, " available"));
   }
+  if (match.size() > n) {
+    return absl::InvalidArgumentError(absl::StrCat("AllocateDevice: the match has ", match.size(),
+                                                   " blocks vs ", n, " slots asked"));
+  }
   uint64_t id = 0;
+  uint32_t shared = 0;
   std::vector<uint32_t> slots;
-  KVTIER_RETURN_IF_ERROR(core_->Allocate([&](std::vector<internal::Move>* demotions,
-                                             std::vector<uint32_t>* quarantine) {
-    core_->index_.mu().AssertHeld();
-    slots.clear();
-    absl::StatusOr<uint64_t> lease = core_->index_.NewLeaseLocked(n, &slots, demotions, quarantine);
-    if (lease.ok()) id = *lease;
-    return lease.status();
-  }));
-  return DeviceLease(this, id, std::move(slots));
+  KVTIER_RETURN_IF_ERROR(core_->Allocate(
+      [&](std::vector<internal::Move>* demotions, std::vector<uint32_t>* quarantine) {
+        core_->index_.mu().AssertHeld();
+        slots.clear();
+        absl::StatusOr<uint64_t> lease =
+            core_->index_.NewLeaseLocked(n, &slots, demotions, quarantine, match.keys, &shared);
+        if (lease.ok()) id = *lease;
+        return lease.status();
+      }));
+  return DeviceLease(this, id, std::move(slots), shared);
 }
 
 absl::Status Cache::Grow(DeviceLease& lease, uint32_t n) {

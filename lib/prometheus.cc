@@ -76,6 +76,10 @@ constexpr CacheMetric kCacheMetrics[] = {
      &CacheStats::blocks_loaded},
     {"kvtier_blocks_committed_total", "counter", "New blocks published by Commit().",
      &CacheStats::blocks_committed},
+    {"kvtier_blocks_commit_shared_total", "counter",
+     "Commit() keys already on the device from elsewhere (that copy kept, the lease's not "
+     "published).",
+     &CacheStats::blocks_commit_shared},
     {"kvtier_transfer_failures_total", "counter", "Copies that failed; their blocks became misses.",
      &CacheStats::transfer_failures},
     {"kvtier_leases_live", "gauge", "DeviceLeases not yet released.", &CacheStats::leases_live},

@@ -6,6 +6,7 @@
 #define _XOPEN_SOURCE 700 /* mkdir, snprintf under -std=c99 -pedantic */
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -523,12 +524,41 @@ static void TestBadCalls(void) {
   Fill(lease, keys, 0, kBlocks);
   CHECK_OK(kvtier_cache_commit(cache, keys, kBlocks, lease));
 
-  /* Commit of keys another lease already holds on the device */
+  /* Commit of keys another lease already holds on the device: that copy is kept */
   {
     kvtier_lease* second = NULL;
+    kvtier_stats st;
+    memset(&st, 0, sizeof(st));
+    st.struct_size = sizeof(st);
     CHECK_OK(kvtier_cache_allocate_device(cache, 1, &second));
-    CHECK_CODE(kvtier_cache_commit(cache, keys, 1, second), KVTIER_ALREADY_EXISTS);
+    CHECK_OK(kvtier_cache_commit(cache, keys, 1, second));
+    CHECK_OK(kvtier_cache_stats(cache, &st));
+    CHECK(st.blocks_commit_shared == 1);
+    /* a version-1 caller's struct ends before blocks_commit_shared: nothing is written there */
+    memset(&st, 0xEE, sizeof(st));
+    st.struct_size = offsetof(kvtier_stats, blocks_commit_shared);
+    CHECK_OK(kvtier_cache_stats(cache, &st));
+    CHECK(st.blocks_commit_shared == 0xEEEEEEEEEEEEEEEEull);
+    CHECK(st.blocks_committed == kBlocks);
     kvtier_lease_destroy(second); /* destroy without release: releases */
+  }
+
+  /* Allocation for a match shares its device blocks at once */
+  {
+    kvtier_match* m = NULL;
+    kvtier_lease* third = NULL;
+    uint32_t shared = 0;
+    CHECK_OK(kvtier_cache_match(cache, keys, kBlocks, &m));
+    CHECK_CODE(kvtier_cache_allocate_for_match(cache, NULL, kBlocks, &third),
+               KVTIER_INVALID_ARGUMENT);
+    CHECK_CODE(kvtier_cache_allocate_for_match(cache, m, kBlocks - 1, &third),
+               KVTIER_INVALID_ARGUMENT);
+    CHECK_OK(kvtier_cache_allocate_for_match(cache, m, kBlocks, &third));
+    CHECK_OK(kvtier_lease_shared(third, &shared));
+    CHECK(shared == kBlocks);
+    CHECK_CODE(kvtier_lease_shared(third, NULL), KVTIER_INVALID_ARGUMENT);
+    kvtier_lease_destroy(third);
+    kvtier_match_destroy(m);
   }
 
   /* use after release */

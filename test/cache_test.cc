@@ -1,6 +1,7 @@
 #include "kvtier/cache.h"
 
 #include <random>
+#include <set>
 
 #include "test/util/test_util.h"
 
@@ -256,20 +257,163 @@ TEST_CASE("Cache bad input: a lease of another cache is refused", "[cache][bad_i
   StillUsable(**cache, kv);
 }
 
-TEST_CASE("Cache bad input: committing a key twice is kAlreadyExists and changes nothing",
-          "[cache][bad_input]") {
-  EngineKv kv;
+// `n` keys: keys[0] = head, then a chain under it from tokens seeded by `seed`.
+std::vector<BlockKey> Under(const BlockKey& head, uint32_t n, uint32_t seed) {
+  std::vector<BlockKey> keys = {head};
+  std::vector<int32_t> tokens(4);
+  for (uint32_t i = 1; i < n; ++i) {
+    for (uint32_t t = 0; t < 4; ++t) tokens[t] = static_cast<int32_t>(seed * 100000 + i * 4 + t);
+    keys.push_back(BlockHasher().Chain(keys.back(), tokens));
+  }
+  return keys;
+}
+
+TEST_CASE(
+    "Regression: two requests in flight sharing a first block both get their own blocks "
+    "cached",
+    "[cache][lifecycle]") {
+  // Issue 13: the second Commit was refused with kAlreadyExists (the shared first block was on
+  // the device from the other lease) and published nothing: 1 of its 10 blocks cached.
+  EngineKv kv({.num_slots = 32});
+  auto cache = Cache::Create(test::MakeOptions(kv, 0));
+  REQUIRE_OK(cache);
+  const auto a = test::Chain(10, 1);
+  const auto b = Under(a[0], 10, 2);
+  auto la = (*cache)->AllocateDevice(10);
+  auto lb = (*cache)->AllocateDevice(10);  // both in flight, neither has published
+  REQUIRE_OK(la);
+  REQUIRE_OK(lb);
+  for (uint32_t i = 0; i < 10; ++i) {
+    kv.Write(la->slots()[i], a[i]);
+    kv.Write(lb->slots()[i], b[i]);
+  }
+  REQUIRE_OK((*cache)->Commit(a, *la));
+  REQUIRE_OK((*cache)->Commit(b, *lb));
+  CHECK((*cache)->Stats().blocks_committed == 19);
+  CHECK((*cache)->Stats().blocks_commit_shared == 1);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  // b's own copy of the shared block is still its lease's, unpublished: scribbling it after the
+  // Commit (as a recycled slot would be) must not reach later requests.
+  const uint32_t b_own_head = lb->slots()[0];
+  REQUIRE_OK((*cache)->Release(*la));
+  REQUIRE_OK((*cache)->Release(*lb));
+  REQUIRE_OK((*cache)->CheckInvariants());
+  kv.Scribble(b_own_head, 0xAB);
+  for (const auto& keys : {a, b}) {
+    auto again = test::RunSequence(**cache, kv, keys);
+    REQUIRE_OK(again);
+    CHECK(again->matched == 10);
+    CHECK(again->loaded == 10);
+    CHECK(again->mismatched_bytes == 0);
+  }
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Regression: an exact repeat whose last block the engine recomputes commits",
+          "[cache][lifecycle]") {
+  // Issue 13: vLLM always recomputes the last token, so the engine loads all but the last block,
+  // recomputes it, and commits the whole chain while the cached copy is still on the device. That
+  // was kAlreadyExists "from another lease" with no other lease alive.
+  EngineKv kv({.num_slots = 16});
+  auto cache = Cache::Create(test::MakeOptions(kv, 16));
+  REQUIRE_OK(cache);
+  const auto keys = test::Chain(6, 1);
+  REQUIRE_OK(test::RunSequence(**cache, kv, keys));
+  auto m = (*cache)->Match(std::span(keys).first(5));
+  REQUIRE_OK(m);
+  REQUIRE(m->size() == 5);
+  auto lease = (*cache)->AllocateDevice(6);
+  REQUIRE_OK(lease);
+  auto xfer = (*cache)->Load(*m, *lease);
+  REQUIRE_OK(xfer);
+  REQUIRE_OK(xfer->Wait());
+  kv.Write(lease->slots()[5], keys[5]);  // recomputed
+  const CacheStats before = (*cache)->Stats();
+  REQUIRE_OK((*cache)->Commit(keys, *lease));
+  CHECK((*cache)->Stats().blocks_committed == before.blocks_committed);
+  CHECK((*cache)->Stats().blocks_commit_shared == before.blocks_commit_shared + 1);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  REQUIRE_OK((*cache)->Release(*lease));
+  auto again = test::RunSequence(**cache, kv, keys);
+  REQUIRE_OK(again);
+  CHECK(again->loaded == 6);
+  CHECK(again->mismatched_bytes == 0);
+}
+
+TEST_CASE("Regression: AllocateDevice with the match does not evict the blocks it matched",
+          "[cache][lifecycle]") {
+  // Issue 13: a 24-slot device holding a 20-block prompt; repeating it, AllocateDevice(20) had to
+  // evict 16 of the 20 matched blocks to make room (the repeat loaded 4 and recomputed 16; with a
+  // host tier, 16 were demoted and promoted straight back). With the match, the allocation
+  // shares them and takes only what is missing.
+  for (const uint32_t host : {0u, 32u}) {
+    CAPTURE(host);
+    EngineKv kv({.num_slots = 24});
+    auto cache = Cache::Create(test::MakeOptions(kv, host));
+    REQUIRE_OK(cache);
+    const auto keys = test::Chain(20, 1);
+    REQUIRE_OK(test::RunSequence(**cache, kv, keys));
+    auto m = (*cache)->Match(keys);
+    REQUIRE_OK(m);
+    REQUIRE(m->blocks_in(Tier::kDevice) == 20);
+    const CacheStats before = (*cache)->Stats();
+    auto lease = (*cache)->AllocateDevice(*m, 22);  // the prompt plus two new blocks
+    REQUIRE_OK(lease);
+    REQUIRE_OK((*cache)->CheckInvariants());
+    CHECK((*cache)->Stats().device.evictions == before.device.evictions);
+    CHECK((*cache)->Stats().demotions == before.demotions);
+    auto xfer = (*cache)->Load(*m, *lease);
+    REQUIRE_OK(xfer);
+    REQUIRE_OK(xfer->Wait());
+    CHECK(xfer->blocks() == 20);
+    CHECK(xfer->blocks_promoted() == 0);
+    for (uint32_t i = 0; i < 20; ++i) CHECK(kv.Mismatches(lease->slots()[i], keys[i]) == 0);
+    // The new blocks' slots are the lease's own, distinct from the shared ones.
+    const std::vector<uint32_t> slots(lease->slots().begin(), lease->slots().end());
+    CHECK(std::set<uint32_t>(slots.begin(), slots.end()).size() == 22);
+    const auto longer = test::Chain(22, 1);
+    kv.Write(slots[20], longer[20]);
+    kv.Write(slots[21], longer[21]);
+    REQUIRE_OK((*cache)->Commit(longer, *lease));
+    REQUIRE_OK((*cache)->CheckInvariants());
+    // A second Load into the lease is refused like any Load into loaded positions.
+    REQUIRE_CODE((*cache)->Load(*m, *lease), absl::StatusCode::kFailedPrecondition);
+    REQUIRE_OK((*cache)->Release(*lease));
+    REQUIRE_OK((*cache)->CheckInvariants());
+    auto again = test::RunSequence(**cache, kv, longer);
+    REQUIRE_OK(again);
+    CHECK(again->matched == 22);
+    CHECK(again->mismatched_bytes == 0);
+  }
+}
+
+TEST_CASE("Cache bad input: AllocateDevice with a match", "[cache][bad_input]") {
+  EngineKv kv({.num_slots = 8});
   auto cache = Cache::Create(test::MakeOptions(kv, 8));
   REQUIRE_OK(cache);
-  const auto keys = test::Chain(2, 1);
-  DeviceLease first;
-  REQUIRE_OK(test::RunSequence(**cache, kv, keys, &first));  // still held: on the device
-  auto second = (*cache)->AllocateDevice(2);
-  REQUIRE_OK(second);
-  const CacheStats before = (*cache)->Stats();
-  REQUIRE_CODE((*cache)->Commit(keys, *second), absl::StatusCode::kAlreadyExists);
-  CHECK((*cache)->Stats().blocks_committed == before.blocks_committed);
+  const auto keys = test::Chain(4, 1);
+  REQUIRE_OK(test::RunSequence(**cache, kv, keys));
+  auto m = (*cache)->Match(keys);
+  REQUIRE_OK(m);
+  REQUIRE_CODE((*cache)->AllocateDevice(*m, 3), absl::StatusCode::kInvalidArgument);  // 4 > 3
+  REQUIRE_CODE((*cache)->AllocateDevice(*m, 0), absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE((*cache)->AllocateDevice(*m, 9), absl::StatusCode::kInvalidArgument);
   REQUIRE_OK((*cache)->CheckInvariants());
+  // A lease shared at allocation, loaded with another match at those positions: refused.
+  auto lease = (*cache)->AllocateDevice(*m, 4);
+  REQUIRE_OK(lease);
+  MatchResult forged = *m;
+  forged.keys[1] = test::Chain(4, 2)[1];
+  REQUIRE_CODE((*cache)->Load(forged, *lease), absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  // Every device slot is held (8 = 4 shared + 4 in another lease): a match-aware allocation that
+  // needs new slots fails cleanly and unpins what it shared.
+  auto rest = (*cache)->AllocateDevice(4);
+  REQUIRE_OK(rest);
+  REQUIRE_CODE((*cache)->AllocateDevice(*m, 5), absl::StatusCode::kResourceExhausted);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  REQUIRE_OK((*cache)->Release(*lease));
+  REQUIRE_OK((*cache)->Release(*rest));
   StillUsable(**cache, kv);
 }
 

@@ -7,6 +7,7 @@
 // are the cache's own: where the contract allows two outcomes (a hit or a miss, OK or
 // kResourceExhausted when slots are short), the model accepts either and checks the rest.
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -25,8 +26,13 @@ constexpr uint32_t kHostBlocks = 32;
 
 struct ModelLease {
   DeviceLease lease;
-  uint32_t held = 0;           // leading positions holding blocks (loaded or committed)
+  uint32_t held = 0;           // leading positions holding blocks (loaded, committed, shared)
   std::vector<BlockKey> keys;  // the chain this lease serves
+  // held == lease.shared(): only what AllocateDevice(match, n) shared (a Load keeps those).
+  bool only_shared = false;
+  // A Commit kept another copy of some key (blocks_commit_shared grew): which positions the
+  // lease holds is no longer known exactly, so a Load may be refused or not.
+  bool held_unknown = false;
 };
 
 class Model {
@@ -115,7 +121,14 @@ class Model {
     if (leases_.size() >= 6) return DoRelease();
     const auto keys = Request();
     const auto n = static_cast<uint32_t>(keys.size());
-    auto lease = cache_->AllocateDevice(n);
+    // Half the time the engine passes its Match: the matched device blocks are shared at once.
+    std::optional<MatchResult> match;
+    if (rng_() % 2) {
+      auto m = cache_->Match(keys);
+      REQUIRE_OK(m);
+      match = std::move(*m);
+    }
+    auto lease = match ? cache_->AllocateDevice(*match, n) : cache_->AllocateDevice(n);
     if (Pinned() + n <= kDeviceSlots) {
       const CacheStats st = cache_->Stats();
       INFO("leases " << leases_.size() << " pinned-by-model " << Pinned() << " device used "
@@ -130,7 +143,17 @@ class Model {
     REQUIRE(lease->size() == n);
     std::set<uint32_t> distinct(lease->slots().begin(), lease->slots().end());
     REQUIRE(distinct.size() == n);
-    leases_.emplace(next_id_++, ModelLease{.lease = std::move(*lease), .keys = keys});
+    const uint32_t shared = lease->shared();
+    REQUIRE(shared <= (match ? match->blocks_in(Tier::kDevice) : 0));
+    for (uint32_t i = 0; i < shared; ++i) {  // the matched blocks themselves, byte for byte
+      const uint64_t bad = kv_.Mismatches(lease->slots()[i], keys[i]);
+      mismatched_ += bad;
+      REQUIRE(bad == 0);
+    }
+    leases_.emplace(
+        next_id_++,
+        ModelLease{
+            .lease = std::move(*lease), .held = shared, .keys = keys, .only_shared = shared > 0});
   }
 
   void DoLoad() {
@@ -140,11 +163,17 @@ class Model {
     auto m = cache_->Match(l->keys);
     REQUIRE_OK(m);
     auto xfer = cache_->Load(*m, l->lease);
-    if (l->held > 0 && m->size() > 0) {
-      REQUIRE_CODE(xfer, absl::StatusCode::kFailedPrecondition);
-      return;
+    if (l->held > 0 && m->size() > 0 && !l->only_shared) {
+      if (l->held_unknown && xfer.ok()) {
+        // The lease held none of those positions after all (its Commit kept other copies).
+      } else {
+        REQUIRE_CODE(xfer, absl::StatusCode::kFailedPrecondition);
+        return;
+      }
     }
     REQUIRE_OK(xfer);
+    if (l->only_shared) REQUIRE(xfer->blocks() >= l->held);  // the shared positions are kept
+    l->only_shared = false;
     REQUIRE(xfer->blocks() <= m->size());
     REQUIRE_OK(xfer->Wait());
     REQUIRE_OK(xfer->status());
@@ -164,10 +193,12 @@ class Model {
     // The engine computes the positions not held, then publishes a prefix of its chain.
     const auto n = static_cast<uint32_t>(1 + rng_() % l->keys.size());
     for (uint32_t i = l->held; i < n; ++i) kv_.Write(l->lease.slots()[i], l->keys[i]);
+    const uint64_t kept_before = cache_->Stats().blocks_commit_shared;
     const absl::Status s = cache_->Commit(std::span(l->keys).first(n), l->lease);
-    if (s.code() == absl::StatusCode::kAlreadyExists) return;  // on the device from another lease
-    REQUIRE_OK(s);
+    REQUIRE_OK(s);  // a key on the device from elsewhere keeps that copy: never refused
     for (uint32_t i = 0; i < n; ++i) committed_.insert(l->keys[i]);
+    if (cache_->Stats().blocks_commit_shared != kept_before) l->held_unknown = true;
+    if (n > l->held) l->only_shared = false;
     l->held = std::max(l->held, n);
   }
 

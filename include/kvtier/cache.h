@@ -30,7 +30,7 @@
 // with
 //   the cache unchanged and usable. Codes: kInvalidArgument (bad option, layout, or key span),
 //   kFailedPrecondition (empty/released/foreign lease, Load into slots already loaded),
-//   kAlreadyExists (Commit of a key cached from another lease), kResourceExhausted (every device
+//   kResourceExhausted (every device
 //   slot pinned or in flight), kUnimplemented (CUDA asked for, not available).
 #ifndef KVTIER_CACHE_H_
 #define KVTIER_CACHE_H_
@@ -74,16 +74,20 @@ class DeviceLease {
   // Device slot of each block. Load() may replace slot i by the slot where block i already resides
   // on the device (no copy): read this after Load() to build the engine's block table.
   std::span<const uint32_t> slots() const { return slots_; }
+  // Leading positions AllocateDevice(match, n) shared at once: they hold the matched blocks
+  // (cached, maybe read by other leases: never write them); Load keeps them. 0 otherwise.
+  uint32_t shared() const { return shared_; }
 
  private:
   friend class Cache;
-  DeviceLease(Cache* cache, uint64_t id, std::vector<uint32_t> slots)
-      : cache_(cache), id_(id), slots_(std::move(slots)) {}
+  DeviceLease(Cache* cache, uint64_t id, std::vector<uint32_t> slots, uint32_t shared = 0)
+      : cache_(cache), id_(id), slots_(std::move(slots)), shared_(shared) {}
   void Reset();
 
   Cache* cache_ = nullptr;
   uint64_t id_ = 0;
   std::vector<uint32_t> slots_;
+  uint32_t shared_ = 0;
 };
 
 class Cache {
@@ -108,23 +112,37 @@ class Cache {
   // capacity; kResourceExhausted when too few slots are free or evictable (nothing is reserved).
   absl::StatusOr<DeviceLease> AllocateDevice(uint32_t n);
 
+  // AllocateDevice(n) for a sequence whose cached prefix `match` reports (Match of the same keys):
+  // the matched blocks still Ready on the device, from the first, are shared at once (lease slot i
+  // becomes the block's slot, pinned, as Load would make it) before any slot is taken, so making
+  // room for the rest cannot evict them; the other n - (those) slots are new. Load(match, lease)
+  // then keeps them. Without it, a device nearly full of the very prefix to be reused evicts that
+  // prefix to make room for the whole sequence. Same errors as AllocateDevice(n), and
+  // kInvalidArgument when match.size() > n.
+  absl::StatusOr<DeviceLease> AllocateDevice(const MatchResult& match, uint32_t n);
+
   // Adds n >= 1 slots at the end of `lease` (a sequence that grew). Same errors as AllocateDevice.
   absl::Status Grow(DeviceLease& lease, uint32_t n);
 
   // Brings the blocks of `match` into lease slots [0, match.size()): a block already on the device
   // is shared (lease slot i becomes its slot, pinned), a block on the host is copied into lease
   // slot i asynchronously. Stops at the first block no longer cached (see Transfer::blocks()).
-  // Never waits for a copy. kFailedPrecondition if the lease is empty/released/foreign or already
-  // loaded at those positions; kInvalidArgument if match.size() > lease.size().
+  // Positions AllocateDevice(match, n) already shared are kept. Never waits for a copy.
+  // kFailedPrecondition if the lease is empty/released/foreign or already loaded at those
+  // positions; kInvalidArgument if match.size() > lease.size() or a position shared at allocation
+  // holds another key than the match's.
   absl::StatusOr<Transfer> Load(const MatchResult& match, DeviceLease& lease);
 
   // Publishes lease slots [0, keys.size()) under `keys` (a chain from the root: keys[i-1] is the
   // parent of keys[i]). Slots that already hold their key (shared by Load, or committed before)
   // are skipped; a key cached only below the device (say, after a failed Load was recomputed)
-  // gains this slot as its device copy. The bytes must be complete in device memory when called.
-  // All or nothing: kAlreadyExists if a key is already on the device from another lease,
-  // kInvalidArgument if keys.size() > lease.size(), a key repeats, or a key contradicts the cached
-  // chain (same key, other parent), kFailedPrecondition for a bad lease.
+  // gains this slot as its device copy. A key already on the device from elsewhere (another
+  // request computed it too, or the engine recomputed a block it could have loaded) keeps that
+  // copy: this lease's slot stays the lease's, unpublished, and the rest of the chain is published
+  // under the existing block (CacheStats::blocks_commit_shared counts them). The bytes must be
+  // complete in device memory when called. All or nothing: kInvalidArgument if keys.size() >
+  // lease.size(), a key repeats, or a key contradicts the cached chain (same key, other parent),
+  // kFailedPrecondition for a bad lease.
   absl::Status Commit(std::span<const BlockKey> keys, DeviceLease& lease);
 
   // Returns the lease's uncommitted slots and unpins its blocks; `lease` becomes empty.

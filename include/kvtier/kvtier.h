@@ -222,7 +222,8 @@ typedef struct kvtier_stats {
   uint64_t disk_recovered_blocks, disk_recovery_dropped;
   uint64_t leases_live, transfers_in_flight;
   bool disk_buffered_io;
-  double hit_ratio; /* CacheStats::HitRatio() */
+  double hit_ratio;              /* CacheStats::HitRatio() */
+  uint64_t blocks_commit_shared; /* version 2 (appended) */
 } kvtier_stats;
 
 /* ---- the cache ---- */
@@ -275,10 +276,19 @@ KVTIER_C_API void kvtier_match_destroy(kvtier_match* match);
  * free or evictable. */
 KVTIER_C_API kvtier_status kvtier_cache_allocate_device(kvtier_cache* cache, uint32_t n,
                                                         kvtier_lease** out);
+/* kvtier_cache_allocate_device for a sequence whose cached prefix is `match` (Cache::AllocateDevice
+ * with a match): its blocks on the device are shared at once, so making room cannot evict them.
+ * KVTIER_INVALID_ARGUMENT when the match has more than n blocks. */
+KVTIER_C_API kvtier_status kvtier_cache_allocate_for_match(kvtier_cache* cache,
+                                                           const kvtier_match* match, uint32_t n,
+                                                           kvtier_lease** out);
 /* Adds n >= 1 slots at the end of the lease (Cache::Grow). */
 KVTIER_C_API kvtier_status kvtier_cache_grow(kvtier_cache* cache, kvtier_lease* lease, uint32_t n);
 /* Slots in the lease. */
 KVTIER_C_API kvtier_status kvtier_lease_size(const kvtier_lease* lease, uint32_t* size);
+/* Leading positions kvtier_cache_allocate_for_match shared at once (DeviceLease::shared): they hold
+ * cached blocks; never write them. 0 for kvtier_cache_allocate_device. */
+KVTIER_C_API kvtier_status kvtier_lease_shared(const kvtier_lease* lease, uint32_t* shared);
 /* The device slot of each block, into slots[0, size); capacity >= size else KVTIER_OUT_OF_RANGE.
  * Load may change slots: read them after kvtier_cache_load. */
 KVTIER_C_API kvtier_status kvtier_lease_slots(const kvtier_lease* lease, uint32_t* slots,

@@ -104,18 +104,20 @@ struct CacheStats {
   RemoteStats remote;
 
   uint64_t match_calls = 0;
-  uint64_t blocks_queried = 0;      // keys passed to Match()
-  uint64_t blocks_missed = 0;       // keys at or after the first miss of each Match() (local
-                                    // tiers, then the remote tier)
-  uint64_t blocks_loaded = 0;       // blocks a Load() handed to a lease (device hits + promotions)
-  uint64_t blocks_committed = 0;    // new blocks published by Commit()
-  uint64_t demotions = 0;           // device-to-host copies started (write-back or write-through)
-  uint64_t promotions = 0;          // host-to-device copies started by Load()
-  uint64_t bytes_h2d = 0;           // bytes of promotions
-  uint64_t bytes_d2h = 0;           // bytes of demotions
-  uint64_t transfer_failures = 0;   // copies that failed; their blocks became misses
-  uint64_t bytes_disk_read = 0;     // payload bytes read from the disk tier
-  uint64_t bytes_disk_written = 0;  // payload bytes written to the disk tier (host write-back)
+  uint64_t blocks_queried = 0;    // keys passed to Match()
+  uint64_t blocks_missed = 0;     // keys at or after the first miss of each Match() (local
+                                  // tiers, then the remote tier)
+  uint64_t blocks_loaded = 0;     // blocks a Load() handed to a lease (device hits + promotions)
+  uint64_t blocks_committed = 0;  // new blocks published by Commit()
+  uint64_t blocks_commit_shared = 0;  // Commit() keys already on the device from elsewhere: that
+                                      // copy was kept, the lease's not published
+  uint64_t demotions = 0;             // device-to-host copies started (write-back or write-through)
+  uint64_t promotions = 0;            // host-to-device copies started by Load()
+  uint64_t bytes_h2d = 0;             // bytes of promotions
+  uint64_t bytes_d2h = 0;             // bytes of demotions
+  uint64_t transfer_failures = 0;     // copies that failed; their blocks became misses
+  uint64_t bytes_disk_read = 0;       // payload bytes read from the disk tier
+  uint64_t bytes_disk_written = 0;    // payload bytes written to the disk tier (host write-back)
   uint64_t disk_corrupt_reads = 0;  // disk reads whose trailer or payload failed to verify: misses
   uint64_t disk_io_errors = 0;      // disk reads and writes that failed
   uint64_t disk_recovered_blocks = 0;  // blocks served from a previous run's directory

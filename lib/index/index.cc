@@ -352,10 +352,30 @@ void Index::FreeQuarantinedLocked(std::span<const SlotId> slots) {
 
 absl::StatusOr<uint64_t> Index::NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
                                                std::vector<Move>* demotions,
-                                               std::vector<SlotId>* quarantine) {
+                                               std::vector<SlotId>* quarantine,
+                                               std::span<const BlockKey> prefix,
+                                               uint32_t* shared_out) {
   Lease lease;
   lease.slots.reserve(n);
-  if (absl::Status s = AddLeaseSlotsLocked(lease, n, slots, demotions, quarantine); !s.ok()) {
+  // Share the prefix's device blocks first: pinned, they are no victims for the slots below.
+  uint32_t parent = kNoEntry;
+  for (size_t i = 0; i < prefix.size() && i < n; ++i) {
+    const uint32_t id = FindLocked(prefix[i]);
+    if (id == kNoEntry || E(id).parent_id != parent) break;
+    const Residency d = E(id).res[T(kDev)];
+    if (d.state != ResState::kReady || d.lease_pins == Residency::kMaxLeasePins) break;
+    PinLocked(id, kDev, /*lease=*/true);
+    lease.slots.push_back(
+        LeaseSlot{.slot = d.slot, .holds = true, .shared_at_allocation = true, .entry = id});
+    slots->push_back(d.slot);
+    parent = id;
+  }
+  const auto shared = static_cast<uint32_t>(lease.slots.size());
+  if (shared_out != nullptr) *shared_out = shared;
+  if (absl::Status s = AddLeaseSlotsLocked(lease, n - shared, slots, demotions, quarantine);
+      !s.ok()) {
+    for (uint32_t j = 0; j < shared; ++j) UnpinLocked(lease.slots[j].entry, kDev, /*lease=*/true);
+    slots->resize(slots->size() - shared);
     return s;
   }
   const uint64_t id = next_lease_id_++;
@@ -380,9 +400,16 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
                                                    lease->slots.size(), " slots"));
   }
   for (size_t i = 0; i < keys.size(); ++i) {
-    if (lease->slots[i].holds) {
+    const LeaseSlot& ls = lease->slots[i];
+    if (!ls.holds) continue;
+    if (!ls.shared_at_allocation) {
       return absl::FailedPreconditionError(
           absl::StrCat("Load: lease slot ", i, " already holds a block (loaded or committed)"));
+    }
+    if (E(ls.entry).key != keys[i]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Load: lease slot ", i, " holds block ", E(ls.entry).key.ToHex(),
+                       " (shared by AllocateDevice) vs the match's ", keys[i].ToHex()));
     }
   }
   LoadPlan plan;
@@ -408,6 +435,12 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
                      };
   uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
+    if (LeaseSlot& ls = lease->slots[i]; ls.holds) {  // shared when the lease was made: keep it
+      ls.shared_at_allocation = false;
+      parent = ls.entry;
+      plan.blocks++;
+      continue;
+    }
     uint32_t id = FindLocked(keys[i]);
     if (id != kNoEntry && E(id).parent_id != parent) break;
     if (id == kNoEntry || !E(id).cached()) {
@@ -485,13 +518,9 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
             "Commit: keys[", i, "] (", k.ToHex(), ") is cached under another parent than keys[",
             i == 0 ? std::string("root") : absl::StrCat(i - 1), "]: keys must be one chain"));
       }
-      if (E(id).res[T(kDev)].present()) {
-        return absl::AlreadyExistsError(absl::StrCat("Commit: keys[", i, "] (", k.ToHex(),
-                                                     ") is already on the device from another "
-                                                     "lease; Load it instead"));
-      }
       parent = id;
-      found[i] = id;  // cached below the device (or lost): this lease's copy joins it
+      found[i] = id;  // cached below the device (or lost): this lease's copy joins it; or on
+                      // the device already: that copy stays, this one is not published
     } else {
       parent = kNoEntry;
     }
@@ -499,6 +528,12 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
   uint32_t parent_id = kNoEntry;
   for (size_t i = 0; i < keys.size(); ++i) {
     LeaseSlot& ls = lease->slots[i];
+    if (found[i] != kNoEntry && E(found[i]).res[T(kDev)].present()) {
+      // On the device already (another lease's copy, or a Load's): the chain goes on under it.
+      counters_.blocks_commit_shared++;
+      parent_id = found[i];
+      continue;
+    }
     if (!ls.holds) {
       const uint32_t id = found[i] != kNoEntry ? found[i] : AddEntryLocked(keys[i], parent_id);
       AddResidencyLocked(id, kDev, ls.slot, ResState::kReady, 1, 0);

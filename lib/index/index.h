@@ -157,9 +157,15 @@ class Index {
   // even on failure. On kResourceExhausted nothing is reserved, but slots whose block is being
   // written back are appended to `quarantine` (if given; else freed at once): the caller frees them
   // with FreeQuarantinedLocked once those copies are done, so no one writes them before.
+  // `prefix` (at most n keys, the sequence's first): its blocks Ready on the device, from the
+  // first while they chain from the root, are shared by the lease at once (pinned, as Load
+  // shares them) before any slot is taken, so making room cannot evict them; the rest of the n
+  // slots are new. `slots` gets all n; *shared (if given) how many were shared.
   absl::StatusOr<uint64_t> NewLeaseLocked(uint32_t n, std::vector<SlotId>* slots,
                                           std::vector<Move>* demotions,
-                                          std::vector<SlotId>* quarantine = nullptr)
+                                          std::vector<SlotId>* quarantine = nullptr,
+                                          std::span<const BlockKey> prefix = {},
+                                          uint32_t* shared = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status GrowLeaseLocked(uint64_t lease_id, uint32_t n, std::vector<SlotId>* slots,
                                std::vector<Move>* demotions,
@@ -168,8 +174,13 @@ class Index {
   void FreeQuarantinedLocked(std::span<const SlotId> slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Plans lease positions [0, match.size()). A block cached nowhere locally that the match found
   // in a store (match.tiers[i] >= kNumTiers) gets a new host slot to be read into from the store.
+  // Positions the lease shared when it was made are kept (they must hold match.keys[i]).
   absl::StatusOr<LoadPlan> PlanLoadLocked(uint64_t lease_id, const MatchResult& match)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Publishes lease positions [0, keys.size()). A key already on the device from elsewhere
+  // (another lease's copy, or a Load's) keeps that copy: this lease's slot stays its own,
+  // unpublished, and the chain goes on under the existing block (counted as
+  // blocks_commit_shared).
   absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
                             std::vector<Move>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ReleaseLeaseLocked(uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -236,6 +247,9 @@ class Index {
   struct LeaseSlot {
     SlotId slot = 0;
     bool holds = false;  // slot is entry `entry`'s device residency, pinned by this lease
+    // Shared when the lease was made (NewLeaseLocked's prefix), not yet passed by a Load: the
+    // Load keeps it rather than refusing the position as loaded.
+    bool shared_at_allocation = false;
     uint32_t entry = kNoEntry;
   };
   struct Lease {

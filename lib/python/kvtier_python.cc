@@ -620,6 +620,15 @@ PYBIND11_MODULE(kvtier, m) {
            })
       .def_property_readonly("released",
                              [](const PyLease& l) { return l.released || !l.state->cache; })
+      .def_property_readonly(
+          "shared",
+          [](PyLease& l) {
+            std::shared_lock life(l.state->life_mu);
+            CheckLease(l, "Lease.shared");
+            return l.lease.shared();
+          },
+          "leading positions allocate_device(n, match) shared at once: cached blocks, never "
+          "written")
       .def_property_readonly("slots",
                              [](PyLease& l) {
                                std::shared_lock life(l.state->life_mu);
@@ -814,7 +823,7 @@ PYBIND11_MODULE(kvtier, m) {
           py::arg("keys"))
       .def(
           "allocate_device",
-          [](PyCache& c, uint32_t n) {
+          [](PyCache& c, uint32_t n, const MatchResult* match) {
             auto handle = std::make_unique<PyLease>();
             handle->state = c.state;
             absl::Status s;
@@ -824,7 +833,8 @@ PYBIND11_MODULE(kvtier, m) {
               if (!c.state->cache) {
                 s = Closed("Cache.allocate_device");
               } else {
-                auto lease = c.state->cache->AllocateDevice(n);
+                auto lease = match != nullptr ? c.state->cache->AllocateDevice(*match, n)
+                                              : c.state->cache->AllocateDevice(n);
                 s = lease.status();
                 if (s.ok()) {
                   handle->lease = std::move(*lease);
@@ -836,7 +846,9 @@ PYBIND11_MODULE(kvtier, m) {
             ThrowIfError(s);
             return handle;
           },
-          py::arg("n"))
+          py::arg("n"), py::arg("match") = nullptr,
+          "n device slots; with `match` (this sequence's Match), its device blocks are shared at "
+          "once so that making room cannot evict them")
       .def(
           "grow",
           [](PyCache& c, PyLease& l, uint32_t n) {
@@ -920,6 +932,7 @@ PYBIND11_MODULE(kvtier, m) {
         d["blocks_missed"] = s.blocks_missed;
         d["blocks_loaded"] = s.blocks_loaded;
         d["blocks_committed"] = s.blocks_committed;
+        d["blocks_commit_shared"] = s.blocks_commit_shared;
         d["demotions"] = s.demotions;
         d["promotions"] = s.promotions;
         d["bytes_h2d"] = s.bytes_h2d;

@@ -296,10 +296,17 @@ def test_bad_calls():
                 lease.write_block(b, layer, s, pattern(keys[b], layer, s))
     cache.commit(keys, lease)
     second = cache.allocate_device(1)
-    with pytest.raises(kvtier.Error) as e:
-        cache.commit(keys[:1], second)
-    assert e.value.code == "ALREADY_EXISTS"
+    shared_before = cache.stats()["blocks_commit_shared"]
+    cache.commit(keys[:1], second)  # on the device from the first lease: that copy is kept
+    assert cache.stats()["blocks_commit_shared"] == shared_before + 1
     del second  # dropping a lease releases it
+    m = cache.match(keys)
+    third = cache.allocate_device(4, match=m)  # the matched device blocks are shared at once
+    assert third.shared == 4
+    assert third.slots == lease.slots
+    with pytest.raises(ValueError):
+        cache.allocate_device(3, match=m)  # the match has more blocks than slots asked
+    cache.release(third)
     cache.release(lease)
     assert lease.released
     with pytest.raises(kvtier.Error):
