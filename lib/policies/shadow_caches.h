@@ -4,7 +4,8 @@
 // trace: each shadow holds capacity/R ids and sees the ids with hash % R == 0).
 //
 // Nothing here is tuned to a trace: R = min(16, capacity / 128) keeps each shadow at >= 128 ids,
-// the decay half-life is 4 shadow turnovers. Not thread-safe: a policy runs under its tier's lock.
+// a hit's weight falls by 1/e over 4 shadow turnovers (4 x capacity / R sampled accesses). Not
+// thread-safe: a policy runs under its tier's lock.
 #ifndef KVTIER_LIB_POLICIES_SHADOW_CACHES_H_
 #define KVTIER_LIB_POLICIES_SHADOW_CACHES_H_
 
