@@ -164,6 +164,49 @@ TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p, a ghost hit returns to T2 and
   CHECK(p->PickVictim([](SlotId s) { return s == 1; }) == 1);  // T2 refused: T1 gives
 }
 
+constexpr SlotId kNoSlot = UINT32_MAX;
+// A flat-mode miss, as kvtier-replay --mode flat makes it: announce, evict if full, insert.
+std::optional<SlotId> FlatMiss(EvictionPolicy& p, uint64_t id, SlotId free_slot) {
+  p.OnMissKey(id);
+  std::optional<SlotId> victim;
+  SlotId s = free_slot;
+  if (free_slot == kNoSlot) {
+    victim = p.PickVictim(Any);
+    REQUIRE(victim.has_value());
+    p.OnRemove(*victim);
+    s = *victim;
+  }
+  p.OnInsertKey(s, id);
+  p.OnInsert(s);
+  return victim;
+}
+
+TEST_CASE("KvAdaptivePolicy: request tips die first, then ARC's T1 LRU, a ghost returns to T2",
+          "[policy]") {
+  auto p = Make("kv_adaptive", 4);
+  constexpr SlotId kFull = kNoSlot;
+  // Request A: blocks 10, 11, 12 (slots 0, 1, 2), all misses.
+  FlatMiss(*p, 10, 0);
+  FlatMiss(*p, 11, 1);
+  FlatMiss(*p, 12, 2);
+  // Request B: 10 hits; its parent (none) is not the previous access 12, so B is a new request
+  // and 12 ended A: dead. 10 moves to T2; 13 enters T1 in slot 3.
+  p->OnAccess(0);
+  FlatMiss(*p, 13, 3);
+  // Request C: 10 again, so 13 ended B: dead after 12. T1 = {11, ...}, T2 = {10}, p = 0.
+  p->OnAccess(0);
+  CHECK(FlatMiss(*p, 14, kFull) == 2);  // 12, the oldest dead tip
+  CHECK(FlatMiss(*p, 15, kFull) == 3);  // 13
+  CHECK(FlatMiss(*p, 16, kFull) == 1);  // no dead left, |T1| = 3 > p: T1's LRU, 11, to B1
+  // 11 returns: a B1 hit, p = 0 + max(|B2| / |B1|, 1) = 1; the victim is T1's LRU (14, slot 2)
+  // since |T1| = 3 > 1, and 11 enters T2.
+  CHECK(FlatMiss(*p, 11, kFull) == 2);
+  CHECK(FlatMiss(*p, 17, kFull) == 3);  // |T1| = {15, 16} = 2 > p = 1: 15
+  CHECK(FlatMiss(*p, 18, kFull) == 1);  // |T1| = {16, 17} = 2 > 1: 16
+  // |T1| = {17, 18} = 2 > 1 still; T2 = {10, 11} is only reached when |T1| <= p.
+  CHECK(FlatMiss(*p, 19, kFull) == 3);
+}
+
 TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hits", "[policy]") {
   auto p = Make("s3fifo", 4, {{"small_ratio", "0.5"}});  // small 2, main 2, ghost 3
   Fill(*p, {0, 1, 2, 3});                                // all in the small queue
@@ -307,10 +350,10 @@ TEST_CASE("StreamingPolicy: a middle block the cache refuses waits until its chi
   CHECK_FALSE(p->PickVictim(Any).has_value());
 }
 
-TEST_CASE("Built-in policies: all ten are registered", "[policy]") {
+TEST_CASE("Built-in policies: all eleven are registered", "[policy]") {
   const auto names = ListPolicies();
-  for (const char* name : {"arc", "fifo", "h2o", "lfu", "lru", "prefix_aware", "priority", "s3fifo",
-                           "sieve", "streaming"}) {
+  for (const char* name : {"arc", "fifo", "h2o", "kv_adaptive", "lfu", "lru", "prefix_aware",
+                           "priority", "s3fifo", "sieve", "streaming"}) {
     CAPTURE(name);
     CHECK(std::find(names.begin(), names.end(), name) != names.end());
   }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -54,6 +55,11 @@ class GhostList {
     return true;
   }
 
+  // The oldest id, or nullopt when empty.
+  std::optional<uint64_t> Oldest() const {
+    if (oldest_ == kNil) return std::nullopt;
+    return nodes_[oldest_].id;
+  }
   // Drops the oldest id; no-op when empty.
   void PopOldest() {
     if (oldest_ == kNil) return;

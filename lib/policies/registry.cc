@@ -16,6 +16,7 @@ namespace kvtier {
 extern bool kvtier_policy_anchor_ArcPolicy;
 extern bool kvtier_policy_anchor_FifoPolicy;
 extern bool kvtier_policy_anchor_H2oPolicy;
+extern bool kvtier_policy_anchor_KvAdaptivePolicy;
 extern bool kvtier_policy_anchor_LfuPolicy;
 extern bool kvtier_policy_anchor_LruPolicy;
 extern bool kvtier_policy_anchor_PrefixAwarePolicy;
@@ -27,11 +28,12 @@ extern bool kvtier_policy_anchor_StreamingPolicy;
 namespace internal {
 extern const bool* const kBuiltinPolicyAnchors[];
 const bool* const kBuiltinPolicyAnchors[] = {
-    &kvtier_policy_anchor_ArcPolicy,      &kvtier_policy_anchor_FifoPolicy,
-    &kvtier_policy_anchor_H2oPolicy,      &kvtier_policy_anchor_LfuPolicy,
-    &kvtier_policy_anchor_LruPolicy,      &kvtier_policy_anchor_PrefixAwarePolicy,
-    &kvtier_policy_anchor_PriorityPolicy, &kvtier_policy_anchor_S3FifoPolicy,
-    &kvtier_policy_anchor_SievePolicy,    &kvtier_policy_anchor_StreamingPolicy,
+    &kvtier_policy_anchor_ArcPolicy,         &kvtier_policy_anchor_FifoPolicy,
+    &kvtier_policy_anchor_H2oPolicy,         &kvtier_policy_anchor_KvAdaptivePolicy,
+    &kvtier_policy_anchor_LfuPolicy,         &kvtier_policy_anchor_LruPolicy,
+    &kvtier_policy_anchor_PrefixAwarePolicy, &kvtier_policy_anchor_PriorityPolicy,
+    &kvtier_policy_anchor_S3FifoPolicy,      &kvtier_policy_anchor_SievePolicy,
+    &kvtier_policy_anchor_StreamingPolicy,
 };
 }  // namespace internal
 
