@@ -131,6 +131,12 @@ class Cache {
   // kFailedPrecondition if the lease is empty/released/foreign or already loaded at those
   // positions; kInvalidArgument if match.size() > lease.size() or a position shared at allocation
   // holds another key than the match's.
+  // Read-only: lease slots [0, Transfer::blocks()) hold cached blocks, the same device memory that
+  // every other request loading those keys reads (and a copied block is published once it lands).
+  // The engine must never write into them (nor into slots it has committed): kvtier cannot see such
+  // a write, and every later request would load the changed bytes. Only if the Transfer failed are
+  // the copied slots the engine's again, to recompute (never the DeviceLease::shared() ones). The
+  // Python module refuses such writes.
   absl::StatusOr<Transfer> Load(const MatchResult& match, DeviceLease& lease);
 
   // Publishes lease slots [0, keys.size()) under `keys` (a chain from the root: keys[i-1] is the

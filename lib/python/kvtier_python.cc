@@ -18,6 +18,18 @@
 // Python type raises TypeError; one the table rejects (out of range, not an enum's name) ValueError
 // naming the path, when the Options is built.
 //
+// Memory: the KV tensors the Cache allocates are anonymous mappings, zero pages until written; a
+// layout larger than the machine's physical memory raises MemoryError before anything is mapped.
+// dtype: numeric element types only (bool, int, uint, float, complex): a view of any other kind
+// (object, str, datetime, structured) over raw KV bytes would be meaningless, or, for object,
+// pointers numpy would follow.
+//
+// Cached blocks are read-only: lease blocks [0, transfer.blocks()) of a Load that did not fail are
+// cached blocks (shared with every request that loads their keys), and so are [0, len(keys)) after
+// commit(keys, lease). write_block raises kvtier.Error (FAILED_PRECONDITION) on them and block()
+// returns a read-only view (a view taken before they became cached is still writable: do not
+// write through it). Only the blocks the engine computes, [transfer.blocks(), n), are written.
+//
 // Errors: a non-OK absl::Status becomes ValueError (kInvalidArgument), KeyError (kNotFound),
 // IndexError (kOutOfRange) or kvtier.Error (a RuntimeError; every other code); each carries the
 // Status message and a `code` attribute ("INVALID_ARGUMENT", ...). Wrong Python types raise
@@ -26,14 +38,18 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <cerrno>
+#include <climits>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 #include <variant>
@@ -221,15 +237,78 @@ void SetFromPython(Options& options, const internal::OptionField& field, const p
   ThrowIfError(internal::SetOptionValue(options, field, v));
 }
 
-struct AlignedFree {
-  void operator()(uint8_t* p) const { std::free(p); }
+// Unmaps a KV tensor the Cache allocated (an anonymous mapping of `bytes`).
+struct Unmap {
+  size_t bytes = 0;
+  void operator()(uint8_t* p) const { munmap(p, bytes); }
 };
+
+// Raises MemoryError with `message` (pybind11 has no class for it).
+[[noreturn]] void ThrowMemoryError(const std::string& message) {
+  PyErr_SetString(PyExc_MemoryError, message.c_str());
+  throw py::error_already_set();
+}
+
+std::string DtypeName(const py::dtype& dtype) { return py::str(py::object(dtype)); }
+
+// A dtype lease.block() and Cache.kv() may view raw KV bytes as: numeric, no Python objects.
+bool IsNumeric(const py::dtype& dtype) {
+  const std::string kind = py::str(dtype.attr("kind"));
+  return kind.size() == 1 && std::string_view("biufc").find(kind[0]) != std::string_view::npos &&
+         !dtype.attr("hasobject").cast<bool>();
+}
+
+// Token ids from a sequence or numpy array of integers, each range-checked into an int32. A float
+// (or any non-integer) token is a TypeError, never truncated: 1.7 would hash as token 1.
+std::vector<int32_t> TokensFromPython(const char* call, const py::handle& tokens) {
+  py::object seq = py::reinterpret_borrow<py::object>(tokens);
+  if (py::isinstance<py::array>(tokens)) {
+    const py::dtype dtype = py::reinterpret_borrow<py::array>(tokens).dtype();
+    const std::string kind = py::str(dtype.attr("kind"));
+    if (kind != "i" && kind != "u") {
+      throw py::type_error(
+          absl::StrCat(call, ": tokens of dtype ", DtypeName(dtype), " vs an integer dtype"));
+    }
+    if (py::reinterpret_borrow<py::array>(tokens).ndim() != 1) {
+      throw StatusError(absl::InvalidArgumentError(
+          absl::StrCat(call, ": tokens has ", py::reinterpret_borrow<py::array>(tokens).ndim(),
+                       " dimensions vs 1")));
+    }
+    seq = seq.attr("tolist")();  // Python ints: exact for every integer dtype
+  }
+  if (!py::isinstance<py::sequence>(seq) || py::isinstance<py::str>(seq) ||
+      py::isinstance<py::bytes>(seq)) {
+    throw py::type_error(
+        absl::StrCat(call, ": tokens must be a sequence of int vs a ",
+                     py::str(py::type::of(seq).attr("__name__")).cast<std::string>()));
+  }
+  std::vector<int32_t> out;
+  out.reserve(py::len(seq));
+  for (py::handle item : seq) {
+    if (PyFloat_Check(item.ptr()) || !PyIndex_Check(item.ptr())) {
+      throw py::type_error(absl::StrCat(
+          call, ": token ", out.size(), " is a ",
+          py::str(py::type::of(item).attr("__name__")).cast<std::string>(), " vs an int"));
+    }
+    auto index = py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()));
+    if (!index) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (overflow != 0 || v < INT32_MIN || v > INT32_MAX) {
+      throw py::type_error(absl::StrCat(call, ": token ", out.size(), " = ",
+                                        py::str(index).cast<std::string>(), " is not an int32"));
+    }
+    out.push_back(static_cast<int32_t>(v));
+  }
+  return out;
+}
 
 // Everything a Cache and its handles share. Members are destroyed in reverse order: the Cache
 // (whose destructor may flush blocks out of device memory) before the memory it reads.
 struct CacheState {
-  std::vector<std::unique_ptr<uint8_t, AlignedFree>> owned;  // KV tensors the Cache allocated
-  std::vector<std::unique_ptr<py::buffer_info>> borrowed;    // the engine's buffers, held exported
+  std::vector<std::unique_ptr<uint8_t, Unmap>> owned;      // KV tensors the Cache allocated
+  std::vector<std::unique_ptr<py::buffer_info>> borrowed;  // the engine's buffers, held exported
   std::vector<std::vector<bool>> host_visible;  // [layer][segment]: host memory Python may view
   py::dtype dtype;
   BlockLayout layout;
@@ -246,15 +325,11 @@ struct PyLease {
   std::shared_ptr<CacheState> state;
   DeviceLease lease;
   bool released = false;
-  ~PyLease() {
-    py::gil_scoped_release nogil;
-    std::shared_lock life(state->life_mu);
-    {
-      std::lock_guard reg(state->reg_mu);
-      state->leases.erase(this);
-    }
-    lease = DeviceLease();
-  }
+  // Lease blocks [0, committed) were published by commit(); [0, t->transfer.blocks()) of each load
+  // that did not fail hold cached blocks. Both are read-only (the module's header comment).
+  uint32_t committed = 0;
+  std::vector<std::shared_ptr<PyTransfer>> loads;
+  ~PyLease();
 };
 
 struct PyTransfer {
@@ -271,6 +346,17 @@ struct PyTransfer {
   }
 };
 
+PyLease::~PyLease() {
+  loads.clear();  // first: a transfer's destructor takes life_mu itself
+  py::gil_scoped_release nogil;
+  std::shared_lock life(state->life_mu);
+  {
+    std::lock_guard reg(state->reg_mu);
+    state->leases.erase(this);
+  }
+  lease = DeviceLease();
+}
+
 struct PyCache {
   std::shared_ptr<CacheState> state;
 };
@@ -284,6 +370,11 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
   opt.layout.tokens_per_block = o.tokens_per_block;
   opt.layout.num_slots = o.num_slots;
   state->dtype = py::dtype(o.dtype);  // TypeError for an unknown dtype
+  if (!IsNumeric(state->dtype)) {
+    throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+        "Options.dtype: ", o.dtype, " is not a numeric dtype (kind '",
+        py::str(state->dtype.attr("kind")).cast<std::string>(), "' vs one of b, i, u, f, c)")));
+  }
   const auto itemsize = static_cast<uint64_t>(state->dtype.itemsize());
   if (o.layers.is_none()) {
     if (o.num_layers == 0 || o.segments_per_layer == 0 || o.bytes_per_block == 0) {
@@ -302,17 +393,35 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
                        " is not a tensor size kvtier allocates")));
     }
     const bool no_bytes = opt.backend == DeviceBackend::kMetadataOnly;
+    // Every tensor together against the machine's memory, before any is mapped: each alone may
+    // fit where all of them do not, and memory touched past that ends in the OOM killer, not in
+    // an exception. The mappings are lazy (zero pages until written).
+    const uint64_t rounded = (bytes + 4095) / 4096 * 4096;
+    const uint64_t tensors = uint64_t{o.num_layers} * o.segments_per_layer;
+    const long pages = sysconf(_SC_PHYS_PAGES);
+    const long page_bytes = sysconf(_SC_PAGESIZE);
+    if (!no_bytes && pages > 0 && page_bytes > 0 &&
+        (tensors > UINT64_MAX / rounded ||
+         tensors * rounded > static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_bytes))) {
+      ThrowMemoryError(absl::StrCat(
+          "Options: num_layers=", o.num_layers, " x segments_per_layer=", o.segments_per_layer,
+          " tensors of num_slots=", o.num_slots, " x bytes_per_block=", o.bytes_per_block,
+          " bytes exceed the machine's memory (",
+          static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_bytes), " bytes)"));
+    }
     for (uint32_t l = 0; l < o.num_layers; ++l) {
       LayerLayout layer;
       state->host_visible.emplace_back(o.segments_per_layer, !no_bytes);
       for (uint32_t s = 0; s < o.segments_per_layer; ++s) {
         void* base = nullptr;
         if (!no_bytes) {
-          const uint64_t rounded = (bytes + 4095) / 4096 * 4096;
-          auto* p = static_cast<uint8_t*>(std::aligned_alloc(4096, rounded));
-          if (p == nullptr) throw std::bad_alloc();
-          std::memset(p, 0, rounded);
-          state->owned.emplace_back(p);
+          void* p =
+              mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+          if (p == MAP_FAILED) {
+            ThrowMemoryError(absl::StrCat("Options: mapping a KV tensor of ", rounded,
+                                          " bytes failed: ", std::strerror(errno)));
+          }
+          state->owned.emplace_back(static_cast<uint8_t*>(p), Unmap{rounded});
           base = p;
         }
         layer.segments.push_back({base, o.bytes_per_block, o.bytes_per_block});
@@ -340,6 +449,10 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
         // Writable, C-contiguous, held exported for the Cache's life (no resize under it).
         auto info = std::make_unique<py::buffer_info>(
             py::reinterpret_borrow<py::buffer>(seg).request(/*writable=*/true));
+        if (const py::dtype given(*info); !IsNumeric(given)) {
+          throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+              "Options.layers: a segment buffer of dtype ", DtypeName(given), " is not numeric")));
+        }
         const uint64_t nbytes = static_cast<uint64_t>(info->size) * info->itemsize;
         int64_t expect = info->itemsize;
         for (int64_t d = info->ndim - 1; d >= 0; --d) {
@@ -468,6 +581,36 @@ uint64_t LeaseBlockAddress(PyLease& l, const char* call, uint32_t block, uint32_
   return SlotAddress(*l.state, call, slot, layer, segment);
 }
 
+// Why lease block `block` may not be written (empty: it may): it holds a cached block (committed,
+// or loaded by a Load that did not fail) or a Load is still copying into it. Holds life_mu.
+std::string WhyReadOnly(PyLease& l, const char* call, uint32_t block) {
+  std::shared_lock life(l.state->life_mu);
+  CheckLease(l, call);
+  if (block < l.committed) {
+    return absl::StrCat(call, ": block ", block, " is cached (committed: lease blocks [0, ",
+                        l.committed, ")); writing it would change it for every request");
+  }
+  if (block < l.lease.shared()) {
+    return absl::StrCat(call, ": block ", block,
+                        " is cached (shared by allocate_device(n, match): ", "lease.shared=",
+                        l.lease.shared(), "); writing it would change it for ", "every request");
+  }
+  for (const std::shared_ptr<PyTransfer>& t : l.loads) {
+    const uint32_t loaded = t->transfer.blocks();
+    if (block >= loaded) continue;
+    const absl::Status status = t->transfer.status();
+    if (absl::IsUnavailable(status)) {
+      return absl::StrCat(call, ": block ", block, " is being loaded (transfer.blocks()=", loaded,
+                          "); its copies still write into it");
+    }
+    if (status.ok()) {
+      return absl::StrCat(call, ": block ", block, " is cached (loaded: transfer.blocks()=", loaded,
+                          "); writing it would change it for every request");
+    }
+  }
+  return "";
+}
+
 py::dict TierDict(const TierStats& t) {
   py::dict d;
   d["capacity_blocks"] = t.capacity_blocks;
@@ -525,8 +668,8 @@ PYBIND11_MODULE(kvtier, m) {
       .def(
           "chain",
           [](const BlockHasher& h, const std::optional<BlockKey>& parent,
-             const std::vector<int32_t>& tokens) {
-            return h.Chain(parent.value_or(kRootKey), tokens);
+             const py::object& tokens) {
+            return h.Chain(parent.value_or(kRootKey), TokensFromPython("Hasher.chain", tokens));
           },
           py::arg("parent"), py::arg("tokens"),
           "Key of one block of token ids chained from parent (None = the root)")
@@ -549,12 +692,14 @@ PYBIND11_MODULE(kvtier, m) {
             return std::move(*keys);
           },
           // noconvert: only an int32 array takes this path; anything else is converted token by
-          // token below, which range-checks (numpy would wrap 2**40 into an int32 silently).
+          // token below, which range-checks (numpy would wrap 2**40 into an int32 silently) and
+          // refuses floats (numpy and pybind11 would truncate them).
           py::arg("tokens").noconvert(), py::arg("tokens_per_block"))
       .def(
           "chain_tokens",
-          [](const BlockHasher& h, const std::vector<int32_t>& tokens, uint32_t tokens_per_block) {
-            auto keys = h.ChainTokens(tokens, tokens_per_block);
+          [](const BlockHasher& h, const py::object& tokens, uint32_t tokens_per_block) {
+            auto keys =
+                h.ChainTokens(TokensFromPython("Hasher.chain_tokens", tokens), tokens_per_block);
             ThrowIfError(keys.status());
             return std::move(*keys);
           },
@@ -649,12 +794,17 @@ PYBIND11_MODULE(kvtier, m) {
             const uint64_t address = LeaseBlockAddress(l, "Lease.block", block, layer, segment);
             const Segment& s = SegmentAt(*l.state, "Lease.block", layer, segment);
             const auto itemsize = static_cast<py::ssize_t>(l.state->dtype.itemsize());
-            return View(l.state, "Lease.block", layer, segment, address,
-                        {static_cast<py::ssize_t>(s.bytes_per_block) / itemsize}, {itemsize});
+            py::array view =
+                View(l.state, "Lease.block", layer, segment, address,
+                     {static_cast<py::ssize_t>(s.bytes_per_block) / itemsize}, {itemsize});
+            if (!WhyReadOnly(l, "Lease.block", block).empty()) {
+              view.attr("flags").attr("writeable") = false;
+            }
+            return view;
           },
           py::arg("block"), py::arg("layer"), py::arg("segment"),
-          "A writable numpy view (the cache's dtype) of one block's segment in device memory "
-          "(emulated device only)")
+          "A numpy view (the cache's dtype) of one block's segment in device memory (emulated "
+          "device only); read-only when the block is cached (loaded or committed)")
       .def(
           "write_block",
           [](PyLease& l, uint32_t block, uint32_t layer, uint32_t segment, const py::buffer& data) {
@@ -682,12 +832,19 @@ PYBIND11_MODULE(kvtier, m) {
               expect *= info.shape[d];
             }
             CheckHostVisible(*l.state, "Lease.write_block", layer, segment);
+            if (std::string why = WhyReadOnly(l, "Lease.write_block", block); !why.empty()) {
+              throw StatusError(absl::FailedPreconditionError(why));
+            }
             std::memcpy(reinterpret_cast<void*>(static_cast<uintptr_t>(address)), info.ptr, nbytes);
           },
           py::arg("block"), py::arg("layer"), py::arg("segment"), py::arg("data"),
-          "Copies `data` (the cache's dtype, exactly bytes_per_block bytes) into a block");
+          "Copies `data` (the cache's dtype, exactly bytes_per_block bytes) into a block the "
+          "engine computes: kvtier.Error (FAILED_PRECONDITION) for a cached (loaded or committed) "
+          "block or one a Load is still copying into");
 
-  py::class_<PyTransfer>(m, "Transfer", "An asynchronous load into a lease (kvtier::Transfer)")
+  // Held by shared_ptr: the lease keeps its loads, to know which of its blocks are cached.
+  py::class_<PyTransfer, std::shared_ptr<PyTransfer>>(
+      m, "Transfer", "An asynchronous load into a lease (kvtier::Transfer)")
       .def_property_readonly("blocks",
                              [](PyTransfer& t) {
                                std::shared_lock life(t.state->life_mu);
@@ -863,7 +1020,7 @@ PYBIND11_MODULE(kvtier, m) {
           "load",
           [](PyCache& c, const MatchResult& match, PyLease& l) {
             CheckSame(c, l, "Cache.load");
-            auto handle = std::make_unique<PyTransfer>();
+            auto handle = std::make_shared<PyTransfer>();
             handle->state = c.state;
             {
               py::gil_scoped_release nogil;
@@ -875,6 +1032,7 @@ PYBIND11_MODULE(kvtier, m) {
               std::lock_guard reg(c.state->reg_mu);
               c.state->transfers.insert(handle.get());
             }
+            l.loads.push_back(handle);
             return handle;
           },
           py::arg("match"), py::arg("lease"))
@@ -882,10 +1040,13 @@ PYBIND11_MODULE(kvtier, m) {
           "commit",
           [](PyCache& c, const std::vector<BlockKey>& keys, PyLease& l) {
             CheckSame(c, l, "Cache.commit");
-            py::gil_scoped_release nogil;
-            std::shared_lock life(c.state->life_mu);
-            CheckLease(l, "Cache.commit");
-            ThrowIfError(c.state->cache->Commit(keys, l.lease));
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              CheckLease(l, "Cache.commit");
+              ThrowIfError(c.state->cache->Commit(keys, l.lease));
+            }
+            l.committed = std::max(l.committed, static_cast<uint32_t>(keys.size()));
           },
           py::arg("keys"), py::arg("lease"))
       .def(

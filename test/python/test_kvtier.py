@@ -304,6 +304,8 @@ def test_bad_calls():
     third = cache.allocate_device(4, match=m)  # the matched device blocks are shared at once
     assert third.shared == 4
     assert third.slots == lease.slots
+    with pytest.raises(kvtier.Error):  # cached blocks are read-only
+        third.write_block(0, 0, 0, pattern(keys[0], 0, 0))
     with pytest.raises(ValueError):
         cache.allocate_device(3, match=m)  # the match has more blocks than slots asked
     cache.release(third)
@@ -407,3 +409,146 @@ def test_gil_released_while_blocked_in_close():
         t.join(timeout=30)
         assert not t.is_alive()
     assert not errors
+
+
+# ---- Regression #17: hostile callers ----
+
+def run_isolated(code):
+    """Runs `code` in a fresh interpreter (the module on the same path); returns its stdout."""
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_regression_17_dtype_must_be_numeric():
+    """An object (or any non-numeric) dtype would make block views follow KV bytes as pointers."""
+    for dtype in ("object", "U4", "S4", "datetime64[s]", "V4", "f2,f2", "(2,)f2"):
+        with pytest.raises(ValueError) as e:
+            make_cache(dtype=dtype)
+        assert e.value.code == "INVALID_ARGUMENT" and "numeric" in str(e.value), dtype
+    with pytest.raises(ValueError):  # the engine's own buffers: the same rule
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, tokens_per_block=TPB,
+                                           layers=[[np.empty((SLOTS, 8), dtype=object)]]))
+    for dtype in ("bool", "int8", "uint16", "float16", "float64", "complex64"):
+        with make_cache(dtype=dtype) as cache:
+            assert cache.dtype == np.dtype(dtype)
+            lease = cache.allocate_device(1)
+            assert lease.block(0, 0, 0).dtype == np.dtype(dtype)
+            cache.release(lease)
+
+
+def test_regression_17_giant_layout_is_memory_error():
+    """A layout larger than the machine is MemoryError before any memory is touched.
+
+    Each 256 MiB tensor fits alone; together they are twice the physical memory. Run apart, with
+    an address-space limit as a safety net: without the total check the tensors would be filled
+    until that limit (or, without it, the OOM killer) stops them.
+    """
+    out = run_isolated("""
+import os, resource, numpy, kvtier
+phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+vm_kib = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1])
+resource.setrlimit(resource.RLIMIT_AS, ((vm_kib << 10) + (2 << 30), resource.RLIM_INFINITY))
+rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+seg = 256 << 20
+try:
+    kvtier.Cache.create(kvtier.Options(num_slots=16, bytes_per_block=seg // 16, segments_per_layer=2,
+                                       num_layers=phys // (2 * seg) + 1, backend="emulated"))
+    print("created")
+except MemoryError as e:
+    print("MemoryError:", e)
+print("rss_growth_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before)
+""")
+    assert "MemoryError: Options: num_layers=" in out and "machine's memory" in out, out
+    growth = int(out.split("rss_growth_kib")[1])
+    assert growth < 64 << 10, out  # KiB: nothing was filled
+
+
+def test_regression_17_kv_memory_is_allocated_lazily():
+    """A 1 GiB layout costs no resident memory until blocks are written (zero pages)."""
+    out = run_isolated("""
+import resource, numpy as np, kvtier
+rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cache = kvtier.Cache.create(kvtier.Options(num_slots=64, bytes_per_block=8 << 20, num_layers=1,
+                                           segments_per_layer=2, backend="emulated",
+                                           host_capacity_bytes=2 * (16 << 20)))
+lease = cache.allocate_device(1)
+assert not lease.block(0, 0, 1).any()  # reads as zeros
+lease.write_block(0, 0, 0, np.full(8 << 20, 7, dtype=np.uint8))
+assert (lease.block(0, 0, 0) == 7).all()
+print("rss_growth_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before)
+cache.release(lease)
+cache.close()
+""")
+    growth = int(out.split("rss_growth_kib")[1])
+    assert growth < 256 << 10, out  # KiB: the blocks touched, not the 1 GiB mapped
+
+
+def test_regression_17_cached_blocks_are_read_only():
+    """Lease blocks a Load shared (or copied in) and committed blocks hold cached keys: writing
+    one would change the block every later request loads."""
+    with make_cache() as cache:
+        keys = prompt_keys(7)
+        request(cache, keys)  # computes and commits the 4 blocks
+        garbage = np.zeros(SEG_BYTES, dtype=np.uint8)
+        for evict in (False, True):  # shared on the device; copied in from the host
+            if evict:
+                cache.release(cache.allocate_device(SLOTS))  # demote the 4 blocks to the host
+            lease = cache.allocate_device(len(keys) + 1)
+            xfer = cache.load(cache.match(keys), lease)
+            assert xfer.blocks == len(keys) and xfer.blocks_promoted == (len(keys) if evict else 0)
+            xfer.wait()
+            for b in range(xfer.blocks):
+                with pytest.raises(kvtier.Error) as e:
+                    lease.write_block(b, 1, 1, garbage)
+                assert e.value.code == "FAILED_PRECONDITION" and "cached" in str(e.value)
+                view = lease.block(b, 1, 1)
+                assert not view.flags.writeable
+                with pytest.raises(ValueError):
+                    view[:] = 0
+            lease.write_block(len(keys), 1, 1, garbage)  # the block past them is the engine's
+            assert lease.block(len(keys), 1, 1).flags.writeable
+            cache.release(lease)
+            request(cache, keys)  # every byte still what was committed
+        # committed blocks: the same rule, on the lease that computed them
+        other = prompt_keys(8, blocks=2)
+        lease = cache.allocate_device(3)
+        for b in range(2):
+            for layer in range(LAYERS):
+                for s in range(SEGS):
+                    lease.write_block(b, layer, s, pattern(other[b], layer, s))
+        cache.commit(other, lease)
+        with pytest.raises(kvtier.Error) as e:
+            lease.write_block(1, 0, 0, garbage)
+        assert e.value.code == "FAILED_PRECONDITION"
+        assert not lease.block(0, 0, 0).flags.writeable and lease.block(2, 0, 0).flags.writeable
+        lease.write_block(2, 0, 0, garbage)
+        cache.release(lease)
+        request(cache, other)
+        cache.check_invariants()
+
+
+def test_regression_17_chain_tokens_refuses_floats():
+    """Float tokens were truncated (1.7 hashed as token 1): only integers are token ids."""
+    h = kvtier.Hasher(model_id="m")
+    ref = h.chain_tokens(list(range(TPB)), TPB)
+    for bad in (np.arange(TPB, dtype=np.float32), np.arange(TPB, dtype=np.float16),
+                np.arange(TPB, dtype=np.float64) + 0.5, np.ones(TPB, dtype=bool),
+                [np.float32(i) for i in range(TPB)], [1.5] * TPB, "a" * TPB):
+        with pytest.raises(TypeError):
+            h.chain_tokens(bad, TPB)
+    with pytest.raises(TypeError):
+        h.chain(None, np.arange(TPB, dtype=np.float32))
+    with pytest.raises(TypeError):
+        h.chain_tokens(np.array([2**31] * TPB, dtype=np.uint32), TPB)  # not an int32
+    with pytest.raises(ValueError):
+        h.chain_tokens(np.zeros((2, TPB), dtype=np.int64), TPB)
+    for dtype in (np.int8, np.int16, np.int64, np.uint8, np.uint32, np.uint64):  # exact
+        assert h.chain_tokens(np.arange(TPB, dtype=dtype), TPB) == ref
+        assert h.chain(None, np.arange(TPB, dtype=dtype)) == ref[0]
+    assert h.chain_tokens(np.arange(2 * TPB, dtype=np.int32)[::2], TPB) == \
+        h.chain_tokens(list(range(0, 2 * TPB, 2)), TPB)  # strided int32: the checked path
