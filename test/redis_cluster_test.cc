@@ -45,8 +45,7 @@ LocalRedisCluster* SharedCluster() {
 bool SkipWithoutRedis() {
   std::string why;
   if (LocalRedisCluster::Available(&why)) return false;
-  WARN("skipped: " << why);
-  return true;
+  return test::SkipMissing("redis", why);
 }
 
 std::unique_ptr<RedisCluster> ConnectTo(const LocalRedisCluster& cluster) {

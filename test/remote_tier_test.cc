@@ -46,12 +46,12 @@ LocalRedisCluster* SharedCluster() {
   return cluster.get();
 }
 
-#define SKIP_WITHOUT_REDIS(cluster)                                          \
-  if ((cluster) == nullptr) {                                                \
-    std::string why_;                                                        \
-    LocalRedisCluster::Available(&why_);                                     \
-    WARN("skipped: no redis-server to run a cluster with (" << why_ << ")"); \
-    return;                                                                  \
+#define SKIP_WITHOUT_REDIS(cluster)                                                         \
+  if ((cluster) == nullptr) {                                                               \
+    std::string why_;                                                                       \
+    LocalRedisCluster::Available(&why_);                                                    \
+    if (test::SkipMissing("redis", "no redis-server to run a cluster with (" + why_ + ")")) \
+      return;                                                                               \
   }
 
 std::string Nodes(const LocalRedisCluster& c) {
@@ -435,8 +435,7 @@ TEST_CASE("Remote: a master killed mid-run gives misses, never a hang or a wrong
           "[remote][failover]") {
   std::string why;
   if (!LocalRedisCluster::Available(&why)) {
-    WARN("skipped: " << why);
-    return;
+    if (test::SkipMissing("redis", why)) return;
   }
   auto cluster = LocalRedisCluster::Start({.masters = 3, .replicas_per_master = 1});
   REQUIRE_OK(cluster);
