@@ -22,6 +22,12 @@ publish=${PUBLISH:-write-through}
 engine=${ENGINE_LOOP:-$build/examples/engine_loop}
 
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  # KVTIER_TEST_REQUIRE (see README, "Tests"): a required component missing fails, not skips.
+  required=",${KVTIER_TEST_REQUIRE:-},"
+  if [[ ${required// /} == *",redis,"* ]]; then
+    echo "remote_demo: redis-server or redis-cli not installed, and KVTIER_TEST_REQUIRE names redis"
+    exit 1
+  fi
   echo "remote_demo: skipped: redis-server or redis-cli not installed (apt-get install redis-server)"
   exit 0
 fi

@@ -31,8 +31,7 @@ using test::PatternByte;
 bool NoDevice() {
   std::string why;
   if (internal::CudaDeviceCount(&why) > 0) return false;
-  WARN("skipped: no CUDA device (" << why << ")");
-  return true;
+  return test::SkipMissing("cuda", "no CUDA device (" + why + ")");
 }
 
 #define REQUIRE_CUDA(expr)                         \

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "test/util/fake_redis_peer.h"
 #include "test/util/redis_cluster_fixture.h"
 #include "test/util/test_util.h"
 
@@ -19,6 +20,7 @@ namespace {
 
 using Clock = RedisCluster::Clock;
 using std::chrono::milliseconds;
+using test::FakeRedisPeer;
 using test::LocalRedisCluster;
 
 Clock::time_point In(milliseconds d) { return Clock::now() + d; }
@@ -43,8 +45,7 @@ LocalRedisCluster* SharedCluster() {
 bool SkipWithoutRedis() {
   std::string why;
   if (LocalRedisCluster::Available(&why)) return false;
-  WARN("skipped: " << why);
-  return true;
+  return test::SkipMissing("redis", why);
 }
 
 std::unique_ptr<RedisCluster> ConnectTo(const LocalRedisCluster& cluster) {
@@ -236,23 +237,25 @@ TEST_CASE("RedisCluster: SetParts joins head and body, GetInto splits values int
     REQUIRE_OK(got.back());
     CHECK_FALSE(got.back()->has_value());
   }
-  SECTION("a value longer or shorter than the buffers reports its length, copies what fits") {
+  SECTION("a value longer than its buffers is refused, a shorter one reports its length") {
     const size_t i = 4;  // 16 + 4 head bytes, 70000 body bytes
+    const std::string value = heads[i] + bodies[i];
     std::string small_head(8, '?'), small_body(100, '?');
     std::string big_head(64, '?'), big_body(80000, '?');
-    const std::vector<std::string> two = {keys[i], keys[i]};
-    const std::vector<RedisCluster::ReadTarget> targets = {
-        {small_head.data(), small_head.size(), small_body.data(), small_body.size()},
+    const std::vector<std::string> one = {keys[i]};
+    // Regression #17: a longer value is refused (kUnavailable), nothing copied; each in a batch
+    // of its own, since the refusal closes the connection and fails the rest of its pipeline.
+    const std::vector<RedisCluster::ReadTarget> small = {
+        {small_head.data(), small_head.size(), small_body.data(), small_body.size()}};
+    auto refused = client->GetInto(one, small, In(milliseconds(5000)));
+    REQUIRE_CODE(refused[0], absl::StatusCode::kUnavailable);
+    CHECK(small_head == std::string(8, '?'));
+    const std::vector<RedisCluster::ReadTarget> big = {
         {big_head.data(), big_head.size(), big_body.data(), big_body.size()}};
-    auto got = client->GetInto(two, targets, In(milliseconds(5000)));
-    const std::string value = heads[i] + bodies[i];
-    for (int k = 0; k < 2; ++k) {
-      REQUIRE_OK(got[k]);
-      REQUIRE(got[k]->has_value());
-      CHECK(**got[k] == value.size());
-    }
-    CHECK(small_head == value.substr(0, 8));
-    CHECK(small_body == value.substr(8, 100));
+    auto got = client->GetInto(one, big, In(milliseconds(5000)));
+    REQUIRE_OK(got[0]);
+    REQUIRE(got[0]->has_value());
+    CHECK(**got[0] == value.size());
     CHECK(big_head == value.substr(0, 64));
     CHECK(big_body.substr(0, value.size() - 64) == value.substr(64));
     CHECK(big_body.substr(value.size() - 64) == std::string(80000 - (value.size() - 64), '?'));
@@ -529,6 +532,129 @@ TEST_CASE("RedisCluster: a killed master fails fast, and the client recovers aft
   // The old master comes back as a replica of its successor.
   REQUIRE_OK(cluster.Restart(0));
   RequireAllOk(client->Set(keys, Views(values), 0, In(milliseconds(5000))));
+}
+
+// Hostile peers (FakeRedisPeer: no redis-server needed). Each bound on time is a hang guard, not
+// a benchmark: the deadline plus 2 s for a loaded machine, against the 10 s a peer streams.
+constexpr milliseconds kSlack{2000};
+
+// A peer that answers `verb` (or CLUSTER SLOTS when verb is "CLUSTER") with `bytes`, then streams
+// `stream` until the client hangs up; the rest of the commands get well-behaved answers.
+FakeRedisPeer::Script Answering(std::string verb, std::string bytes, std::string stream) {
+  return [=](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+    if (command.empty() || command[0] != verb) return std::nullopt;
+    return FakeRedisPeer::Answer{.bytes = bytes, .stream = stream};
+  };
+}
+
+TEST_CASE("Regression #17: a peer streaming a reply with no CRLF fails the call by its deadline",
+          "[redis][hostile]") {
+  // A status line, an error line, an integer and a bulk length that never end: the client must
+  // neither read for as long as the peer sends nor buffer it all.
+  const auto [verb, bytes, stream] = GENERATE(table<std::string, std::string, std::string>({
+      {"CLUSTER", "+", "x"},
+      {"EXISTS", "-ERR ", "y"},
+      {"EXISTS", ":", "1"},
+      {"GET", "$", "9"},
+      {"GET", "+OK", "z"},
+  }));
+  CAPTURE(verb, bytes);
+  FakeRedisPeer peer(Answering(verb, bytes, stream));
+  const milliseconds timeout(300);
+  const auto start = Clock::now();
+  if (verb == "CLUSTER") {
+    auto client = RedisCluster::Connect({.seeds = {peer.addr()}, .connect_timeout = timeout});
+    CHECK(Clock::now() - start < timeout + kSlack);
+    INFO(client.status().ToString());
+    CHECK((client.status().code() == absl::StatusCode::kDeadlineExceeded ||
+           client.status().code() == absl::StatusCode::kUnavailable));
+    return;
+  }
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}, .connect_timeout = timeout});
+  REQUIRE_OK(client);
+  const std::vector<std::string> keys = {"a", "b", "c"};
+  const auto call_start = Clock::now();
+  std::vector<absl::Status> results;
+  if (verb == "EXISTS") {
+    for (const auto& r : (*client)->Exists(keys, In(milliseconds(5))))
+      results.push_back(r.status());
+  } else {
+    char head[128], body[4096];
+    std::vector<RedisCluster::ReadTarget> targets(
+        keys.size(),
+        {.head = head, .head_len = sizeof(head), .body = body, .body_len = sizeof(body)});
+    for (const auto& r : (*client)->GetInto(keys, targets, In(timeout))) {
+      results.push_back(r.status());
+    }
+  }
+  CHECK(Clock::now() - call_start < timeout + kSlack);
+  for (const absl::Status& s : results) {
+    INFO(s.ToString());
+    CHECK((s.code() == absl::StatusCode::kDeadlineExceeded ||
+           s.code() == absl::StatusCode::kUnavailable));
+  }
+}
+
+TEST_CASE("Regression #17: a value announced longer than expected is refused before it is read",
+          "[redis][hostile]") {
+  // 2^62 bytes announced, then bytes for as long as the client takes them: the client refuses
+  // the length itself, so the peer gets rid of what the sockets hold and no more.
+  const std::string announced = GENERATE(as<std::string>(), "4611686018427387904", "4225",
+                                         "9223372036854775807", "99999999999999999999");
+  CAPTURE(announced);
+  FakeRedisPeer peer(Answering("GET", absl::StrCat("$", announced, "\r\n"), "v"));
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}});
+  REQUIRE_OK(client);
+  const uint64_t before = peer.bytes_sent();
+  const milliseconds timeout(1000);
+  const auto start = Clock::now();
+  char head[128], body[4096];
+  const std::vector<std::string> keys = {"k"};
+  const std::vector<RedisCluster::ReadTarget> targets = {
+      {.head = head, .head_len = sizeof(head), .body = body, .body_len = sizeof(body)}};
+  auto got = (*client)->GetInto(keys, targets, In(timeout));
+  CHECK(Clock::now() - start < timeout + kSlack);
+  REQUIRE(got.size() == 1);
+  INFO(got[0].status().ToString());
+  CHECK(!got[0].ok());
+  // What the loopback sockets buffer (a few MiB), not the 1 GiB the peer would send.
+  CHECK(peer.bytes_sent() - before < (32u << 20));
+
+  SECTION("without a target (Get), the reply cap bounds it") {
+    const uint64_t before_get = peer.bytes_sent();
+    auto whole = (*client)->Get(keys, In(timeout));
+    REQUIRE(whole.size() == 1);
+    if (announced != "4225") {
+      CHECK(!whole[0].ok());
+      CHECK(peer.bytes_sent() - before_get < (32u << 20) + (64u << 20));
+    }
+  }
+}
+
+TEST_CASE("RedisCluster: a shorter value than the target is read whole, reported by its length",
+          "[redis][hostile]") {
+  // A value shorter than expected is small: it is read, and GetInto reports its length (the
+  // caller refuses it), and the connection stays in step for the next reply.
+  std::atomic<int> gets{0};
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        if (command.empty() || command[0] != "GET") return std::nullopt;
+        if (gets++ == 0) return FakeRedisPeer::Answer{.bytes = "$5\r\nshort\r\n"};
+        return FakeRedisPeer::Answer{.bytes = absl::StrCat("$", 8, "\r\n", "12345678", "\r\n")};
+      });
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}});
+  REQUIRE_OK(client);
+  char head[4], body[4];
+  const std::vector<std::string> keys = {"a", "b"};
+  const std::vector<RedisCluster::ReadTarget> targets(
+      2, {.head = head, .head_len = sizeof(head), .body = body, .body_len = sizeof(body)});
+  auto got = (*client)->GetInto(keys, targets, In(milliseconds(5000)));
+  REQUIRE(got.size() == 2);
+  REQUIRE_OK(got[0]);
+  CHECK(got[0]->value_or(0) == 5);
+  REQUIRE_OK(got[1]);
+  CHECK(got[1]->value_or(0) == 8);
+  CHECK(std::string(head, 4) + std::string(body, 4) == "12345678");
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/tiers/redis_cluster.h"
+#include "test/util/fake_redis_peer.h"
 #include "test/util/redis_cluster_fixture.h"
 #include "test/util/test_util.h"
 
@@ -26,6 +27,7 @@ namespace {
 
 using test::Chain;
 using test::EngineKv;
+using test::FakeRedisPeer;
 using test::LocalRedisCluster;
 using test::MakeOptions;
 using test::RunSequence;
@@ -44,12 +46,12 @@ LocalRedisCluster* SharedCluster() {
   return cluster.get();
 }
 
-#define SKIP_WITHOUT_REDIS(cluster)                                          \
-  if ((cluster) == nullptr) {                                                \
-    std::string why_;                                                        \
-    LocalRedisCluster::Available(&why_);                                     \
-    WARN("skipped: no redis-server to run a cluster with (" << why_ << ")"); \
-    return;                                                                  \
+#define SKIP_WITHOUT_REDIS(cluster)                                                         \
+  if ((cluster) == nullptr) {                                                               \
+    std::string why_;                                                                       \
+    LocalRedisCluster::Available(&why_);                                                    \
+    if (test::SkipMissing("redis", "no redis-server to run a cluster with (" + why_ + ")")) \
+      return;                                                                               \
   }
 
 std::string Nodes(const LocalRedisCluster& c) {
@@ -433,8 +435,7 @@ TEST_CASE("Remote: a master killed mid-run gives misses, never a hang or a wrong
           "[remote][failover]") {
   std::string why;
   if (!LocalRedisCluster::Available(&why)) {
-    WARN("skipped: " << why);
-    return;
+    if (test::SkipMissing("redis", why)) return;
   }
   auto cluster = LocalRedisCluster::Start({.masters = 3, .replicas_per_master = 1});
   REQUIRE_OK(cluster);
@@ -491,6 +492,105 @@ TEST_CASE("Remote: a master killed mid-run gives misses, never a hang or a wrong
   CHECK(loaded == 6);
   REQUIRE_OK((*a)->CheckInvariants());
   REQUIRE_OK((*b)->CheckInvariants());
+}
+
+// Hostile peers (FakeRedisPeer, a one-node "cluster" served by the test: no redis-server needed).
+// The bounds on time are hang guards, not benchmarks: each deadline plus 2 s for a loaded
+// machine, against the 10 s the peer streams.
+TEST_CASE(
+    "Regression #17: a peer streaming without CRLF holds Create, Match and Load no longer "
+    "than their deadlines",
+    "[remote][hostile]") {
+  constexpr auto kSlack = std::chrono::milliseconds(2000);
+  // Which command streams, set by each section once the cache is up.
+  std::atomic<int> streaming{0};  // 0: none, 1: CLUSTER SLOTS, 2: EXISTS, 3: GET
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        const int which = command[0] == "CLUSTER"  ? 1
+                          : command[0] == "EXISTS" ? 2
+                          : command[0] == "GET"    ? 3
+                                                   : 0;
+        if (which == 0 || which != streaming.load()) return std::nullopt;
+        return FakeRedisPeer::Answer{.bytes = "-ERR ", .stream = "x"};
+      });
+  EngineKv kv;
+  Options o = MakeOptions(kv, 16);
+  o.remote.nodes = peer.addr();
+  o.remote.scope = "hostile";
+  o.remote.connect_timeout_ms = 300;
+  o.remote.timeout_ms = 300;
+  o.remote.match_budget_us = 5000;
+  const std::vector<BlockKey> keys = Chain(4, 17);
+
+  SECTION("Create: CLUSTER SLOTS streams") {
+    streaming = 1;
+    const auto start = Clock::now();
+    auto c = Cache::Create(o);
+    CHECK(Clock::now() - start < std::chrono::milliseconds(o.remote.connect_timeout_ms) + kSlack);
+    CHECK(c.status().code() == absl::StatusCode::kUnavailable);
+  }
+  SECTION("Match: EXISTS streams") {
+    auto c = Cache::Create(o);
+    REQUIRE_OK(c);
+    streaming = 2;
+    const auto start = Clock::now();
+    auto m = (*c)->Match(keys);
+    CHECK(Clock::now() - start < std::chrono::microseconds(o.remote.match_budget_us) + kSlack);
+    REQUIRE_OK(m);
+    CHECK(m->size() == 0);
+  }
+  SECTION("Load: GET streams") {
+    o.remote.match_budget_us = 2000000;  // the store has every block (EXISTS answers 1)
+    auto c = Cache::Create(o);
+    REQUIRE_OK(c);
+    auto m = (*c)->Match(keys);
+    REQUIRE_OK(m);
+    REQUIRE(m->blocks_in(Tier::kRemote) == keys.size());
+    auto lease = (*c)->AllocateDevice(static_cast<uint32_t>(keys.size()));
+    REQUIRE_OK(lease);
+    streaming = 3;
+    const auto start = Clock::now();
+    auto xfer = (*c)->Load(*m, *lease);
+    REQUIRE_OK(xfer);
+    CHECK(!xfer->Wait().ok());
+    CHECK(Clock::now() - start < std::chrono::milliseconds(o.remote.timeout_ms) + kSlack);
+    CHECK((*c)->Stats().remote.read_errors > 0);
+    REQUIRE_OK((*c)->CheckInvariants());
+  }
+}
+
+TEST_CASE("Regression #17: a value announced at 2^62 bytes fails the load at once, unbuffered",
+          "[remote][hostile]") {
+  std::atomic<bool> huge{false};
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        if (command[0] != "GET" || !huge) return std::nullopt;
+        return FakeRedisPeer::Answer{.bytes = "$4611686018427387904\r\n", .stream = "v"};
+      });
+  EngineKv kv;
+  Options o = MakeOptions(kv, 16);
+  o.remote.nodes = peer.addr();
+  o.remote.scope = "huge";
+  o.remote.timeout_ms = 1000;
+  o.remote.match_budget_us = 2000000;
+  auto c = Cache::Create(o);
+  REQUIRE_OK(c);
+  const std::vector<BlockKey> keys = Chain(2, 18);
+  auto m = (*c)->Match(keys);
+  REQUIRE_OK(m);
+  REQUIRE(m->blocks_in(Tier::kRemote) == keys.size());
+  auto lease = (*c)->AllocateDevice(static_cast<uint32_t>(keys.size()));
+  REQUIRE_OK(lease);
+  huge = true;
+  const uint64_t before = peer.bytes_sent();
+  const auto start = Clock::now();
+  auto xfer = (*c)->Load(*m, *lease);
+  REQUIRE_OK(xfer);
+  CHECK(!xfer->Wait().ok());
+  CHECK(Clock::now() - start < std::chrono::milliseconds(o.remote.timeout_ms + 2000));
+  // What the loopback sockets hold (a few MiB), not the 1 GiB the peer would send.
+  CHECK(peer.bytes_sent() - before < (32u << 20));
+  REQUIRE_OK((*c)->CheckInvariants());
 }
 
 }  // namespace

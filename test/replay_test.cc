@@ -286,8 +286,7 @@ TEST_CASE("Replay: two replicas share the real trace's prefixes through a Redis 
           "[replay][remote]") {
   std::string why;
   if (!test::LocalRedisCluster::Available(&why)) {
-    WARN("skipped: no redis-server to run a cluster with (" << why << ")");
-    return;
+    if (test::SkipMissing("redis", "no redis-server to run a cluster with (" + why + ")")) return;
   }
   const std::string path = RealTracePath();
   if (path.empty()) {

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -15,6 +16,7 @@
 #include <climits>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -104,30 +106,6 @@ absl::Status IoError(const redisContext* c, absl::string_view addr, Clock::time_
       "RedisCluster: I/O with ", addr, " failed: ", c->errstr[0] ? c->errstr : "connection lost"));
 }
 
-// The next reply, reading as needed; each read() bounded by what is left of the deadline (hiredis'
-// own redisGetReply would restart the full timeout on every read of a large reply).
-absl::StatusOr<ReplyPtr> ReadReply(redisContext* c, absl::string_view addr,
-                                   Clock::time_point deadline) {
-  for (;;) {
-    void* reply = nullptr;
-    if (redisGetReplyFromReader(c, &reply) != REDIS_OK) {
-      return absl::UnavailableError(
-          absl::StrCat("RedisCluster: bad reply from ", addr, ": ", c->errstr));
-    }
-    if (reply != nullptr) return ReplyPtr(static_cast<redisReply*>(reply));
-    if (Clock::now() >= deadline) {
-      // Past the deadline, replies that have already arrived are still taken (a slow node read
-      // first must not fail the keys of the nodes that answered in time); nothing is waited for.
-      pollfd p{.fd = c->fd, .events = POLLIN, .revents = 0};
-      if (poll(&p, 1, 0) != 1) return IoError(c, addr, deadline, EAGAIN);
-    } else if (!SetSocketTimeout(c, SO_RCVTIMEO, deadline)) {
-      return IoError(c, addr, deadline, EAGAIN);
-    }
-    errno = 0;
-    if (redisBufferRead(c) != REDIS_OK) return IoError(c, addr, deadline, errno);
-  }
-}
-
 // The argv of one command; the strings it points into outlive it (keys, values, literals). An
 // argument may be two parts sent back to back (a block's header and payload, from different
 // memory): nothing is copied to join them.
@@ -215,52 +193,96 @@ class Frames {
   std::vector<Piece> pieces_;
 };
 
-// One command and its reply, on a connection with nothing else in flight (AUTH, CLUSTER SLOTS).
-absl::StatusOr<ReplyPtr> Call(redisContext* c, absl::string_view addr, const Argv& a,
-                              Clock::time_point deadline) {
-  Frames frames;
-  frames.Command(a);
-  KVTIER_RETURN_IF_ERROR(frames.Write(c, addr, deadline));
-  return ReadReply(c, addr, deadline);
+// The most objects (strings, integers, arrays, nils) one reply may make: far above any reply
+// kvtier asks for (CLUSTER SLOTS of 16384 one-slot ranges with a replica each makes about
+// 200,000), far below what would exhaust memory. An array announcing more is refused before
+// hiredis allocates its element pointers.
+constexpr int64_t kMaxReplyObjects = 1 << 20;
+// The longest line (status, error, integer, or the length of a bulk or an array) before its CRLF:
+// hiredis scans the whole unterminated line again on every read, so a peer streaming one would
+// cost time quadratic in its length.
+constexpr size_t kMaxLineBytes = 64 << 10;
+// Bytes read from the socket at a time.
+constexpr size_t kReadChunkBytes = 64 << 10;
+
+// The first CRLF in [p, p + n): its '\r', or nullptr.
+const char* FindCrlf(const char* p, size_t n) {
+  const char* end = p + n;
+  while (p < end) {
+    const char* cr = static_cast<const char*>(std::memchr(p, '\r', end - p));
+    if (cr == nullptr || cr + 1 == end) return nullptr;
+    if (cr[1] == '\n') return cr;
+    p = cr + 1;
+  }
+  return nullptr;
 }
 
-// Where a GET's value goes instead of a new reply object: its first head_len bytes to head, the
-// rest (up to body_len) to body. Set as the reader's privdata while that one reply is read.
-struct ReadSink {
-  RedisCluster::ReadTarget target;
-  size_t value_bytes = 0;  // the whole value's length
+// One reply being read, the reader's privdata meanwhile. With a target, a GET's value goes there
+// instead of into a new reply object: its first head_len bytes to head, the rest (up to body_len)
+// to body.
+struct ReplyContext {
+  const RedisCluster::ReadTarget* target = nullptr;
+  size_t value_bytes = 0;  // the whole value's length, once it went to the target
   bool filled = false;
+  bool too_long = false;                    // the value was longer than the target: refused
+  int64_t objects_left = kMaxReplyObjects;  // below 0: the reply made too many, refused
 };
 
-// The reply for a value that went to a ReadSink: a marker, never freed.
+// The reply for a value that went to a target: a marker, never freed.
 redisReply kSunkReply = {.type = REDIS_REPLY_STRING};
 
-// hiredis' own reply functions, and ours, which divert a top-level bulk string into the reader's
-// ReadSink when it has one (so a large value is copied once, from the reader's buffer to its
+// hiredis' own reply functions, and ours, which count the objects of a reply (refusing one too
+// many makes hiredis fail the reply) and divert a top-level bulk string into the reply's target
+// when it has one (so a large value is copied once, from the reader's buffer to its
 // destination, with no allocation on the way).
 const redisReplyObjectFunctions* g_default_functions = nullptr;
 
+// Counts one more object (or `n` element slots) of the reply; false when that is too many.
+bool Take(const redisReadTask* task, int64_t n = 1) {
+  auto* reply = static_cast<ReplyContext*>(task->privdata);
+  if (reply == nullptr) return true;  // a reader outside ReplyReader (none today)
+  reply->objects_left -= n;
+  return reply->objects_left >= 0;
+}
+
 void* CreateString(const redisReadTask* task, char* str, size_t len) {
-  auto* sink = static_cast<ReadSink*>(task->privdata);
-  if (sink != nullptr && task->type == REDIS_REPLY_STRING && task->parent == nullptr) {
-    const RedisCluster::ReadTarget& t = sink->target;
+  if (!Take(task)) return nullptr;
+  auto* reply = static_cast<ReplyContext*>(task->privdata);
+  if (reply != nullptr && reply->target != nullptr && task->type == REDIS_REPLY_STRING &&
+      task->parent == nullptr) {
+    const RedisCluster::ReadTarget& t = *reply->target;
+    // Refused when it arrived whole in one read (a longer announcement still on its way is
+    // refused by ReplyReader before its bytes are read).
+    if (len > t.head_len + t.body_len) {
+      reply->value_bytes = len;
+      reply->too_long = true;
+      return nullptr;
+    }
     const size_t head = std::min(len, t.head_len);
     if (head > 0) std::memcpy(t.head, str, head);
     const size_t body = std::min(len - head, t.body_len);
     if (body > 0) std::memcpy(t.body, str + head, body);
-    sink->value_bytes = len;
-    sink->filled = true;
+    reply->value_bytes = len;
+    reply->filled = true;
     return &kSunkReply;
   }
   return g_default_functions->createString(task, str, len);
 }
 void* CreateArray(const redisReadTask* task, int n) {
+  // hiredis 0.14 hands over a length it parsed as long long and cut to int: a negative one is
+  // refused too (calloc would get its wrapped size).
+  if (n < 0) Take(task, kMaxReplyObjects + 1);
+  if (n < 0 || !Take(task, int64_t{1} + n)) return nullptr;
   return g_default_functions->createArray(task, n);
 }
 void* CreateInteger(const redisReadTask* task, long long v) {  // NOLINT(runtime/int): hiredis'
+  if (!Take(task)) return nullptr;
   return g_default_functions->createInteger(task, v);
 }
-void* CreateNil(const redisReadTask* task) { return g_default_functions->createNil(task); }
+void* CreateNil(const redisReadTask* task) {
+  if (!Take(task)) return nullptr;
+  return g_default_functions->createNil(task);
+}
 void FreeObject(void* reply) {
   if (reply != &kSunkReply) g_default_functions->freeObject(reply);
 }
@@ -268,13 +290,179 @@ redisReplyObjectFunctions g_sink_functions = {CreateString, CreateArray, CreateI
                                               FreeObject};
 
 // A new connection's reader: keeps its buffer between replies (hiredis frees a large empty one,
-// and a big value's buffer would be allocated and faulted in again for every reply), and diverts
-// values into ReadSinks.
+// and a big value's buffer would be allocated and faulted in again for every reply), counts the
+// objects of each reply and diverts values into targets.
 void SetUpReader(redisContext* c) {
   static std::once_flag once;
   std::call_once(once, [&] { g_default_functions = c->reader->fn; });
   c->reader->maxbuf = 0;
   c->reader->fn = &g_sink_functions;
+}
+
+// Reads the replies of one connection, each call bounded in time and in memory whatever the peer
+// sends:
+// - Time: it reads only what poll() reports before the deadline. Past it, replies that had
+//   already arrived are still taken (a slow node read first must not fail the keys of the nodes
+//   that answered in time), but only those: what the socket held when this reader first found
+//   the deadline passed is all it reads afterwards, so a peer that keeps streaming cannot hold it.
+// - Memory: a line longer than kMaxLineBytes, a bulk string announcing more than the reply may
+//   hold, a reply of more than kMaxReplyObjects objects, or more bytes than its limit is refused
+//   (kUnavailable) as soon as it is seen, before it is buffered. The connection is then out of
+//   step: the caller closes it.
+class ReplyReader {
+ public:
+  ReplyReader(redisContext* c, absl::string_view addr, Clock::time_point deadline,
+              uint64_t max_reply_bytes)
+      : c_(c), addr_(addr), deadline_(deadline), max_reply_bytes_(max_reply_bytes) {}
+
+  // The next reply. With a target, a top-level bulk string goes there (its reply is kSunkReply,
+  // the value's length in *value_bytes) and may not be longer than the target.
+  absl::StatusOr<ReplyPtr> Next(const RedisCluster::ReadTarget* target = nullptr,
+                                size_t* value_bytes = nullptr) {
+    ReplyContext context{.target = target};
+    redisReader* r = c_->reader;
+    r->privdata = &context;
+    absl::StatusOr<ReplyPtr> reply = Read(r, &context);
+    r->privdata = nullptr;
+    if (reply.ok() && context.filled && value_bytes != nullptr) *value_bytes = context.value_bytes;
+    return reply;
+  }
+
+ private:
+  absl::StatusOr<ReplyPtr> Read(redisReader* r, const ReplyContext* context) {
+    // Bytes of this reply buffered so far (at most: the last read may hold the next reply's
+    // first bytes).
+    uint64_t taken = r->len - r->pos;
+    // A value for a target is bounded by the target (the caller's memory for it), whatever
+    // max_reply_bytes says; room for its length line, or for an error reply, beside it.
+    const uint64_t limit = context->target != nullptr ? kMaxLineBytes + context->target->head_len +
+                                                            context->target->body_len
+                                                      : max_reply_bytes_;
+    for (;;) {
+      void* reply = nullptr;
+      if (redisReaderGetReply(r, &reply) != REDIS_OK) {
+        if (context->too_long) {
+          return BadReply(absl::StrCat("a value of ", context->value_bytes, " bytes vs at most ",
+                                       context->target->head_len + context->target->body_len,
+                                       " expected"));
+        }
+        if (context->objects_left < 0) {
+          return BadReply(absl::StrCat("more than ", kMaxReplyObjects,
+                                       " objects (or an array of negative length)"));
+        }
+        return BadReply(r->errstr);
+      }
+      if (reply != nullptr) return ReplyPtr(static_cast<redisReply*>(reply));
+      KVTIER_RETURN_IF_ERROR(CheckPending(r, context, taken, limit));
+
+      size_t want = kReadChunkBytes;
+      if (Clock::now() >= deadline_) {
+        if (!late_bytes_left_.has_value()) {
+          int queued = 0;
+          late_bytes_left_ = ioctl(c_->fd, FIONREAD, &queued) == 0 ? std::max(queued, 0) : 0;
+        }
+        if (*late_bytes_left_ == 0) return Late();
+        want = std::min<size_t>(want, *late_bytes_left_);
+      } else {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(deadline_ - Clock::now());
+        const timespec ts{
+            .tv_sec = static_cast<time_t>(std::max<int64_t>(0, left.count()) / 1000000000),
+            .tv_nsec = static_cast<long>(  // NOLINT(runtime/int): timespec's
+                std::max<int64_t>(0, left.count()) % 1000000000)};
+        pollfd p{.fd = c_->fd, .events = POLLIN, .revents = 0};
+        const int ready = ppoll(&p, 1, &ts, nullptr);
+        if (ready < 0 && errno != EINTR) return IoFailure(errno);
+        if (ready <= 0) continue;  // EINTR, or the deadline: the loop looks again
+      }
+      char buf[kReadChunkBytes];
+      const ssize_t n = recv(c_->fd, buf, want, MSG_DONTWAIT);
+      if (n == 0) {
+        return absl::UnavailableError(
+            absl::StrCat("RedisCluster: ", addr_, " closed the connection"));
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          if (late_bytes_left_.has_value()) return Late();
+          continue;
+        }
+        return IoFailure(errno);
+      }
+      if (late_bytes_left_.has_value()) *late_bytes_left_ -= std::min<size_t>(*late_bytes_left_, n);
+      taken += static_cast<uint64_t>(n);
+      if (redisReaderFeed(r, buf, static_cast<size_t>(n)) != REDIS_OK) return BadReply(r->errstr);
+    }
+  }
+
+  // What hiredis holds of an unfinished reply, checked before more is read: every line ends
+  // within kMaxLineBytes, a bulk string announces no more than it may hold, and the reply's
+  // bytes stay within `limit` (plus one read of the next reply's).
+  absl::Status CheckPending(const redisReader* r, const ReplyContext* context, uint64_t taken,
+                            uint64_t limit) const {
+    if (taken > limit + kReadChunkBytes) {
+      return BadReply(absl::StrCat("reply of more than ", taken, " bytes vs at most ", limit));
+    }
+    if (r->ridx < 0 || r->len <= r->pos) return absl::OkStatus();
+    // hiredis keeps r->pos at the first byte of the item it waits for (past its type byte once
+    // that is read): the line there must end soon.
+    const char* p = r->buf + r->pos;
+    const size_t pending = r->len - r->pos;
+    const size_t scan = std::min(pending, kMaxLineBytes);
+    const char* cr = FindCrlf(p, scan);
+    if (cr == nullptr && pending > kMaxLineBytes) {
+      return BadReply(absl::StrCat("a line longer than ", kMaxLineBytes, " bytes"));
+    }
+    if (r->rstack[r->ridx].type != REDIS_REPLY_STRING) return absl::OkStatus();
+    // A bulk string waiting for its bytes: its announced length, checked before they come.
+    constexpr size_t kMaxLengthDigits = 20;
+    if (cr == nullptr) {
+      if (pending > kMaxLengthDigits) return BadReply("a bulk length of more than 20 digits");
+      return absl::OkStatus();
+    }
+    int64_t len = 0;
+    auto [end, ec] = std::from_chars(p, cr, len);
+    if (ec != std::errc() || end != cr) {
+      return BadReply(absl::StrCat("bulk length '", absl::string_view(p, cr - p), "'"));
+    }
+    const bool to_target = context->target != nullptr && r->ridx == 0;
+    const uint64_t most =
+        to_target ? context->target->head_len + context->target->body_len : max_reply_bytes_;
+    if (len > 0 && static_cast<uint64_t>(len) > most) {
+      return BadReply(absl::StrCat("a value of ", len, " bytes vs at most ", most,
+                                   to_target ? " expected" : " (max_reply_bytes)"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status BadReply(absl::string_view what) const {
+    return absl::UnavailableError(absl::StrCat("RedisCluster: bad reply from ", addr_, ": ", what));
+  }
+  absl::Status Late() const {
+    return absl::DeadlineExceededError(
+        absl::StrCat("RedisCluster: ", addr_, " did not answer before the deadline"));
+  }
+  absl::Status IoFailure(int err) const {
+    return absl::UnavailableError(
+        absl::StrCat("RedisCluster: I/O with ", addr_, " failed: ", std::strerror(err)));
+  }
+
+  redisContext* const c_;
+  const absl::string_view addr_;
+  const Clock::time_point deadline_;
+  const uint64_t max_reply_bytes_;
+  // Set when the deadline is first found passed: the bytes the socket held then, less those
+  // read since. Nothing more is read.
+  std::optional<size_t> late_bytes_left_;
+};
+
+// One command and its reply, on a connection with nothing else in flight (AUTH, CLUSTER SLOTS).
+absl::StatusOr<ReplyPtr> Call(redisContext* c, absl::string_view addr, const Argv& a,
+                              Clock::time_point deadline, uint64_t max_reply_bytes) {
+  Frames frames;
+  frames.Command(a);
+  KVTIER_RETURN_IF_ERROR(frames.Write(c, addr, deadline));
+  return ReplyReader(c, addr, deadline, max_reply_bytes).Next();
 }
 
 // "MOVED 3999 127.0.0.1:6381" / "ASK 3999 127.0.0.1:6381": the slot and the target.
@@ -411,8 +599,8 @@ struct RedisCluster::Impl {
     Argv a;
     a.Add("AUTH");
     a.Add(config.password);
-    KVTIER_ASSIGN_OR_RETURN(ReplyPtr reply,
-                            Call(c, addr, a, Clock::now() + config.connect_timeout));
+    KVTIER_ASSIGN_OR_RETURN(ReplyPtr reply, Call(c, addr, a, Clock::now() + config.connect_timeout,
+                                                 config.max_reply_bytes));
     if (reply->type == REDIS_REPLY_ERROR) {
       return absl::FailedPreconditionError(
           absl::StrCat("RedisCluster: ", addr, " refused AUTH: ", reply->str));
@@ -444,7 +632,8 @@ struct RedisCluster::Impl {
     Argv a;
     a.Add("CLUSTER");
     a.Add("SLOTS");
-    absl::StatusOr<ReplyPtr> reply = Call(c.get(), addr, a, Clock::now() + config.connect_timeout);
+    absl::StatusOr<ReplyPtr> reply =
+        Call(c.get(), addr, a, Clock::now() + config.connect_timeout, config.max_reply_bytes);
     if (!reply.ok()) {
       if (reply.status().code() != absl::StatusCode::kDeadlineExceeded) DropIdle(addr);
       return reply.status();
@@ -621,29 +810,26 @@ struct RedisCluster::Impl {
       // Read phase.
       for (auto& [addr, c] : sent) {
         std::vector<Op>& group = by_node[addr];
+        ReplyReader reader(c.get(), addr, deadline, config.max_reply_bytes);
         absl::Status st = absl::OkStatus();
         size_t k = 0;
         for (; k < group.size(); ++k) {
           Op& op = group[k];
           if (op.asking) {
-            absl::StatusOr<ReplyPtr> asking = ReadReply(c.get(), addr, deadline);
+            absl::StatusOr<ReplyPtr> asking = reader.Next();
             if (!asking.ok()) {
               st = asking.status();
               break;
             }
           }
-          ReadSink sink;
-          if (!targets.empty()) {
-            sink.target = targets[op.index];
-            c->reader->privdata = &sink;
-          }
-          absl::StatusOr<ReplyPtr> reply = ReadReply(c.get(), addr, deadline);
-          c->reader->privdata = nullptr;
+          absl::StatusOr<ReplyPtr> reply =
+              targets.empty()
+                  ? reader.Next()
+                  : reader.Next(&targets[op.index], sunk != nullptr ? &(*sunk)[op.index] : nullptr);
           if (!reply.ok()) {
             st = reply.status();
             break;
           }
-          if (sink.filled && sunk != nullptr) (*sunk)[op.index] = sink.value_bytes;
           if ((*reply)->type != REDIS_REPLY_ERROR) {
             out[op.index] = std::move(reply);
             continue;
@@ -726,6 +912,10 @@ absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Connect(RedisCluster
     return absl::InvalidArgumentError(
         absl::StrCat("RedisCluster: reconnect_backoff_min ", config.reconnect_backoff_min.count(),
                      "ms, _max ", config.reconnect_backoff_max.count(), "ms vs 0 < min <= max"));
+  }
+  if (config.max_reply_bytes < kMaxLineBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RedisCluster: max_reply_bytes ", config.max_reply_bytes, " vs >= ", kMaxLineBytes));
   }
   auto impl = std::make_unique<Impl>(std::move(config));
   KVTIER_RETURN_IF_ERROR(impl->Refresh(""));

@@ -12,7 +12,14 @@
 //
 // Results are per key: a key whose node failed, timed out or redirected too often gets an error
 // status (kUnavailable, kDeadlineExceeded, kInternal), the others their replies. A batch never
-// waits past its deadline (plus one connect timeout when it has to open a connection).
+// waits past its deadline (plus one connect timeout when it has to open a connection), whatever
+// the nodes send: past the deadline only what had already arrived is read.
+//
+// Hostile replies: nothing a node sends is trusted for its size. A line (status, error, integer,
+// length) longer than 64 KiB, a reply of more than 2^20 objects or of more than
+// max_reply_bytes, a GetInto value announced longer than its target: each fails its key with
+// kUnavailable as soon as it is seen, before it is buffered (and the rest of that node's
+// pipeline too: the connection is closed, out of step).
 //
 // Thread safety: every method may be called from any thread concurrently; batches on different
 // threads use different connections. No callback: the calls block the calling thread.
@@ -42,6 +49,10 @@ struct RedisClusterConfig {
   uint32_t max_redirects = 5;             // MOVED/ASK hops per key per batch
   std::chrono::milliseconds reconnect_backoff_min{20};
   std::chrono::milliseconds reconnect_backoff_max{2000};
+  // The most bytes one reply may bring (its whole RESP encoding), other than a GetInto value,
+  // which its target bounds. A longer reply, or a bulk string announcing more, is refused as it
+  // arrives, before it is buffered.
+  uint64_t max_reply_bytes = 64ull << 20;
 };
 
 struct RedisClusterStats {
@@ -80,8 +91,9 @@ class RedisCluster {
     size_t body_len = 0;
   };
   // GET of each key straight into caller memory (copied once, from the connection's buffer; no
-  // allocation per value): the value's whole length (compare it with what you expected: a
-  // longer or shorter value was only partly copied), or nullopt for a missing key.
+  // allocation per value): the value's whole length, or nullopt for a missing key. A value
+  // longer than its target (head_len + body_len) is refused unread (kUnavailable); a shorter one
+  // is copied and its length returned (compare it with what you expected).
   std::vector<absl::StatusOr<std::optional<size_t>>> GetInto(std::span<const std::string> keys,
                                                              std::span<const ReadTarget> targets,
                                                              Clock::time_point deadline);

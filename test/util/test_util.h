@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,6 +39,16 @@
   } while (0)
 
 namespace kvtier::test {
+
+// Components a test may need that a machine may lack: "redis" (redis-server and redis-cli, for
+// LocalRedisCluster) and "cuda" (a CUDA device). Without one a test skips: it WARNs and passes,
+// so ctest reports it Passed. KVTIER_TEST_REQUIRE, a comma-separated list of them (CI sets
+// "redis"), makes a missing component fail the test instead, so a machine that lost one cannot
+// pass unnoticed. An unknown name in it fails every test that asks.
+bool Required(std::string_view component);
+// For a test that needs `component` and found it missing (`why`): FAILs when the component is
+// required (does not return), else WARNs "skipped: <why>" and returns true (the test returns).
+bool SkipMissing(std::string_view component, const std::string& why);
 
 inline absl::Status AsStatus(const absl::Status& s) { return s; }
 template <typename T>
