@@ -3,13 +3,17 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -401,6 +405,259 @@ TEST_CASE("DiskTier: after SIGKILL mid-write, reopening serves only blocks that 
   }
   CHECK(wrong == 0);
   CHECK(verified > 0);
+}
+
+// ---- Regression #17: hostile manifests, metadata and slot files ----
+
+// Five blocks (keys 0..4 in slots 0..4) in an 8-slot tier, left as after a crash (no manifest).
+void WriteFiveBlocks(const fs::path& dir, uint32_t align) {
+  HostSlots host(1, align);
+  auto disk = DiskTier::Open(Config(dir, 8, align), {});
+  REQUIRE_OK(disk);
+  for (uint32_t s = 0; s < 5; ++s) REQUIRE_OK(WriteBlock(**disk, s, s, host.at(0)));
+}
+
+// A manifest in DiskTier's format for Config(dir, 8, align), whose header says `count` entries,
+// with a valid checksum: only its contents can be wrong.
+void WriteManifest(const fs::path& dir, uint32_t align, uint64_t count,
+                   const std::vector<StoredBlock>& entries) {
+  std::vector<uint8_t> bytes(52 + entries.size() * 36 + 8);
+  LeWriter w{bytes.data()};
+  w.Bytes("KVTIERM1", 8);
+  w.U32(kBlockHeaderVersion);
+  w.U64(0x1234);
+  w.U64(DiskTier::HostSlotBytes(kBlockBytes, align));
+  w.U32(8);
+  w.U32(2);
+  w.U64(count);
+  w.U64(100);
+  for (const StoredBlock& b : entries) {
+    w.U32(b.slot);
+    w.U64(b.key.hi);
+    w.U64(b.key.lo);
+    w.U64(b.parent.hi);
+    w.U64(b.parent.lo);
+  }
+  w.U64(PayloadHash(bytes.data(), bytes.size() - 8));  // XXH3-64, as the manifest's
+  std::ofstream(dir / "manifest", std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<StoredBlock> FiveEntries() {
+  std::vector<StoredBlock> e;
+  for (uint32_t s = 0; s < 5; ++s) e.push_back({s, KeyOf(s), ParentOf(s)});
+  return e;
+}
+
+// Whether `disk` holds exactly what the trailer scan of WriteFiveBlocks finds.
+bool RecoveredByScan(const DiskTier& disk) {
+  if (disk.stats().from_manifest || disk.recovered().size() != 5) return false;
+  for (const StoredBlock& b : disk.recovered()) {
+    if (b.slot >= 5 || b.key != KeyOf(b.slot) || b.parent != ParentOf(b.slot)) return false;
+  }
+  return disk.stats().recovery_dropped >= 1;  // the manifest, counted
+}
+
+// Runs `body` in a child process with its address space capped at 1 GiB over the current one (so
+// a whole-file read of something huge fails there quickly, not here), and a minute to finish.
+// Returns the child's exit code, or 128 + the signal that ended it (an uncaught exception: 134).
+int InBoundedChild(const std::function<int()>& body) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // The child reports by its exit code only: not through Catch's handlers of the parent's run.
+    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL}) signal(sig, SIG_DFL);
+    std::set_terminate([] { _exit(128 + SIGABRT); });
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    uint64_t vm_kib = 0;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmSize:", 0) == 0) vm_kib = std::stoull(line.substr(7));
+    }
+    const rlimit cap{.rlim_cur = (vm_kib << 10) + (1ull << 30), .rlim_max = RLIM_INFINITY};
+    setrlimit(RLIMIT_AS, &cap);
+#endif
+    alarm(60);
+    _exit(body());
+  }
+  int st = 0;
+  if (pid < 0 || waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+TEST_CASE("Regression #17: a manifest whose entry count wraps its size check is not trusted",
+          "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  WriteFiveBlocks(dir.path, align);
+  // 36 * 2^62 wraps to 0: with 64-bit arithmetic the size matches five entries.
+  WriteManifest(dir.path, align, 5 + (uint64_t{1} << 62), FiveEntries());
+  auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+  REQUIRE_OK(disk);
+  CHECK(RecoveredByScan(**disk));
+}
+
+TEST_CASE(
+    "Regression #17: a manifest naming a slot twice, a slot past the tier or a key twice "
+    "is not trusted, and none of it is kept",
+    "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  WriteFiveBlocks(dir.path, align);
+  std::vector<StoredBlock> entries = FiveEntries();
+  SECTION("two keys, one slot") { entries[3].slot = 1; }
+  SECTION("a slot past the tier, midway") { entries[2].slot = 8; }
+  SECTION("one key in two slots") { entries[4].key = entries[3].key; }
+  WriteManifest(dir.path, align, entries.size(), entries);
+  auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+  REQUIRE_OK(disk);
+  CHECK(RecoveredByScan(**disk));  // the scan's blocks alone, nothing from the manifest
+}
+
+TEST_CASE(
+    "Regression #17: a manifest that is a directory, a device or a huge sparse file is "
+    "not read, and Open does not abort",
+    "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  WriteFiveBlocks(dir.path, align);
+  const fs::path manifest = dir.path / "manifest";
+  const auto open_recovers = [&] {
+    auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+    return disk.ok() && RecoveredByScan(**disk) ? 0 : 1;
+  };
+  SECTION("a directory") {
+    fs::create_directory(manifest);
+    CHECK(InBoundedChild(open_recovers) == 0);
+  }
+  SECTION("a symlink to /dev/zero") {
+    fs::create_symlink("/dev/zero", manifest);
+    CHECK(InBoundedChild(open_recovers) == 0);
+  }
+  SECTION("a 1 TiB sparse file") {
+    std::ofstream{manifest};
+    fs::resize_file(manifest, uint64_t{1} << 40);
+    CHECK(InBoundedChild(open_recovers) == 0);
+  }
+}
+
+TEST_CASE(
+    "Regression #17: a kvtier.meta that is a directory, a device or a huge sparse file is "
+    "an error, not an abort",
+    "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  WriteFiveBlocks(dir.path, align);
+  const fs::path meta = dir.path / "kvtier.meta";
+  fs::remove(meta);
+  const bool reset = GENERATE(false, true);
+  CAPTURE(reset);
+  DiskTierConfig c = Config(dir.path, 8, align);
+  c.reset_on_mismatch = reset;
+  const auto open_fails = [&] {
+    auto disk = DiskTier::Open(c, {});
+    return disk.status().code() == absl::StatusCode::kFailedPrecondition ? 0 : 1;
+  };
+  SECTION("a directory") {
+    fs::create_directory(meta);
+    CHECK(InBoundedChild(open_fails) == 0);  // not ours to remove, even with reset_on_mismatch
+  }
+  SECTION("a symlink to /dev/zero") {
+    fs::create_symlink("/dev/zero", meta);
+    CHECK(InBoundedChild(open_fails) == 0);
+  }
+  SECTION("a 1 TiB sparse file") {
+    std::ofstream{meta};
+    fs::resize_file(meta, uint64_t{1} << 40);
+    if (!reset) {
+      CHECK(InBoundedChild(open_fails) == 0);  // another layout, as far as anyone can tell
+    } else {
+      CHECK(InBoundedChild([&] { return DiskTier::Open(c, {}).ok() ? 0 : 1; }) == 0);
+      CHECK(fs::file_size(meta) < 4096);  // rewritten
+    }
+  }
+}
+
+TEST_CASE(
+    "Regression #17: a slot file that is a symlink, another user's or a hard link is "
+    "refused, and the file behind it is untouched",
+    "[disk][regression]") {
+  TempDir dir, outside;
+  const uint32_t align = Align(dir.path);
+  WriteFiveBlocks(dir.path, align);
+  const fs::path victim = outside.path / "victim";
+  std::ofstream(victim) << "not a cache file";
+  const fs::path slot_file = dir.path / "blocks.0";
+  fs::remove(slot_file);
+  SECTION("a symlink") { fs::create_symlink(victim, slot_file); }
+  SECTION("a hard link") { fs::create_hard_link(victim, slot_file); }
+  SECTION("another user's file") {
+    if (geteuid() != 0) return;  // only root can give a file away
+    std::ofstream{slot_file};
+    REQUIRE(chown(slot_file.c_str(), 65534, 65534) == 0);
+  }
+  for (const bool reset : {false, true}) {
+    CAPTURE(reset);
+    DiskTierConfig c = Config(dir.path, 8, align);
+    c.reset_on_mismatch = reset;  // a matching meta: no reset happens, the files are opened
+    REQUIRE_CODE(DiskTier::Open(c, {}), absl::StatusCode::kFailedPrecondition);
+    CHECK(fs::file_size(victim) == 16);
+  }
+}
+
+TEST_CASE("Regression #17: slot files without kvtier.meta are an error unless reset is asked",
+          "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  WriteFiveBlocks(dir.path, align);
+  fs::remove(dir.path / "kvtier.meta");
+  DiskTierConfig c = Config(dir.path, 8, align);
+  REQUIRE_CODE(DiskTier::Open(c, {}), absl::StatusCode::kFailedPrecondition);
+  CHECK(fs::file_size(dir.path / "blocks.0") > 0);  // the old blocks are still there
+  c.reset_on_mismatch = true;
+  auto disk = DiskTier::Open(c, {});
+  REQUIRE_OK(disk);
+  CHECK((*disk)->recovered().empty());
+}
+
+TEST_CASE("Regression #17: a reset to fewer files removes the slot files no longer used",
+          "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  DiskTierConfig c = Config(dir.path, 8, align);
+  c.files = 4;
+  REQUIRE_OK(DiskTier::Open(c, {}));
+  REQUIRE(fs::exists(dir.path / "blocks.3"));
+  c.files = 2;
+  c.reset_on_mismatch = true;
+  REQUIRE_OK(DiskTier::Open(c, {}));
+  CHECK(fs::exists(dir.path / "blocks.1"));
+  CHECK_FALSE(fs::exists(dir.path / "blocks.2"));
+  CHECK_FALSE(fs::exists(dir.path / "blocks.3"));
+}
+
+TEST_CASE("Regression #17: kvtier.lock lives only as long as the tier holding it",
+          "[disk][regression]") {
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  const fs::path lock = dir.path / "kvtier.lock";
+  {
+    auto first = DiskTier::Open(Config(dir.path, 8, align), {});
+    REQUIRE_OK(first);
+    CHECK(fs::exists(lock));
+    // A second opener fails and leaves the first's lock in force.
+    REQUIRE_CODE(DiskTier::Open(Config(dir.path, 8, align), {}),
+                 absl::StatusCode::kFailedPrecondition);
+    CHECK(fs::exists(lock));
+    REQUIRE_CODE(DiskTier::Open(Config(dir.path, 8, align), {}),
+                 absl::StatusCode::kFailedPrecondition);
+  }
+  CHECK_FALSE(fs::exists(lock));
+  DiskTierConfig other = Config(dir.path, 8, align);
+  other.layout_fingerprint = 0x9999;
+  REQUIRE_CODE(DiskTier::Open(other, {}), absl::StatusCode::kFailedPrecondition);
+  CHECK_FALSE(fs::exists(lock));  // a failed Open leaves nothing behind
+  REQUIRE_OK(DiskTier::Open(Config(dir.path, 8, align), {}));
 }
 
 // ---- The disk tier inside a Cache: cascade, promotion, warm restart, faults ----

@@ -238,5 +238,31 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   CHECK(f.index.ListLocked(Tier::kDisk).size() == 3);
 }
 
+TEST_CASE("Regression #17: RestoreLocked places one block per slot and drops the rest", "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  Fixture f(4, /*host=*/4, /*disk=*/16);
+  MutexLock lock(&f.index.mu());
+  const auto a = test::Chain(3, 1);
+  const auto b = test::Chain(2, 2);
+  // b[0] claims a[0]'s slot (so b[1], its child, cannot be placed either), a[2] appears twice, and
+  // one slot is past the tier.
+  const std::vector<RestoredBlock> blocks = {{a[0], kRootKey, 7},
+                                             {b[0], kRootKey, 7},
+                                             {a[1], a[0], 2},
+                                             {b[1], b[0], 3},
+                                             {a[2], a[1], 4},
+                                             {a[2], a[1], 5},
+                                             {test::Chain(1, 3)[0], kRootKey, 16}};
+  CHECK(f.index.RestoreLocked(Tier::kDisk, blocks) == 3);
+  f.Check();
+  CHECK(f.index.MatchLocked(a).size() == 3);
+  CHECK(f.index.MatchLocked(b).size() == 0);
+  CHECK(f.index.ListLocked(Tier::kDisk).size() == 3);
+  // The slots left free are usable: every other slot can still be filled.
+  CacheStats s;
+  f.index.FillStatsLocked(&s);
+  CHECK(s.disk.used_blocks == 3);
+}
+
 }  // namespace
 }  // namespace kvtier::internal

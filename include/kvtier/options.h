@@ -68,7 +68,8 @@ struct DiskTierOptions {
   uint32_t queue_depth = 64;    // io_uring operations in flight
   std::string policy = "lru";   // name in the policy registry
   PolicyParams policy_params;   // key=value strings, validated by the policy
-  // The directory holds another layout's or geometry's blocks: start empty instead of failing.
+  // The directory holds another layout's or geometry's blocks, or slot files without the record
+  // of what they hold (kvtier.meta): start empty (every slot file removed) instead of failing.
   bool reset_on_mismatch = false;
   // The file system has no O_DIRECT (tmpfs on old kernels): use buffered I/O instead of failing
   // (CacheStats.disk_buffered_io says so).

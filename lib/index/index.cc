@@ -728,6 +728,9 @@ uint32_t Index::RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks) 
       if (id != kNoEntry && (E(id).parent_id != parent || E(id).res[T(tier)].present())) {
         break;  // contradicts what is known: keep what is, drop the rest of this chain
       }
+      // Two blocks claiming one slot (a damaged manifest): the first placed keeps it; this one and
+      // the rest of its chain are dropped (not counted as restored).
+      if (tt.slot[r.slot].use != SlotUse::kFree) break;
       if (id == kNoEntry) id = AddEntryLocked(r.key, parent);
       AddResidencyLocked(id, tier, r.slot, ResState::kReady, 0, 0);
       parent = id;

@@ -207,7 +207,8 @@ class Index {
   void FlushHostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Adds blocks found in `tier`'s storage, parents before children; a block whose parent is
-  // neither restored nor cached is not added (it could never be matched). Returns how many were.
+  // neither restored nor cached is not added (it could never be matched), nor one whose slot is
+  // out of range or already holds a block. Returns how many were.
   uint32_t RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The Ready residencies of `tier` (for a manifest).

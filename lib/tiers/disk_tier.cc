@@ -1,5 +1,6 @@
 #include "lib/tiers/disk_tier.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -11,11 +12,14 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <future>
+#include <optional>
 #include <sstream>
+#include <string_view>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
 #include "lib/tiers/block_header.h"
@@ -44,6 +48,146 @@ struct Aligned {
   uint64_t bytes;
 };
 
+// Manifest: header (magic, version, fingerprint, slot bytes, slots, files, count, sequence),
+// `count` entries (slot, key, parent), then the XXH3-64 of everything before it.
+constexpr uint64_t kManifestHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8, kManifestEntry = 4 + 32;
+constexpr uint64_t kManifestTail = 8;
+// kvtier.meta is one short line; anything longer is not ours.
+constexpr uint64_t kMaxMetaBytes = 4096;
+
+// a * b, or nullopt when it does not fit in 64 bits.
+std::optional<uint64_t> CheckedMul(uint64_t a, uint64_t b) {
+  uint64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) return std::nullopt;
+  return r;
+}
+
+// Why `st` is not a file the tier may read or write, or "" when it is: a regular file of this
+// user with no other name (so writing it changes nothing outside the directory).
+std::string NotOurs(const struct stat& st) {
+  if (!S_ISREG(st.st_mode)) return "not a regular file";
+  if (st.st_uid != geteuid()) return absl::StrCat("owned by uid ", st.st_uid);
+  if (st.st_nlink != 1) return absl::StrCat("with ", st.st_nlink, " links");
+  return "";
+}
+
+absl::Status NotOursError(const std::string& path, const std::string& why) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("Options.disk.directory: ", path, " is not a file of this cache (", why,
+                   " vs a regular file of uid ", geteuid(), " with one link)"));
+}
+
+// Opens `path` with `flags` (plus O_NOFOLLOW, O_CLOEXEC, and O_NONBLOCK until it is known to be a
+// regular file, so a FIFO or device cannot block) and checks it is ours (NotOurs).
+// kFailedPrecondition names the path when it is not; kNotFound when it does not exist. `open_errno`
+// (if given) is open's errno, 0 when the open itself succeeded.
+absl::StatusOr<int> OpenOurs(const std::string& path, int flags, int* open_errno = nullptr) {
+  const int fd = open(path.c_str(), flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+  if (open_errno != nullptr) *open_errno = fd < 0 ? errno : 0;
+  if (fd < 0) {
+    if (errno == ELOOP) return NotOursError(path, "a symlink");
+    if (errno == EISDIR) return NotOursError(path, "a directory");
+    return Errno(absl::StrCat("DiskTier: open ", path));
+  }
+  struct stat st {};
+  std::string why = fstat(fd, &st) != 0 ? std::string("fstat failed") : NotOurs(st);
+  if (why.empty() && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    why = "fcntl failed";
+  }
+  if (!why.empty()) {
+    close(fd);
+    return NotOursError(path, why);
+  }
+  return fd;
+}
+
+// The whole of the file of ours at `path` (OpenOurs), when it holds at most `max_bytes`; read into
+// anonymous memory, so a failed allocation is an error, not an exception.
+// kNotFound: no such file. kOutOfRange: longer (`*size` says how long). kFailedPrecondition: not
+// ours. Else the read's error.
+absl::StatusOr<std::unique_ptr<Aligned>> ReadOurs(const std::string& path, uint64_t max_bytes,
+                                                  uint64_t* size) {
+  *size = 0;
+  KVTIER_ASSIGN_OR_RETURN(const int fd, OpenOurs(path, O_RDONLY));
+  const absl::Cleanup closer = [fd] { close(fd); };
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return Errno(absl::StrCat("DiskTier: fstat ", path));
+  *size = static_cast<uint64_t>(st.st_size);
+  if (*size > max_bytes) {
+    return absl::OutOfRangeError(
+        absl::StrCat("DiskTier: ", path, " is too long (", *size, " vs ", max_bytes, " bytes)"));
+  }
+  auto mem = std::make_unique<Aligned>(std::max<uint64_t>(*size, 1));
+  if (mem->p == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("DiskTier: no memory to read ", path, " (", *size, " bytes)"));
+  }
+  // Read one byte past the size fstat gave: a file that grew since is as wrong as a longer one.
+  uint64_t got = 0;
+  while (got < *size) {
+    const ssize_t n = pread(fd, mem->p + got, *size - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno(absl::StrCat("DiskTier: read ", path));
+    if (n == 0) break;
+    got += static_cast<uint64_t>(n);
+  }
+  if (uint8_t extra; got != *size || pread(fd, &extra, 1, static_cast<off_t>(got)) != 0) {
+    return absl::OutOfRangeError(
+        absl::StrCat("DiskTier: ", path, " changed while read (", got, " vs ", *size, " bytes)"));
+  }
+  return mem;
+}
+
+// `text` for a one-line message: its first line, printable characters only, at most 200.
+std::string OneLine(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, text.find('\n'))) {
+    if (out.size() == 200) return out + "...";
+    out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  }
+  return out;
+}
+
+// The names of the slot files (blocks.<n>) in `dir`, whatever their type.
+std::vector<std::string> SlotFileNames(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (const dirent* e = readdir(d)) {
+    const std::string_view name = e->d_name;
+    if (name.size() > 7 && name.substr(0, 7) == "blocks." &&
+        name.find_first_not_of("0123456789", 7) == std::string_view::npos) {
+      names.emplace_back(name);
+    }
+  }
+  closedir(d);
+  return names;
+}
+
+// Writes `text` to `path` atomically: a fresh temporary file of ours (O_EXCL, never through a
+// link left in its place), fsync, rename over `path` (which replaces a link, never its target).
+absl::Status WriteOurFileAtomically(const std::string& path, std::string_view text,
+                                    const std::string& call) {
+  const std::string tmp = path + ".tmp";
+  unlink(tmp.c_str());  // a leftover of a crash (a link is removed, not followed)
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno(absl::StrCat(call, ": create ", tmp));
+  const bool wrote =
+      write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
+  const int write_errno = errno;
+  close(fd);
+  if (!wrote) {
+    unlink(tmp.c_str());
+    return absl::ErrnoToStatus(write_errno, absl::StrCat(call, ": write ", tmp));
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    const int rename_errno = errno;
+    unlink(tmp.c_str());
+    return absl::ErrnoToStatus(rename_errno, absl::StrCat(call, ": rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WaitBatch(IoRing& ring, std::vector<IoRequest> batch) {
   std::promise<absl::Status> done;
   auto f = done.get_future();
@@ -56,7 +200,7 @@ absl::Status WaitBatch(IoRing& ring, std::vector<IoRequest> batch) {
 absl::StatusOr<uint32_t> DiskTier::Alignment(const std::string& directory) {
   // STATX_DIOALIGN is reported for regular files: ask about a probe file opened for direct I/O.
   const std::string probe = directory + "/.kvtier-align-probe";
-  const int fd = open(probe.c_str(), O_RDWR | O_CREAT, 0600);
+  const int fd = open(probe.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return Errno(absl::StrCat("DiskTier: cannot create a file in ", directory));
   uint32_t align = 4096;
   struct statx st {};
@@ -92,6 +236,12 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
   std::unique_ptr<DiskTier> t(new DiskTier());
   t->config_ = config;
   KVTIER_ASSIGN_OR_RETURN(t->alignment_, Alignment(dir));
+  // A slot is moved in one transfer whose length is 32-bit (IoRequest::bytes).
+  if (config.block_bytes > UINT32_MAX - 2 * uint64_t{t->alignment_}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DiskTier: a ", config.block_bytes, "-byte block vs at most ",
+                     UINT32_MAX - 2 * uint64_t{t->alignment_}, " bytes in a disk slot"));
+  }
   t->padded_payload_ = RoundUp(config.block_bytes, t->alignment_);
   t->slot_bytes_ = t->padded_payload_ + t->alignment_;
   if (config.capacity_bytes < t->slot_bytes_ ||
@@ -101,16 +251,17 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
         " bytes (a ", config.block_bytes, "-byte block, aligned, with its trailer) to 2^32 slots"));
   }
   t->capacity_slots_ = static_cast<uint32_t>(config.capacity_bytes / t->slot_bytes_);
-
-  // One cache per directory: an advisory lock held for the tier's life (released by the kernel if
-  // the process dies, so a crash never leaves the directory locked).
-  const std::string lock_path = dir + "/kvtier.lock";
-  t->lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (t->lock_fd_ < 0) return Errno(absl::StrCat("DiskTier: open ", lock_path));
-  if (flock(t->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("Options.disk.directory: ", dir, " is in use by another kvtier cache"));
+  const uint64_t slots_per_file = (uint64_t{t->capacity_slots_} + config.files - 1) / config.files;
+  const std::optional<uint64_t> file_bytes = CheckedMul(slots_per_file, t->slot_bytes_);
+  const std::optional<uint64_t> need =
+      file_bytes ? CheckedMul(*file_bytes, config.files) : std::nullopt;
+  if (!need || *need > uint64_t{INT64_MAX}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Options.disk.files: ", config.files, " files of ", slots_per_file,
+                     " slots of ", t->slot_bytes_, " bytes vs at most 2^63 bytes in all"));
   }
+
+  KVTIER_RETURN_IF_ERROR(t->Lock());
 
   // Geometry and layout of what the directory holds.
   std::ostringstream meta;
@@ -119,84 +270,148 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
        << " slots=" << t->capacity_slots_ << " files=" << config.files << "\n";
   const std::string meta_path = dir + "/kvtier.meta";
   bool reset = false;
-  if (fs::exists(meta_path, ec)) {
-    std::ifstream in(meta_path);
-    std::string old((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (old != meta.str()) {
+  uint64_t meta_size = 0;
+  auto old = ReadOurs(meta_path, kMaxMetaBytes, &meta_size);
+  if (old.ok() || old.status().code() == absl::StatusCode::kOutOfRange) {
+    const std::string was = old.ok()
+                                ? OneLine({reinterpret_cast<const char*>((*old)->p), meta_size})
+                                : absl::StrCat("a ", meta_size, "-byte file");
+    if (!old.ok() ||
+        std::string_view(reinterpret_cast<const char*>((*old)->p), meta_size) != meta.str()) {
       if (!config.reset_on_mismatch) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "Options.disk.directory: ", dir, " holds blocks of another layout or geometry (",
-            old.substr(0, old.size() - (old.empty() ? 0 : 1)), ") vs (",
-            meta.str().substr(0, meta.str().size() - 1),
-            "); set Options.disk.reset_on_mismatch to start empty"));
+            "Options.disk.directory: ", dir, " holds blocks of another layout or geometry (", was,
+            ") vs (", OneLine(meta.str()), "); set Options.disk.reset_on_mismatch to start empty"));
       }
       reset = true;
     }
+  } else if (old.status().code() == absl::StatusCode::kNotFound) {
+    // No record of what the slot files hold: only a directory without any is a fresh start.
+    if (std::vector<std::string> files = SlotFileNames(dir);
+        !files.empty() && !config.reset_on_mismatch) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Options.disk.directory: ", dir, " holds ", files.size(), " slot files (", files[0],
+          "...) vs none without kvtier.meta; set Options.disk.reset_on_mismatch to start empty"));
+    }
+    reset = true;
   } else {
-    reset = true;  // nothing (usable) there yet
-  }
-  if (reset) {
-    fs::remove(dir + "/manifest", ec);
-    for (uint32_t f = 0; f < config.files; ++f) fs::remove(absl::StrCat(dir, "/blocks.", f), ec);
+    return old.status();
   }
 
-  const uint64_t slots_per_file = (t->capacity_slots_ + config.files - 1) / config.files;
+  // From here a failed start of an emptied directory leaves it empty, as a fresh one.
+  absl::Cleanup undo_reset = [&dir, &meta_path, &reset] {
+    if (!reset) return;
+    unlink(meta_path.c_str());
+    for (const std::string& name : SlotFileNames(dir)) unlink((dir + "/" + name).c_str());
+  };
+  if (reset) {
+    // The record first: until the new one is written, the directory is no known cache.
+    if (unlink(meta_path.c_str()) != 0 && errno != ENOENT) {
+      return Errno(absl::StrCat("DiskTier: remove ", meta_path));
+    }
+    unlink((dir + "/manifest").c_str());
+    // Every slot file, also those of a geometry with more files than this one.
+    for (const std::string& name : SlotFileNames(dir)) {
+      const std::string path = dir + "/" + name;
+      if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+        return Errno(absl::StrCat("DiskTier: remove ", path));
+      }
+    }
+    KVTIER_RETURN_IF_ERROR(WriteOurFileAtomically(meta_path, meta.str(), "DiskTier"));
+  }
+
   // Refuse a capacity the file system cannot hold before allocating any of it (fallocate would
   // fill the disk first and fail last).
   if (struct statvfs vfs{}; statvfs(dir.c_str(), &vfs) == 0) {
-    uint64_t have = uint64_t{vfs.f_bavail} * vfs.f_frsize;
+    const uint64_t avail = CheckedMul(vfs.f_bavail, vfs.f_frsize).value_or(UINT64_MAX);
+    uint64_t have = avail;
     for (uint32_t f = 0; f < config.files; ++f) {
       struct stat st {};
-      if (stat(absl::StrCat(dir, "/blocks.", f).c_str(), &st) == 0) have += st.st_blocks * 512ull;
+      if (lstat(absl::StrCat(dir, "/blocks.", f).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+        const uint64_t held = CheckedMul(st.st_blocks, 512).value_or(UINT64_MAX);
+        have = held > UINT64_MAX - have ? UINT64_MAX : have + held;
+      }
     }
-    const uint64_t need = slots_per_file * t->slot_bytes_ * config.files;
-    if (need > have) {
-      return absl::ResourceExhaustedError(absl::StrCat("Options.disk.capacity_bytes: ", need,
+    if (*need > have) {
+      return absl::ResourceExhaustedError(absl::StrCat("Options.disk.capacity_bytes: ", *need,
                                                        " bytes needed in ", dir, " vs ", have,
                                                        " available"));
     }
   }
   for (uint32_t f = 0; f < config.files; ++f) {
     const std::string path = absl::StrCat(dir, "/blocks.", f);
-    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
-    if (fd < 0 && errno == EINVAL) {
+    // Never through a link (its target would be overwritten), and only a regular file of ours.
+    int open_errno = 0;
+    auto fd = OpenOurs(path, O_RDWR | O_CREAT | O_DIRECT, &open_errno);
+    if (open_errno == EINVAL) {
       if (!config.allow_buffered) {
         return absl::FailedPreconditionError(absl::StrCat(
             "Options.disk.directory: the file system of ", dir,
             " does not support O_DIRECT (tmpfs?); use a disk, or set Options.disk.allow_buffered"));
       }
-      fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      fd = OpenOurs(path, O_RDWR | O_CREAT);
       t->buffered_ = true;
     }
-    if (fd < 0) return Errno(absl::StrCat("DiskTier: open ", path));
-    t->fds_.push_back(fd);
-    if (int r = posix_fallocate(fd, 0, static_cast<off_t>(slots_per_file * t->slot_bytes_));
-        r != 0) {
+    if (!fd.ok()) return fd.status();
+    t->fds_.push_back(*fd);
+    if (int r = posix_fallocate(*fd, 0, static_cast<off_t>(*file_bytes)); r != 0) {
       if (r == ENOSPC) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("Options.disk.capacity_bytes: no room for ",
-                         slots_per_file * t->slot_bytes_, " bytes in ", path));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "Options.disk.capacity_bytes: no room for ", *file_bytes, " bytes in ", path));
       }
       return absl::ErrnoToStatus(r, absl::StrCat("DiskTier: fallocate ", path));
     }
-  }
-  if (reset) {
-    std::ofstream out(meta_path, std::ios::trunc);
-    out << meta.str();
-    out.flush();
-    if (!out) return absl::InternalError(absl::StrCat("DiskTier: cannot write ", meta_path));
   }
   KVTIER_ASSIGN_OR_RETURN(
       t->ring_, IoRing::Create({.queue_depth = config.queue_depth, .injector = config.injector},
                                t->fds_, host_memory));
   if (!reset) KVTIER_RETURN_IF_ERROR(t->Recover(&reset));
+  std::move(undo_reset).Cancel();
   return t;
+}
+
+absl::Status DiskTier::Lock() {
+  // One cache per directory: an advisory lock held for the tier's life (released by the kernel if
+  // the process dies, so a crash never leaves the directory locked). Its holder removes the file
+  // when it lets go; so a lock taken on a file that is no longer the one named kvtier.lock (its
+  // holder removed it between our open and our flock) is not the directory's lock: try again.
+  const std::string path = config_.directory + "/kvtier.lock";
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      if (errno == ELOOP) return NotOursError(path, "a symlink");
+      return Errno(absl::StrCat("DiskTier: open ", path));
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int flock_errno = errno;
+      close(fd);
+      if (flock_errno == EWOULDBLOCK) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Options.disk.directory: ", config_.directory, " is in use by another kvtier cache"));
+      }
+      return absl::ErrnoToStatus(flock_errno, absl::StrCat("DiskTier: flock ", path));
+    }
+    struct stat held {
+    }, named{};
+    if (fstat(fd, &held) == 0 && lstat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino) {
+      lock_fd_ = fd;
+      return absl::OkStatus();
+    }
+    close(fd);
+  }
+  return absl::UnavailableError(
+      absl::StrCat("DiskTier: ", path, " kept changing while locked (16 tries vs 1)"));
 }
 
 DiskTier::~DiskTier() {
   ring_.reset();  // waits for in-flight I/O
   for (int fd : fds_) close(fd);
-  if (lock_fd_ >= 0) close(lock_fd_);  // releases the lock
+  if (lock_fd_ >= 0) {
+    // Removed while still held (see Lock): whoever opened this file meanwhile sees it is gone.
+    unlink((config_.directory + "/kvtier.lock").c_str());
+    close(lock_fd_);  // releases the lock
+  }
 }
 
 IoRequest DiskTier::RequestFor(IoOp op, SlotId slot, void* buf, uint32_t bytes,
@@ -267,9 +482,9 @@ absl::Status DiskTier::Recover(bool* reset) {
   KVTIER_RETURN_IF_ERROR(LoadManifest(&found));
   from_manifest_ = found;
   if (!found) KVTIER_RETURN_IF_ERROR(ScanTrailers());
-  // The manifest is trusted once: from now on the files change under it.
-  std::error_code ec;
-  std::filesystem::remove(config_.directory + "/manifest", ec);
+  // The manifest is trusted once: from now on the files change under it. (unlink: a directory of
+  // that name is not ours to remove.)
+  unlink((config_.directory + "/manifest").c_str());
   recovered_blocks_ = recovered_.size();
   *reset = false;
   return absl::OkStatus();
@@ -322,44 +537,62 @@ absl::Status DiskTier::ScanTrailers() {
 
 absl::Status DiskTier::LoadManifest(bool* found) {
   *found = false;
+  // Anything wrong with the manifest (not a file of ours, too long for this geometry, torn,
+  // foreign, or contradicting itself) makes it untrusted, counted once: the scan recovers instead.
   const std::string path = config_.directory + "/manifest";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::OkStatus();
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                             std::istreambuf_iterator<char>());
-  constexpr size_t kHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8, kEntry = 4 + 32;
-  if (bytes.size() < kHead + 8 || std::memcmp(bytes.data(), kManifestMagic, 8) != 0 ||
-      XXH3_64bits(bytes.data(), bytes.size() - 8) !=
-          LeReader{bytes.data() + bytes.size() - 8}.U64()) {
-    recovery_dropped_++;  // a torn or foreign manifest: fall back to the scan
+  const uint64_t max_bytes = kManifestHead + uint64_t{capacity_slots_} * kManifestEntry +
+                             kManifestTail;  // < 2^38: no overflow
+  uint64_t size = 0;
+  auto bytes = ReadOurs(path, max_bytes, &size);
+  if (!bytes.ok()) {
+    if (bytes.status().code() != absl::StatusCode::kNotFound) recovery_dropped_++;
     return absl::OkStatus();
   }
-  LeReader r{bytes.data() + 8};
+  const uint8_t* p = (*bytes)->p;
+  if (size < kManifestHead + kManifestTail || std::memcmp(p, kManifestMagic, 8) != 0 ||
+      XXH3_64bits(p, size - kManifestTail) != LeReader{p + size - kManifestTail}.U64()) {
+    recovery_dropped_++;  // a torn or foreign manifest
+    return absl::OkStatus();
+  }
+  LeReader r{p + 8};
   const uint32_t version = r.U32();
   const uint64_t fingerprint = r.U64(), slot_bytes = r.U64();
   const uint32_t slots = r.U32(), files = r.U32();
   const uint64_t count = r.U64(), max_seq = r.U64();
+  // The entries the size leaves room for, compared without multiplying `count` (which can wrap).
+  const uint64_t body = size - kManifestHead - kManifestTail;
   if (version != kVersion || fingerprint != config_.layout_fingerprint ||
       slot_bytes != slot_bytes_ || slots != capacity_slots_ || files != config_.files ||
-      bytes.size() != kHead + count * kEntry + 8) {
+      body % kManifestEntry != 0 || count != body / kManifestEntry || max_seq == UINT64_MAX) {
     recovery_dropped_++;
     return absl::OkStatus();
   }
+  // One block per slot, one slot per key, every slot in the tier: else nothing of it is used.
+  std::vector<StoredBlock> blocks;
+  blocks.reserve(count);
+  std::vector<bool> slot_used(capacity_slots_);
+  absl::flat_hash_set<BlockKey> keys;
+  keys.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
     StoredBlock b;
     b.slot = r.U32();
     b.key = {r.U64(), r.U64()};
     b.parent = {r.U64(), r.U64()};
-    if (b.slot >= capacity_slots_) return absl::OkStatus();
-    recovered_.push_back(b);
+    if (b.slot >= capacity_slots_ || slot_used[b.slot] || !keys.insert(b.key).second) {
+      recovery_dropped_++;
+      return absl::OkStatus();
+    }
+    slot_used[b.slot] = true;
+    blocks.push_back(b);
   }
+  recovered_ = std::move(blocks);
   sequence_ = max_seq + 1;
   *found = true;
   return absl::OkStatus();
 }
 
 absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
-  std::vector<uint8_t> bytes(8 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + live.size() * 36 + 8);
+  std::vector<uint8_t> bytes(kManifestHead + live.size() * kManifestEntry + kManifestTail);
   LeWriter w{bytes.data()};
   w.Bytes(kManifestMagic, 8);
   w.U32(kVersion);
@@ -381,16 +614,10 @@ absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
   for (int fd : fds_) {
     if (fdatasync(fd) != 0) return Errno("DiskTier::Close: fdatasync");
   }
-  const std::string tmp = config_.directory + "/manifest.tmp";
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Errno(absl::StrCat("DiskTier::Close: open ", tmp));
-  const bool wrote =
-      write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()) && fsync(fd) == 0;
-  close(fd);
-  if (!wrote) return Errno(absl::StrCat("DiskTier::Close: write ", tmp));
-  if (rename(tmp.c_str(), (config_.directory + "/manifest").c_str()) != 0) {
-    return Errno("DiskTier::Close: rename manifest");
-  }
+  KVTIER_RETURN_IF_ERROR(WriteOurFileAtomically(
+      config_.directory + "/manifest",
+      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
+      "DiskTier::Close"));
   const int dfd = open(config_.directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     fsync(dfd);

@@ -12,13 +12,23 @@
 //
 // Warm restart. Open() on a directory holding a previous cache rebuilds its contents: from the
 // manifest written atomically (temp file, fsync, rename) by a clean Close(), else by scanning every
-// slot's trailer. Trailers that fail their checks are dropped and counted. A directory written with
-// another layout or geometry is an error, or an empty start with reset_on_mismatch.
+// slot's trailer. Trailers that fail their checks are dropped and counted, and so is a manifest
+// that is not a regular file of ours, is longer than this geometry allows, or names a slot past the
+// tier, a slot twice or a key twice: the scan recovers instead, and nothing of it is used. A
+// directory written with another layout or geometry, or holding slot files but no kvtier.meta, is
+// an error, or an empty start with reset_on_mismatch (which removes every slot file, also those
+// of a geometry with more files). kvtier.lock exists while a tier holds the directory.
+//
+// Files. The tier reads and writes only regular files of the effective user with a single link,
+// opened without following symlinks: a slot file, kvtier.meta or kvtier.lock that is anything else
+// is a kFailedPrecondition naming it (its target is never written).
 //
 // Thread safety: Read/Write from any thread; `done` runs on the ring's completion thread.
 // Errors: Open() names the problem (missing or unwritable directory, no O_DIRECT, no space, another
-//   cache holding the directory's lock, capacity under one slot). A read whose trailer or payload
-//   does not verify ends with kDataLoss: the block is a miss and the caller frees the slot.
+//   cache holding the directory's lock, capacity under one slot, a file not ours as above); a
+//   failed Open() of a directory it emptied leaves it empty, and leaves no kvtier.lock. A read
+//   whose trailer or payload does not verify ends with kDataLoss: the block is a miss and the
+//   caller frees the slot.
 #ifndef KVTIER_LIB_TIERS_DISK_TIER_H_
 #define KVTIER_LIB_TIERS_DISK_TIER_H_
 
@@ -115,6 +125,8 @@ class DiskTier final : public StorageTier {
 
  private:
   DiskTier() = default;
+  // Takes the directory's lock (kvtier.lock) into lock_fd_.
+  absl::Status Lock();
   absl::Status Recover(bool* reset);
   absl::Status ScanTrailers();
   absl::Status LoadManifest(bool* found);
