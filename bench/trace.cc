@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -285,24 +286,42 @@ absl::StatusOr<Trace> ParseTrace(absl::string_view text, absl::string_view sourc
 absl::StatusOr<Trace> ReadTrace(const std::string& path, uint64_t max_requests) {
   std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (file == nullptr) return absl::ErrnoToStatus(errno, absl::StrCat("ReadTrace: ", path));
-  // Read in one piece when the size is known (a regular file), else in growing chunks (a pipe).
+  // Read in chunks of at most kChunk, into a buffer sized by the file when it is a regular one
+  // (at most kPresize up front), else grown as needed (a pipe). A NUL byte is refused as soon as
+  // it is read: a sparse file, /dev/zero or a binary is no JSON-lines trace, and must not be read
+  // whole. Allocation does not throw: a file larger than memory is an error, not an abort.
+  constexpr size_t kChunk = size_t{1} << 20;
+  constexpr size_t kPresize = size_t{1} << 30;
   struct stat st;
   size_t capacity = 1 << 16;
   if (fstat(fileno(file.get()), &st) == 0 && S_ISREG(st.st_mode)) {
-    capacity = static_cast<size_t>(st.st_size) + 1;
+    capacity = std::min(static_cast<size_t>(st.st_size) + 1, kPresize);
   }
-  std::unique_ptr<char[]> text(new char[capacity]);  // not zero-filled: it is read over at once
+  const auto too_large = [&](size_t bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("ReadTrace: ", path, ": ", bytes, " bytes do not fit in memory"));
+  };
+  std::unique_ptr<char[]> text(new (std::nothrow) char[capacity]);  // not zero-filled: read over
+  if (text == nullptr) return too_large(capacity);
   size_t size = 0;
   for (;;) {
-    const size_t n = std::fread(text.get() + size, 1, capacity - size, file.get());
-    size += n;
-    if (n == 0) break;
     if (size == capacity) {
-      std::unique_ptr<char[]> bigger(new char[capacity * 2]);
+      std::unique_ptr<char[]> bigger(new (std::nothrow) char[capacity * 2]);
+      if (bigger == nullptr) return too_large(capacity * 2);
       std::memcpy(bigger.get(), text.get(), size);
       text = std::move(bigger);
       capacity *= 2;
     }
+    const size_t n =
+        std::fread(text.get() + size, 1, std::min(kChunk, capacity - size), file.get());
+    if (const void* nul = std::memchr(text.get() + size, '\0', n); nul != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ReadTrace: ", path, ": a NUL byte at offset ",
+          size + static_cast<size_t>(static_cast<const char*>(nul) - (text.get() + size)),
+          ": not a JSON-lines trace"));
+    }
+    size += n;
+    if (n == 0) break;
   }
   if (std::ferror(file.get())) {
     return absl::ErrnoToStatus(errno, absl::StrCat("ReadTrace: reading ", path));

@@ -105,6 +105,24 @@ TEST_CASE("Replay: a missing trace file is an error, not a crash", "[replay]") {
   CHECK(t.status().code() == absl::StatusCode::kNotFound);
 }
 
+TEST_CASE("Regression #17: a sparse file or /dev/zero as the trace is an error, not an abort",
+          "[replay]") {
+  // Issue 17 #10: the whole input was read into memory first (a 100 GiB sparse file: bad_alloc).
+  absl::StatusOr<Trace> zero = ReadTrace("/dev/zero");
+  CHECK(zero.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(zero.status().message()), Catch::Contains("NUL byte at offset 0"));
+  test::TempDir dir("replay-sparse");
+  const std::filesystem::path sparse = dir.path / "sparse.jsonl";
+  {
+    std::ofstream out(sparse);
+    out << "{\"timestamp\": 0, \"input_length\": 512, \"output_length\": 1, \"hash_ids\": [0]}\n";
+  }
+  std::filesystem::resize_file(sparse, uint64_t{100} << 30);  // 100 GiB of holes after the line
+  absl::StatusOr<Trace> t = ReadTrace(sparse.string());
+  CHECK(t.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(t.status().message()), Catch::Contains("NUL byte"));
+}
+
 TEST_CASE("Replay: LRU hit counts on a tiny trace, flat and cache modes", "[replay]") {
   const Trace t = Parse(kTinyTrace);
   REQUIRE(t.block_accesses() == 14);
