@@ -363,7 +363,7 @@ absl::StatusOr<uint64_t> Index::NewLeaseLocked(uint32_t n, std::vector<SlotId>* 
     const uint32_t id = FindLocked(prefix[i]);
     if (id == kNoEntry || E(id).parent_id != parent) break;
     const Residency d = E(id).res[T(kDev)];
-    if (d.state != ResState::kReady || d.lease_pins == Residency::kMaxLeasePins) break;
+    if (!d.shareable()) break;
     PinLocked(id, kDev, /*lease=*/true);
     lease.slots.push_back(
         LeaseSlot{.slot = d.slot, .holds = true, .shared_at_allocation = true, .entry = id});
@@ -451,7 +451,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
     } else if (const Residency d = E(id).res[T(kDev)]; d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
-      if (d.state != ResState::kReady || d.lease_pins == Residency::kMaxLeasePins) break;
+      if (!d.shareable()) break;
       LeaseSlot& ls = lease->slots[i];
       FreeSlotLocked(kDev, ls.slot);
       ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};

@@ -53,6 +53,9 @@ struct Residency {
   ResState state = ResState::kAbsent;
   static constexpr uint16_t kMaxLeasePins = UINT16_MAX;
   bool present() const { return state != ResState::kAbsent; }
+  // A device residency another lease may share now (Load, AllocateDevice with a match): Ready,
+  // and below the lease-pin bound.
+  bool shareable() const { return state == ResState::kReady && lease_pins < kMaxLeasePins; }
   uint32_t pins() const { return lease_pins + io_pins; }
 };
 
