@@ -34,6 +34,10 @@
 
 namespace kvtier {
 
+namespace internal {
+class ConnectorImpl;
+}  // namespace internal
+
 class Cache::Core {
  public:
   // `disk` and `remote` may be null (not configured).
@@ -66,6 +70,7 @@ class Cache::Core {
   // The Cache's methods use index_ itself rather than an accessor, so that clang's thread-safety
   // analysis sees that the lock they take is the one the *Locked calls require.
   friend class Cache;
+  friend class internal::ConnectorImpl;  // connector mode drives the same parts
 
   // Enqueues the write-backs an allocation decided (whether or not it succeeded), waits for them
   // outside the lock, then frees the slots a failed allocation had to keep out of use meanwhile.

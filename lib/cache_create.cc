@@ -55,7 +55,9 @@ absl::StatusOr<std::unique_ptr<internal::Device>> MakeCudaDevice(const Options& 
 }
 #endif
 
-absl::StatusOr<std::unique_ptr<internal::Device>> MakeDevice(const Options& options) {
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<internal::Device>> internal::MakeDevice(const Options& options) {
   switch (options.backend) {
     case DeviceBackend::kCuda:
 #if KVTIER_HAVE_CUDA
@@ -81,11 +83,9 @@ absl::StatusOr<std::unique_ptr<internal::Device>> MakeDevice(const Options& opti
   return std::unique_ptr<internal::Device>(std::make_unique<internal::EmulatedDevice>());
 }
 
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<internal::Device> device, MakeDevice(options));
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<internal::Device> device, internal::MakeDevice(options));
   return internal::CreateCache(options, std::move(device));
 }
 
@@ -94,13 +94,25 @@ namespace internal {
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
                                                    FaultInjector* disk_faults) {
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<Cache::Core> core,
+                          CreateCore(options, std::move(device), disk_faults,
+                                     /*engine_device=*/false));
+  return Cache::Core::Wrap(std::move(core));
+}
+
+absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
+                                                        std::unique_ptr<Device> device,
+                                                        FaultInjector* disk_faults,
+                                                        bool engine_device) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
   const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
   const bool with_disk = options.disk.capacity_bytes > 0;
   IndexConfig config;
-  const uint32_t device_slots =
-      options.device.capacity_slots == 0 ? options.layout.num_slots : options.device.capacity_slots;
+  const uint32_t device_slots = engine_device ? 0
+                                : options.device.capacity_slots == 0
+                                    ? options.layout.num_slots
+                                    : options.device.capacity_slots;
   const uint64_t block = options.layout.block_bytes();
   // With a disk tier a host slot also holds the block's on-disk trailer, padded to the file
   // system's direct-I/O alignment, so that a block moves to and from disk in one transfer. The
@@ -208,7 +220,7 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
   auto core = std::make_unique<Cache::Core>(options, std::move(device), std::move(host),
                                             std::move(disk), std::move(remote), std::move(config));
   core->Restore();
-  return Cache::Core::Wrap(std::move(core));
+  return core;
 }
 
 }  // namespace internal

@@ -19,6 +19,15 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
                                                    FaultInjector* disk_faults = nullptr);
 
+// What a Cache or a Connector is made of. `engine_device`: the device tier is the engine's
+// (Connector): the Index gets no device slots.
+absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
+                                                        std::unique_ptr<Device> device,
+                                                        FaultInjector* disk_faults,
+                                                        bool engine_device);
+// The Device for Options.backend (Cache::Create's choice).
+absl::StatusOr<std::unique_ptr<Device>> MakeDevice(const Options& options);
+
 }  // namespace kvtier::internal
 
 #endif  // KVTIER_LIB_CACHE_FACTORY_H_

@@ -80,6 +80,11 @@ constexpr CacheMetric kCacheMetrics[] = {
      "Commit() keys already on the device from elsewhere (that copy kept, the lease's not "
      "published).",
      &CacheStats::blocks_commit_shared},
+    {"kvtier_blocks_stored_total", "counter",
+     "Connector stores: blocks copied from the engine's device blocks to the host tier.",
+     &CacheStats::blocks_stored},
+    {"kvtier_blocks_store_skipped_total", "counter",
+     "Connector stores: keys already cached here, not copied.", &CacheStats::blocks_store_skipped},
     {"kvtier_transfer_failures_total", "counter", "Copies that failed; their blocks became misses.",
      &CacheStats::transfer_failures},
     {"kvtier_leases_live", "gauge", "DeviceLeases not yet released.", &CacheStats::leases_live},

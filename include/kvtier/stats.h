@@ -59,21 +59,23 @@ struct TierStats {
   uint64_t inserts = 0;           // blocks that started residing here
   uint64_t evictions = 0;         // blocks removed to make room (demoted or dropped)
   uint64_t drops = 0;             // evictions that left the block in no tier at all
-  uint64_t demotions = 0;         // copies started from this tier down to the next (device: to
-                                  // host, write-back, write-through or flush; host: to disk)
-  uint64_t promotions = 0;        // copies started into this tier from the one below (device: from
-                                  // host, by Load; host: disk reads, by Load)
-  uint64_t bytes_in = 0;          // bytes copied into this tier (device: bytes_h2d; host: bytes_d2h
-                                  // + bytes_disk_read; disk: bytes_disk_written)
-  uint64_t bytes_out = 0;         // bytes copied out of it (device: bytes_d2h; host: bytes_h2d +
-                                  // bytes_disk_written; disk: bytes_disk_read)
-  uint64_t fill_failures = 0;     // copies into this tier that failed, their residency dropped
-                                  // (device: promotions, whether the copy or the disk read under it
-                                  // failed; host: device-to-host copies; disk: writes); the sum
-                                  // over tiers is transfer_failures
-  uint64_t corrupt_reads = 0;     // reads whose bytes failed to verify (disk only: checksums)
-  uint64_t io_errors = 0;  // reads and writes the storage failed (disk only: io_uring errors;
-                           // device and host copies that fail count in fill_failures)
+  uint64_t blocks_stored = 0;     // Connector::Store: blocks copied from the engine's device
+  uint64_t blocks_store_skipped = 0;  // Connector::Store: keys already cached here, not copied
+  uint64_t demotions = 0;             // copies started from this tier down to the next (device: to
+                                      // host, write-back, write-through or flush; host: to disk)
+  uint64_t promotions = 0;     // copies started into this tier from the one below (device: from
+                               // host, by Load; host: disk reads, by Load)
+  uint64_t bytes_in = 0;       // bytes copied into this tier (device: bytes_h2d; host: bytes_d2h
+                               // + bytes_disk_read; disk: bytes_disk_written)
+  uint64_t bytes_out = 0;      // bytes copied out of it (device: bytes_d2h; host: bytes_h2d +
+                               // bytes_disk_written; disk: bytes_disk_read)
+  uint64_t fill_failures = 0;  // copies into this tier that failed, their residency dropped
+                               // (device: promotions, whether the copy or the disk read under it
+                               // failed; host: device-to-host copies; disk: writes); the sum
+                               // over tiers is transfer_failures
+  uint64_t corrupt_reads = 0;  // reads whose bytes failed to verify (disk only: checksums)
+  uint64_t io_errors = 0;      // reads and writes the storage failed (disk only: io_uring errors;
+                               // device and host copies that fail count in fill_failures)
 };
 
 // The remote tier's figures (Options.remote); all zero without one. A remote block is read into
@@ -111,6 +113,8 @@ struct CacheStats {
   uint64_t blocks_committed = 0;  // new blocks published by Commit()
   uint64_t blocks_commit_shared = 0;  // Commit() keys already on the device from elsewhere: that
                                       // copy was kept, the lease's not published
+  uint64_t blocks_stored = 0;         // Connector::Store: blocks copied from the engine's device
+  uint64_t blocks_store_skipped = 0;  // Connector::Store: keys already cached here, not copied
   uint64_t demotions = 0;             // device-to-host copies started (write-back or write-through)
   uint64_t promotions = 0;            // host-to-device copies started by Load()
   uint64_t bytes_h2d = 0;             // bytes of promotions

@@ -73,6 +73,7 @@ class Transfer {
 
  private:
   friend class Cache;
+  friend class Connector;
   explicit Transfer(std::shared_ptr<internal::TransferState> state) : state_(std::move(state)) {}
   std::shared_ptr<internal::TransferState> state_;
 };

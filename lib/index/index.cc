@@ -7,6 +7,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "kvtier/policy.h"
+#include "lib/common/status_macros.h"
 
 namespace kvtier::internal {
 namespace {
@@ -205,7 +206,7 @@ void Index::EraseIfUnusedLocked(uint32_t id) {
   }
 }
 
-MatchResult Index::MatchLocked(std::span<const BlockKey> keys) {
+MatchResult Index::MatchLocked(std::span<const BlockKey> keys, bool touch) {
   MatchResult m;
   m.keys.reserve(keys.size());
   m.tiers.reserve(keys.size());
@@ -220,10 +221,11 @@ MatchResult Index::MatchLocked(std::span<const BlockKey> keys) {
                                                      : kDiskTier;
     m.keys.push_back(k);
     m.tiers.push_back(top);
-    table(top).stats.hits++;
+    if (touch) table(top).stats.hits++;
     hit.push_back(id);
     parent = id;
   }
+  if (!touch) return m;
   // Access leaves first so that, under recency policies, a chain's root is the most recent entry
   // and its tail is evicted before its head.
   for (auto id = hit.rbegin(); id != hit.rend(); ++id) {
@@ -413,26 +415,19 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
     }
   }
   LoadPlan plan;
-  // A copy of entry `id` from `from` (through host slot `via` when below the host) into lease
-  // position i.
-  auto promote = [&](uint32_t i, uint32_t id, Place from, SlotId via = 0)
-                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                       LeaseSlot& ls = lease->slots[i];
-                       plan.promotions.push_back(Move{.key = keys[i],
-                                                      .entry = id,
-                                                      .from = from,
-                                                      .to = {kDev, ls.slot},
-                                                      .via = via,
-                                                      .position = i,
-                                                      .lease_id = lease_id});
-                       AddResidencyLocked(id, kDev, ls.slot, ResState::kFilling, 1, 1);
-                       ls.holds = true;
-                       ls.entry = id;
-                       counters_.promotions++;
-                       table(kDev).stats.promotions++;
-                       // A read from below into a new host slot comes first.
-                       if (from.tier != kHostTier) table(kHostTier).stats.promotions++;
-                     };
+  // A copy of `m`'s block (its source planned) into lease position i.
+  auto promote = [&](uint32_t i, Move m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    LeaseSlot& ls = lease->slots[i];
+    m.to = {kDev, ls.slot};
+    m.position = i;
+    m.lease_id = lease_id;
+    AddResidencyLocked(m.entry, kDev, ls.slot, ResState::kFilling, 1, 1);
+    ls.holds = true;
+    ls.entry = m.entry;
+    counters_.promotions++;
+    table(kDev).stats.promotions++;
+    plan.promotions.push_back(m);
+  };
   uint32_t parent = kNoEntry;
   for (uint32_t i = 0; i < keys.size(); ++i) {
     if (LeaseSlot& ls = lease->slots[i]; ls.holds) {  // shared when the lease was made: keep it
@@ -443,12 +438,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
     }
     uint32_t id = FindLocked(keys[i]);
     if (id != kNoEntry && E(id).parent_id != parent) break;
-    if (id == kNoEntry || !E(id).cached()) {
-      // Cached nowhere here; Match found it in a store: read it into a new host slot.
-      const Tier store = i < match.tiers.size() ? match.tiers[i] : kDev;
-      if (T(store) < kNumTiers || !StageFromStoreLocked(keys[i], parent, &id)) break;
-      promote(i, id, {store, 0}, E(id).res[T(kHostTier)].slot);
-    } else if (const Residency d = E(id).res[T(kDev)]; d.present()) {
+    if (const Residency d = id == kNoEntry ? Residency{} : E(id).res[T(kDev)]; d.present()) {
       // Already on the device: share it, give the lease's own slot back. A block another Load is
       // still filling ends the plan: its outcome is not known yet.
       if (!d.shareable()) break;
@@ -456,23 +446,12 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
       FreeSlotLocked(kDev, ls.slot);
       ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};
       PinLocked(id, kDev, /*lease=*/true);
-    } else if (const Residency h = E(id).res[T(kHostTier)]; h.present()) {
-      if (h.state != ResState::kReady) break;
-      PinLocked(id, kHostTier, /*lease=*/false);
-      promote(i, id, {kHostTier, h.slot});
     } else {
-      // On disk only: read it into a new host slot, then copy that to the device.
-      const Residency k = E(id).res[T(kDiskTier)];
-      if (k.state != ResState::kReady) break;
-      // Pin the source first: making room on the host can cascade into a disk eviction.
-      PinLocked(id, kDiskTier, /*lease=*/false);
-      std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr);
-      if (!host_slot) {  // every host slot pinned: the rest is a miss
-        UnpinLocked(id, kDiskTier, /*lease=*/false);
-        break;
-      }
-      AddResidencyLocked(id, kHostTier, *host_slot, ResState::kFilling, 0, 1);
-      promote(i, id, {kDiskTier, k.slot}, *host_slot);
+      // Cached nowhere here, Match found it in a store (match.tiers[i] >= kNumTiers); or below.
+      const Tier store = i < match.tiers.size() ? match.tiers[i] : kDev;
+      Move m{.key = keys[i]};
+      if (!PlanSourceLocked(keys[i], parent, store, &id, &m)) break;
+      promote(i, m);
     }
     parent = id;
     plan.blocks++;
@@ -481,6 +460,168 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
   plan.lease_slots.reserve(lease->slots.size());
   for (const LeaseSlot& ls : lease->slots) plan.lease_slots.push_back(ls.slot);
   return plan;
+}
+
+bool Index::PlanSourceLocked(const BlockKey& key, uint32_t parent, Tier store, uint32_t* id,
+                             Move* m) {
+  uint32_t& e = *id;
+  if (e == kNoEntry || !E(e).cached()) {
+    // Cached nowhere here: read it from the store into a new host slot.
+    if (T(store) < kNumTiers || !StageFromStoreLocked(key, parent, &e)) return false;
+    m->from = {store, 0};
+    m->via = E(e).res[T(kHostTier)].slot;
+  } else if (const Residency h = E(e).res[T(kHostTier)]; h.present()) {
+    if (h.state != ResState::kReady) return false;
+    PinLocked(e, kHostTier, /*lease=*/false);
+    m->from = {kHostTier, h.slot};
+  } else {
+    // On disk only: read it into a new host slot, then copy that to the device.
+    const Residency k = E(e).res[T(kDiskTier)];
+    if (k.state != ResState::kReady) return false;
+    // Pin the source first: making room on the host can cascade into a disk eviction.
+    PinLocked(e, kDiskTier, /*lease=*/false);
+    std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr);
+    if (!host_slot) {  // every host slot pinned: the rest is a miss
+      UnpinLocked(e, kDiskTier, /*lease=*/false);
+      return false;
+    }
+    AddResidencyLocked(e, kHostTier, *host_slot, ResState::kFilling, 0, 1);
+    m->from = {kDiskTier, k.slot};
+    m->via = *host_slot;
+  }
+  m->entry = e;
+  // A read from below into a new host slot comes first.
+  if (m->from.tier != kHostTier) table(kHostTier).stats.promotions++;
+  return true;
+}
+
+absl::StatusOr<uint32_t> Index::LinkEngineChainLocked(std::span<const BlockKey> keys,
+                                                      uint32_t first) {
+  // The whole chain is validated before anything is made: the entries known here come first and
+  // each sits under its predecessor (an entry's parent always exists).
+  uint32_t parent = kNoEntry;
+  uint32_t known = 0;  // keys [0, known) are entries already
+  for (; known < keys.size(); ++known) {
+    const uint32_t id = FindLocked(keys[known]);
+    if (id == kNoEntry) break;
+    if (E(id).parent_id != parent) break;
+    parent = id;
+  }
+  for (uint32_t i = known; i < keys.size(); ++i) {
+    if (FindLocked(keys[i]) != kNoEntry) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "keys[", i, "] (", keys[i].ToHex(), ") is cached under another parent than keys[",
+          i == 0 ? std::string("root") : absl::StrCat(i - 1),
+          "]: keys must be one chain from the root"));
+    }
+  }
+  parent = kNoEntry;
+  for (uint32_t i = 0; i < first; ++i) {
+    const uint32_t id = FindLocked(keys[i]);
+    parent = id != kNoEntry ? id : AddEntryLocked(keys[i], parent);
+  }
+  return parent;
+}
+
+absl::Status Index::CheckEngineBlocksLocked(const char* call, std::span<const SlotId> blocks,
+                                            bool write) const {
+  if (engine_blocks_.empty()) return absl::OkStatus();
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto it = engine_blocks_.find(blocks[i]);
+    if (it == engine_blocks_.end()) continue;
+    if (it->second.written || (write && it->second.readers > 0)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(call, ": engine block ", blocks[i], " is still ",
+                       it->second.written ? "being loaded into" : "being read by a store",
+                       " (a copy in flight): wait for it before reusing the block"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Index::EngineBlockUseLocked(SlotId block, bool write, int delta) {
+  EngineBlockUse& u = engine_blocks_[block];
+  if (write) {
+    u.written = delta > 0;
+  } else {
+    u.readers += delta;
+  }
+  if (!u.written && u.readers == 0) engine_blocks_.erase(block);
+}
+
+absl::StatusOr<LoadPlan> Index::PlanEngineLoadLocked(std::span<const BlockKey> keys, uint32_t first,
+                                                     std::span<const SlotId> dst, Tier store) {
+  KVTIER_RETURN_IF_ERROR(CheckEngineBlocksLocked("Connector::Load", dst, /*write=*/true));
+  absl::StatusOr<uint32_t> link = LinkEngineChainLocked(keys, first);
+  if (!link.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("Connector::Load: ", link.status().message()));
+  }
+  LoadPlan plan;
+  uint32_t parent = *link;
+  for (uint32_t i = first; i < keys.size(); ++i) {
+    uint32_t id = FindLocked(keys[i]);
+    if (id != kNoEntry && E(id).parent_id != parent) break;
+    Move m{.key = keys[i], .to = {kDev, dst[i - first]}, .position = i - first, .engine = true};
+    if (!PlanSourceLocked(keys[i], parent, store, &id, &m)) break;
+    EngineBlockUseLocked(m.to.slot, /*write=*/true, +1);
+    counters_.promotions++;
+    table(kDev).stats.promotions++;
+    plan.promotions.push_back(m);
+    parent = id;
+    plan.blocks++;
+  }
+  EraseIfUnusedLocked(*link);  // links nothing was hung under
+  counters_.blocks_loaded += plan.blocks;
+  return plan;
+}
+
+absl::StatusOr<std::vector<Move>> Index::PlanEngineStoreLocked(std::span<const BlockKey> keys,
+                                                               uint32_t first,
+                                                               std::span<const SlotId> src,
+                                                               uint32_t* skipped,
+                                                               uint32_t* unstored) {
+  *skipped = 0;
+  *unstored = 0;
+  KVTIER_RETURN_IF_ERROR(CheckEngineBlocksLocked("Connector::Store", src, /*write=*/false));
+  absl::StatusOr<uint32_t> link = LinkEngineChainLocked(keys, first);
+  if (!link.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("Connector::Store: ", link.status().message()));
+  }
+  std::vector<Move> moves;
+  uint32_t parent = *link;
+  uint32_t last = *link;  // the deepest entry made or found: erased below if left unused
+  for (uint32_t i = first; i < keys.size(); ++i) {
+    uint32_t id = FindLocked(keys[i]);
+    if (id == kNoEntry) id = AddEntryLocked(keys[i], parent);
+    last = id;
+    parent = id;
+    if (E(id).res[T(kHostTier)].present() || E(id).res[T(kDiskTier)].present()) {
+      ++*skipped;
+      continue;
+    }
+    std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr);
+    if (!hs) {  // every host slot pinned or protected: the rest is not stored
+      *unstored = static_cast<uint32_t>(keys.size()) - i;
+      break;
+    }
+    AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
+    const SlotId block = src[i - first];
+    EngineBlockUseLocked(block, /*write=*/false, +1);
+    moves.push_back(Move{.key = keys[i],
+                         .parent = ParentKeyLocked(id),
+                         .entry = id,
+                         .from = {kDev, block},
+                         .to = {kHostTier, *hs},
+                         .position = i - first,
+                         .engine = true});
+    counters_.demotions++;
+    counters_.blocks_stored++;
+    table(kDev).stats.demotions++;
+  }
+  counters_.blocks_store_skipped += *skipped;
+  // The entry made for the key a stop left out, and links nothing was hung under.
+  if (last != kNoEntry) EraseIfUnusedLocked(last);
+  return moves;
 }
 
 absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
@@ -603,9 +744,12 @@ void Index::QueueWriteLocked(uint32_t id, SlotId host_slot, Place to, bool sourc
 void Index::FinishMoveLocked(const Move& m, bool ok, bool source_lost) {
   if (m.entry == kNoEntry) return;  // a store's copy of a host victim: no state here
   const Tier to = m.to.tier;
+  if (m.engine) {  // connector mode: the engine's block is free for its next copy
+    EngineBlockUseLocked(to == kDev ? m.to.slot : m.from.slot, /*write=*/to == kDev, -1);
+  }
   if (m.source_kept) UnpinLocked(m.entry, m.from.tier, /*lease=*/false);
   if (T(to) >= kNumTiers) return;  // a store keeps no residency here
-  UnpinLocked(m.entry, to, /*lease=*/false);
+  if (!(m.engine && to == kDev)) UnpinLocked(m.entry, to, /*lease=*/false);
   if (to == kDev) {
     UnpinLocked(m.entry, kHostTier, /*lease=*/false);
     if (m.from.tier != kHostTier) {
@@ -620,6 +764,11 @@ void Index::FinishMoveLocked(const Move& m, bool ok, bool source_lost) {
         }
       }
     }
+  }
+  if (m.engine && to == kDev) {  // no residency on the engine's device: only the outcome counts
+    if (!ok) counters_.transfer_failures++;
+    if (!ok) table(kDev).stats.fill_failures++;
+    return;
   }
   if (ok) {
     MarkReadyLocked(m.entry, to);

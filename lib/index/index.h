@@ -109,6 +109,10 @@ struct Move {
   bool source_kept = false;
   uint32_t position = 0;
   uint64_t lease_id = 0;
+  // Connector mode: the device end (a promotion's `to`, a store's `from`) is a block of the
+  // engine's own KV pool, `slot` its block id. The index holds no state for it beyond
+  // EngineBlockUse.
+  bool engine = false;
 
   // The host slot the bytes pass through: a promotion's source (or `via`), a demotion's target, a
   // write's source.
@@ -151,7 +155,10 @@ class Index {
 
   Mutex& mu() const ABSL_LOCK_RETURNED(mu_) { return mu_; }
 
-  MatchResult MatchLocked(std::span<const BlockKey> keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The cached prefix of `keys`. `touch`: counts as an access for the policies and the stats
+  // (hits, match_calls, blocks_queried/missed); false only looks.
+  MatchResult MatchLocked(std::span<const BlockKey> keys, bool touch = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forwards scores[i] to the policies of the tiers holding keys[i]; unknown keys are skipped.
   void HintLocked(std::span<const BlockKey> keys, std::span<const double> scores)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -187,6 +194,37 @@ class Index {
   absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
                             std::vector<Move>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ReleaseLeaseLocked(uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Connector mode: the device tier is the engine's (capacity 0 here). Moves to and from it
+  // name the engine's block ids (Move::engine); the index keeps only which engine blocks a copy
+  // in flight reads or writes, to refuse a second copy into them.
+  //
+  // Plans copies of keys[first, keys.size()) (a chain from the root) into engine blocks `dst`
+  // (dst[i] for keys[first + i]): from the host, or read into a new host slot first from the disk
+  // or, for a block cached nowhere here, from `store` (Tier::kRemote when configured, else
+  // Tier::kDevice: none). Keys [0, first) are the engine's own hits and need not be cached here:
+  // one that is not becomes an uncached link entry (as a lost parent) while a block under it is.
+  // Stops at the first block that cannot be had now (plan.blocks says how many are planned).
+  // kInvalidArgument: a key known under another parent than its predecessor, a dst block that a
+  // copy in flight reads or writes (kFailedPrecondition). Nothing changes on error.
+  absl::StatusOr<LoadPlan> PlanEngineLoadLocked(std::span<const BlockKey> keys, uint32_t first,
+                                                std::span<const SlotId> dst, Tier store)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Plans copies of engine blocks `src` (src[i] holds keys[first + i]) into new host slots
+  // (Filling, io-pinned) for the keys not cached in any local tier; keys cached (or being filled)
+  // are skipped and counted in *skipped. Stops when no host slot can be had: the rest are not
+  // stored
+  // (*unstored). Keys [0, first) link as in PlanEngineLoadLocked. Same errors; a src block that a
+  // load in flight writes is kFailedPrecondition.
+  absl::StatusOr<std::vector<Move>> PlanEngineStoreLocked(std::span<const BlockKey> keys,
+                                                          uint32_t first,
+                                                          std::span<const SlotId> src,
+                                                          uint32_t* skipped, uint32_t* unstored)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Engine blocks that copies in flight read (stores) or write (loads): for tests and invariants.
+  size_t engine_blocks_busy_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return engine_blocks_.size();
+  }
 
   // Reports a move's outcome. `source_lost`: a promotion's copy in the tier below failed to
   // verify, and is dropped too. A demotion that succeeds under StoreFeed::kHostFills queues a
@@ -284,6 +322,24 @@ class Index {
   // slot can be had.
   bool StageFromStoreLocked(const BlockKey& key, uint32_t parent, uint32_t* id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The source of a copy of `key` (entry *id, kNoEntry if unknown here; under `parent`) to the
+  // device, below it: its Ready host copy (io-pinned), or a new Filling host slot (`via`) that the
+  // block is read into first from the disk or, cached nowhere here, from `store`. Sets m->entry,
+  // from and via, and counts the host's promotion; false when it cannot be had now.
+  bool PlanSourceLocked(const BlockKey& key, uint32_t parent, Tier store, uint32_t* id, Move* m)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Validates `keys` as one chain from the root (the keys known here first, each under its
+  // predecessor), then makes entries for keys[0, first), uncached links where missing;
+  // returns the last one's id (kNoEntry when first == 0). The caller hands that id to
+  // EraseIfUnusedLocked once done, which erases the links nothing was hung under. kInvalidArgument
+  // when a key is known under another parent (nothing made then).
+  absl::StatusOr<uint32_t> LinkEngineChainLocked(std::span<const BlockKey> keys, uint32_t first)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Checks the engine's block ids of a copy: none written by a copy in flight (nor read, for a
+  // load's targets).
+  absl::Status CheckEngineBlocksLocked(const char* call, std::span<const SlotId> blocks,
+                                       bool write) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EngineBlockUseLocked(SlotId block, bool write, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A host-to-tier-below write of entry `id`'s host copy at `host_slot` (queued for
   // TakeWritesLocked).
   void QueueWriteLocked(uint32_t id, SlotId host_slot, Place to, bool source_kept)
@@ -355,6 +411,12 @@ class Index {
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<Move> writes_ ABSL_GUARDED_BY(mu_);
+  // Connector mode: engine blocks that copies in flight read (stores) or write (loads).
+  struct EngineBlockUse {
+    uint32_t readers = 0;
+    bool written = false;
+  };
+  absl::flat_hash_map<SlotId, EngineBlockUse> engine_blocks_ ABSL_GUARDED_BY(mu_);
   const bool demote_on_evict_;
   // Per tier: its victims are never written back below (the device without a host tier, the host
   // without a disk tier, the disk), so the prefix rule protects its only copies with children.

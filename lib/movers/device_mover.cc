@@ -174,6 +174,128 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   return state;
 }
 
+std::shared_ptr<DeviceMover::StoreJob> DeviceMover::BeginStoreLocked(std::vector<Move> moves,
+                                                                     uint64_t start) {
+  index_.mu().AssertHeld();
+  auto job = std::make_shared<StoreJob>();
+  const auto n = static_cast<uint32_t>(moves.size());
+  job->moves = std::move(moves);
+  job->start = start;
+  job->state = std::make_shared<TransferState>(n, n, static_cast<uint32_t>(layers_.size()));
+  job->state->layer_events.reserve(layers_.size());
+  if (n == 0) {  // nothing to copy: done at once, every layer "saved"
+    job->next_layer = static_cast<uint32_t>(layers_.size());
+    job->ended = true;
+    job->state->FinishNow();
+  }
+  return job;
+}
+
+void DeviceMover::FinishStoreLocked(StoreJob& job, bool ok) {
+  index_.mu().AssertHeld();
+  for (const Move& m : job.moves) index_.FinishMoveLocked(m, ok);
+  storage_.StartWritesLocked();  // below the host: write-through publication, disk write-back
+}
+
+absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
+                                           std::shared_ptr<DeviceEvent> after) {
+  index_.mu().AssertHeld();
+  const auto layers = static_cast<uint32_t>(layers_.size());
+  if (job.ended || end <= job.next_layer) return absl::OkStatus();
+  const std::shared_ptr<TransferState> state = job.state;
+  if (metadata_only_) {
+    for (; job.next_layer < end; ++job.next_layer) state->LayerDone(absl::OkStatus());
+    bytes_d2h_ += job.moves.size() * block_bytes_;
+    if (end == layers) {
+      job.ended = true;
+      FinishStoreLocked(job, true);
+      demotion_latency_.RecordSince(job.start);
+      state->Finish();
+    }
+    return absl::OkStatus();
+  }
+  absl::Status s;
+  if (after != nullptr) s = device_.WaitEvent(Stream::kD2H, std::move(after));
+  if (s.ok() && job.next_layer == 0) {
+    // A host slot whose previous block is still being written below: wait for that write.
+    for (const Move& m : job.moves) {
+      if (std::shared_ptr<HostEvent> w = storage_.PendingWriteLocked(m.to.slot)) {
+        s = device_.WaitEvent(Stream::kD2H, w);
+        if (!s.ok()) break;
+      }
+    }
+  }
+  std::vector<CopyRegion> regions;
+  for (; s.ok() && job.next_layer < end; ++job.next_layer) {
+    const uint32_t l = job.next_layer;
+    regions.clear();
+    for (const Move& m : job.moves) {
+      AppendLayerRegions(l, m.from.slot, m.to.slot, /*to_device=*/false, &regions);
+    }
+    s = device_.Copy(Stream::kD2H, regions);
+    absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
+        s.ok() ? device_.RecordEvent(Stream::kD2H) : s;
+    if (!event.ok()) {
+      s = event.status();
+      break;
+    }
+    state->layer_events.push_back(*event);
+    const bool last = l + 1 == layers;
+    // The last layer's callback reports the moves: it holds what it needs by value.
+    s = device_.AddCallback(Stream::kD2H,
+                            [this, state, last, moves = last ? job.moves : std::vector<Move>{},
+                             start = job.start](absl::Status st) {
+                              state->LayerDone(st);
+                              if (!last) return;
+                              const bool ok = state->first_error().ok();
+                              {
+                                MutexLock lock(&index_.mu());
+                                for (const Move& m : moves) index_.FinishMoveLocked(m, ok);
+                                storage_.StartWritesLocked();
+                              }
+                              demotion_latency_.RecordSince(start);
+                              state->Finish();
+                            });
+    if (!s.ok()) break;
+    for (const SegmentAt& g : layers_[l])
+      bytes_d2h_ += job.moves.size() * g.segment.bytes_per_block;
+    if (last) job.ended = true;
+  }
+  if (!s.ok() && !job.ended) {
+    // The device is unusable: the last layer's callback will not be queued. Report now.
+    job.ended = true;
+    state->RecordError(s);
+    FinishStoreLocked(job, false);
+    demotion_latency_.RecordSince(job.start);
+    state->Finish();
+  }
+  return s;
+}
+
+void DeviceMover::AbandonStoreLocked(StoreJob& job) {
+  index_.mu().AssertHeld();
+  if (job.ended) return;
+  job.ended = true;
+  const std::shared_ptr<TransferState> state = job.state;
+  state->RecordError(absl::CancelledError(
+      "Connector store: abandoned before every layer was saved; its blocks were not stored"));
+  if (job.next_layer > 0 && !metadata_only_) {
+    // After the copies already enqueued, which still write into the host slots.
+    absl::Status s =
+        device_.AddCallback(Stream::kD2H, [this, state, moves = job.moves](absl::Status) {
+          {
+            MutexLock lock(&index_.mu());
+            for (const Move& m : moves) index_.FinishMoveLocked(m, false);
+            storage_.StartWritesLocked();
+          }
+          state->Finish();
+        });
+    if (s.ok()) return;
+  }
+  FinishStoreLocked(job, false);
+  state->Finish();
+}
+
 void DeviceMover::DrainDeviceToHost() {
   auto event = device_.RecordEvent(Stream::kD2H);
   if (event.ok()) (*event)->Wait().IgnoreError();

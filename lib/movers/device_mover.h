@@ -50,6 +50,24 @@ class DeviceMover {
   absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan,
                                                                  uint64_t load_start);
 
+  // Connector stores: engine blocks copied into host slots (Index::PlanEngineStoreLocked's
+  // moves), layer by layer as the engine's forward pass produces them. `state` is the handle's.
+  struct StoreJob {
+    std::vector<Move> moves;
+    std::shared_ptr<TransferState> state;
+    uint64_t start = 0;       // MonotonicNanos at Store(), for demotion_latency
+    uint32_t next_layer = 0;  // layers [0, next_layer) are enqueued (guarded by the index lock)
+    bool ended = false;       // every layer enqueued, abandoned, or failed
+  };
+  std::shared_ptr<StoreJob> BeginStoreLocked(std::vector<Move> moves, uint64_t start);
+  // Enqueues layers [job.next_layer, end) of every block, after `after` (the engine's event, when
+  // given) completes; the last layer's callback reports the moves to the Index. On an enqueue
+  // failure the job ends failed (its moves reported failed).
+  absl::Status SaveLayersLocked(StoreJob& job, uint32_t end, std::shared_ptr<DeviceEvent> after);
+  // Ends a job whose layers were not all enqueued: its moves fail (after the copies already
+  // enqueued), the handle finishes with kCancelled.
+  void AbandonStoreLocked(StoreJob& job);
+
   // Waits for every device-to-host copy enqueued so far (and the index updates they make).
   void DrainDeviceToHost();
   // Bytes copied each way, loads in flight, load and demotion latencies.
@@ -66,6 +84,8 @@ class DeviceMover {
                                        // read i's event completes; read after the last layer)
   };
 
+  // Reports a store's moves (all failed, or as `outcome`), starts the writes they decide.
+  void FinishStoreLocked(StoreJob& job, bool ok);
   // Regions of layer `layer` of one block between a device slot and a host slot.
   void AppendLayerRegions(uint32_t layer, SlotId device_slot, SlotId host_slot, bool to_device,
                           std::vector<CopyRegion>* out) const;
