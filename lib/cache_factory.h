@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "kvtier/cache.h"
+#include "kvtier/connector.h"
 #include "lib/tiers/io_ring.h"
 #include "lib/transfer/device.h"
 
@@ -25,6 +26,10 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
                                                         std::unique_ptr<Device> device,
                                                         FaultInjector* disk_faults,
                                                         bool engine_device);
+// Connector::Create over a given Device (tests inject faults through it and `disk_faults`).
+absl::StatusOr<std::unique_ptr<Connector>> CreateConnector(const Options& options,
+                                                           std::unique_ptr<Device> device,
+                                                           FaultInjector* disk_faults = nullptr);
 // The Device for Options.backend (Cache::Create's choice).
 absl::StatusOr<std::unique_ptr<Device>> MakeDevice(const Options& options);
 

@@ -58,6 +58,9 @@ class ConnectorImpl {
     if (prober_.joinable()) prober_.join();
   }
 
+  static std::unique_ptr<Connector> Wrap(std::unique_ptr<ConnectorImpl> impl) {
+    return std::unique_ptr<Connector>(new Connector(std::move(impl)));
+  }
   Cache::Core& core() { return *core_; }
   const Options& options() const { return core_->options_; }
   Index& index() { return core_->index_; }
@@ -401,6 +404,14 @@ Connector::~Connector() = default;
 
 absl::StatusOr<std::unique_ptr<Connector>> Connector::Create(const Options& options) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<internal::Device> device, internal::MakeDevice(options));
+  return internal::CreateConnector(options, std::move(device));
+}
+
+absl::StatusOr<std::unique_ptr<Connector>> internal::CreateConnector(const Options& options,
+                                                                     std::unique_ptr<Device> device,
+                                                                     FaultInjector* disk_faults) {
+  KVTIER_RETURN_IF_ERROR(options.Validate());
   if (options.device.capacity_slots != 0) {
     return absl::InvalidArgumentError(
         "Options.device.capacity_slots: set for a Connector, whose device blocks are the "
@@ -411,12 +422,10 @@ absl::StatusOr<std::unique_ptr<Connector>> Connector::Create(const Options& opti
         "Options.host.capacity_bytes: 0, but a Connector needs the host tier (its loads and "
         "stores pass through host slots)");
   }
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<internal::Device> device, internal::MakeDevice(options));
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<Cache::Core> core,
-                          internal::CreateCore(options, std::move(device), nullptr,
-                                               /*engine_device=*/true));
-  return std::unique_ptr<Connector>(
-      new Connector(std::make_unique<internal::ConnectorImpl>(std::move(core))));
+                          CreateCore(options, std::move(device), disk_faults,
+                                     /*engine_device=*/true));
+  return ConnectorImpl::Wrap(std::make_unique<ConnectorImpl>(std::move(core)));
 }
 
 absl::StatusOr<LookupResult> Connector::Lookup(std::span<const BlockKey> keys, uint32_t first,

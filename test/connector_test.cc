@@ -1,7 +1,11 @@
 #include "kvtier/connector.h"
 
+#include <atomic>
 #include <numeric>
+#include <thread>
 
+#include "lib/cache_factory.h"
+#include "lib/transfer/emulated_device.h"
 #include "test/util/test_util.h"
 
 namespace kvtier {
@@ -118,6 +122,31 @@ TEST_CASE("Connector: Store skips cached keys and links an uncached prefix", "[c
   CHECK(kv.Mismatches(11, other[2]) == 0);
   CHECK(kv.Mismatches(10, other[3]) == 0);
   REQUIRE_OK(c->CheckInvariants());
+}
+
+TEST_CASE("Connector: storing a link whose only child is the eviction victim keeps it an entry",
+          "[connector]") {
+  EngineKv kv({.num_slots = 8});
+  auto c = MakeConnector(kv, 1);  // one host slot
+  const auto keys = test::Chain(2, 14);
+  // keys[1] stored under the engine's keys[0]: keys[0] is an uncached link, kept by its child.
+  ComputeAndStore(*c, kv, keys, 1, std::vector<uint32_t>{1});
+  // Now keys[0] itself: the only host slot is its child's, which is evicted (dropped) for it. The
+  // link must survive that eviction to take the slot (it was erased and its id reused before).
+  kv.Write(0, keys[0]);
+  auto store = c->Store(std::span(keys).first(1), 0, std::vector<uint32_t>{0});
+  REQUIRE_OK(store);
+  REQUIRE_OK(store->Wait());
+  CHECK(store->blocks() == 1);
+  REQUIRE_OK(c->CheckInvariants());
+  auto found = c->Lookup(keys, 0);
+  REQUIRE_OK(found);
+  CHECK(found->blocks == 1);
+  kv.Scribble(5, 0);
+  auto xfer = c->Load(std::span(keys).first(1), 0, std::vector<uint32_t>{5});
+  REQUIRE_OK(xfer);
+  REQUIRE_OK(xfer->Wait());
+  CHECK(kv.Mismatches(5, keys[0]) == 0);
 }
 
 TEST_CASE("Connector: a layer-wise store saves layer by layer, in order", "[connector]") {
@@ -278,6 +307,107 @@ TEST_CASE("Connector: blocks go down to disk and load back byte-exact from there
   REQUIRE(finished.size() == (12 + host_slots - 1) / host_slots);
   CHECK(finished[0].kind == Finished::Kind::kLoad);
   CHECK(finished[0].request_id == 1);
+  REQUIRE_OK(c->CheckInvariants());
+}
+
+TEST_CASE("Connector: a failed load copy is a miss to recompute, reported once, host copy kept",
+          "[connector]") {
+  EngineKv kv({.num_slots = 8});
+  auto owned = std::make_unique<internal::EmulatedDevice>();
+  internal::EmulatedDevice* device = owned.get();
+  Options o = test::MakeOptions(kv, 8);
+  o.device.capacity_slots = 0;
+  auto c = internal::CreateConnector(o, std::move(owned));
+  REQUIRE_OK(c);
+  Connector& conn = **c;
+  const auto keys = test::Chain(3, 12);
+  ComputeAndStore(conn, kv, keys, 0, Range(0, 3));
+  device->FailNextCopies(1);
+  auto xfer = conn.Load(keys, 0, Range(4, 3), /*request_id=*/5);
+  REQUIRE_OK(xfer);
+  CHECK_FALSE(xfer->Wait().ok());
+  auto finished = conn.TakeFinished();
+  REQUIRE(finished.size() == 1);
+  CHECK(finished[0].request_id == 5);
+  CHECK_FALSE(finished[0].status.ok());
+  CHECK(conn.Stats().transfer_failures >= 1);
+  CHECK(conn.engine_blocks_busy() == 0);
+  REQUIRE_OK(conn.CheckInvariants());
+  // The host copies were not the failure: the next load brings them.
+  auto again = conn.Load(keys, 0, Range(4, 3));
+  REQUIRE_OK(again);
+  REQUIRE_OK(again->Wait());
+  CHECK(again->blocks() == 3);
+  CHECK(Mismatches(kv, keys, 0, Range(4, 3), 3) == 0);
+}
+
+TEST_CASE("Connector: a failed store copy stores nothing", "[connector]") {
+  EngineKv kv({.num_slots = 8});
+  auto owned = std::make_unique<internal::EmulatedDevice>();
+  internal::EmulatedDevice* device = owned.get();
+  Options o = test::MakeOptions(kv, 8);
+  o.device.capacity_slots = 0;
+  auto c = internal::CreateConnector(o, std::move(owned));
+  REQUIRE_OK(c);
+  Connector& conn = **c;
+  const auto keys = test::Chain(2, 13);
+  for (uint32_t i = 0; i < 2; ++i) kv.Write(i, keys[i]);
+  device->FailNextCopies(1);
+  auto store = conn.Store(keys, 0, Range(0, 2));
+  REQUIRE_OK(store);
+  CHECK_FALSE(store->Wait().ok());
+  auto found = conn.Lookup(keys, 0);
+  REQUIRE_OK(found);
+  CHECK(found->blocks == 0);
+  CHECK(conn.Stats().host.used_blocks == 0);
+  REQUIRE_OK(conn.CheckInvariants());
+  ComputeAndStore(conn, kv, keys, 0, Range(0, 2));
+  found = conn.Lookup(keys, 0);
+  REQUIRE_OK(found);
+  CHECK(found->blocks == 2);
+}
+
+TEST_CASE("Connector: threads storing, looking up and loading shared prefixes stay consistent",
+          "[connector][concurrency]") {
+  constexpr uint32_t kThreads = 4, kBlocksEach = 12, kRounds = 60;
+  EngineKv kv({.num_slots = kThreads * kBlocksEach});
+  auto c = MakeConnector(kv, 24);  // fewer host slots than blocks: evictions under the threads
+  std::atomic<uint64_t> bad{0}, loaded{0};
+  std::vector<std::thread> threads;
+  for (uint32_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::vector<uint32_t> mine = Range(t * kBlocksEach, kBlocksEach);
+      for (uint32_t r = 0; r < kRounds; ++r) {
+        // A third of the requests are prefixes of one chain all threads share; the rest are the
+        // thread's own chains. Lengths vary, so requests extend each other's prefixes.
+        const std::vector<BlockKey> keys = test::Chain(4 + r % 5, r % 3 == 0 ? 100 : 101 + t);
+        auto found = c->Lookup(keys, 0);
+        if (!found.ok()) {
+          bad++;
+          continue;
+        }
+        const uint32_t n = found->blocks;
+        uint32_t got = 0;
+        if (n > 0) {
+          auto x = c->Load(std::span(keys).first(n), 0, std::span(mine).first(n));
+          if (!x.ok() || !x->Wait().ok()) {
+            bad++;
+            continue;
+          }
+          got = x->blocks();
+          for (uint32_t i = 0; i < got; ++i) bad += kv.Mismatches(mine[i], keys[i]) != 0;
+          loaded += got;
+        }
+        for (uint32_t i = got; i < keys.size(); ++i) kv.Write(mine[i], keys[i]);
+        auto s = c->Store(keys, got, std::span(mine).subspan(got, keys.size() - got));
+        if (!s.ok() || !s->Wait().ok()) bad++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(bad == 0);
+  CHECK(loaded > 0);
+  CHECK(c->engine_blocks_busy() == 0);
   REQUIRE_OK(c->CheckInvariants());
 }
 

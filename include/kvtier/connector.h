@@ -194,6 +194,7 @@ class Connector {
 
  private:
   friend class StoreHandle;
+  friend class internal::ConnectorImpl;  // makes them (lib/connector.cc)
   explicit Connector(std::unique_ptr<internal::ConnectorImpl> impl);
   std::unique_ptr<internal::ConnectorImpl> impl_;
 };

@@ -599,7 +599,7 @@ absl::StatusOr<std::vector<Move>> Index::PlanEngineStoreLocked(std::span<const B
       ++*skipped;
       continue;
     }
-    std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr);
+    std::optional<SlotId> hs = TakeSlotForLocked(id, kHostTier);
     if (!hs) {  // every host slot pinned or protected: the rest is not stored
       *unstored = static_cast<uint32_t>(keys.size()) - i;
       break;
@@ -718,11 +718,21 @@ absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
   return absl::OkStatus();
 }
 
+std::optional<SlotId> Index::TakeSlotForLocked(uint32_t id, Tier tier) {
+  // An uncached entry is kept only by its children: if the eviction drops its last child, walking
+  // up from the victim would erase it (and reuse its id) under the caller. Held as a child of
+  // itself meanwhile, it is not unused.
+  E(id).children++;
+  std::optional<SlotId> slot = TakeSlotLocked(tier, nullptr);
+  E(id).children--;
+  return slot;
+}
+
 bool Index::StageFromStoreLocked(const BlockKey& key, uint32_t parent, uint32_t* id) {
   // The entry first: as the parent's child it keeps the parent cached (prefix rule) while making
   // room on the host evicts, so the chain it hangs from stays matchable.
   if (*id == kNoEntry) *id = AddEntryLocked(key, parent);
-  std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr);
+  std::optional<SlotId> host_slot = TakeSlotForLocked(*id, kHostTier);
   if (!host_slot) {  // every host slot pinned or protected: the rest is a miss
     EraseIfUnusedLocked(*id);
     return false;

@@ -311,6 +311,10 @@ class Index {
   // disk, and to the store under StoreFeed::kHostVictims) for TakeWritesLocked.
   std::optional<SlotId> TakeSlotLocked(Tier tier, std::vector<Move>* demotions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // TakeSlotLocked (no device tier) for a residency of entry `id`, which stays an entry
+  // meanwhile even if it is uncached (a lost parent) and the eviction drops its last child.
+  std::optional<SlotId> TakeSlotForLocked(uint32_t id, Tier tier)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasOtherCopyLocked(uint32_t id, Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The key of entry `id`'s parent (kRootKey for a first block).
   BlockKey ParentKeyLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
