@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kvtier/connector.h"
 #include "lib/tiers/redis_cluster.h"
 #include "test/util/fake_redis_peer.h"
 #include "test/util/redis_cluster_fixture.h"
@@ -591,6 +592,67 @@ TEST_CASE("Regression #17: a value announced at 2^62 bytes fails the load at onc
   // What the loopback sockets hold (a few MiB), not the 1 GiB the peer would send.
   CHECK(peer.bytes_sent() - before < (32u << 20));
   REQUIRE_OK((*c)->CheckInvariants());
+}
+
+}  // namespace
+}  // namespace kvtier::internal
+
+namespace kvtier::internal {
+namespace {
+
+TEST_CASE("Remote: a Connector finds another's stores through the store, without waiting",
+          "[remote][connector]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  test::EngineKv kv_a({.num_slots = 8}), kv_b({.num_slots = 8});
+  const std::string scope = UniqueScope("connector");
+  Options oa = RemoteOptions(kv_a, *cluster, scope), ob = RemoteOptions(kv_b, *cluster, scope);
+  oa.device.capacity_slots = ob.device.capacity_slots = 0;
+  auto a = Connector::Create(oa);
+  REQUIRE_OK(a);
+  auto b = Connector::Create(ob);
+  REQUIRE_OK(b);
+  const auto keys = test::Chain(4, 31);
+  for (uint32_t i = 0; i < 4; ++i) kv_a.Write(i, keys[i]);
+  const std::vector<uint32_t> src = {0, 1, 2, 3};
+  auto store = (*a)->Store(keys, 0, src);
+  REQUIRE_OK(store);
+  REQUIRE_OK(store->Wait());
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while ((*a)->Stats().remote.writes < 4 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE((*a)->Stats().remote.writes >= 4);
+
+  // The scheduler never blocks: the first lookup starts the store's probe and says "not yet".
+  auto first = (*b)->Lookup(keys, 0, {.wait_for_store = false});
+  REQUIRE_OK(first);
+  CHECK(first->pending);
+  CHECK(first->blocks == 0);
+  absl::StatusOr<LookupResult> found = first;
+  while (found.ok() && found->pending && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    found = (*b)->Lookup(keys, 0, {.wait_for_store = false});
+  }
+  REQUIRE_OK(found);
+  CHECK_FALSE(found->pending);
+  CHECK(found->blocks == 4);
+  CHECK(found->tiers == std::vector<Tier>(4, Tier::kRemote));
+  auto waited = (*b)->Lookup(keys, 1);  // waiting for the store: the answer at once
+  REQUIRE_OK(waited);
+  CHECK(waited->blocks == 3);
+
+  const std::vector<uint32_t> dst = {7, 6, 5, 4};
+  auto xfer = (*b)->Load(keys, 0, dst);
+  REQUIRE_OK(xfer);
+  REQUIRE_OK(xfer->Wait());
+  CHECK(xfer->blocks() == 4);
+  for (uint32_t i = 0; i < 4; ++i) CHECK(kv_b.Mismatches(dst[i], keys[i]) == 0);
+  REQUIRE_OK((*b)->CheckInvariants());
+  // Now B holds them on its host: a lookup finds them there.
+  auto local = (*b)->Lookup(keys, 0);
+  REQUIRE_OK(local);
+  CHECK(local->tiers == std::vector<Tier>(4, Tier::kHost));
 }
 
 }  // namespace
