@@ -91,12 +91,19 @@ absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
 
 namespace internal {
 
+std::string RemoteNameSpace(const Options& options) {
+  return absl::StrCat(options.remote.scope, ".",
+                      absl::Hex(options.Fingerprint(), absl::kZeroPad16));
+}
+
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
                                                    FaultInjector* disk_faults) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
   const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
+  // Layout shape and shard identity: what tags every block that leaves the process.
+  const uint64_t fingerprint = options.Fingerprint();
   const bool with_disk = options.disk.capacity_bytes > 0;
   IndexConfig config;
   const uint32_t device_slots =
@@ -135,7 +142,7 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                             .files = options.disk.files,
                                             .queue_depth = options.disk.queue_depth,
                                             .block_bytes = block,
-                                            .layout_fingerprint = options.layout.Fingerprint(),
+                                            .layout_fingerprint = fingerprint,
                                             .reset_on_mismatch = options.disk.reset_on_mismatch,
                                             .allow_buffered = options.disk.allow_buffered,
                                             .injector = disk_faults},
@@ -151,16 +158,14 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
     cluster.seeds = std::vector<std::string>(absl::StrSplit(r.nodes, ',', absl::SkipWhitespace()));
     cluster.password = r.password;
     cluster.connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms);
-    RemoteTierConfig rc{
-        .cluster = std::move(cluster),
-        .name_space =
-            absl::StrCat(r.scope, ".", absl::Hex(options.layout.Fingerprint(), absl::kZeroPad16)),
-        .block_bytes = block,
-        .layout_fingerprint = options.layout.Fingerprint(),
-        .ttl_seconds = r.ttl_seconds,
-        .timeout = std::chrono::milliseconds(r.timeout_ms),
-        .match_budget = std::chrono::microseconds(r.match_budget_us),
-        .threads = r.threads};
+    RemoteTierConfig rc{.cluster = std::move(cluster),
+                        .name_space = RemoteNameSpace(options),
+                        .block_bytes = block,
+                        .layout_fingerprint = fingerprint,
+                        .ttl_seconds = r.ttl_seconds,
+                        .timeout = std::chrono::milliseconds(r.timeout_ms),
+                        .match_budget = std::chrono::microseconds(r.match_budget_us),
+                        .threads = r.threads};
     auto opened = RemoteTier::Open(std::move(rc));
     if (!opened.ok()) {
       return absl::Status(opened.status().code(),

@@ -5,6 +5,7 @@
 #define KVTIER_LIB_CACHE_FACTORY_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kvtier/cache.h"
@@ -18,6 +19,11 @@ namespace kvtier::internal {
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
                                                    FaultInjector* disk_faults = nullptr);
+
+// The middle of the cache's remote keys, "<scope>.<Options::Fingerprint() in 16 hex digits>"
+// (RemoteTierConfig::name_space): caches share blocks only when scope, layout shape and shard
+// identity are all equal.
+std::string RemoteNameSpace(const Options& options);
 
 }  // namespace kvtier::internal
 

@@ -118,6 +118,7 @@ constexpr OptionField Row(absl::string_view path, absl::string_view help) {
 }
 
 using O = Options;
+using Shard = ShardIdentity;
 using Dev = DeviceTierOptions;
 using Host = HostTierOptions;
 using Disk = DiskTierOptions;
@@ -126,6 +127,14 @@ using Remote = RemoteTierOptions;
 // In the order of kvtier/options.h; help texts abridge its comments. A new field of Options needs a
 // row here (or, like the layout, an exclusion listed in test/options_fields_test.cc).
 const OptionField kFields[] = {
+    Row<&O::shard, &Shard::tp_rank>("shard.tp_rank", "tensor-parallel rank; < shard.tp_size"),
+    Row<&O::shard, &Shard::tp_size>("shard.tp_size", "tensor-parallel degree; >= 1"),
+    Row<&O::shard, &Shard::pp_rank>("shard.pp_rank", "pipeline-parallel stage; < shard.pp_size"),
+    Row<&O::shard, &Shard::pp_size>("shard.pp_size", "pipeline-parallel degree; >= 1"),
+    Row<&O::shard, &Shard::dtype>("shard.dtype", "KV element type, e.g. bfloat16 (identity)"),
+    Row<&O::shard, &Shard::format>("shard.format", "engine's block format name (identity)"),
+    Row<&O::shard, &Shard::replicated>(
+        "shard.replicated", "every TP rank holds the same bytes (MLA): all ranks share one copy"),
     Row<&O::backend>("backend", "device backend: auto, emulated, cuda or metadata_only"),
     Row<&O::cuda, &CudaOptions::device>("cuda.device",
                                         "CUDA device ordinal; -1: the layout's device"),

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "lib/cache_factory.h"
 #include "lib/tiers/redis_cluster.h"
 #include "test/util/fake_redis_peer.h"
 #include "test/util/redis_cluster_fixture.h"
@@ -311,6 +312,83 @@ TEST_CASE("Remote: two caches share a prefix through the cluster byte-exactly", 
   }
 }
 
+TEST_CASE(
+    "Remote: TP ranks, PP stages, dtypes and formats sharing one scope never read each other's "
+    "blocks",
+    "[remote][shard]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  // One scope for the whole deployment, as remote.md recommends; equally shaped shards.
+  const std::string scope = UniqueScope("shard");
+  auto create = [&](EngineKv& kv, const ShardIdentity& shard) {
+    Options o = RemoteOptions(kv, *cluster, scope);
+    o.shard = shard;
+    return Cache::Create(o);
+  };
+  const ShardIdentity rank0{.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1"};
+  EngineKv kv_a;
+  auto a = create(kv_a, rank0);
+  REQUIRE_OK(a);
+  const std::vector<BlockKey> keys = Chain(6, 61);
+  REQUIRE_OK(RunSequence(**a, kv_a, keys));
+  REQUIRE(WaitPublished(**a, keys.size()));
+  {
+    // Control: the same identity on another machine finds all of them.
+    EngineKv kv;
+    auto same = create(kv, rank0);
+    REQUIRE_OK(same);
+    auto m = (*same)->Match(keys);
+    REQUIRE_OK(m);
+    CHECK(m->blocks_in(Tier::kRemote) == keys.size());
+  }
+
+  struct Other {
+    const char* what;
+    ShardIdentity shard;
+  };
+  const std::vector<Other> others = {
+      {"tp rank 1 of 2", {.tp_rank = 1, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1"}},
+      {"rank 0 of tp 4", {.tp_rank = 0, .tp_size = 4, .dtype = "bfloat16", .format = "nhd-v1"}},
+      {"pp stage 1",
+       {.tp_rank = 0,
+        .tp_size = 2,
+        .pp_rank = 1,
+        .pp_size = 2,
+        .dtype = "bfloat16",
+        .format = "nhd-v1"}},
+      {"float16", {.tp_rank = 0, .tp_size = 2, .dtype = "float16", .format = "nhd-v1"}},
+      {"another format", {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "hnd-v1"}},
+      {"replicated",
+       {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1", .replicated = true}},
+  };
+  for (const Other& other : others) {
+    CAPTURE(other.what);
+    EngineKv kv_b;
+    auto b = create(kv_b, other.shard);
+    REQUIRE_OK(b);
+    auto m = (*b)->Match(keys);
+    REQUIRE_OK(m);
+    CHECK(m->size() == 0);
+    CHECK((*b)->Stats().remote.hits == 0);
+    // It computes the blocks itself and publishes its own copies under its own keys: not skipped
+    // as already there, and rank 0's copies are left intact (a value under rank 0's key with
+    // another fingerprint in its header would be a corrupt read below).
+    auto r = RunSequence(**b, kv_b, keys);
+    REQUIRE_OK(r);
+    CHECK(r->loaded == 0);
+    REQUIRE(WaitPublished(**b, keys.size()));
+    REQUIRE_OK((*b)->CheckInvariants());
+  }
+  EngineKv kv_c;
+  auto c = create(kv_c, rank0);
+  REQUIRE_OK(c);
+  auto r = RunSequence(**c, kv_c, keys);
+  REQUIRE_OK(r);
+  CHECK(r->loaded == keys.size());
+  CHECK(r->mismatched_bytes == 0);
+  CHECK((*c)->Stats().remote.corrupt_reads == 0);
+}
+
 TEST_CASE("Remote: write-back publishes a block only when the host evicts it", "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);
@@ -364,12 +442,11 @@ TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss, the cac
   auto match = (*b)->Match(keys);
   REQUIRE_OK(match);
   REQUIRE(match->size() == keys.size());
-  auto remote = RemoteTier::Open(
-      {.cluster = {.seeds = cluster->nodes()},
-       .name_space =
-           scope + "." + absl::StrCat(absl::Hex(kv_a.layout().Fingerprint(), absl::kZeroPad16)),
-       .block_bytes = kv_a.layout().block_bytes(),
-       .layout_fingerprint = kv_a.layout().Fingerprint()});
+  const Options oa = RemoteOptions(kv_a, *cluster, scope);
+  auto remote = RemoteTier::Open({.cluster = {.seeds = cluster->nodes()},
+                                  .name_space = RemoteNameSpace(oa),
+                                  .block_bytes = kv_a.layout().block_bytes(),
+                                  .layout_fingerprint = oa.Fingerprint()});
   REQUIRE_OK(remote);
   const auto deadline = Clock::now() + std::chrono::seconds(2);
   const std::string damaged = (*remote)->StoreKey(keys[2]);

@@ -190,6 +190,8 @@ KVTIER_C_API void kvtier_options_init(kvtier_options* options);
  *   kvtier_options_set(&o, "remote.publish", "write-back");
  *   kvtier_options_set(&o, "remote.connect_timeout_ms", "200");
  *   kvtier_options_set(&o, "host.policy_params", "key=value,key2=value2");
+ *   kvtier_options_set(&o, "shard.tp_rank", "1");    (the shard identity, ShardIdentity in
+ *   kvtier_options_set(&o, "shard.dtype", "bfloat16");  options.h: part of every stored key)
  * bool: true/false; integers: decimal; enums by name (backend auto|emulated|cuda|metadata_only,
  * cuda.copy_method auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back);
  * strings as given; policy parameters key=value[,key=value...]. The value is parsed now: an unknown

@@ -236,6 +236,19 @@ def test_table_options_are_keywords():
         kvtier.Options(remote_nodez="127.0.0.1:1")
 
 
+def test_shard_identity_keywords():
+    """The shard identity (ShardIdentity) is set through the table's keywords and validated."""
+    o = kvtier.Options(shard_tp_rank=1, shard_tp_size=2, shard_pp_rank=0, shard_pp_size=1,
+                       shard_dtype="bfloat16", shard_format="vllm-flash-nhd",
+                       shard_replicated=True)
+    assert (o.shard_tp_rank, o.shard_tp_size, o.shard_dtype) == (1, 2, "bfloat16")
+    assert (o.shard_format, o.shard_replicated) == ("vllm-flash-nhd", True)
+    with pytest.raises(ValueError) as e:  # checked when the cache is built
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, num_layers=1, bytes_per_block=64,
+                                           shard_tp_rank=2, shard_tp_size=2))
+    assert "Options.shard.tp_rank" in str(e.value)
+
+
 def test_remote_options_reach_the_cache():
     """The remote tier's options are applied at create: validated, then used (no server here)."""
     with pytest.raises(ValueError) as e:  # validated before any connection
