@@ -179,9 +179,17 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
   config.demote_on_evict = options.demote_on_evict;
   config.host_write_through = options.host_write_through || remote_write_through;
   if (remote != nullptr) {
-    config.store_feed = options.remote.publish == RemotePublish::kWriteBack
-                            ? IndexConfig::StoreFeed::kHostVictims
-                            : IndexConfig::StoreFeed::kHostFills;
+    switch (options.remote.publish) {
+      case RemotePublish::kWriteThrough:
+        config.store_feed = IndexConfig::StoreFeed::kHostFills;
+        break;
+      case RemotePublish::kWriteBack:
+        config.store_feed = IndexConfig::StoreFeed::kHostVictims;
+        break;
+      case RemotePublish::kNever:  // reads only: the store is sent nothing
+        config.store_feed = IndexConfig::StoreFeed::kNone;
+        break;
+    }
   }
   struct TierPolicy {
     const char* path;

@@ -135,7 +135,7 @@ absl::Status Options::Validate() const {
                                                      "' must be non-empty, without ':' or spaces"));
     }
     if (remote.publish != RemotePublish::kWriteThrough &&
-        remote.publish != RemotePublish::kWriteBack) {
+        remote.publish != RemotePublish::kWriteBack && remote.publish != RemotePublish::kNever) {
       return absl::InvalidArgumentError(absl::StrCat(
           "Options.remote.publish: ", static_cast<int>(remote.publish), " is not a RemotePublish"));
     }

@@ -31,8 +31,8 @@ struct EnumNames<CudaCopyMethod> {
 };
 template <>
 struct EnumNames<RemotePublish> {
-  static constexpr absl::string_view kNames[] = {"write-through", "write-back"};
-  static_assert(std::size(kNames) == static_cast<size_t>(RemotePublish::kWriteBack) + 1);
+  static constexpr absl::string_view kNames[] = {"write-through", "write-back", "never"};
+  static_assert(std::size(kNames) == static_cast<size_t>(RemotePublish::kNever) + 1);
 };
 
 // The field reached from an Options by the member pointers M... (&Options::host,
@@ -165,7 +165,7 @@ const OptionField kFields[] = {
         "remote.nodes", "Redis Cluster host:port[,host:port...]; empty: no remote tier"),
     Row<&O::remote, &Remote::scope>("remote.scope", "caches sharing blocks share a scope"),
     Row<&O::remote, &Remote::publish>("remote.publish",
-                                      "publish blocks on reaching the host or on host eviction"),
+                                      "publish on reaching the host, on host eviction, or never"),
     Row<&O::remote, &Remote::ttl_seconds>("remote.ttl_seconds",
                                           "expiry of published blocks, seconds; 0: none"),
     Row<&O::remote, &Remote::match_budget_us>("remote.match_budget_us",

@@ -15,7 +15,7 @@
 //   int     decimal, within the field's C++ type
 //   string  as given (may be empty)
 //   enum    one of the row's names: backend auto|emulated|cuda|metadata_only, cuda.copy_method
-//           auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back
+//           auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back|never
 //   params  key=value[,key=value...] (a policy's parameters; "" = none; replaces the whole map;
 //           a value cannot hold ',': set such a parameter through the typed path)
 //

@@ -220,6 +220,8 @@ TEST_CASE("OptionFields: text values set the typed fields", "[options]") {
   CHECK(o.shard.dtype == "bfloat16");
   CHECK(o.shard.format == "vllm-flash-nhd");
   CHECK(o.shard.replicated);
+  REQUIRE_OK(SetOption(o, "remote.publish", "never"));
+  CHECK(o.remote.publish == RemotePublish::kNever);
 }
 
 // Values that do not parse or fit, by type (strings take any text).
@@ -264,7 +266,8 @@ TEST_CASE("OptionFields: a bad value or an unknown path is kInvalidArgument nami
   Options o;
   const absl::Status publish = SetOption(o, "remote.publish", "x");
   REQUIRE_CODE(publish, absl::StatusCode::kInvalidArgument);
-  CHECK(publish.message() == "Options.remote.publish: 'x' is not write-through or write-back");
+  CHECK(publish.message() ==
+        "Options.remote.publish: 'x' is not write-through, write-back or never");
   for (absl::string_view path : {"remote.nodez", "", "layout.num_slots", "remote", "host."}) {
     CAPTURE(path);
     const absl::Status s = SetOption(o, path, "1");

@@ -389,6 +389,55 @@ TEST_CASE(
   CHECK((*c)->Stats().remote.corrupt_reads == 0);
 }
 
+TEST_CASE(
+    "Remote: replicated (MLA) ranks share one copy: rank 0 publishes, rank 1 only reads, "
+    "byte-exact",
+    "[remote][shard]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  const std::string scope = UniqueScope("mla");
+  const test::KvShape mla{.segments = 1, .segment_bytes = 576};  // one latent tensor per layer
+  EngineKv kv0(mla), kv1(mla);
+  Options o0 = RemoteOptions(kv0, *cluster, scope);
+  o0.shard = {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "mla", .replicated = true};
+  Options o1 = RemoteOptions(kv1, *cluster, scope);
+  o1.shard = o0.shard;
+  o1.shard.tp_rank = 1;
+  o1.remote.publish = RemotePublish::kNever;  // one rank writes, all read
+  // Every block it computes reaches its host tier at once: what write-through would publish.
+  o1.host_write_through = true;
+  auto r0 = Cache::Create(o0);
+  auto r1 = Cache::Create(o1);
+  REQUIRE_OK(r0);
+  REQUIRE_OK(r1);
+  const std::vector<BlockKey> keys = Chain(6, 71);
+  REQUIRE_OK(RunSequence(**r0, kv0, keys));
+  REQUIRE(WaitPublished(**r0, keys.size()));
+
+  auto m = (*r1)->Match(keys);
+  REQUIRE_OK(m);
+  CHECK(m->blocks_in(Tier::kRemote) == keys.size());
+  auto loaded = RunSequence(**r1, kv1, keys);
+  REQUIRE_OK(loaded);
+  CHECK(loaded->loaded == keys.size());
+  CHECK(loaded->mismatched_bytes == 0);  // rank 0's bytes, as rank 0 computed them
+  CHECK((*r1)->Stats().remote.reads == keys.size());
+
+  // Rank 1 publishes nothing, also of what it computes itself: once it is gone (its destructor
+  // waits for every copy and store write it started), rank 0 finds none of those blocks.
+  const std::vector<BlockKey> own = Chain(4, 72);
+  auto computed = RunSequence(**r1, kv1, own);
+  REQUIRE_OK(computed);
+  CHECK(computed->loaded == 0);
+  REQUIRE_OK((*r1)->CheckInvariants());
+  CHECK((*r1)->Stats().remote.writes == 0);
+  r1->reset();
+  auto m0 = (*r0)->Match(own);
+  REQUIRE_OK(m0);
+  CHECK(m0->size() == 0);
+  REQUIRE_OK((*r0)->CheckInvariants());
+}
+
 TEST_CASE("Remote: write-back publishes a block only when the host evicts it", "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);

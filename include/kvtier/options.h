@@ -102,7 +102,8 @@ struct ShardIdentity {
   std::string format;
   // Every tensor-parallel rank holds the same bytes for a block (MLA's latent KV, replicated on
   // each rank): tp_rank and tp_size are left out of the identity, so all ranks, of any TP degree,
-  // share ONE copy of each block.
+  // share ONE copy of each block. Only one rank needs to publish it: set
+  // Options.remote.publish = RemotePublish::kNever on the others (they still read).
   bool replicated = false;
 };
 
@@ -118,6 +119,10 @@ enum class RemotePublish {
   // A block is published when the host tier evicts it: less traffic, but other replicas only see
   // what this one has stopped holding.
   kWriteBack,
+  // Never: this cache only reads what others publish (Match() and Load() use the store as with
+  // the other modes). For caches whose blocks another cache already publishes: the ranks of a
+  // replicated (ShardIdentity.replicated) layout but one.
+  kNever,
 };
 
 // The remote tier: a Redis Cluster that many caches (engine replicas, on many machines) share.
