@@ -29,7 +29,7 @@ expect_exit2("--disk-capacity needs --host-capacity" --trace ${trace} --disk-cap
 expect_exit2("--option: 'remote.nodes' is not PATH=VALUE" --trace ${trace} --option remote.nodes)
 expect_exit2("--option: Options.remote.nodez: no such option" --trace ${trace}
              --option remote.nodez=x)
-expect_exit2("--option: Options.remote.publish: 'x' is not write-through or write-back"
+expect_exit2("--option: Options.remote.publish: 'x' is not write-through, write-back or never"
              --trace ${trace} --option remote.publish=x)
 expect_exit2("--option apply to --mode cache only" --trace ${trace} --mode flat
              --option host.policy=fifo)
@@ -41,7 +41,7 @@ if(NOT rc EQUAL 1 OR NOT "${out}${err}" MATCHES "no-such-policy")
   message(FATAL_ERROR "kvtier-replay --option device.policy=no-such-policy: exit ${rc}\n${out}${err}")
 endif()
 execute_process(COMMAND ${REPLAY} --list-options RESULT_VARIABLE rc OUTPUT_VARIABLE out)
-if(NOT rc EQUAL 0 OR NOT out MATCHES "remote.publish +write-through\\|write-back +write-through")
+if(NOT rc EQUAL 0 OR NOT out MATCHES "remote.publish +write-through\\|write-back\\|never +write-through")
   message(FATAL_ERROR "kvtier-replay --list-options: exit ${rc}\n${out}")
 endif()
 execute_process(COMMAND ${REPLAY} --trace ${trace} --capacity 2 --mode flat,cache --quiet

@@ -91,6 +91,11 @@ absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const Options& options) {
 
 namespace internal {
 
+std::string RemoteNameSpace(const Options& options) {
+  return absl::StrCat(options.remote.scope, ".",
+                      absl::Hex(options.Fingerprint(), absl::kZeroPad16));
+}
+
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
                                                    FaultInjector* disk_faults) {
@@ -107,6 +112,8 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
   KVTIER_RETURN_IF_ERROR(options.Validate());
   if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
   const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
+  // Layout shape and shard identity: what tags every block that leaves the process.
+  const uint64_t fingerprint = options.Fingerprint();
   const bool with_disk = options.disk.capacity_bytes > 0;
   IndexConfig config;
   const uint32_t device_slots = engine_device ? 0
@@ -147,7 +154,7 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
                                             .files = options.disk.files,
                                             .queue_depth = options.disk.queue_depth,
                                             .block_bytes = block,
-                                            .layout_fingerprint = options.layout.Fingerprint(),
+                                            .layout_fingerprint = fingerprint,
                                             .reset_on_mismatch = options.disk.reset_on_mismatch,
                                             .allow_buffered = options.disk.allow_buffered,
                                             .injector = disk_faults},
@@ -163,16 +170,14 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
     cluster.seeds = std::vector<std::string>(absl::StrSplit(r.nodes, ',', absl::SkipWhitespace()));
     cluster.password = r.password;
     cluster.connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms);
-    RemoteTierConfig rc{
-        .cluster = std::move(cluster),
-        .name_space =
-            absl::StrCat(r.scope, ".", absl::Hex(options.layout.Fingerprint(), absl::kZeroPad16)),
-        .block_bytes = block,
-        .layout_fingerprint = options.layout.Fingerprint(),
-        .ttl_seconds = r.ttl_seconds,
-        .timeout = std::chrono::milliseconds(r.timeout_ms),
-        .match_budget = std::chrono::microseconds(r.match_budget_us),
-        .threads = r.threads};
+    RemoteTierConfig rc{.cluster = std::move(cluster),
+                        .name_space = RemoteNameSpace(options),
+                        .block_bytes = block,
+                        .layout_fingerprint = fingerprint,
+                        .ttl_seconds = r.ttl_seconds,
+                        .timeout = std::chrono::milliseconds(r.timeout_ms),
+                        .match_budget = std::chrono::microseconds(r.match_budget_us),
+                        .threads = r.threads};
     auto opened = RemoteTier::Open(std::move(rc));
     if (!opened.ok()) {
       return absl::Status(opened.status().code(),
@@ -186,9 +191,17 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
   config.demote_on_evict = options.demote_on_evict;
   config.host_write_through = options.host_write_through || remote_write_through;
   if (remote != nullptr) {
-    config.store_feed = options.remote.publish == RemotePublish::kWriteBack
-                            ? IndexConfig::StoreFeed::kHostVictims
-                            : IndexConfig::StoreFeed::kHostFills;
+    switch (options.remote.publish) {
+      case RemotePublish::kWriteThrough:
+        config.store_feed = IndexConfig::StoreFeed::kHostFills;
+        break;
+      case RemotePublish::kWriteBack:
+        config.store_feed = IndexConfig::StoreFeed::kHostVictims;
+        break;
+      case RemotePublish::kNever:  // reads only: the store is sent nothing
+        config.store_feed = IndexConfig::StoreFeed::kNone;
+        break;
+    }
   }
   struct TierPolicy {
     const char* path;

@@ -5,6 +5,7 @@
 #define KVTIER_LIB_CACHE_FACTORY_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kvtier/cache.h"
@@ -32,6 +33,10 @@ absl::StatusOr<std::unique_ptr<Connector>> CreateConnector(const Options& option
                                                            FaultInjector* disk_faults = nullptr);
 // The Device for Options.backend (Cache::Create's choice).
 absl::StatusOr<std::unique_ptr<Device>> MakeDevice(const Options& options);
+// The middle of the cache's remote keys, "<scope>.<Options::Fingerprint() in 16 hex digits>"
+// (RemoteTierConfig::name_space): caches share blocks only when scope, layout shape and shard
+// identity are all equal.
+std::string RemoteNameSpace(const Options& options);
 
 }  // namespace kvtier::internal
 

@@ -1,13 +1,80 @@
 #include "kvtier/options.h"
 
+#include <xxhash.h>
+
+#include <string>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "lib/common/status_macros.h"
 
 namespace kvtier {
+
+namespace {
+
+// A rank below its size, the size at least 1: "Options.shard.<rank_name>: ...".
+absl::Status ValidateRank(absl::string_view rank_name, uint32_t rank, absl::string_view size_name,
+                          uint32_t size) {
+  if (size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Options.shard.", size_name, ": 0 vs at least 1"));
+  }
+  if (rank >= size) {
+    return absl::InvalidArgumentError(absl::StrCat("Options.shard.", rank_name, ": ", rank,
+                                                   " vs 0..", size - 1, " (", size_name, "=", size,
+                                                   ")"));
+  }
+  return absl::OkStatus();
+}
+
+// Bounded, and without NUL: the C API and the Python module pass these as C strings, so a NUL
+// would make the same identity impossible to spell there.
+absl::Status ValidateShardString(absl::string_view name, const std::string& value) {
+  if (value.size() > kMaxShardStringBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("Options.shard.", name, ": ", value.size(),
+                                                   " bytes vs at most ", kMaxShardStringBytes));
+  }
+  if (const size_t nul = value.find('\0'); nul != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Options.shard.", name, ": a NUL byte at offset ", nul, " vs none"));
+  }
+  return absl::OkStatus();
+}
+
+void AppendWord(std::string& bytes, uint64_t w) {
+  for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>(w >> (8 * i)));
+}
+
+}  // namespace
+
+uint64_t Options::Fingerprint() const {
+  // Little-endian words, then each string after its length, so that ("ab", "c") and ("a", "bc")
+  // differ and the value is the same on every machine. Version 2: version 1 was the shape alone.
+  std::string bytes;
+  AppendWord(bytes, 0x6b7674696572ULL);  // "kvtier"
+  AppendWord(bytes, 2);
+  AppendWord(bytes, layout.Fingerprint());
+  AppendWord(bytes, shard.replicated ? 1 : 0);
+  // A replicated block's bytes are the same on every TP rank and at every TP degree.
+  AppendWord(bytes, shard.replicated ? 0 : shard.tp_rank);
+  AppendWord(bytes, shard.replicated ? 0 : shard.tp_size);
+  AppendWord(bytes, shard.pp_rank);
+  AppendWord(bytes, shard.pp_size);
+  for (const std::string* s : {&shard.dtype, &shard.format}) {
+    AppendWord(bytes, s->size());
+    bytes += *s;
+  }
+  return XXH3_64bits(bytes.data(), bytes.size());
+}
 
 absl::Status Options::Validate() const {
   if (absl::Status s = layout.ValidateShape(backend != DeviceBackend::kMetadataOnly); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("Options.layout: ", s.message()));
   }
+  KVTIER_RETURN_IF_ERROR(ValidateRank("tp_rank", shard.tp_rank, "tp_size", shard.tp_size));
+  KVTIER_RETURN_IF_ERROR(ValidateRank("pp_rank", shard.pp_rank, "pp_size", shard.pp_size));
+  KVTIER_RETURN_IF_ERROR(ValidateShardString("dtype", shard.dtype));
+  KVTIER_RETURN_IF_ERROR(ValidateShardString("format", shard.format));
   if (cuda.device < -1) {
     return absl::InvalidArgumentError(
         absl::StrCat("Options.cuda.device: ", cuda.device, " vs -1 (auto) or an ordinal >= 0"));
@@ -68,7 +135,7 @@ absl::Status Options::Validate() const {
                                                      "' must be non-empty, without ':' or spaces"));
     }
     if (remote.publish != RemotePublish::kWriteThrough &&
-        remote.publish != RemotePublish::kWriteBack) {
+        remote.publish != RemotePublish::kWriteBack && remote.publish != RemotePublish::kNever) {
       return absl::InvalidArgumentError(absl::StrCat(
           "Options.remote.publish: ", static_cast<int>(remote.publish), " is not a RemotePublish"));
     }

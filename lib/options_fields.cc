@@ -31,8 +31,8 @@ struct EnumNames<CudaCopyMethod> {
 };
 template <>
 struct EnumNames<RemotePublish> {
-  static constexpr absl::string_view kNames[] = {"write-through", "write-back"};
-  static_assert(std::size(kNames) == static_cast<size_t>(RemotePublish::kWriteBack) + 1);
+  static constexpr absl::string_view kNames[] = {"write-through", "write-back", "never"};
+  static_assert(std::size(kNames) == static_cast<size_t>(RemotePublish::kNever) + 1);
 };
 
 // The field reached from an Options by the member pointers M... (&Options::host,
@@ -118,6 +118,7 @@ constexpr OptionField Row(absl::string_view path, absl::string_view help) {
 }
 
 using O = Options;
+using Shard = ShardIdentity;
 using Dev = DeviceTierOptions;
 using Host = HostTierOptions;
 using Disk = DiskTierOptions;
@@ -126,6 +127,14 @@ using Remote = RemoteTierOptions;
 // In the order of kvtier/options.h; help texts abridge its comments. A new field of Options needs a
 // row here (or, like the layout, an exclusion listed in test/options_fields_test.cc).
 const OptionField kFields[] = {
+    Row<&O::shard, &Shard::tp_rank>("shard.tp_rank", "tensor-parallel rank; < shard.tp_size"),
+    Row<&O::shard, &Shard::tp_size>("shard.tp_size", "tensor-parallel degree; >= 1"),
+    Row<&O::shard, &Shard::pp_rank>("shard.pp_rank", "pipeline-parallel stage; < shard.pp_size"),
+    Row<&O::shard, &Shard::pp_size>("shard.pp_size", "pipeline-parallel degree; >= 1"),
+    Row<&O::shard, &Shard::dtype>("shard.dtype", "KV element type, e.g. bfloat16 (identity)"),
+    Row<&O::shard, &Shard::format>("shard.format", "engine's block format name (identity)"),
+    Row<&O::shard, &Shard::replicated>(
+        "shard.replicated", "every TP rank holds the same bytes (MLA): all ranks share one copy"),
     Row<&O::backend>("backend", "device backend: auto, emulated, cuda or metadata_only"),
     Row<&O::cuda, &CudaOptions::device>("cuda.device",
                                         "CUDA device ordinal; -1: the layout's device"),
@@ -156,7 +165,7 @@ const OptionField kFields[] = {
         "remote.nodes", "Redis Cluster host:port[,host:port...]; empty: no remote tier"),
     Row<&O::remote, &Remote::scope>("remote.scope", "caches sharing blocks share a scope"),
     Row<&O::remote, &Remote::publish>("remote.publish",
-                                      "publish blocks on reaching the host or on host eviction"),
+                                      "publish on reaching the host, on host eviction, or never"),
     Row<&O::remote, &Remote::ttl_seconds>("remote.ttl_seconds",
                                           "expiry of published blocks, seconds; 0: none"),
     Row<&O::remote, &Remote::match_budget_us>("remote.match_budget_us",

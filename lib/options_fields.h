@@ -3,19 +3,19 @@
 // the path with '.' replaced by '_') and kvtier-replay (--option PATH=VALUE) map options through
 // this one table, so a field added here reaches all three.
 //
-// Covered: every scalar, string, enum and policy-parameter field of Options and of its tier and
-// CUDA sub-structs ("host.capacity_bytes", "remote.publish", "disk.policy_params", "backend",
-// "demote_on_evict", ...). Not covered: Options.layout, which each binding describes its own way
-// (the C struct's segments, Python's buffers, the replay's block shape);
-// test/options_fields_test.cc fails when Options gains a field that is neither in the table nor
-// listed there as excluded.
+// Covered: every scalar, string, enum and policy-parameter field of Options and of its shard, tier
+// and CUDA sub-structs ("shard.tp_rank", "host.capacity_bytes", "remote.publish",
+// "disk.policy_params", "backend", "demote_on_evict", ...). Not covered: Options.layout, which
+// each binding describes its own way (the C struct's segments, Python's buffers, the replay's
+// block shape); test/options_fields_test.cc fails when Options gains a field that is neither in
+// the table nor listed there as excluded.
 //
 // Text values (SetOption, GetOption):
 //   bool    true/false (also yes/no, 1/0, as absl::SimpleAtob)
 //   int     decimal, within the field's C++ type
 //   string  as given (may be empty)
 //   enum    one of the row's names: backend auto|emulated|cuda|metadata_only, cuda.copy_method
-//           auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back
+//           auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back|never
 //   params  key=value[,key=value...] (a policy's parameters; "" = none; replaces the whole map;
 //           a value cannot hold ',': set such a parameter through the typed path)
 //

@@ -356,6 +356,18 @@ static void TestOptionValues(const char* scratch) {
   kvtier_options_free_values(&o); /* twice: a no-op */
   kvtier_options_free_values(NULL);
 
+  /* The shard identity, only settable by path: validated at create, naming the field. */
+  o = BaseOptions();
+  CHECK_OK(kvtier_options_set(&o, "shard.tp_size", "2"));
+  CHECK_OK(kvtier_options_set(&o, "shard.tp_rank", "2"));
+  CHECK_OK(kvtier_options_set(&o, "shard.dtype", "bfloat16"));
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "Options.shard.tp_rank"));
+  CHECK_OK(kvtier_options_set(&o, "shard.tp_rank", "1"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+
   /* A path overrides its struct field; the struct keeps working without values. */
   o = BaseOptions();
   CHECK_OK(kvtier_options_set(&o, "host.capacity_bytes", "1")); /* less than a block */

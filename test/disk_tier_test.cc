@@ -776,6 +776,83 @@ TEST_CASE("Cache with disk: another layout on the directory is an error unless r
   CHECK((*cache)->Stats().disk_recovered_blocks == 0);
 }
 
+TEST_CASE(
+    "Cache with disk: a directory written by TP rank 0 is a mismatch for another shard identity, "
+    "served again to rank 0",
+    "[disk][cache][shard]") {
+  const ShardIdentity rank0{.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1"};
+  struct Other {
+    const char* what;
+    ShardIdentity shard;
+  };
+  const Other other = GENERATE(
+      Other{"tp rank 1", {.tp_rank = 1, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1"}},
+      Other{"pp stage 1",
+            {.tp_rank = 0,
+             .tp_size = 2,
+             .pp_rank = 1,
+             .pp_size = 2,
+             .dtype = "bfloat16",
+             .format = "nhd-v1"}},
+      Other{"float16", {.tp_rank = 0, .tp_size = 2, .dtype = "float16", .format = "nhd-v1"}},
+      Other{"format", {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "hnd-v1"}});
+  CAPTURE(other.what);
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  Options o0 = DiskOptions(kv, dir.path, 4, 64);
+  o0.shard = rank0;
+  Options o1 = o0;  // the same layout shape, another shard
+  o1.shard = other.shard;
+  uint64_t matched = 0;
+  {
+    auto cache = Cache::Create(o0);
+    REQUIRE_OK(cache);
+    CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  }  // flush_on_close: all 40 blocks on disk
+
+  REQUIRE_CODE(Cache::Create(o1), absl::StatusCode::kFailedPrecondition);
+
+  {
+    // Warm restart of rank 0 itself still serves every block.
+    auto cache = Cache::Create(o0);
+    REQUIRE_OK(cache);
+    CHECK((*cache)->Stats().disk_recovered_blocks > 0);
+    matched = 0;
+    CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+    CHECK(matched == 40);
+  }
+
+  // With reset_on_mismatch the other shard starts empty: none of rank 0's blocks is served.
+  o1.disk.reset_on_mismatch = true;
+  auto cache = Cache::Create(o1);
+  REQUIRE_OK(cache);
+  CHECK((*cache)->Stats().disk_recovered_blocks == 0);
+  matched = 0;
+  CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  CHECK(matched == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Cache with disk: a replicated (MLA) directory is served to every TP rank",
+          "[disk][cache][shard]") {
+  TempDir dir;
+  EngineKv kv({.segments = 1, .num_slots = 4});
+  Options o0 = DiskOptions(kv, dir.path, 4, 64);
+  o0.shard = {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .replicated = true};
+  uint64_t matched = 0;
+  {
+    auto cache = Cache::Create(o0);
+    REQUIRE_OK(cache);
+    CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  }
+  Options o1 = o0;
+  o1.shard.tp_rank = 1;
+  auto cache = Cache::Create(o1);
+  REQUIRE_OK(cache);
+  CHECK(RunAll(**cache, kv, 1, 20, &matched) == 0);
+  CHECK(matched == 40);
+}
+
 TEST_CASE("Cache with disk: bad disk options get clear errors", "[disk][cache]") {
   TempDir dir;
   EngineKv kv({.num_slots = 4});

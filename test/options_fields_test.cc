@@ -22,6 +22,14 @@ using Catch::Matchers::Contains;
 // step with Options: they take their options from the table.
 constexpr absl::string_view kEveryField[] = {
     "layout",  // BlockLayout: pointers and per-layer vectors, described by each binding its own way
+    "shard",
+    "shard.tp_rank",
+    "shard.tp_size",
+    "shard.pp_rank",
+    "shard.pp_size",
+    "shard.dtype",
+    "shard.format",
+    "shard.replicated",
     "backend",
     "cuda",
     "cuda.device",
@@ -58,7 +66,8 @@ constexpr absl::string_view kEveryField[] = {
     "host_write_through",
 };
 // Not rows: the layout (see above) and the sub-structs themselves (their fields are rows).
-constexpr absl::string_view kExcluded[] = {"layout", "cuda", "device", "host", "disk", "remote"};
+constexpr absl::string_view kExcluded[] = {"layout", "shard", "cuda",  "device",
+                                           "host",   "disk",  "remote"};
 
 // Converts to any member type, so T{AnyField{}, ...} compiles with at most as many as T has
 // members: the largest such count is T's number of data members (T an aggregate). Never defined:
@@ -92,6 +101,7 @@ bool IsExcluded(absl::string_view path) {
 TEST_CASE("OptionFields: the table has a row for every field of Options but the layout",
           "[options]") {
   CHECK(FieldCount<Options>() == Listed(""));
+  CHECK(FieldCount<ShardIdentity>() == Listed("shard"));
   CHECK(FieldCount<CudaOptions>() == Listed("cuda"));
   CHECK(FieldCount<DeviceTierOptions>() == Listed("device"));
   CHECK(FieldCount<HostTierOptions>() == Listed("host"));
@@ -171,6 +181,11 @@ TEST_CASE("OptionFields: defaults read back as options.h states them", "[options
   CHECK(*GetOption(o, "remote.publish") == "write-through");
   CHECK(*GetOption(o, "remote.connect_timeout_ms") == "500");
   CHECK(*GetOption(o, "demote_on_evict") == "true");
+  CHECK(*GetOption(o, "shard.tp_rank") == "0");
+  CHECK(*GetOption(o, "shard.tp_size") == "1");
+  CHECK(*GetOption(o, "shard.pp_size") == "1");
+  CHECK(*GetOption(o, "shard.dtype") == "");
+  CHECK(*GetOption(o, "shard.replicated") == "false");
 }
 
 TEST_CASE("OptionFields: text values set the typed fields", "[options]") {
@@ -183,6 +198,13 @@ TEST_CASE("OptionFields: text values set the typed fields", "[options]") {
   REQUIRE_OK(SetOption(o, "backend", "metadata_only"));
   REQUIRE_OK(SetOption(o, "cuda.copy_method", "batch_memcpy"));
   REQUIRE_OK(SetOption(o, "host.policy_params", "small_ratio=0.2,ghost=1"));
+  REQUIRE_OK(SetOption(o, "shard.tp_rank", "3"));
+  REQUIRE_OK(SetOption(o, "shard.tp_size", "8"));
+  REQUIRE_OK(SetOption(o, "shard.pp_rank", "1"));
+  REQUIRE_OK(SetOption(o, "shard.pp_size", "2"));
+  REQUIRE_OK(SetOption(o, "shard.dtype", "bfloat16"));
+  REQUIRE_OK(SetOption(o, "shard.format", "vllm-flash-nhd"));
+  REQUIRE_OK(SetOption(o, "shard.replicated", "true"));
   CHECK(o.remote.nodes == "10.0.0.1:7000,10.0.0.2:7000");
   CHECK(o.remote.publish == RemotePublish::kWriteBack);
   CHECK(o.remote.timeout_ms == 250);
@@ -191,6 +213,15 @@ TEST_CASE("OptionFields: text values set the typed fields", "[options]") {
   CHECK(o.backend == DeviceBackend::kMetadataOnly);
   CHECK(o.cuda.copy_method == CudaCopyMethod::kBatchMemcpy);
   CHECK(o.host.policy_params == PolicyParams{{"small_ratio", "0.2"}, {"ghost", "1"}});
+  CHECK(o.shard.tp_rank == 3);
+  CHECK(o.shard.tp_size == 8);
+  CHECK(o.shard.pp_rank == 1);
+  CHECK(o.shard.pp_size == 2);
+  CHECK(o.shard.dtype == "bfloat16");
+  CHECK(o.shard.format == "vllm-flash-nhd");
+  CHECK(o.shard.replicated);
+  REQUIRE_OK(SetOption(o, "remote.publish", "never"));
+  CHECK(o.remote.publish == RemotePublish::kNever);
 }
 
 // Values that do not parse or fit, by type (strings take any text).
@@ -235,7 +266,8 @@ TEST_CASE("OptionFields: a bad value or an unknown path is kInvalidArgument nami
   Options o;
   const absl::Status publish = SetOption(o, "remote.publish", "x");
   REQUIRE_CODE(publish, absl::StatusCode::kInvalidArgument);
-  CHECK(publish.message() == "Options.remote.publish: 'x' is not write-through or write-back");
+  CHECK(publish.message() ==
+        "Options.remote.publish: 'x' is not write-through, write-back or never");
   for (absl::string_view path : {"remote.nodez", "", "layout.num_slots", "remote", "host."}) {
     CAPTURE(path);
     const absl::Status s = SetOption(o, path, "1");

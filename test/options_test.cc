@@ -1,5 +1,12 @@
 #include "kvtier/options.h"
 
+#include <xxhash.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "kvtier/cache.h"
 #include "test/util/test_util.h"
 
@@ -95,6 +102,147 @@ TEST_CASE("Options: metadata-only caches accept a layout without pointers", "[op
   auto match = (*cache)->Match(keys);
   REQUIRE_OK(match);
   CHECK(match->size() == 3);
+}
+
+TEST_CASE("Options: each bad shard field is kInvalidArgument naming its path", "[options]") {
+  EngineKv kv;
+  const Options good = test::MakeOptions(kv, 8);
+  struct Bad {
+    const char* path;
+    std::function<void(ShardIdentity&)> mutate;
+  };
+  const std::vector<Bad> bad = {
+      {"Options.shard.tp_size: ", [](ShardIdentity& s) { s.tp_size = 0; }},
+      {"Options.shard.tp_rank: ", [](ShardIdentity& s) { s.tp_rank = 1; }},
+      {"Options.shard.tp_rank: ",
+       [](ShardIdentity& s) {
+         s.tp_size = 4;
+         s.tp_rank = 4;
+       }},
+      {"Options.shard.tp_rank: ",  // replicated or not, the rank must exist
+       [](ShardIdentity& s) {
+         s.replicated = true;
+         s.tp_size = 2;
+         s.tp_rank = 7;
+       }},
+      {"Options.shard.pp_size: ", [](ShardIdentity& s) { s.pp_size = 0; }},
+      {"Options.shard.pp_rank: ",
+       [](ShardIdentity& s) {
+         s.pp_size = 2;
+         s.pp_rank = 2;
+       }},
+      {"Options.shard.dtype: ",
+       [](ShardIdentity& s) { s.dtype = std::string(kMaxShardStringBytes + 1, 'b'); }},
+      {"Options.shard.dtype: ",
+       [](ShardIdentity& s) {
+         s.dtype = std::string(
+             "bf\0"
+             "16",
+             5);
+       }},
+      {"Options.shard.format: ",
+       [](ShardIdentity& s) { s.format = std::string(kMaxShardStringBytes + 1, 'f'); }},
+      {"Options.shard.format: ", [](ShardIdentity& s) { s.format = std::string(1, '\0'); }},
+  };
+  for (const Bad& b : bad) {
+    CAPTURE(b.path);
+    Options o = good;
+    b.mutate(o.shard);
+    const absl::Status v = o.Validate();
+    REQUIRE_CODE(v, absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(v.message()), Catch::Matchers::StartsWith(b.path));
+    REQUIRE_CODE(Cache::Create(o), absl::StatusCode::kInvalidArgument);
+  }
+  // The limits themselves are fine.
+  Options edge = good;
+  edge.shard = {.tp_rank = 7,
+                .tp_size = 8,
+                .pp_rank = 3,
+                .pp_size = 4,
+                .dtype = std::string(kMaxShardStringBytes, 'b'),
+                .format = std::string(kMaxShardStringBytes, 'f')};
+  REQUIRE_OK(edge.Validate());
+  REQUIRE_OK(Cache::Create(edge));
+}
+
+TEST_CASE("Options: the fingerprint covers the layout shape and every shard field", "[options]") {
+  EngineKv kv;
+  const Options base = test::MakeOptions(kv, 8);
+  const uint64_t f = base.Fingerprint();
+  auto with = [&](auto mutate) {
+    Options o = base;
+    mutate(o);
+    return o.Fingerprint();
+  };
+  CHECK(with([](Options& o) { o.shard.tp_size = 2; }) != f);
+  CHECK(with([](Options& o) { o.shard = {.tp_rank = 1, .tp_size = 2}; }) !=
+        with([](Options& o) { o.shard = {.tp_rank = 0, .tp_size = 2}; }));
+  CHECK(with([](Options& o) { o.shard = {.pp_rank = 1, .pp_size = 2}; }) !=
+        with([](Options& o) { o.shard = {.pp_rank = 0, .pp_size = 2}; }));
+  CHECK(with([](Options& o) { o.shard.pp_size = 2; }) != f);
+  CHECK(with([](Options& o) { o.shard.dtype = "bfloat16"; }) !=
+        with([](Options& o) { o.shard.dtype = "float16"; }));
+  CHECK(with([](Options& o) { o.shard.dtype = "bfloat16"; }) != f);
+  CHECK(with([](Options& o) { o.shard.format = "vllm-flash-nhd"; }) != f);
+  CHECK(with([](Options& o) { o.shard.replicated = true; }) != f);
+  // dtype and format are length-prefixed: moving bytes from one to the other changes it, and so
+  // does swapping them.
+  CHECK(with([](Options& o) { o.shard = {.dtype = "ab", .format = "c"}; }) !=
+        with([](Options& o) { o.shard = {.dtype = "a", .format = "bc"}; }));
+  CHECK(with([](Options& o) { o.shard = {.dtype = "x", .format = ""}; }) !=
+        with([](Options& o) { o.shard = {.dtype = "", .format = "x"}; }));
+  // The layout's shape still counts; its pointers and the other options do not.
+  EngineKv other({.segment_bytes = 128});
+  CHECK(with([&](Options& o) { o.layout = other.layout(); }) != f);
+  EngineKv same_shape;
+  CHECK(with([&](Options& o) { o.layout = same_shape.layout(); }) == f);
+  CHECK(with([](Options& o) {
+          o.host.capacity_bytes *= 2;
+          o.remote.scope = "elsewhere";
+        }) == f);
+  // Replicated (MLA): the same on every TP rank and degree, still distinct per PP stage.
+  const uint64_t r0 = with([](Options& o) { o.shard = {.tp_size = 2, .replicated = true}; });
+  CHECK(with([](Options& o) { o.shard = {.tp_rank = 1, .tp_size = 2, .replicated = true}; }) == r0);
+  CHECK(with([](Options& o) { o.shard = {.tp_rank = 5, .tp_size = 8, .replicated = true}; }) == r0);
+  CHECK(with([](Options& o) {
+          o.shard = {.tp_size = 2, .pp_rank = 1, .pp_size = 2, .replicated = true};
+        }) != r0);
+}
+
+TEST_CASE("Options: the fingerprint is XXH3-64 of the documented little-endian encoding",
+          "[options]") {
+  // Recomputed here from the encoding options.h describes, so a change to it (which would orphan
+  // every disk directory and remote key written before) cannot happen unnoticed.
+  EngineKv kv;
+  Options o = test::MakeOptions(kv, 8);
+  o.shard = {.tp_rank = 3,
+             .tp_size = 4,
+             .pp_rank = 1,
+             .pp_size = 2,
+             .dtype = "bfloat16",
+             .format = "vllm-flash-nhd"};
+  auto encode = [](const Options& opt, bool replicated) {
+    std::string bytes;
+    auto word = [&](uint64_t w) {
+      for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((w >> (8 * i)) & 0xff));
+    };
+    word(0x6b7674696572ULL);
+    word(2);
+    word(opt.layout.Fingerprint());
+    word(replicated ? 1 : 0);
+    word(replicated ? 0 : opt.shard.tp_rank);
+    word(replicated ? 0 : opt.shard.tp_size);
+    word(opt.shard.pp_rank);
+    word(opt.shard.pp_size);
+    word(opt.shard.dtype.size());
+    bytes += opt.shard.dtype;
+    word(opt.shard.format.size());
+    bytes += opt.shard.format;
+    return XXH3_64bits(bytes.data(), bytes.size());
+  };
+  CHECK(o.Fingerprint() == encode(o, false));
+  o.shard.replicated = true;
+  CHECK(o.Fingerprint() == encode(o, true));
 }
 
 }  // namespace

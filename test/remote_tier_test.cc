@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvtier/connector.h"
+#include "lib/cache_factory.h"
 #include "lib/tiers/redis_cluster.h"
 #include "test/util/fake_redis_peer.h"
 #include "test/util/redis_cluster_fixture.h"
@@ -312,6 +313,132 @@ TEST_CASE("Remote: two caches share a prefix through the cluster byte-exactly", 
   }
 }
 
+TEST_CASE(
+    "Remote: TP ranks, PP stages, dtypes and formats sharing one scope never read each other's "
+    "blocks",
+    "[remote][shard]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  // One scope for the whole deployment, as remote.md recommends; equally shaped shards.
+  const std::string scope = UniqueScope("shard");
+  auto create = [&](EngineKv& kv, const ShardIdentity& shard) {
+    Options o = RemoteOptions(kv, *cluster, scope);
+    o.shard = shard;
+    return Cache::Create(o);
+  };
+  const ShardIdentity rank0{.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1"};
+  EngineKv kv_a;
+  auto a = create(kv_a, rank0);
+  REQUIRE_OK(a);
+  const std::vector<BlockKey> keys = Chain(6, 61);
+  REQUIRE_OK(RunSequence(**a, kv_a, keys));
+  REQUIRE(WaitPublished(**a, keys.size()));
+  {
+    // Control: the same identity on another machine finds all of them.
+    EngineKv kv;
+    auto same = create(kv, rank0);
+    REQUIRE_OK(same);
+    auto m = (*same)->Match(keys);
+    REQUIRE_OK(m);
+    CHECK(m->blocks_in(Tier::kRemote) == keys.size());
+  }
+
+  struct Other {
+    const char* what;
+    ShardIdentity shard;
+  };
+  const std::vector<Other> others = {
+      {"tp rank 1 of 2", {.tp_rank = 1, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1"}},
+      {"rank 0 of tp 4", {.tp_rank = 0, .tp_size = 4, .dtype = "bfloat16", .format = "nhd-v1"}},
+      {"pp stage 1",
+       {.tp_rank = 0,
+        .tp_size = 2,
+        .pp_rank = 1,
+        .pp_size = 2,
+        .dtype = "bfloat16",
+        .format = "nhd-v1"}},
+      {"float16", {.tp_rank = 0, .tp_size = 2, .dtype = "float16", .format = "nhd-v1"}},
+      {"another format", {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "hnd-v1"}},
+      {"replicated",
+       {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "nhd-v1", .replicated = true}},
+  };
+  for (const Other& other : others) {
+    CAPTURE(other.what);
+    EngineKv kv_b;
+    auto b = create(kv_b, other.shard);
+    REQUIRE_OK(b);
+    auto m = (*b)->Match(keys);
+    REQUIRE_OK(m);
+    CHECK(m->size() == 0);
+    CHECK((*b)->Stats().remote.hits == 0);
+    // It computes the blocks itself and publishes its own copies under its own keys: not skipped
+    // as already there, and rank 0's copies are left intact (a value under rank 0's key with
+    // another fingerprint in its header would be a corrupt read below).
+    auto r = RunSequence(**b, kv_b, keys);
+    REQUIRE_OK(r);
+    CHECK(r->loaded == 0);
+    REQUIRE(WaitPublished(**b, keys.size()));
+    REQUIRE_OK((*b)->CheckInvariants());
+  }
+  EngineKv kv_c;
+  auto c = create(kv_c, rank0);
+  REQUIRE_OK(c);
+  auto r = RunSequence(**c, kv_c, keys);
+  REQUIRE_OK(r);
+  CHECK(r->loaded == keys.size());
+  CHECK(r->mismatched_bytes == 0);
+  CHECK((*c)->Stats().remote.corrupt_reads == 0);
+}
+
+TEST_CASE(
+    "Remote: replicated (MLA) ranks share one copy: rank 0 publishes, rank 1 only reads, "
+    "byte-exact",
+    "[remote][shard]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  const std::string scope = UniqueScope("mla");
+  const test::KvShape mla{.segments = 1, .segment_bytes = 576};  // one latent tensor per layer
+  EngineKv kv0(mla), kv1(mla);
+  Options o0 = RemoteOptions(kv0, *cluster, scope);
+  o0.shard = {.tp_rank = 0, .tp_size = 2, .dtype = "bfloat16", .format = "mla", .replicated = true};
+  Options o1 = RemoteOptions(kv1, *cluster, scope);
+  o1.shard = o0.shard;
+  o1.shard.tp_rank = 1;
+  o1.remote.publish = RemotePublish::kNever;  // one rank writes, all read
+  // Every block it computes reaches its host tier at once: what write-through would publish.
+  o1.host_write_through = true;
+  auto r0 = Cache::Create(o0);
+  auto r1 = Cache::Create(o1);
+  REQUIRE_OK(r0);
+  REQUIRE_OK(r1);
+  const std::vector<BlockKey> keys = Chain(6, 71);
+  REQUIRE_OK(RunSequence(**r0, kv0, keys));
+  REQUIRE(WaitPublished(**r0, keys.size()));
+
+  auto m = (*r1)->Match(keys);
+  REQUIRE_OK(m);
+  CHECK(m->blocks_in(Tier::kRemote) == keys.size());
+  auto loaded = RunSequence(**r1, kv1, keys);
+  REQUIRE_OK(loaded);
+  CHECK(loaded->loaded == keys.size());
+  CHECK(loaded->mismatched_bytes == 0);  // rank 0's bytes, as rank 0 computed them
+  CHECK((*r1)->Stats().remote.reads == keys.size());
+
+  // Rank 1 publishes nothing, also of what it computes itself: once it is gone (its destructor
+  // waits for every copy and store write it started), rank 0 finds none of those blocks.
+  const std::vector<BlockKey> own = Chain(4, 72);
+  auto computed = RunSequence(**r1, kv1, own);
+  REQUIRE_OK(computed);
+  CHECK(computed->loaded == 0);
+  REQUIRE_OK((*r1)->CheckInvariants());
+  CHECK((*r1)->Stats().remote.writes == 0);
+  r1->reset();
+  auto m0 = (*r0)->Match(own);
+  REQUIRE_OK(m0);
+  CHECK(m0->size() == 0);
+  REQUIRE_OK((*r0)->CheckInvariants());
+}
+
 TEST_CASE("Remote: write-back publishes a block only when the host evicts it", "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);
@@ -365,12 +492,11 @@ TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss, the cac
   auto match = (*b)->Match(keys);
   REQUIRE_OK(match);
   REQUIRE(match->size() == keys.size());
-  auto remote = RemoteTier::Open(
-      {.cluster = {.seeds = cluster->nodes()},
-       .name_space =
-           scope + "." + absl::StrCat(absl::Hex(kv_a.layout().Fingerprint(), absl::kZeroPad16)),
-       .block_bytes = kv_a.layout().block_bytes(),
-       .layout_fingerprint = kv_a.layout().Fingerprint()});
+  const Options oa = RemoteOptions(kv_a, *cluster, scope);
+  auto remote = RemoteTier::Open({.cluster = {.seeds = cluster->nodes()},
+                                  .name_space = RemoteNameSpace(oa),
+                                  .block_bytes = kv_a.layout().block_bytes(),
+                                  .layout_fingerprint = oa.Fingerprint()});
   REQUIRE_OK(remote);
   const auto deadline = Clock::now() + std::chrono::seconds(2);
   const std::string damaged = (*remote)->StoreKey(keys[2]);

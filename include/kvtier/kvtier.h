@@ -190,15 +190,18 @@ KVTIER_C_API void kvtier_options_init(kvtier_options* options);
  *   kvtier_options_set(&o, "remote.publish", "write-back");
  *   kvtier_options_set(&o, "remote.connect_timeout_ms", "200");
  *   kvtier_options_set(&o, "host.policy_params", "key=value,key2=value2");
+ *   kvtier_options_set(&o, "shard.tp_rank", "1");    (the shard identity, ShardIdentity in
+ *   kvtier_options_set(&o, "shard.dtype", "bfloat16");  options.h: part of every stored key)
  * bool: true/false; integers: decimal; enums by name (backend auto|emulated|cuda|metadata_only,
- * cuda.copy_method auto|kernel|batch_memcpy|memcpy_async, remote.publish write-through|write-back);
- * strings as given; policy parameters key=value[,key=value...]. The value is parsed now: an unknown
- * path, or a value that does not parse or fit the field, is KVTIER_INVALID_ARGUMENT with a message
- * naming the path ("Options.remote.publish: 'x' is not write-through or write-back") and stores
- * nothing. What the value means (a policy name, reachable nodes) is checked by
- * kvtier_cache_create, as for the struct's fields. Setting a path again replaces its value. The
- * strings are copied. Needs a version-2 struct (struct_size >= sizeof(kvtier_options) as of this
- * header), else KVTIER_INVALID_ARGUMENT. Allocates options->values on first use. */
+ * cuda.copy_method auto|kernel|batch_memcpy|memcpy_async, remote.publish
+ * write-through|write-back|never); strings as given; policy parameters key=value[,key=value...].
+ * The value is parsed now: an unknown path, or a value that does not parse or fit the field, is
+ * KVTIER_INVALID_ARGUMENT with a message naming the path ("Options.remote.publish: 'x' is not
+ * write-through, write-back or never") and stores nothing. What the value means (a policy name,
+ * reachable nodes) is checked by kvtier_cache_create, as for the struct's fields. Setting a path
+ * again replaces its value. The strings are copied. Needs a version-2 struct (struct_size >=
+ * sizeof(kvtier_options) as of this header), else KVTIER_INVALID_ARGUMENT. Allocates
+ * options->values on first use. */
 KVTIER_C_API kvtier_status kvtier_options_set(kvtier_options* options, const char* path,
                                               const char* value);
 /* Frees what kvtier_options_set stored and sets options->values to NULL; the other fields are left

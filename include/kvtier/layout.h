@@ -48,7 +48,8 @@ struct BlockLayout {
   uint64_t layer_bytes(uint32_t layer) const;
 
   // A hash of the shape (tokens per block, layers, segment sizes; not the pointers, strides or slot
-  // count), so that stored blocks are never served to a cache with a different model shape.
+  // count). The shape part of Options::Fingerprint(), which adds the shard identity (TP/PP rank,
+  // dtype, format) and is what tags stored blocks: equal shapes are not enough to share blocks.
   uint64_t Fingerprint() const;
 };
 

@@ -7,6 +7,7 @@
 #ifndef KVTIER_OPTIONS_H_
 #define KVTIER_OPTIONS_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -80,6 +81,35 @@ struct DiskTierOptions {
   bool flush_on_close = true;
 };
 
+// Which part of a model's KV cache this cache holds, and how its bytes are encoded: everything
+// that changes a block's bytes for the same tokens besides the layout's shape. It is part of the
+// identity of every copy of a block that leaves the process (Options::Fingerprint(): the disk
+// trailer and kvtier.meta, the remote tier's keys), so caches whose identities differ never read
+// each other's blocks, even when their layouts have the same shape: two tensor-parallel ranks of
+// one model (each holds its own KV heads), two pipeline stages, fp16 vs bf16, two engines' memory
+// formats. Every cache that should share blocks must set the same values, strings spelled byte for
+// byte alike.
+struct ShardIdentity {
+  uint32_t tp_rank = 0;  // tensor-parallel rank of this cache's GPU; < tp_size
+  uint32_t tp_size = 1;  // tensor-parallel degree; >= 1
+  uint32_t pp_rank = 0;  // pipeline-parallel stage of this cache's GPU; < pp_size
+  uint32_t pp_size = 1;  // pipeline-parallel degree; >= 1
+  // Element type of the KV tensors ("bfloat16", "float8_e4m3fn"); free-form, compared as bytes.
+  // At most kMaxShardStringBytes, no NUL. Empty: unnamed (only equal to another empty dtype).
+  std::string dtype;
+  // The engine's name for how it lays out and encodes a block ("vllm-flash-nhd"), with a version if
+  // it may change; free-form, same limits as dtype.
+  std::string format;
+  // Every tensor-parallel rank holds the same bytes for a block (MLA's latent KV, replicated on
+  // each rank): tp_rank and tp_size are left out of the identity, so all ranks, of any TP degree,
+  // share ONE copy of each block. Only one rank needs to publish it: set
+  // Options.remote.publish = RemotePublish::kNever on the others (they still read).
+  bool replicated = false;
+};
+
+// Longest ShardIdentity.dtype or .format, in bytes.
+inline constexpr size_t kMaxShardStringBytes = 256;
+
 // When blocks are published to the remote tier.
 enum class RemotePublish {
   // Every block that reaches the host from the device is published: Commit() copies each new
@@ -89,6 +119,10 @@ enum class RemotePublish {
   // A block is published when the host tier evicts it: less traffic, but other replicas only see
   // what this one has stopped holding.
   kWriteBack,
+  // Never: this cache only reads what others publish (Match() and Load() use the store as with
+  // the other modes). For caches whose blocks another cache already publishes: the ranks of a
+  // replicated (ShardIdentity.replicated) layout but one.
+  kNever,
 };
 
 // The remote tier: a Redis Cluster that many caches (engine replicas, on many machines) share.
@@ -98,8 +132,9 @@ struct RemoteTierOptions {
   // "host:port[,host:port...]" of one or more cluster nodes (the rest are discovered); empty
   // disables the remote tier.
   std::string nodes;
-  // Caches that share blocks must use the same scope (and the same layout: its fingerprint is
-  // part of every store key, so another model's blocks are never even looked up).
+  // Caches that share blocks must use the same scope (and the same layout and shard identity:
+  // Options::Fingerprint() is part of every store key, so another model's, rank's or dtype's
+  // blocks are never even looked up). One scope for all the ranks of a deployment is safe.
   std::string scope = "default";
   RemotePublish publish = RemotePublish::kWriteThrough;
   uint32_t ttl_seconds = 0;  // expiry of every published block; 0: none
@@ -114,7 +149,8 @@ struct RemoteTierOptions {
 };
 
 struct Options {
-  BlockLayout layout;  // the engine's device KV memory; required
+  BlockLayout layout;   // the engine's device KV memory; required
+  ShardIdentity shard;  // which rank's, dtype's and format's blocks this cache holds
   DeviceBackend backend = DeviceBackend::kAuto;
   CudaOptions cuda;  // used when the backend is CUDA
   DeviceTierOptions device;
@@ -129,6 +165,15 @@ struct Options {
   bool host_write_through = false;
 
   absl::Status Validate() const;
+
+  // The identity of every copy of a block that leaves the process: a hash of the layout's shape
+  // (BlockLayout::Fingerprint()) and of `shard` (tp_rank and tp_size only when not replicated;
+  // strings length-prefixed). Written in each disk trailer and in kvtier.meta, and part of every
+  // remote key: a disk directory or store value of another fingerprint is never served. The same
+  // value on every machine (little-endian words). Version 2 of the hash; version 1 hashed the
+  // shape alone, so directories written before the shard identity existed are a mismatch (see
+  // DiskTierOptions.reset_on_mismatch). O(layers x segments + string lengths).
+  uint64_t Fingerprint() const;
 };
 
 }  // namespace kvtier

@@ -24,7 +24,7 @@ inline constexpr uint32_t kBlockHeaderVersion = 1;
 
 struct BlockHeader {
   BlockKey key, parent;
-  uint64_t fingerprint = 0;  // the layout's (BlockLayout::Fingerprint)
+  uint64_t fingerprint = 0;  // Options::Fingerprint(): layout shape and shard identity
   uint64_t payload_bytes = 0;
   uint64_t payload_hash = 0;  // PayloadHash of the payload
   uint64_t sequence = 0;      // the writer's own use (the disk tier: write order)

@@ -280,8 +280,11 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
         std::string_view(reinterpret_cast<const char*>((*old)->p), meta_size) != meta.str()) {
       if (!config.reset_on_mismatch) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "Options.disk.directory: ", dir, " holds blocks of another layout or geometry (", was,
-            ") vs (", OneLine(meta.str()), "); set Options.disk.reset_on_mismatch to start empty"));
+            "Options.disk.directory: ", dir,
+            " holds blocks of another layout, shard identity (Options.shard: TP/PP rank, dtype, "
+            "format) or geometry (",
+            was, ") vs (", OneLine(meta.str()),
+            "); set Options.disk.reset_on_mismatch to start empty"));
       }
       reset = true;
     }

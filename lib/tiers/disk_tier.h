@@ -15,9 +15,10 @@
 // slot's trailer. Trailers that fail their checks are dropped and counted, and so is a manifest
 // that is not a regular file of ours, is longer than this geometry allows, or names a slot past the
 // tier, a slot twice or a key twice: the scan recovers instead, and nothing of it is used. A
-// directory written with another layout or geometry, or holding slot files but no kvtier.meta, is
-// an error, or an empty start with reset_on_mismatch (which removes every slot file, also those
-// of a geometry with more files). kvtier.lock exists while a tier holds the directory.
+// directory written with another layout, shard identity or geometry, or holding slot files but no
+// kvtier.meta, is an error, or an empty start with reset_on_mismatch (which removes every slot
+// file, also those of a geometry with more files). kvtier.lock exists while a tier holds the
+// directory.
 //
 // Files. The tier reads and writes only regular files of the effective user with a single link,
 // opened without following symlinks: a slot file, kvtier.meta or kvtier.lock that is anything else
@@ -59,6 +60,7 @@ struct DiskTierConfig {
   uint32_t files = 1;           // slots are striped over this many files
   uint32_t queue_depth = 64;    // io_uring ops in flight
   uint64_t block_bytes = 0;     // payload of one block
+  // Options::Fingerprint(): layout shape and shard identity, in every trailer and kvtier.meta.
   uint64_t layout_fingerprint = 0;
   bool reset_on_mismatch = false;  // another layout/geometry on disk: start empty, not an error
   bool allow_buffered = false;     // no O_DIRECT (tmpfs): buffered I/O instead of an error

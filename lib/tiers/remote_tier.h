@@ -42,9 +42,9 @@ namespace kvtier::internal {
 
 struct RemoteTierConfig {
   RedisClusterConfig cluster;
-  std::string name_space;  // the key's middle part: scope and layout fingerprint
+  std::string name_space;  // the key's middle part: scope and Options::Fingerprint()
   uint64_t block_bytes = 0;
-  uint64_t layout_fingerprint = 0;
+  uint64_t layout_fingerprint = 0;  // Options::Fingerprint(): in every value's header
   uint32_t ttl_seconds = 0;  // EX on every SET; 0: none (the store's maxmemory policy decides)
   std::chrono::milliseconds timeout{1000};       // per read or write batch
   std::chrono::microseconds match_budget{1000};  // FindPrefix's deadline, from its call

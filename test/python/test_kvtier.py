@@ -220,7 +220,7 @@ def test_table_options_are_keywords():
     assert o.remote_match_budget_us == 100
     with pytest.raises(ValueError) as e:  # a value the table rejects names the path
         kvtier.Options(remote_publish="x")
-    assert "Options.remote.publish: 'x' is not write-through or write-back" in str(e.value)
+    assert "Options.remote.publish: 'x' is not write-through, write-back or never" in str(e.value)
     with pytest.raises(ValueError) as e:
         kvtier.Options(remote_threads=-1)
     assert "Options.remote.threads" in str(e.value)
@@ -234,6 +234,20 @@ def test_table_options_are_keywords():
         kvtier.Options(remote_timeout_ms=1.5)
     with pytest.raises(TypeError):
         kvtier.Options(remote_nodez="127.0.0.1:1")
+
+
+def test_shard_identity_keywords():
+    """The shard identity (ShardIdentity) is set through the table's keywords and validated."""
+    o = kvtier.Options(shard_tp_rank=1, shard_tp_size=2, shard_pp_rank=0, shard_pp_size=1,
+                       shard_dtype="bfloat16", shard_format="vllm-flash-nhd",
+                       shard_replicated=True, remote_publish="never")
+    assert (o.shard_tp_rank, o.shard_tp_size, o.shard_dtype) == (1, 2, "bfloat16")
+    assert (o.shard_format, o.shard_replicated, o.remote_publish) == ("vllm-flash-nhd", True,
+                                                                      "never")
+    with pytest.raises(ValueError) as e:  # checked when the cache is built
+        kvtier.Cache.create(kvtier.Options(num_slots=SLOTS, num_layers=1, bytes_per_block=64,
+                                           shard_tp_rank=2, shard_tp_size=2))
+    assert "Options.shard.tp_rank" in str(e.value)
 
 
 def test_remote_options_reach_the_cache():
