@@ -6,12 +6,16 @@
 // message lives in a fixed thread_local buffer, so recording an error never allocates.
 //
 // Close vs destroy: a kvtier_cache handle owns a shared CacheBox, and so does every lease and
-// transfer handle it issued. kvtier_cache_close() takes the box's lock exclusively, waits for the
+// transfer handle it issued (a kvtier_connector's box holds a Connector instead, shared with its
+// transfers and stores). kvtier_cache_close() takes the box's lock exclusively, waits for the
 // transfers, empties the leases (the C++ objects must die before their Cache) and destroys the
 // Cache; the box stays, so a later call through any of the handles finds `cache == nullptr` and
 // answers KVTIER_FAILED_PRECONDITION instead of touching freed memory. Calls take the lock shared,
 // so they run concurrently with each other and never overlap a close. Lock order: life_mu, then
-// reg_mu.
+// reg_mu or finished_mu (never both).
+//
+// kvtier_connector_take_finished: Connector::TakeFinished reports each end once; what does not fit
+// the caller's array waits in the box, in order, for the next call.
 //
 // Options: the struct's fields map to kvtier::Options by hand (they are C types: segments, NULL
 // strings, inverted booleans); kvtier_options_set stores (path, text) pairs in a side object the
@@ -21,6 +25,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -36,6 +41,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
+#include "kvtier/connector.h"
 #include "kvtier/kvtier.h"
 #include "kvtier/options.h"
 #include "lib/options_fields.h"
@@ -47,12 +53,13 @@ using kvtier::BlockKey;
 static_assert(static_cast<int>(absl::StatusCode::kUnauthenticated) == KVTIER_UNAUTHENTICATED);
 static_assert(static_cast<int>(absl::StatusCode::kDataLoss) == KVTIER_DATA_LOSS);
 static_assert(static_cast<int>(kvtier::Tier::kDisk) == KVTIER_TIER_DISK);
+static_assert(static_cast<int>(kvtier::Tier::kRemote) == KVTIER_TIER_REMOTE);
 static_assert(static_cast<int>(kvtier::DeviceBackend::kMetadataOnly) ==
               KVTIER_BACKEND_METADATA_ONLY);
 
 // The size of each struct in version 1 of the API: the smallest struct_size accepted.
 constexpr size_t kOptionsSizeV1 = KVTIER_OPTIONS_SIZE_V1;
-constexpr size_t kStatsSizeV1 = offsetof(kvtier_stats, blocks_commit_shared);
+constexpr size_t kStatsSizeV1 = KVTIER_STATS_SIZE_V1;
 // The smallest struct_size that reaches `values` (version 2).
 constexpr size_t kOptionsSizeV2 = offsetof(kvtier_options, values) + sizeof(kvtier_option_values*);
 // Version 1's layout is frozen: 104 bytes on LP64 (its 5 trailing bools padded to 8).
@@ -120,17 +127,30 @@ struct kvtier_option_values {
 
 namespace {
 
+// A cache's or a connector's: exactly one of the two pointers is set until the close.
 struct CacheBox {
   std::shared_mutex life_mu;             // shared: a call in progress; exclusive: close
   std::unique_ptr<kvtier::Cache> cache;  // nullptr once closed (written under life_mu exclusive)
-  kvtier::BlockLayout layout;            // a copy, for addresses
-  std::mutex reg_mu;                     // guards the two sets
+  std::unique_ptr<kvtier::Connector> connector;  // the same, for a connector's box
+  bool is_connector = false;                     // for messages
+  kvtier::BlockLayout layout;                    // a copy, for addresses
+  std::mutex reg_mu;                             // guards the three sets
   std::unordered_set<kvtier_lease*> leases;
   std::unordered_set<kvtier_transfer*> transfers;
+  std::unordered_set<kvtier_store*> stores;
+  std::mutex finished_mu;                 // after life_mu; guards `finished`
+  std::deque<kvtier::Finished> finished;  // taken from the connector, not yet handed out
+
+  bool open() const { return cache != nullptr || connector != nullptr; }
 };
 
 absl::Status Closed(const char* call) {
   return absl::FailedPreconditionError(absl::StrCat(call, ": the cache is closed"));
+}
+
+absl::Status Closed(const char* call, const CacheBox& box) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(call, ": the ", box.is_connector ? "connector" : "cache", " is closed"));
 }
 
 absl::Status SlotAddress(const char* call, const kvtier::BlockLayout& layout, uint32_t slot,
@@ -244,6 +264,51 @@ void FillTier(const kvtier::TierStats& in, kvtier_tier_stats* out) {
                            in.inserts,         in.evictions,   in.drops};
 }
 
+absl::Status CheckStatsSize(const char* call, const kvtier_stats* stats) {
+  if (stats == nullptr) return Null(call, "stats");
+  if (stats->struct_size < kStatsSizeV1) {
+    return absl::InvalidArgumentError(absl::StrCat(call, ": stats.struct_size ", stats->struct_size,
+                                                   " vs at least ", kStatsSizeV1));
+  }
+  return absl::OkStatus();
+}
+
+// Writes the fields of `s` that the caller's struct (stats->struct_size, checked) reaches.
+void FillStats(const kvtier::CacheStats& s, kvtier_stats* stats) {
+  kvtier_stats o;
+  std::memset(&o, 0, sizeof(o));
+  o.struct_size = stats->struct_size;
+  FillTier(s.device, &o.device);
+  FillTier(s.host, &o.host);
+  FillTier(s.disk, &o.disk);
+  o.match_calls = s.match_calls;
+  o.blocks_queried = s.blocks_queried;
+  o.blocks_missed = s.blocks_missed;
+  o.blocks_loaded = s.blocks_loaded;
+  o.blocks_committed = s.blocks_committed;
+  o.demotions = s.demotions;
+  o.promotions = s.promotions;
+  o.bytes_h2d = s.bytes_h2d;
+  o.bytes_d2h = s.bytes_d2h;
+  o.transfer_failures = s.transfer_failures;
+  o.bytes_disk_read = s.bytes_disk_read;
+  o.bytes_disk_written = s.bytes_disk_written;
+  o.disk_corrupt_reads = s.disk_corrupt_reads;
+  o.disk_io_errors = s.disk_io_errors;
+  o.disk_recovered_blocks = s.disk_recovered_blocks;
+  o.disk_recovery_dropped = s.disk_recovery_dropped;
+  o.leases_live = s.leases_live;
+  o.transfers_in_flight = s.transfers_in_flight;
+  o.disk_buffered_io = s.disk_buffered_io;
+  o.hit_ratio = s.HitRatio();
+  o.blocks_commit_shared = s.blocks_commit_shared;
+  o.blocks_stored = s.blocks_stored;
+  o.blocks_store_skipped = s.blocks_store_skipped;
+  // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared,
+  // version 2 before blocks_stored); a larger tail is left as it is.
+  std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));
+}
+
 }  // namespace
 
 struct kvtier_hasher {
@@ -262,7 +327,14 @@ struct kvtier_lease {
 };
 struct kvtier_transfer {
   std::shared_ptr<CacheBox> box;
-  kvtier::Transfer transfer;  // empty once its cache closed
+  kvtier::Transfer transfer;  // empty once its cache (or connector) closed
+};
+struct kvtier_connector {
+  std::shared_ptr<CacheBox> box;
+};
+struct kvtier_store {
+  std::shared_ptr<CacheBox> box;
+  kvtier::StoreHandle store;  // empty once its connector closed
 };
 
 namespace {
@@ -278,7 +350,7 @@ absl::Status CheckLease(const char* call, const kvtier_lease* lease) {
 
 absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
   if (t == nullptr) return Null(call, "transfer");
-  if (t->box->cache == nullptr) return Closed(call);
+  if (!t->box->open()) return Closed(call, *t->box);
   return absl::OkStatus();
 }
 }  // namespace
@@ -582,7 +654,7 @@ kvtier_status kvtier_match_blocks_in(const kvtier_match* match, kvtier_tier tier
     if (match == nullptr) return Null(kCall, "match");
     if (count == nullptr) return Null(kCall, "count");
     const int64_t value = EnumValue(tier);
-    if (value < KVTIER_TIER_DEVICE || value > KVTIER_TIER_DISK) {
+    if (value < KVTIER_TIER_DEVICE || value > KVTIER_TIER_REMOTE) {
       return absl::InvalidArgumentError(
           absl::StrCat(kCall, ": tier ", value, " is not a kvtier_tier"));
     }
@@ -802,44 +874,10 @@ kvtier_status kvtier_cache_stats(const kvtier_cache* cache, kvtier_stats* stats)
   return Guard([&]() -> absl::Status {
     constexpr const char* kCall = "kvtier_cache_stats";
     if (cache == nullptr) return Null(kCall, "cache");
-    if (stats == nullptr) return Null(kCall, "stats");
-    if (stats->struct_size < kStatsSizeV1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kCall, ": stats.struct_size ", stats->struct_size, " vs at least ", kStatsSizeV1));
-    }
+    if (absl::Status s = CheckStatsSize(kCall, stats); !s.ok()) return s;
     std::shared_lock life(cache->box->life_mu);
     if (cache->box->cache == nullptr) return Closed(kCall);
-    const kvtier::CacheStats s = cache->box->cache->Stats();
-    kvtier_stats o;
-    std::memset(&o, 0, sizeof(o));
-    o.struct_size = stats->struct_size;
-    FillTier(s.device, &o.device);
-    FillTier(s.host, &o.host);
-    FillTier(s.disk, &o.disk);
-    o.match_calls = s.match_calls;
-    o.blocks_queried = s.blocks_queried;
-    o.blocks_missed = s.blocks_missed;
-    o.blocks_loaded = s.blocks_loaded;
-    o.blocks_committed = s.blocks_committed;
-    o.demotions = s.demotions;
-    o.promotions = s.promotions;
-    o.bytes_h2d = s.bytes_h2d;
-    o.bytes_d2h = s.bytes_d2h;
-    o.transfer_failures = s.transfer_failures;
-    o.bytes_disk_read = s.bytes_disk_read;
-    o.bytes_disk_written = s.bytes_disk_written;
-    o.disk_corrupt_reads = s.disk_corrupt_reads;
-    o.disk_io_errors = s.disk_io_errors;
-    o.disk_recovered_blocks = s.disk_recovered_blocks;
-    o.disk_recovery_dropped = s.disk_recovery_dropped;
-    o.leases_live = s.leases_live;
-    o.transfers_in_flight = s.transfers_in_flight;
-    o.disk_buffered_io = s.disk_buffered_io;
-    o.hit_ratio = s.HitRatio();
-    o.blocks_commit_shared = s.blocks_commit_shared;
-    // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared); a
-    // larger tail is left as it is.
-    std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));
+    FillStats(cache->box->cache->Stats(), stats);
     return absl::OkStatus();
   });
 }
@@ -938,6 +976,374 @@ void kvtier_transfer_destroy(kvtier_transfer* transfer) {
   } catch (...) {
   }
   delete transfer;
+}
+
+// ---- connector mode ----
+
+namespace {
+
+absl::Status CheckBlockIds(const char* call, const char* what, const uint32_t* blocks, size_t n) {
+  if (blocks == nullptr && n != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(call, ": ", what, " is NULL with ", n, " blocks"));
+  }
+  return absl::OkStatus();
+}
+
+// The connector of `c`, under c->box->life_mu (shared): kFailedPrecondition once closed.
+absl::StatusOr<kvtier::Connector*> Open(const char* call, const kvtier_connector* c) {
+  if (c->box->connector == nullptr) return Closed(call, *c->box);
+  return c->box->connector.get();
+}
+
+absl::Status CheckStore(const char* call, const kvtier_store* s) {
+  if (s == nullptr) return Null(call, "store");
+  if (!s->box->open()) return Closed(call, *s->box);
+  return absl::OkStatus();
+}
+
+// kvtier_connector_store (save_all: with ready_event) and kvtier_connector_begin_store.
+kvtier_status StartStore(const char* call, kvtier_connector* connector,
+                         const kvtier_block_key* keys, size_t num_keys, uint32_t first,
+                         const uint32_t* src_blocks, size_t num_src, bool save_all,
+                         void* ready_event, uint64_t request_id, kvtier_store** out) {
+  return Guard([&]() -> absl::Status {
+    if (connector == nullptr) return Null(call, "connector");
+    if (out == nullptr) return Null(call, "out");
+    *out = nullptr;
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(call, keys, num_keys, &k); !s.ok()) return s;
+    if (absl::Status s = CheckBlockIds(call, "src_blocks", src_blocks, num_src); !s.ok()) return s;
+    auto handle = std::make_unique<kvtier_store>();
+    handle->box = connector->box;
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(call, connector);
+    if (!c.ok()) return c.status();
+    const std::span<const uint32_t> src(src_blocks, num_src);
+    auto store = save_all ? (*c)->Store(k, first, src, ready_event, request_id)
+                          : (*c)->BeginStore(k, first, src, request_id);
+    if (!store.ok()) return store.status();
+    handle->store = std::move(*store);
+    {
+      std::lock_guard reg(connector->box->reg_mu);
+      connector->box->stores.insert(handle.get());
+    }
+    *out = handle.release();
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace
+
+kvtier_status kvtier_connector_create(const kvtier_options* options, kvtier_connector** out) {
+  return Guard([&]() -> absl::Status {
+    if (out == nullptr) return Null("kvtier_connector_create", "out");
+    *out = nullptr;
+    kvtier::Options opt;
+    if (absl::Status s = ToOptions(options, &opt); !s.ok()) return s;
+    auto connector = kvtier::Connector::Create(opt);
+    if (!connector.ok()) return connector.status();
+    auto box = std::make_shared<CacheBox>();
+    box->is_connector = true;
+    box->layout = opt.layout;
+    box->connector = std::move(*connector);
+    *out = new kvtier_connector{std::move(box)};
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_connector_close(kvtier_connector* connector) {
+  return Guard([&]() -> absl::Status {
+    if (connector == nullptr) return Null("kvtier_connector_close", "connector");
+    CacheBox& box = *connector->box;
+    std::unique_lock life(box.life_mu);
+    if (box.connector == nullptr) return absl::OkStatus();
+    {
+      std::lock_guard reg(box.reg_mu);
+      // Stores and transfers die before their Connector: a store with layers unsaved is
+      // abandoned, the others are waited for.
+      for (kvtier_store* s : box.stores) s->store = kvtier::StoreHandle();
+      for (kvtier_transfer* t : box.transfers) t->transfer = kvtier::Transfer();
+    }
+    {
+      std::lock_guard finished(box.finished_mu);
+      box.finished.clear();
+    }
+    box.connector.reset();
+    return absl::OkStatus();
+  });
+}
+
+void kvtier_connector_destroy(kvtier_connector* connector) {
+  if (connector == nullptr) return;
+  const kvtier_status saved = kvtier_connector_close(connector);
+  (void)saved;
+  delete connector;
+}
+
+kvtier_status kvtier_connector_block_bytes(const kvtier_connector* connector, uint64_t* bytes) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_block_bytes";
+    if (connector == nullptr) return Null(kCall, "connector");
+    if (bytes == nullptr) return Null(kCall, "bytes");
+    std::shared_lock life(connector->box->life_mu);
+    if (auto c = Open(kCall, connector); !c.ok()) return c.status();
+    *bytes = connector->box->layout.block_bytes();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_connector_lookup(kvtier_connector* connector, const kvtier_block_key* keys,
+                                      size_t num_keys, uint32_t first, bool touch,
+                                      bool wait_for_store, kvtier_lookup_result* out) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_lookup";
+    if (connector == nullptr) return Null(kCall, "connector");
+    if (out == nullptr) return Null(kCall, "out");
+    out->blocks = 0;
+    out->pending = false;
+    if (out->tiers == nullptr && out->tiers_capacity != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": out.tiers is NULL with tiers_capacity=", out->tiers_capacity));
+    }
+    // The most blocks the answer can hold, checked before the lookup (which counts as an access):
+    // an undersized array changes nothing. first > num_keys is the C++ call's to refuse.
+    if (out->tiers != nullptr && first <= num_keys && out->tiers_capacity < num_keys - first) {
+      return absl::OutOfRangeError(absl::StrCat(kCall, ": out.tiers_capacity ", out->tiers_capacity,
+                                                " vs num_keys - first = ", num_keys - first));
+    }
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(kCall, connector);
+    if (!c.ok()) return c.status();
+    auto r = (*c)->Lookup(k, first, {.touch = touch, .wait_for_store = wait_for_store});
+    if (!r.ok()) return r.status();
+    out->blocks = r->blocks;
+    out->pending = r->pending;
+    if (out->tiers != nullptr) {
+      for (size_t i = 0; i < r->tiers.size(); ++i) {
+        out->tiers[i] = static_cast<kvtier_tier>(r->tiers[i]);
+      }
+    }
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_connector_load(kvtier_connector* connector, const kvtier_block_key* keys,
+                                    size_t num_keys, uint32_t first, const uint32_t* dst_blocks,
+                                    size_t num_dst, uint64_t request_id, kvtier_transfer** out) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_load";
+    if (connector == nullptr) return Null(kCall, "connector");
+    if (out == nullptr) return Null(kCall, "out");
+    *out = nullptr;
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    if (absl::Status s = CheckBlockIds(kCall, "dst_blocks", dst_blocks, num_dst); !s.ok()) {
+      return s;
+    }
+    auto handle = std::make_unique<kvtier_transfer>();
+    handle->box = connector->box;
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(kCall, connector);
+    if (!c.ok()) return c.status();
+    auto xfer = (*c)->Load(k, first, std::span<const uint32_t>(dst_blocks, num_dst), request_id);
+    if (!xfer.ok()) return xfer.status();
+    handle->transfer = std::move(*xfer);
+    {
+      std::lock_guard reg(connector->box->reg_mu);
+      connector->box->transfers.insert(handle.get());
+    }
+    *out = handle.release();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_connector_store(kvtier_connector* connector, const kvtier_block_key* keys,
+                                     size_t num_keys, uint32_t first, const uint32_t* src_blocks,
+                                     size_t num_src, void* ready_event, uint64_t request_id,
+                                     kvtier_store** out) {
+  return StartStore("kvtier_connector_store", connector, keys, num_keys, first, src_blocks, num_src,
+                    /*save_all=*/true, ready_event, request_id, out);
+}
+
+kvtier_status kvtier_connector_begin_store(kvtier_connector* connector,
+                                           const kvtier_block_key* keys, size_t num_keys,
+                                           uint32_t first, const uint32_t* src_blocks,
+                                           size_t num_src, uint64_t request_id,
+                                           kvtier_store** out) {
+  return StartStore("kvtier_connector_begin_store", connector, keys, num_keys, first, src_blocks,
+                    num_src, /*save_all=*/false, nullptr, request_id, out);
+}
+
+kvtier_status kvtier_connector_take_finished(kvtier_connector* connector, kvtier_finished* out,
+                                             size_t capacity, size_t* count) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_take_finished";
+    if (connector == nullptr) return Null(kCall, "connector");
+    if (count == nullptr) return Null(kCall, "count");
+    *count = 0;
+    if (out == nullptr && capacity != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": out is NULL with capacity=", capacity));
+    }
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(kCall, connector);
+    if (!c.ok()) return c.status();
+    CacheBox& box = *connector->box;
+    std::lock_guard finished(box.finished_mu);
+    // Taken under finished_mu, so concurrent callers hand them out in the order they ended.
+    std::vector<kvtier::Finished> fresh = (*c)->TakeFinished();
+    for (kvtier::Finished& f : fresh) box.finished.push_back(std::move(f));
+    const size_t n = std::min(capacity, box.finished.size());
+    for (size_t i = 0; i < n; ++i) {
+      const kvtier::Finished& f = box.finished[i];
+      out[i] =
+          kvtier_finished{.request_id = f.request_id,
+                          .kind = f.kind == kvtier::Finished::Kind::kLoad ? KVTIER_FINISHED_LOAD
+                                                                          : KVTIER_FINISHED_STORE,
+                          .status = static_cast<kvtier_status>(f.status.raw_code()),
+                          .blocks = f.blocks};
+    }
+    box.finished.erase(box.finished.begin(), box.finished.begin() + static_cast<ptrdiff_t>(n));
+    *count = n;
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_connector_hint(kvtier_connector* connector, const kvtier_block_key* keys,
+                                    const double* scores, size_t num_keys) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_hint";
+    if (connector == nullptr) return Null(kCall, "connector");
+    if (scores == nullptr && num_keys != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": scores is NULL with num_keys=", num_keys));
+    }
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(kCall, connector);
+    if (!c.ok()) return c.status();
+    return (*c)->Hint(k, std::span<const double>(scores, num_keys));
+  });
+}
+
+kvtier_status kvtier_connector_stats(const kvtier_connector* connector, kvtier_stats* stats) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_stats";
+    if (connector == nullptr) return Null(kCall, "connector");
+    if (absl::Status s = CheckStatsSize(kCall, stats); !s.ok()) return s;
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(kCall, connector);
+    if (!c.ok()) return c.status();
+    FillStats((*c)->Stats(), stats);
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_connector_check_invariants(const kvtier_connector* connector) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_connector_check_invariants";
+    if (connector == nullptr) return Null(kCall, "connector");
+    std::shared_lock life(connector->box->life_mu);
+    auto c = Open(kCall, connector);
+    if (!c.ok()) return c.status();
+    return (*c)->CheckInvariants();
+  });
+}
+
+// ---- stores ----
+
+kvtier_status kvtier_store_blocks(const kvtier_store* store, uint32_t* blocks, uint32_t* unstored) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_blocks";
+    if (store == nullptr) return Null(kCall, "store");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    if (blocks != nullptr) *blocks = store->store.blocks();
+    if (unstored != nullptr) *unstored = store->store.unstored();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_store_save_layer(kvtier_store* store, uint32_t layer, void* ready_event) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_save_layer";
+    if (store == nullptr) return Null(kCall, "store");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    return store->store.SaveLayer(layer, ready_event);
+  });
+}
+
+kvtier_status kvtier_store_save_all(kvtier_store* store, void* ready_event) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_save_all";
+    if (store == nullptr) return Null(kCall, "store");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    return store->store.SaveAll(ready_event);
+  });
+}
+
+kvtier_status kvtier_store_layers_saved(const kvtier_store* store, uint32_t* layers) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_layers_saved";
+    if (store == nullptr) return Null(kCall, "store");
+    if (layers == nullptr) return Null(kCall, "layers");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    *layers = store->store.layers_saved();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_store_poll(const kvtier_store* store, bool* done) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_poll";
+    if (store == nullptr) return Null(kCall, "store");
+    if (done == nullptr) return Null(kCall, "done");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    *done = store->store.Poll();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_store_wait(kvtier_store* store) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_wait";
+    if (store == nullptr) return Null(kCall, "store");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    return store->store.Wait();
+  });
+}
+
+kvtier_status kvtier_store_status(const kvtier_store* store) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_store_status";
+    if (store == nullptr) return Null(kCall, "store");
+    std::shared_lock life(store->box->life_mu);
+    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
+    return store->store.status();
+  });
+}
+
+void kvtier_store_destroy(kvtier_store* store) {
+  if (store == nullptr) return;
+  try {
+    std::shared_lock life(store->box->life_mu);
+    {
+      std::lock_guard reg(store->box->reg_mu);
+      store->box->stores.erase(store);
+    }
+    store->store = kvtier::StoreHandle();  // abandons unsaved layers, waits, as ~StoreHandle does
+  } catch (...) {
+  }
+  delete store;
 }
 
 }  // extern "C"

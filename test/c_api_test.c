@@ -1,7 +1,8 @@
 /* c_api_test: the C API (kvtier/kvtier.h) from a C99 program, on the emulated device.
  *
  * The engine lifecycle with byte verification (device hits, host hits after eviction, disk hits
- * after a warm restart), then every misuse the header documents as detected. Stops at the first
+ * after a warm restart), then every misuse the header documents as detected; the same for
+ * connector mode (stores from and loads into the engine's own blocks). Stops at the first
  * failed check with exit status 1. Usage: c_api_test [scratch directory, default "."]. */
 #define _XOPEN_SOURCE 700 /* mkdir, snprintf under -std=c99 -pedantic */
 
@@ -636,6 +637,344 @@ static void TestBadCalls(void) {
   kvtier_hasher_destroy(hasher);
 }
 
+/* ---- connector mode: the engine owns its blocks (g_kv), kvtier stores and loads them ---- */
+
+static unsigned char* EngineBlock(uint32_t block, uint32_t layer, uint32_t seg) {
+  return g_kv[layer * kSegs + seg] + (size_t)block * kSegBytes;
+}
+
+/* The engine computes `key` into its block `block`. */
+static void EngineWrite(uint32_t block, kvtier_block_key key) {
+  uint32_t l, s;
+  uint64_t i;
+  for (l = 0; l < kLayers; ++l)
+    for (s = 0; s < kSegs; ++s)
+      for (i = 0; i < kSegBytes; ++i) EngineBlock(block, l, s)[i] = Expected(key, l, s, i);
+}
+
+/* Mismatched bytes of layer `layer` of engine block `block` against `key`. */
+static uint64_t EngineMismatches(uint32_t block, kvtier_block_key key, uint32_t layer) {
+  uint64_t bad = 0, i;
+  uint32_t s;
+  for (s = 0; s < kSegs; ++s)
+    for (i = 0; i < kSegBytes; ++i)
+      bad += EngineBlock(block, layer, s)[i] != Expected(key, layer, s, i);
+  return bad;
+}
+
+static kvtier_stats ConnectorStats(kvtier_connector* c) {
+  kvtier_stats st;
+  memset(&st, 0, sizeof(st));
+  st.struct_size = sizeof(st);
+  CHECK_OK(kvtier_connector_stats(c, &st));
+  return st;
+}
+
+/* Store from engine blocks, load byte-exact into other blocks; layer-wise stores; take_finished
+ * across calls when the caller's array is too small. */
+static void TestConnectorLifecycle(void) {
+  kvtier_options o = BaseOptions();
+  kvtier_connector* c = NULL;
+  kvtier_hasher* hasher = NULL;
+  kvtier_block_key keys[kBlocks], keys2[kBlocks], keys3[kBlocks];
+  const uint32_t src[kBlocks] = {0, 1, 2, 3}, src2[kBlocks] = {4, 5, 6, 7};
+  const uint32_t dst[3] = {9, 3, 12};
+  kvtier_store *store = NULL, *layered = NULL, *abandoned = NULL;
+  kvtier_transfer* xfer = NULL;
+  kvtier_tier tiers[kBlocks];
+  kvtier_lookup_result r;
+  kvtier_finished fin[2];
+  kvtier_stats st;
+  uint32_t blocks = 0, unstored = 0, layers = 0, l, b;
+  uint64_t block_bytes = 0, stored = 0;
+  size_t n = 0;
+  bool done = false;
+
+  CHECK_OK(kvtier_connector_create(&o, &c));
+  CHECK_OK(kvtier_connector_block_bytes(c, &block_bytes));
+  CHECK(block_bytes == (uint64_t)kLayers * kSegs * kSegBytes);
+  CHECK_OK(kvtier_hasher_create("c-test-connector", NULL, NULL, &hasher));
+  Prompt(hasher, 1, keys);
+  Prompt(hasher, 2, keys2);
+  Prompt(hasher, 3, keys3);
+
+  /* store: the engine computed keys into blocks 0..3 */
+  for (b = 0; b < kBlocks; ++b) EngineWrite(src[b], keys[b]);
+  CHECK_OK(kvtier_connector_store(c, keys, kBlocks, 0, src, kBlocks, NULL, 11, &store));
+  CHECK_OK(kvtier_store_wait(store));
+  CHECK_OK(kvtier_store_poll(store, &done));
+  CHECK(done);
+  CHECK_OK(kvtier_store_status(store));
+  CHECK_OK(kvtier_store_blocks(store, &blocks, &unstored));
+  CHECK(blocks == kBlocks && unstored == 0);
+  CHECK_OK(kvtier_store_layers_saved(store, &layers));
+  CHECK(layers == kLayers);
+  CHECK_OK(kvtier_store_save_all(store, NULL)); /* nothing left to save: OK */
+  kvtier_store_destroy(store);
+  st = ConnectorStats(c);
+  CHECK(st.blocks_stored == kBlocks && st.blocks_store_skipped == 0);
+  CHECK(st.device.used_blocks == 0); /* the engine's device is not a kvtier tier */
+
+  /* lookup: all 4 on the host; past the engine's first hit, 3 */
+  memset(&r, 0, sizeof(r));
+  r.tiers = tiers;
+  r.tiers_capacity = kBlocks;
+  CHECK_OK(kvtier_connector_lookup(c, keys, kBlocks, 0, true, true, &r));
+  CHECK(r.blocks == kBlocks && !r.pending);
+  for (b = 0; b < kBlocks; ++b) CHECK(tiers[b] == KVTIER_TIER_HOST);
+  r.tiers = NULL;
+  r.tiers_capacity = 0;
+  CHECK_OK(kvtier_connector_lookup(c, keys, kBlocks, 1, false, false, &r));
+  CHECK(r.blocks == 3);
+
+  /* load keys [1, 4) (the engine holds keys[0]) into scribbled blocks 9, 3, 12: byte-exact */
+  memset(g_kv, 0xEE, sizeof(g_kv));
+  CHECK_OK(kvtier_connector_load(c, keys, kBlocks, 1, dst, 3, 12, &xfer));
+  CHECK_OK(kvtier_transfer_blocks(xfer, &blocks, NULL));
+  CHECK(blocks == 3);
+  for (l = 0; l < kLayers; ++l) {
+    CHECK_OK(kvtier_transfer_wait_layer(xfer, l));
+    for (b = 0; b < 3; ++b) CHECK(EngineMismatches(dst[b], keys[1 + b], l) == 0);
+  }
+  CHECK_OK(kvtier_transfer_wait(xfer));
+  CHECK_OK(kvtier_transfer_status(xfer));
+  kvtier_transfer_destroy(xfer);
+
+  /* layer-wise: layers in order, each once; wait refuses while layers are unsaved */
+  for (b = 0; b < kBlocks; ++b) EngineWrite(src2[b], keys2[b]);
+  CHECK_OK(kvtier_connector_begin_store(c, keys2, kBlocks, 0, src2, kBlocks, 13, &layered));
+  CHECK_CODE(kvtier_store_save_layer(layered, 1, NULL), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_wait(layered), KVTIER_FAILED_PRECONDITION);
+  for (l = 0; l < kLayers; ++l) {
+    CHECK_OK(kvtier_store_save_layer(layered, l, NULL));
+    CHECK_OK(kvtier_store_layers_saved(layered, &layers));
+    CHECK(layers == l + 1);
+  }
+  CHECK_CODE(kvtier_store_save_layer(layered, kLayers, NULL), KVTIER_OUT_OF_RANGE);
+  CHECK_OK(kvtier_store_wait(layered));
+  kvtier_store_destroy(layered);
+
+  /* destroyed with layers unsaved: abandoned, nothing stored, reported CANCELLED */
+  CHECK_OK(kvtier_connector_begin_store(c, keys3, 2, 0, src, 2, 14, &abandoned));
+  CHECK_OK(kvtier_store_save_layer(abandoned, 0, NULL));
+  kvtier_store_destroy(abandoned);
+  CHECK_OK(kvtier_connector_lookup(c, keys3, 2, 0, false, true, &r));
+  CHECK(r.blocks == 0);
+
+  /* take_finished: a call with no room keeps them all; then 2 + 2 across calls, in order, each
+     once, none lost */
+  CHECK_OK(kvtier_connector_take_finished(c, NULL, 0, &n));
+  CHECK(n == 0);
+  CHECK_OK(kvtier_connector_take_finished(c, fin, 2, &n));
+  CHECK(n == 2);
+  CHECK(fin[0].request_id == 11 && fin[0].kind == KVTIER_FINISHED_STORE);
+  CHECK(fin[0].status == KVTIER_OK && fin[0].blocks == kBlocks);
+  CHECK(fin[1].request_id == 12 && fin[1].kind == KVTIER_FINISHED_LOAD);
+  CHECK(fin[1].status == KVTIER_OK && fin[1].blocks == 3);
+  CHECK_OK(kvtier_connector_take_finished(c, fin, 2, &n));
+  CHECK(n == 2);
+  CHECK(fin[0].request_id == 13 && fin[0].kind == KVTIER_FINISHED_STORE &&
+        fin[0].status == KVTIER_OK);
+  CHECK(fin[1].request_id == 14 && fin[1].status == KVTIER_CANCELLED);
+  CHECK_OK(kvtier_connector_take_finished(c, fin, 2, &n));
+  CHECK(n == 0);
+
+  /* storing the same keys again copies nothing */
+  st = ConnectorStats(c);
+  CHECK(st.blocks_store_skipped == 0);
+  stored = st.blocks_stored;
+  CHECK_OK(kvtier_connector_store(c, keys, kBlocks, 0, src, kBlocks, NULL, 0, &store));
+  CHECK_OK(kvtier_store_wait(store));
+  CHECK_OK(kvtier_store_blocks(store, &blocks, NULL));
+  CHECK(blocks == 0);
+  kvtier_store_destroy(store);
+  st = ConnectorStats(c);
+  CHECK(st.blocks_stored == stored && st.blocks_store_skipped == kBlocks);
+  /* a version-2 caller's struct ends before blocks_stored: nothing is written there */
+  memset(&st, 0xEE, sizeof(st));
+  st.struct_size = KVTIER_STATS_SIZE_V2;
+  CHECK_OK(kvtier_connector_stats(c, &st));
+  CHECK(st.blocks_commit_shared == 0 && st.blocks_stored == 0xEEEEEEEEEEEEEEEEull);
+  CHECK(st.blocks_store_skipped == 0xEEEEEEEEEEEEEEEEull);
+
+  CHECK_OK(kvtier_connector_hint(c, keys, (const double[kBlocks]){1, 2, 3, 4}, kBlocks));
+  CHECK_OK(kvtier_connector_check_invariants(c));
+  CHECK_OK(kvtier_connector_close(c));
+  kvtier_connector_destroy(c);
+  kvtier_hasher_destroy(hasher);
+}
+
+/* Every misuse: an error code, nothing changed, the connector usable after; after close,
+ * FAILED_PRECONDITION through the connector, its transfers and its stores. */
+static void TestConnectorBadCalls(void) {
+  kvtier_options o = BaseOptions();
+  kvtier_connector* c = (kvtier_connector*)1;
+  kvtier_hasher* hasher = NULL;
+  kvtier_block_key keys[kBlocks], other[kBlocks], root[1];
+  const uint32_t src[kBlocks] = {0, 1, 2, 3};
+  kvtier_store *store = (kvtier_store*)1, *busy = NULL, *live = NULL;
+  kvtier_transfer *xfer = (kvtier_transfer*)1, *live_xfer = NULL;
+  kvtier_tier tiers[kBlocks];
+  kvtier_lookup_result r;
+  kvtier_finished fin[4];
+  kvtier_stats before, after;
+  uint32_t u = 0, b;
+  size_t n = 0;
+  bool done = false;
+  int not_an_event = 0;
+
+  /* create: as the cache's options, plus a device capacity or no host tier refused */
+  CHECK_CODE(kvtier_connector_create(NULL, &c), KVTIER_INVALID_ARGUMENT);
+  CHECK(c == NULL);
+  CHECK_CODE(kvtier_connector_create(&o, NULL), KVTIER_INVALID_ARGUMENT);
+  o.device_capacity_slots = 4;
+  CHECK_CODE(kvtier_connector_create(&o, &c), KVTIER_INVALID_ARGUMENT);
+  o = BaseOptions();
+  o.host_capacity_bytes = 0;
+  CHECK_CODE(kvtier_connector_create(&o, &c), KVTIER_INVALID_ARGUMENT);
+  o = BaseOptions();
+  o.struct_size = 0;
+  CHECK_CODE(kvtier_connector_create(&o, &c), KVTIER_INVALID_ARGUMENT);
+  o = BaseOptions();
+  CHECK_OK(kvtier_connector_create(&o, &c));
+
+  CHECK_OK(kvtier_hasher_create("c-test-connector-bad", NULL, NULL, &hasher));
+  Prompt(hasher, 1, keys);
+  Prompt(hasher, 2, other);
+  memset(root, 0, sizeof(root));
+  for (b = 0; b < kBlocks; ++b) EngineWrite(src[b], keys[b]);
+  CHECK_OK(kvtier_connector_store(c, keys, kBlocks, 0, src, kBlocks, NULL, 0, &store));
+  CHECK_OK(kvtier_store_wait(store));
+  kvtier_store_destroy(store);
+  before = ConnectorStats(c);
+
+  /* NULL handles and outputs */
+  memset(&r, 0, sizeof(r));
+  CHECK_CODE(kvtier_connector_lookup(NULL, keys, kBlocks, 0, true, true, &r),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_lookup(c, keys, kBlocks, 0, true, true, NULL),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_lookup(c, NULL, kBlocks, 0, true, true, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_load(NULL, keys, kBlocks, 0, src, kBlocks, 0, &xfer),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, src, kBlocks, 0, NULL),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, NULL, kBlocks, 0, &xfer),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK(xfer == NULL);
+  CHECK_CODE(kvtier_connector_store(c, keys, kBlocks, 0, NULL, kBlocks, NULL, 0, &store),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK(store == NULL);
+  CHECK_CODE(kvtier_connector_begin_store(NULL, keys, kBlocks, 0, src, kBlocks, 0, &store),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_take_finished(NULL, fin, 4, &n), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_take_finished(c, fin, 4, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_take_finished(c, NULL, 4, &n), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_hint(c, keys, NULL, kBlocks), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_stats(NULL, &before), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_stats(c, NULL), KVTIER_INVALID_ARGUMENT);
+  after.struct_size = KVTIER_STATS_SIZE_V1 - 8;
+  CHECK_CODE(kvtier_connector_stats(c, &after), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_check_invariants(NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_block_bytes(c, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_close(NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_save_layer(NULL, 0, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_save_all(NULL, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_wait(NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_poll(NULL, &done), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_status(NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_blocks(NULL, &u, &u), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_store_layers_saved(NULL, &u), KVTIER_INVALID_ARGUMENT);
+  kvtier_store_destroy(NULL);
+  kvtier_connector_destroy(NULL);
+
+  /* bad values: the C++ API's codes */
+  r.tiers = tiers;
+  r.tiers_capacity = kBlocks - 2; /* fewer than num_keys - first: refused before looking */
+  CHECK_CODE(kvtier_connector_lookup(c, keys, kBlocks, 1, true, true, &r), KVTIER_OUT_OF_RANGE);
+  r.tiers = NULL;
+  CHECK_CODE(kvtier_connector_lookup(c, keys, kBlocks, 1, true, true, &r), KVTIER_INVALID_ARGUMENT);
+  r.tiers_capacity = 0;
+  CHECK_CODE(kvtier_connector_lookup(c, keys, kBlocks, kBlocks + 1, true, true, &r),
+             KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_lookup(c, root, 1, 0, true, true, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, src, kBlocks - 1, 0, &xfer),
+             KVTIER_INVALID_ARGUMENT); /* one dst block short */
+  {
+    const uint32_t past[kBlocks] = {4, 5, 6, kSlots}, twice[kBlocks] = {4, 5, 5, 6};
+    CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, past, kBlocks, 0, &xfer),
+               KVTIER_INVALID_ARGUMENT);
+    CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, twice, kBlocks, 0, &xfer),
+               KVTIER_INVALID_ARGUMENT);
+    CHECK_CODE(kvtier_connector_store(c, other, kBlocks, 0, twice, kBlocks, NULL, 0, &store),
+               KVTIER_INVALID_ARGUMENT);
+  }
+  /* a ready event on the emulated device, which has none */
+  CHECK_CODE(kvtier_connector_store(c, other, kBlocks, 0, src, kBlocks, &not_an_event, 0, &store),
+             KVTIER_INVALID_ARGUMENT);
+  after = ConnectorStats(c);
+  CHECK(after.match_calls == before.match_calls); /* the refused lookups looked at nothing */
+  CHECK(after.blocks_stored == before.blocks_stored);
+  CHECK(after.host.used_blocks == before.host.used_blocks);
+
+  /* a block a store in flight reads is no load target until the store ends */
+  {
+    const uint32_t srcb[2] = {8, 9}, dst[kBlocks] = {10, 9, 11, 12};
+    EngineWrite(8, other[0]);
+    EngineWrite(9, other[1]);
+    CHECK_OK(kvtier_connector_begin_store(c, other, 2, 0, srcb, 2, 0, &busy));
+    CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, dst, kBlocks, 0, &xfer),
+               KVTIER_FAILED_PRECONDITION);
+    CHECK_OK(kvtier_connector_check_invariants(c));
+    CHECK_OK(kvtier_store_save_all(busy, NULL));
+    CHECK_OK(kvtier_store_wait(busy));
+    kvtier_store_destroy(busy);
+    CHECK_OK(kvtier_connector_load(c, keys, kBlocks, 0, dst, kBlocks, 0, &xfer));
+    CHECK_OK(kvtier_transfer_wait(xfer));
+    for (b = 0; b < kBlocks; ++b) CHECK(EngineMismatches(dst[b], keys[b], kLayers - 1) == 0);
+    kvtier_transfer_destroy(xfer);
+  }
+
+  /* after close: the connector, a live transfer and a live store all answer FAILED_PRECONDITION */
+  CHECK_OK(kvtier_connector_load(c, keys, kBlocks, 0, (const uint32_t[kBlocks]){12, 13, 14, 15},
+                                 kBlocks, 21, &live_xfer));
+  CHECK_OK(kvtier_connector_begin_store(c, other, kBlocks, 0, src, kBlocks, 22, &live));
+  CHECK_OK(kvtier_connector_close(c)); /* abandons `live` (layers unsaved), waits for the load */
+  CHECK_OK(kvtier_connector_close(c)); /* idempotent */
+  r.tiers = NULL;
+  r.tiers_capacity = 0;
+  CHECK_CODE(kvtier_connector_lookup(c, keys, kBlocks, 0, true, true, &r),
+             KVTIER_FAILED_PRECONDITION);
+  CHECK(strstr(kvtier_last_error(), "connector is closed") != NULL);
+  CHECK_CODE(kvtier_connector_load(c, keys, kBlocks, 0, src, kBlocks, 0, &xfer),
+             KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_store(c, keys, kBlocks, 0, src, kBlocks, NULL, 0, &store),
+             KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_begin_store(c, keys, kBlocks, 0, src, kBlocks, 0, &store),
+             KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_take_finished(c, fin, 4, &n), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_hint(c, keys, (const double[kBlocks]){0}, kBlocks),
+             KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_stats(c, &after), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_check_invariants(c), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_connector_block_bytes(c, &before.match_calls), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_transfer_wait(live_xfer), KVTIER_FAILED_PRECONDITION);
+  CHECK(strstr(kvtier_last_error(), "connector is closed") != NULL);
+  CHECK_CODE(kvtier_transfer_wait_layer(live_xfer, 0), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_transfer_poll(live_xfer, &done), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_save_layer(live, 0, NULL), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_save_all(live, NULL), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_wait(live), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_poll(live, &done), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_status(live), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_blocks(live, &u, NULL), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_store_layers_saved(live, &u), KVTIER_FAILED_PRECONDITION);
+  kvtier_connector_destroy(c); /* the handles outlive it, and are still destroyed */
+  kvtier_store_destroy(live);
+  kvtier_transfer_destroy(live_xfer);
+  kvtier_hasher_destroy(hasher);
+}
+
 /* ---- concurrency: workers run requests while the main thread closes the cache ---- */
 
 typedef struct Worker {
@@ -761,6 +1100,8 @@ int main(int argc, char** argv) {
   TestLifecycle();
   TestDiskWarmRestart(scratch);
   TestBadCalls();
+  TestConnectorLifecycle();
+  TestConnectorBadCalls();
   TestConcurrentClose();
   printf("c_api_test: all checks passed\n");
   return 0;

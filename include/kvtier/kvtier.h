@@ -19,18 +19,22 @@
  *   The string is owned by kvtier and valid until the next kvtier call on the same thread.
  *   No C++ exception and no abort leaves this API on bad input: allocation failures are
  *   KVTIER_RESOURCE_EXHAUSTED, any other exception KVTIER_INTERNAL.
+ * Connector mode (kvtier/connector.h), for an engine that owns its GPU blocks, is the
+ *   kvtier_connector_* and kvtier_store_* functions (their own section below); its loads are
+ *   kvtier_transfer handles. What is said here of a cache holds for a connector too.
  * Misuse detected (an error code, never a crash): a NULL handle or NULL output pointer
  *   (KVTIER_INVALID_ARGUMENT); a NULL array with a nonzero count (KVTIER_INVALID_ARGUMENT); an
  *   options or stats struct_size that is 0 or too small (KVTIER_INVALID_ARGUMENT); a lease or
  *   match used with another cache (KVTIER_FAILED_PRECONDITION, or the C++ API's own check); a
  *   lease used after kvtier_cache_release (KVTIER_FAILED_PRECONDITION); any call on a cache, or on
- *   a lease or transfer of a cache, after kvtier_cache_close (KVTIER_FAILED_PRECONDITION).
+ *   a lease or transfer of a cache, after kvtier_cache_close (KVTIER_FAILED_PRECONDITION); the same
+ *   through a connector, its transfers or its stores after kvtier_connector_close.
  *   NOT detected, undefined like free(): using a handle after its *_destroy() function.
  * Thread safety: as the C++ API. Cache functions from any thread; a lease, match or transfer
  *   handle is used by one thread at a time. kvtier_cache_close() waits for calls in progress on
  *   the cache (including transfer waits) to return.
  * Ownership: every handle returned through an out pointer is the caller's, freed by its
- *   *_destroy() function (NULL is accepted). Leases, matches and transfers may outlive the
+ *   *_destroy() function (NULL is accepted). Leases, matches, transfers and stores may outlive the
  *   cache's close and even its destroy: they then only answer KVTIER_FAILED_PRECONDITION and must
  *   still be destroyed.
  */
@@ -81,7 +85,8 @@ KVTIER_C_API const char* kvtier_status_name(kvtier_status status);
 typedef enum kvtier_tier {
   KVTIER_TIER_DEVICE = 0,
   KVTIER_TIER_HOST = 1,
-  KVTIER_TIER_DISK = 2
+  KVTIER_TIER_DISK = 2,
+  KVTIER_TIER_REMOTE = 3 /* the shared store (remote.nodes): named by matches and lookups only */
 } kvtier_tier;
 
 typedef enum kvtier_backend {
@@ -227,7 +232,15 @@ typedef struct kvtier_stats {
   bool disk_buffered_io;
   double hit_ratio;              /* CacheStats::HitRatio() */
   uint64_t blocks_commit_shared; /* version 2 (appended) */
+  /* ---- version 3 ---- */
+  uint64_t blocks_stored;        /* connector stores: blocks copied from the engine's blocks */
+  uint64_t blocks_store_skipped; /* connector stores: keys cached already, not copied */
 } kvtier_stats;
+
+/* The struct_size of earlier versions of kvtier_stats, still accepted (the fields they do not
+ * reach are not written). */
+#define KVTIER_STATS_SIZE_V1 offsetof(kvtier_stats, blocks_commit_shared)
+#define KVTIER_STATS_SIZE_V2 offsetof(kvtier_stats, blocks_stored)
 
 /* ---- the cache ---- */
 
@@ -344,6 +357,155 @@ KVTIER_C_API kvtier_status kvtier_transfer_layer_ready_event(const kvtier_transf
                                                              uint32_t layer, void** event);
 /* Waits for the transfer (as the C++ destructor does) and frees the handle. NULL is a no-op. */
 KVTIER_C_API void kvtier_transfer_destroy(kvtier_transfer* transfer);
+
+/* ---- connector mode (kvtier/connector.h) ----
+ *
+ * For an engine that keeps its own GPU block pool and prefix cache (vLLM's KV connector): kvtier
+ * tracks no device residency; its tiers are host, disk and remote, and it copies between them and
+ * the engine's blocks, named by block id (= slot of the options' layout, which describes the
+ * engine's KV tensors; device_capacity_slots must stay 0, host_capacity_bytes is required). Per
+ * request, keys being its block keys from the root and `first` the blocks the engine's own prefix
+ * cache holds:
+ *
+ *   kvtier_connector_lookup(c, keys, n, first, true, true, &r)  r.blocks cached past `first`
+ *   kvtier_connector_load(c, keys, first + r.blocks, first, dst, r.blocks, id, &x)
+ *   kvtier_transfer_wait_layer(x, l) ...                       before attention on layer l
+ *   kvtier_connector_begin_store(c, keys, n, first, src, n - first, id, &s)
+ *   kvtier_store_save_layer(s, l, event) ...                   as the forward pass writes layer l
+ *   kvtier_connector_take_finished(c, done, cap, &k)           loads and stores that ended
+ *
+ * A load writes its dst blocks and a store reads its src blocks until they end (the transfer or
+ * store handle, or take_finished, says when): the engine must not reuse them before. Loads are
+ * kvtier_transfer handles (every kvtier_transfer_* function applies; kvtier_transfer_blocks says
+ * how many dst blocks get data). kvtier_connector_close waits for the connector's transfers,
+ * abandons its stores with layers unsaved and waits for the others, then destroys it.
+ */
+typedef struct kvtier_connector kvtier_connector;
+typedef struct kvtier_store kvtier_store;
+
+/* kvtier_connector_lookup's answer. */
+typedef struct kvtier_lookup_result {
+  kvtier_tier* tiers;    /* in: where the tier of each found block goes; NULL: not wanted */
+  size_t tiers_capacity; /* in: entries at tiers: at least num_keys - first when tiers is set */
+  uint32_t blocks;       /* out: keys [first, first + blocks) are cached */
+  bool pending;          /* out: the store's answer is not in yet (wait_for_store false): blocks
+                          * counts the local tiers only; ask again */
+} kvtier_lookup_result;
+
+typedef enum kvtier_finished_kind {
+  KVTIER_FINISHED_LOAD = 0,
+  KVTIER_FINISHED_STORE = 1
+} kvtier_finished_kind;
+
+/* A load or store with a nonzero request id that ended, reported once by
+ * kvtier_connector_take_finished. */
+typedef struct kvtier_finished {
+  uint64_t request_id;
+  kvtier_finished_kind kind;
+  kvtier_status status; /* KVTIER_OK: every block moved. Else a load's blocks are misses to
+                         * recompute, a store's are not stored (KVTIER_CANCELLED: destroyed or
+                         * closed with layers unsaved). Either way the engine's blocks are free. */
+  uint32_t blocks;      /* blocks it moved (or tried to) */
+} kvtier_finished;
+
+/* Validates the options (as kvtier_cache_create; device_capacity_slots set, or no host tier, is
+ * KVTIER_INVALID_ARGUMENT) and builds the connector over the engine's KV tensors. */
+KVTIER_C_API kvtier_status kvtier_connector_create(const kvtier_options* options,
+                                                   kvtier_connector** out);
+/* Waits for the connector's transfers, abandons its stores that have layers unsaved (KVTIER_
+ * CANCELLED), waits for the others and destroys the C++ connector; finished loads and stores not
+ * yet taken are dropped. Afterwards every call with this handle, its transfers or its stores
+ * answers KVTIER_FAILED_PRECONDITION, except *_destroy and a second close (OK). */
+KVTIER_C_API kvtier_status kvtier_connector_close(kvtier_connector* connector);
+/* Closes (if open) and frees the handle. NULL is a no-op. */
+KVTIER_C_API void kvtier_connector_destroy(kvtier_connector* connector);
+
+/* Bytes of one block over all layers and segments. */
+KVTIER_C_API kvtier_status kvtier_connector_block_bytes(const kvtier_connector* connector,
+                                                        uint64_t* bytes);
+
+/* How many blocks past the engine's `first` hits (keys [0, first)) are cached, and where
+ * (Connector::Lookup). touch: counts as an access for the policies and statistics (false only
+ * looks). wait_for_store: with a remote tier, wait for the store's answer (within
+ * remote.match_budget_us); false asks it in the background and sets out->pending. An undersized
+ * out->tiers is KVTIER_OUT_OF_RANGE before anything is looked up; first > num_keys or a root key
+ * KVTIER_INVALID_ARGUMENT. */
+KVTIER_C_API kvtier_status kvtier_connector_lookup(kvtier_connector* connector,
+                                                   const kvtier_block_key* keys, size_t num_keys,
+                                                   uint32_t first, bool touch, bool wait_for_store,
+                                                   kvtier_lookup_result* out);
+/* Copies the cached blocks keys [first, num_keys) into the engine's blocks dst_blocks (one each,
+ * num_dst == num_keys - first), asynchronously, layer by layer (Connector::Load); stops at the
+ * first block no longer cached (kvtier_transfer_blocks says how many dst blocks get data). A
+ * nonzero request_id makes kvtier_connector_take_finished report its end.
+ * KVTIER_INVALID_ARGUMENT: num_dst != num_keys - first, a block id >= num_slots or repeated, a key
+ * contradicting the cached chain. KVTIER_FAILED_PRECONDITION: a dst block that a copy in flight
+ * reads or writes. */
+KVTIER_C_API kvtier_status kvtier_connector_load(kvtier_connector* connector,
+                                                 const kvtier_block_key* keys, size_t num_keys,
+                                                 uint32_t first, const uint32_t* dst_blocks,
+                                                 size_t num_dst, uint64_t request_id,
+                                                 kvtier_transfer** out);
+/* Stores the engine's blocks src_blocks (src_blocks[i] holds keys[first + i], num_src ==
+ * num_keys - first) once ready_event (a cudaEvent_t after which their bytes are complete; NULL:
+ * they are now; non-NULL on the emulated device is KVTIER_INVALID_ARGUMENT) has completed
+ * (Connector::Store). Keys cached already are skipped. Returns at once: the engine must not write
+ * the src blocks until the store ends (kvtier_store_wait/_poll or take_finished). Errors as load,
+ * and KVTIER_FAILED_PRECONDITION for a src block a load in flight writes. */
+KVTIER_C_API kvtier_status kvtier_connector_store(kvtier_connector* connector,
+                                                  const kvtier_block_key* keys, size_t num_keys,
+                                                  uint32_t first, const uint32_t* src_blocks,
+                                                  size_t num_src, void* ready_event,
+                                                  uint64_t request_id, kvtier_store** out);
+/* kvtier_connector_store, layer by layer (Connector::BeginStore): reserves the host slots now; the
+ * engine then calls kvtier_store_save_layer(s, l, event) as its forward pass writes layer l. */
+KVTIER_C_API kvtier_status kvtier_connector_begin_store(kvtier_connector* connector,
+                                                        const kvtier_block_key* keys,
+                                                        size_t num_keys, uint32_t first,
+                                                        const uint32_t* src_blocks, size_t num_src,
+                                                        uint64_t request_id, kvtier_store** out);
+/* The loads and stores with a nonzero request id that ended, each reported once, into
+ * out[0, *count) with *count <= capacity. What does not fit is kept, in order, for the next call:
+ * *count == capacity may mean more are waiting (call again until *count < capacity). out may be
+ * NULL with capacity 0 (*count is then 0; nothing is lost). */
+KVTIER_C_API kvtier_status kvtier_connector_take_finished(kvtier_connector* connector,
+                                                          kvtier_finished* out, size_t capacity,
+                                                          size_t* count);
+/* The engine's importance score of each cached block (Connector::Hint). */
+KVTIER_C_API kvtier_status kvtier_connector_hint(kvtier_connector* connector,
+                                                 const kvtier_block_key* keys, const double* scores,
+                                                 size_t num_keys);
+/* As kvtier_cache_stats (the device tier's figures are zero: the device is the engine's). */
+KVTIER_C_API kvtier_status kvtier_connector_stats(const kvtier_connector* connector,
+                                                  kvtier_stats* stats);
+/* Verifies the connector's internal invariants; KVTIER_INTERNAL names the first one broken. */
+KVTIER_C_API kvtier_status kvtier_connector_check_invariants(const kvtier_connector* connector);
+
+/* ---- stores (connector mode) ---- */
+
+/* Blocks the store copies (keys past `first` not cached already, as far as host room allowed), and
+ * keys it leaves unstored for want of host room. Either pointer may be NULL. */
+KVTIER_C_API kvtier_status kvtier_store_blocks(const kvtier_store* store, uint32_t* blocks,
+                                               uint32_t* unstored);
+/* Enqueues the copies of layer `layer` of every block once ready_event (cudaEvent_t; NULL: the
+ * bytes are complete now) has completed. Layers in order, each once: KVTIER_FAILED_PRECONDITION
+ * for any but the next unsaved one, KVTIER_OUT_OF_RANGE past the last. */
+KVTIER_C_API kvtier_status kvtier_store_save_layer(kvtier_store* store, uint32_t layer,
+                                                   void* ready_event);
+/* kvtier_store_save_layer of every layer not saved yet (OK when none is left). */
+KVTIER_C_API kvtier_status kvtier_store_save_all(kvtier_store* store, void* ready_event);
+/* The layers saved so far. */
+KVTIER_C_API kvtier_status kvtier_store_layers_saved(const kvtier_store* store, uint32_t* layers);
+/* *done = true once finished; never blocks. */
+KVTIER_C_API kvtier_status kvtier_store_poll(const kvtier_store* store, bool* done);
+/* Blocks until every layer is copied; returns the store's outcome. KVTIER_FAILED_PRECONDITION
+ * while layers are unsaved (nothing would finish it). */
+KVTIER_C_API kvtier_status kvtier_store_wait(kvtier_store* store);
+/* The outcome so far: KVTIER_UNAVAILABLE while running. */
+KVTIER_C_API kvtier_status kvtier_store_status(const kvtier_store* store);
+/* Abandons the store if layers are unsaved (its blocks are not stored: KVTIER_CANCELLED), waits for
+ * the copies enqueued and frees the handle. NULL is a no-op. */
+KVTIER_C_API void kvtier_store_destroy(kvtier_store* store);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -3,13 +3,21 @@
 // Wraps the C++ API directly (not the C API). Every call into the cache releases the GIL, so a
 // thread blocked in Transfer.wait() lets other Python threads run. Memory: on the emulated device
 // the KV tensors are host memory, either owned by the Cache (Options.bytes_per_block and friends)
-// or borrowed from writable buffers the engine passes in Options.layers (numpy arrays, bytearrays);
-// lease.block() returns a numpy view into them that keeps that memory alive. With raw addresses
-// (kvtier.Segment(base=tensor.data_ptr(), ...), as on CUDA) only integer addresses are exposed.
+// or borrowed from the engine's tensors in Options.layers: writable buffers (numpy arrays,
+// bytearrays) or torch tensors (duck-typed, torch is never imported: data_ptr(), element_size(),
+// stride(), shape, device.type; CPU tensors are host memory, CUDA tensors raw device addresses;
+// kvtier holds a reference, and the engine must not resize_() or set_() them); lease.block()
+// returns a numpy view into host memory that keeps it alive. With raw addresses
+// (kvtier.Segment(base=tensor.data_ptr(), ...), CUDA tensors) only integer addresses are exposed.
 //
-// Close: Cache.close() waits for the cache's transfers, empties its leases and destroys the C++
-// Cache; every later call through the cache, its leases or its transfers raises kvtier.Error. The
-// KV memory itself lives until the last Python object referring to it is gone.
+// Connector mode (kvtier/connector.h): kvtier.Connector(options) over the same Options, for an
+// engine that owns its GPU blocks; its loads are kvtier.Transfer objects, its stores kvtier.Store.
+// Block ids are accepted as a list of ints, a numpy integer array or a torch integer tensor.
+//
+// Close: Cache.close() (Connector.close()) waits for the transfers, empties the leases (abandons
+// the stores with layers unsaved and waits for the others) and destroys the C++ object; every
+// later call through it or its handles raises kvtier.Error. The KV memory itself lives until the
+// last Python object referring to it is gone.
 //
 // Options: the layout keywords (num_slots, layers, dtype, ...) are this module's own; every other
 // keyword is a row of the shared option table (lib/options_fields.h), named by its path with '.'
@@ -59,7 +67,9 @@
 #include "absl/strings/str_cat.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
+#include "kvtier/connector.h"
 #include "kvtier/options.h"
+#include "kvtier/stats.h"
 #include "lib/options_fields.h"
 
 namespace py = pybind11;
@@ -68,6 +78,7 @@ namespace kvtier::python {
 
 struct PyLease;
 struct PyTransfer;
+struct PyStore;
 
 namespace {
 
@@ -91,6 +102,8 @@ PyObject* g_error_type = nullptr;  // kvtier.Error
 
 const char* CodeName(absl::StatusCode code) {
   switch (code) {
+    case absl::StatusCode::kOk:
+      return "OK";
     case absl::StatusCode::kInvalidArgument:
       return "INVALID_ARGUMENT";
     case absl::StatusCode::kNotFound:
@@ -258,66 +271,146 @@ bool IsNumeric(const py::dtype& dtype) {
          !dtype.attr("hasobject").cast<bool>();
 }
 
-// Token ids from a sequence or numpy array of integers, each range-checked into an int32. A float
-// (or any non-integer) token is a TypeError, never truncated: 1.7 would hash as token 1.
-std::vector<int32_t> TokensFromPython(const char* call, const py::handle& tokens) {
-  py::object seq = py::reinterpret_borrow<py::object>(tokens);
-  if (py::isinstance<py::array>(tokens)) {
-    const py::dtype dtype = py::reinterpret_borrow<py::array>(tokens).dtype();
-    const std::string kind = py::str(dtype.attr("kind"));
+std::string TypeName(const py::handle& obj) {
+  return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+}
+
+// How IntegersFromPython reports a value outside its range.
+struct IntRange {
+  int64_t lo;
+  int64_t hi;              // >= 0
+  const char* name;        // "an int32", "a block id (uint32)"
+  bool type_error = true;  // TypeError (a token that is no int32), else ValueError
+};
+
+// Integers from a sequence of ints, a numpy integer array, or a tensor: an object numpy can view
+// (__array__, on the CPU: a torch CPU tensor, without a copy) or with tolist() (a torch CUDA
+// tensor). Each is checked into `range`. A float (or bool, or any non-integer) is a TypeError,
+// never truncated: 1.7 would become 1. An array of more than one dimension is a ValueError.
+std::vector<int64_t> IntegersFromPython(const char* call, const char* what, const py::handle& obj,
+                                        const IntRange& range) {
+  py::object seq = py::reinterpret_borrow<py::object>(obj);
+  if (!py::isinstance<py::array>(seq) && !py::isinstance<py::list>(seq) &&
+      !py::isinstance<py::tuple>(seq) && !py::isinstance<py::str>(seq)) {
+    bool host = true;  // numpy can view it: no `device`, or device.type == "cpu"
+    if (py::hasattr(seq, "device") && py::hasattr(seq.attr("device"), "type")) {
+      host = py::str(seq.attr("device").attr("type")).cast<std::string>() == "cpu";
+    }
+    if (host && py::hasattr(seq, "__array__")) {
+      seq = py::module_::import("numpy").attr("asarray")(seq);
+    } else if (py::hasattr(seq, "tolist")) {
+      seq = seq.attr("tolist")();
+    }
+  }
+  auto out_of_range = [&](size_t i, const std::string& value) {
+    const std::string message =
+        absl::StrCat(call, ": ", what, "[", i, "] = ", value, " is not ", range.name);
+    if (range.type_error) throw py::type_error(message);
+    throw StatusError(absl::InvalidArgumentError(message));
+  };
+  std::vector<int64_t> out;
+  if (py::isinstance<py::array>(seq)) {
+    const auto arr = py::reinterpret_borrow<py::array>(seq);
+    const std::string kind = py::str(arr.dtype().attr("kind"));
     if (kind != "i" && kind != "u") {
-      throw py::type_error(
-          absl::StrCat(call, ": tokens of dtype ", DtypeName(dtype), " vs an integer dtype"));
+      throw py::type_error(absl::StrCat(call, ": ", what, " of dtype ", DtypeName(arr.dtype()),
+                                        " vs an integer dtype"));
     }
-    if (py::reinterpret_borrow<py::array>(tokens).ndim() != 1) {
+    if (arr.ndim() != 1) {
       throw StatusError(absl::InvalidArgumentError(
-          absl::StrCat(call, ": tokens has ", py::reinterpret_borrow<py::array>(tokens).ndim(),
-                       " dimensions vs 1")));
+          absl::StrCat(call, ": ", what, " has ", arr.ndim(), " dimensions vs 1")));
     }
-    seq = seq.attr("tolist")();  // Python ints: exact for every integer dtype
+    out.reserve(static_cast<size_t>(arr.size()));
+    // Every integer dtype converts exactly into one of the two 64-bit ones.
+    if (kind == "u") {
+      const auto u = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+      if (!u) throw py::type_error(absl::StrCat(call, ": ", what, " does not convert to uint64"));
+      for (py::ssize_t i = 0; i < u.size(); ++i) {
+        const uint64_t v = u.data()[i];
+        if (v > static_cast<uint64_t>(range.hi)) {
+          out_of_range(static_cast<size_t>(i), std::to_string(v));
+        }
+        out.push_back(static_cast<int64_t>(v));
+      }
+    } else {
+      const auto v64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+      if (!v64) throw py::type_error(absl::StrCat(call, ": ", what, " does not convert to int64"));
+      for (py::ssize_t i = 0; i < v64.size(); ++i) {
+        const int64_t v = v64.data()[i];
+        if (v < range.lo || v > range.hi) {
+          out_of_range(static_cast<size_t>(i), std::to_string(v));
+        }
+        out.push_back(v);
+      }
+    }
+    return out;
   }
   if (!py::isinstance<py::sequence>(seq) || py::isinstance<py::str>(seq) ||
       py::isinstance<py::bytes>(seq)) {
     throw py::type_error(
-        absl::StrCat(call, ": tokens must be a sequence of int vs a ",
-                     py::str(py::type::of(seq).attr("__name__")).cast<std::string>()));
+        absl::StrCat(call, ": ", what, " must be a sequence of int vs a ", TypeName(seq)));
   }
-  std::vector<int32_t> out;
   out.reserve(py::len(seq));
   for (py::handle item : seq) {
-    if (PyFloat_Check(item.ptr()) || !PyIndex_Check(item.ptr())) {
-      throw py::type_error(absl::StrCat(
-          call, ": token ", out.size(), " is a ",
-          py::str(py::type::of(item).attr("__name__")).cast<std::string>(), " vs an int"));
+    if (PyFloat_Check(item.ptr()) || PyBool_Check(item.ptr()) || !PyIndex_Check(item.ptr())) {
+      throw py::type_error(
+          absl::StrCat(call, ": ", what, "[", out.size(), "] is a ", TypeName(item), " vs an int"));
     }
     auto index = py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()));
     if (!index) throw py::error_already_set();
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
     if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
-    if (overflow != 0 || v < INT32_MIN || v > INT32_MAX) {
-      throw py::type_error(absl::StrCat(call, ": token ", out.size(), " = ",
-                                        py::str(index).cast<std::string>(), " is not an int32"));
+    if (overflow != 0 || v < range.lo || v > range.hi) {
+      out_of_range(out.size(), py::str(index).cast<std::string>());
     }
-    out.push_back(static_cast<int32_t>(v));
+    out.push_back(v);
   }
   return out;
 }
 
-// Everything a Cache and its handles share. Members are destroyed in reverse order: the Cache
-// (whose destructor may flush blocks out of device memory) before the memory it reads.
+// Token ids, each an int32 (TypeError otherwise).
+std::vector<int32_t> TokensFromPython(const char* call, const py::handle& tokens) {
+  const std::vector<int64_t> v =
+      IntegersFromPython(call, "tokens", tokens, {INT32_MIN, INT32_MAX, "an int32"});
+  return std::vector<int32_t>(v.begin(), v.end());
+}
+
+// Engine block ids, each a uint32 (ValueError otherwise; the C++ call checks < num_slots).
+std::vector<uint32_t> BlockIdsFromPython(const char* call, const char* what,
+                                         const py::handle& blocks) {
+  const std::vector<int64_t> v = IntegersFromPython(
+      call, what, blocks, {0, UINT32_MAX, "a block id (uint32)", /*type_error=*/false});
+  return std::vector<uint32_t>(v.begin(), v.end());
+}
+
+// Everything a Cache (or a Connector) and its handles share. Members are destroyed in reverse
+// order: the Cache (whose destructor may flush blocks out of device memory) before the memory it
+// reads. Destroyed with the GIL held (the last reference is a Python object's or a handle's,
+// whose destructor re-takes the GIL before its members go).
 struct CacheState {
   std::vector<std::unique_ptr<uint8_t, Unmap>> owned;      // KV tensors the Cache allocated
   std::vector<std::unique_ptr<py::buffer_info>> borrowed;  // the engine's buffers, held exported
+  std::vector<py::object> tensors;  // the engine's torch tensors, referenced (data_ptr() inside)
   std::vector<std::vector<bool>> host_visible;  // [layer][segment]: host memory Python may view
   py::dtype dtype;
   BlockLayout layout;
-  std::shared_mutex life_mu;  // shared: a call in progress; exclusive: close
-  std::unique_ptr<Cache> cache;
+  std::shared_mutex life_mu;             // shared: a call in progress; exclusive: close
+  std::unique_ptr<Cache> cache;          // nullptr once closed, and for a connector's state
+  std::unique_ptr<Connector> connector;  // a connector's: nullptr once closed
+  bool is_connector = false;
   std::mutex reg_mu;  // after life_mu
   std::unordered_set<PyLease*> leases;
   std::unordered_set<PyTransfer*> transfers;
+  std::unordered_set<PyStore*> stores;
+
+  bool open() const { return cache != nullptr || connector != nullptr; }
 };
+
+absl::Status Closed(const char* call, const CacheState& st) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(call, ": the ", st.is_connector ? "connector" : "cache", " is closed"));
+}
 
 }  // namespace
 
@@ -346,6 +439,21 @@ struct PyTransfer {
   }
 };
 
+// A Connector's store (kvtier::StoreHandle).
+struct PyStore {
+  std::shared_ptr<CacheState> state;
+  StoreHandle store;  // empty once the connector closed
+  ~PyStore() {
+    py::gil_scoped_release nogil;
+    std::shared_lock life(state->life_mu);
+    {
+      std::lock_guard reg(state->reg_mu);
+      state->stores.erase(this);
+    }
+    store = StoreHandle();  // abandons unsaved layers, waits for the copies enqueued
+  }
+};
+
 PyLease::~PyLease() {
   loads.clear();  // first: a transfer's destructor takes life_mu itself
   py::gil_scoped_release nogil;
@@ -361,7 +469,96 @@ struct PyCache {
   std::shared_ptr<CacheState> state;
 };
 
+struct PyConnector {
+  std::shared_ptr<CacheState> state;
+};
+
+// A load or store Connector.take_finished() reports.
+struct PyFinished {
+  uint64_t request_id = 0;
+  std::string kind;  // "load" or "store"
+  bool ok = false;
+  std::string code;     // "OK", "CANCELLED", ...
+  std::string message;  // "" when ok
+  uint32_t blocks = 0;
+};
+
 namespace {
+
+// A torch tensor, by duck typing (torch is not imported; torch 1.13 tensors have no buffer
+// protocol).
+bool IsTensorLike(const py::handle& obj) {
+  for (const char* attr :
+       {"data_ptr", "element_size", "numel", "is_contiguous", "stride", "shape", "device"}) {
+    if (!py::hasattr(obj, attr)) return false;
+  }
+  return true;
+}
+
+// The segment of a torch tensor in Options.layers: its first dimension is the slots, each slot's
+// elements contiguous, slots stride(0) elements apart (a contiguous tensor, or a slice such as
+// kv[:, 0] of a [num_slots, 2, ...] tensor). A CPU tensor is host memory (*host = true); a CUDA
+// tensor a raw device address, which makes backend auto mean cuda (the emulated device would read
+// it as host memory). Anything else is a ValueError naming what is wrong.
+Segment TensorSegment(const py::handle& t, const PyOptions& o, Options* opt, bool* host) {
+  auto invalid = [](const std::string& what) {
+    return StatusError(absl::InvalidArgumentError(absl::StrCat("Options.layers: ", what)));
+  };
+  const std::string device = py::str(t.attr("device").attr("type"));
+  if (device != "cpu" && device != "cuda") {
+    throw invalid(absl::StrCat("a tensor on device '", device, "' vs cpu or cuda"));
+  }
+  std::vector<int64_t> shape;
+  for (py::handle d : t.attr("shape")) shape.push_back(d.cast<int64_t>());
+  std::vector<int64_t> stride;
+  for (py::handle d : t.attr("stride")()) stride.push_back(d.cast<int64_t>());
+  const auto esize = t.attr("element_size")().cast<int64_t>();
+  const auto describe = [&] {
+    std::string text = " (shape [";
+    for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&text, i ? ", " : "", shape[i]);
+    absl::StrAppend(&text, "], stride [");
+    for (size_t i = 0; i < stride.size(); ++i) absl::StrAppend(&text, i ? ", " : "", stride[i]);
+    return text + "])";
+  };
+  if (shape.empty() || stride.size() != shape.size() || esize <= 0) {
+    throw invalid(
+        absl::StrCat("a tensor of ", shape.size(), " dimensions vs [num_slots, ...]", describe()));
+  }
+  if (shape[0] != static_cast<int64_t>(o.num_slots)) {
+    throw invalid(absl::StrCat("a tensor's first dimension is ", shape[0],
+                               " vs num_slots=", o.num_slots, describe()));
+  }
+  // Each slot's elements: row-major over dimensions 1.., with no gaps.
+  int64_t per_slot = 1;
+  bool rows = true;
+  for (size_t d = shape.size(); d-- > 1;) {
+    if (shape[d] != 1 && stride[d] != per_slot) rows = false;
+    per_slot *= shape[d];
+  }
+  const int64_t slot_stride = shape[0] == 1 ? per_slot : stride[0];
+  if (!t.attr("is_contiguous")().cast<bool>() && (!rows || slot_stride < per_slot)) {
+    throw invalid(absl::StrCat("a tensor is not contiguous: each slot's elements must be, slots ",
+                               "at least a slot apart", describe()));
+  }
+  if (per_slot == 0) throw invalid(absl::StrCat("an empty tensor", describe()));
+  const uint64_t bytes_per_block = static_cast<uint64_t>(per_slot * esize);
+  if (o.bytes_per_block != 0 && o.bytes_per_block != bytes_per_block) {
+    throw invalid(absl::StrCat("a tensor holds ", bytes_per_block, " bytes per block vs ",
+                               "bytes_per_block=", o.bytes_per_block));
+  }
+  *host = device == "cpu";
+  if (!*host) {
+    if (opt->backend == DeviceBackend::kEmulated) {
+      throw invalid(
+          "a CUDA tensor with backend=emulated, which reads the KV memory as host memory (use "
+          "backend auto or cuda)");
+    }
+    if (opt->backend == DeviceBackend::kAuto) opt->backend = DeviceBackend::kCuda;
+  }
+  const auto base = t.attr("data_ptr")().cast<uint64_t>();
+  return {reinterpret_cast<void*>(static_cast<uintptr_t>(base)), bytes_per_block,
+          static_cast<uint64_t>(slot_stride * esize)};
+}
 
 // Builds the C++ options and the memory they describe into `state`. Needs the GIL.
 Options BuildOptions(const PyOptions& o, CacheState* state) {
@@ -433,18 +630,27 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
       LayerLayout layer;
       std::vector<bool>& visible = state->host_visible.emplace_back();
       for (py::handle seg : layer_obj) {
-        visible.push_back(!py::isinstance<PySegment>(seg));
         if (py::isinstance<PySegment>(seg)) {
+          visible.push_back(false);
           const auto& s = seg.cast<const PySegment&>();
           layer.segments.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(s.base)),
                                     s.bytes_per_block,
                                     s.stride_bytes == 0 ? s.bytes_per_block : s.stride_bytes});
           continue;
         }
+        if (!PyObject_CheckBuffer(seg.ptr()) && IsTensorLike(seg)) {
+          bool host = false;
+          layer.segments.push_back(TensorSegment(seg, o, &opt, &host));
+          visible.push_back(host);
+          state->tensors.push_back(py::reinterpret_borrow<py::object>(seg));
+          continue;
+        }
+        visible.push_back(true);
         if (!PyObject_CheckBuffer(seg.ptr())) {
           throw py::type_error(
-              "Options.layers: a segment must be a kvtier.Segment or a writable "
-              "buffer (numpy array, bytearray)");
+              "Options.layers: a segment must be a kvtier.Segment, a writable buffer (numpy "
+              "array, bytearray) or a tensor (torch, CPU or CUDA) vs a " +
+              TypeName(seg));
         }
         // Writable, C-contiguous, held exported for the Cache's life (no resize under it).
         auto info = std::make_unique<py::buffer_info>(
@@ -503,6 +709,39 @@ PyCache CreateCache(const PyOptions& o) {
   state->layout = opt.layout;
   state->cache = std::move(*cache);
   return PyCache{std::move(state)};
+}
+
+PyConnector CreateConnector(const PyOptions& o) {
+  auto state = std::make_shared<CacheState>();
+  state->is_connector = true;
+  const Options opt = BuildOptions(o, state.get());
+  absl::StatusOr<std::unique_ptr<Connector>> connector;
+  {
+    py::gil_scoped_release nogil;
+    connector = Connector::Create(opt);
+  }
+  ThrowIfError(connector.status());
+  state->layout = opt.layout;
+  state->connector = std::move(*connector);
+  return PyConnector{std::move(state)};
+}
+
+// Runs `f` with the GIL released and the state's life_mu held shared: a closed cache or connector
+// raises kvtier.Error (FAILED_PRECONDITION) naming `call`. `f` returns a C++ value (never a Python
+// object: the GIL is not held) and may throw StatusError.
+template <typename F>
+auto CallOpen(CacheState& st, const char* call, F&& f) -> decltype(f()) {
+  py::gil_scoped_release nogil;
+  std::shared_lock life(st.life_mu);
+  if (!st.open()) throw StatusError(Closed(call, st));
+  return f();
+}
+
+// The value of a StatusOr, or its error raised.
+template <typename T>
+T ValueOrThrow(absl::StatusOr<T> v) {
+  ThrowIfError(v.status());
+  return std::move(*v);
 }
 
 // The address of (slot, layer, segment). Needs no lock: the layout is immutable.
@@ -611,16 +850,137 @@ std::string WhyReadOnly(PyLease& l, const char* call, uint32_t block) {
   return "";
 }
 
+// stats() has every field of kvtier/stats.h (test_stats_have_every_field reads the header): a
+// field added there changes these sizes, and the dicts below must get it too.
+static_assert(sizeof(TierStats) == 19 * sizeof(uint64_t), "a TierStats field: add it to TierDict");
+static_assert(sizeof(RemoteStats) == 14 * sizeof(uint64_t),
+              "a RemoteStats field: add it to RemoteDict");
+static_assert(sizeof(CacheStats) == 3 * sizeof(TierStats) + sizeof(RemoteStats) +
+                                        23 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
+              "a CacheStats field: add it to StatsDict");
+
 py::dict TierDict(const TierStats& t) {
   py::dict d;
   d["capacity_blocks"] = t.capacity_blocks;
   d["used_blocks"] = t.used_blocks;
   d["pinned_blocks"] = t.pinned_blocks;
+  d["in_flight_blocks"] = t.in_flight_blocks;
+  d["queue_depth"] = t.queue_depth;
   d["hits"] = t.hits;
+  d["misses"] = t.misses;
   d["inserts"] = t.inserts;
   d["evictions"] = t.evictions;
   d["drops"] = t.drops;
+  d["blocks_stored"] = t.blocks_stored;
+  d["blocks_store_skipped"] = t.blocks_store_skipped;
+  d["demotions"] = t.demotions;
+  d["promotions"] = t.promotions;
+  d["bytes_in"] = t.bytes_in;
+  d["bytes_out"] = t.bytes_out;
+  d["fill_failures"] = t.fill_failures;
+  d["corrupt_reads"] = t.corrupt_reads;
+  d["io_errors"] = t.io_errors;
   return d;
+}
+
+py::dict RemoteDict(const RemoteStats& r) {
+  py::dict d;
+  d["hits"] = r.hits;
+  d["lookups"] = r.lookups;
+  d["lookup_timeouts"] = r.lookup_timeouts;
+  d["reads"] = r.reads;
+  d["read_misses"] = r.read_misses;
+  d["corrupt_reads"] = r.corrupt_reads;
+  d["read_errors"] = r.read_errors;
+  d["writes"] = r.writes;
+  d["write_errors"] = r.write_errors;
+  d["writes_skipped"] = r.writes_skipped;
+  d["bytes_read"] = r.bytes_read;
+  d["bytes_written"] = r.bytes_written;
+  d["redirects"] = r.redirects;
+  d["connects"] = r.connects;
+  return d;
+}
+
+// {"buckets": [25 counts, not cumulative; the last is +Inf], "count", "sum_nanos"}; the bounds
+// are kvtier.LATENCY_BUCKET_UPPER_BOUNDS_NANOS.
+py::dict HistogramDict(const LatencyHistogram& h) {
+  py::dict d;
+  d["buckets"] = std::vector<uint64_t>(h.buckets.begin(), h.buckets.end());
+  d["count"] = h.count;
+  d["sum_nanos"] = h.sum_nanos;
+  return d;
+}
+
+// Every field of a CacheStats (kvtier/stats.h), by its C++ name; hit_ratio is HitRatio().
+py::dict StatsDict(const CacheStats& s) {
+  py::dict d;
+  d["device"] = TierDict(s.device);
+  d["host"] = TierDict(s.host);
+  d["disk"] = TierDict(s.disk);
+  d["remote"] = RemoteDict(s.remote);
+  d["match_calls"] = s.match_calls;
+  d["blocks_queried"] = s.blocks_queried;
+  d["blocks_missed"] = s.blocks_missed;
+  d["blocks_loaded"] = s.blocks_loaded;
+  d["blocks_committed"] = s.blocks_committed;
+  d["blocks_commit_shared"] = s.blocks_commit_shared;
+  d["blocks_stored"] = s.blocks_stored;
+  d["blocks_store_skipped"] = s.blocks_store_skipped;
+  d["demotions"] = s.demotions;
+  d["promotions"] = s.promotions;
+  d["bytes_h2d"] = s.bytes_h2d;
+  d["bytes_d2h"] = s.bytes_d2h;
+  d["transfer_failures"] = s.transfer_failures;
+  d["bytes_disk_read"] = s.bytes_disk_read;
+  d["bytes_disk_written"] = s.bytes_disk_written;
+  d["disk_corrupt_reads"] = s.disk_corrupt_reads;
+  d["disk_io_errors"] = s.disk_io_errors;
+  d["disk_recovered_blocks"] = s.disk_recovered_blocks;
+  d["disk_recovery_dropped"] = s.disk_recovery_dropped;
+  d["disk_buffered_io"] = s.disk_buffered_io;
+  d["leases_live"] = s.leases_live;
+  d["transfers_in_flight"] = s.transfers_in_flight;
+  d["index_work"] = s.index_work;
+  d["load_latency"] = HistogramDict(s.load_latency);
+  d["demotion_latency"] = HistogramDict(s.demotion_latency);
+  d["disk_write_latency"] = HistogramDict(s.disk_write_latency);
+  d["disk_read_latency"] = HistogramDict(s.disk_read_latency);
+  d["remote_read_latency"] = HistogramDict(s.remote_read_latency);
+  d["remote_write_latency"] = HistogramDict(s.remote_write_latency);
+  d["hit_ratio"] = s.HitRatio();
+  return d;
+}
+
+// What Cache and Connector share: the layout and views of the KV memory.
+template <typename T>
+void DefLayout(py::class_<T>& cls, const char* name) {
+  const std::string prefix = std::string(name) + ".";
+  cls.def_property_readonly("block_bytes", [](const T& c) { return c.state->layout.block_bytes(); })
+      .def_property_readonly("num_slots", [](const T& c) { return c.state->layout.num_slots; })
+      .def_property_readonly("num_layers", [](const T& c) { return c.state->layout.layers.size(); })
+      .def_property_readonly("tokens_per_block",
+                             [](const T& c) { return c.state->layout.tokens_per_block; })
+      .def_property_readonly("dtype", [](const T& c) { return c.state->dtype; })
+      .def(
+          "slot_address",
+          [call = prefix + "slot_address"](const T& c, uint32_t slot, uint32_t layer,
+                                           uint32_t segment) {
+            return SlotAddress(*c.state, call.c_str(), slot, layer, segment);
+          },
+          py::arg("slot"), py::arg("layer"), py::arg("segment"))
+      .def(
+          "kv",
+          [call = prefix + "kv"](const T& c, uint32_t layer, uint32_t segment) {
+            const Segment& s = SegmentAt(*c.state, call.c_str(), layer, segment);
+            const auto itemsize = static_cast<py::ssize_t>(c.state->dtype.itemsize());
+            return View(c.state, call.c_str(), layer, segment, reinterpret_cast<uintptr_t>(s.base),
+                        {static_cast<py::ssize_t>(c.state->layout.num_slots),
+                         static_cast<py::ssize_t>(s.bytes_per_block) / itemsize},
+                        {static_cast<py::ssize_t>(s.stride_bytes), itemsize});
+          },
+          py::arg("layer"), py::arg("segment"),
+          "A numpy view [num_slots, elements per block] of one KV tensor (host memory only)");
 }
 
 }  // namespace
@@ -644,7 +1004,16 @@ PYBIND11_MODULE(kvtier, m) {
   py::enum_<Tier>(m, "Tier")
       .value("DEVICE", Tier::kDevice)
       .value("HOST", Tier::kHost)
-      .value("DISK", Tier::kDisk);
+      .value("DISK", Tier::kDisk)
+      .value("REMOTE", Tier::kRemote);
+
+  {
+    std::vector<uint64_t> bounds;
+    for (int i = 0; i < LatencyHistogram::kFinite; ++i) {
+      bounds.push_back(LatencyHistogram::UpperBoundNanos(i));
+    }
+    m.attr("LATENCY_BUCKET_UPPER_BOUNDS_NANOS") = py::tuple(py::cast(bounds));
+  }
 
   py::class_<BlockKey>(m, "BlockKey", "128-bit key of a block and everything before it")
       .def(py::init<>())
@@ -843,75 +1212,67 @@ PYBIND11_MODULE(kvtier, m) {
           "block or one a Load is still copying into");
 
   // Held by shared_ptr: the lease keeps its loads, to know which of its blocks are cached.
+  // Held by shared_ptr: the lease keeps its loads, to know which of its blocks are cached.
   py::class_<PyTransfer, std::shared_ptr<PyTransfer>>(
-      m, "Transfer", "An asynchronous load into a lease (kvtier::Transfer)")
+      m, "Transfer",
+      "An asynchronous load into a lease, or into engine blocks by Connector.load "
+      "(kvtier::Transfer)")
       .def_property_readonly("blocks",
                              [](PyTransfer& t) {
-                               std::shared_lock life(t.state->life_mu);
-                               if (!t.state->cache) throw StatusError(Closed("Transfer.blocks"));
-                               return t.transfer.blocks();
+                               return CallOpen(*t.state, "Transfer.blocks",
+                                               [&] { return t.transfer.blocks(); });
                              })
       .def_property_readonly("blocks_promoted",
                              [](PyTransfer& t) {
-                               std::shared_lock life(t.state->life_mu);
-                               if (!t.state->cache) {
-                                 throw StatusError(Closed("Transfer.blocks_promoted"));
-                               }
-                               return t.transfer.blocks_promoted();
+                               return CallOpen(*t.state, "Transfer.blocks_promoted",
+                                               [&] { return t.transfer.blocks_promoted(); });
                              })
       .def_property_readonly("done",
                              [](PyTransfer& t) {
-                               std::shared_lock life(t.state->life_mu);
-                               if (!t.state->cache) throw StatusError(Closed("Transfer.done"));
-                               return t.transfer.Poll();
+                               return CallOpen(*t.state, "Transfer.done",
+                                               [&] { return t.transfer.Poll(); });
                              })
+      .def(
+          "poll",
+          [](PyTransfer& t) {
+            return CallOpen(*t.state, "Transfer.poll", [&] { return t.transfer.Poll(); });
+          },
+          "True once finished (as `done`); never blocks")
       .def(
           "wait",
           [](PyTransfer& t) {
-            absl::Status s;
-            {
-              py::gil_scoped_release nogil;
-              std::shared_lock life(t.state->life_mu);
-              s = t.state->cache ? t.transfer.Wait() : Closed("Transfer.wait");
-            }
-            ThrowIfError(s);
+            ThrowIfError(CallOpen(*t.state, "Transfer.wait", [&] { return t.transfer.Wait(); }));
           },
           "Blocks (GIL released) until every copy finished; raises if the transfer failed")
       .def(
           "wait_layer",
           [](PyTransfer& t, uint32_t layer) {
-            absl::Status s;
-            {
-              py::gil_scoped_release nogil;
-              std::shared_lock life(t.state->life_mu);
-              s = t.state->cache ? t.transfer.WaitLayer(layer) : Closed("Transfer.wait_layer");
-            }
-            ThrowIfError(s);
+            ThrowIfError(CallOpen(*t.state, "Transfer.wait_layer",
+                                  [&] { return t.transfer.WaitLayer(layer); }));
           },
           py::arg("layer"), "Blocks (GIL released) until layer `layer` of every block arrived")
       .def_property_readonly("error",
                              [](PyTransfer& t) -> std::optional<std::string> {
-                               std::shared_lock life(t.state->life_mu);
-                               if (!t.state->cache) throw StatusError(Closed("Transfer.error"));
-                               absl::Status s = t.transfer.status();
+                               const absl::Status s = CallOpen(*t.state, "Transfer.error",
+                                                               [&] { return t.transfer.status(); });
                                if (s.ok() || absl::IsUnavailable(s)) return std::nullopt;
                                return std::string(s.message());
                              })
       .def(
           "layer_ready_event",
           [](PyTransfer& t, uint32_t layer) {
-            std::shared_lock life(t.state->life_mu);
-            if (!t.state->cache) throw StatusError(Closed("Transfer.layer_ready_event"));
-            auto e = t.transfer.LayerReadyEvent(layer);
-            ThrowIfError(e.status());
-            return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(*e));
+            auto e = CallOpen(*t.state, "Transfer.layer_ready_event",
+                              [&] { return t.transfer.LayerReadyEvent(layer); });
+            return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ValueOrThrow(std::move(e))));
           },
           py::arg("layer"),
           "The cudaEvent_t (as an int) recorded after layer `layer`; 0 when there is nothing to "
           "wait for and always on the emulated device");
 
-  py::class_<PyCache>(m, "Cache", "A tiered KV-block cache for one GPU (kvtier::Cache)")
-      .def_static("create", &CreateCache, py::arg("options"))
+  py::class_<PyCache> cache_class(m, "Cache",
+                                  "A tiered KV-block cache for one GPU (kvtier::Cache)");
+  DefLayout(cache_class, "Cache");
+  cache_class.def_static("create", &CreateCache, py::arg("options"))
       .def_static(
           "open",
           [](PyOptions o, const std::string& directory, uint64_t disk_capacity_bytes) {
@@ -937,33 +1298,6 @@ PYBIND11_MODULE(kvtier, m) {
       .def_property_readonly("closed", [](const PyCache& c) { return c.state->cache == nullptr; })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](py::object self, py::args) { self.attr("close")(); })
-      .def_property_readonly("block_bytes",
-                             [](const PyCache& c) { return c.state->layout.block_bytes(); })
-      .def_property_readonly("num_slots",
-                             [](const PyCache& c) { return c.state->layout.num_slots; })
-      .def_property_readonly("num_layers",
-                             [](const PyCache& c) { return c.state->layout.layers.size(); })
-      .def_property_readonly("tokens_per_block",
-                             [](const PyCache& c) { return c.state->layout.tokens_per_block; })
-      .def_property_readonly("dtype", [](const PyCache& c) { return c.state->dtype; })
-      .def(
-          "slot_address",
-          [](const PyCache& c, uint32_t slot, uint32_t layer, uint32_t segment) {
-            return SlotAddress(*c.state, "Cache.slot_address", slot, layer, segment);
-          },
-          py::arg("slot"), py::arg("layer"), py::arg("segment"))
-      .def(
-          "kv",
-          [](const PyCache& c, uint32_t layer, uint32_t segment) {
-            const Segment& s = SegmentAt(*c.state, "Cache.kv", layer, segment);
-            const auto itemsize = static_cast<py::ssize_t>(c.state->dtype.itemsize());
-            return View(c.state, "Cache.kv", layer, segment, reinterpret_cast<uintptr_t>(s.base),
-                        {static_cast<py::ssize_t>(c.state->layout.num_slots),
-                         static_cast<py::ssize_t>(s.bytes_per_block) / itemsize},
-                        {static_cast<py::ssize_t>(s.stride_bytes), itemsize});
-          },
-          py::arg("layer"), py::arg("segment"),
-          "A numpy view [num_slots, elements per block] of one KV tensor (host memory only)")
       .def(
           "match",
           [](PyCache& c, const std::vector<BlockKey>& keys) {
@@ -1084,31 +1418,243 @@ PYBIND11_MODULE(kvtier, m) {
           if (!c.state->cache) throw StatusError(Closed("Cache.stats"));
           s = c.state->cache->Stats();
         }
-        py::dict d;
-        d["device"] = TierDict(s.device);
-        d["host"] = TierDict(s.host);
-        d["disk"] = TierDict(s.disk);
-        d["match_calls"] = s.match_calls;
-        d["blocks_queried"] = s.blocks_queried;
-        d["blocks_missed"] = s.blocks_missed;
-        d["blocks_loaded"] = s.blocks_loaded;
-        d["blocks_committed"] = s.blocks_committed;
-        d["blocks_commit_shared"] = s.blocks_commit_shared;
-        d["demotions"] = s.demotions;
-        d["promotions"] = s.promotions;
-        d["bytes_h2d"] = s.bytes_h2d;
-        d["bytes_d2h"] = s.bytes_d2h;
-        d["transfer_failures"] = s.transfer_failures;
-        d["bytes_disk_read"] = s.bytes_disk_read;
-        d["bytes_disk_written"] = s.bytes_disk_written;
-        d["disk_corrupt_reads"] = s.disk_corrupt_reads;
-        d["disk_io_errors"] = s.disk_io_errors;
-        d["disk_recovered_blocks"] = s.disk_recovered_blocks;
-        d["disk_recovery_dropped"] = s.disk_recovery_dropped;
-        d["disk_buffered_io"] = s.disk_buffered_io;
-        d["leases_live"] = s.leases_live;
-        d["transfers_in_flight"] = s.transfers_in_flight;
-        d["hit_ratio"] = s.HitRatio();
-        return d;
+        return StatsDict(s);
+      });
+
+  // ---- connector mode ----
+
+  py::class_<LookupResult>(m, "LookupResult", "Connector.lookup's answer")
+      .def_readonly("blocks", &LookupResult::blocks,
+                    "keys [first, first + blocks) are cached (here, or in the store past them)")
+      .def_readonly("tiers", &LookupResult::tiers, "the tier of each of them")
+      .def_readonly("pending", &LookupResult::pending,
+                    "the store's answer is not in yet (wait_for_store=False): blocks counts the "
+                    "local tiers only; ask again")
+      .def("__repr__", [](const LookupResult& r) {
+        return absl::StrCat("LookupResult(blocks=", r.blocks,
+                            ", pending=", r.pending ? "True" : "False", ")");
+      });
+
+  py::class_<PyFinished>(
+      m, "Finished",
+      "A load or store that ended (Connector.take_finished): request_id, kind ('load' or "
+      "'store'), ok, message ('' when ok), blocks, and code ('OK', 'CANCELLED', ...). Unpacks "
+      "as (request_id, kind, ok, message, blocks)")
+      .def_readonly("request_id", &PyFinished::request_id)
+      .def_readonly("kind", &PyFinished::kind)
+      .def_readonly("ok", &PyFinished::ok)
+      .def_readonly("code", &PyFinished::code)
+      .def_readonly("message", &PyFinished::message)
+      .def_readonly("blocks", &PyFinished::blocks)
+      .def("__len__", [](const PyFinished&) { return 5; })
+      .def("__iter__",
+           [](const PyFinished& f) {
+             return py::iter(py::make_tuple(f.request_id, f.kind, f.ok, f.message, f.blocks));
+           })
+      .def("__repr__", [](const PyFinished& f) {
+        return absl::StrCat("Finished(request_id=", f.request_id, ", kind='", f.kind,
+                            "', ok=", f.ok ? "True" : "False", ", code='", f.code,
+                            "', blocks=", f.blocks, ")");
+      });
+
+  py::class_<PyStore>(m, "Store",
+                      "A connector's store of engine blocks (kvtier::StoreHandle); dropping it "
+                      "abandons layers left unsaved and waits for the copies enqueued")
+      .def_property_readonly(
+          "blocks",
+          [](PyStore& st) {
+            return CallOpen(*st.state, "Store.blocks", [&] { return st.store.blocks(); });
+          },
+          "blocks copied: keys past `first` not cached already, as far as host room allowed")
+      .def_property_readonly(
+          "unstored",
+          [](PyStore& st) {
+            return CallOpen(*st.state, "Store.unstored", [&] { return st.store.unstored(); });
+          },
+          "keys past `first` not stored for want of host room")
+      .def_property_readonly("layers_saved",
+                             [](PyStore& st) {
+                               return CallOpen(*st.state, "Store.layers_saved",
+                                               [&] { return st.store.layers_saved(); });
+                             })
+      .def(
+          "save_layer",
+          [](PyStore& st, uint32_t layer, uint64_t event) {
+            ThrowIfError(CallOpen(*st.state, "Store.save_layer", [&] {
+              return st.store.SaveLayer(layer,
+                                        reinterpret_cast<void*>(static_cast<uintptr_t>(event)));
+            }));
+          },
+          py::arg("layer"), py::arg("event") = 0,
+          "Enqueues the copies of layer `layer` once `event` (a cudaEvent_t as an int; 0: the "
+          "bytes are complete now) completed. Layers in order, each once: kvtier.Error "
+          "(FAILED_PRECONDITION) otherwise, IndexError past the last")
+      .def(
+          "save_all",
+          [](PyStore& st, uint64_t event) {
+            ThrowIfError(CallOpen(*st.state, "Store.save_all", [&] {
+              return st.store.SaveAll(reinterpret_cast<void*>(static_cast<uintptr_t>(event)));
+            }));
+          },
+          py::arg("event") = 0, "save_layer of every layer not saved yet")
+      .def(
+          "wait",
+          [](PyStore& st) {
+            ThrowIfError(CallOpen(*st.state, "Store.wait", [&] { return st.store.Wait(); }));
+          },
+          "Blocks (GIL released) until every layer is copied; raises if the store failed, or "
+          "(FAILED_PRECONDITION) while layers are unsaved")
+      .def(
+          "poll",
+          [](PyStore& st) {
+            return CallOpen(*st.state, "Store.poll", [&] { return st.store.Poll(); });
+          },
+          "True once finished; never blocks")
+      .def_property_readonly("done",
+                             [](PyStore& st) {
+                               return CallOpen(*st.state, "Store.done",
+                                               [&] { return st.store.Poll(); });
+                             })
+      .def_property_readonly("error", [](PyStore& st) -> std::optional<std::string> {
+        const absl::Status s =
+            CallOpen(*st.state, "Store.error", [&] { return st.store.status(); });
+        if (s.ok() || absl::IsUnavailable(s)) return std::nullopt;
+        return std::string(s.message());
+      });
+
+  py::class_<PyConnector> connector_class(
+      m, "Connector",
+      "kvtier for an engine that owns its GPU blocks (kvtier::Connector): Options as for Cache "
+      "(layers = the engine's KV tensors, num_slots = its block pool; a host tier is required)");
+  DefLayout(connector_class, "Connector");
+  connector_class.def(py::init(&CreateConnector), py::arg("options"))
+      .def_static("create", &CreateConnector, py::arg("options"))
+      .def("close",
+           [](PyConnector& c) {
+             py::gil_scoped_release nogil;
+             CacheState& st = *c.state;
+             std::unique_lock life(st.life_mu);
+             if (st.connector == nullptr) return;
+             {
+               std::lock_guard reg(st.reg_mu);
+               // Handles die before their Connector: a store with layers unsaved is abandoned.
+               for (PyStore* s : st.stores) s->store = StoreHandle();
+               for (PyTransfer* t : st.transfers) t->transfer = Transfer();
+             }
+             st.connector.reset();
+           })
+      .def_property_readonly("closed",
+                             [](const PyConnector& c) { return c.state->connector == nullptr; })
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](py::object self, py::args) { self.attr("close")(); })
+      .def(
+          "lookup",
+          [](PyConnector& c, const std::vector<BlockKey>& keys, uint32_t first, bool touch,
+             bool wait_for_store) {
+            return ValueOrThrow(CallOpen(*c.state, "Connector.lookup", [&] {
+              return c.state->connector->Lookup(keys, first,
+                                                {.touch = touch, .wait_for_store = wait_for_store});
+            }));
+          },
+          py::arg("keys"), py::arg("first") = 0, py::arg("touch") = true,
+          py::arg("wait_for_store") = true,
+          "How many blocks past the engine's `first` hits (keys[:first]) are cached, and where")
+      .def(
+          "load",
+          [](PyConnector& c, const std::vector<BlockKey>& keys, uint32_t first,
+             const py::object& dst_blocks, uint64_t request_id) {
+            const std::vector<uint32_t> dst =
+                BlockIdsFromPython("Connector.load", "dst_blocks", dst_blocks);
+            auto handle = std::make_shared<PyTransfer>();
+            handle->state = c.state;
+            CallOpen(*c.state, "Connector.load", [&] {
+              handle->transfer =
+                  ValueOrThrow(c.state->connector->Load(keys, first, dst, request_id));
+              std::lock_guard reg(c.state->reg_mu);
+              c.state->transfers.insert(handle.get());
+              return 0;
+            });
+            return handle;
+          },
+          py::arg("keys"), py::arg("first"), py::arg("dst_blocks"), py::arg("request_id") = 0,
+          "Copies the cached keys[first:] into the engine's blocks dst_blocks (one each), layer "
+          "by layer; a kvtier.Transfer (its blocks: how many dst blocks get data)")
+      .def(
+          "store",
+          [](PyConnector& c, const std::vector<BlockKey>& keys, uint32_t first,
+             const py::object& src_blocks, uint64_t ready_event, uint64_t request_id) {
+            const std::vector<uint32_t> src =
+                BlockIdsFromPython("Connector.store", "src_blocks", src_blocks);
+            auto handle = std::make_unique<PyStore>();
+            handle->state = c.state;
+            CallOpen(*c.state, "Connector.store", [&] {
+              handle->store = ValueOrThrow(c.state->connector->Store(
+                  keys, first, src, reinterpret_cast<void*>(static_cast<uintptr_t>(ready_event)),
+                  request_id));
+              std::lock_guard reg(c.state->reg_mu);
+              c.state->stores.insert(handle.get());
+              return 0;
+            });
+            return handle;
+          },
+          py::arg("keys"), py::arg("first"), py::arg("src_blocks"), py::arg("ready_event") = 0,
+          py::arg("request_id") = 0,
+          "Stores the engine's blocks src_blocks (holding keys[first:]) once ready_event (a "
+          "cudaEvent_t as an int; 0: now) completed; a kvtier.Store")
+      .def(
+          "begin_store",
+          [](PyConnector& c, const std::vector<BlockKey>& keys, uint32_t first,
+             const py::object& src_blocks, uint64_t request_id) {
+            const std::vector<uint32_t> src =
+                BlockIdsFromPython("Connector.begin_store", "src_blocks", src_blocks);
+            auto handle = std::make_unique<PyStore>();
+            handle->state = c.state;
+            CallOpen(*c.state, "Connector.begin_store", [&] {
+              handle->store =
+                  ValueOrThrow(c.state->connector->BeginStore(keys, first, src, request_id));
+              std::lock_guard reg(c.state->reg_mu);
+              c.state->stores.insert(handle.get());
+              return 0;
+            });
+            return handle;
+          },
+          py::arg("keys"), py::arg("first"), py::arg("src_blocks"), py::arg("request_id") = 0,
+          "store(), layer by layer: host slots reserved now; then Store.save_layer(l, event) as "
+          "the forward pass writes each layer")
+      .def(
+          "take_finished",
+          [](PyConnector& c) {
+            const std::vector<Finished> done = CallOpen(*c.state, "Connector.take_finished", [&] {
+              return c.state->connector->TakeFinished();
+            });
+            std::vector<PyFinished> out;
+            out.reserve(done.size());
+            for (const Finished& f : done) {
+              out.push_back({.request_id = f.request_id,
+                             .kind = f.kind == Finished::Kind::kLoad ? "load" : "store",
+                             .ok = f.status.ok(),
+                             .code = CodeName(f.status.code()),
+                             .message = std::string(f.status.message()),
+                             .blocks = f.blocks});
+            }
+            return out;
+          },
+          "The loads and stores with a request id that ended since the last call, each once: a "
+          "list of kvtier.Finished")
+      .def(
+          "hint",
+          [](PyConnector& c, const std::vector<BlockKey>& keys, const std::vector<double>& scores) {
+            ThrowIfError(CallOpen(*c.state, "Connector.hint",
+                                  [&] { return c.state->connector->Hint(keys, scores); }));
+          },
+          py::arg("keys"), py::arg("scores"))
+      .def("check_invariants",
+           [](PyConnector& c) {
+             ThrowIfError(CallOpen(*c.state, "Connector.check_invariants",
+                                   [&] { return c.state->connector->CheckInvariants(); }));
+           })
+      .def("stats", [](PyConnector& c) {
+        return StatsDict(
+            CallOpen(*c.state, "Connector.stats", [&] { return c.state->connector->Stats(); }));
       });
 }

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kvtier
+from conftest import check_stats_dict
 
 LAYERS, SEGS, TPB, SLOTS, SEG_BYTES = 4, 2, 16, 16, 512
 
@@ -49,7 +50,7 @@ def request(cache, keys):
             for s in range(SEGS):
                 np.testing.assert_array_equal(lease.block(b, layer, s), pattern(keys[b], layer, s))
     xfer.wait()
-    assert xfer.done and xfer.error is None
+    assert xfer.done and xfer.poll() and xfer.error is None
     for b in range(xfer.blocks, len(keys)):
         for layer in range(LAYERS):
             for s in range(SEGS):
@@ -92,7 +93,16 @@ def test_lifecycle_device_host_hits_and_stats():
         assert st["promotions"] == 4 and st["bytes_h2d"] == 4 * cache.block_bytes
         assert st["leases_live"] == 0
         assert st["hit_ratio"] == pytest.approx(8 / 12)
+        assert st["host"]["promotions"] == 0 and st["device"]["promotions"] == 4
+        assert st["load_latency"]["count"] == 3
     assert cache.closed
+
+
+def test_stats_have_every_field(stats_fields):
+    """stats() has every counter, gauge and histogram of kvtier/stats.h (read from the header)."""
+    with make_cache() as cache:
+        request(cache, prompt_keys(11))
+        check_stats_dict(cache.stats(), stats_fields)
 
 
 def test_grow_and_slots():
@@ -566,3 +576,18 @@ def test_regression_17_chain_tokens_refuses_floats():
         assert h.chain(None, np.arange(TPB, dtype=dtype)) == ref[0]
     assert h.chain_tokens(np.arange(2 * TPB, dtype=np.int32)[::2], TPB) == \
         h.chain_tokens(list(range(0, 2 * TPB, 2)), TPB)  # strided int32: the checked path
+
+
+def test_chain_tokens_accepts_torch_tensors():
+    """Token ids as torch tensors (Debian's python3-torch; skipped without it)."""
+    torch = pytest.importorskip("torch")
+    h = kvtier.Hasher(model_id="m")
+    ref = h.chain_tokens(list(range(2 * TPB)), TPB)
+    assert h.chain_tokens(torch.arange(2 * TPB), TPB) == ref  # int64
+    assert h.chain_tokens(torch.arange(2 * TPB, dtype=torch.int32), TPB) == ref
+    assert h.chain_tokens(np.arange(2 * TPB, dtype=np.int64), TPB) == ref
+    assert h.chain(None, torch.arange(TPB)) == ref[0]
+    with pytest.raises(TypeError):
+        h.chain_tokens(torch.arange(2 * TPB, dtype=torch.float32), TPB)
+    with pytest.raises(TypeError):
+        h.chain_tokens(torch.full((TPB,), 2**40), TPB)  # not an int32
