@@ -47,6 +47,9 @@ using kvtier::BlockKey;
 static_assert(static_cast<int>(absl::StatusCode::kUnauthenticated) == KVTIER_UNAUTHENTICATED);
 static_assert(static_cast<int>(absl::StatusCode::kDataLoss) == KVTIER_DATA_LOSS);
 static_assert(static_cast<int>(kvtier::Tier::kDisk) == KVTIER_TIER_DISK);
+static_assert(static_cast<int>(kvtier::KvEventType::kStored) == KVTIER_EVENT_STORED);
+static_assert(static_cast<int>(kvtier::KvEventType::kRemoved) == KVTIER_EVENT_REMOVED);
+static_assert(static_cast<int>(kvtier::KvEventType::kAllCleared) == KVTIER_EVENT_ALL_CLEARED);
 static_assert(static_cast<int>(kvtier::DeviceBackend::kMetadataOnly) ==
               KVTIER_BACKEND_METADATA_ONLY);
 
@@ -798,6 +801,35 @@ kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* key
   });
 }
 
+kvtier_status kvtier_cache_take_events(kvtier_cache* cache, kvtier_event* events, size_t capacity,
+                                       size_t* num_events) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_take_events";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (num_events == nullptr) return Null(kCall, "num_events");
+    *num_events = 0;
+    if (events == nullptr && capacity != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": events is NULL with capacity=", capacity));
+    }
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    if (capacity == 0) return absl::OkStatus();
+    const std::vector<kvtier::KvEvent> taken = cache->box->cache->TakeEvents(capacity);
+    for (size_t i = 0; i < taken.size(); ++i) {
+      const kvtier::KvEvent& e = taken[i];
+      events[i] = kvtier_event{.seq = e.seq,
+                               .type = static_cast<kvtier_event_type>(e.type),
+                               .tier = static_cast<kvtier_tier>(e.tier),
+                               .tokens_per_block = e.tokens_per_block,
+                               .key = ToC(e.key),
+                               .parent = ToC(e.parent)};
+    }
+    *num_events = taken.size();
+    return absl::OkStatus();
+  });
+}
+
 kvtier_status kvtier_cache_stats(const kvtier_cache* cache, kvtier_stats* stats) {
   return Guard([&]() -> absl::Status {
     constexpr const char* kCall = "kvtier_cache_stats";
@@ -837,6 +869,7 @@ kvtier_status kvtier_cache_stats(const kvtier_cache* cache, kvtier_stats* stats)
     o.disk_buffered_io = s.disk_buffered_io;
     o.hit_ratio = s.HitRatio();
     o.blocks_commit_shared = s.blocks_commit_shared;
+    o.events_dropped = s.events_dropped;
     // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared); a
     // larger tail is left as it is.
     std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));

@@ -252,6 +252,13 @@ absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double>
   return absl::OkStatus();
 }
 
+std::vector<KvEvent> Cache::TakeEvents(size_t max_events) {
+  std::vector<KvEvent> events;
+  MutexLock lock(&core_->index_.mu());
+  core_->index_.TakeEventsLocked(max_events, &events);
+  return events;
+}
+
 CacheStats Cache::Stats() const {
   MutexLock lock(&core_->index_.mu());
   return core_->StatsLocked();

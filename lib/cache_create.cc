@@ -172,6 +172,8 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
       remote != nullptr && options.remote.publish == RemotePublish::kWriteThrough;
   config.capacity_slots = {device_slots, host_slots, disk_slots};
   config.demote_on_evict = options.demote_on_evict;
+  config.events_capacity = options.events.capacity;
+  config.tokens_per_block = options.layout.tokens_per_block;
   config.host_write_through = options.host_write_through || remote_write_through;
   if (remote != nullptr) {
     config.store_feed = options.remote.publish == RemotePublish::kWriteBack

@@ -222,6 +222,63 @@ static void TestLifecycle(void) {
   kvtier_cache_destroy(cache);
 }
 
+/* KV events: none by default; with "events.capacity" each commit is a STORED event, in order, and
+ * what does not fit is dropped and counted. */
+static void TestEvents(void) {
+  kvtier_options o = BaseOptions();
+  kvtier_cache* cache = NULL;
+  kvtier_hasher* hasher = NULL;
+  kvtier_block_key keys[kBlocks];
+  kvtier_event ev[8];
+  size_t n = 99;
+  uint32_t hits[3], i;
+  kvtier_stats st;
+
+  CHECK_OK(kvtier_hasher_create("c-test", NULL, "t0", &hasher));
+  Prompt(hasher, 3, keys);
+  CHECK_OK(kvtier_cache_create(&o, &cache)); /* off by default */
+  Request(cache, keys, kBlocks, hits);
+  CHECK_OK(kvtier_cache_take_events(cache, ev, 8, &n));
+  CHECK(n == 0);
+  CHECK_OK(kvtier_cache_close(cache));
+  kvtier_cache_destroy(cache);
+
+  CHECK_OK(kvtier_options_set(&o, "events.capacity", "3"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  Request(cache, keys, kBlocks, hits); /* 4 STORED events, room for 3 */
+  CHECK_CODE(kvtier_cache_take_events(cache, NULL, 1, &n), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_take_events(cache, ev, 8, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_take_events(NULL, ev, 8, &n), KVTIER_INVALID_ARGUMENT);
+  CHECK_OK(kvtier_cache_take_events(cache, NULL, 0, &n));
+  CHECK(n == 0);
+  CHECK_OK(kvtier_cache_take_events(cache, ev, 2, &n));
+  CHECK(n == 2);
+  CHECK_OK(kvtier_cache_take_events(cache, ev + 2, 6, &n));
+  CHECK(n == 1);
+  for (i = 0; i < 3; ++i) {
+    CHECK(ev[i].seq == i);
+    CHECK(ev[i].type == KVTIER_EVENT_STORED && ev[i].tier == KVTIER_TIER_DEVICE);
+    CHECK(ev[i].tokens_per_block == kTpb);
+    CHECK(ev[i].key.hi == keys[i].hi && ev[i].key.lo == keys[i].lo);
+  }
+  CHECK(ev[0].parent.hi == 0 && ev[0].parent.lo == 0);
+  CHECK(ev[2].parent.hi == keys[1].hi && ev[2].parent.lo == keys[1].lo);
+  memset(&st, 0, sizeof(st));
+  st.struct_size = sizeof(st);
+  CHECK_OK(kvtier_cache_stats(cache, &st));
+  CHECK(st.events_dropped == 1);
+  /* a version-2 caller's struct ends before events_dropped: nothing is written there */
+  memset(&st, 0xEE, sizeof(st));
+  st.struct_size = offsetof(kvtier_stats, events_dropped);
+  CHECK_OK(kvtier_cache_stats(cache, &st));
+  CHECK(st.events_dropped == 0xEEEEEEEEEEEEEEEEull);
+  CHECK_OK(kvtier_cache_close(cache));
+  CHECK_CODE(kvtier_cache_take_events(cache, ev, 8, &n), KVTIER_FAILED_PRECONDITION);
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+  kvtier_hasher_destroy(hasher);
+}
+
 /* With a disk directory: what one cache commits, the next one (same directory) serves. */
 static void TestDiskWarmRestart(const char* scratch) {
   char dir[4096];
@@ -747,6 +804,7 @@ int main(int argc, char** argv) {
   TestBadOptions();
   TestOptionValues(scratch);
   TestLifecycle();
+  TestEvents();
   TestDiskWarmRestart(scratch);
   TestBadCalls();
   TestConcurrentClose();

@@ -35,6 +35,7 @@
 #ifndef KVTIER_CACHE_H_
 #define KVTIER_CACHE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -43,6 +44,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kvtier/block_key.h"
+#include "kvtier/events.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
 #include "kvtier/tier.h"
@@ -159,6 +161,12 @@ class Cache {
   // it (EvictionPolicy::OnHint): request priority, accumulated attention. Keys not cached are
   // skipped. kInvalidArgument if the spans differ in length. O(keys).
   absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores);
+
+  // KV events (kvtier/events.h): removes and returns the oldest min(max_events, queued) events,
+  // oldest first, for the engine to forward to its KV-aware router. Empty when
+  // Options.events.capacity is 0. Call it often enough that the queue does not fill (lost events
+  // count in CacheStats::events_dropped and show as gaps in KvEvent::seq). O(events returned).
+  std::vector<KvEvent> TakeEvents(size_t max_events = SIZE_MAX);
 
   CacheStats Stats() const;
   const Options& options() const;

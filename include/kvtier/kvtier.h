@@ -224,6 +224,7 @@ typedef struct kvtier_stats {
   bool disk_buffered_io;
   double hit_ratio;              /* CacheStats::HitRatio() */
   uint64_t blocks_commit_shared; /* version 2 (appended) */
+  uint64_t events_dropped;       /* version 3 (appended): KV events lost to a full queue */
 } kvtier_stats;
 
 /* ---- the cache ---- */
@@ -312,6 +313,34 @@ KVTIER_C_API void kvtier_lease_destroy(kvtier_lease* lease);
 /* The engine's importance score of each cached block (Cache::Hint). */
 KVTIER_C_API kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* keys,
                                              const double* scores, size_t num_keys);
+
+/* ---- KV events (kvtier/events.h), for KV-aware routers ---- */
+
+typedef enum kvtier_event_type {
+  KVTIER_EVENT_STORED = 0,     /* a block became Ready in `tier` */
+  KVTIER_EVENT_REMOVED = 1,    /* a block stored in `tier` left it */
+  KVTIER_EVENT_ALL_CLEARED = 2 /* kvtier_cache_clear(tier): forget the tier's blocks; the STORED
+                                * events that follow re-announce those it kept */
+} kvtier_event_type;
+
+/* One event (kvtier::KvEvent). A router recomputes keys from token ids with a hasher of the same
+ * salt (kvtier_hasher_create) and this tokens_per_block; kvtier never sees token ids. A gap in
+ * `seq` means events were dropped (kvtier_stats.events_dropped). This struct never changes. */
+typedef struct kvtier_event {
+  uint64_t seq; /* 0, 1, 2, ... per cache, dropped events included */
+  kvtier_event_type type;
+  kvtier_tier tier;
+  uint32_t tokens_per_block; /* tokens hashed into each key */
+  kvtier_block_key key;      /* all zero for KVTIER_EVENT_ALL_CLEARED */
+  kvtier_block_key parent;   /* all zero (the root) for a first block and for ALL_CLEARED */
+} kvtier_event;
+
+/* Moves the oldest queued events, at most `capacity`, into events[0, *num_events), oldest first
+ * (Cache::TakeEvents). *num_events = 0 when none are queued or the cache records none (the option
+ * "events.capacity", set with kvtier_options_set, is 0 by default). events may be NULL only with
+ * capacity 0. */
+KVTIER_C_API kvtier_status kvtier_cache_take_events(kvtier_cache* cache, kvtier_event* events,
+                                                    size_t capacity, size_t* num_events);
 
 /* A snapshot of the counters. stats->struct_size must be set by the caller; the fields that fit
  * in it are written. */

@@ -34,6 +34,7 @@ bool HasDuplicate(std::span<const BlockKey> keys) {
 
 Index::Index(IndexConfig config)
     : capacities_(config.capacity_slots),
+      events_(config.events_capacity, config.tokens_per_block),
       demote_on_evict_(config.demote_on_evict),
       host_write_through_(config.host_write_through),
       store_feed_(config.store_feed) {
@@ -120,8 +121,10 @@ void Index::ReviewWithheldLocked(uint32_t id) {
 
 void Index::MarkReadyLocked(uint32_t id, Tier tier) {
   Residency& r = E(id).res[T(tier)];
-  if (r.state == ResState::kFilling) table(tier).filling--;
+  const bool was_filling = r.state == ResState::kFilling;
+  if (was_filling) table(tier).filling--;
   r.state = ResState::kReady;
+  if (was_filling) EmitLocked(KvEventType::kStored, id, tier);
 }
 
 template <typename Pred>
@@ -175,6 +178,7 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
     tt.pinned++;
   }
   if (state == ResState::kFilling) tt.filling++;
+  if (state == ResState::kReady) EmitLocked(KvEventType::kStored, id, tier);
   tt.stats.inserts++;
   ReviewWithheldLocked(id);  // a second copy: the others are no longer the only one
 }
@@ -186,6 +190,7 @@ SlotId Index::RemoveResidencyLocked(uint32_t id, Tier tier) {
   tt.policy->OnRemove(slot);
   if (r.pins() > 0) tt.pinned--;
   if (r.state == ResState::kFilling) tt.filling--;
+  if (r.state == ResState::kReady) EmitLocked(KvEventType::kRemoved, id, tier);
   r = Residency{};
   EraseIfUnusedLocked(id);
   return slot;
@@ -780,6 +785,7 @@ void Index::FillStatsLocked(CacheStats* stats) const {
   }
   stats->leases_live = leases_.size();
   stats->index_work = work_;
+  stats->events_dropped = events_.dropped();
 }
 
 absl::Status Index::CheckInvariantsLocked() const {

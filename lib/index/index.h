@@ -13,6 +13,9 @@
 //   A residency with pins (lease or I/O) or in Filling is never a victim. Prefix rule: a block's
 //   last residency is not removed while an entry chained from it exists. An entry that lost its
 //   last residency through a failed copy stays as an uncached "lost" parent until its children go.
+// KV events (kvtier/events.h) are recorded at the transitions themselves: kStored when a residency
+// becomes Ready (AddResidencyLocked Ready, MarkReadyLocked), kRemoved when a Ready one goes
+// (RemoveResidencyLocked), so every path that changes residencies reports them.
 #ifndef KVTIER_LIB_INDEX_INDEX_H_
 #define KVTIER_LIB_INDEX_INDEX_H_
 
@@ -29,11 +32,13 @@
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "kvtier/block_key.h"
+#include "kvtier/events.h"
 #include "kvtier/policy.h"
 #include "kvtier/stats.h"
 #include "kvtier/tier.h"
 #include "lib/common/huge_pages.h"
 #include "lib/common/mutex.h"
+#include "lib/index/event_queue.h"
 
 namespace kvtier::internal {
 
@@ -141,6 +146,10 @@ struct IndexConfig {
   // block a demotion brought to the host (the host copy io-pinned until sent: write-through).
   enum class StoreFeed : uint8_t { kNone, kHostVictims, kHostFills };
   StoreFeed store_feed = StoreFeed::kNone;
+  // KV events: at most this many queued for TakeEventsLocked (0: none recorded), each carrying
+  // tokens_per_block (the layout's).
+  uint32_t events_capacity = 0;
+  uint32_t tokens_per_block = 0;
 };
 
 class Index {
@@ -197,6 +206,10 @@ class Index {
   // call that takes host slots, by FlushHostLocked, by FinishMoveLocked.
   std::vector<Move> TakeWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return std::exchange(writes_, {});
+  }
+  // Moves the oldest min(max, queued) KV events to the end of `out`. O(events taken).
+  void TakeEventsLocked(size_t max, std::vector<KvEvent>* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    events_.Take(max, out);
   }
   // Match found `n` more blocks in a store past the local prefix: they are not misses.
   void NoteStoreHitsLocked(uint32_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -312,6 +325,11 @@ class Index {
   SlotId RemoveResidencyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A Filling residency's bytes have arrived.
   void MarkReadyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a KV event about entry `id`'s residency in `tier` (nothing when events are off).
+  void EmitLocked(KvEventType type, uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (events_.enabled() && !events_muted_)
+      events_.Push(type, tier, E(id).key, ParentKeyLocked(id));
+  }
   // Whether the prefix rule alone keeps entry `id`'s residency in `tier` (Ready, unpinned): it has
   // children and no copy in another tier, and the tier cannot write victims back (its bottom).
   bool KeptByPrefixLocked(uint32_t id, Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -355,6 +373,9 @@ class Index {
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<Move> writes_ ABSL_GUARDED_BY(mu_);
+  EventQueue events_ ABSL_GUARDED_BY(mu_);
+  // Set while a whole-tier clear removes residencies: it records one kAllCleared instead.
+  bool events_muted_ ABSL_GUARDED_BY(mu_) = false;
   const bool demote_on_evict_;
   // Per tier: its victims are never written back below (the device without a host tier, the host
   // without a disk tier, the disk), so the prefix rule protects its only copies with children.

@@ -47,6 +47,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -59,6 +60,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
+#include "kvtier/events.h"
 #include "kvtier/options.h"
 #include "lib/options_fields.h"
 
@@ -659,6 +661,21 @@ PYBIND11_MODULE(kvtier, m) {
       .def("__hash__", [](const BlockKey& k) { return py::hash(py::make_tuple(k.hi, k.lo)); })
       .def("__repr__", [](const BlockKey& k) { return "BlockKey(" + k.ToHex() + ")"; });
 
+  py::class_<KvEvent>(m, "KvEvent",
+                      "a KV event for routers (kvtier/events.h): type is 'stored', 'removed' or "
+                      "'all_cleared'")
+      .def_readonly("seq", &KvEvent::seq)
+      .def_property_readonly("type", [](const KvEvent& e) { return KvEventTypeName(e.type); })
+      .def_readonly("tier", &KvEvent::tier)
+      .def_readonly("tokens_per_block", &KvEvent::tokens_per_block)
+      .def_readonly("key", &KvEvent::key)
+      .def_readonly("parent", &KvEvent::parent)
+      .def("__repr__", [](const KvEvent& e) {
+        return absl::StrCat("KvEvent(seq=", e.seq, ", ", KvEventTypeName(e.type), ", ",
+                            TierName(e.tier), ", key=", e.key.ToHex(),
+                            ", parent=", e.parent.ToHex(), ")");
+      });
+
   py::class_<BlockHasher>(m, "Hasher", "Chained, salted block keys (kvtier::BlockHasher)")
       .def(py::init([](const std::string& model_id, const std::string& lora_id,
                        const std::string& tenant) {
@@ -1069,6 +1086,21 @@ PYBIND11_MODULE(kvtier, m) {
             ThrowIfError(c.state->cache->Hint(keys, scores));
           },
           py::arg("keys"), py::arg("scores"))
+      .def(
+          "take_events",
+          [](PyCache& c, std::optional<size_t> max_events) {
+            std::vector<KvEvent> events;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.take_events"));
+              events = c.state->cache->TakeEvents(max_events.value_or(SIZE_MAX));
+            }
+            return events;
+          },
+          py::arg("max_events") = py::none(),
+          "removes and returns the oldest queued KV events (all, or at most max_events), as "
+          "KvEvent objects; [] unless the cache was made with events_capacity > 0")
       .def("check_invariants",
            [](PyCache& c) {
              py::gil_scoped_release nogil;
@@ -1094,6 +1126,7 @@ PYBIND11_MODULE(kvtier, m) {
         d["blocks_loaded"] = s.blocks_loaded;
         d["blocks_committed"] = s.blocks_committed;
         d["blocks_commit_shared"] = s.blocks_commit_shared;
+        d["events_dropped"] = s.events_dropped;
         d["demotions"] = s.demotions;
         d["promotions"] = s.promotions;
         d["bytes_h2d"] = s.bytes_h2d;

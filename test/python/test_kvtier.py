@@ -95,6 +95,30 @@ def test_lifecycle_device_host_hits_and_stats():
     assert cache.closed
 
 
+def test_kv_events():
+    keys = prompt_keys(7)
+    with make_cache() as cache:  # off by default
+        request(cache, keys)
+        assert cache.take_events() == []
+        assert cache.stats()["events_dropped"] == 0
+    with make_cache(events_capacity=3) as cache:
+        request(cache, keys)  # four blocks stored on the device, room for three events
+        first = cache.take_events(max_events=1)
+        events = first + cache.take_events()
+        assert [e.seq for e in events] == [0, 1, 2]
+        assert all(e.type == "stored" and e.tier == kvtier.Tier.DEVICE for e in events)
+        assert [e.key for e in events] == keys[:3]
+        assert events[0].parent == kvtier.BlockKey() and events[1].parent == keys[0]
+        assert events[0].tokens_per_block == TPB
+        assert "stored" in repr(events[0])
+        assert cache.stats()["events_dropped"] == 1
+        assert cache.take_events() == []
+        with pytest.raises(TypeError):
+            cache.take_events(max_events=-1)
+    with pytest.raises(ValueError):
+        make_cache(events_capacity=(1 << 24) + 1)
+
+
 def test_grow_and_slots():
     cache = make_cache()
     lease = cache.allocate_device(2)
