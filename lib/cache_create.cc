@@ -2,6 +2,7 @@
 // store), the policies and the Index, assembled into a Cache::Core.
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -93,7 +94,8 @@ namespace internal {
 
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
-                                                   FaultInjector* disk_faults) {
+                                                   FaultInjector* disk_faults,
+                                                   std::function<uint64_t()> clock) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
   const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
@@ -174,6 +176,7 @@ absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
   config.demote_on_evict = options.demote_on_evict;
   config.events_capacity = options.events.capacity;
   config.tokens_per_block = options.layout.tokens_per_block;
+  config.clock = std::move(clock);
   config.host_write_through = options.host_write_through || remote_write_through;
   if (remote != nullptr) {
     config.store_feed = options.remote.publish == RemotePublish::kWriteBack

@@ -7,6 +7,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "kvtier/policy.h"
+#include "lib/common/histogram.h"
 
 namespace kvtier::internal {
 namespace {
@@ -35,6 +36,7 @@ bool HasDuplicate(std::span<const BlockKey> keys) {
 Index::Index(IndexConfig config)
     : capacities_(config.capacity_slots),
       events_(config.events_capacity, config.tokens_per_block),
+      clock_(config.clock ? std::move(config.clock) : std::function<uint64_t()>(MonotonicNanos)),
       demote_on_evict_(config.demote_on_evict),
       host_write_through_(config.host_write_through),
       store_feed_(config.store_feed) {
@@ -202,6 +204,7 @@ void Index::EraseIfUnusedLocked(uint32_t id) {
     Entry& e = E(id);
     if (e.cached() || e.children > 0) return;
     const uint32_t parent = e.parent_id;
+    ForgetDeadlinesLocked(id);
     ids_.erase(e.key);  // before clearing the key: the table hashes through it
     e = Entry{};
     free_ids_.push_back(id);
@@ -246,6 +249,7 @@ void Index::HintLocked(std::span<const BlockKey> keys, std::span<const double> s
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t id = FindLocked(keys[i]);
     if (id == kNoEntry) continue;
+    if (!timed_hints_.empty()) timed_hints_.Erase(id);  // this score stays: no revert
     for (int t = 0; t < kNumTiers; ++t) {
       if (E(id).res[t].present()) tiers_[t].policy->OnHint(E(id).res[t].slot, scores[i]);
     }
@@ -267,6 +271,7 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demoti
     tt.free.pop_back();
     return s;
   }
+  ExpireDeadlinesLocked();  // holds and timed hints that ran out, before choosing
   // A victim with no copy elsewhere is written back to the tier below, unless this is the bottom.
   bool can_write_back = !bottom_[T(tier)];
   for (;;) {
@@ -274,7 +279,7 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demoti
         tier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
           const uint32_t id = tt.slot[s].entry;
           const Residency& r = E(id).res[T(tier)];
-          return r.state == ResState::kReady && r.pins() == 0 &&
+          return r.state == ResState::kReady && r.pins() == 0 && !HeldLocked(id) &&
                  (E(id).children == 0 || can_write_back || HasOtherCopyLocked(id, tier));
         });
     if (!victim) return std::nullopt;
