@@ -19,6 +19,7 @@
 // fields, so every option the table lists reaches C without a new struct version.
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -34,6 +35,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
 #include "kvtier/kvtier.h"
@@ -284,6 +286,38 @@ absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
   if (t->box->cache == nullptr) return Closed(call);
   return absl::OkStatus();
 }
+}  // namespace
+
+namespace {
+
+void ToC(const kvtier::ManageResult& r, kvtier_manage_result* out) {
+  *out = kvtier_manage_result{r.done, r.not_found, r.busy, r.kept_for_children};
+}
+
+// A duration in milliseconds as the C++ API takes it (beyond int64: infinite, rejected there).
+absl::Duration FromMillis(uint64_t ms) {
+  return ms > static_cast<uint64_t>(INT64_MAX) ? absl::InfiniteDuration()
+                                               : absl::Milliseconds(static_cast<int64_t>(ms));
+}
+
+// kvtier_cache_remove, _pin and _unpin: `call` on the copied keys, its result into *result.
+template <typename F>
+kvtier_status ManageKeys(const char* call, kvtier_cache* cache, const kvtier_block_key* keys,
+                         size_t num_keys, kvtier_manage_result* result, F op) {
+  return Guard([&]() -> absl::Status {
+    if (cache == nullptr) return Null(call, "cache");
+    if (result == nullptr) return Null(call, "result");
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(call, keys, num_keys, &k); !s.ok()) return s;
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(call);
+    absl::StatusOr<kvtier::ManageResult> r = op(*cache->box->cache, k);
+    if (!r.ok()) return r.status();
+    ToC(*r, result);
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -798,6 +832,89 @@ kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* key
     std::shared_lock life(cache->box->life_mu);
     if (cache->box->cache == nullptr) return Closed(kCall);
     return cache->box->cache->Hint(k, std::span<const double>(scores, num_keys));
+  });
+}
+
+kvtier_status kvtier_cache_remove(kvtier_cache* cache, const kvtier_block_key* keys,
+                                  size_t num_keys, kvtier_manage_result* result) {
+  return ManageKeys("kvtier_cache_remove", cache, keys, num_keys, result,
+                    [](kvtier::Cache& c, const std::vector<BlockKey>& k) { return c.Remove(k); });
+}
+
+kvtier_status kvtier_cache_pin(kvtier_cache* cache, const kvtier_block_key* keys, size_t num_keys,
+                               uint64_t duration_ms, kvtier_manage_result* result) {
+  return ManageKeys("kvtier_cache_pin", cache, keys, num_keys, result,
+                    [duration_ms](kvtier::Cache& c, const std::vector<BlockKey>& k) {
+                      return c.Pin(k, FromMillis(duration_ms));
+                    });
+}
+
+kvtier_status kvtier_cache_unpin(kvtier_cache* cache, const kvtier_block_key* keys, size_t num_keys,
+                                 kvtier_manage_result* result) {
+  return ManageKeys("kvtier_cache_unpin", cache, keys, num_keys, result,
+                    [](kvtier::Cache& c, const std::vector<BlockKey>& k) { return c.Unpin(k); });
+}
+
+kvtier_status kvtier_cache_clear(kvtier_cache* cache, kvtier_tier tier,
+                                 kvtier_manage_result* result) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_clear";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (result == nullptr) return Null(kCall, "result");
+    const int64_t t = EnumValue(tier);
+    if (t < KVTIER_TIER_DEVICE || t > KVTIER_TIER_DISK) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": tier ", t, " is not a kvtier_tier (device, host or disk)"));
+    }
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    absl::StatusOr<kvtier::ManageResult> r = cache->box->cache->Clear(static_cast<kvtier::Tier>(t));
+    if (!r.ok()) return r.status();
+    ToC(*r, result);
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_cache_hint_for(kvtier_cache* cache, const kvtier_block_key* keys,
+                                    const double* scores, size_t num_keys, uint64_t duration_ms) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_hint_for";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (scores == nullptr && num_keys != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": scores is NULL with num_keys=", num_keys));
+    }
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    return cache->box->cache->Hint(k, std::span<const double>(scores, num_keys),
+                                   FromMillis(duration_ms));
+  });
+}
+
+kvtier_status kvtier_cache_prefetch(kvtier_cache* cache, const kvtier_block_key* keys,
+                                    size_t num_keys, kvtier_transfer** out) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_prefetch";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (out == nullptr) return Null(kCall, "out");
+    *out = nullptr;
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    auto handle = std::make_unique<kvtier_transfer>();
+    handle->box = cache->box;
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    auto xfer = cache->box->cache->Prefetch(k);
+    if (!xfer.ok()) return xfer.status();
+    handle->transfer = std::move(*xfer);
+    {
+      std::lock_guard reg(cache->box->reg_mu);
+      cache->box->transfers.insert(handle.get());
+    }
+    *out = handle.release();
+    return absl::OkStatus();
   });
 }
 

@@ -342,6 +342,46 @@ typedef struct kvtier_event {
 KVTIER_C_API kvtier_status kvtier_cache_take_events(kvtier_cache* cache, kvtier_event* events,
                                                     size_t capacity, size_t* num_events);
 
+/* ---- management (kvtier::Cache's Remove, Clear, Pin, Unpin, Prefetch, timed Hint) ---- */
+
+/* What a management call did (kvtier::ManageResult): every key given is counted in one field. */
+typedef struct kvtier_manage_result {
+  uint64_t done;              /* blocks acted on (removed, held, hold ended) */
+  uint64_t not_found;         /* keys cached nowhere (unpin: not held); skipped */
+  uint64_t busy;              /* kept: pinned by a lease or a copy in flight (clear: or held) */
+  uint64_t kept_for_children; /* kept: a cached block chains from it (prefix rule) */
+} kvtier_manage_result;
+
+/* Drops these blocks from every local tier, leaves first (Cache::Remove): a block a cached block
+ * not dropped chains from is kept, one in use skipped. KVTIER_INVALID_ARGUMENT for the root key. */
+KVTIER_C_API kvtier_status kvtier_cache_remove(kvtier_cache* cache, const kvtier_block_key* keys,
+                                               size_t num_keys, kvtier_manage_result* result);
+/* Drops every block of `tier` not in use (Cache::Clear); prefix rule as for remove. Emits an
+ * ALL_CLEARED event. KVTIER_INVALID_ARGUMENT for a value that is not a kvtier_tier. */
+KVTIER_C_API kvtier_status kvtier_cache_clear(kvtier_cache* cache, kvtier_tier tier,
+                                              kvtier_manage_result* result);
+/* Keeps the cached blocks of keys from eviction in every tier until kvtier_cache_unpin or
+ * duration_ms has passed (Cache::Pin; 0 < duration_ms <= 86400000, else
+ * KVTIER_INVALID_ARGUMENT). */
+KVTIER_C_API kvtier_status kvtier_cache_pin(kvtier_cache* cache, const kvtier_block_key* keys,
+                                            size_t num_keys, uint64_t duration_ms,
+                                            kvtier_manage_result* result);
+/* Ends the holds of kvtier_cache_pin (Cache::Unpin). */
+KVTIER_C_API kvtier_status kvtier_cache_unpin(kvtier_cache* cache, const kvtier_block_key* keys,
+                                              size_t num_keys, kvtier_manage_result* result);
+/* kvtier_cache_hint whose scores revert to the policies' default once duration_ms has passed
+ * (Cache::Hint with a duration; 0 < duration_ms <= 86400000). */
+KVTIER_C_API kvtier_status kvtier_cache_hint_for(kvtier_cache* cache, const kvtier_block_key* keys,
+                                                 const double* scores, size_t num_keys,
+                                                 uint64_t duration_ms);
+/* Brings the blocks of the chain keys[0, num_keys) that are only on disk (or in the remote store)
+ * up to the host tier, asynchronously, without a lease (Cache::Prefetch). *out is a transfer
+ * without layers (kvtier_transfer_wait_layer: KVTIER_OUT_OF_RANGE); kvtier_transfer_blocks gives
+ * the chain's blocks covered and the reads started. KVTIER_FAILED_PRECONDITION without a host
+ * tier. */
+KVTIER_C_API kvtier_status kvtier_cache_prefetch(kvtier_cache* cache, const kvtier_block_key* keys,
+                                                 size_t num_keys, kvtier_transfer** out);
+
 /* A snapshot of the counters. stats->struct_size must be set by the caller; the fields that fit
  * in it are written. */
 KVTIER_C_API kvtier_status kvtier_cache_stats(const kvtier_cache* cache, kvtier_stats* stats);

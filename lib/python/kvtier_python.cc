@@ -44,6 +44,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -58,6 +59,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
 #include "kvtier/events.h"
@@ -613,6 +615,20 @@ std::string WhyReadOnly(PyLease& l, const char* call, uint32_t block) {
   return "";
 }
 
+py::dict ResultDict(const ManageResult& r) {
+  py::dict d;
+  d["done"] = r.done;
+  d["not_found"] = r.not_found;
+  d["busy"] = r.busy;
+  d["kept_for_children"] = r.kept_for_children;
+  return d;
+}
+
+// Seconds (a Python float) as a Duration; NaN becomes a duration the cache rejects.
+absl::Duration Seconds(double seconds) {
+  return std::isnan(seconds) ? absl::ZeroDuration() : absl::Seconds(seconds);
+}
+
 py::dict TierDict(const TierStats& t) {
   py::dict d;
   d["capacity_blocks"] = t.capacity_blocks;
@@ -1079,13 +1095,98 @@ PYBIND11_MODULE(kvtier, m) {
           py::arg("lease"))
       .def(
           "hint",
-          [](PyCache& c, const std::vector<BlockKey>& keys, const std::vector<double>& scores) {
+          [](PyCache& c, const std::vector<BlockKey>& keys, const std::vector<double>& scores,
+             std::optional<double> duration) {
             py::gil_scoped_release nogil;
             std::shared_lock life(c.state->life_mu);
             if (!c.state->cache) throw StatusError(Closed("Cache.hint"));
-            ThrowIfError(c.state->cache->Hint(keys, scores));
+            ThrowIfError(duration ? c.state->cache->Hint(keys, scores, Seconds(*duration))
+                                  : c.state->cache->Hint(keys, scores));
           },
-          py::arg("keys"), py::arg("scores"))
+          py::arg("keys"), py::arg("scores"), py::arg("duration") = py::none(),
+          "the engine's score of each cached block; with duration (seconds, up to 86400) the "
+          "scores revert to the policy's default once it has passed")
+      .def(
+          "remove",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.remove"));
+              r = c.state->cache->Remove(keys);
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("keys"),
+          "drops these blocks from every tier, leaves first (Cache::Remove); returns a dict of "
+          "done, not_found, busy and kept_for_children")
+      .def(
+          "clear",
+          [](PyCache& c, Tier tier) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.clear"));
+              r = c.state->cache->Clear(tier);
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("tier"),
+          "drops every block of a tier not in use (Cache::Clear); a dict as remove")
+      .def(
+          "pin",
+          [](PyCache& c, const std::vector<BlockKey>& keys, double duration) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.pin"));
+              r = c.state->cache->Pin(keys, Seconds(duration));
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("keys"), py::arg("duration"),
+          "keeps the cached blocks of keys from eviction for duration seconds (0 < d <= 86400) "
+          "or until unpin (Cache::Pin); a dict as remove")
+      .def(
+          "unpin",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.unpin"));
+              r = c.state->cache->Unpin(keys);
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("keys"), "ends the holds of pin (Cache::Unpin); a dict as remove")
+      .def(
+          "prefetch",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            auto handle = std::make_shared<PyTransfer>();
+            handle->state = c.state;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.prefetch"));
+              auto x = c.state->cache->Prefetch(keys);
+              ThrowIfError(x.status());
+              handle->transfer = std::move(*x);
+              std::lock_guard reg(c.state->reg_mu);
+              c.state->transfers.insert(handle.get());
+            }
+            return handle;
+          },
+          py::arg("keys"),
+          "brings the chain's blocks only on disk (or in the remote store) up to the host, "
+          "asynchronously (Cache::Prefetch); a Transfer without layers")
       .def(
           "take_events",
           [](PyCache& c, std::optional<size_t> max_events) {

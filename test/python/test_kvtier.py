@@ -119,6 +119,45 @@ def test_kv_events():
         make_cache(events_capacity=(1 << 24) + 1)
 
 
+def test_management_calls():
+    keys = prompt_keys(8)
+    with make_cache(events_capacity=64) as cache:
+        request(cache, keys)  # on the device
+        assert cache.pin(keys, 60) == {"done": 4, "not_found": 0, "busy": 0,
+                                       "kept_for_children": 0}
+        for bad in (0, -1, 86401, float("inf"), float("nan")):
+            with pytest.raises(ValueError):
+                cache.pin(keys, bad)
+        assert cache.unpin(keys)["done"] == 4
+        assert cache.unpin(keys)["not_found"] == 4
+        cache.hint(keys, [90.0] * 4, duration=1.5)
+        with pytest.raises(ValueError):
+            cache.hint(keys, [90.0] * 4, duration=0)
+        with pytest.raises(ValueError):
+            cache.hint(keys, [90.0] * 3, duration=1)
+        xfer = cache.prefetch(keys)  # on the device already: nothing to read
+        xfer.wait()
+        assert xfer.blocks == 4 and xfer.blocks_promoted == 0
+        with pytest.raises(IndexError):
+            xfer.wait_layer(0)  # no layers
+        with pytest.raises(ValueError):
+            cache.prefetch([kvtier.BlockKey()])  # the root key
+        cache.take_events()
+        assert cache.clear(kvtier.Tier.DEVICE)["done"] == 4
+        assert [(e.type, e.tier) for e in cache.take_events()] == [
+            ("all_cleared", kvtier.Tier.DEVICE)]
+        request(cache, keys)  # computed again
+        with pytest.raises(ValueError):
+            cache.remove([kvtier.BlockKey()])
+        assert cache.remove(keys)["done"] == 4
+        assert cache.remove(keys)["not_found"] == 4
+        assert request(cache, keys)[kvtier.Tier.DEVICE] == 0
+    with make_cache(host_capacity_bytes=0) as cache:
+        with pytest.raises(kvtier.Error) as e:
+            cache.prefetch(keys)
+        assert e.value.code == "FAILED_PRECONDITION"
+
+
 def test_grow_and_slots():
     cache = make_cache()
     lease = cache.allocate_device(2)
