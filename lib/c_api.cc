@@ -23,6 +23,7 @@
 // fields, so every option the table lists reaches C without a new struct version.
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -39,6 +40,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
 #include "kvtier/connector.h"
@@ -54,6 +56,9 @@ static_assert(static_cast<int>(absl::StatusCode::kUnauthenticated) == KVTIER_UNA
 static_assert(static_cast<int>(absl::StatusCode::kDataLoss) == KVTIER_DATA_LOSS);
 static_assert(static_cast<int>(kvtier::Tier::kDisk) == KVTIER_TIER_DISK);
 static_assert(static_cast<int>(kvtier::Tier::kRemote) == KVTIER_TIER_REMOTE);
+static_assert(static_cast<int>(kvtier::KvEventType::kStored) == KVTIER_EVENT_STORED);
+static_assert(static_cast<int>(kvtier::KvEventType::kRemoved) == KVTIER_EVENT_REMOVED);
+static_assert(static_cast<int>(kvtier::KvEventType::kAllCleared) == KVTIER_EVENT_ALL_CLEARED);
 static_assert(static_cast<int>(kvtier::DeviceBackend::kMetadataOnly) ==
               KVTIER_BACKEND_METADATA_ONLY);
 
@@ -304,6 +309,7 @@ void FillStats(const kvtier::CacheStats& s, kvtier_stats* stats) {
   o.blocks_commit_shared = s.blocks_commit_shared;
   o.blocks_stored = s.blocks_stored;
   o.blocks_store_skipped = s.blocks_store_skipped;
+  o.events_dropped = s.events_dropped;
   // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared,
   // version 2 before blocks_stored); a larger tail is left as it is.
   std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));
@@ -353,6 +359,38 @@ absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
   if (!t->box->open()) return Closed(call, *t->box);
   return absl::OkStatus();
 }
+}  // namespace
+
+namespace {
+
+void ToC(const kvtier::ManageResult& r, kvtier_manage_result* out) {
+  *out = kvtier_manage_result{r.done, r.not_found, r.busy, r.kept_for_children};
+}
+
+// A duration in milliseconds as the C++ API takes it (beyond int64: infinite, rejected there).
+absl::Duration FromMillis(uint64_t ms) {
+  return ms > static_cast<uint64_t>(INT64_MAX) ? absl::InfiniteDuration()
+                                               : absl::Milliseconds(static_cast<int64_t>(ms));
+}
+
+// kvtier_cache_remove, _pin and _unpin: `call` on the copied keys, its result into *result.
+template <typename F>
+kvtier_status ManageKeys(const char* call, kvtier_cache* cache, const kvtier_block_key* keys,
+                         size_t num_keys, kvtier_manage_result* result, F op) {
+  return Guard([&]() -> absl::Status {
+    if (cache == nullptr) return Null(call, "cache");
+    if (result == nullptr) return Null(call, "result");
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(call, keys, num_keys, &k); !s.ok()) return s;
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(call);
+    absl::StatusOr<kvtier::ManageResult> r = op(*cache->box->cache, k);
+    if (!r.ok()) return r.status();
+    ToC(*r, result);
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -867,6 +905,118 @@ kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* key
     std::shared_lock life(cache->box->life_mu);
     if (cache->box->cache == nullptr) return Closed(kCall);
     return cache->box->cache->Hint(k, std::span<const double>(scores, num_keys));
+  });
+}
+
+kvtier_status kvtier_cache_remove(kvtier_cache* cache, const kvtier_block_key* keys,
+                                  size_t num_keys, kvtier_manage_result* result) {
+  return ManageKeys("kvtier_cache_remove", cache, keys, num_keys, result,
+                    [](kvtier::Cache& c, const std::vector<BlockKey>& k) { return c.Remove(k); });
+}
+
+kvtier_status kvtier_cache_pin(kvtier_cache* cache, const kvtier_block_key* keys, size_t num_keys,
+                               uint64_t duration_ms, kvtier_manage_result* result) {
+  return ManageKeys("kvtier_cache_pin", cache, keys, num_keys, result,
+                    [duration_ms](kvtier::Cache& c, const std::vector<BlockKey>& k) {
+                      return c.Pin(k, FromMillis(duration_ms));
+                    });
+}
+
+kvtier_status kvtier_cache_unpin(kvtier_cache* cache, const kvtier_block_key* keys, size_t num_keys,
+                                 kvtier_manage_result* result) {
+  return ManageKeys("kvtier_cache_unpin", cache, keys, num_keys, result,
+                    [](kvtier::Cache& c, const std::vector<BlockKey>& k) { return c.Unpin(k); });
+}
+
+kvtier_status kvtier_cache_clear(kvtier_cache* cache, kvtier_tier tier,
+                                 kvtier_manage_result* result) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_clear";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (result == nullptr) return Null(kCall, "result");
+    const int64_t t = EnumValue(tier);
+    if (t < KVTIER_TIER_DEVICE || t > KVTIER_TIER_DISK) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": tier ", t, " is not a kvtier_tier (device, host or disk)"));
+    }
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    absl::StatusOr<kvtier::ManageResult> r = cache->box->cache->Clear(static_cast<kvtier::Tier>(t));
+    if (!r.ok()) return r.status();
+    ToC(*r, result);
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_cache_hint_for(kvtier_cache* cache, const kvtier_block_key* keys,
+                                    const double* scores, size_t num_keys, uint64_t duration_ms) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_hint_for";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (scores == nullptr && num_keys != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": scores is NULL with num_keys=", num_keys));
+    }
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    return cache->box->cache->Hint(k, std::span<const double>(scores, num_keys),
+                                   FromMillis(duration_ms));
+  });
+}
+
+kvtier_status kvtier_cache_prefetch(kvtier_cache* cache, const kvtier_block_key* keys,
+                                    size_t num_keys, kvtier_transfer** out) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_prefetch";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (out == nullptr) return Null(kCall, "out");
+    *out = nullptr;
+    std::vector<BlockKey> k;
+    if (absl::Status s = CopyKeys(kCall, keys, num_keys, &k); !s.ok()) return s;
+    auto handle = std::make_unique<kvtier_transfer>();
+    handle->box = cache->box;
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    auto xfer = cache->box->cache->Prefetch(k);
+    if (!xfer.ok()) return xfer.status();
+    handle->transfer = std::move(*xfer);
+    {
+      std::lock_guard reg(cache->box->reg_mu);
+      cache->box->transfers.insert(handle.get());
+    }
+    *out = handle.release();
+    return absl::OkStatus();
+  });
+}
+
+kvtier_status kvtier_cache_take_events(kvtier_cache* cache, kvtier_event* events, size_t capacity,
+                                       size_t* num_events) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_cache_take_events";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (num_events == nullptr) return Null(kCall, "num_events");
+    *num_events = 0;
+    if (events == nullptr && capacity != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kCall, ": events is NULL with capacity=", capacity));
+    }
+    std::shared_lock life(cache->box->life_mu);
+    if (cache->box->cache == nullptr) return Closed(kCall);
+    if (capacity == 0) return absl::OkStatus();
+    const std::vector<kvtier::KvEvent> taken = cache->box->cache->TakeEvents(capacity);
+    for (size_t i = 0; i < taken.size(); ++i) {
+      const kvtier::KvEvent& e = taken[i];
+      events[i] = kvtier_event{.seq = e.seq,
+                               .type = static_cast<kvtier_event_type>(e.type),
+                               .tier = static_cast<kvtier_tier>(e.tier),
+                               .tokens_per_block = e.tokens_per_block,
+                               .key = ToC(e.key),
+                               .parent = ToC(e.parent)};
+    }
+    *num_events = taken.size();
+    return absl::OkStatus();
   });
 }
 

@@ -1,5 +1,6 @@
 #include "lib/cache_core.h"
 
+#include <atomic>
 #include <cassert>
 #include <utility>
 #include <vector>
@@ -136,6 +137,67 @@ void Cache::Core::Restore() {
   MutexLock lock(&index_.mu());
   restored_ = index_.RestoreLocked(Tier::kDisk, blocks);
   restore_dropped_ = blocks.size() - restored_;
+}
+
+struct Cache::Core::PrefetchReads {
+  std::vector<internal::Move> reads;
+  std::vector<uint8_t> failed;       // read i failed (set before its share of `pending` is given)
+  std::vector<uint8_t> source_lost;  // ... because its copy below failed to verify
+  // Reads not yet ended, plus one for Prefetch itself until it has started them all: whoever
+  // takes it to 0 reports them, so a read that ends during StartReadsLocked (under the lock, on
+  // this thread) never does.
+  std::atomic<size_t> pending{0};
+};
+
+absl::StatusOr<std::shared_ptr<internal::TransferState>> Cache::Core::Prefetch(
+    std::span<const BlockKey> keys) {
+  MatchResult m;
+  {
+    MutexLock lock(&index_.mu());
+    m = index_.CachedPrefixLocked(keys);
+  }
+  // Past the local prefix: what a store holds. It may wait for the network: without the lock.
+  if (m.size() < keys.size()) storage_.FindPrefix(keys, &m);
+  MutexLock lock(&index_.mu());
+  auto ctx = std::make_shared<PrefetchReads>();
+  const uint32_t blocks = index_.PlanPrefetchLocked(m, &ctx->reads);
+  storage_.StartWritesLocked();  // the host victims that made room go below first
+  const size_t n = ctx->reads.size();
+  auto state = std::make_shared<internal::TransferState>(blocks, static_cast<uint32_t>(n),
+                                                         /*num_layers=*/0);
+  if (n == 0) {
+    state->FinishNow();
+    return state;
+  }
+  ctx->failed.assign(n, 0);
+  ctx->source_lost.assign(n, 0);
+  ctx->pending.store(n + 1);
+  std::vector<std::shared_ptr<internal::HostEvent>> read_done;  // not needed: no copy follows
+  storage_.StartReadsLocked(
+      ctx->reads,
+      [this, ctx, state](size_t i, const absl::Status& st) {
+        if (!st.ok()) {
+          ctx->failed[i] = 1;
+          ctx->source_lost[i] = st.code() == absl::StatusCode::kDataLoss;
+          state->RecordError(st);
+        }
+        // The last read to end, on a tier's thread (Prefetch still holds its share while it may
+        // run here under the lock).
+        if (ctx->pending.fetch_sub(1) == 1) {
+          MutexLock finish(&index_.mu());
+          FinishPrefetchLocked(*ctx, *state);
+        }
+      },
+      &read_done);
+  if (ctx->pending.fetch_sub(1) == 1) FinishPrefetchLocked(*ctx, *state);  // all ended already
+  return state;
+}
+
+void Cache::Core::FinishPrefetchLocked(const PrefetchReads& ctx, internal::TransferState& state) {
+  for (size_t i = 0; i < ctx.reads.size(); ++i) {
+    index_.FinishPrefetchLocked(ctx.reads[i], ctx.failed[i] == 0, ctx.source_lost[i] != 0);
+  }
+  state.Finish();  // no writes to start: a prefetch's outcome decides none
 }
 
 CacheStats Cache::Core::StatsLocked() const {

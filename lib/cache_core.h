@@ -31,6 +31,7 @@
 #include "lib/tiers/host_pool.h"
 #include "lib/tiers/storage_tier.h"
 #include "lib/transfer/device.h"
+#include "lib/transfer/transfer_state.h"
 
 namespace kvtier {
 
@@ -65,6 +66,10 @@ class Cache::Core {
                                                  std::vector<SlotId>* quarantine)>;
   absl::Status Allocate(Reserve reserve);
   CacheStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu());
+  // Cache::Prefetch: plans the reads of `keys`' blocks up to the host (the store asked first,
+  // without the lock) and starts them. The state has no layers; it finishes once every read has
+  // ended and the Index has recorded them.
+  absl::StatusOr<std::shared_ptr<internal::TransferState>> Prefetch(std::span<const BlockKey> keys);
 
  private:
   // The Cache's methods use index_ itself rather than an accessor, so that clang's thread-safety
@@ -84,6 +89,11 @@ class Cache::Core {
   void DrainDemotions();
   // Copies every block not yet on disk down to it, so the next start finds whole prefixes.
   void Flush();
+  // A prefetch's reads and their outcomes, shared by their completions.
+  struct PrefetchReads;
+  // Reports a prefetch's reads to the Index, then finishes its state.
+  void FinishPrefetchLocked(const PrefetchReads& reads, internal::TransferState& state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu());
 
   const Options options_;
   std::unique_ptr<internal::Device> device_;

@@ -2,6 +2,7 @@
 // store), the policies and the Index, assembled into a Cache::Core.
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -98,17 +99,19 @@ std::string RemoteNameSpace(const Options& options) {
 
 absl::StatusOr<std::unique_ptr<Cache>> CreateCache(const Options& options,
                                                    std::unique_ptr<Device> device,
-                                                   FaultInjector* disk_faults) {
+                                                   FaultInjector* disk_faults,
+                                                   std::function<uint64_t()> clock) {
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<Cache::Core> core,
                           CreateCore(options, std::move(device), disk_faults,
-                                     /*engine_device=*/false));
+                                     /*engine_device=*/false, std::move(clock)));
   return Cache::Core::Wrap(std::move(core));
 }
 
 absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
                                                         std::unique_ptr<Device> device,
                                                         FaultInjector* disk_faults,
-                                                        bool engine_device) {
+                                                        bool engine_device,
+                                                        std::function<uint64_t()> clock) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   if (device == nullptr) return absl::InvalidArgumentError("CreateCache: null device");
   const bool no_bytes = options.backend == DeviceBackend::kMetadataOnly;
@@ -189,6 +192,9 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
       remote != nullptr && options.remote.publish == RemotePublish::kWriteThrough;
   config.capacity_slots = {device_slots, host_slots, disk_slots};
   config.demote_on_evict = options.demote_on_evict;
+  config.events_capacity = options.events.capacity;
+  config.tokens_per_block = options.layout.tokens_per_block;
+  config.clock = std::move(clock);
   config.host_write_through = options.host_write_through || remote_write_through;
   if (remote != nullptr) {
     switch (options.remote.publish) {

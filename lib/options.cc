@@ -148,6 +148,10 @@ absl::Status Options::Validate() const {
           absl::StrCat("Options.remote.threads: ", remote.threads, " vs 1..64"));
     }
   }
+  if (events.capacity > EventOptions::kMaxCapacity) {
+    return absl::InvalidArgumentError(absl::StrCat("Options.events.capacity: ", events.capacity,
+                                                   " vs 0..", EventOptions::kMaxCapacity));
+  }
   if (device.policy.empty()) return absl::InvalidArgumentError("Options.device.policy: empty");
   if (host.policy.empty()) return absl::InvalidArgumentError("Options.host.policy: empty");
   return absl::OkStatus();

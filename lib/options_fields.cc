@@ -123,6 +123,7 @@ using Dev = DeviceTierOptions;
 using Host = HostTierOptions;
 using Disk = DiskTierOptions;
 using Remote = RemoteTierOptions;
+using Events = EventOptions;
 
 // In the order of kvtier/options.h; help texts abridge its comments. A new field of Options needs a
 // row here (or, like the layout, an exclusion listed in test/options_fields_test.cc).
@@ -176,6 +177,8 @@ const OptionField kFields[] = {
                                                  "per connection attempt, milliseconds"),
     Row<&O::remote, &Remote::password>("remote.password", "AUTH on every connection if non-empty"),
     Row<&O::remote, &Remote::threads>("remote.threads", "threads running the store's batches"),
+    Row<&O::events, &Events::capacity>(
+        "events.capacity", "KV events queued for TakeEvents at most; 0 = off (kvtier/events.h)"),
     Row<&O::demote_on_evict>("demote_on_evict", "device victims go to the host (false: dropped)"),
     Row<&O::host_write_through>("host_write_through",
                                 "Commit also copies new blocks to the host at once"),

@@ -94,6 +94,9 @@ constexpr CacheMetric kCacheMetrics[] = {
      "Entries and slots the index visited (lookups, eviction candidates); grows with requests, "
      "not capacity.",
      &CacheStats::index_work},
+    {"kvtier_events_dropped_total", "counter",
+     "KV events lost because the queue (Options.events.capacity) was full.",
+     &CacheStats::events_dropped},
     {"kvtier_disk_recovered_blocks", "gauge", "Blocks served from a previous run's directory.",
      &CacheStats::disk_recovered_blocks},
     {"kvtier_disk_recovery_dropped_blocks", "gauge",

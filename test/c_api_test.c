@@ -223,6 +223,138 @@ static void TestLifecycle(void) {
   kvtier_cache_destroy(cache);
 }
 
+/* KV events: none by default; with "events.capacity" each commit is a STORED event, in order, and
+ * what does not fit is dropped and counted. */
+static void TestEvents(void) {
+  kvtier_options o = BaseOptions();
+  kvtier_cache* cache = NULL;
+  kvtier_hasher* hasher = NULL;
+  kvtier_block_key keys[kBlocks];
+  kvtier_event ev[8];
+  size_t n = 99;
+  uint32_t hits[3], i;
+  kvtier_stats st;
+
+  CHECK_OK(kvtier_hasher_create("c-test", NULL, "t0", &hasher));
+  Prompt(hasher, 3, keys);
+  CHECK_OK(kvtier_cache_create(&o, &cache)); /* off by default */
+  Request(cache, keys, kBlocks, hits);
+  CHECK_OK(kvtier_cache_take_events(cache, ev, 8, &n));
+  CHECK(n == 0);
+  CHECK_OK(kvtier_cache_close(cache));
+  kvtier_cache_destroy(cache);
+
+  CHECK_OK(kvtier_options_set(&o, "events.capacity", "3"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  Request(cache, keys, kBlocks, hits); /* 4 STORED events, room for 3 */
+  CHECK_CODE(kvtier_cache_take_events(cache, NULL, 1, &n), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_take_events(cache, ev, 8, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_take_events(NULL, ev, 8, &n), KVTIER_INVALID_ARGUMENT);
+  CHECK_OK(kvtier_cache_take_events(cache, NULL, 0, &n));
+  CHECK(n == 0);
+  CHECK_OK(kvtier_cache_take_events(cache, ev, 2, &n));
+  CHECK(n == 2);
+  CHECK_OK(kvtier_cache_take_events(cache, ev + 2, 6, &n));
+  CHECK(n == 1);
+  for (i = 0; i < 3; ++i) {
+    CHECK(ev[i].seq == i);
+    CHECK(ev[i].type == KVTIER_EVENT_STORED && ev[i].tier == KVTIER_TIER_DEVICE);
+    CHECK(ev[i].tokens_per_block == kTpb);
+    CHECK(ev[i].key.hi == keys[i].hi && ev[i].key.lo == keys[i].lo);
+  }
+  CHECK(ev[0].parent.hi == 0 && ev[0].parent.lo == 0);
+  CHECK(ev[2].parent.hi == keys[1].hi && ev[2].parent.lo == keys[1].lo);
+  memset(&st, 0, sizeof(st));
+  st.struct_size = sizeof(st);
+  CHECK_OK(kvtier_cache_stats(cache, &st));
+  CHECK(st.events_dropped == 1);
+  /* a caller's struct that ends before events_dropped: nothing is written there */
+  memset(&st, 0xEE, sizeof(st));
+  st.struct_size = offsetof(kvtier_stats, events_dropped);
+  CHECK_OK(kvtier_cache_stats(cache, &st));
+  CHECK(st.events_dropped == 0xEEEEEEEEEEEEEEEEull);
+  CHECK_OK(kvtier_cache_close(cache));
+  CHECK_CODE(kvtier_cache_take_events(cache, ev, 8, &n), KVTIER_FAILED_PRECONDITION);
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+  kvtier_hasher_destroy(hasher);
+}
+
+/* The management calls, each with its bad input; the cache serves requests after each. */
+static void TestManagement(void) {
+  kvtier_options o = BaseOptions();
+  kvtier_cache* cache = NULL;
+  kvtier_hasher* hasher = NULL;
+  kvtier_block_key keys[kBlocks], root[1];
+  kvtier_manage_result r;
+  kvtier_transfer* x = NULL;
+  kvtier_event ev[8];
+  size_t n = 0;
+  uint32_t hits[3], blocks = 0, promoted = 0;
+  double scores[kBlocks] = {90, 80, 70, 60};
+
+  memset(root, 0, sizeof(root));
+  CHECK_OK(kvtier_options_set(&o, "events.capacity", "64"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  CHECK_OK(kvtier_hasher_create("c-test", NULL, "t0", &hasher));
+  Prompt(hasher, 5, keys);
+  Request(cache, keys, kBlocks, hits); /* on the device */
+
+  CHECK_OK(kvtier_cache_pin(cache, keys, kBlocks, 60000, &r));
+  CHECK(r.done == kBlocks && r.not_found == 0);
+  CHECK_CODE(kvtier_cache_pin(cache, keys, kBlocks, 0, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_pin(cache, keys, kBlocks, 86400001, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_pin(cache, keys, kBlocks, UINT64_MAX, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_pin(cache, keys, kBlocks, 1000, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_pin(cache, root, 1, 1000, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_OK(kvtier_cache_unpin(cache, keys, kBlocks, &r));
+  CHECK(r.done == kBlocks);
+  CHECK_OK(kvtier_cache_unpin(cache, keys, kBlocks, &r));
+  CHECK(r.not_found == kBlocks);
+
+  CHECK_OK(kvtier_cache_hint_for(cache, keys, scores, kBlocks, 1000));
+  CHECK_CODE(kvtier_cache_hint_for(cache, keys, NULL, kBlocks, 1000), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_hint_for(cache, keys, scores, kBlocks, 0), KVTIER_INVALID_ARGUMENT);
+
+  /* on the device already: the prefetch covers the chain and reads nothing */
+  CHECK_OK(kvtier_cache_prefetch(cache, keys, kBlocks, &x));
+  CHECK_OK(kvtier_transfer_wait(x));
+  CHECK_OK(kvtier_transfer_blocks(x, &blocks, &promoted));
+  CHECK(blocks == kBlocks && promoted == 0);
+  CHECK_CODE(kvtier_transfer_wait_layer(x, 0), KVTIER_OUT_OF_RANGE);
+  kvtier_transfer_destroy(x);
+  CHECK_CODE(kvtier_cache_prefetch(cache, keys, kBlocks, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_prefetch(cache, NULL, 2, &x), KVTIER_INVALID_ARGUMENT);
+
+  CHECK_OK(kvtier_cache_take_events(cache, ev, 8, &n)); /* the commit's */
+  CHECK_CODE(kvtier_cache_clear(cache, (kvtier_tier)7, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_clear(cache, KVTIER_TIER_DEVICE, NULL), KVTIER_INVALID_ARGUMENT);
+  CHECK_OK(kvtier_cache_clear(cache, KVTIER_TIER_DEVICE, &r));
+  CHECK(r.done == kBlocks && r.busy == 0);
+  CHECK_OK(kvtier_cache_take_events(cache, ev, 8, &n));
+  CHECK(n == 1 && ev[0].type == KVTIER_EVENT_ALL_CLEARED && ev[0].tier == KVTIER_TIER_DEVICE);
+  Request(cache, keys, kBlocks, hits); /* computed again */
+  CHECK(hits[0] + hits[1] + hits[2] == 0);
+
+  CHECK_CODE(kvtier_cache_remove(cache, root, 1, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_cache_remove(cache, NULL, 1, &r), KVTIER_INVALID_ARGUMENT);
+  CHECK_OK(kvtier_cache_remove(cache, keys, kBlocks, &r));
+  CHECK(r.done == kBlocks);
+  CHECK_OK(kvtier_cache_remove(cache, keys, kBlocks, &r));
+  CHECK(r.not_found == kBlocks);
+  Request(cache, keys, kBlocks, hits);
+  CHECK(hits[0] + hits[1] + hits[2] == 0);
+  CHECK_OK(kvtier_cache_check_invariants(cache));
+
+  CHECK_OK(kvtier_cache_close(cache));
+  CHECK_CODE(kvtier_cache_remove(cache, keys, kBlocks, &r), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_cache_clear(cache, KVTIER_TIER_HOST, &r), KVTIER_FAILED_PRECONDITION);
+  CHECK_CODE(kvtier_cache_prefetch(cache, keys, kBlocks, &x), KVTIER_FAILED_PRECONDITION);
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+  kvtier_hasher_destroy(hasher);
+}
+
 /* With a disk directory: what one cache commits, the next one (same directory) serves. */
 static void TestDiskWarmRestart(const char* scratch) {
   char dir[4096];
@@ -1098,6 +1230,8 @@ int main(int argc, char** argv) {
   TestBadOptions();
   TestOptionValues(scratch);
   TestLifecycle();
+  TestEvents();
+  TestManagement();
   TestDiskWarmRestart(scratch);
   TestBadCalls();
   TestConnectorLifecycle();

@@ -62,12 +62,14 @@ constexpr absl::string_view kEveryField[] = {
     "remote.connect_timeout_ms",
     "remote.password",
     "remote.threads",
+    "events",
+    "events.capacity",
     "demote_on_evict",
     "host_write_through",
 };
 // Not rows: the layout (see above) and the sub-structs themselves (their fields are rows).
-constexpr absl::string_view kExcluded[] = {"layout", "shard", "cuda",  "device",
-                                           "host",   "disk",  "remote"};
+constexpr absl::string_view kExcluded[] = {"layout", "shard",  "cuda",  "device",
+                                           "host",   "disk",   "remote", "events"};
 
 // Converts to any member type, so T{AnyField{}, ...} compiles with at most as many as T has
 // members: the largest such count is T's number of data members (T an aggregate). Never defined:
@@ -107,6 +109,7 @@ TEST_CASE("OptionFields: the table has a row for every field of Options but the 
   CHECK(FieldCount<HostTierOptions>() == Listed("host"));
   CHECK(FieldCount<DiskTierOptions>() == Listed("disk"));
   CHECK(FieldCount<RemoteTierOptions>() == Listed("remote"));
+  CHECK(FieldCount<EventOptions>() == Listed("events"));
   for (absl::string_view path : kEveryField) {
     CAPTURE(path);
     CHECK((FindOptionField(path) != nullptr) != IsExcluded(path));

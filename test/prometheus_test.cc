@@ -316,6 +316,7 @@ void CheckExposition(const CacheStats& s, const std::string& text,
   CHECK(x.Value("kvtier_transfer_failures_total") == s.transfer_failures);
   CHECK(x.Value("kvtier_leases_live") == s.leases_live);
   CHECK(x.Value("kvtier_index_work_total") == s.index_work);
+  CHECK(x.Value("kvtier_events_dropped_total") == s.events_dropped);
   CHECK(x.Value("kvtier_transfers_in_flight") == s.transfers_in_flight);
   CHECK(x.Value("kvtier_disk_buffered_io") == (s.disk_buffered_io ? 1 : 0));
   CHECK(x.Value("kvtier_remote_hits_total") == s.remote.hits);

@@ -35,6 +35,7 @@
 #ifndef KVTIER_CACHE_H_
 #define KVTIER_CACHE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -42,7 +43,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "kvtier/block_key.h"
+#include "kvtier/events.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
 #include "kvtier/tier.h"
@@ -88,6 +91,15 @@ class DeviceLease {
   uint64_t id_ = 0;
   std::vector<uint32_t> slots_;
   uint32_t shared_ = 0;
+};
+
+// What a management call (Remove, Clear, Pin, Unpin) did with the blocks it was given. Every key
+// given is counted once in one of the four (Clear: every resident block of the tier).
+struct ManageResult {
+  uint64_t done = 0;       // blocks acted on (removed, held, hold ended)
+  uint64_t not_found = 0;  // keys cached in no tier (Unpin: keys not held); skipped
+  uint64_t busy = 0;       // kept: a copy pinned by a lease or a copy in flight (Clear: or held)
+  uint64_t kept_for_children = 0;  // kept by the prefix rule: a cached block chains from it
 };
 
 class Cache {
@@ -159,6 +171,77 @@ class Cache {
   // it (EvictionPolicy::OnHint): request priority, accumulated attention. Keys not cached are
   // skipped. kInvalidArgument if the spans differ in length. O(keys).
   absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores);
+
+  // Hint for a while (TensorRT-LLM's KvCacheRetentionConfig: a priority for a token range that
+  // reverts after a duration): as Hint, and once `duration` has passed each block's score reverts
+  // to its policies' default (they get EvictionPolicy::OnHint with a NaN score: priority goes back
+  // to its `default` level; h2o, whose scores are attention masses, keeps them). Only the tiers
+  // holding a block now get the score. A later Hint of a key (timed or not) replaces the pending
+  // revert. Expiry is lazy, checked under the cache's lock before a victim is chosen and on these
+  // management calls: O(expired), no thread. kInvalidArgument if the spans differ in length or
+  // duration is not in (0, 24 h]. O(keys).
+  absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores,
+                    absl::Duration duration);
+
+  // ---- Management ----
+
+  // Drops the blocks of `keys` from every tier they are in (device, host, disk; not from the
+  // remote store, which other caches share). Keys may come in any order; blocks are dropped leaves
+  // first, and a block is dropped whole or not at all:
+  //  - one that another cached block chains from (a child not in `keys`, or one kept below) is
+  //    kept, since dropping it would orphan that child (prefix rule): kept_for_children;
+  //  - one with a copy pinned by a lease or a copy in flight is skipped: busy. Call again once the
+  //    lease is released or the Transfer finished.
+  // A block held by Pin is dropped (its hold ends). Keys cached nowhere count as not_found.
+  // Emits a kRemoved event per residency dropped. The disk slots are freed, not overwritten: a
+  // warm restart after a crash (no manifest) may find their blocks again. kInvalidArgument if a key
+  // is the root key (nothing is dropped). O(keys).
+  absl::StatusOr<ManageResult> Remove(std::span<const BlockKey> keys);
+
+  // Drops every block of `tier` but those in use: pinned by a lease, being copied, or held by Pin
+  // (busy). Blocks with a copy in another tier lose only this one. A block whose only copy is in
+  // `tier` and that a cached block chains from is kept (prefix rule: kept_for_children), unless
+  // its children go too (leaves first): a chain that lives only in `tier` goes whole. Nothing is
+  // copied down first. Emits one kAllCleared event for the tier, then a kStored event for each
+  // block it kept. kInvalidArgument for kRemote (shared with other caches) or a value outside the
+  // enum. O(slots of the tier).
+  absl::StatusOr<ManageResult> Clear(Tier tier);
+
+  // Holds the cached blocks of `keys`: none of them is evicted from any tier it is or comes to be
+  // in until Unpin(keys) or `duration` has passed (then it is evictable again, lazily: see the
+  // timed Hint). Separate from the pins of leases and copies, and unaffected by them; pinning again
+  // replaces the deadline. Remove still drops a held block; Clear keeps it. A held block's
+  // ancestors stay cached (prefix rule) but may move down the tiers: hold the whole chain to keep
+  // it where it is. Holding more blocks than a tier has slots makes allocations there fail with
+  // kResourceExhausted. done: blocks held; not_found: keys cached nowhere (skipped).
+  // kInvalidArgument if duration is not in (0, 24 h] or a key is the root key. O(keys); while
+  // blocks are held, a victim search may walk past them (CacheStats::index_work).
+  absl::StatusOr<ManageResult> Pin(std::span<const BlockKey> keys, absl::Duration duration);
+  // Ends the holds of `keys`. done: holds ended; not_found: keys not held (never, expired, or
+  // dropped). O(keys).
+  absl::StatusOr<ManageResult> Unpin(std::span<const BlockKey> keys);
+
+  // Brings the cached blocks of the chain `keys` (from the root, as for Match) that are only on
+  // disk, or only in the remote store, up to the host tier, asynchronously and without a device
+  // lease (SGLang HiCache's prefetch): a scheduler calls it for a queued request so that its Load
+  // later copies from the host. Blocks on the device or the host already are left as they are.
+  // Stops at the first block cached nowhere (or not in the store), still being written, or for
+  // which no host slot can be freed. The store is asked as Match does (within
+  // Options.remote.match_budget_us), without the lock. The returned Transfer has no layers
+  // (WaitLayer and LayerReady answer kOutOfRange): blocks() is how many blocks of the chain are
+  // on the host or above once it finishes (fewer if a read fails), blocks_promoted() how many
+  // reads it started; Wait()/Poll()/status() as for Load. A failed read leaves that block where
+  // it was, or drops it if it failed to verify (as Load does); status() reports the first error.
+  // The blocks are not pinned once read: Pin them to keep them on the host until loaded.
+  // kFailedPrecondition without a host tier; kInvalidArgument if a key is the root key.
+  // O(keys) under the lock.
+  absl::StatusOr<Transfer> Prefetch(std::span<const BlockKey> keys);
+
+  // KV events (kvtier/events.h): removes and returns the oldest min(max_events, queued) events,
+  // oldest first, for the engine to forward to its KV-aware router. Empty when
+  // Options.events.capacity is 0. Call it often enough that the queue does not fill (lost events
+  // count in CacheStats::events_dropped and show as gaps in KvEvent::seq). O(events returned).
+  std::vector<KvEvent> TakeEvents(size_t max_events = SIZE_MAX);
 
   CacheStats Stats() const;
   const Options& options() const;

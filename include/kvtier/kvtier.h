@@ -235,6 +235,7 @@ typedef struct kvtier_stats {
   /* ---- version 3 ---- */
   uint64_t blocks_stored;        /* connector stores: blocks copied from the engine's blocks */
   uint64_t blocks_store_skipped; /* connector stores: keys cached already, not copied */
+  uint64_t events_dropped;       /* KV events lost to a full queue (Options.events) */
 } kvtier_stats;
 
 /* The struct_size of earlier versions of kvtier_stats, still accepted (the fields they do not
@@ -328,6 +329,74 @@ KVTIER_C_API void kvtier_lease_destroy(kvtier_lease* lease);
 /* The engine's importance score of each cached block (Cache::Hint). */
 KVTIER_C_API kvtier_status kvtier_cache_hint(kvtier_cache* cache, const kvtier_block_key* keys,
                                              const double* scores, size_t num_keys);
+
+/* ---- KV events (kvtier/events.h), for KV-aware routers ---- */
+
+typedef enum kvtier_event_type {
+  KVTIER_EVENT_STORED = 0,     /* a block became Ready in `tier` */
+  KVTIER_EVENT_REMOVED = 1,    /* a block stored in `tier` left it */
+  KVTIER_EVENT_ALL_CLEARED = 2 /* kvtier_cache_clear(tier): forget the tier's blocks; the STORED
+                                * events that follow re-announce those it kept */
+} kvtier_event_type;
+
+/* One event (kvtier::KvEvent). A router recomputes keys from token ids with a hasher of the same
+ * salt (kvtier_hasher_create) and this tokens_per_block; kvtier never sees token ids. A gap in
+ * `seq` means events were dropped (kvtier_stats.events_dropped). This struct never changes. */
+typedef struct kvtier_event {
+  uint64_t seq; /* 0, 1, 2, ... per cache, dropped events included */
+  kvtier_event_type type;
+  kvtier_tier tier;
+  uint32_t tokens_per_block; /* tokens hashed into each key */
+  kvtier_block_key key;      /* all zero for KVTIER_EVENT_ALL_CLEARED */
+  kvtier_block_key parent;   /* all zero (the root) for a first block and for ALL_CLEARED */
+} kvtier_event;
+
+/* Moves the oldest queued events, at most `capacity`, into events[0, *num_events), oldest first
+ * (Cache::TakeEvents). *num_events = 0 when none are queued or the cache records none (the option
+ * "events.capacity", set with kvtier_options_set, is 0 by default). events may be NULL only with
+ * capacity 0. */
+KVTIER_C_API kvtier_status kvtier_cache_take_events(kvtier_cache* cache, kvtier_event* events,
+                                                    size_t capacity, size_t* num_events);
+
+/* ---- management (kvtier::Cache's Remove, Clear, Pin, Unpin, Prefetch, timed Hint) ---- */
+
+/* What a management call did (kvtier::ManageResult): every key given is counted in one field. */
+typedef struct kvtier_manage_result {
+  uint64_t done;              /* blocks acted on (removed, held, hold ended) */
+  uint64_t not_found;         /* keys cached nowhere (unpin: not held); skipped */
+  uint64_t busy;              /* kept: pinned by a lease or a copy in flight (clear: or held) */
+  uint64_t kept_for_children; /* kept: a cached block chains from it (prefix rule) */
+} kvtier_manage_result;
+
+/* Drops these blocks from every local tier, leaves first (Cache::Remove): a block a cached block
+ * not dropped chains from is kept, one in use skipped. KVTIER_INVALID_ARGUMENT for the root key. */
+KVTIER_C_API kvtier_status kvtier_cache_remove(kvtier_cache* cache, const kvtier_block_key* keys,
+                                               size_t num_keys, kvtier_manage_result* result);
+/* Drops every block of `tier` not in use (Cache::Clear); prefix rule as for remove. Emits an
+ * ALL_CLEARED event. KVTIER_INVALID_ARGUMENT for a value that is not a kvtier_tier. */
+KVTIER_C_API kvtier_status kvtier_cache_clear(kvtier_cache* cache, kvtier_tier tier,
+                                              kvtier_manage_result* result);
+/* Keeps the cached blocks of keys from eviction in every tier until kvtier_cache_unpin or
+ * duration_ms has passed (Cache::Pin; 0 < duration_ms <= 86400000, else
+ * KVTIER_INVALID_ARGUMENT). */
+KVTIER_C_API kvtier_status kvtier_cache_pin(kvtier_cache* cache, const kvtier_block_key* keys,
+                                            size_t num_keys, uint64_t duration_ms,
+                                            kvtier_manage_result* result);
+/* Ends the holds of kvtier_cache_pin (Cache::Unpin). */
+KVTIER_C_API kvtier_status kvtier_cache_unpin(kvtier_cache* cache, const kvtier_block_key* keys,
+                                              size_t num_keys, kvtier_manage_result* result);
+/* kvtier_cache_hint whose scores revert to the policies' default once duration_ms has passed
+ * (Cache::Hint with a duration; 0 < duration_ms <= 86400000). */
+KVTIER_C_API kvtier_status kvtier_cache_hint_for(kvtier_cache* cache, const kvtier_block_key* keys,
+                                                 const double* scores, size_t num_keys,
+                                                 uint64_t duration_ms);
+/* Brings the blocks of the chain keys[0, num_keys) that are only on disk (or in the remote store)
+ * up to the host tier, asynchronously, without a lease (Cache::Prefetch). *out is a transfer
+ * without layers (kvtier_transfer_wait_layer: KVTIER_OUT_OF_RANGE); kvtier_transfer_blocks gives
+ * the chain's blocks covered and the reads started. KVTIER_FAILED_PRECONDITION without a host
+ * tier. */
+KVTIER_C_API kvtier_status kvtier_cache_prefetch(kvtier_cache* cache, const kvtier_block_key* keys,
+                                                 size_t num_keys, kvtier_transfer** out);
 
 /* A snapshot of the counters. stats->struct_size must be set by the caller; the fields that fit
  * in it are written. */

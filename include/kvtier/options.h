@@ -148,6 +148,15 @@ struct RemoteTierOptions {
   uint32_t threads = 2;               // threads running the store's batches
 };
 
+// KV events for KV-aware routers (kvtier/events.h, Cache::TakeEvents).
+struct EventOptions {
+  // Events queued at most until the engine takes them; 0 (default) records none, at no cost.
+  // When full, new events are dropped and counted (CacheStats::events_dropped). Each takes 48
+  // bytes, allocated at Create(); at most kMaxCapacity.
+  uint32_t capacity = 0;
+  static constexpr uint32_t kMaxCapacity = 1u << 24;
+};
+
 struct Options {
   BlockLayout layout;   // the engine's device KV memory; required
   ShardIdentity shard;  // which rank's, dtype's and format's blocks this cache holds
@@ -157,6 +166,7 @@ struct Options {
   HostTierOptions host;
   DiskTierOptions disk;      // needs the host tier: disk reads and writes go through host slots
   RemoteTierOptions remote;  // needs the host tier, as the disk tier does
+  EventOptions events;       // off by default
   // A device victim with no host copy is copied to the host tier before its slot is reused
   // (write-back). False drops it instead: cheaper eviction, fewer hits.
   bool demote_on_evict = true;

@@ -68,6 +68,8 @@ class EvictionPolicy {
   virtual void OnLink(SlotId /*slot*/, SlotId /*parent*/) {}
   // The engine's importance score for the block in `slot` (Cache::Hint): a priority, an
   // accumulated attention mass. Higher means keep longer; policies that rank otherwise ignore it.
+  // A NaN score withdraws the engine's score (a Hint with a duration that has passed): a policy
+  // that keeps a per-block priority goes back to its default for the block (`priority` does).
   virtual void OnHint(SlotId /*slot*/, double /*score*/) {}
   virtual std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) = 0;
 

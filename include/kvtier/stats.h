@@ -134,6 +134,8 @@ struct CacheStats {
                             // walked by flush and restore. Grows with the requests served, not
                             // with capacity: a rise per request means victim searches walk past
                             // blocks they may not evict (pinned or prefix-protected)
+  uint64_t events_dropped = 0;  // KV events lost because the queue (Options.events.capacity) was
+                                // full: the router missed them (kvtier/events.h)
 
   // Latencies, one sample per operation, whatever its outcome:
   LatencyHistogram load_latency;         // Load() call to its Transfer finishing (0 blocks to copy:

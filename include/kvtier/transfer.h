@@ -1,4 +1,7 @@
-// Transfer: one asynchronous move of blocks into a DeviceLease, started by Cache::Load().
+// Transfer: one asynchronous move of blocks into a DeviceLease, started by Cache::Load(); or up
+// to the host tier, started by Cache::Prefetch() (no lease and no layers: WaitLayer and the
+// events answer kOutOfRange; blocks() is how many blocks of the chain it covers, blocks_promoted()
+// how many it reads from disk or the remote store).
 //
 // Thread safety: any method from any thread; the handle itself is moved, not shared.
 // Ownership: move-only; an empty (default or moved-from) Transfer answers kFailedPrecondition. The

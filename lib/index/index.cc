@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvtier/policy.h"
 #include "lib/common/status_macros.h"
+#include "lib/common/histogram.h"
 
 namespace kvtier::internal {
 namespace {
@@ -35,6 +36,8 @@ bool HasDuplicate(std::span<const BlockKey> keys) {
 
 Index::Index(IndexConfig config)
     : capacities_(config.capacity_slots),
+      events_(config.events_capacity, config.tokens_per_block),
+      clock_(config.clock ? std::move(config.clock) : std::function<uint64_t()>(MonotonicNanos)),
       demote_on_evict_(config.demote_on_evict),
       host_write_through_(config.host_write_through),
       store_feed_(config.store_feed) {
@@ -121,8 +124,10 @@ void Index::ReviewWithheldLocked(uint32_t id) {
 
 void Index::MarkReadyLocked(uint32_t id, Tier tier) {
   Residency& r = E(id).res[T(tier)];
-  if (r.state == ResState::kFilling) table(tier).filling--;
+  const bool was_filling = r.state == ResState::kFilling;
+  if (was_filling) table(tier).filling--;
   r.state = ResState::kReady;
+  if (was_filling) EmitLocked(KvEventType::kStored, id, tier);
 }
 
 template <typename Pred>
@@ -176,6 +181,7 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
     tt.pinned++;
   }
   if (state == ResState::kFilling) tt.filling++;
+  if (state == ResState::kReady) EmitLocked(KvEventType::kStored, id, tier);
   tt.stats.inserts++;
   ReviewWithheldLocked(id);  // a second copy: the others are no longer the only one
 }
@@ -187,6 +193,7 @@ SlotId Index::RemoveResidencyLocked(uint32_t id, Tier tier) {
   tt.policy->OnRemove(slot);
   if (r.pins() > 0) tt.pinned--;
   if (r.state == ResState::kFilling) tt.filling--;
+  if (r.state == ResState::kReady) EmitLocked(KvEventType::kRemoved, id, tier);
   r = Residency{};
   EraseIfUnusedLocked(id);
   return slot;
@@ -198,6 +205,7 @@ void Index::EraseIfUnusedLocked(uint32_t id) {
     Entry& e = E(id);
     if (e.cached() || e.children > 0) return;
     const uint32_t parent = e.parent_id;
+    ForgetDeadlinesLocked(id);
     ids_.erase(e.key);  // before clearing the key: the table hashes through it
     e = Entry{};
     free_ids_.push_back(id);
@@ -243,6 +251,7 @@ void Index::HintLocked(std::span<const BlockKey> keys, std::span<const double> s
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t id = FindLocked(keys[i]);
     if (id == kNoEntry) continue;
+    if (!timed_hints_.empty()) timed_hints_.Erase(id);  // this score stays: no revert
     for (int t = 0; t < kNumTiers; ++t) {
       if (E(id).res[t].present()) tiers_[t].policy->OnHint(E(id).res[t].slot, scores[i]);
     }
@@ -264,6 +273,7 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demoti
     tt.free.pop_back();
     return s;
   }
+  ExpireDeadlinesLocked();  // holds and timed hints that ran out, before choosing
   // A victim with no copy elsewhere is written back to the tier below, unless this is the bottom.
   bool can_write_back = !bottom_[T(tier)];
   for (;;) {
@@ -271,7 +281,7 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demoti
         tier, [&](SlotId s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // called inside, under mu_
           const uint32_t id = tt.slot[s].entry;
           const Residency& r = E(id).res[T(tier)];
-          return r.state == ResState::kReady && r.pins() == 0 &&
+          return r.state == ResState::kReady && r.pins() == 0 && !HeldLocked(id) &&
                  (E(id).children == 0 || can_write_back || HasOtherCopyLocked(id, tier));
         });
     if (!victim) return std::nullopt;
@@ -939,6 +949,7 @@ void Index::FillStatsLocked(CacheStats* stats) const {
   }
   stats->leases_live = leases_.size();
   stats->index_work = work_;
+  stats->events_dropped = events_.dropped();
 }
 
 absl::Status Index::CheckInvariantsLocked() const {

@@ -13,11 +13,15 @@
 //   A residency with pins (lease or I/O) or in Filling is never a victim. Prefix rule: a block's
 //   last residency is not removed while an entry chained from it exists. An entry that lost its
 //   last residency through a failed copy stays as an uncached "lost" parent until its children go.
+// KV events (kvtier/events.h) are recorded at the transitions themselves: kStored when a residency
+// becomes Ready (AddResidencyLocked Ready, MarkReadyLocked), kRemoved when a Ready one goes
+// (RemoveResidencyLocked), so every path that changes residencies reports them.
 #ifndef KVTIER_LIB_INDEX_INDEX_H_
 #define KVTIER_LIB_INDEX_INDEX_H_
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -29,11 +33,14 @@
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "kvtier/block_key.h"
+#include "kvtier/events.h"
 #include "kvtier/policy.h"
 #include "kvtier/stats.h"
 #include "kvtier/tier.h"
 #include "lib/common/huge_pages.h"
 #include "lib/common/mutex.h"
+#include "lib/index/deadlines.h"
+#include "lib/index/event_queue.h"
 
 namespace kvtier::internal {
 
@@ -145,6 +152,13 @@ struct IndexConfig {
   // block a demotion brought to the host (the host copy io-pinned until sent: write-through).
   enum class StoreFeed : uint8_t { kNone, kHostVictims, kHostFills };
   StoreFeed store_feed = StoreFeed::kNone;
+  // KV events: at most this many queued for TakeEventsLocked (0: none recorded), each carrying
+  // tokens_per_block (the layout's).
+  uint32_t events_capacity = 0;
+  uint32_t tokens_per_block = 0;
+  // Nanoseconds on a monotonic clock, for the deadlines of holds and timed hints; null: the
+  // steady clock (MonotonicNanos). Called under mu(), from any thread.
+  std::function<uint64_t()> clock;
 };
 
 class Index {
@@ -236,6 +250,59 @@ class Index {
   std::vector<Move> TakeWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return std::exchange(writes_, {});
   }
+  // Moves the oldest min(max, queued) KV events to the end of `out`. O(events taken).
+  void TakeEventsLocked(size_t max, std::vector<KvEvent>* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    events_.Take(max, out);
+  }
+
+  // ---- Management (Cache::Remove, Clear, Pin, Unpin, Hint with a duration, Prefetch), in
+  // lib/index/index_manage.cc. ----
+
+  // What a management call did with the blocks it was given (Cache::ManageResult).
+  struct ManageCounts {
+    uint64_t done = 0;
+    uint64_t not_found = 0;
+    uint64_t busy = 0;
+    uint64_t kept_for_children = 0;
+  };
+  // The clock deadlines are measured on (IndexConfig::clock). Readable without mu().
+  uint64_t Now() const { return clock_(); }
+  // Drops each cached key from every tier, leaves first: a block a cached block not dropped here
+  // chains from is kept (kept_for_children), as is a block with a residency pinned or Filling
+  // (busy). Holds on dropped blocks end. O(keys + uncached parents passed).
+  ManageCounts RemoveLocked(std::span<const BlockKey> keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops every residency of `tier` but those pinned, Filling or held (busy) and those the prefix
+  // rule keeps (the block's only copy, with a cached child: kept_for_children), leaves first.
+  // Records one kAllCleared event and a kStored for each Ready residency kept. O(capacity).
+  ManageCounts ClearTierLocked(Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Holds the cached keys (not evicted from any tier) until `deadline` (Now() scale), replacing an
+  // earlier deadline. O(keys).
+  ManageCounts HoldLocked(std::span<const BlockKey> keys, uint64_t deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the holds of `keys` (done: held ones; not_found: the others). O(keys).
+  ManageCounts UnholdLocked(std::span<const BlockKey> keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // HintLocked, and at `deadline` each block's residencies get OnHint(slot, NaN): the policy's
+  // default again. A later plain HintLocked of a key cancels the revert.
+  void HintUntilLocked(std::span<const BlockKey> keys, std::span<const double> scores,
+                       uint64_t deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the holds and timed hints whose deadline has passed. O(expired).
+  void ExpireDeadlinesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The longest prefix of `keys` cached in a local tier, with each block's highest tier; unlike
+  // MatchLocked neither counted nor an access. O(prefix).
+  MatchResult CachedPrefixLocked(std::span<const BlockKey> keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Plans bringing the chain `m` to the host (Cache::Prefetch): for each block, from the first,
+  // nothing if it is on the device or the host already; a read into a new host slot (Filling,
+  // io-pinned; the source io-pinned) if it is Ready only on disk, or cached nowhere here and
+  // m.tiers[i] names a store. Stops at the first block it can do neither for (not cached, still
+  // being written, no host slot to be had). Appends the reads (to = via = the host slot) and
+  // returns how many blocks of the chain it covered.
+  uint32_t PlanPrefetchLocked(const MatchResult& m, std::vector<Move>* reads)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A prefetch read's outcome: the host copy is Ready, or dropped (and the source too when
+  // `source_lost`: it failed to verify).
+  void FinishPrefetchLocked(const Move& m, bool ok, bool source_lost)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Match found `n` more blocks in a store past the local prefix: they are not misses.
   void NoteStoreHitsLocked(uint32_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     counters_.blocks_missed -= n;
@@ -372,6 +439,22 @@ class Index {
   SlotId RemoveResidencyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A Filling residency's bytes have arrived.
   void MarkReadyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether entry `id` is held (Cache::Pin): never a victim.
+  bool HeldLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !holds_.empty() && holds_.Contains(id);
+  }
+  // Entry `id` is being erased: its hold and timed hint end with it (ids are reused).
+  void ForgetDeadlinesLocked(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!holds_.empty()) holds_.Erase(id);
+    if (!timed_hints_.empty()) timed_hints_.Erase(id);
+  }
+  // The nearest ancestor of entry `id` that is cached (past uncached "lost" parents), or kNoEntry.
+  uint32_t CachedAncestorLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a KV event about entry `id`'s residency in `tier` (nothing when events are off).
+  void EmitLocked(KvEventType type, uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (events_.enabled() && !events_muted_)
+      events_.Push(type, tier, E(id).key, ParentKeyLocked(id));
+  }
   // Whether the prefix rule alone keeps entry `id`'s residency in `tier` (Ready, unpinned): it has
   // children and no copy in another tier, and the tier cannot write victims back (its bottom).
   bool KeptByPrefixLocked(uint32_t id, Tier tier) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -421,6 +504,14 @@ class Index {
     bool written = false;
   };
   absl::flat_hash_map<SlotId, EngineBlockUse> engine_blocks_ ABSL_GUARDED_BY(mu_);
+  EventQueue events_ ABSL_GUARDED_BY(mu_);
+  // Set while a whole-tier clear removes residencies: it records one kAllCleared instead.
+  bool events_muted_ ABSL_GUARDED_BY(mu_) = false;
+  const std::function<uint64_t()> clock_;
+  // Entries held by Cache::Pin until their deadline (consulted by TakeSlotLocked's victim test),
+  // and those whose policy score a timed Hint set until its deadline.
+  DeadlineTable holds_ ABSL_GUARDED_BY(mu_);
+  DeadlineTable timed_hints_ ABSL_GUARDED_BY(mu_);
   const bool demote_on_evict_;
   // Per tier: its victims are never written back below (the device without a host tier, the host
   // without a disk tier, the disk), so the prefix rule protects its only copies with children.

@@ -52,9 +52,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -65,9 +67,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
 #include "kvtier/connector.h"
+#include "kvtier/events.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
 #include "lib/options_fields.h"
@@ -856,8 +860,22 @@ static_assert(sizeof(TierStats) == 19 * sizeof(uint64_t), "a TierStats field: ad
 static_assert(sizeof(RemoteStats) == 14 * sizeof(uint64_t),
               "a RemoteStats field: add it to RemoteDict");
 static_assert(sizeof(CacheStats) == 3 * sizeof(TierStats) + sizeof(RemoteStats) +
-                                        23 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
+                                        24 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
               "a CacheStats field: add it to StatsDict");
+
+py::dict ResultDict(const ManageResult& r) {
+  py::dict d;
+  d["done"] = r.done;
+  d["not_found"] = r.not_found;
+  d["busy"] = r.busy;
+  d["kept_for_children"] = r.kept_for_children;
+  return d;
+}
+
+// Seconds (a Python float) as a Duration; NaN becomes a duration the cache rejects.
+absl::Duration Seconds(double seconds) {
+  return std::isnan(seconds) ? absl::ZeroDuration() : absl::Seconds(seconds);
+}
 
 py::dict TierDict(const TierStats& t) {
   py::dict d;
@@ -925,6 +943,7 @@ py::dict StatsDict(const CacheStats& s) {
   d["blocks_loaded"] = s.blocks_loaded;
   d["blocks_committed"] = s.blocks_committed;
   d["blocks_commit_shared"] = s.blocks_commit_shared;
+  d["events_dropped"] = s.events_dropped;
   d["blocks_stored"] = s.blocks_stored;
   d["blocks_store_skipped"] = s.blocks_store_skipped;
   d["demotions"] = s.demotions;
@@ -1027,6 +1046,21 @@ PYBIND11_MODULE(kvtier, m) {
       .def("__eq__", [](const BlockKey& a, const BlockKey& b) { return a == b; })
       .def("__hash__", [](const BlockKey& k) { return py::hash(py::make_tuple(k.hi, k.lo)); })
       .def("__repr__", [](const BlockKey& k) { return "BlockKey(" + k.ToHex() + ")"; });
+
+  py::class_<KvEvent>(m, "KvEvent",
+                      "a KV event for routers (kvtier/events.h): type is 'stored', 'removed' or "
+                      "'all_cleared'")
+      .def_readonly("seq", &KvEvent::seq)
+      .def_property_readonly("type", [](const KvEvent& e) { return KvEventTypeName(e.type); })
+      .def_readonly("tier", &KvEvent::tier)
+      .def_readonly("tokens_per_block", &KvEvent::tokens_per_block)
+      .def_readonly("key", &KvEvent::key)
+      .def_readonly("parent", &KvEvent::parent)
+      .def("__repr__", [](const KvEvent& e) {
+        return absl::StrCat("KvEvent(seq=", e.seq, ", ", KvEventTypeName(e.type), ", ",
+                            TierName(e.tier), ", key=", e.key.ToHex(),
+                            ", parent=", e.parent.ToHex(), ")");
+      });
 
   py::class_<BlockHasher>(m, "Hasher", "Chained, salted block keys (kvtier::BlockHasher)")
       .def(py::init([](const std::string& model_id, const std::string& lora_id,
@@ -1396,13 +1430,113 @@ PYBIND11_MODULE(kvtier, m) {
           py::arg("lease"))
       .def(
           "hint",
-          [](PyCache& c, const std::vector<BlockKey>& keys, const std::vector<double>& scores) {
+          [](PyCache& c, const std::vector<BlockKey>& keys, const std::vector<double>& scores,
+             std::optional<double> duration) {
             py::gil_scoped_release nogil;
             std::shared_lock life(c.state->life_mu);
             if (!c.state->cache) throw StatusError(Closed("Cache.hint"));
-            ThrowIfError(c.state->cache->Hint(keys, scores));
+            ThrowIfError(duration ? c.state->cache->Hint(keys, scores, Seconds(*duration))
+                                  : c.state->cache->Hint(keys, scores));
           },
-          py::arg("keys"), py::arg("scores"))
+          py::arg("keys"), py::arg("scores"), py::arg("duration") = py::none(),
+          "the engine's score of each cached block; with duration (seconds, up to 86400) the "
+          "scores revert to the policy's default once it has passed")
+      .def(
+          "remove",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.remove"));
+              r = c.state->cache->Remove(keys);
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("keys"),
+          "drops these blocks from every tier, leaves first (Cache::Remove); returns a dict of "
+          "done, not_found, busy and kept_for_children")
+      .def(
+          "clear",
+          [](PyCache& c, Tier tier) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.clear"));
+              r = c.state->cache->Clear(tier);
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("tier"),
+          "drops every block of a tier not in use (Cache::Clear); a dict as remove")
+      .def(
+          "pin",
+          [](PyCache& c, const std::vector<BlockKey>& keys, double duration) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.pin"));
+              r = c.state->cache->Pin(keys, Seconds(duration));
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("keys"), py::arg("duration"),
+          "keeps the cached blocks of keys from eviction for duration seconds (0 < d <= 86400) "
+          "or until unpin (Cache::Pin); a dict as remove")
+      .def(
+          "unpin",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            absl::StatusOr<ManageResult> r;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.unpin"));
+              r = c.state->cache->Unpin(keys);
+            }
+            ThrowIfError(r.status());
+            return ResultDict(*r);
+          },
+          py::arg("keys"), "ends the holds of pin (Cache::Unpin); a dict as remove")
+      .def(
+          "prefetch",
+          [](PyCache& c, const std::vector<BlockKey>& keys) {
+            auto handle = std::make_shared<PyTransfer>();
+            handle->state = c.state;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.prefetch"));
+              auto x = c.state->cache->Prefetch(keys);
+              ThrowIfError(x.status());
+              handle->transfer = std::move(*x);
+              std::lock_guard reg(c.state->reg_mu);
+              c.state->transfers.insert(handle.get());
+            }
+            return handle;
+          },
+          py::arg("keys"),
+          "brings the chain's blocks only on disk (or in the remote store) up to the host, "
+          "asynchronously (Cache::Prefetch); a Transfer without layers")
+      .def(
+          "take_events",
+          [](PyCache& c, std::optional<size_t> max_events) {
+            std::vector<KvEvent> events;
+            {
+              py::gil_scoped_release nogil;
+              std::shared_lock life(c.state->life_mu);
+              if (!c.state->cache) throw StatusError(Closed("Cache.take_events"));
+              events = c.state->cache->TakeEvents(max_events.value_or(SIZE_MAX));
+            }
+            return events;
+          },
+          py::arg("max_events") = py::none(),
+          "removes and returns the oldest queued KV events (all, or at most max_events), as "
+          "KvEvent objects; [] unless the cache was made with events_capacity > 0")
       .def("check_invariants",
            [](PyCache& c) {
              py::gil_scoped_release nogil;

@@ -105,6 +105,69 @@ def test_stats_have_every_field(stats_fields):
         check_stats_dict(cache.stats(), stats_fields)
 
 
+def test_kv_events():
+    keys = prompt_keys(7)
+    with make_cache() as cache:  # off by default
+        request(cache, keys)
+        assert cache.take_events() == []
+        assert cache.stats()["events_dropped"] == 0
+    with make_cache(events_capacity=3) as cache:
+        request(cache, keys)  # four blocks stored on the device, room for three events
+        first = cache.take_events(max_events=1)
+        events = first + cache.take_events()
+        assert [e.seq for e in events] == [0, 1, 2]
+        assert all(e.type == "stored" and e.tier == kvtier.Tier.DEVICE for e in events)
+        assert [e.key for e in events] == keys[:3]
+        assert events[0].parent == kvtier.BlockKey() and events[1].parent == keys[0]
+        assert events[0].tokens_per_block == TPB
+        assert "stored" in repr(events[0])
+        assert cache.stats()["events_dropped"] == 1
+        assert cache.take_events() == []
+        with pytest.raises(TypeError):
+            cache.take_events(max_events=-1)
+    with pytest.raises(ValueError):
+        make_cache(events_capacity=(1 << 24) + 1)
+
+
+def test_management_calls():
+    keys = prompt_keys(8)
+    with make_cache(events_capacity=64) as cache:
+        request(cache, keys)  # on the device
+        assert cache.pin(keys, 60) == {"done": 4, "not_found": 0, "busy": 0,
+                                       "kept_for_children": 0}
+        for bad in (0, -1, 86401, float("inf"), float("nan")):
+            with pytest.raises(ValueError):
+                cache.pin(keys, bad)
+        assert cache.unpin(keys)["done"] == 4
+        assert cache.unpin(keys)["not_found"] == 4
+        cache.hint(keys, [90.0] * 4, duration=1.5)
+        with pytest.raises(ValueError):
+            cache.hint(keys, [90.0] * 4, duration=0)
+        with pytest.raises(ValueError):
+            cache.hint(keys, [90.0] * 3, duration=1)
+        xfer = cache.prefetch(keys)  # on the device already: nothing to read
+        xfer.wait()
+        assert xfer.blocks == 4 and xfer.blocks_promoted == 0
+        with pytest.raises(IndexError):
+            xfer.wait_layer(0)  # no layers
+        with pytest.raises(ValueError):
+            cache.prefetch([kvtier.BlockKey()])  # the root key
+        cache.take_events()
+        assert cache.clear(kvtier.Tier.DEVICE)["done"] == 4
+        assert [(e.type, e.tier) for e in cache.take_events()] == [
+            ("all_cleared", kvtier.Tier.DEVICE)]
+        request(cache, keys)  # computed again
+        with pytest.raises(ValueError):
+            cache.remove([kvtier.BlockKey()])
+        assert cache.remove(keys)["done"] == 4
+        assert cache.remove(keys)["not_found"] == 4
+        assert request(cache, keys)[kvtier.Tier.DEVICE] == 0
+    with make_cache(host_capacity_bytes=0) as cache:
+        with pytest.raises(kvtier.Error) as e:
+            cache.prefetch(keys)
+        assert e.value.code == "FAILED_PRECONDITION"
+
+
 def test_grow_and_slots():
     cache = make_cache()
     lease = cache.allocate_device(2)
