@@ -192,6 +192,9 @@ class ConnectorImpl {
       return absl::OutOfRangeError(
           absl::StrCat(call, ": layer ", layer, " vs num_layers=", layers));
     }
+    // Nothing to copy (every key cached already): the engine saves its layers as always, and
+    // each call is done at once.
+    if (job.moves.empty()) return absl::OkStatus();
     if (layer != job.next_layer) {
       return absl::FailedPreconditionError(
           absl::StrCat(call, ": layer ", layer, " vs the next unsaved layer ", job.next_layer,

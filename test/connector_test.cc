@@ -178,6 +178,25 @@ TEST_CASE("Connector: a layer-wise store saves layer by layer, in order", "[conn
   CHECK(found->blocks == 2);
 }
 
+TEST_CASE("Connector: a layer-wise store of cached keys accepts every layer and is done",
+          "[connector]") {
+  EngineKv kv({.layers = 3, .num_slots = 8});
+  auto c = MakeConnector(kv, 8);
+  const auto keys = test::Chain(2, 15);
+  ComputeAndStore(*c, kv, keys, 0, Range(0, 2));
+  auto store = c->BeginStore(keys, 0, Range(0, 2), /*request_id=*/4);
+  REQUIRE_OK(store);
+  CHECK(store->blocks() == 0);
+  CHECK(store->Poll());
+  for (uint32_t l = 0; l < 3; ++l) REQUIRE_OK(store->SaveLayer(l));  // the engine's hook per layer
+  REQUIRE_CODE(store->SaveLayer(3), absl::StatusCode::kOutOfRange);
+  REQUIRE_OK(store->Wait());
+  auto finished = c->TakeFinished();
+  REQUIRE(finished.size() == 1);
+  CHECK(finished[0].status.ok());
+  CHECK(c->Stats().blocks_store_skipped == 2);
+}
+
 TEST_CASE("Connector: an abandoned layer-wise store stores nothing and frees its host slots",
           "[connector]") {
   EngineKv kv({.layers = 3, .num_slots = 8});

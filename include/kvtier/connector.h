@@ -106,7 +106,8 @@ class StoreHandle {
   // nullptr: the bytes are complete now) has completed. Layers in order, each once: layer must be
   // the next unsaved one (kFailedPrecondition otherwise; kOutOfRange past the last). The copies of
   // the last layer report the store to the cache. On the emulated device a non-null event is
-  // kInvalidArgument (it has no native events).
+  // kInvalidArgument (it has no native events). A store with nothing to copy
+  // (blocks() == 0) accepts every layer, in any order, and is done from the start.
   absl::Status SaveLayer(uint32_t layer, void* ready_event = nullptr);
   // SaveLayer of every layer not saved yet.
   absl::Status SaveAll(void* ready_event = nullptr);
