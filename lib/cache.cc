@@ -254,100 +254,33 @@ absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double>
   return absl::OkStatus();
 }
 
-// ---- Management (the Index's side: lib/index/index_manage.cc) ----
-
-namespace {
-
-// Longest deadline a hold or a timed hint may have.
-constexpr absl::Duration kMaxDuration = absl::Hours(24);
-
-absl::Status CheckDuration(const char* call, absl::Duration d) {
-  if (d <= absl::ZeroDuration() || d > kMaxDuration) {
-    return absl::InvalidArgumentError(absl::StrCat(call, ": duration ", absl::FormatDuration(d),
-                                                   " vs (0, ", absl::FormatDuration(kMaxDuration),
-                                                   "]"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckNoRoot(const char* call, std::span<const BlockKey> keys) {
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (keys[i] == kRootKey) {
-      return absl::InvalidArgumentError(absl::StrCat(call, ": keys[", i, "] is the root key"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-ManageResult ToResult(const internal::Index::ManageCounts& c) {
-  return ManageResult{.done = c.done,
-                      .not_found = c.not_found,
-                      .busy = c.busy,
-                      .kept_for_children = c.kept_for_children};
-}
-
-}  // namespace
+// ---- Management (Cache::Core's, shared with the Connector) ----
 
 absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double> scores,
                          absl::Duration duration) {
-  if (keys.size() != scores.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
-  }
-  KVTIER_RETURN_IF_ERROR(CheckDuration("Hint", duration));
-  const uint64_t deadline = core_->index_.Now() + absl::ToInt64Nanoseconds(duration);
-  MutexLock lock(&core_->index_.mu());
-  core_->index_.HintUntilLocked(keys, scores, deadline);
-  return absl::OkStatus();
+  return core_->Hint(keys, scores, duration);
 }
 
 absl::StatusOr<ManageResult> Cache::Remove(std::span<const BlockKey> keys) {
-  KVTIER_RETURN_IF_ERROR(CheckNoRoot("Remove", keys));
-  MutexLock lock(&core_->index_.mu());
-  return ToResult(core_->index_.RemoveLocked(keys));
+  return core_->Remove(keys);
 }
 
-absl::StatusOr<ManageResult> Cache::Clear(Tier tier) {
-  // Read as its underlying type: a value outside the enum is the caller's mistake, not UB here.
-  const auto t = static_cast<std::underlying_type_t<Tier>>(tier);
-  if (t >= kNumTiers) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Clear: tier ", t, " (", TierName(tier),
-                     ") vs device, host or disk; the remote store is shared with other caches"));
-  }
-  MutexLock lock(&core_->index_.mu());
-  return ToResult(core_->index_.ClearTierLocked(tier));
-}
+absl::StatusOr<ManageResult> Cache::Clear(Tier tier) { return core_->Clear(tier); }
 
 absl::StatusOr<ManageResult> Cache::Pin(std::span<const BlockKey> keys, absl::Duration duration) {
-  KVTIER_RETURN_IF_ERROR(CheckDuration("Pin", duration));
-  KVTIER_RETURN_IF_ERROR(CheckNoRoot("Pin", keys));
-  const uint64_t deadline = core_->index_.Now() + absl::ToInt64Nanoseconds(duration);
-  MutexLock lock(&core_->index_.mu());
-  return ToResult(core_->index_.HoldLocked(keys, deadline));
+  return core_->Pin(keys, duration);
 }
 
 absl::StatusOr<ManageResult> Cache::Unpin(std::span<const BlockKey> keys) {
-  MutexLock lock(&core_->index_.mu());
-  return ToResult(core_->index_.UnholdLocked(keys));
+  return core_->Unpin(keys);
 }
 
 absl::StatusOr<Transfer> Cache::Prefetch(std::span<const BlockKey> keys) {
-  KVTIER_RETURN_IF_ERROR(CheckNoRoot("Prefetch", keys));
-  if (core_->index_.capacity(Tier::kHost) == 0) {
-    return absl::FailedPreconditionError(
-        "Prefetch: no host tier to bring blocks to (Options.host.capacity_bytes is 0)");
-  }
-  KVTIER_ASSIGN_OR_RETURN(auto state, core_->Prefetch(keys));
+  KVTIER_ASSIGN_OR_RETURN(auto state, core_->CheckedPrefetch(keys));
   return Transfer(std::move(state));
 }
 
-std::vector<KvEvent> Cache::TakeEvents(size_t max_events) {
-  std::vector<KvEvent> events;
-  MutexLock lock(&core_->index_.mu());
-  core_->index_.TakeEventsLocked(max_events, &events);
-  return events;
-}
+std::vector<KvEvent> Cache::TakeEvents(size_t max_events) { return core_->TakeEvents(max_events); }
 
 CacheStats Cache::Stats() const {
   MutexLock lock(&core_->index_.mu());

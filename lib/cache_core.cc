@@ -2,8 +2,13 @@
 
 #include <atomic>
 #include <cassert>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "lib/common/status_macros.h"
 
 namespace kvtier {
 
@@ -214,6 +219,102 @@ CacheStats Cache::Core::StatsLocked() const {
   stats.disk.bytes_in = stats.bytes_disk_written;
   stats.disk.bytes_out = stats.bytes_disk_read;
   return stats;
+}
+
+// ---- Management (the Index's side: lib/index/index_manage.cc) ----
+
+namespace {
+
+// Longest deadline a hold or a timed hint may have.
+constexpr absl::Duration kMaxDuration = absl::Hours(24);
+
+absl::Status CheckDuration(const char* call, absl::Duration d) {
+  if (d <= absl::ZeroDuration() || d > kMaxDuration) {
+    return absl::InvalidArgumentError(absl::StrCat(call, ": duration ", absl::FormatDuration(d),
+                                                   " vs (0, ", absl::FormatDuration(kMaxDuration),
+                                                   "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckNoRoot(const char* call, std::span<const BlockKey> keys) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (keys[i] == kRootKey) {
+      return absl::InvalidArgumentError(absl::StrCat(call, ": keys[", i, "] is the root key"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+ManageResult ToResult(const internal::Index::ManageCounts& c) {
+  return ManageResult{.done = c.done,
+                      .not_found = c.not_found,
+                      .busy = c.busy,
+                      .kept_for_children = c.kept_for_children};
+}
+
+}  // namespace
+
+absl::Status Cache::Core::Hint(std::span<const BlockKey> keys, std::span<const double> scores,
+                               absl::Duration duration) {
+  if (keys.size() != scores.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
+  }
+  KVTIER_RETURN_IF_ERROR(CheckDuration("Hint", duration));
+  const uint64_t deadline = index_.Now() + absl::ToInt64Nanoseconds(duration);
+  MutexLock lock(&index_.mu());
+  index_.HintUntilLocked(keys, scores, deadline);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ManageResult> Cache::Core::Remove(std::span<const BlockKey> keys) {
+  KVTIER_RETURN_IF_ERROR(CheckNoRoot("Remove", keys));
+  MutexLock lock(&index_.mu());
+  return ToResult(index_.RemoveLocked(keys));
+}
+
+absl::StatusOr<ManageResult> Cache::Core::Clear(Tier tier) {
+  // Read as its underlying type: a value outside the enum is the caller's mistake, not UB here.
+  const auto t = static_cast<std::underlying_type_t<Tier>>(tier);
+  if (t >= kNumTiers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Clear: tier ", t, " (", TierName(tier),
+                     ") vs device, host or disk; the remote store is shared with other caches"));
+  }
+  MutexLock lock(&index_.mu());
+  return ToResult(index_.ClearTierLocked(tier));
+}
+
+absl::StatusOr<ManageResult> Cache::Core::Pin(std::span<const BlockKey> keys,
+                                              absl::Duration duration) {
+  KVTIER_RETURN_IF_ERROR(CheckDuration("Pin", duration));
+  KVTIER_RETURN_IF_ERROR(CheckNoRoot("Pin", keys));
+  const uint64_t deadline = index_.Now() + absl::ToInt64Nanoseconds(duration);
+  MutexLock lock(&index_.mu());
+  return ToResult(index_.HoldLocked(keys, deadline));
+}
+
+absl::StatusOr<ManageResult> Cache::Core::Unpin(std::span<const BlockKey> keys) {
+  MutexLock lock(&index_.mu());
+  return ToResult(index_.UnholdLocked(keys));
+}
+
+absl::StatusOr<std::shared_ptr<internal::TransferState>> Cache::Core::CheckedPrefetch(
+    std::span<const BlockKey> keys) {
+  KVTIER_RETURN_IF_ERROR(CheckNoRoot("Prefetch", keys));
+  if (index_.capacity(Tier::kHost) == 0) {
+    return absl::FailedPreconditionError(
+        "Prefetch: no host tier to bring blocks to (Options.host.capacity_bytes is 0)");
+  }
+  return Prefetch(keys);
+}
+
+std::vector<KvEvent> Cache::Core::TakeEvents(size_t max_events) {
+  std::vector<KvEvent> events;
+  MutexLock lock(&index_.mu());
+  index_.TakeEventsLocked(max_events, &events);
+  return events;
 }
 
 }  // namespace kvtier

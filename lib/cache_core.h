@@ -21,6 +21,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "kvtier/cache.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
@@ -66,6 +67,19 @@ class Cache::Core {
                                                  std::vector<SlotId>* quarantine)>;
   absl::Status Allocate(Reserve reserve);
   CacheStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu());
+
+  // The management calls of Cache and Connector (their contracts: kvtier/cache.h). Each takes
+  // the index lock itself.
+  absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores,
+                    absl::Duration duration);
+  absl::StatusOr<ManageResult> Remove(std::span<const BlockKey> keys);
+  absl::StatusOr<ManageResult> Clear(Tier tier);
+  absl::StatusOr<ManageResult> Pin(std::span<const BlockKey> keys, absl::Duration duration);
+  absl::StatusOr<ManageResult> Unpin(std::span<const BlockKey> keys);
+  // Prefetch after checking the keys and that there is a host tier.
+  absl::StatusOr<std::shared_ptr<internal::TransferState>> CheckedPrefetch(
+      std::span<const BlockKey> keys);
+  std::vector<KvEvent> TakeEvents(size_t max_events);
   // Cache::Prefetch: plans the reads of `keys`' blocks up to the host (the store asked first,
   // without the lock) and starts them. The state has no layers; it finishes once every read has
   // ended and the Index has recorded them.

@@ -472,6 +472,41 @@ absl::Status Connector::Hint(std::span<const BlockKey> keys, std::span<const dou
   return absl::OkStatus();
 }
 
+absl::Status Connector::Hint(std::span<const BlockKey> keys, std::span<const double> scores,
+                             absl::Duration duration) {
+  return impl_->core().Hint(keys, scores, duration);
+}
+
+absl::StatusOr<ManageResult> Connector::Remove(std::span<const BlockKey> keys) {
+  return impl_->core().Remove(keys);
+}
+
+absl::StatusOr<ManageResult> Connector::Clear(Tier tier) {
+  if (tier == Tier::kDevice) {
+    return absl::InvalidArgumentError(
+        "Connector::Clear: the device tier is the engine's; clear host or disk");
+  }
+  return impl_->core().Clear(tier);
+}
+
+absl::StatusOr<ManageResult> Connector::Pin(std::span<const BlockKey> keys,
+                                            absl::Duration duration) {
+  return impl_->core().Pin(keys, duration);
+}
+
+absl::StatusOr<ManageResult> Connector::Unpin(std::span<const BlockKey> keys) {
+  return impl_->core().Unpin(keys);
+}
+
+absl::StatusOr<Transfer> Connector::Prefetch(std::span<const BlockKey> keys) {
+  KVTIER_ASSIGN_OR_RETURN(auto state, impl_->core().CheckedPrefetch(keys));
+  return Transfer(std::move(state));
+}
+
+std::vector<KvEvent> Connector::TakeEvents(size_t max_events) {
+  return impl_->core().TakeEvents(max_events);
+}
+
 CacheStats Connector::Stats() const {
   MutexLock lock(&impl_->index().mu());
   return impl_->core().StatsLocked();

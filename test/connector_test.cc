@@ -4,6 +4,7 @@
 #include <numeric>
 #include <thread>
 
+#include "kvtier/events.h"
 #include "lib/cache_factory.h"
 #include "lib/transfer/emulated_device.h"
 #include "test/util/test_util.h"
@@ -273,6 +274,44 @@ TEST_CASE("Connector: bad input is rejected with the connector unchanged", "[con
   REQUIRE_OK(xfer);
   REQUIRE_OK(xfer->Wait());
   CHECK(Mismatches(kv, keys, 0, Range(4, 3), 3) == 0);
+}
+
+TEST_CASE("Connector: events and management calls act on the connector's tiers", "[connector]") {
+  EngineKv kv({.num_slots = 8});
+  Options o = test::MakeOptions(kv, 4);
+  o.events.capacity = 64;
+  auto c = MakeConnector(kv, 0, &o);
+  const auto keys = test::Chain(3, 16);
+  ComputeAndStore(*c, kv, keys, 0, Range(0, 3));
+  const std::vector<KvEvent> stored = c->TakeEvents();
+  REQUIRE(stored.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(stored[i].type == KvEventType::kStored);
+    CHECK(stored[i].tier == Tier::kHost);
+    CHECK(stored[i].key == keys[i]);
+  }
+  REQUIRE_CODE(c->Clear(Tier::kDevice), absl::StatusCode::kInvalidArgument);
+  // Pinned blocks survive a store that needs their host slots.
+  auto pinned = c->Pin(keys, absl::Seconds(60));
+  REQUIRE_OK(pinned);
+  CHECK(pinned->done == 3);
+  const auto other = test::Chain(2, 17);
+  for (uint32_t i = 0; i < 2; ++i) kv.Write(4 + i, other[i]);
+  auto store = c->Store(other, 0, Range(4, 2));
+  REQUIRE_OK(store);
+  REQUIRE_OK(store->Wait());
+  CHECK(store->unstored() == 1);  // 4 host slots: 3 held, 1 for the other chain
+  auto found = c->Lookup(keys, 0);
+  REQUIRE_OK(found);
+  CHECK(found->blocks == 3);
+  REQUIRE_OK(c->Unpin(keys));
+  auto removed = c->Remove(keys);
+  REQUIRE_OK(removed);
+  CHECK(removed->done == 3);
+  found = c->Lookup(keys, 0);
+  REQUIRE_OK(found);
+  CHECK(found->blocks == 0);
+  REQUIRE_OK(c->CheckInvariants());
 }
 
 TEST_CASE("Connector: Create refuses a device capacity and a missing host tier", "[connector]") {

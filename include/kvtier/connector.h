@@ -28,6 +28,7 @@
 #ifndef KVTIER_CONNECTOR_H_
 #define KVTIER_CONNECTOR_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -35,8 +36,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
+#include "kvtier/events.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
 #include "kvtier/tier.h"
@@ -182,8 +185,21 @@ class Connector {
   // and stores in flight).
   std::vector<Finished> TakeFinished();
 
-  // As Cache::Hint.
+  // As Cache::Hint, both forms.
   absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores);
+  absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores,
+                    absl::Duration duration);
+  // The management calls, as the Cache's (kvtier/cache.h) over the connector's tiers (host, disk):
+  // Clear(Tier::kDevice) is kInvalidArgument (the engine's), Prefetch brings disk and store
+  // blocks up to the host for a later Load.
+  absl::StatusOr<ManageResult> Remove(std::span<const BlockKey> keys);
+  absl::StatusOr<ManageResult> Clear(Tier tier);
+  absl::StatusOr<ManageResult> Pin(std::span<const BlockKey> keys, absl::Duration duration);
+  absl::StatusOr<ManageResult> Unpin(std::span<const BlockKey> keys);
+  absl::StatusOr<Transfer> Prefetch(std::span<const BlockKey> keys);
+  // KV events (Options.events), as Cache::TakeEvents: the host and disk tiers' (the engine's
+  // device events are its own).
+  std::vector<KvEvent> TakeEvents(size_t max_events = SIZE_MAX);
   CacheStats Stats() const;
   const Options& options() const;
   // Cache::CheckInvariants, plus: no engine block is marked busy without a copy in flight (when
