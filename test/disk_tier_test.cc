@@ -224,6 +224,46 @@ TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers
   CHECK_FALSE(fs::exists(dir.path / "manifest"));  // trusted once
 }
 
+TEST_CASE(
+    "DiskManifest: what it encodes decodes, and a flipped byte or another geometry is kDataLoss",
+    "[disk]") {
+  const DiskGeometry geometry{
+      .layout_fingerprint = 0x1234, .slot_bytes = 8192, .slots = 8, .files = 2};
+  const std::vector<StoredBlock> blocks = {{7, KeyOf(1), ParentOf(1)}, {0, KeyOf(2), ParentOf(2)}};
+  const std::vector<uint8_t> bytes = EncodeDiskManifest(geometry, blocks, 41);
+  auto m = DecodeDiskManifest(bytes, geometry);
+  REQUIRE_OK(m);
+  CHECK(m->max_sequence == 41);
+  REQUIRE(m->blocks.size() == 2);
+  CHECK((m->blocks[0].slot == 7 && m->blocks[0].key == KeyOf(1) && m->blocks[1].slot == 0 &&
+         m->blocks[1].parent == ParentOf(2)));
+  REQUIRE_CODE(DecodeDiskManifest({}, geometry), absl::StatusCode::kDataLoss);
+  for (size_t i = 0; i < bytes.size(); i += 5) {
+    std::vector<uint8_t> flipped = bytes;
+    flipped[i] ^= 0x10;
+    CAPTURE(i);
+    REQUIRE_CODE(DecodeDiskManifest(flipped, geometry), absl::StatusCode::kDataLoss);
+  }
+  for (DiskGeometry other :
+       {DiskGeometry{geometry.layout_fingerprint + 1, 8192, 8, 2}, DiskGeometry{0x1234, 4096, 8, 2},
+        DiskGeometry{0x1234, 8192, 9, 2}, DiskGeometry{0x1234, 8192, 8, 1}}) {
+    REQUIRE_CODE(DecodeDiskManifest(bytes, other), absl::StatusCode::kDataLoss);
+  }
+  // Entries that contradict the tier or each other.
+  REQUIRE_CODE(DecodeDiskManifest(EncodeDiskManifest(geometry, {{{8, KeyOf(1), {}}}}, 1), geometry),
+               absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(
+      DecodeDiskManifest(EncodeDiskManifest(geometry, {{{1, KeyOf(1), {}}, {1, KeyOf(2), {}}}}, 1),
+                         geometry),
+      absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(
+      DecodeDiskManifest(EncodeDiskManifest(geometry, {{{1, KeyOf(1), {}}, {2, KeyOf(1), {}}}}, 1),
+                         geometry),
+      absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(DecodeDiskManifest(EncodeDiskManifest(geometry, {}, UINT64_MAX), geometry),
+               absl::StatusCode::kDataLoss);
+}
+
 TEST_CASE("DiskTier: without a manifest the trailers are scanned, bad ones are dropped", "[disk]") {
   TempDir dir;
   const uint32_t align = Align(dir.path);
