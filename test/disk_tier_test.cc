@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
@@ -195,6 +196,46 @@ TEST_CASE("BlockHeader: VerifyBlock accepts only the expected block, intact",
     CHECK_FALSE(VerifyBlock(header.data(), kHeaderBytes - 8, payload.data(), KeyOf(7), kFingerprint,
                             kBlockBytes));
   }
+}
+
+TEST_CASE("Regression #17: blocks of key format 1 are never served under format 2's keys",
+          "[disk][block_header][regression]") {
+  // Format 2 (length-prefixed salts) changed every key: what format 1 stored is refused by its
+  // version, in a header, in a trailer scan and in a directory's kvtier.meta.
+  REQUIRE(kBlockHeaderVersion == 2);
+  std::vector<uint8_t> header(kBlockHeaderMinBytes);
+  EncodeBlockHeader({.key = KeyOf(1), .fingerprint = 0x1234}, kBlockHeaderMinBytes, header.data());
+  BlockHeader h;
+  REQUIRE(DecodeBlockHeader(header.data(), kBlockHeaderMinBytes, &h));
+  LeWriter{header.data() + 8}.U32(1);  // as format 1 wrote it, its checksum recomputed
+  LeWriter{header.data() + kBlockHeaderMinBytes - 8}.U64(
+      PayloadHash(header.data(), kBlockHeaderMinBytes - 8));  // XXH3-64, as the header's
+  CHECK_FALSE(DecodeBlockHeader(header.data(), kBlockHeaderMinBytes, &h));
+
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  {
+    auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+    REQUIRE_OK(disk);
+    REQUIRE_OK(WriteBlock(**disk, 0, 0, host.at(0)));
+  }
+  // The directory as format 1 left it: its kvtier.meta says v1.
+  std::string meta;
+  {
+    std::ifstream in(dir.path / "kvtier.meta", std::ios::binary);
+    meta.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  REQUIRE(meta.rfind("kvtier-disk v2 ", 0) == 0);
+  meta[std::string("kvtier-disk v").size()] = '1';
+  std::ofstream(dir.path / "kvtier.meta", std::ios::binary) << meta;
+  REQUIRE_CODE(DiskTier::Open(Config(dir.path, 8, align), {}),
+               absl::StatusCode::kFailedPrecondition);
+  DiskTierConfig reset = Config(dir.path, 8, align);
+  reset.reset_on_mismatch = true;
+  auto disk = DiskTier::Open(reset, {});
+  REQUIRE_OK(disk);
+  CHECK((*disk)->recovered().empty());
 }
 
 TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers from", "[disk]") {

@@ -23,7 +23,7 @@ def write(target, name, data):
         f.write(data.encode() if isinstance(data, str) else data)
 
 
-BLOCK_HEADER_VERSION = 1  # kBlockHeaderVersion, also the manifest's version
+BLOCK_HEADER_VERSION = 2  # kBlockHeaderVersion, also the manifest's version
 
 
 def block_header(header_bytes, key, parent, fingerprint, payload):
@@ -82,7 +82,7 @@ write("disk_open", "scan",
                 trailer((1, 1), (0, 0), 5, 6) + trailer((3, 3), (2, 2), 3, 7, flags=1) +
                 trailer((4, 4), (2, 2), 4, 5, flags=2)))
 write("disk_open", "other-meta-reset",
-      disk_open(16 | 4, meta=b"kvtier-disk v1 fingerprint=1 block_bytes=4096 slot_bytes=8192 "
+      disk_open(16 | 4, meta=b"kvtier-disk v2 fingerprint=1 block_bytes=4096 slot_bytes=8192 "
                 b"slots=8 files=1\n"))
 write("disk_open", "raw",
       disk_open(1, manifest=b"KVTIERM1" + b"\1" * 60,
