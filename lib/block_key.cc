@@ -19,19 +19,21 @@ void PutBig64(uint64_t v, unsigned char* out) {
   }
 }
 
-constexpr char kSaltDomain[] = "kvtier-salt-v1";
+// v2: length-prefixed strings (v1 separated them with '\0', which a string may hold).
+constexpr char kSaltDomain[] = "kvtier-salt-v2";
 constexpr char kKeyDomain[] = "kvtier-key-v1";
 
 }  // namespace
 
 BlockHasher::BlockHasher(const NamespaceSalt& salt) {
-  // '\0' separators make ("ab","c") and ("a","bc") different salts.
-  std::string bytes(kSaltDomain, sizeof(kSaltDomain));
-  absl::StrAppend(&bytes, salt.model_id);
-  bytes.push_back('\0');
-  absl::StrAppend(&bytes, salt.lora_id);
-  bytes.push_back('\0');
-  absl::StrAppend(&bytes, salt.tenant);
+  // Each string after its length, so the bytes name one (model, LoRA, tenant) only: separators
+  // cannot, when a string may hold the separator ("a\0" + "b" and "a" + "\0b" were one v1 salt).
+  std::string bytes(kSaltDomain, sizeof(kSaltDomain));  // with its '\0'
+  for (const std::string* s : {&salt.model_id, &salt.lora_id, &salt.tenant}) {
+    const uint64_t n = s->size();
+    for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>(n >> (8 * i)));
+    bytes.append(*s);
+  }
   salt_key_ = FromXxh(XXH3_128bits(bytes.data(), bytes.size()));
 }
 

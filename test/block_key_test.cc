@@ -14,24 +14,30 @@ namespace {
 const std::vector<int32_t> kTokens = {1, 2, 3, 4};
 
 // These values are the on-disk and cross-process contract: a change here is a format break.
+// Format 2 (issue 17 #9, length-prefixed salt strings): every value changed on purpose, as every
+// salt did; they were recomputed outside kvtier (Python, libxxhash's XXH3_128bits over the
+// documented bytes), which also reproduces the format-1 values these replaced.
 TEST_CASE("BlockHasher: keys match fixed vectors in every process and on every machine",
           "[block_key]") {
   const BlockHasher plain;
   const BlockHasher salted({.model_id = "m", .lora_id = "l", .tenant = "t"});
-  CHECK(plain.salt_key().ToHex() == "22d11976c57cb5d17a14a258c063a8c3");
-  CHECK(salted.salt_key().ToHex() == "79ffd77d523e29cc82b05a24188bca74");
+  CHECK(plain.salt_key().ToHex() == "80c5ccd1ac5a6e2287faf635723f71db");
+  CHECK(salted.salt_key().ToHex() == "ba7da150988168c3a05b390bf7832697");
   const BlockKey a = plain.Chain(kRootKey, kTokens);
-  CHECK(a.ToHex() == "924086559e3a41e2e629edc026b62244");
-  CHECK(plain.Chain(a, kTokens).ToHex() == "8e18f54b49cc0a7d0149b2bf2859e4d7");
-  CHECK(salted.Chain(kRootKey, kTokens).ToHex() == "779a779432f3addc7e44b2cdd47b6cc9");
+  CHECK(a.ToHex() == "e2b10c17959017a8b24b8673df46993b");
+  CHECK(plain.Chain(a, kTokens).ToHex() == "7af62cd8b4db1ab3f9f0f05495bf9987");
+  CHECK(salted.Chain(kRootKey, kTokens).ToHex() == "1c53924e46e60452af67cef4e9207c8a");
   CHECK(plain.Chain(kRootKey, std::vector<int32_t>{-1, 0, 2147483647}).ToHex() ==
-        "5dc48b99080be7ff65f167b571d510f6");
+        "279bb240c07d9bada14a95522c6a10a9");
 }
 
 TEST_CASE("BlockHasher: a key is XXH3-128 of the documented byte encoding", "[block_key]") {
   // Recomputed here from the header's description, independently of block_key.cc.
   const BlockHasher hasher({.model_id = "m", .lora_id = "l", .tenant = "t"});
-  const std::string salt_bytes = std::string("kvtier-salt-v1", 15) + "m" + '\0' + "l" + '\0' + "t";
+  std::string salt_bytes("kvtier-salt-v2", 15);  // with its '\0'
+  for (const char* s : {"m", "l", "t"}) {
+    salt_bytes += std::string("\x01\0\0\0\0\0\0\0", 8) + s;  // length 1, little-endian
+  }
   const XXH128_hash_t salt = XXH3_128bits(salt_bytes.data(), salt_bytes.size());
   CHECK(hasher.salt_key() == BlockKey{salt.high64, salt.low64});
   std::vector<unsigned char> bytes(std::begin("kvtier-key-v1"), std::end("kvtier-key-v1") - 1);
@@ -59,6 +65,25 @@ TEST_CASE("BlockHasher: different model, LoRA or tenant never share a key", "[bl
   absl::flat_hash_set<BlockKey> keys;
   for (const NamespaceSalt& s : salts) keys.insert(BlockHasher(s).Chain(kRootKey, kTokens));
   CHECK(keys.size() == salts.size());
+}
+
+TEST_CASE("Regression #17: salts whose strings hold NUL bytes are as distinct as the strings",
+          "[block_key][regression]") {
+  // Each pair shared a salt (and so every key) when '\0' separated the strings (format 1).
+  using namespace std::string_literals;
+  const std::array<std::pair<NamespaceSalt, NamespaceSalt>, 4> pairs = {{
+      {{.model_id = "a\0"s, .lora_id = "b"}, {.model_id = "a", .lora_id = "\0b"s}},
+      {{.model_id = "a\0"s}, {.model_id = "a", .tenant = "\0"s}},
+      {{.lora_id = "x\0y"s, .tenant = "z"}, {.lora_id = "x", .tenant = "y\0z"s}},
+      {{.model_id = "\0"s}, {.lora_id = "\0"s}},
+  }};
+  for (const auto& [first, second] : pairs) {
+    CAPTURE(first.model_id, first.lora_id, first.tenant, second.model_id, second.lora_id,
+            second.tenant);
+    CHECK(BlockHasher(first).salt_key() != BlockHasher(second).salt_key());
+    CHECK(BlockHasher(first).Chain(kRootKey, kTokens) !=
+          BlockHasher(second).Chain(kRootKey, kTokens));
+  }
 }
 
 TEST_CASE("BlockHasher: a key depends on its parent, its tokens and their order", "[block_key]") {

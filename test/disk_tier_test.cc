@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
@@ -197,6 +198,46 @@ TEST_CASE("BlockHeader: VerifyBlock accepts only the expected block, intact",
   }
 }
 
+TEST_CASE("Regression #17: blocks of key format 1 are never served under format 2's keys",
+          "[disk][block_header][regression]") {
+  // Format 2 (length-prefixed salts) changed every key: what format 1 stored is refused by its
+  // version, in a header, in a trailer scan and in a directory's kvtier.meta.
+  REQUIRE(kBlockHeaderVersion == 2);
+  std::vector<uint8_t> header(kBlockHeaderMinBytes);
+  EncodeBlockHeader({.key = KeyOf(1), .fingerprint = 0x1234}, kBlockHeaderMinBytes, header.data());
+  BlockHeader h;
+  REQUIRE(DecodeBlockHeader(header.data(), kBlockHeaderMinBytes, &h));
+  LeWriter{header.data() + 8}.U32(1);  // as format 1 wrote it, its checksum recomputed
+  LeWriter{header.data() + kBlockHeaderMinBytes - 8}.U64(
+      PayloadHash(header.data(), kBlockHeaderMinBytes - 8));  // XXH3-64, as the header's
+  CHECK_FALSE(DecodeBlockHeader(header.data(), kBlockHeaderMinBytes, &h));
+
+  TempDir dir;
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  {
+    auto disk = DiskTier::Open(Config(dir.path, 8, align), {});
+    REQUIRE_OK(disk);
+    REQUIRE_OK(WriteBlock(**disk, 0, 0, host.at(0)));
+  }
+  // The directory as format 1 left it: its kvtier.meta says v1.
+  std::string meta;
+  {
+    std::ifstream in(dir.path / "kvtier.meta", std::ios::binary);
+    meta.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  REQUIRE(meta.rfind("kvtier-disk v2 ", 0) == 0);
+  meta[std::string("kvtier-disk v").size()] = '1';
+  std::ofstream(dir.path / "kvtier.meta", std::ios::binary) << meta;
+  REQUIRE_CODE(DiskTier::Open(Config(dir.path, 8, align), {}),
+               absl::StatusCode::kFailedPrecondition);
+  DiskTierConfig reset = Config(dir.path, 8, align);
+  reset.reset_on_mismatch = true;
+  auto disk = DiskTier::Open(reset, {});
+  REQUIRE_OK(disk);
+  CHECK((*disk)->recovered().empty());
+}
+
 TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers from", "[disk]") {
   TempDir dir;
   const uint32_t align = Align(dir.path);
@@ -222,6 +263,46 @@ TEST_CASE("DiskTier: a clean Close writes a manifest that the next Open recovers
     CHECK(Matches(host.at(0), b.slot));
   }
   CHECK_FALSE(fs::exists(dir.path / "manifest"));  // trusted once
+}
+
+TEST_CASE(
+    "DiskManifest: what it encodes decodes, and a flipped byte or another geometry is kDataLoss",
+    "[disk]") {
+  const DiskGeometry geometry{
+      .layout_fingerprint = 0x1234, .slot_bytes = 8192, .slots = 8, .files = 2};
+  const std::vector<StoredBlock> blocks = {{7, KeyOf(1), ParentOf(1)}, {0, KeyOf(2), ParentOf(2)}};
+  const std::vector<uint8_t> bytes = EncodeDiskManifest(geometry, blocks, 41);
+  auto m = DecodeDiskManifest(bytes, geometry);
+  REQUIRE_OK(m);
+  CHECK(m->max_sequence == 41);
+  REQUIRE(m->blocks.size() == 2);
+  CHECK((m->blocks[0].slot == 7 && m->blocks[0].key == KeyOf(1) && m->blocks[1].slot == 0 &&
+         m->blocks[1].parent == ParentOf(2)));
+  REQUIRE_CODE(DecodeDiskManifest({}, geometry), absl::StatusCode::kDataLoss);
+  for (size_t i = 0; i < bytes.size(); i += 5) {
+    std::vector<uint8_t> flipped = bytes;
+    flipped[i] ^= 0x10;
+    CAPTURE(i);
+    REQUIRE_CODE(DecodeDiskManifest(flipped, geometry), absl::StatusCode::kDataLoss);
+  }
+  for (DiskGeometry other :
+       {DiskGeometry{geometry.layout_fingerprint + 1, 8192, 8, 2}, DiskGeometry{0x1234, 4096, 8, 2},
+        DiskGeometry{0x1234, 8192, 9, 2}, DiskGeometry{0x1234, 8192, 8, 1}}) {
+    REQUIRE_CODE(DecodeDiskManifest(bytes, other), absl::StatusCode::kDataLoss);
+  }
+  // Entries that contradict the tier or each other.
+  REQUIRE_CODE(DecodeDiskManifest(EncodeDiskManifest(geometry, {{{8, KeyOf(1), {}}}}, 1), geometry),
+               absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(
+      DecodeDiskManifest(EncodeDiskManifest(geometry, {{{1, KeyOf(1), {}}, {1, KeyOf(2), {}}}}, 1),
+                         geometry),
+      absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(
+      DecodeDiskManifest(EncodeDiskManifest(geometry, {{{1, KeyOf(1), {}}, {2, KeyOf(1), {}}}}, 1),
+                         geometry),
+      absl::StatusCode::kDataLoss);
+  REQUIRE_CODE(DecodeDiskManifest(EncodeDiskManifest(geometry, {}, UINT64_MAX), geometry),
+               absl::StatusCode::kDataLoss);
 }
 
 TEST_CASE("DiskTier: without a manifest the trailers are scanned, bad ones are dropped", "[disk]") {

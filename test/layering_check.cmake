@@ -54,7 +54,8 @@ check("the movers carry out the Index's moves: no policy, facade or third-party 
       "${S}/lib/movers/*.h" "${S}/lib/movers/*.cc")
 check("only the io ring includes liburing" "<liburing\\.h>" "^lib/tiers/io_ring\\.cc$"
       "${S}/lib/*.h" "${S}/lib/*.cc" "${S}/lib/*/*.h" "${S}/lib/*/*.cc" "${S}/cuda/*")
-check("only the Redis client includes hiredis" "<hiredis/" "^lib/tiers/redis_cluster\\.cc$"
+check("only the Redis client (and its reply reader) includes hiredis" "<hiredis/"
+      "^lib/tiers/(redis_cluster|resp_reader)\\.cc$"
       "${S}/lib/*.h" "${S}/lib/*.cc" "${S}/lib/*/*.h" "${S}/lib/*/*.cc" "${S}/cuda/*")
 check("only cuda/ includes the CUDA runtime" "${cuda_headers}" ""
       "${S}/lib/*.h" "${S}/lib/*.cc" "${S}/lib/*/*.h" "${S}/lib/*/*.cc")

@@ -1,5 +1,6 @@
 #include "lib/tiers/redis_cluster.h"
 
+#include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "lib/tiers/resp_reader.h"
 #include "test/util/fake_redis_peer.h"
 #include "test/util/redis_cluster_fixture.h"
 #include "test/util/test_util.h"
@@ -655,6 +657,132 @@ TEST_CASE("RedisCluster: a shorter value than the target is read whole, reported
   REQUIRE_OK(got[1]);
   CHECK(got[1]->value_or(0) == 8);
   CHECK(std::string(head, 4) + std::string(body, 4) == "12345678");
+}
+
+// ---- ReplyParser: the reply side fed bytes directly (resp_reader.h) ----
+
+// A hiredis reader set up as a connection's, freed at the end of the scope.
+struct TestReader {
+  TestReader() : r(redisReaderCreate()) { SetUpRespReader(r); }
+  ~TestReader() { redisReaderFree(r); }
+  redisReader* r;
+};
+
+// The next reply of `reader` from `bytes` fed `chunk` bytes at a time (consumed from the front).
+absl::StatusOr<ReplyPtr> NextReply(TestReader& reader, std::string* bytes, size_t chunk,
+                                   const RedisCluster::ReadTarget* target = nullptr,
+                                   uint64_t max_reply_bytes = 1 << 20) {
+  ReplyParser parser(reader.r, "peer", max_reply_bytes, target);
+  for (;;) {
+    absl::StatusOr<ReplyPtr> reply = parser.Poll();
+    if (!reply.ok() || *reply != nullptr || bytes->empty()) return reply;
+    const size_t n = std::min(chunk, bytes->size());
+    if (absl::Status s = parser.Feed(bytes->data(), n); !s.ok()) return s;
+    bytes->erase(0, n);
+  }
+}
+
+TEST_CASE("ReplyParser: replies fed in any chunks come out whole and in order", "[redis]") {
+  const size_t chunk = GENERATE(1, 3, 1000);
+  CAPTURE(chunk);
+  TestReader reader;
+  std::string bytes = "+OK\r\n:42\r\n$5\r\nhello\r\n$-1\r\n*2\r\n:1\r\n$0\r\n\r\n-ERR no\r\n";
+  auto ok = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(ok);
+  CHECK(((*ok)->type == REDIS_REPLY_STATUS && std::string((*ok)->str, (*ok)->len) == "OK"));
+  auto integer = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(integer);
+  CHECK(((*integer)->type == REDIS_REPLY_INTEGER && (*integer)->integer == 42));
+  auto str = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(str);
+  CHECK(std::string((*str)->str, (*str)->len) == "hello");
+  auto nil = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(nil);
+  CHECK((*nil)->type == REDIS_REPLY_NIL);
+  auto array = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(array);
+  CHECK(((*array)->type == REDIS_REPLY_ARRAY && (*array)->elements == 2));
+  auto err = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(err);
+  CHECK((*err)->type == REDIS_REPLY_ERROR);
+  auto none = NextReply(reader, &bytes, chunk);
+  REQUIRE_OK(none);
+  CHECK(*none == nullptr);  // no more bytes: no reply yet
+}
+
+TEST_CASE("ReplyParser: a value goes to its target, and a longer one or a long line is refused",
+          "[redis]") {
+  const size_t chunk = GENERATE(1, 1000);
+  CAPTURE(chunk);
+  char head[2], body[4];
+  const RedisCluster::ReadTarget target{.head = head, .head_len = 2, .body = body, .body_len = 4};
+  {
+    TestReader reader;
+    std::string bytes = "$5\r\nhello\r\n";
+    ReplyParser parser(reader.r, "peer", 1 << 20, &target);
+    REQUIRE(parser.Feed(bytes.data(), bytes.size()).ok());
+    auto reply = parser.Poll();
+    REQUIRE_OK(reply);
+    CHECK(IsSunkReply(reply->get()));
+    CHECK(parser.value_bytes() == std::optional<size_t>(5));
+    CHECK(std::string(head, 2) == "he");
+    CHECK(std::string(body, 3) == "llo");
+  }
+  {
+    TestReader reader;
+    std::string bytes = "$7\r\nhello!!\r\n";
+    REQUIRE_CODE(NextReply(reader, &bytes, chunk, &target), absl::StatusCode::kUnavailable);
+  }
+  {
+    TestReader reader;
+    std::string bytes = "+" + std::string(kMaxLineBytes + 10, 'x');
+    REQUIRE_CODE(NextReply(reader, &bytes, chunk == 1 ? 4096 : kMaxLineBytes + 11),
+                 absl::StatusCode::kUnavailable);
+  }
+  {
+    TestReader reader;
+    std::string bytes = "*2000000\r\n";
+    REQUIRE_CODE(NextReply(reader, &bytes, chunk), absl::StatusCode::kUnavailable);
+  }
+}
+
+TEST_CASE("ParseClusterSlots: a full map, a partial one, and malformed entries", "[redis]") {
+  auto parse = [](std::string bytes) -> absl::StatusOr<std::vector<std::string>> {
+    TestReader reader;
+    absl::StatusOr<ReplyPtr> reply = NextReply(reader, &bytes, bytes.size());
+    if (!reply.ok()) return reply.status();
+    if (*reply == nullptr) return absl::UnknownError("incomplete reply");
+    return ParseClusterSlots(reply->get(), "10.0.0.9:7000", "10.0.0.9");
+  };
+  auto full = parse(
+      "*2\r\n*3\r\n:0\r\n:99\r\n*2\r\n$7\r\n1.2.3.4\r\n:7001\r\n"
+      "*3\r\n:100\r\n:16383\r\n*2\r\n$1\r\n?\r\n:7002\r\n");
+  REQUIRE_OK(full);
+  CHECK((*full)[0] == "1.2.3.4:7001");
+  CHECK((*full)[99] == "1.2.3.4:7001");
+  CHECK((*full)[16383] == "10.0.0.9:7002");
+  REQUIRE_CODE(parse("*1\r\n*3\r\n:0\r\n:99\r\n*2\r\n$1\r\nh\r\n:1\r\n"),
+               absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE(parse("-ERR This instance has cluster support disabled\r\n"),
+               absl::StatusCode::kFailedPrecondition);
+  REQUIRE_CODE(parse("*1\r\n*3\r\n:0\r\n:16384\r\n*2\r\n$1\r\nh\r\n:1\r\n"),
+               absl::StatusCode::kInternal);
+  REQUIRE_CODE(parse("*1\r\n*2\r\n:0\r\n:1\r\n"), absl::StatusCode::kInternal);
+  REQUIRE_CODE(parse(":5\r\n"), absl::StatusCode::kInternal);
+}
+
+TEST_CASE("ParseRedirect: MOVED and ASK with a slot in range and a target", "[redis]") {
+  int slot = -1;
+  std::string addr;
+  CHECK(ParseRedirect("MOVED 3999 127.0.0.1:6381", "MOVED", &slot, &addr));
+  CHECK((slot == 3999 && addr == "127.0.0.1:6381"));
+  CHECK(ParseRedirect("ASK 0 h:1", "ASK", &slot, &addr));
+  CHECK_FALSE(ParseRedirect("ASK 0 h:1", "MOVED", &slot, &addr));
+  CHECK_FALSE(ParseRedirect("MOVED 16384 h:1", "MOVED", &slot, &addr));
+  CHECK_FALSE(ParseRedirect("MOVED -1 h:1", "MOVED", &slot, &addr));
+  CHECK_FALSE(ParseRedirect("MOVED 12 ", "MOVED", &slot, &addr));
+  CHECK_FALSE(ParseRedirect("MOVED 12", "MOVED", &slot, &addr));
+  CHECK_FALSE(ParseRedirect("MOVED", "MOVED", &slot, &addr));
 }
 
 }  // namespace

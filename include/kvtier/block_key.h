@@ -5,11 +5,15 @@
 // k blocks of tokens under the same salt therefore share their first k keys, and nothing else.
 //
 // Stability: a key depends only on its inputs, never on the process, the machine or the build. The
-// hashed bytes are fixed: salt = XXH3_128(UTF-8 bytes of "kvtier-salt-v1" '\0' model_id '\0'
-// lora_id '\0' tenant); key = XXH3_128("kvtier-key-v1" ++ salt(16 B) ++ parent(16 B) ++ each token
-// id as 4 little-endian bytes), with the 128-bit values written high half first, big-endian. Keys
-// written to disk by one version of kvtier are read back by another; changing this is a format
-// break.
+// hashed bytes are fixed: salt = XXH3_128("kvtier-salt-v2" '\0' ++ for each of model_id, lora_id
+// and tenant: its length as 8 little-endian bytes, then its bytes); key = XXH3_128("kvtier-key-v1"
+// ++ salt(16 B) ++ parent(16 B) ++ each token id as 4 little-endian bytes), with the 128-bit values
+// written high half first, big-endian. The strings are bytes (any, '\0' included): two different
+// (model_id, lora_id, tenant) never hash the same bytes. Keys written to disk by one version of
+// kvtier are read back by another; changing this is a format break, recorded in the format version
+// of every stored block (disk trailer and manifest, remote value header): 2 since the salt is
+// length-prefixed (v1 separated the strings with '\0', so ("a\0", "b", "") and ("a", "\0b", "")
+// shared a salt); blocks of another version are never served.
 //
 // Thread safety: BlockKey is a value; a BlockHasher is immutable after construction, so any method
 // may be called from any thread.

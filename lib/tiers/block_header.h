@@ -20,7 +20,10 @@ namespace kvtier::internal {
 // magic, version, header size, key, parent, fingerprint, payload bytes, payload hash, sequence,
 // and the header's own checksum.
 inline constexpr size_t kBlockHeaderMinBytes = 8 + 4 + 4 + 16 + 16 + 8 + 8 + 8 + 8 + 8;
-inline constexpr uint32_t kBlockHeaderVersion = 1;
+// The format of what is stored below the host: this header, the disk tier's manifest and
+// kvtier.meta, and the keys they name (kvtier/block_key.h). A block of another version never
+// decodes, so it is never served: 2 since block keys hash length-prefixed salts (issue 17 #9).
+inline constexpr uint32_t kBlockHeaderVersion = 2;
 
 struct BlockHeader {
   BlockKey key, parent;

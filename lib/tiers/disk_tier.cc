@@ -538,6 +538,13 @@ absl::Status DiskTier::ScanTrailers() {
   return absl::OkStatus();
 }
 
+DiskGeometry DiskTier::geometry() const {
+  return DiskGeometry{.layout_fingerprint = config_.layout_fingerprint,
+                      .slot_bytes = slot_bytes_,
+                      .slots = capacity_slots_,
+                      .files = config_.files};
+}
+
 absl::Status DiskTier::LoadManifest(bool* found) {
   *found = false;
   // Anything wrong with the manifest (not a file of ours, too long for this geometry, torn,
@@ -551,11 +558,50 @@ absl::Status DiskTier::LoadManifest(bool* found) {
     if (bytes.status().code() != absl::StatusCode::kNotFound) recovery_dropped_++;
     return absl::OkStatus();
   }
-  const uint8_t* p = (*bytes)->p;
+  absl::StatusOr<DiskManifest> manifest =
+      DecodeDiskManifest(std::span<const uint8_t>((*bytes)->p, size), geometry());
+  if (!manifest.ok()) {
+    recovery_dropped_++;
+    return absl::OkStatus();
+  }
+  recovered_ = std::move(manifest->blocks);
+  sequence_ = manifest->max_sequence + 1;
+  *found = true;
+  return absl::OkStatus();
+}
+
+std::vector<uint8_t> EncodeDiskManifest(const DiskGeometry& geometry,
+                                        std::span<const StoredBlock> blocks,
+                                        uint64_t max_sequence) {
+  std::vector<uint8_t> bytes(kManifestHead + blocks.size() * kManifestEntry + kManifestTail);
+  LeWriter w{bytes.data()};
+  w.Bytes(kManifestMagic, 8);
+  w.U32(kVersion);
+  w.U64(geometry.layout_fingerprint);
+  w.U64(geometry.slot_bytes);
+  w.U32(geometry.slots);
+  w.U32(geometry.files);
+  w.U64(blocks.size());
+  w.U64(max_sequence);
+  for (const StoredBlock& b : blocks) {
+    w.U32(b.slot);
+    w.U64(b.key.hi);
+    w.U64(b.key.lo);
+    w.U64(b.parent.hi);
+    w.U64(b.parent.lo);
+  }
+  w.U64(XXH3_64bits(bytes.data(), bytes.size() - kManifestTail));
+  return bytes;
+}
+
+absl::StatusOr<DiskManifest> DecodeDiskManifest(std::span<const uint8_t> bytes,
+                                                const DiskGeometry& geometry) {
+  const uint8_t* p = bytes.data();
+  const uint64_t size = bytes.size();
   if (size < kManifestHead + kManifestTail || std::memcmp(p, kManifestMagic, 8) != 0 ||
       XXH3_64bits(p, size - kManifestTail) != LeReader{p + size - kManifestTail}.U64()) {
-    recovery_dropped_++;  // a torn or foreign manifest
-    return absl::OkStatus();
+    return absl::DataLossError(absl::StrCat("DecodeDiskManifest: torn or foreign (", size,
+                                            " bytes, magic or checksum wrong)"));
   }
   LeReader r{p + 8};
   const uint32_t version = r.U32();
@@ -564,16 +610,19 @@ absl::Status DiskTier::LoadManifest(bool* found) {
   const uint64_t count = r.U64(), max_seq = r.U64();
   // The entries the size leaves room for, compared without multiplying `count` (which can wrap).
   const uint64_t body = size - kManifestHead - kManifestTail;
-  if (version != kVersion || fingerprint != config_.layout_fingerprint ||
-      slot_bytes != slot_bytes_ || slots != capacity_slots_ || files != config_.files ||
+  if (version != kVersion || fingerprint != geometry.layout_fingerprint ||
+      slot_bytes != geometry.slot_bytes || slots != geometry.slots || files != geometry.files ||
       body % kManifestEntry != 0 || count != body / kManifestEntry || max_seq == UINT64_MAX) {
-    recovery_dropped_++;
-    return absl::OkStatus();
+    return absl::DataLossError(absl::StrCat(
+        "DecodeDiskManifest: v", version, " of ", count, " blocks in ", size,
+        " bytes, for another version, geometry or size vs v", kVersion,
+        " fingerprint=", geometry.layout_fingerprint, " slot_bytes=", geometry.slot_bytes,
+        " slots=", geometry.slots, " files=", geometry.files));
   }
   // One block per slot, one slot per key, every slot in the tier: else nothing of it is used.
-  std::vector<StoredBlock> blocks;
-  blocks.reserve(count);
-  std::vector<bool> slot_used(capacity_slots_);
+  DiskManifest manifest{.max_sequence = max_seq};
+  manifest.blocks.reserve(count);
+  std::vector<bool> slot_used(geometry.slots);
   absl::flat_hash_set<BlockKey> keys;
   keys.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
@@ -581,38 +630,19 @@ absl::Status DiskTier::LoadManifest(bool* found) {
     b.slot = r.U32();
     b.key = {r.U64(), r.U64()};
     b.parent = {r.U64(), r.U64()};
-    if (b.slot >= capacity_slots_ || slot_used[b.slot] || !keys.insert(b.key).second) {
-      recovery_dropped_++;
-      return absl::OkStatus();
+    if (b.slot >= geometry.slots || slot_used[b.slot] || !keys.insert(b.key).second) {
+      return absl::DataLossError(absl::StrCat("DecodeDiskManifest: entry ", i, " (slot ", b.slot,
+                                              ", key ", b.key.ToHex(),
+                                              ") is past the tier or repeats a slot or a key"));
     }
     slot_used[b.slot] = true;
-    blocks.push_back(b);
+    manifest.blocks.push_back(b);
   }
-  recovered_ = std::move(blocks);
-  sequence_ = max_seq + 1;
-  *found = true;
-  return absl::OkStatus();
+  return manifest;
 }
 
 absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
-  std::vector<uint8_t> bytes(kManifestHead + live.size() * kManifestEntry + kManifestTail);
-  LeWriter w{bytes.data()};
-  w.Bytes(kManifestMagic, 8);
-  w.U32(kVersion);
-  w.U64(config_.layout_fingerprint);
-  w.U64(slot_bytes_);
-  w.U32(capacity_slots_);
-  w.U32(config_.files);
-  w.U64(live.size());
-  w.U64(sequence_.load());
-  for (const StoredBlock& b : live) {
-    w.U32(b.slot);
-    w.U64(b.key.hi);
-    w.U64(b.key.lo);
-    w.U64(b.parent.hi);
-    w.U64(b.parent.lo);
-  }
-  w.U64(XXH3_64bits(bytes.data(), bytes.size() - 8));
+  const std::vector<uint8_t> bytes = EncodeDiskManifest(geometry(), live, sequence_.load());
   // Atomically: data files durable, temp manifest durable, rename, directory durable.
   for (int fd : fds_) {
     if (fdatasync(fd) != 0) return Errno("DiskTier::Close: fdatasync");

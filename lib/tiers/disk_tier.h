@@ -73,6 +73,33 @@ struct StoredBlock {
   BlockKey parent;
 };
 
+// What a directory's blocks were written for: the layout, and the tier's geometry.
+struct DiskGeometry {
+  uint64_t layout_fingerprint = 0;
+  uint64_t slot_bytes = 0;  // padded payload plus trailer
+  uint32_t slots = 0;       // capacity of the tier
+  uint32_t files = 0;
+};
+
+// The manifest a clean Close() writes (and Open() trusts once): its blocks, and the sequence the
+// writer had reached.
+struct DiskManifest {
+  std::vector<StoredBlock> blocks;
+  uint64_t max_sequence = 0;  // writes after a restart continue at max_sequence + 1
+};
+
+// Manifest encoding: magic "KVTIERM1" | version u32 | layout fingerprint u64 | slot bytes u64 |
+// slots u32 | files u32 | count u64 | max sequence u64 | `count` entries of (slot u32, key (hi,
+// lo), parent (hi, lo)) | XXH3-64 of everything before it (all little-endian). O(blocks).
+std::vector<uint8_t> EncodeDiskManifest(const DiskGeometry& geometry,
+                                        std::span<const StoredBlock> blocks, uint64_t max_sequence);
+// Decodes a whole manifest file read from disk, trusting nothing in it: kDataLoss when it is torn
+// or foreign (size, magic, checksum), of another version or geometry than `geometry`, holds a
+// count that its size does not, a max sequence of 2^64-1, or contradicts itself (a slot past the
+// tier, a slot twice, a key twice). Allocates only in proportion to bytes.size(). O(bytes).
+absl::StatusOr<DiskManifest> DecodeDiskManifest(std::span<const uint8_t> bytes,
+                                                const DiskGeometry& geometry);
+
 class DiskTier final : public StorageTier {
  public:
   struct Stats {
@@ -132,6 +159,7 @@ class DiskTier final : public StorageTier {
   absl::Status Recover(bool* reset);
   absl::Status ScanTrailers();
   absl::Status LoadManifest(bool* found);
+  DiskGeometry geometry() const;
   IoRequest RequestFor(IoOp op, SlotId slot, void* buf, uint32_t bytes, bool trailer_only) const;
 
   DiskTierConfig config_;

@@ -15,7 +15,6 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <utility>
 
@@ -26,20 +25,12 @@
 #include "absl/strings/string_view.h"
 #include "lib/common/mutex.h"
 #include "lib/common/status_macros.h"
+#include "lib/tiers/resp_reader.h"
 
 namespace kvtier::internal {
 namespace {
 
 using Clock = RedisCluster::Clock;
-constexpr int kNumSlots = 16384;
-
-extern redisReply kSunkReply;
-struct ReplyDeleter {
-  void operator()(redisReply* r) const {
-    if (r != &kSunkReply) freeReplyObject(r);
-  }
-};
-using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
 struct ContextDeleter {
   void operator()(redisContext* c) const { redisFree(c); }
@@ -193,112 +184,6 @@ class Frames {
   std::vector<Piece> pieces_;
 };
 
-// The most objects (strings, integers, arrays, nils) one reply may make: far above any reply
-// kvtier asks for (CLUSTER SLOTS of 16384 one-slot ranges with a replica each makes about
-// 200,000), far below what would exhaust memory. An array announcing more is refused before
-// hiredis allocates its element pointers.
-constexpr int64_t kMaxReplyObjects = 1 << 20;
-// The longest line (status, error, integer, or the length of a bulk or an array) before its CRLF:
-// hiredis scans the whole unterminated line again on every read, so a peer streaming one would
-// cost time quadratic in its length.
-constexpr size_t kMaxLineBytes = 64 << 10;
-// Bytes read from the socket at a time.
-constexpr size_t kReadChunkBytes = 64 << 10;
-
-// The first CRLF in [p, p + n): its '\r', or nullptr.
-const char* FindCrlf(const char* p, size_t n) {
-  const char* end = p + n;
-  while (p < end) {
-    const char* cr = static_cast<const char*>(std::memchr(p, '\r', end - p));
-    if (cr == nullptr || cr + 1 == end) return nullptr;
-    if (cr[1] == '\n') return cr;
-    p = cr + 1;
-  }
-  return nullptr;
-}
-
-// One reply being read, the reader's privdata meanwhile. With a target, a GET's value goes there
-// instead of into a new reply object: its first head_len bytes to head, the rest (up to body_len)
-// to body.
-struct ReplyContext {
-  const RedisCluster::ReadTarget* target = nullptr;
-  size_t value_bytes = 0;  // the whole value's length, once it went to the target
-  bool filled = false;
-  bool too_long = false;                    // the value was longer than the target: refused
-  int64_t objects_left = kMaxReplyObjects;  // below 0: the reply made too many, refused
-};
-
-// The reply for a value that went to a target: a marker, never freed.
-redisReply kSunkReply = {.type = REDIS_REPLY_STRING};
-
-// hiredis' own reply functions, and ours, which count the objects of a reply (refusing one too
-// many makes hiredis fail the reply) and divert a top-level bulk string into the reply's target
-// when it has one (so a large value is copied once, from the reader's buffer to its
-// destination, with no allocation on the way).
-const redisReplyObjectFunctions* g_default_functions = nullptr;
-
-// Counts one more object (or `n` element slots) of the reply; false when that is too many.
-bool Take(const redisReadTask* task, int64_t n = 1) {
-  auto* reply = static_cast<ReplyContext*>(task->privdata);
-  if (reply == nullptr) return true;  // a reader outside ReplyReader (none today)
-  reply->objects_left -= n;
-  return reply->objects_left >= 0;
-}
-
-void* CreateString(const redisReadTask* task, char* str, size_t len) {
-  if (!Take(task)) return nullptr;
-  auto* reply = static_cast<ReplyContext*>(task->privdata);
-  if (reply != nullptr && reply->target != nullptr && task->type == REDIS_REPLY_STRING &&
-      task->parent == nullptr) {
-    const RedisCluster::ReadTarget& t = *reply->target;
-    // Refused when it arrived whole in one read (a longer announcement still on its way is
-    // refused by ReplyReader before its bytes are read).
-    if (len > t.head_len + t.body_len) {
-      reply->value_bytes = len;
-      reply->too_long = true;
-      return nullptr;
-    }
-    const size_t head = std::min(len, t.head_len);
-    if (head > 0) std::memcpy(t.head, str, head);
-    const size_t body = std::min(len - head, t.body_len);
-    if (body > 0) std::memcpy(t.body, str + head, body);
-    reply->value_bytes = len;
-    reply->filled = true;
-    return &kSunkReply;
-  }
-  return g_default_functions->createString(task, str, len);
-}
-void* CreateArray(const redisReadTask* task, int n) {
-  // hiredis 0.14 hands over a length it parsed as long long and cut to int: a negative one is
-  // refused too (calloc would get its wrapped size).
-  if (n < 0) Take(task, kMaxReplyObjects + 1);
-  if (n < 0 || !Take(task, int64_t{1} + n)) return nullptr;
-  return g_default_functions->createArray(task, n);
-}
-void* CreateInteger(const redisReadTask* task, long long v) {  // NOLINT(runtime/int): hiredis'
-  if (!Take(task)) return nullptr;
-  return g_default_functions->createInteger(task, v);
-}
-void* CreateNil(const redisReadTask* task) {
-  if (!Take(task)) return nullptr;
-  return g_default_functions->createNil(task);
-}
-void FreeObject(void* reply) {
-  if (reply != &kSunkReply) g_default_functions->freeObject(reply);
-}
-redisReplyObjectFunctions g_sink_functions = {CreateString, CreateArray, CreateInteger, CreateNil,
-                                              FreeObject};
-
-// A new connection's reader: keeps its buffer between replies (hiredis frees a large empty one,
-// and a big value's buffer would be allocated and faulted in again for every reply), counts the
-// objects of each reply and diverts values into targets.
-void SetUpReader(redisContext* c) {
-  static std::once_flag once;
-  std::call_once(once, [&] { g_default_functions = c->reader->fn; });
-  c->reader->maxbuf = 0;
-  c->reader->fn = &g_sink_functions;
-}
-
 // Reads the replies of one connection, each call bounded in time and in memory whatever the peer
 // sends:
 // - Time: it reads only what poll() reports before the deadline. Past it, replies that had
@@ -307,53 +192,27 @@ void SetUpReader(redisContext* c) {
 //   the deadline passed is all it reads afterwards, so a peer that keeps streaming cannot hold it.
 // - Memory: a line longer than kMaxLineBytes, a bulk string announcing more than the reply may
 //   hold, a reply of more than kMaxReplyObjects objects, or more bytes than its limit is refused
-//   (kUnavailable) as soon as it is seen, before it is buffered. The connection is then out of
-//   step: the caller closes it.
+//   (kUnavailable) as soon as it is seen, before it is buffered (ReplyParser, resp_reader.h). The
+//   connection is then out of step: the caller closes it.
 class ReplyReader {
  public:
   ReplyReader(redisContext* c, absl::string_view addr, Clock::time_point deadline,
               uint64_t max_reply_bytes)
       : c_(c), addr_(addr), deadline_(deadline), max_reply_bytes_(max_reply_bytes) {}
 
-  // The next reply. With a target, a top-level bulk string goes there (its reply is kSunkReply,
-  // the value's length in *value_bytes) and may not be longer than the target.
+  // The next reply. With a target, a top-level bulk string goes there (its reply is the sunk
+  // marker, the value's length in *value_bytes) and may not be longer than the target.
   absl::StatusOr<ReplyPtr> Next(const RedisCluster::ReadTarget* target = nullptr,
                                 size_t* value_bytes = nullptr) {
-    ReplyContext context{.target = target};
-    redisReader* r = c_->reader;
-    r->privdata = &context;
-    absl::StatusOr<ReplyPtr> reply = Read(r, &context);
-    r->privdata = nullptr;
-    if (reply.ok() && context.filled && value_bytes != nullptr) *value_bytes = context.value_bytes;
-    return reply;
-  }
-
- private:
-  absl::StatusOr<ReplyPtr> Read(redisReader* r, const ReplyContext* context) {
-    // Bytes of this reply buffered so far (at most: the last read may hold the next reply's
-    // first bytes).
-    uint64_t taken = r->len - r->pos;
-    // A value for a target is bounded by the target (the caller's memory for it), whatever
-    // max_reply_bytes says; room for its length line, or for an error reply, beside it.
-    const uint64_t limit = context->target != nullptr ? kMaxLineBytes + context->target->head_len +
-                                                            context->target->body_len
-                                                      : max_reply_bytes_;
+    ReplyParser parser(c_->reader, addr_, max_reply_bytes_, target);
     for (;;) {
-      void* reply = nullptr;
-      if (redisReaderGetReply(r, &reply) != REDIS_OK) {
-        if (context->too_long) {
-          return BadReply(absl::StrCat("a value of ", context->value_bytes, " bytes vs at most ",
-                                       context->target->head_len + context->target->body_len,
-                                       " expected"));
+      KVTIER_ASSIGN_OR_RETURN(ReplyPtr reply, parser.Poll());
+      if (reply != nullptr) {
+        if (value_bytes != nullptr && parser.value_bytes().has_value()) {
+          *value_bytes = *parser.value_bytes();
         }
-        if (context->objects_left < 0) {
-          return BadReply(absl::StrCat("more than ", kMaxReplyObjects,
-                                       " objects (or an array of negative length)"));
-        }
-        return BadReply(r->errstr);
+        return reply;
       }
-      if (reply != nullptr) return ReplyPtr(static_cast<redisReply*>(reply));
-      KVTIER_RETURN_IF_ERROR(CheckPending(r, context, taken, limit));
 
       size_t want = kReadChunkBytes;
       if (Clock::now() >= deadline_) {
@@ -390,54 +249,11 @@ class ReplyReader {
         return IoFailure(errno);
       }
       if (late_bytes_left_.has_value()) *late_bytes_left_ -= std::min<size_t>(*late_bytes_left_, n);
-      taken += static_cast<uint64_t>(n);
-      if (redisReaderFeed(r, buf, static_cast<size_t>(n)) != REDIS_OK) return BadReply(r->errstr);
+      KVTIER_RETURN_IF_ERROR(parser.Feed(buf, static_cast<size_t>(n)));
     }
   }
 
-  // What hiredis holds of an unfinished reply, checked before more is read: every line ends
-  // within kMaxLineBytes, a bulk string announces no more than it may hold, and the reply's
-  // bytes stay within `limit` (plus one read of the next reply's).
-  absl::Status CheckPending(const redisReader* r, const ReplyContext* context, uint64_t taken,
-                            uint64_t limit) const {
-    if (taken > limit + kReadChunkBytes) {
-      return BadReply(absl::StrCat("reply of more than ", taken, " bytes vs at most ", limit));
-    }
-    if (r->ridx < 0 || r->len <= r->pos) return absl::OkStatus();
-    // hiredis keeps r->pos at the first byte of the item it waits for (past its type byte once
-    // that is read): the line there must end soon.
-    const char* p = r->buf + r->pos;
-    const size_t pending = r->len - r->pos;
-    const size_t scan = std::min(pending, kMaxLineBytes);
-    const char* cr = FindCrlf(p, scan);
-    if (cr == nullptr && pending > kMaxLineBytes) {
-      return BadReply(absl::StrCat("a line longer than ", kMaxLineBytes, " bytes"));
-    }
-    if (r->rstack[r->ridx].type != REDIS_REPLY_STRING) return absl::OkStatus();
-    // A bulk string waiting for its bytes: its announced length, checked before they come.
-    constexpr size_t kMaxLengthDigits = 20;
-    if (cr == nullptr) {
-      if (pending > kMaxLengthDigits) return BadReply("a bulk length of more than 20 digits");
-      return absl::OkStatus();
-    }
-    int64_t len = 0;
-    auto [end, ec] = std::from_chars(p, cr, len);
-    if (ec != std::errc() || end != cr) {
-      return BadReply(absl::StrCat("bulk length '", absl::string_view(p, cr - p), "'"));
-    }
-    const bool to_target = context->target != nullptr && r->ridx == 0;
-    const uint64_t most =
-        to_target ? context->target->head_len + context->target->body_len : max_reply_bytes_;
-    if (len > 0 && static_cast<uint64_t>(len) > most) {
-      return BadReply(absl::StrCat("a value of ", len, " bytes vs at most ", most,
-                                   to_target ? " expected" : " (max_reply_bytes)"));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status BadReply(absl::string_view what) const {
-    return absl::UnavailableError(absl::StrCat("RedisCluster: bad reply from ", addr_, ": ", what));
-  }
+ private:
   absl::Status Late() const {
     return absl::DeadlineExceededError(
         absl::StrCat("RedisCluster: ", addr_, " did not answer before the deadline"));
@@ -463,31 +279,6 @@ absl::StatusOr<ReplyPtr> Call(redisContext* c, absl::string_view addr, const Arg
   frames.Command(a);
   KVTIER_RETURN_IF_ERROR(frames.Write(c, addr, deadline));
   return ReplyReader(c, addr, deadline, max_reply_bytes).Next();
-}
-
-// "MOVED 3999 127.0.0.1:6381" / "ASK 3999 127.0.0.1:6381": the slot and the target.
-bool ParseRedirect(absl::string_view err, absl::string_view kind, int* slot, std::string* addr) {
-  if (err.substr(0, kind.size()) != kind || err.size() <= kind.size() + 1 ||
-      err[kind.size()] != ' ') {
-    return false;
-  }
-  err.remove_prefix(kind.size() + 1);
-  const size_t space = err.find(' ');
-  if (space == absl::string_view::npos) return false;
-  auto [end, ec] = std::from_chars(err.data(), err.data() + space, *slot);
-  if (ec != std::errc() || end != err.data() + space || *slot < 0 || *slot >= kNumSlots) {
-    return false;
-  }
-  *addr = std::string(err.substr(space + 1));
-  return !addr->empty();
-}
-
-// Server errors that a retry later may cure (cluster reconfiguring, failover under way).
-bool IsTransientServerError(absl::string_view err) {
-  for (absl::string_view prefix : {"CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN"}) {
-    if (err.substr(0, prefix.size()) == prefix) return true;
-  }
-  return false;
 }
 
 }  // namespace
@@ -573,7 +364,7 @@ struct RedisCluster::Impl {
       // command never waits for Nagle whatever the hiredis version.
       int one = 1;
       setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      SetUpReader(c.get());
+      SetUpRespReader(c->reader);
       if (!config.password.empty()) st = Auth(c.get(), addr);
     }
     MutexLock lock(&mu);
@@ -639,47 +430,8 @@ struct RedisCluster::Impl {
       return reply.status();
     }
     Release(addr, std::move(c));
-    const redisReply* r = reply->get();
-    if (r->type == REDIS_REPLY_ERROR) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr, ": ", r->str));
-    }
-    if (r->type != REDIS_REPLY_ARRAY) {
-      return absl::InternalError(absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr,
-                                              ": reply type ", r->type, " vs array"));
-    }
-    std::vector<std::string> owner(kNumSlots);
-    int covered = 0;
-    for (size_t i = 0; i < r->elements; ++i) {
-      const redisReply* range = r->element[i];
-      if (range->type != REDIS_REPLY_ARRAY || range->elements < 3 ||
-          range->element[0]->type != REDIS_REPLY_INTEGER ||
-          range->element[1]->type != REDIS_REPLY_INTEGER ||
-          range->element[2]->type != REDIS_REPLY_ARRAY || range->element[2]->elements < 2 ||
-          range->element[2]->element[0]->type != REDIS_REPLY_STRING ||
-          range->element[2]->element[1]->type != REDIS_REPLY_INTEGER) {
-        return absl::InternalError(
-            absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr, ": malformed entry ", i));
-      }
-      const long long first = range->element[0]->integer;
-      const long long last = range->element[1]->integer;
-      if (first < 0 || last >= kNumSlots || first > last) {
-        return absl::InternalError(absl::StrCat("RedisCluster: CLUSTER SLOTS on ", addr,
-                                                ": slot range ", first, "-", last));
-      }
-      std::string host(range->element[2]->element[0]->str, range->element[2]->element[0]->len);
-      // An empty or "?" host: the node does not know its own address; it is the one we asked.
-      if (host.empty() || host == "?") host = ParseHostPort(addr)->host;
-      const std::string master = absl::StrCat(host, ":", range->element[2]->element[1]->integer);
-      for (long long s = first; s <= last; ++s) {
-        if (owner[s].empty()) ++covered;
-        owner[s] = master;
-      }
-    }
-    if (covered != kNumSlots) {
-      return absl::FailedPreconditionError(absl::StrCat("RedisCluster: ", addr, " serves ", covered,
-                                                        " slots vs ", kNumSlots, " expected"));
-    }
+    KVTIER_ASSIGN_OR_RETURN(std::vector<std::string> owner,
+                            ParseClusterSlots(reply->get(), addr, ParseHostPort(addr)->host));
     Bump(stats.topology_refreshes);
     MutexLock lock(&mu);
     slot_owner = std::move(owner);
@@ -975,7 +727,7 @@ std::vector<absl::StatusOr<std::optional<size_t>>> RedisCluster::GetInto(
       out.push_back(r.status());
     } else if ((*r)->type == REDIS_REPLY_NIL) {
       out.push_back(std::optional<size_t>());
-    } else if (r->get() == &kSunkReply) {
+    } else if (IsSunkReply(r->get())) {
       out.push_back(std::optional<size_t>(sunk[i]));
     } else {
       out.push_back(absl::InternalError(
