@@ -359,6 +359,19 @@ absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
   if (!t->box->open()) return Closed(call, *t->box);
   return absl::OkStatus();
 }
+
+// One call on a transfer or store handle: no exception leaves (Guard); a NULL handle is
+// INVALID_ARGUMENT (`name` says which); under the box's life lock (so close waits for it) a closed
+// box is FAILED_PRECONDITION; then fn(handle) answers.
+template <typename Handle, typename Fn>
+kvtier_status OnHandle(const char* call, Handle* h, const char* name, Fn fn) {
+  return Guard([&]() -> absl::Status {
+    if (h == nullptr) return Null(call, name);
+    std::shared_lock life(h->box->life_mu);
+    if (!h->box->open()) return Closed(call, *h->box);
+    return fn(*h);
+  });
+}
 }  // namespace
 
 namespace {
@@ -1045,57 +1058,34 @@ kvtier_status kvtier_cache_check_invariants(const kvtier_cache* cache) {
 
 kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer, uint32_t* blocks,
                                      uint32_t* blocks_promoted) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_transfer_blocks";
-    if (transfer == nullptr) return Null(kCall, "transfer");
-    std::shared_lock life(transfer->box->life_mu);
-    if (absl::Status s = CheckTransfer(kCall, transfer); !s.ok()) return s;
-    if (blocks != nullptr) *blocks = transfer->transfer.blocks();
-    if (blocks_promoted != nullptr) *blocks_promoted = transfer->transfer.blocks_promoted();
+  return OnHandle("kvtier_transfer_blocks", transfer, "transfer", [&](auto& x) -> absl::Status {
+    if (blocks != nullptr) *blocks = x.transfer.blocks();
+    if (blocks_promoted != nullptr) *blocks_promoted = x.transfer.blocks_promoted();
     return absl::OkStatus();
   });
 }
 
 kvtier_status kvtier_transfer_poll(const kvtier_transfer* transfer, bool* done) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_transfer_poll";
-    if (transfer == nullptr) return Null(kCall, "transfer");
-    if (done == nullptr) return Null(kCall, "done");
-    std::shared_lock life(transfer->box->life_mu);
-    if (absl::Status s = CheckTransfer(kCall, transfer); !s.ok()) return s;
-    *done = transfer->transfer.Poll();
+  return OnHandle("kvtier_transfer_poll", transfer, "transfer", [&](auto& x) -> absl::Status {
+    if (done == nullptr) return Null("kvtier_transfer_poll", "done");
+    *done = x.transfer.Poll();
     return absl::OkStatus();
   });
 }
 
 kvtier_status kvtier_transfer_wait(kvtier_transfer* transfer) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_transfer_wait";
-    if (transfer == nullptr) return Null(kCall, "transfer");
-    std::shared_lock life(transfer->box->life_mu);
-    if (absl::Status s = CheckTransfer(kCall, transfer); !s.ok()) return s;
-    return transfer->transfer.Wait();
-  });
+  return OnHandle("kvtier_transfer_wait", transfer, "transfer",
+                  [&](auto& x) -> absl::Status { return x.transfer.Wait(); });
 }
 
 kvtier_status kvtier_transfer_wait_layer(kvtier_transfer* transfer, uint32_t layer) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_transfer_wait_layer";
-    if (transfer == nullptr) return Null(kCall, "transfer");
-    std::shared_lock life(transfer->box->life_mu);
-    if (absl::Status s = CheckTransfer(kCall, transfer); !s.ok()) return s;
-    return transfer->transfer.WaitLayer(layer);
-  });
+  return OnHandle("kvtier_transfer_wait_layer", transfer, "transfer",
+                  [&](auto& x) -> absl::Status { return x.transfer.WaitLayer(layer); });
 }
 
 kvtier_status kvtier_transfer_status(const kvtier_transfer* transfer) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_transfer_status";
-    if (transfer == nullptr) return Null(kCall, "transfer");
-    std::shared_lock life(transfer->box->life_mu);
-    if (absl::Status s = CheckTransfer(kCall, transfer); !s.ok()) return s;
-    return transfer->transfer.status();
-  });
+  return OnHandle("kvtier_transfer_status", transfer, "transfer",
+                  [&](auto& x) -> absl::Status { return x.transfer.status(); });
 }
 
 kvtier_status kvtier_transfer_layer_ready_event(const kvtier_transfer* transfer, uint32_t layer,
@@ -1144,12 +1134,6 @@ absl::Status CheckBlockIds(const char* call, const char* what, const uint32_t* b
 absl::StatusOr<kvtier::Connector*> Open(const char* call, const kvtier_connector* c) {
   if (c->box->connector == nullptr) return Closed(call, *c->box);
   return c->box->connector.get();
-}
-
-absl::Status CheckStore(const char* call, const kvtier_store* s) {
-  if (s == nullptr) return Null(call, "store");
-  if (!s->box->open()) return Closed(call, *s->box);
-  return absl::OkStatus();
 }
 
 // kvtier_connector_store (save_all: with ready_event) and kvtier_connector_begin_store.
@@ -1407,79 +1391,47 @@ kvtier_status kvtier_connector_check_invariants(const kvtier_connector* connecto
 // ---- stores ----
 
 kvtier_status kvtier_store_blocks(const kvtier_store* store, uint32_t* blocks, uint32_t* unstored) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_blocks";
-    if (store == nullptr) return Null(kCall, "store");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    if (blocks != nullptr) *blocks = store->store.blocks();
-    if (unstored != nullptr) *unstored = store->store.unstored();
+  return OnHandle("kvtier_store_blocks", store, "store", [&](auto& x) -> absl::Status {
+    if (blocks != nullptr) *blocks = x.store.blocks();
+    if (unstored != nullptr) *unstored = x.store.unstored();
     return absl::OkStatus();
   });
 }
 
 kvtier_status kvtier_store_save_layer(kvtier_store* store, uint32_t layer, void* ready_event) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_save_layer";
-    if (store == nullptr) return Null(kCall, "store");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    return store->store.SaveLayer(layer, ready_event);
-  });
+  return OnHandle("kvtier_store_save_layer", store, "store",
+                  [&](auto& x) -> absl::Status { return x.store.SaveLayer(layer, ready_event); });
 }
 
 kvtier_status kvtier_store_save_all(kvtier_store* store, void* ready_event) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_save_all";
-    if (store == nullptr) return Null(kCall, "store");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    return store->store.SaveAll(ready_event);
-  });
+  return OnHandle("kvtier_store_save_all", store, "store",
+                  [&](auto& x) -> absl::Status { return x.store.SaveAll(ready_event); });
 }
 
 kvtier_status kvtier_store_layers_saved(const kvtier_store* store, uint32_t* layers) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_layers_saved";
-    if (store == nullptr) return Null(kCall, "store");
-    if (layers == nullptr) return Null(kCall, "layers");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    *layers = store->store.layers_saved();
+  return OnHandle("kvtier_store_layers_saved", store, "store", [&](auto& x) -> absl::Status {
+    if (layers == nullptr) return Null("kvtier_store_layers_saved", "layers");
+    *layers = x.store.layers_saved();
     return absl::OkStatus();
   });
 }
 
 kvtier_status kvtier_store_poll(const kvtier_store* store, bool* done) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_poll";
-    if (store == nullptr) return Null(kCall, "store");
-    if (done == nullptr) return Null(kCall, "done");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    *done = store->store.Poll();
+  return OnHandle("kvtier_store_poll", store, "store", [&](auto& x) -> absl::Status {
+    if (done == nullptr) return Null("kvtier_store_poll", "done");
+    *done = x.store.Poll();
     return absl::OkStatus();
   });
 }
 
 kvtier_status kvtier_store_wait(kvtier_store* store) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_wait";
-    if (store == nullptr) return Null(kCall, "store");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    return store->store.Wait();
-  });
+  return OnHandle("kvtier_store_wait", store, "store",
+                  [&](auto& x) -> absl::Status { return x.store.Wait(); });
 }
 
 kvtier_status kvtier_store_status(const kvtier_store* store) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_store_status";
-    if (store == nullptr) return Null(kCall, "store");
-    std::shared_lock life(store->box->life_mu);
-    if (absl::Status s = CheckStore(kCall, store); !s.ok()) return s;
-    return store->store.status();
-  });
+  return OnHandle("kvtier_store_status", store, "store",
+                  [&](auto& x) -> absl::Status { return x.store.status(); });
 }
 
 void kvtier_store_destroy(kvtier_store* store) {
