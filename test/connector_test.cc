@@ -368,16 +368,27 @@ TEST_CASE("Connector: blocks go down to disk and load back byte-exact from there
   REQUIRE_OK(c->CheckInvariants());
 }
 
+// A connector over `kv` on an emulated device the test keeps a pointer to, to fail its copies.
+struct FaultyConnector {
+  explicit FaultyConnector(const EngineKv& kv) {
+    auto owned = std::make_unique<internal::EmulatedDevice>();
+    device = owned.get();
+    Options o = test::MakeOptions(kv, 8);
+    o.device.capacity_slots = 0;
+    auto c = internal::CreateConnector(o, std::move(owned));
+    REQUIRE_OK(c);
+    connector = std::move(*c);
+  }
+  internal::EmulatedDevice* device = nullptr;
+  std::unique_ptr<Connector> connector;
+};
+
 TEST_CASE("Connector: a failed load copy is a miss to recompute, reported once, host copy kept",
           "[connector]") {
   EngineKv kv({.num_slots = 8});
-  auto owned = std::make_unique<internal::EmulatedDevice>();
-  internal::EmulatedDevice* device = owned.get();
-  Options o = test::MakeOptions(kv, 8);
-  o.device.capacity_slots = 0;
-  auto c = internal::CreateConnector(o, std::move(owned));
-  REQUIRE_OK(c);
-  Connector& conn = **c;
+  FaultyConnector f(kv);
+  internal::EmulatedDevice* device = f.device;
+  Connector& conn = *f.connector;
   const auto keys = test::Chain(3, 12);
   ComputeAndStore(conn, kv, keys, 0, Range(0, 3));
   device->FailNextCopies(1);
@@ -401,13 +412,9 @@ TEST_CASE("Connector: a failed load copy is a miss to recompute, reported once, 
 
 TEST_CASE("Connector: a failed store copy stores nothing", "[connector]") {
   EngineKv kv({.num_slots = 8});
-  auto owned = std::make_unique<internal::EmulatedDevice>();
-  internal::EmulatedDevice* device = owned.get();
-  Options o = test::MakeOptions(kv, 8);
-  o.device.capacity_slots = 0;
-  auto c = internal::CreateConnector(o, std::move(owned));
-  REQUIRE_OK(c);
-  Connector& conn = **c;
+  FaultyConnector f(kv);
+  internal::EmulatedDevice* device = f.device;
+  Connector& conn = *f.connector;
   const auto keys = test::Chain(2, 13);
   for (uint32_t i = 0; i < 2; ++i) kv.Write(i, keys[i]);
   device->FailNextCopies(1);
