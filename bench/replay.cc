@@ -203,20 +203,19 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
   const uint64_t slot = config.payload && config.disk_blocks > 0
                             ? (shape.block_bytes + kAlign - 1) / kAlign * kAlign + kAlign
                             : shape.block_bytes;
-  Options options{
-      .layout = std::move(layout),
-      .backend = config.payload ? DeviceBackend::kEmulated : DeviceBackend::kMetadataOnly,
-      .device = {.capacity_slots = config.device_blocks,
-                 .policy = config.policy,
-                 .policy_params = config.policy_params},
-      .host = {.capacity_bytes = uint64_t{config.host_blocks} * slot,
-               .policy = config.policy,
-               .policy_params = config.policy_params},
-      .demote_on_evict = config.demote_on_evict,
-      .host_write_through = config.host_write_through,
-  };
-  // Assigned, not designated above: GCC 12 then warns that the skipped `disk` member "may be used
-  // uninitialized" (a false positive, -Werror).
+  // Assigned one by one, not designated: GCC 12 at -O3 warns that members a designated initializer
+  // skips (disk, shard, events, ...) "may be used uninitialized" (a false positive, -Werror).
+  Options options;
+  options.layout = std::move(layout);
+  options.backend = config.payload ? DeviceBackend::kEmulated : DeviceBackend::kMetadataOnly;
+  options.device.capacity_slots = config.device_blocks;
+  options.device.policy = config.policy;
+  options.device.policy_params = config.policy_params;
+  options.host.capacity_bytes = uint64_t{config.host_blocks} * slot;
+  options.host.policy = config.policy;
+  options.host.policy_params = config.policy_params;
+  options.demote_on_evict = config.demote_on_evict;
+  options.host_write_through = config.host_write_through;
   options.remote = config.remote;
   if (config.disk_blocks > 0) {
     options.disk = {.directory = config.payload ? disk_dir : "(metadata-only: no files)",

@@ -690,11 +690,12 @@ int Run(const Flags& f) {
   const uint64_t segment_bytes = f.block_bytes / (uint64_t{f.layers} * 2);
   EngineKv kv(f.layers, f.device_blocks, segment_bytes);
   const uint64_t block = kv.layout().block_bytes();
-  kvtier::Options options{
-      .layout = kv.layout(),
-      .backend = kvtier::DeviceBackend::kEmulated,
-      .host = {.capacity_bytes = uint64_t{f.host_blocks} * block},
-  };
+  // Assigned, not designated: GCC 12 at -O3 warns that the members a designated initializer skips
+  // "may be used uninitialized" (a false positive, -Werror in the release preset).
+  kvtier::Options options;
+  options.layout = kv.layout();
+  options.backend = kvtier::DeviceBackend::kEmulated;
+  options.host.capacity_bytes = uint64_t{f.host_blocks} * block;
   if (f.disk_blocks > 0) {
     std::error_code ec;
     if (!f.warm) std::filesystem::remove_all(f.disk_dir, ec);
