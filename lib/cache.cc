@@ -245,13 +245,7 @@ absl::Status Cache::Release(DeviceLease& lease) {
 }
 
 absl::Status Cache::Hint(std::span<const BlockKey> keys, std::span<const double> scores) {
-  if (keys.size() != scores.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
-  }
-  MutexLock lock(&core_->index_.mu());
-  core_->index_.HintLocked(keys, scores);
-  return absl::OkStatus();
+  return core_->Hint(keys, scores);
 }
 
 // ---- Management (Cache::Core's, shared with the Connector) ----

@@ -253,14 +253,26 @@ ManageResult ToResult(const internal::Index::ManageCounts& c) {
                       .kept_for_children = c.kept_for_children};
 }
 
-}  // namespace
-
-absl::Status Cache::Core::Hint(std::span<const BlockKey> keys, std::span<const double> scores,
-                               absl::Duration duration) {
+absl::Status CheckHintSizes(std::span<const BlockKey> keys, std::span<const double> scores) {
   if (keys.size() != scores.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Cache::Core::Hint(std::span<const BlockKey> keys, std::span<const double> scores) {
+  KVTIER_RETURN_IF_ERROR(CheckHintSizes(keys, scores));
+  MutexLock lock(&index_.mu());
+  index_.HintLocked(keys, scores);
+  return absl::OkStatus();
+}
+
+absl::Status Cache::Core::Hint(std::span<const BlockKey> keys, std::span<const double> scores,
+                               absl::Duration duration) {
+  KVTIER_RETURN_IF_ERROR(CheckHintSizes(keys, scores));
   KVTIER_RETURN_IF_ERROR(CheckDuration("Hint", duration));
   const uint64_t deadline = index_.Now() + absl::ToInt64Nanoseconds(duration);
   MutexLock lock(&index_.mu());

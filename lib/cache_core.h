@@ -70,6 +70,7 @@ class Cache::Core {
 
   // The management calls of Cache and Connector (their contracts: kvtier/cache.h). Each takes
   // the index lock itself.
+  absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores);
   absl::Status Hint(std::span<const BlockKey> keys, std::span<const double> scores,
                     absl::Duration duration);
   absl::StatusOr<ManageResult> Remove(std::span<const BlockKey> keys);

@@ -463,13 +463,7 @@ absl::StatusOr<StoreHandle> Connector::Store(std::span<const BlockKey> keys, uin
 std::vector<Finished> Connector::TakeFinished() { return impl_->TakeFinished(); }
 
 absl::Status Connector::Hint(std::span<const BlockKey> keys, std::span<const double> scores) {
-  if (keys.size() != scores.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Connector::Hint: ", keys.size(), " keys vs ", scores.size(), " scores"));
-  }
-  MutexLock lock(&impl_->index().mu());
-  impl_->index().HintLocked(keys, scores);
-  return absl::OkStatus();
+  return impl_->core().Hint(keys, scores);
 }
 
 absl::Status Connector::Hint(std::span<const BlockKey> keys, std::span<const double> scores,

@@ -68,8 +68,8 @@ constexpr absl::string_view kEveryField[] = {
     "host_write_through",
 };
 // Not rows: the layout (see above) and the sub-structs themselves (their fields are rows).
-constexpr absl::string_view kExcluded[] = {"layout", "shard",  "cuda",  "device",
-                                           "host",   "disk",   "remote", "events"};
+constexpr absl::string_view kExcluded[] = {"layout", "shard", "cuda",   "device",
+                                           "host",   "disk",  "remote", "events"};
 
 // Converts to any member type, so T{AnyField{}, ...} compiles with at most as many as T has
 // members: the largest such count is T's number of data members (T an aggregate). Never defined:

@@ -7,8 +7,8 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "kvtier/policy.h"
-#include "lib/common/status_macros.h"
 #include "lib/common/histogram.h"
+#include "lib/common/status_macros.h"
 
 namespace kvtier::internal {
 namespace {
@@ -786,8 +786,10 @@ void Index::FinishMoveLocked(const Move& m, bool ok, bool source_lost) {
     }
   }
   if (m.engine && to == kDev) {  // no residency on the engine's device: only the outcome counts
-    if (!ok) counters_.transfer_failures++;
-    if (!ok) table(kDev).stats.fill_failures++;
+    if (!ok) {
+      counters_.transfer_failures++;
+      table(kDev).stats.fill_failures++;
+    }
     return;
   }
   if (ok) {

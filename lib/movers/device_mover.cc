@@ -191,9 +191,9 @@ std::shared_ptr<DeviceMover::StoreJob> DeviceMover::BeginStoreLocked(std::vector
   return job;
 }
 
-void DeviceMover::FinishStoreLocked(StoreJob& job, bool ok) {
+void DeviceMover::FinishStoreLocked(std::span<const Move> moves, bool ok) {
   index_.mu().AssertHeld();
-  for (const Move& m : job.moves) index_.FinishMoveLocked(m, ok);
+  for (const Move& m : moves) index_.FinishMoveLocked(m, ok);
   storage_.StartWritesLocked();  // below the host: write-through publication, disk write-back
 }
 
@@ -208,7 +208,7 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
     bytes_d2h_ += job.moves.size() * block_bytes_;
     if (end == layers) {
       job.ended = true;
-      FinishStoreLocked(job, true);
+      FinishStoreLocked(job.moves, true);
       demotion_latency_.RecordSince(job.start);
       state->Finish();
     }
@@ -250,8 +250,7 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
                               const bool ok = state->first_error().ok();
                               {
                                 MutexLock lock(&index_.mu());
-                                for (const Move& m : moves) index_.FinishMoveLocked(m, ok);
-                                storage_.StartWritesLocked();
+                                FinishStoreLocked(moves, ok);
                               }
                               demotion_latency_.RecordSince(start);
                               state->Finish();
@@ -265,7 +264,7 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
     // The device is unusable: the last layer's callback will not be queued. Report now.
     job.ended = true;
     state->RecordError(s);
-    FinishStoreLocked(job, false);
+    FinishStoreLocked(job.moves, false);
     demotion_latency_.RecordSince(job.start);
     state->Finish();
   }
@@ -285,14 +284,13 @@ void DeviceMover::AbandonStoreLocked(StoreJob& job) {
         device_.AddCallback(Stream::kD2H, [this, state, moves = job.moves](absl::Status) {
           {
             MutexLock lock(&index_.mu());
-            for (const Move& m : moves) index_.FinishMoveLocked(m, false);
-            storage_.StartWritesLocked();
+            FinishStoreLocked(moves, false);
           }
           state->Finish();
         });
     if (s.ok()) return;
   }
-  FinishStoreLocked(job, false);
+  FinishStoreLocked(job.moves, false);
   state->Finish();
 }
 

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -84,8 +85,8 @@ class DeviceMover {
                                        // read i's event completes; read after the last layer)
   };
 
-  // Reports a store's moves (all failed, or as `outcome`), starts the writes they decide.
-  void FinishStoreLocked(StoreJob& job, bool ok);
+  // Reports a store's moves to the Index (all as `ok`), starts the writes they decide.
+  void FinishStoreLocked(std::span<const Move> moves, bool ok);
   // Regions of layer `layer` of one block between a device slot and a host slot.
   void AppendLayerRegions(uint32_t layer, SlotId device_slot, SlotId host_slot, bool to_device,
                           std::vector<CopyRegion>* out) const;
