@@ -112,24 +112,39 @@ bool Cache::Core::RetryAllocation(int attempt, uint64_t evictions_before) {
 }
 
 void Cache::Core::Flush() {
-  std::shared_ptr<internal::DeviceEvent> demoted;
-  {
-    MutexLock lock(&index_.mu());
-    std::vector<internal::Move> demotions = index_.FlushDeviceLocked();
-    storage_.StartWritesLocked();  // host room made by write-back
-    if (!demotions.empty()) {
-      auto event = device_mover_.EnqueueDemotionsLocked(std::move(demotions));
-      if (event.ok()) demoted = *event;
+  // In rounds: the device blocks the host has room for go to the host, then every host block
+  // without a disk copy gets one; once written, those host blocks can make room for the next
+  // round. Each round copies at least one device block that had no other copy, so this ends; it
+  // ends early when a round copies none (host full of blocks that cannot leave, or disk full).
+  // A failed copy ends it too (a failing device would fail every round).
+  SlotId next = 0;
+  for (;;) {
+    std::shared_ptr<internal::DeviceEvent> demoted;
+    bool any = false;
+    {
+      MutexLock lock(&index_.mu());
+      std::vector<internal::Move> demotions = index_.FlushDeviceLocked(next);
+      any = !demotions.empty();
+      storage_.StartWritesLocked();  // host room made by write-back
+      if (any) {
+        auto event = device_mover_.EnqueueDemotionsLocked(std::move(demotions));
+        if (event.ok()) {
+          demoted = *event;
+        } else {
+          any = false;
+        }
+      }
     }
+    if (demoted != nullptr && !demoted->Wait().ok()) any = false;
+    device_->Synchronize().IgnoreError();  // the demotions' callbacks made the host copies Ready
+    {
+      MutexLock lock(&index_.mu());
+      index_.FlushHostLocked();
+      storage_.StartWritesLocked();
+    }
+    storage_.Drain();
+    if (!any) return;
   }
-  if (demoted != nullptr) demoted->Wait().IgnoreError();
-  device_->Synchronize().IgnoreError();  // the demotions' callbacks made the host copies Ready
-  {
-    MutexLock lock(&index_.mu());
-    index_.FlushHostLocked();
-    storage_.StartWritesLocked();
-  }
-  storage_.Drain();
 }
 
 void Cache::Core::Restore() {

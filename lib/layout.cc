@@ -2,12 +2,85 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 
 namespace kvtier {
+namespace {
+
+__extension__ typedef __int128 i128;  // addresses and their differences, without overflow
+
+// floor(a / b) for b > 0.
+i128 FloorDiv(i128 a, i128 b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+struct Span {
+  uint64_t lo = 0;  // address of slot 0
+  uint64_t hi = 0;  // one past the last byte of slot num_slots - 1
+  const Segment* seg = nullptr;
+  size_t layer = 0, index = 0;
+};
+
+// Whether a slot region of `a` shares a byte with a slot region of `b` (n slots each). Equal
+// strides: O(1), the slot distance k solving -len_b < (b.base - a.base) + k * stride < len_a.
+// Different strides: O(n), for each slot of `a` the first region of `b` ending after its start
+// (regions of one segment are disjoint and ascending, stride >= size).
+bool RegionsOverlap(const Segment& a, const Segment& b, uint32_t n) {
+  const i128 abase = reinterpret_cast<uintptr_t>(a.base);
+  const i128 bbase = reinterpret_cast<uintptr_t>(b.base);
+  const i128 la = a.bytes_per_block, lb = b.bytes_per_block;
+  if (a.stride_bytes == b.stride_bytes) {
+    const i128 stride = a.stride_bytes, d = bbase - abase;
+    const i128 k_lo = std::max<i128>(FloorDiv(-lb - d, stride) + 1, -(i128{n} - 1));
+    const i128 k_hi = std::min<i128>(-FloorDiv(d - la, stride) - 1, i128{n} - 1);
+    return k_lo <= k_hi;
+  }
+  for (uint32_t s = 0; s < n; ++s) {
+    const i128 x = abase + i128{s} * a.stride_bytes;
+    const i128 t = std::max<i128>(0, FloorDiv(x - bbase - lb, b.stride_bytes) + 1);
+    if (t < n && bbase + t * b.stride_bytes < x + la) return true;
+  }
+  return false;
+}
+
+// kInvalidArgument naming the first two segments whose slot regions share a byte: a Load into one
+// block would overwrite another block's KV. Spans sorted by start; only pairs whose spans overlap
+// are compared (interleaved layouts, as FlashInfer's [slot][K|V] or a cross-layer tensor, are such
+// pairs and valid when their regions are disjoint).
+absl::Status CheckNoOverlap(const std::vector<LayerLayout>& layers, uint32_t num_slots) {
+  std::vector<Span> spans;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (size_t s = 0; s < layers[l].segments.size(); ++s) {
+      const Segment& g = layers[l].segments[s];
+      const uint64_t lo = reinterpret_cast<uintptr_t>(g.base);
+      const uint64_t len = uint64_t{num_slots - 1} * g.stride_bytes + g.bytes_per_block;
+      if (lo > std::numeric_limits<uint64_t>::max() - len) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("BlockLayout.layers[", l, "].segments[", s,
+                         "]: base + (num_slots - 1) * stride_bytes + bytes_per_block wraps around "
+                         "the address space"));
+      }
+      spans.push_back({lo, lo + len, &g, l, s});
+    }
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
+  for (size_t i = 0; i < spans.size(); ++i) {
+    for (size_t j = i + 1; j < spans.size() && spans[j].lo < spans[i].hi; ++j) {
+      if (RegionsOverlap(*spans[i].seg, *spans[j].seg, num_slots)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("BlockLayout.layers[", spans[j].layer, "].segments[", spans[j].index,
+                         "]: its slots overlap those of layers[", spans[i].layer, "].segments[",
+                         spans[i].index, "] (a block's bytes would be written over another's)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status BlockLayout::Validate() const { return ValidateShape(/*need_pointers=*/true); }
 
@@ -47,7 +120,7 @@ absl::Status BlockLayout::ValidateShape(bool need_pointers) const {
       total += g.bytes_per_block;
     }
   }
-  return absl::OkStatus();
+  return need_pointers ? CheckNoOverlap(layers, num_slots) : absl::OkStatus();
 }
 
 uint64_t BlockLayout::layer_bytes(uint32_t layer) const {

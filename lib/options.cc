@@ -3,9 +3,11 @@
 #include <xxhash.h>
 
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "lib/common/status_macros.h"
 
 namespace kvtier {
@@ -37,6 +39,48 @@ absl::Status ValidateShardString(absl::string_view name, const std::string& valu
   if (const size_t nul = value.find('\0'); nul != std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("Options.shard.", name, ": a NUL byte at offset ", nul, " vs none"));
+  }
+  return absl::OkStatus();
+}
+
+// Bytes of one element of the dtypes Options.shard.dtype commonly names (PyTorch's spellings, with
+// or without "torch."); 0 for a name it does not know, which is then not checked.
+uint64_t ElementBytes(absl::string_view dtype) {
+  absl::ConsumePrefix(&dtype, "torch.");
+  static constexpr std::pair<absl::string_view, uint64_t> kKnown[] = {
+      {"float16", 2},       {"half", 2},
+      {"bfloat16", 2},      {"float32", 4},
+      {"float", 4},         {"float64", 8},
+      {"int8", 1},          {"uint8", 1},
+      {"float8_e4m3fn", 1}, {"float8_e4m3fnuz", 1},
+      {"float8_e5m2", 1},   {"float8_e5m2fnuz", 1}};
+  for (const auto& [name, bytes] : kKnown) {
+    if (dtype == name) return bytes;
+  }
+  return 0;
+}
+
+// A segment whose base, size or stride is not a whole number of elements of the named dtype cuts
+// elements in two: a layout error (a wrong offset or element count), refused.
+absl::Status ValidateAlignment(const BlockLayout& layout, const std::string& dtype,
+                               bool need_pointers) {
+  const uint64_t element = ElementBytes(dtype);
+  if (element <= 1) return absl::OkStatus();
+  for (size_t l = 0; l < layout.layers.size(); ++l) {
+    for (size_t s = 0; s < layout.layers[l].segments.size(); ++s) {
+      const Segment& g = layout.layers[l].segments[s];
+      const uint64_t base = need_pointers ? reinterpret_cast<uintptr_t>(g.base) : 0;
+      for (const auto& [field, value] : {std::pair<const char*, uint64_t>{"base", base},
+                                         {"bytes_per_block", g.bytes_per_block},
+                                         {"stride_bytes", g.stride_bytes}}) {
+        if (value % element != 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("Options.layout.layers[", l, "].segments[", s, "].", field, ": ", value,
+                           " is not a multiple of ", element, " bytes, the size of one ", dtype,
+                           " (Options.shard.dtype)"));
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -75,6 +119,8 @@ absl::Status Options::Validate() const {
   KVTIER_RETURN_IF_ERROR(ValidateRank("pp_rank", shard.pp_rank, "pp_size", shard.pp_size));
   KVTIER_RETURN_IF_ERROR(ValidateShardString("dtype", shard.dtype));
   KVTIER_RETURN_IF_ERROR(ValidateShardString("format", shard.format));
+  KVTIER_RETURN_IF_ERROR(
+      ValidateAlignment(layout, shard.dtype, backend != DeviceBackend::kMetadataOnly));
   if (cuda.device < -1) {
     return absl::InvalidArgumentError(
         absl::StrCat("Options.cuda.device: ", cuda.device, " vs -1 (auto) or an ordinal >= 0"));

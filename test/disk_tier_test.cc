@@ -821,6 +821,30 @@ TEST_CASE("Cache with disk: a new cache on the same directory serves the previou
   REQUIRE_OK((*cache)->CheckInvariants());
 }
 
+TEST_CASE(
+    "Cache with disk: a clean close persists every device block the disk has room for, "
+    "however small the host tier",
+    "[disk][cache]") {
+  TempDir dir;
+  EngineKv kv({.num_slots = 16});
+  uint64_t matched = 0;
+  {
+    // 8 two-block sequences fill the 16 device slots; nothing is demoted before the close, and
+    // the host holds 2 blocks: the flush must pass them through it in rounds.
+    auto cache = Cache::Create(DiskOptions(kv, dir.path, 2, 64));
+    REQUIRE_OK(cache);
+    CHECK(RunAll(**cache, kv, 1, 8, &matched) == 0);
+    CHECK((*cache)->Stats().device.used_blocks == 16);
+    CHECK((*cache)->Stats().bytes_disk_written == 0);
+  }
+  auto cache = Cache::Create(DiskOptions(kv, dir.path, 2, 64));
+  REQUIRE_OK(cache);
+  CHECK((*cache)->Stats().disk_recovered_blocks == 16);
+  CHECK(RunAll(**cache, kv, 1, 8, &matched) == 0);
+  CHECK(matched == 16);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
 TEST_CASE("Cache with disk: without flush_on_close only blocks already on disk survive",
           "[disk][cache]") {
   TempDir dir;

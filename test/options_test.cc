@@ -165,6 +165,36 @@ TEST_CASE("Options: each bad shard field is kInvalidArgument naming its path", "
   REQUIRE_OK(Cache::Create(edge));
 }
 
+TEST_CASE("Options: a known shard dtype refuses segments that cut its elements", "[options]") {
+  alignas(64) static std::byte kv[2][8 * 1024];
+  auto with = [&](const std::string& dtype, uint64_t base_offset, uint64_t bytes, uint64_t stride,
+                  DeviceBackend backend = DeviceBackend::kEmulated) {
+    Options o;
+    o.backend = backend;
+    o.shard.dtype = dtype;
+    o.layout = {.tokens_per_block = 16, .num_slots = 8};
+    void* k = backend == DeviceBackend::kMetadataOnly ? nullptr : kv[0] + base_offset;
+    void* v = backend == DeviceBackend::kMetadataOnly ? nullptr : kv[1];
+    o.layout.layers.push_back({.segments = {{k, bytes, stride}, {v, 512, 512}}});
+    return o.Validate();
+  };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  REQUIRE_OK(with("bfloat16", 0, 512, 512));
+  REQUIRE_OK(with("torch.float32", 4, 516, 516));
+  const absl::Status odd_base = with("bfloat16", 1, 512, 512);
+  REQUIRE_CODE(odd_base, kInvalid);
+  CHECK_THAT(std::string(odd_base.message()),
+             Catch::Matchers::StartsWith("Options.layout.layers[0].segments[0].base: ") &&
+                 Catch::Matchers::Contains("bfloat16"));
+  REQUIRE_CODE(with("float16", 0, 511, 512), kInvalid);
+  REQUIRE_CODE(with("torch.float32", 0, 512, 514), kInvalid);
+  REQUIRE_CODE(with("float32", 0, 510, 512, DeviceBackend::kMetadataOnly), kInvalid);
+  // One-byte types and names it does not know check nothing: any offset is whole elements.
+  REQUIRE_OK(with("float8_e4m3fn", 1, 511, 513));
+  REQUIRE_OK(with("my-packed-int4", 1, 511, 513));
+  REQUIRE_OK(with("", 1, 511, 513));
+}
+
 TEST_CASE("Options: the fingerprint covers the layout shape and every shard field", "[options]") {
   EngineKv kv;
   const Options base = test::MakeOptions(kv, 8);

@@ -36,10 +36,15 @@ struct BlockLayout {
   std::vector<LayerLayout> layers;  // one entry per transformer layer
 
   // kInvalidArgument when tokens_per_block or num_slots is 0, there is no layer, a layer has no
-  // segment, a base is null, a size is 0, a stride is smaller than its size, or a byte count
-  // overflows. Message names the field: "BlockLayout.layers[3].segments[1].stride_bytes: ...".
+  // segment, a base is null, a size is 0, a stride is smaller than its size, a byte count
+  // overflows, or two segments' slot regions share a byte (interleaved segments, e.g. K and V of a
+  // slot side by side, are valid when their regions are disjoint). Message names the field:
+  // "BlockLayout.layers[3].segments[1].stride_bytes: ...". O(segments^2) at worst, plus
+  // O(num_slots) per pair of segments with overlapping extents and different strides (a layout no
+  // engine uses).
   absl::Status Validate() const;
-  // Validate() without the pointer checks: for DeviceBackend::kMetadataOnly.
+  // Validate() without the pointer checks (nor the overlap check): for
+  // DeviceBackend::kMetadataOnly.
   absl::Status ValidateShape(bool need_pointers) const;
 
   // Bytes of one block over all layers and segments (its size in a host slot). O(segments).

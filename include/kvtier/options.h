@@ -96,6 +96,9 @@ struct ShardIdentity {
   uint32_t pp_size = 1;  // pipeline-parallel degree; >= 1
   // Element type of the KV tensors ("bfloat16", "float8_e4m3fn"); free-form, compared as bytes.
   // At most kMaxShardStringBytes, no NUL. Empty: unnamed (only equal to another empty dtype).
+  // A name PyTorch uses ("float16", "bfloat16", "float32", "float8_e4m3fn", with or without
+  // "torch.") also checks the layout: every segment's base, size and stride must be a whole number
+  // of elements (kInvalidArgument otherwise).
   std::string dtype;
   // The engine's name for how it lays out and encodes a block ("vllm-flash-nhd"), with a version if
   // it may change; free-form, same limits as dtype.

@@ -825,11 +825,12 @@ void Index::FinishMoveLocked(const Move& m, bool ok, bool source_lost) {
   }
 }
 
-std::vector<Move> Index::FlushDeviceLocked() {
+std::vector<Move> Index::FlushDeviceLocked(SlotId& next) {
   std::vector<Move> out;
   const TierTable& dev = table(kDev);
-  work_ += dev.capacity;
-  for (SlotId s = 0; s < dev.capacity; ++s) {
+  for (; next < dev.capacity; ++next) {
+    const SlotId s = next;
+    ++work_;
     if (dev.slot[s].use != SlotUse::kResident) continue;
     const uint32_t id = dev.slot[s].entry;
     const Entry& e = E(id);

@@ -310,8 +310,10 @@ class Index {
 
   // Flush, for a clean shutdown: device blocks with no copy in another tier get a host copy
   // (returned as demotions), then host blocks with no disk copy get a disk copy (as writes).
-  // As room allows; nothing pinned is evicted.
-  std::vector<Move> FlushDeviceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // As room allows; nothing pinned is evicted. FlushDeviceLocked walks device slots from `next`
+  // and leaves `next` at the first it found no host room for: called again (0 at first) once the
+  // host has room, it goes on from there, so all rounds together walk the device table once.
+  std::vector<Move> FlushDeviceLocked(SlotId& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FlushHostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Adds blocks found in `tier`'s storage, parents before children; a block whose parent is
