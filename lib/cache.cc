@@ -276,10 +276,7 @@ absl::StatusOr<Transfer> Cache::Prefetch(std::span<const BlockKey> keys) {
 
 std::vector<KvEvent> Cache::TakeEvents(size_t max_events) { return core_->TakeEvents(max_events); }
 
-CacheStats Cache::Stats() const {
-  MutexLock lock(&core_->index_.mu());
-  return core_->StatsLocked();
-}
+CacheStats Cache::Stats() const { return core_->Stats(); }
 
 const Options& Cache::options() const { return core_->options_; }
 

@@ -220,7 +220,8 @@ void Cache::Core::FinishPrefetchLocked(const PrefetchReads& ctx, internal::Trans
   state.Finish();  // no writes to start: a prefetch's outcome decides none
 }
 
-CacheStats Cache::Core::StatsLocked() const {
+CacheStats Cache::Core::Stats() const {
+  MutexLock lock(&index_.mu());
   CacheStats stats;
   index_.FillStatsLocked(&stats);
   storage_.FillStats(&stats);

@@ -66,7 +66,8 @@ class Cache::Core {
   using Reserve = absl::FunctionRef<absl::Status(std::vector<internal::Move>* demotions,
                                                  std::vector<SlotId>* quarantine)>;
   absl::Status Allocate(Reserve reserve);
-  CacheStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_.mu());
+  // Cache::Stats and Connector::Stats (takes the index lock).
+  CacheStats Stats() const;
 
   // The management calls of Cache and Connector (their contracts: kvtier/cache.h). Each takes
   // the index lock itself.

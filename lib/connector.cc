@@ -501,10 +501,7 @@ std::vector<KvEvent> Connector::TakeEvents(size_t max_events) {
   return impl_->core().TakeEvents(max_events);
 }
 
-CacheStats Connector::Stats() const {
-  MutexLock lock(&impl_->index().mu());
-  return impl_->core().StatsLocked();
-}
+CacheStats Connector::Stats() const { return impl_->core().Stats(); }
 
 const Options& Connector::options() const { return impl_->options(); }
 
