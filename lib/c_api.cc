@@ -878,6 +878,21 @@ kvtier_status kvtier_cache_commit(kvtier_cache* cache, const kvtier_block_key* k
   });
 }
 
+kvtier_status kvtier_lease_set_tenant(kvtier_cache* cache, kvtier_lease* lease,
+                                      const char* tenant) {
+  return Guard([&]() -> absl::Status {
+    constexpr const char* kCall = "kvtier_lease_set_tenant";
+    if (cache == nullptr) return Null(kCall, "cache");
+    if (lease == nullptr) return Null(kCall, "lease");
+    if (lease->box != cache->box) {
+      return absl::FailedPreconditionError(absl::StrCat(kCall, ": the lease is another cache's"));
+    }
+    std::shared_lock life(cache->box->life_mu);
+    if (absl::Status s = CheckLease(kCall, lease); !s.ok()) return s;
+    return cache->box->cache->SetTenant(lease->lease, tenant == nullptr ? "" : tenant);
+  });
+}
+
 kvtier_status kvtier_cache_release(kvtier_cache* cache, kvtier_lease* lease) {
   return Guard([&]() -> absl::Status {
     constexpr const char* kCall = "kvtier_cache_release";

@@ -238,6 +238,13 @@ absl::Status Cache::Commit(std::span<const BlockKey> keys, DeviceLease& lease) {
   return absl::OkStatus();
 }
 
+absl::Status Cache::SetTenant(DeviceLease& lease, absl::string_view tenant) {
+  KVTIER_RETURN_IF_ERROR(CheckLease("SetTenant", lease, this));
+  KVTIER_ASSIGN_OR_RETURN(const uint8_t id, core_->TenantId(tenant));
+  MutexLock lock(&core_->index_.mu());
+  return core_->index_.SetLeaseTenantLocked(lease.id_, id);
+}
+
 absl::Status Cache::Release(DeviceLease& lease) {
   KVTIER_RETURN_IF_ERROR(CheckLease("Release", lease, this));
   lease.Reset();

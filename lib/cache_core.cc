@@ -24,7 +24,21 @@ Cache::Core::Core(const Options& options, std::unique_ptr<internal::Device> devi
       index_(std::move(config)),
       storage_(index_, *host_, options.layout.block_bytes(), std::move(disk), std::move(remote)),
       device_mover_(options_.layout, options.backend == DeviceBackend::kMetadataOnly, index_,
-                    *device_, *host_, storage_) {}
+                    *device_, *host_, storage_) {
+  const std::vector<std::string> tenants = options_.Tenants();
+  for (size_t i = 0; i < tenants.size(); ++i) tenant_ids_[tenants[i]] = static_cast<uint8_t>(i + 1);
+}
+
+absl::StatusOr<uint8_t> Cache::Core::TenantId(absl::string_view tenant) const {
+  if (tenant.empty()) return 0;
+  auto it = tenant_ids_.find(tenant);
+  if (it == tenant_ids_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SetTenant: tenant '", tenant, "' vs the ", tenant_ids_.size(),
+                     " named in Options.host.tenant_shares and Options.disk.tenant_shares"));
+  }
+  return it->second;
+}
 
 Cache::Core::~Core() {
   // Callbacks reference this object: drain the tiers below (their reads feed device streams), the
@@ -34,6 +48,12 @@ Cache::Core::~Core() {
   storage_.Drain();
   internal::DiskTier* disk = storage_.disk();
   if (disk != nullptr && options_.disk.flush_on_close) Flush();
+  {
+    // Wipes of slots freed since the last call (by copies that failed), before the manifest.
+    MutexLock lock(&index_.mu());
+    storage_.StartWritesLocked();
+  }
+  storage_.Drain();
   MutexLock lock(&index_.mu());
   assert(index_.live_leases_locked() == 0 && "destroy every DeviceLease before its Cache");
   if (disk != nullptr) {
@@ -299,7 +319,9 @@ absl::Status Cache::Core::Hint(std::span<const BlockKey> keys, std::span<const d
 absl::StatusOr<ManageResult> Cache::Core::Remove(std::span<const BlockKey> keys) {
   KVTIER_RETURN_IF_ERROR(CheckNoRoot("Remove", keys));
   MutexLock lock(&index_.mu());
-  return ToResult(index_.RemoveLocked(keys));
+  const internal::Index::ManageCounts counts = index_.RemoveLocked(keys);
+  storage_.StartWritesLocked();  // wipes the slots freed (Options.*.wipe_on_free)
+  return ToResult(counts);
 }
 
 absl::StatusOr<ManageResult> Cache::Core::Clear(Tier tier) {
@@ -311,7 +333,9 @@ absl::StatusOr<ManageResult> Cache::Core::Clear(Tier tier) {
                      ") vs device, host or disk; the remote store is shared with other caches"));
   }
   MutexLock lock(&index_.mu());
-  return ToResult(index_.ClearTierLocked(tier));
+  const internal::Index::ManageCounts counts = index_.ClearTierLocked(tier);
+  storage_.StartWritesLocked();  // wipes the slots freed (Options.*.wipe_on_free)
+  return ToResult(counts);
 }
 
 absl::StatusOr<ManageResult> Cache::Core::Pin(std::span<const BlockKey> keys,

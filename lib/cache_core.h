@@ -19,6 +19,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -68,6 +69,11 @@ class Cache::Core {
   absl::Status Allocate(Reserve reserve);
   // Cache::Stats and Connector::Stats (takes the index lock).
   CacheStats Stats() const;
+  // The id of a tenant named in Options.*.tenant_shares ("" is the default tenant, 0);
+  // kInvalidArgument for another name. O(1).
+  absl::StatusOr<uint8_t> TenantId(absl::string_view tenant) const;
+  // The host tier's memory, for tests that inspect slots (wipe_on_free).
+  const internal::HostPool& host_pool() const { return *host_; }
 
   // The management calls of Cache and Connector (their contracts: kvtier/cache.h). Each takes
   // the index lock itself.
@@ -118,6 +124,8 @@ class Cache::Core {
   internal::StorageMover storage_;
   internal::DeviceMover device_mover_;
   uint64_t restored_ = 0, restore_dropped_ = 0;  // set once, before the cache is shared
+  // Options::Tenants(), name -> id (its position + 1). Immutable.
+  absl::flat_hash_map<std::string, uint8_t> tenant_ids_;
 };
 
 }  // namespace kvtier

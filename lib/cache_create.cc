@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "kvtier/cache.h"
@@ -192,6 +193,8 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
       remote != nullptr && options.remote.publish == RemotePublish::kWriteThrough;
   config.capacity_slots = {device_slots, host_slots, disk_slots};
   config.demote_on_evict = options.demote_on_evict;
+  config.wipe_on_free[static_cast<int>(Tier::kHost)] = options.host.wipe_on_free;
+  config.wipe_on_free[static_cast<int>(Tier::kDisk)] = options.disk.wipe_on_free;
   config.events_capacity = options.events.capacity;
   config.tokens_per_block = options.layout.tokens_per_block;
   config.clock = std::move(clock);
@@ -235,6 +238,33 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
       return absl::Status(code, absl::StrCat(policies[t].path, ": ", p.status().message()));
     }
     config.policies[t] = std::move(*p);
+  }
+  // Tiers split by tenant: a quota and a policy instance per tenant (0: the default tenant).
+  const std::vector<std::string> tenants = options.Tenants();
+  for (int t : {static_cast<int>(Tier::kHost), static_cast<int>(Tier::kDisk)}) {
+    const TenantShares& shares = t == static_cast<int>(Tier::kHost) ? options.host.tenant_shares
+                                                                    : options.disk.tenant_shares;
+    const uint32_t capacity = config.capacity_slots[t];
+    if (shares.empty() || capacity == 0) continue;
+    std::vector<uint32_t> quota(tenants.size() + 1, 0);
+    uint64_t named = 0;
+    for (size_t i = 0; i < tenants.size(); ++i) {
+      auto it = shares.find(tenants[i]);
+      double share = 0;  // a tenant without a share in this tier has none here
+      if (it != shares.end() && absl::SimpleAtod(it->second, &share)) {
+        quota[i + 1] = static_cast<uint32_t>(share * capacity);
+        named += quota[i + 1];
+      }
+    }
+    quota[0] = static_cast<uint32_t>(capacity - std::min<uint64_t>(named, capacity));
+    config.tenant_policies[t].push_back(std::move(config.policies[t]));  // the default tenant's
+    for (size_t i = 1; i < quota.size(); ++i) {
+      auto p = CreatePolicy(*policies[t].name,
+                            {.capacity_slots = capacity, .params = *policies[t].params});
+      if (!p.ok()) return p.status();  // created once above with the same arguments
+      config.tenant_policies[t].push_back(std::move(*p));
+    }
+    config.tenant_quota_slots[t] = std::move(quota);
   }
   auto core = std::make_unique<Cache::Core>(options, std::move(device), std::move(host),
                                             std::move(disk), std::move(remote), std::move(config));

@@ -2,9 +2,11 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -111,6 +113,41 @@ uint64_t Options::Fingerprint() const {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
 
+std::vector<std::string> Options::Tenants() const {
+  std::vector<std::string> names;
+  for (const TenantShares* shares : {&host.tenant_shares, &disk.tenant_shares}) {
+    for (const auto& [name, share] : *shares) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
+}
+
+namespace {
+
+// Each share a decimal in (0, 1], named, summing to at most 1.
+absl::Status ValidateShares(const char* path, const TenantShares& shares) {
+  double sum = 0;
+  for (const auto& [name, text] : shares) {
+    if (name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": a tenant with an empty name"));
+    }
+    double share = 0;
+    if (!absl::SimpleAtod(text, &share) || !(share > 0 && share <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tenant '", name, "' share '", text, "' vs a decimal in (0, 1]"));
+    }
+    sum += share;
+  }
+  if (sum > 1 + 1e-9) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": the shares sum to ", sum, " vs at most 1"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status Options::Validate() const {
   if (absl::Status s = layout.ValidateShape(backend != DeviceBackend::kMetadataOnly); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("Options.layout: ", s.message()));
@@ -200,6 +237,12 @@ absl::Status Options::Validate() const {
   }
   if (device.policy.empty()) return absl::InvalidArgumentError("Options.device.policy: empty");
   if (host.policy.empty()) return absl::InvalidArgumentError("Options.host.policy: empty");
+  KVTIER_RETURN_IF_ERROR(ValidateShares("Options.host.tenant_shares", host.tenant_shares));
+  KVTIER_RETURN_IF_ERROR(ValidateShares("Options.disk.tenant_shares", disk.tenant_shares));
+  if (const size_t n = Tenants().size(); n > kMaxTenants) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Options.host/disk.tenant_shares: ", n, " tenants vs at most ", kMaxTenants));
+  }
   return absl::OkStatus();
 }
 

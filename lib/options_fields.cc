@@ -149,6 +149,10 @@ const OptionField kFields[] = {
                                          "pinned host pool, bytes; 0 disables the host tier"),
     Row<&O::host, &Host::policy>("host.policy", "host tier's policy (registry name)"),
     Row<&O::host, &Host::policy_params>("host.policy_params", "its parameters"),
+    Row<&O::host, &Host::wipe_on_free>("host.wipe_on_free",
+                                       "zero a host slot freed by Remove, Clear or a failed copy"),
+    Row<&O::host, &Host::tenant_shares>("host.tenant_shares",
+                                        "tenant=share (0..1] of the host slots, e.g. a=0.5,b=0.25"),
     Row<&O::disk, &Disk::directory>("disk.directory", "existing directory of the slot files"),
     Row<&O::disk, &Disk::capacity_bytes>("disk.capacity_bytes",
                                          "slot files, bytes; 0 disables the disk tier"),
@@ -162,6 +166,10 @@ const OptionField kFields[] = {
                                          "buffered I/O where O_DIRECT is missing"),
     Row<&O::disk, &Disk::flush_on_close>("disk.flush_on_close",
                                          "copy every block down to disk at close"),
+    Row<&O::disk, &Disk::wipe_on_free>(
+        "disk.wipe_on_free", "zero the trailer of a disk slot freed by Remove, Clear or a failure"),
+    Row<&O::disk, &Disk::tenant_shares>("disk.tenant_shares",
+                                        "tenant=share (0..1] of the disk slots"),
     Row<&O::remote, &Remote::nodes>(
         "remote.nodes", "Redis Cluster host:port[,host:port...]; empty: no remote tier"),
     Row<&O::remote, &Remote::scope>("remote.scope", "caches sharing blocks share a scope"),

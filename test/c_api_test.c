@@ -1225,6 +1225,28 @@ static void TestConcurrentClose(void) {
   kvtier_hasher_destroy(hasher);
 }
 
+/* Tenant shares and wipe_on_free through kvtier_options_set; a lease names its tenant. */
+static void TestTenants(void) {
+  kvtier_options o = BaseOptions();
+  kvtier_cache* cache = NULL;
+  kvtier_lease* lease = NULL;
+
+  CHECK_OK(kvtier_options_set(&o, "host.tenant_shares", "a=0.7,b=0.4"));
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT); /* sum > 1 */
+  CHECK_OK(kvtier_options_set(&o, "host.tenant_shares", "a=0.5,b=0.5"));
+  CHECK_OK(kvtier_options_set(&o, "host.wipe_on_free", "true"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  CHECK_OK(kvtier_cache_allocate_device(cache, 1, &lease));
+  CHECK_OK(kvtier_lease_set_tenant(cache, lease, "a"));
+  CHECK_OK(kvtier_lease_set_tenant(cache, lease, NULL)); /* the default tenant */
+  CHECK_CODE(kvtier_lease_set_tenant(cache, lease, "c"), KVTIER_INVALID_ARGUMENT);
+  CHECK_CODE(kvtier_lease_set_tenant(cache, NULL, "a"), KVTIER_INVALID_ARGUMENT);
+  kvtier_lease_destroy(lease);
+  CHECK_OK(kvtier_cache_close(cache));
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+}
+
 int main(int argc, char** argv) {
   const char* scratch = argc > 1 ? argv[1] : ".";
   TestBadOptions();
@@ -1237,6 +1259,7 @@ int main(int argc, char** argv) {
   TestConnectorLifecycle();
   TestConnectorBadCalls();
   TestConcurrentClose();
+  TestTenants();
   printf("c_api_test: all checks passed\n");
   return 0;
 }

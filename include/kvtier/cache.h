@@ -43,6 +43,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/events.h"
@@ -166,6 +167,14 @@ class Cache {
   // Returns the lease's uncommitted slots and unpins its blocks; `lease` becomes empty.
   // kFailedPrecondition for an empty lease (e.g. released twice) or one of another cache.
   absl::Status Release(DeviceLease& lease);
+
+  // Names the tenant whose request `lease` serves (Options.host/disk.tenant_shares): the blocks
+  // its Commit and Load add to the cache are that tenant's, in every tier, for as long as they are
+  // cached, and count against its shares. A lease names the default tenant until this is called;
+  // "" names it again. Blocks recovered at a restart are the default tenant's. kInvalidArgument
+  // for a name that is in no tier's tenant_shares; kFailedPrecondition for an empty lease or one
+  // of another cache. O(1).
+  absl::Status SetTenant(DeviceLease& lease, absl::string_view tenant);
 
   // Passes the engine's importance score of each cached block to the policies of the tiers holding
   // it (EvictionPolicy::OnHint): request priority, accumulated attention. Keys not cached are

@@ -323,6 +323,11 @@ KVTIER_C_API kvtier_status kvtier_cache_commit(kvtier_cache* cache, const kvtier
 /* Returns uncommitted slots, unpins the blocks; the lease stays a handle that answers
  * KVTIER_FAILED_PRECONDITION until kvtier_lease_destroy. Releasing twice: FAILED_PRECONDITION. */
 KVTIER_C_API kvtier_status kvtier_cache_release(kvtier_cache* cache, kvtier_lease* lease);
+/* Cache::SetTenant: the lease serves `tenant` (one named in the options "host.tenant_shares" or
+ * "disk.tenant_shares"; NULL or "" = the default tenant), whose shares its blocks count against.
+ * KVTIER_INVALID_ARGUMENT for an unknown name. */
+KVTIER_C_API kvtier_status kvtier_lease_set_tenant(kvtier_cache* cache, kvtier_lease* lease,
+                                                   const char* tenant);
 /* Releases (if not yet) and frees the handle. NULL is a no-op. */
 KVTIER_C_API void kvtier_lease_destroy(kvtier_lease* lease);
 

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "kvtier/layout.h"
@@ -44,6 +45,16 @@ struct CudaOptions {
   CudaCopyMethod copy_method = CudaCopyMethod::kAuto;
 };
 
+// Per-tenant shares of a tier: tenant name -> its share of the tier's slots, a decimal in (0, 1]
+// ({"acme": "0.5", "beta": "0.25"}; text form "acme=0.5,beta=0.25"). Shares of one tier sum to at
+// most 1; what they leave is the default tenant's (the blocks of leases given no tenant). A tenant
+// at or over its share evicts its own blocks first; one under it never loses a block to another
+// tenant's insert; free slots are anyone's (a tenant may exceed its share while there is room).
+// Tenants are named on a lease (Cache::SetTenant); the names of all tiers together are the
+// cache's tenants, at most kMaxTenants. Empty (default): the tier is shared as without tenants.
+using TenantShares = PolicyParams;
+inline constexpr size_t kMaxTenants = 16;
+
 struct DeviceTierOptions {
   uint32_t capacity_slots = 0;  // blocks kvtier may use on the device; 0 = all layout.num_slots
   std::string policy = "lru";   // name in the policy registry
@@ -59,6 +70,14 @@ struct HostTierOptions {
   uint64_t capacity_bytes = 0;
   std::string policy = "lru";  // name in the policy registry
   PolicyParams policy_params;  // key=value strings, validated by the policy
+  // A slot freed by Cache::Remove, Clear or a failed copy is zeroed before it can be reused, so no
+  // stale block (another tenant's) stays in free memory. An evicted slot is not freed: it goes
+  // straight to the block that replaces it, which overwrites it. Costs a memset of one slot per
+  // freed block, under the cache's lock.
+  bool wipe_on_free = false;
+  // Each tenant's share of the host slots (see TenantShares); each named tenant gets its own
+  // instance of `policy` (memory: one policy's per-slot state per tenant).
+  TenantShares tenant_shares;
 };
 
 // The NVMe tier: fixed-size slots in preallocated files, io_uring, O_DIRECT, checksummed.
@@ -79,6 +98,13 @@ struct DiskTierOptions {
   // host -> disk, as room allows), so the next start finds whole prefixes, not orphaned tails.
   // Costs a write of the device and host tiers' unique blocks at shutdown.
   bool flush_on_close = true;
+  // A slot freed by Cache::Remove, Clear or a failed copy has its trailer overwritten with zeros
+  // before it can be reused, so no read, trailer scan or warm restart can serve the block it held
+  // (an evicted slot goes straight to the block replacing it, whose write overwrites it). Costs one
+  // alignment-unit write per freed block; the slot is out of use until it completes.
+  bool wipe_on_free = false;
+  // Each tenant's share of the disk slots, as HostTierOptions.tenant_shares.
+  TenantShares tenant_shares;
 };
 
 // Which part of a model's KV cache this cache holds, and how its bytes are encoded: everything
@@ -187,6 +213,10 @@ struct Options {
   // shape alone, so directories written before the shard identity existed are a mismatch (see
   // DiskTierOptions.reset_on_mismatch). O(layers x segments + string lengths).
   uint64_t Fingerprint() const;
+
+  // The tenants named in host.tenant_shares and disk.tenant_shares, sorted, each once: tenant i
+  // of this list is tenant id i + 1 (0 is the default tenant). O(tenants log tenants).
+  std::vector<std::string> Tenants() const;
 };
 
 }  // namespace kvtier

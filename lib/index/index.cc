@@ -32,6 +32,18 @@ bool HasDuplicate(std::span<const BlockKey> keys) {
   return seen.size() != keys.size();
 }
 
+// Sets the tenant whose entries a call makes, for the call's duration.
+class TenantScope {
+ public:
+  TenantScope(uint8_t& current, uint8_t tenant) : current_(current) { current_ = tenant; }
+  ~TenantScope() { current_ = 0; }
+  TenantScope(const TenantScope&) = delete;
+  TenantScope& operator=(const TenantScope&) = delete;
+
+ private:
+  uint8_t& current_;
+};
+
 }  // namespace
 
 Index::Index(IndexConfig config)
@@ -40,7 +52,8 @@ Index::Index(IndexConfig config)
       clock_(config.clock ? std::move(config.clock) : std::function<uint64_t()>(MonotonicNanos)),
       demote_on_evict_(config.demote_on_evict),
       host_write_through_(config.host_write_through),
-      store_feed_(config.store_feed) {
+      store_feed_(config.store_feed),
+      wipe_on_free_(config.wipe_on_free) {
   MutexLock lock(&mu_);
   for (int t = 0; t < kNumTiers; ++t) {
     TierTable& tt = tiers_[t];
@@ -50,6 +63,14 @@ Index::Index(IndexConfig config)
     // Low slot ids on top of the stack: handy when reading traces and tests.
     for (uint32_t s = tt.capacity; s > 0; --s) tt.free.push_back(s - 1);
     tt.policy = std::move(config.policies[t]);
+    if (!config.tenant_quota_slots[t].empty() && tt.capacity > 0) {
+      auto split =
+          std::make_unique<TenantPolicies>(std::move(config.tenant_policies[t]),
+                                           std::move(config.tenant_quota_slots[t]), tt.capacity);
+      tenant_policies_[t] = split.get();
+      tt.policy = std::move(split);
+      split_by_tenant_ = true;
+    }
     if (tt.policy == nullptr) {  // a disabled tier: a policy that is never asked anything
       tt.policy = *CreatePolicy("lru", {.capacity_slots = 0});
     }
@@ -78,6 +99,10 @@ uint32_t Index::AddEntryLocked(const BlockKey& key, uint32_t parent_id) {
     slab_.emplace_back();
   }
   slab_[id] = Entry{.key = key, .parent_id = parent_id};
+  if (split_by_tenant_) {
+    if (owner_.size() <= id) owner_.resize(size_t{id} + 1, 0);
+    owner_[id] = tenant_;
+  }
   ids_.insert(id);  // hashes slab_[id].key: set it first
   if (parent_id != kNoEntry) slab_[parent_id].children++;
   return id;
@@ -156,14 +181,27 @@ std::optional<SlotId> Index::PickVictimLocked(Tier tier, Pred can_evict) {
 
 void Index::FreeSlotLocked(Tier tier, SlotId slot) {
   TierTable& tt = table(tier);
-  tt.slot[slot].use = SlotUse::kFree;
   tt.slot[slot].entry = kNoEntry;
+  if (tier != kDev && wipe_on_free_[T(tier)]) {
+    // Out of use until wiped: a slot on the free list could be taken and read before the wipe.
+    tt.slot[slot].use = SlotUse::kQuarantined;
+    wipes_.push_back(Place{tier, slot});
+    return;
+  }
+  tt.slot[slot].use = SlotUse::kFree;
   tt.free.push_back(slot);
+}
+
+void Index::FinishWipeLocked(Place p) {
+  TierTable& tt = table(p.tier);
+  tt.slot[p.slot].use = SlotUse::kFree;
+  tt.free.push_back(p.slot);
 }
 
 void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState state,
                                uint32_t lease_pins, uint32_t io_pins) {
   TierTable& tt = table(tier);
+  if (TenantPolicies* split = tenant_policies_[T(tier)]) split->SetOwner(slot, OwnerLocked(id));
   tt.slot[slot].use = SlotUse::kResident;
   tt.slot[slot].entry = id;
   E(id).res[T(tier)] = Residency{.slot = slot,
@@ -265,13 +303,17 @@ bool Index::HasOtherCopyLocked(uint32_t id, Tier tier) const {
   return false;
 }
 
-std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demotions) {
+std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demotions,
+                                            uint32_t for_id) {
   TierTable& tt = table(tier);
   if (tt.capacity == 0) return std::nullopt;
   if (!tt.free.empty()) {
     const SlotId s = tt.free.back();
     tt.free.pop_back();
     return s;
+  }
+  if (TenantPolicies* split = tenant_policies_[T(tier)]) {
+    split->SetInserter(for_id != kNoEntry ? OwnerLocked(for_id) : tenant_);
   }
   ExpireDeadlinesLocked();  // holds and timed hints that ran out, before choosing
   // A victim with no copy elsewhere is written back to the tier below, unless this is the bottom.
@@ -292,7 +334,7 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demoti
       // the caller finishes the copy before anyone may write the slot (the device: a demotion, the
       // host: a write, whose slot's next user waits for it).
       const Tier below = static_cast<Tier>(T(tier) + 1);
-      std::optional<SlotId> slot_below = TakeSlotLocked(below, nullptr);
+      std::optional<SlotId> slot_below = TakeSlotLocked(below, nullptr, id);
       if (!slot_below) {
         can_write_back = false;  // below full of pinned or protected blocks: drop leaves instead
         continue;
@@ -406,6 +448,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
   const std::span<const BlockKey> keys = match.keys;
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Load: the lease was released");
+  const TenantScope scope(tenant_, lease->tenant);
   if (keys.size() > lease->slots.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Load: the match has ", keys.size(),
                                                    " blocks but the lease only ",
@@ -490,7 +533,7 @@ bool Index::PlanSourceLocked(const BlockKey& key, uint32_t parent, Tier store, u
     if (k.state != ResState::kReady) return false;
     // Pin the source first: making room on the host can cascade into a disk eviction.
     PinLocked(e, kDiskTier, /*lease=*/false);
-    std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr);
+    std::optional<SlotId> host_slot = TakeSlotLocked(kHostTier, nullptr, e);
     if (!host_slot) {  // every host slot pinned: the rest is a miss
       UnpinLocked(e, kDiskTier, /*lease=*/false);
       return false;
@@ -638,6 +681,7 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
                                  std::vector<Move>* demotions) {
   Lease* lease = FindLeaseLocked(lease_id);
   if (lease == nullptr) return absl::FailedPreconditionError("Commit: the lease was released");
+  const TenantScope scope(tenant_, lease->tenant);
   if (keys.size() > lease->slots.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Commit: ", keys.size(), " keys for a lease of ",
                                                    lease->slots.size(), " slots"));
@@ -695,7 +739,7 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
       // residency would leave the first slot marked resident to an entry that no longer points at
       // it.
       if (host_write_through_ && !E(id).res[T(kHostTier)].present()) {
-        if (std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr)) {
+        if (std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr, id)) {
           AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
           PinLocked(id, kDev, /*lease=*/false);
           demotions->push_back(Move{.key = keys[i],
@@ -711,6 +755,23 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
     parent_id = ls.entry;
   }
   return absl::OkStatus();
+}
+
+absl::Status Index::SetLeaseTenantLocked(uint64_t lease_id, uint8_t tenant) {
+  Lease* lease = FindLeaseLocked(lease_id);
+  if (lease == nullptr) return absl::FailedPreconditionError("SetTenant: the lease was released");
+  lease->tenant = tenant;
+  return absl::OkStatus();
+}
+
+uint32_t Index::TenantUsedLocked(Tier tier, uint8_t tenant) const {
+  const TenantPolicies* split = tenant_policies_[T(tier)];
+  return split == nullptr ? 0 : split->used(tenant);
+}
+
+uint32_t Index::TenantQuotaLocked(Tier tier, uint8_t tenant) const {
+  const TenantPolicies* split = tenant_policies_[T(tier)];
+  return split == nullptr ? capacity(tier) : split->quota(tenant);
 }
 
 absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
@@ -733,7 +794,7 @@ std::optional<SlotId> Index::TakeSlotForLocked(uint32_t id, Tier tier) {
   // up from the victim would erase it (and reuse its id) under the caller. Held as a child of
   // itself meanwhile, it is not unused.
   E(id).children++;
-  std::optional<SlotId> slot = TakeSlotLocked(tier, nullptr);
+  std::optional<SlotId> slot = TakeSlotLocked(tier, nullptr, id);
   E(id).children--;
   return slot;
 }
@@ -838,7 +899,7 @@ std::vector<Move> Index::FlushDeviceLocked(SlotId& next) {
         e.res[T(kDiskTier)].present()) {
       continue;
     }
-    std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr);
+    std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr, id);
     if (!hs) break;
     AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
     PinLocked(id, kDev, /*lease=*/false);
@@ -862,7 +923,7 @@ void Index::FlushHostLocked() {
     if (E(id).res[T(kHostTier)].state != ResState::kReady || E(id).res[T(kDiskTier)].present()) {
       continue;
     }
-    std::optional<SlotId> ds = TakeSlotLocked(kDiskTier, nullptr);
+    std::optional<SlotId> ds = TakeSlotLocked(kDiskTier, nullptr, id);
     if (!ds) break;
     AddResidencyLocked(id, kDiskTier, *ds, ResState::kFilling, 0, 1);
     QueueWriteLocked(id, s, {kDiskTier, *ds}, /*source_kept=*/true);

@@ -41,6 +41,7 @@
 #include "lib/common/mutex.h"
 #include "lib/index/deadlines.h"
 #include "lib/index/event_queue.h"
+#include "lib/index/tenant_policies.h"
 
 namespace kvtier::internal {
 
@@ -147,6 +148,15 @@ struct IndexConfig {
   std::array<std::unique_ptr<EvictionPolicy>, kNumTiers> policies;
   bool demote_on_evict = true;
   bool host_write_through = false;
+  // Per tier (the device's is ignored): a slot freed (not handed on to a new block) is out of use
+  // until the caller has wiped it (TakeWipesLocked, FinishWipeLocked), so no stale block's bytes
+  // sit in a free slot.
+  std::array<bool, kNumTiers> wipe_on_free{};
+  // Per-tenant shares of a tier (TenantPolicies): each tenant's quota in slots, by tenant id (0:
+  // the default tenant, then the named ones), and a policy instance for each, for the tiers that
+  // have shares; empty: the tier is one policy's, as without tenants. Tenants are at most 64.
+  std::array<std::vector<uint32_t>, kNumTiers> tenant_quota_slots;
+  std::array<std::vector<std::unique_ptr<EvictionPolicy>>, kNumTiers> tenant_policies;
   // What the store (the remote tier, Tier::kRemote) gets a copy of, as writes from host slots:
   // kHostVictims, every host victim (its bytes still in the slot: write-back); kHostFills, every
   // block a demotion brought to the host (the host copy io-pinned until sent: write-through).
@@ -208,6 +218,15 @@ class Index {
   absl::Status CommitLocked(uint64_t lease_id, std::span<const BlockKey> keys,
                             std::vector<Move>* demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ReleaseLeaseLocked(uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The tenant whose request the lease serves (0: the default one): the blocks its Commit and Load
+  // add to the index are that tenant's, in every tier, for as long as they are cached.
+  // kFailedPrecondition for a released lease.
+  absl::Status SetLeaseTenantLocked(uint64_t lease_id, uint8_t tenant)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Slots `tenant` holds in `tier`, and its quota there; 0 and the capacity for a tier without
+  // shares. For tests and stats.
+  uint32_t TenantUsedLocked(Tier tier, uint8_t tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t TenantQuotaLocked(Tier tier, uint8_t tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- Connector mode: the device tier is the engine's (capacity 0 here). Moves to and from it
   // name the engine's block ids (Move::engine); the index keeps only which engine blocks a copy
@@ -250,6 +269,13 @@ class Index {
   std::vector<Move> TakeWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return std::exchange(writes_, {});
   }
+  // Host and disk slots freed since the last take on a tier with IndexConfig::wipe_on_free: each is
+  // out of use (neither free nor resident) until FinishWipeLocked returns it to the free list, once
+  // the caller has zeroed it (host) or invalidated its trailer (disk).
+  std::vector<Place> TakeWipesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::exchange(wipes_, {});
+  }
+  void FinishWipeLocked(Place slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the oldest min(max, queued) KV events to the end of `out`. O(events taken).
   void TakeEventsLocked(size_t max, std::vector<KvEvent>* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     events_.Take(max, out);
@@ -338,7 +364,8 @@ class Index {
   size_t live_leases_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return leases_.size(); }
 
  private:
-  // kQuarantined: a device slot whose old block is still being copied out, owned by no one.
+  // kQuarantined: a device slot whose old block is still being copied out, or a host or disk slot
+  // being wiped (IndexConfig::wipe_on_free), owned by no one.
   enum class SlotUse : uint8_t { kFree, kLeased, kResident, kQuarantined };
   struct TierTable {
     uint32_t capacity = 0;
@@ -365,6 +392,7 @@ class Index {
   };
   struct Lease {
     std::vector<LeaseSlot> slots;
+    uint8_t tenant = 0;  // SetLeaseTenantLocked
   };
 
   TierTable& table(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -378,7 +406,10 @@ class Index {
   // elsewhere and the tier is not the bottom, else dropped); nullopt when nothing can be freed.
   // The device's write-backs are appended to `demotions`; the host's are queued as writes (to the
   // disk, and to the store under StoreFeed::kHostVictims) for TakeWritesLocked.
-  std::optional<SlotId> TakeSlotLocked(Tier tier, std::vector<Move>* demotions)
+  // `for_id`: the entry whose residency the slot is for (its owner's share decides the victim
+  // when the tier is split by tenant); kNoEntry: a lease's device slot, or the call's tenant.
+  std::optional<SlotId> TakeSlotLocked(Tier tier, std::vector<Move>* demotions,
+                                       uint32_t for_id = kNoEntry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // TakeSlotLocked (no device tier) for a residency of entry `id`, which stays an entry
   // meanwhile even if it is uncached (a lost parent) and the eviction drops its last child.
@@ -421,6 +452,10 @@ class Index {
                                    std::vector<Move>* demotions, std::vector<SlotId>* quarantine)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // The tenant owning entry `id` (0 when no tier is split by tenant).
+  uint8_t OwnerLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return owner_.empty() ? 0 : owner_[id];
+  }
   uint32_t FindLocked(const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     work_++;
     auto it = ids_.find(key);
@@ -500,6 +535,7 @@ class Index {
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<Move> writes_ ABSL_GUARDED_BY(mu_);
+  std::vector<Place> wipes_ ABSL_GUARDED_BY(mu_);  // freed slots to wipe (TakeWipesLocked)
   // Connector mode: engine blocks that copies in flight read (stores) or write (loads).
   struct EngineBlockUse {
     uint32_t readers = 0;
@@ -520,6 +556,16 @@ class Index {
   std::array<bool, kNumTiers> bottom_{};
   const bool host_write_through_;
   const IndexConfig::StoreFeed store_feed_;
+  const std::array<bool, kNumTiers> wipe_on_free_;  // IndexConfig::wipe_on_free
+  // Per tier: its policy (tiers_[t].policy) when split by tenant, else null.
+  std::array<TenantPolicies*, kNumTiers> tenant_policies_{};
+  // With any tier split by tenant: each entry's owner, by entry id (else empty). Set when the entry
+  // is made, from tenant_.
+  std::vector<uint8_t> owner_ ABSL_GUARDED_BY(mu_);
+  // The tenant of the lease whose Commit or Load is in progress (0 otherwise): owner of the
+  // entries it makes.
+  uint8_t tenant_ ABSL_GUARDED_BY(mu_) = 0;
+  bool split_by_tenant_ = false;              // some tier has tenant shares; set at construction
   CacheStats counters_ ABSL_GUARDED_BY(mu_);  // the index's counters (tiers' stats live above)
   // Work done so far, in entries and slots visited: key lookups, eviction candidates the policies
   // offered (accepted or not), and slots walked by whole-tier passes (flush, restore, listing);

@@ -204,7 +204,7 @@ uint32_t Index::PlanPrefetchLocked(const MatchResult& m, std::vector<Move>* read
       if (k.state != ResState::kReady) break;
       // Pin the source first: making room on the host can cascade into a disk eviction.
       PinLocked(id, kDiskTier, /*lease=*/false);
-      std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr);
+      std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr, id);
       if (!hs) {  // every host slot pinned, held or in flight: the rest stays where it is
         UnpinLocked(id, kDiskTier, /*lease=*/false);
         break;

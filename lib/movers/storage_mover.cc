@@ -1,5 +1,6 @@
 #include "lib/movers/storage_mover.h"
 
+#include <cstring>
 #include <utility>
 
 namespace kvtier::internal {
@@ -16,8 +17,32 @@ StorageMover::StorageMover(Index& index, HostPool& host, uint64_t block_bytes,
   tiers_[static_cast<int>(Tier::kRemote)] = remote_.get();
 }
 
+void StorageMover::StartWipesLocked() {
+  index_.mu().AssertHeld();
+  for (const Place& p : index_.TakeWipesLocked()) {
+    if (p.tier == Tier::kHost) {
+      // Freed, so unpinned: no copy reads or writes it. Memory speed, one slot per freed block.
+      std::memset(host_.slot_ptr(p.slot), 0, host_.slot_bytes());
+      index_.FinishWipeLocked(p);
+      continue;
+    }
+    if (p.tier != Tier::kDisk || disk_ == nullptr) {  // metadata only: nothing on disk
+      index_.FinishWipeLocked(p);
+      continue;
+    }
+    // Back on the free list only once written, so a new block's write cannot race the zeros. A
+    // failed write frees it all the same: the slot's next write replaces the stale trailer.
+    const absl::Status started = disk_->Invalidate(p.slot, [this, p](const absl::Status&) {
+      MutexLock lock(&index_.mu());
+      index_.FinishWipeLocked(p);
+    });
+    if (!started.ok()) index_.FinishWipeLocked(p);
+  }
+}
+
 void StorageMover::StartWritesLocked() {
   index_.mu().AssertHeld();
+  StartWipesLocked();
   std::vector<Move> writes = index_.TakeWritesLocked();
   if (writes.empty()) return;
   for (int t = static_cast<int>(Tier::kDisk); t < static_cast<int>(tiers_.size()); ++t) {

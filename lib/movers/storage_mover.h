@@ -48,7 +48,9 @@ class StorageMover {
   StorageTier* tier(Tier t) const { return tiers_[static_cast<int>(t)]; }
   DiskTier* disk() const { return disk_.get(); }
 
-  // Starts the writes the Index has decided. Call after every index call that may take host slots
+  // Starts the writes the Index has decided, and the wipes of the slots it freed
+  // (Options.*.wipe_on_free: a host slot is zeroed here, a disk slot's trailer overwritten, each
+  // back on the free list once done). Call after every index call that may take or free host slots
   // or finish a demotion, before enqueueing anything that fills those slots.
   void StartWritesLocked();
 
@@ -78,6 +80,8 @@ class StorageMover {
   void FillStats(CacheStats* stats) const;
 
  private:
+  void StartWipesLocked();
+
   Index& index_;
   HostPool& host_;
   const uint64_t block_bytes_;

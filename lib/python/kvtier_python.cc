@@ -1418,6 +1418,18 @@ PYBIND11_MODULE(kvtier, m) {
           },
           py::arg("keys"), py::arg("lease"))
       .def(
+          "set_tenant",
+          [](PyCache& c, PyLease& l, const std::string& tenant) {
+            CheckSame(c, l, "Cache.set_tenant");
+            py::gil_scoped_release nogil;
+            std::shared_lock life(c.state->life_mu);
+            CheckLease(l, "Cache.set_tenant");
+            ThrowIfError(c.state->cache->SetTenant(l.lease, tenant));
+          },
+          py::arg("lease"), py::arg("tenant"),
+          "the tenant (named in host_tenant_shares or disk_tenant_shares; '' the default one) "
+          "whose request the lease serves: its blocks count against that tenant's shares")
+      .def(
           "release",
           [](PyCache& c, PyLease& l) {
             CheckSame(c, l, "Cache.release");

@@ -244,6 +244,9 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
   }
   t->padded_payload_ = RoundUp(config.block_bytes, t->alignment_);
   t->slot_bytes_ = t->padded_payload_ + t->alignment_;
+  t->zero_trailer_.reset(static_cast<uint8_t*>(std::aligned_alloc(t->alignment_, t->alignment_)));
+  if (t->zero_trailer_ == nullptr) return absl::ResourceExhaustedError("DiskTier: zero trailer");
+  std::memset(t->zero_trailer_.get(), 0, t->alignment_);
   if (config.capacity_bytes < t->slot_bytes_ ||
       config.capacity_bytes / t->slot_bytes_ > UINT32_MAX) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -446,6 +449,21 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
       {RequestFor(IoOp::kWrite, slot, host_slot, static_cast<uint32_t>(slot_bytes_), false)},
       [this, start, done = std::move(done)](absl::Status s) {
         write_latency_.RecordSince(start);
+        if (!s.ok()) io_errors_++;
+        done(s);
+      });
+}
+
+absl::Status DiskTier::Invalidate(SlotId slot, std::function<void(absl::Status)> done) {
+  if (slot >= capacity_slots_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DiskTier::Invalidate: slot ", slot, " vs ", capacity_slots_));
+  }
+  invalidations_++;
+  // A zero trailer is what a never-written slot holds: the scan skips it, a read fails to verify.
+  return ring_->Submit(
+      {RequestFor(IoOp::kWrite, slot, zero_trailer_.get(), alignment_, /*trailer_only=*/true)},
+      [this, done = std::move(done)](absl::Status s) {
         if (!s.ok()) io_errors_++;
         done(s);
       });
@@ -707,6 +725,7 @@ DiskTier::Stats DiskTier::stats() const {
                .writes = writes_.load(),
                .corrupt_reads = corrupt_.load(),
                .io_errors = io_errors_.load(),
+               .invalidations = invalidations_.load(),
                .recovered_blocks = recovered_blocks_,
                .recovery_dropped = recovery_dropped_,
                .buffered_io = buffered_,

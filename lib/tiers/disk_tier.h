@@ -37,6 +37,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <span>
@@ -103,7 +104,7 @@ absl::StatusOr<DiskManifest> DecodeDiskManifest(std::span<const uint8_t> bytes,
 class DiskTier final : public StorageTier {
  public:
   struct Stats {
-    uint64_t reads = 0, writes = 0, corrupt_reads = 0, io_errors = 0;
+    uint64_t reads = 0, writes = 0, corrupt_reads = 0, io_errors = 0, invalidations = 0;
     uint64_t recovered_blocks = 0, recovery_dropped = 0;
     bool buffered_io = false;        // true when O_DIRECT was unavailable and allowed
     bool from_manifest = false;      // the last Open() used a clean manifest (else a scan)
@@ -139,6 +140,10 @@ class DiskTier final : public StorageTier {
   absl::Status Read(SlotId slot, const BlockKey& key, void* host_slot,
                     std::function<void(absl::Status)> done);
 
+  // Overwrites `slot`'s trailer with zeros (one alignment unit), so that no read, scan or restart
+  // finds the block it held (Options.disk.wipe_on_free). done(OK) once written, or the I/O error.
+  absl::Status Invalidate(SlotId slot, std::function<void(absl::Status)> done);
+
   // StorageTier: the per-block Read and Write above, for a batch.
   NotStarted ReadBlocks(std::vector<Block> blocks, Done done) override;
   NotStarted WriteBlocks(std::vector<Block> blocks, Done done) override;
@@ -167,12 +172,14 @@ class DiskTier final : public StorageTier {
   uint64_t padded_payload_ = 0;
   uint64_t slot_bytes_ = 0;
   uint32_t capacity_slots_ = 0;
+  // One alignment unit of zeros, the source of every Invalidate (never written; outlives ring_).
+  std::unique_ptr<uint8_t, void (*)(void*)> zero_trailer_{nullptr, &std::free};
   std::vector<int> fds_;
   int lock_fd_ = -1;
   std::unique_ptr<IoRing> ring_;
   std::vector<StoredBlock> recovered_;
   std::atomic<uint64_t> sequence_{1};
-  std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0};
+  std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0}, invalidations_{0};
   AtomicHistogram read_latency_, write_latency_;  // recorded on the completion thread
   uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
   bool buffered_ = false;

@@ -654,3 +654,25 @@ def test_chain_tokens_accepts_torch_tensors():
         h.chain_tokens(torch.arange(2 * TPB, dtype=torch.float32), TPB)
     with pytest.raises(TypeError):
         h.chain_tokens(torch.full((TPB,), 2**40), TPB)  # not an int32
+
+
+def test_tenant_shares_and_wipe_on_free():
+    """host_tenant_shares and set_tenant reach the cache; bad names and shares raise ValueError."""
+    cache = make_cache(host_tenant_shares={"a": "0.5", "b": "0.5"}, host_wipe_on_free=True)
+    keys = prompt_keys(7)
+    lease = cache.allocate_device(len(keys))
+    cache.set_tenant(lease, "a")
+    cache.set_tenant(lease, "")  # the default tenant
+    with pytest.raises(ValueError):
+        cache.set_tenant(lease, "c")
+    cache.set_tenant(lease, "b")
+    for b in range(len(keys)):
+        for layer in range(LAYERS):
+            for s in range(SEGS):
+                lease.write_block(b, layer, s, pattern(keys[b], layer, s))
+    cache.commit(keys, lease)
+    cache.release(lease)
+    assert cache.remove(keys)["done"] == len(keys)
+    cache.check_invariants()
+    with pytest.raises(ValueError):
+        make_cache(host_tenant_shares={"a": "0.7", "b": "0.4"})
