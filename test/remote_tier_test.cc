@@ -586,7 +586,7 @@ TEST_CASE("Remote: a master killed mid-run gives misses, never a hang or a wrong
   // Until the failover, every step ends within its budgets, and whatever B loads is intact.
   const auto start = Clock::now();
   for (const auto& keys : seqs) {
-    auto r = RunSequence(**b, kv_b, keys);
+    auto r = RunSequence(**b, kv_b, keys, nullptr, test::LoadFailures::kExpected);
     REQUIRE_OK(r);
     CHECK(r->mismatched_bytes == 0);
   }
@@ -611,7 +611,7 @@ TEST_CASE("Remote: a master killed mid-run gives misses, never a hang or a wrong
     EngineKv kv_c;
     auto c = Cache::Create(RemoteOptions(kv_c, **cluster, scope));
     REQUIRE_OK(c);
-    auto r = RunSequence(**c, kv_c, fresh);
+    auto r = RunSequence(**c, kv_c, fresh, nullptr, test::LoadFailures::kExpected);
     REQUIRE_OK(r);
     CHECK(r->mismatched_bytes == 0);
     loaded = r->loaded;
