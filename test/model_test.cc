@@ -6,7 +6,17 @@
 // function of its key, so any block handed back can be checked byte for byte). Eviction choices
 // are the cache's own: where the contract allows two outcomes (a hit or a miss, OK or
 // kResourceExhausted when slots are short), the model accepts either and checks the rest.
+// Where it does not, the model checks recall: a block that a live lease holds (committed or
+// loaded) is pinned on the device, so Match must find at least that prefix.
+//
+// Variants: a disk tier below a small host tier (write-back to disk, disk-to-device loads), host
+// write-through, loads left in flight while other calls run (waited and checked later), Hints.
+// The seed comes from KVTIER_TEST_SEED when set (CI sets a new one per run); every case prints
+// the seed it used, to rerun a failure with it.
+#include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
@@ -14,6 +24,7 @@
 
 #include "kvtier/cache.h"
 #include "kvtier/policy.h"
+#include "lib/tiers/disk_tier.h"
 #include "test/util/test_util.h"
 
 namespace kvtier {
@@ -33,15 +44,50 @@ struct ModelLease {
   // A Commit kept another copy of some key (blocks_commit_shared grew): which positions the
   // lease holds is no longer known exactly, so a Load may be refused or not.
   bool held_unknown = false;
+  // A Load not waited for yet (destroyed before the lease: a Transfer waits in its destructor).
+  std::optional<Transfer> pending;
 };
+
+// What the model's cache has besides the device and host tiers.
+struct ModelConfig {
+  std::string policy = "lru";
+  bool disk = false;           // a disk tier of 64 blocks under a host tier of 8
+  bool write_through = false;  // Options.host_write_through
+  bool in_flight = false;      // half the Loads are waited only at a later step
+};
+
+// The seed of a model run: `fixed` plus KVTIER_TEST_SEED when set (a number); printed.
+uint32_t ModelSeed(uint32_t fixed) {
+  uint32_t seed = fixed;
+  const char* env = std::getenv("KVTIER_TEST_SEED");
+  if (env != nullptr && *env != '\0') {
+    seed = static_cast<uint32_t>(std::strtoul(env, nullptr, 10)) + fixed;
+  }
+  std::printf("model_test: seed %u (KVTIER_TEST_SEED=%s)\n", seed, env != nullptr ? env : "unset");
+  std::fflush(stdout);
+  return seed;
+}
 
 class Model {
  public:
-  explicit Model(uint32_t seed, const std::string& policy = "lru")
-      : rng_(seed), kv_({.layers = 2, .segment_bytes = 64, .num_slots = kDeviceSlots}) {
+  explicit Model(uint32_t seed, const ModelConfig& config = {})
+      : config_(config),
+        rng_(seed),
+        kv_({.layers = 2, .segment_bytes = 64, .num_slots = kDeviceSlots}) {
     Options options = test::MakeOptions(kv_, kHostBlocks);
-    options.device.policy = policy;
-    options.host.policy = policy;
+    options.device.policy = config.policy;
+    options.host.policy = config.policy;
+    options.host_write_through = config.write_through;
+    if (config.disk) {
+      dir_ = std::make_unique<test::TempDir>("model_test");
+      auto align = internal::DiskTier::Alignment(dir_->path.string());
+      REQUIRE_OK(align);
+      const uint64_t slot = internal::DiskTier::HostSlotBytes(kv_.layout().block_bytes(), *align);
+      options.host.capacity_bytes = 8 * slot;
+      options.disk.directory = dir_->path.string();
+      options.disk.capacity_bytes = 64 * slot;
+      options.disk.policy = config.policy;
+    }
     auto cache = Cache::Create(options);
     REQUIRE_OK(cache);
     cache_ = std::move(*cache);
@@ -55,12 +101,13 @@ class Model {
   void Step() {
     const uint32_t op = rng_() % 100;
     last_op_ = op;
-    if (op < 25) return DoMatch();
-    if (op < 40) return DoAllocate();
-    if (op < 58) return DoLoad();
-    if (op < 78) return DoCommit();
-    if (op < 88) return DoRelease();
-    if (op < 92) return DoGrow();
+    if (op < 22) return DoMatch();
+    if (op < 37) return DoAllocate();
+    if (op < 55) return DoLoad();
+    if (op < 75) return DoCommit();
+    if (op < 85) return DoRelease();
+    if (op < 89) return DoGrow();
+    if (op < 94) return DoHint();
     return DoBadCall();
   }
 
@@ -69,12 +116,15 @@ class Model {
     const CacheStats s = cache_->Stats();
     REQUIRE(s.leases_live == leases_.size());
     INFO("last op " << last_op_);
-    REQUIRE(s.host.pinned_blocks == 0);  // nothing is in flight between calls
+    // Nothing is in flight between calls, unless a Load is (its host sources are pinned), a
+    // write-through copy (its device source and host slot are), or a disk write (its host slot).
+    const bool copying = config_.disk || config_.write_through || Pending() > 0;
+    if (!copying) REQUIRE(s.host.pinned_blocks == 0);
     REQUIRE(s.device.used_blocks <= s.device.capacity_blocks);
     REQUIRE(s.host.used_blocks <= s.host.capacity_blocks);
     uint64_t held = 0;
     for (const auto& [id, l] : leases_) held += l.lease.size();
-    REQUIRE(s.device.pinned_blocks <= held);
+    if (!config_.write_through) REQUIRE(s.device.pinned_blocks <= held);
     REQUIRE(s.match_calls >= last_.match_calls);  // counters never go back
     REQUIRE(s.blocks_committed >= last_.blocks_committed);
     REQUIRE(s.device.evictions >= last_.device.evictions);
@@ -86,6 +136,9 @@ class Model {
   uint64_t calls() const { return calls_; }
   uint64_t mismatched() const { return mismatched_; }
   uint64_t loaded() const { return loaded_; }
+  uint64_t recall_checks() const { return recall_checks_; }
+  uint64_t loaded_in_flight() const { return loaded_in_flight_; }
+  const CacheStats& last_stats() const { return last_; }
 
  private:
   std::vector<BlockKey> Request() {
@@ -103,10 +156,33 @@ class Model {
     for (const auto& [id, l] : leases_) n += l.lease.size();
     return n;
   }
+  uint64_t Pending() const {
+    uint64_t n = 0;
+    for (const auto& [id, l] : leases_) n += l.pending.has_value();
+    return n;
+  }
+
+  // Waits for the lease's Load in flight, if any, and checks every byte it brought.
+  void Finish(ModelLease& l) {
+    if (!l.pending) return;
+    REQUIRE_OK(l.pending->Wait());
+    REQUIRE_OK(l.pending->status());
+    REQUIRE(l.pending->Poll());
+    for (uint32_t i = 0; i < l.pending->blocks(); ++i) {
+      const uint64_t bad = kv_.Mismatches(l.lease.slots()[i], l.keys[i]);
+      mismatched_ += bad;
+      REQUIRE(bad == 0);
+    }
+    loaded_ += l.pending->blocks();
+    loaded_in_flight_ += l.pending->blocks();
+    l.pending.reset();
+  }
 
   void DoMatch() {
     calls_++;
-    const auto keys = Request();
+    // Half the time the query is a live lease's chain: recall can be checked.
+    ModelLease* l = rng_() % 2 ? AnyLease() : nullptr;
+    const auto keys = l != nullptr ? l->keys : Request();
     auto m = cache_->Match(keys);
     REQUIRE_OK(m);
     REQUIRE(m->size() <= keys.size());
@@ -114,6 +190,22 @@ class Model {
       REQUIRE(m->keys[i] == keys[i]);         // a prefix of the query
       REQUIRE(committed_.contains(keys[i]));  // nothing is matched that was never committed
     }
+    if (l != nullptr && !l->held_unknown && !l->pending) {
+      // Positions [0, held) of a live lease hold its chain's blocks, pinned on the device (loaded,
+      // committed or shared): none can have been evicted, so Match finds at least those.
+      recall_checks_++;
+      INFO("lease holds " << l->held << " matched " << m->size());
+      REQUIRE(m->size() >= l->held);
+      for (uint32_t i = 0; i < l->held; ++i) REQUIRE(m->tiers[i] == Tier::kDevice);
+    }
+  }
+
+  void DoHint() {
+    calls_++;
+    const auto keys = Request();
+    std::vector<double> scores(keys.size());
+    for (double& x : scores) x = static_cast<double>(rng_() % 100);
+    REQUIRE_OK(cache_->Hint(keys, scores));  // cached or not, any score is accepted
   }
 
   void DoAllocate() {
@@ -160,6 +252,7 @@ class Model {
     calls_++;
     ModelLease* l = AnyLease();
     if (l == nullptr) return DoAllocate();
+    Finish(*l);
     auto m = cache_->Match(l->keys);
     REQUIRE_OK(m);
     auto xfer = cache_->Load(*m, l->lease);
@@ -175,6 +268,12 @@ class Model {
     if (l->only_shared) REQUIRE(xfer->blocks() >= l->held);  // the shared positions are kept
     l->only_shared = false;
     REQUIRE(xfer->blocks() <= m->size());
+    if (config_.in_flight && rng_() % 2) {
+      // Left in flight: other calls run meanwhile; Finish waits and checks it later.
+      l->held = std::max(l->held, xfer->blocks());
+      l->pending = std::move(*xfer);
+      return;
+    }
     REQUIRE_OK(xfer->Wait());
     REQUIRE_OK(xfer->status());
     for (uint32_t i = 0; i < xfer->blocks(); ++i) {
@@ -190,6 +289,7 @@ class Model {
     calls_++;
     ModelLease* l = AnyLease();
     if (l == nullptr) return DoAllocate();
+    Finish(*l);
     // The engine computes the positions not held, then publishes a prefix of its chain.
     const auto n = static_cast<uint32_t>(1 + rng_() % l->keys.size());
     for (uint32_t i = l->held; i < n; ++i) kv_.Write(l->lease.slots()[i], l->keys[i]);
@@ -207,6 +307,7 @@ class Model {
     if (leases_.empty()) return;
     auto it = leases_.begin();
     std::advance(it, rng_() % leases_.size());
+    if (rng_() % 4 != 0) Finish(it->second);  // else the Transfer waits in its destructor
     if (rng_() % 2) {
       REQUIRE_OK(cache_->Release(it->second.lease));
       REQUIRE_CODE(cache_->Release(it->second.lease), absl::StatusCode::kFailedPrecondition);
@@ -218,6 +319,7 @@ class Model {
     calls_++;
     ModelLease* l = AnyLease();
     if (l == nullptr) return;
+    Finish(*l);
     const uint32_t before = l->lease.size();
     const absl::Status s = cache_->Grow(l->lease, 1);
     const CacheStats st = cache_->Stats();
@@ -267,6 +369,7 @@ class Model {
       case 4: {  // more keys than slots, and a match longer than the lease
         ModelLease* l = AnyLease();
         if (l == nullptr) break;
+        Finish(*l);
         std::vector<BlockKey> longer = test::Chain(l->lease.size() + 1, 77);
         REQUIRE_CODE(cache_->Commit(longer, l->lease), absl::StatusCode::kInvalidArgument);
         MatchResult m{.keys = longer, .tiers = std::vector<Tier>(longer.size(), Tier::kHost)};
@@ -276,6 +379,7 @@ class Model {
       case 5: {  // a key repeated in one chain
         ModelLease* l = AnyLease();
         if (l == nullptr || l->lease.size() < 2) break;
+        Finish(*l);
         const std::vector<BlockKey> twice = {l->keys[0], l->keys[0]};
         REQUIRE_CODE(cache_->Commit(twice, l->lease), absl::StatusCode::kInvalidArgument);
         break;
@@ -286,6 +390,8 @@ class Model {
     }
   }
 
+  const ModelConfig config_;
+  std::unique_ptr<test::TempDir> dir_;  // the disk tier's; removed after the cache
   std::mt19937 rng_;
   EngineKv kv_;
   EngineKv other_kv_;
@@ -296,7 +402,7 @@ class Model {
   uint64_t next_id_ = 0;
   std::set<BlockKey> committed_;
   CacheStats last_;
-  uint64_t calls_ = 0, mismatched_ = 0, loaded_ = 0;
+  uint64_t calls_ = 0, mismatched_ = 0, loaded_ = 0, recall_checks_ = 0, loaded_in_flight_ = 0;
   uint32_t last_op_ = 0;
 };
 
@@ -307,7 +413,7 @@ constexpr uint64_t kCalls = 100000;
 #endif
 
 TEST_CASE("Cache model: 100k random calls, good and bad, keep every promise", "[model]") {
-  const uint32_t seed = GENERATE(11u, 12u);
+  const uint32_t seed = ModelSeed(GENERATE(11u, 12u));
   CAPTURE(seed);
   Model model(seed);
   while (model.calls() < kCalls) {
@@ -316,6 +422,35 @@ TEST_CASE("Cache model: 100k random calls, good and bad, keep every promise", "[
   }
   CHECK(model.mismatched() == 0);
   CHECK(model.loaded() > 1000);  // the run did exercise loads
+  CHECK(model.recall_checks() > 1000);
+}
+
+TEST_CASE("Cache model: with a disk tier, write-through and loads in flight, every promise holds",
+          "[model][disk]") {
+  const int variant = GENERATE(0, 1, 2, 3);
+  ModelConfig config;
+  config.disk = variant == 0 || variant == 2 || variant == 3;
+  config.write_through = variant == 1 || variant == 3;
+  config.in_flight = variant >= 1;
+  CAPTURE(variant, config.disk, config.write_through, config.in_flight);
+  const uint32_t seed = ModelSeed(31 + variant);
+  CAPTURE(seed);
+  // Disk I/O is slower than the emulated device: fewer calls.
+  const uint64_t calls = config.disk ? kCalls / 5 : kCalls / 2;
+  Model model(seed, config);
+  while (model.calls() < calls) {
+    model.Step();
+    model.CheckAll();
+  }
+  CHECK(model.mismatched() == 0);
+  CHECK(model.loaded() > 200);
+  CHECK(model.recall_checks() > 100);
+  const CacheStats& s = model.last_stats();
+  if (config.disk) {
+    CHECK(s.disk.hits > 0);  // blocks did come back from disk
+    CHECK(s.bytes_disk_written > 0);
+  }
+  if (config.in_flight) CHECK(model.loaded_in_flight() > 0);
 }
 
 // The shared property test of every registered policy, through a real Cache: whatever the policy
@@ -325,7 +460,9 @@ TEST_CASE("Cache model: every registered policy keeps every promise", "[model][p
   const std::string policy = GENERATE(from_range(ListPolicies()));
   CAPTURE(policy);
   if (policy.find("for-test") != std::string::npos) return;  // registered by other tests
-  Model model(21, policy);
+  ModelConfig config;
+  config.policy = policy;
+  Model model(ModelSeed(21), config);
   while (model.calls() < kCalls / 5) {
     model.Step();
     model.CheckAll();
