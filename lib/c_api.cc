@@ -718,6 +718,8 @@ void kvtier_match_destroy(kvtier_match* match) { delete match; }
 
 // ---- leases ----
 
+}  // extern "C"
+
 namespace {
 
 // kvtier_cache_allocate_device (without_match: no match) and kvtier_cache_allocate_for_match.
@@ -747,6 +749,8 @@ kvtier_status Allocate(const char* call, kvtier_cache* cache, const kvtier_match
 }
 
 }  // namespace
+
+extern "C" {
 
 kvtier_status kvtier_cache_allocate_device(kvtier_cache* cache, uint32_t n, kvtier_lease** out) {
   return Allocate("kvtier_cache_allocate_device", cache, nullptr, n, out, /*without_match=*/true);
@@ -1120,6 +1124,10 @@ void kvtier_transfer_destroy(kvtier_transfer* transfer) {
 
 // ---- connector mode ----
 
+}  // extern "C"
+
+// Helpers outside extern "C": C linkage would apply to them too, unnamed namespace or not
+// (clang: -Wreturn-type-c-linkage for their C++ return types).
 namespace {
 
 absl::Status CheckBlockIds(const char* call, const char* what, const uint32_t* blocks, size_t n) {
@@ -1168,6 +1176,8 @@ kvtier_status StartStore(const char* call, kvtier_connector* connector,
 }
 
 }  // namespace
+
+extern "C" {
 
 kvtier_status kvtier_connector_create(const kvtier_options* options, kvtier_connector** out) {
   return Guard([&]() -> absl::Status {
