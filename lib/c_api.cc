@@ -1139,8 +1139,10 @@ void kvtier_transfer_destroy(kvtier_transfer* transfer) {
 
 // ---- connector mode ----
 
-}  // extern "C": the helpers below are C++ (they return absl types)
+}  // extern "C"
 
+// Helpers outside extern "C": C linkage would apply to them too, unnamed namespace or not
+// (clang: -Wreturn-type-c-linkage for their C++ return types).
 namespace {
 
 absl::Status CheckBlockIds(const char* call, const char* what, const uint32_t* blocks, size_t n) {

@@ -3,6 +3,8 @@
 #include <random>
 #include <set>
 
+#include "lib/cache_factory.h"
+#include "lib/transfer/emulated_device.h"
 #include "test/util/test_util.h"
 
 namespace kvtier {
@@ -104,6 +106,59 @@ TEST_CASE("Cache: evicted blocks are written back to host and promoted back byte
   CHECK(s.promotions == match->blocks_in(Tier::kHost));
   CHECK(s.bytes_h2d == s.promotions * kv.layout().block_bytes());
   CHECK(s.host.hits > 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Cache: failed device copies (promotion, demotion) are misses, never wrong bytes",
+          "[cache][faults]") {
+  EngineKv kv({.num_slots = 4});
+  auto owned = std::make_unique<internal::EmulatedDevice>();
+  internal::EmulatedDevice* device = owned.get();
+  auto cache = internal::CreateCache(test::MakeOptions(kv, 16), std::move(owned));
+  REQUIRE_OK(cache);
+  const auto a = test::Chain(3, 1);
+  const auto b = test::Chain(3, 2);
+  REQUIRE_OK(test::RunSequence(**cache, kv, a));
+  REQUIRE_OK(test::RunSequence(**cache, kv, b));  // pushes a out to host
+  auto match = (*cache)->Match(a);
+  REQUIRE_OK(match);
+  const uint32_t on_host = match->blocks_in(Tier::kHost);
+  REQUIRE(on_host >= 2);
+  SECTION("a failed host-to-device copy fails the load; the host copies still serve") {
+    auto lease = (*cache)->AllocateDevice(3);  // its write-backs are done when it returns
+    REQUIRE_OK(lease);
+    device->FailNextCopies(1);
+    auto xfer = (*cache)->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    REQUIRE(xfer->blocks_promoted() == on_host);
+    CHECK_FALSE(xfer->Wait().ok());
+    CHECK((*cache)->Stats().transfer_failures >= 1);
+    REQUIRE_OK((*cache)->CheckInvariants());
+    // The engine recomputes all three and commits them.
+    for (uint32_t i = 0; i < 3; ++i) kv.Write(lease->slots()[i], a[i]);
+    REQUIRE_OK((*cache)->Commit(a, *lease));
+    REQUIRE_OK((*cache)->Release(*lease));
+    REQUIRE_OK((*cache)->CheckInvariants());
+    auto again = test::RunSequence(**cache, kv, a);
+    REQUIRE_OK(again);
+    CHECK(again->loaded == 3);
+    CHECK(again->mismatched_bytes == 0);
+  }
+  SECTION("a failed device-to-host write-back loses that block, never serves its slot") {
+    // c pushes b's blocks to the host; their write-back copy fails.
+    const uint64_t failures_before = (*cache)->Stats().transfer_failures;
+    device->FailNextCopies(1);
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 3)));
+    CHECK((*cache)->Stats().transfer_failures > failures_before);
+    REQUIRE_OK((*cache)->CheckInvariants());
+    auto mb = (*cache)->Match(b);
+    REQUIRE_OK(mb);
+    CHECK(mb->size() < 3);  // the lost block ends b's cached prefix
+    auto r = test::RunSequence(**cache, kv, b);
+    REQUIRE_OK(r);
+    CHECK(r->loaded == mb->size());
+    CHECK(r->mismatched_bytes == 0);
+  }
   REQUIRE_OK((*cache)->CheckInvariants());
 }
 

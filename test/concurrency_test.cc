@@ -88,7 +88,8 @@ TEST_CASE("Cache concurrency: schedulers and workers share prefixes without a wr
     for (uint32_t b = 0; b < 6; ++b) bases.push_back(test::Chain(6, 500 + b));
 
     JobQueue queue(/*producers=*/2);
-    std::atomic<uint64_t> mismatched{0}, loaded{0}, committed{0}, exhausted{0}, errors{0};
+    std::atomic<uint64_t> mismatched{0}, loaded{0}, committed{0}, exhausted{0}, errors{0},
+        load_failures{0};
     std::atomic<bool> done{false};
     auto scheduler = [&](uint32_t seed) {
       std::mt19937 rng(seed);
@@ -119,7 +120,10 @@ TEST_CASE("Cache concurrency: schedulers and workers share prefixes without a wr
     };
     auto worker = [&] {
       while (std::optional<Job> job = queue.Pop()) {
-        const uint32_t blocks = job->transfer.Wait().ok() ? job->transfer.blocks() : 0;
+        // No fault is injected: a failed load is an error, not "0 loaded".
+        const bool ok = job->transfer.Wait().ok();
+        if (!ok) load_failures++;
+        const uint32_t blocks = ok ? job->transfer.blocks() : 0;
         const auto slots = job->lease.slots();
         for (uint32_t i = 0; i < blocks; ++i) mismatched += kv.Mismatches(slots[i], job->keys[i]);
         for (uint32_t i = blocks; i < job->keys.size(); ++i) kv.Write(slots[i], job->keys[i]);
@@ -153,6 +157,7 @@ TEST_CASE("Cache concurrency: schedulers and workers share prefixes without a wr
     observer.join();
 
     CHECK(errors == 0);
+    CHECK(load_failures == 0);
     CHECK(mismatched == 0);
     CHECK(committed > 0);
     CHECK(loaded > 0);
@@ -160,6 +165,7 @@ TEST_CASE("Cache concurrency: schedulers and workers share prefixes without a wr
     const CacheStats s = cache.Stats();
     CHECK(s.leases_live == 0);
     CHECK(s.device.pinned_blocks == 0);
+    CHECK(s.transfer_failures == 0);
     if (with_disk) CHECK(s.disk_corrupt_reads == 0);
   }
   std::filesystem::remove_all(dir);

@@ -763,11 +763,13 @@ Options DiskOptions(const EngineKv& kv, const fs::path& dir, uint32_t host_block
 }
 
 // Runs `n` two-block sequences (seeds first..first+n) through the cache; returns mismatched bytes.
-uint64_t RunAll(Cache& cache, EngineKv& kv, uint32_t first, uint32_t n, uint64_t* matched) {
+// A failed load fails the test unless `failures` says the test injects them.
+uint64_t RunAll(Cache& cache, EngineKv& kv, uint32_t first, uint32_t n, uint64_t* matched,
+                test::LoadFailures failures = test::LoadFailures::kForbidden) {
   uint64_t bad = 0;
   for (uint32_t i = first; i < first + n; ++i) {
     auto keys = test::Chain(2, i);
-    auto r = test::RunSequence(cache, kv, keys);
+    auto r = test::RunSequence(cache, kv, keys, nullptr, failures);
     REQUIRE_OK(r);
     REQUIRE_OK(cache.CheckInvariants());
     bad += r->mismatched_bytes;
@@ -988,7 +990,7 @@ TEST_CASE("Cache with disk: under injected disk faults no corrupt block reaches 
   std::mt19937 rng(5 + kind);
   uint64_t bad = 0, matched = 0;
   for (int step = 0; step < 300; ++step) {
-    bad += RunAll(**cache, kv, 1 + rng() % 30, 1, &matched);
+    bad += RunAll(**cache, kv, 1 + rng() % 30, 1, &matched, test::LoadFailures::kExpected);
     if (step % 50 == 0) REQUIRE_OK((*cache)->CheckInvariants());
   }
   CHECK(bad == 0);

@@ -125,20 +125,20 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
 TEST_CASE("Index: Load shares Ready device blocks, plans host promotions, stops at Filling",
           "[index]")
 ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  Fixture f(4, /*host=*/8);
+  Fixture f(7, /*host=*/8);
   MutexLock lock(&f.index.mu());
   const auto a = test::Chain(3, 1);
   const uint64_t first = f.Commit(a);
-  std::vector<SlotId> first_slots;
   REQUIRE_OK(f.index.ReleaseLeaseLocked(first));
   // Push a's last two blocks down to the host by filling the device.
   std::vector<Move> demotions;
-  const uint64_t other = f.Commit(test::Chain(3, 2), &demotions);
+  const uint64_t other = f.Commit(test::Chain(6, 2), &demotions);
   for (const Move& d : demotions) f.index.FinishMoveLocked(d, true);
   REQUIRE_OK(f.index.ReleaseLeaseLocked(other));
   f.Check();
   auto m = f.index.MatchLocked(a);
   REQUIRE(m.size() == 3);
+  REQUIRE(m.blocks_in(Tier::kDevice) == 1);
   std::vector<SlotId> slots;
   std::vector<Move> d;
   const uint64_t lease = *f.index.NewLeaseLocked(3, &slots, &d);
@@ -147,10 +147,21 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   CHECK(plan->blocks == 3);
   CHECK(plan->promotions.size() == m.blocks_in(Tier::kHost));
   f.Check();
-  // A second lease cannot share the blocks still being promoted: its plan stops there.
-  const uint64_t lease2 = *f.index.NewLeaseLocked(1, &slots, &d);
+  // A second lease shares a's first block (Ready on the device) but not the two still being
+  // promoted into the first lease (Filling): its plan stops at the first of them, and plans no
+  // copy of its own for them.
+  std::vector<SlotId> slots2;
+  const uint64_t lease2 = *f.index.NewLeaseLocked(3, &slots2, &d);
   auto plan2 = f.index.PlanLoadLocked(lease2, m);
-  REQUIRE_CODE(plan2, absl::StatusCode::kInvalidArgument);  // 3 blocks into a 1-slot lease
+  REQUIRE_OK(plan2);
+  CHECK(plan2->blocks == 1);
+  CHECK(plan2->promotions.empty());
+  f.Check();
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(lease2));
+  // A match longer than the lease is refused.
+  const uint64_t lease3 = *f.index.NewLeaseLocked(1, &slots2, &d);
+  REQUIRE_CODE(f.index.PlanLoadLocked(lease3, m), absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK(f.index.ReleaseLeaseLocked(lease3));
   // Loading twice into the same lease is refused.
   REQUIRE_CODE(f.index.PlanLoadLocked(lease, m), absl::StatusCode::kFailedPrecondition);
   // A failed promotion gives the slot back to the lease.

@@ -288,6 +288,16 @@ TEST_CASE("RedisCluster: bad configurations fail with their codes, quickly", "[r
   }
 }
 
+TEST_CASE("Regression #17: LocalRedisCluster retries only a taken port, never a real fault",
+          "[redis]") {
+  if (SkipWithoutRedis()) return;
+  // A node that cannot start for another reason (here a bad maxmemory) fails Start at once.
+  const int before = LocalRedisCluster::start_attempts.load();
+  auto bad = LocalRedisCluster::Start({.maxmemory = "not-a-size"});
+  REQUIRE_CODE(bad, absl::StatusCode::kFailedPrecondition);
+  CHECK(LocalRedisCluster::start_attempts.load() - before == 1);
+}
+
 TEST_CASE("RedisCluster: a deadline already passed fails every key with kDeadlineExceeded",
           "[redis]") {
   if (SkipWithoutRedis()) return;

@@ -137,3 +137,11 @@ write("options", "policies",
 write("options", "policies-2",
       "device.policy=arc\nhost.policy=sieve\ndisk.policy=prefix_aware\n"
       "device.capacity_slots=32\n")
+
+# cache_sequence: a configuration byte (policy index, write-through, loads in flight), then one
+# byte per choice of the model. Bytes from a seeded generator: long mixed runs of every call.
+import random  # noqa: E402
+
+for n, config in enumerate([0x00, 0x01, 0x0a, 0x13, 0x1c, 0x05, 0x16, 0x1f]):
+    rng = random.Random(1700 + n)
+    write("cache_sequence", f"mixed-{n}", bytes([config]) + rng.randbytes(1500))

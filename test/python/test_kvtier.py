@@ -425,12 +425,40 @@ def test_bad_calls():
     other.close()
 
 
-def test_gil_released_during_wait():
-    """A second Python thread runs while this one is blocked in Transfer.wait().
+def ran_inside(call):
+    """Whether another Python thread ran while call() blocked, decided without timing.
 
-    With the GIL held through the wait, the spinner could not record a time strictly between the
-    two clock readings around it; with it released, it records many.
+    The switch interval is raised far past the test's length, so this thread hands the GIL over
+    only where it blocks with the GIL released: a probe thread woken just before call() can then
+    see `phase` == "inside" only if call() released the GIL. If it did but the probe got no CPU
+    in time, the probe sees "after": False, and the caller tries again (a held GIL never passes).
     """
+    import sys
+    phase = ["before"]
+    seen = []
+    armed = threading.Event()
+
+    def probe():
+        armed.wait()
+        seen.append(phase[0])
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        t = threading.Thread(target=probe)
+        t.start()
+        phase[0] = "inside"
+        armed.set()  # wakes the probe; it needs the GIL, which only a blocking call gives up
+        call()
+        phase[0] = "after"
+    finally:
+        sys.setswitchinterval(old)
+    t.join()
+    return seen == ["inside"]
+
+
+def test_gil_released_during_wait():
+    """A second Python thread runs while this one is blocked in Transfer.wait()."""
     big = 256 << 10  # 32 blocks x 8 segments x 256 KiB = 64 MiB to copy: milliseconds
     cache = make_cache(num_slots=32, bytes_per_block=big, host_capacity_bytes=32 * LAYERS * SEGS * big)
     keys = prompt_keys(4, blocks=32)
@@ -438,34 +466,18 @@ def test_gil_released_during_wait():
     cache.commit(keys, lease)  # contents do not matter here
     cache.release(lease)
     cache.release(cache.allocate_device(32))  # all 32 blocks demoted to the host
-    stamps = []
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            stamps.append(time.monotonic())
-
-    t = threading.Thread(target=spin)
-    t.start()
-    inside = 0
-    # On a loaded machine the spinner may get no CPU during a whole wait (a few ms): try again,
-    # for up to 20 s, rather than conclude from a round in which it was not scheduled.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    # With the GIL released, a round fails only if the probe got no CPU during the whole wait;
+    # with it held, every round fails.
+    for _ in range(50):
         lease = cache.allocate_device(32)
         xfer = cache.load(cache.match(keys), lease)
         assert xfer.blocks_promoted == 32
-        t0 = time.monotonic()
-        xfer.wait()
-        t1 = time.monotonic()
-        inside += sum(1 for s in list(stamps) if t0 < s < t1)
+        inside = ran_inside(xfer.wait)
         cache.release(lease)
         cache.release(cache.allocate_device(32))  # demote again for the next round
-        if inside > 0:
+        if inside:
             break
-    stop.set()
-    t.join()
-    assert inside > 0, "no other Python thread ran while wait() blocked: the GIL was held"
+    assert inside, "no other Python thread ran while wait() blocked: the GIL was held"
     cache.close()
 
 

@@ -11,9 +11,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <thread>
@@ -195,6 +198,9 @@ struct LocalRedisCluster::Impl {
   std::string server_bin, cli_bin;
   std::unique_ptr<TempDir> root;
   std::vector<Node> nodes;
+  // Set by an attempt whose node exited at startup because its port (or the cluster bus port,
+  // +10000) was taken between PortFree() and its bind: the one failure Start retries.
+  bool port_taken = false;
 
   ~Impl() {
     for (int i = 0; i < static_cast<int>(nodes.size()); ++i) KillNode(i);
@@ -271,9 +277,19 @@ struct LocalRedisCluster::Impl {
       int status = 0;
       if (waitpid(nodes[i].pid, &status, WNOHANG) == nodes[i].pid) {
         nodes[i].pid = -1;
-        return absl::UnavailableError(absl::StrCat("LocalRedisCluster: redis-server on port ",
-                                                   nodes[i].port, " exited; see ",
-                                                   (nodes[i].dir / "redis.log").string()));
+        std::string log;
+        for (const char* name : {"redis.log", "stdout.log"}) {
+          std::ifstream in(nodes[i].dir / name);
+          log += std::string(std::istreambuf_iterator<char>(in), {});
+        }
+        const std::string what =
+            absl::StrCat("LocalRedisCluster: redis-server on port ", nodes[i].port, " exited; see ",
+                         (nodes[i].dir / "redis.log").string());
+        if (log.find("Address already in use") != std::string::npos) {
+          port_taken = true;
+          return absl::UnavailableError(what);
+        }
+        return absl::FailedPreconditionError(what);  // a real fault: not retried
       }
       if (Clock::now() >= deadline) {
         return absl::DeadlineExceededError(absl::StrCat("LocalRedisCluster: redis-server on port ",
@@ -426,6 +442,8 @@ struct LocalRedisCluster::Impl {
   }
 };
 
+std::atomic<int> LocalRedisCluster::start_attempts{0};
+
 bool LocalRedisCluster::Available(std::string* why) {
   for (const char* bin : {"redis-server", "redis-cli"}) {
     if (FindOnPath(bin).empty()) {
@@ -455,12 +473,17 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
   impl->root = std::make_unique<TempDir>("redis_cluster");
   std::mt19937 rng(static_cast<uint32_t>(std::random_device{}() ^ getpid()));
   absl::Status st;
+  // Only a port taken between the check and the bind is retried, on new ports: any other
+  // failure is the test's to see, not to be masked by another try.
   for (int attempt = 0; attempt < 5; ++attempt) {
+    impl->port_taken = false;
+    start_attempts.fetch_add(1);
     st = impl->StartOnce(rng);
     if (st.ok()) return std::unique_ptr<LocalRedisCluster>(new LocalRedisCluster(std::move(impl)));
     for (int i = 0; i < static_cast<int>(impl->nodes.size()); ++i) impl->KillNode(i);
     std::error_code ignored;
     for (const Impl::Node& n : impl->nodes) fs::remove_all(n.dir, ignored);
+    if (!impl->port_taken) break;
   }
   return st;
 }

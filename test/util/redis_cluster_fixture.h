@@ -9,6 +9,7 @@
 #ifndef KVTIER_TEST_UTIL_REDIS_CLUSTER_FIXTURE_H_
 #define KVTIER_TEST_UTIL_REDIS_CLUSTER_FIXTURE_H_
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -30,7 +31,12 @@ struct LocalRedisClusterOptions {
 class LocalRedisCluster {
  public:
   static bool Available(std::string* why);
+  // Starts the cluster. Retries (up to 5 attempts, on new ports) only when a node could not bind
+  // its port because another process took it after it was found free; any other failure is
+  // returned at once (a node that exits for another reason is kFailedPrecondition).
   static absl::StatusOr<std::unique_ptr<LocalRedisCluster>> Start(LocalRedisClusterOptions o = {});
+  // Attempts Start has made in this process (tests of the retry rule).
+  static std::atomic<int> start_attempts;
   ~LocalRedisCluster();
 
   // "127.0.0.1:port" of every node, masters first (in the order Start made them).

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace kvtier::test {
 
 EngineKv::EngineKv(const KvShape& shape) : shape_(shape) {
@@ -92,7 +94,7 @@ Options MakeOptions(const EngineKv& kv, uint32_t host_blocks) {
 }
 
 absl::StatusOr<StepResult> RunSequence(Cache& cache, EngineKv& kv, std::span<const BlockKey> keys,
-                                       DeviceLease* lease_out) {
+                                       DeviceLease* lease_out, LoadFailures failures) {
   StepResult r;
   absl::StatusOr<MatchResult> match = cache.Match(keys);
   if (!match.ok()) return match.status();
@@ -102,6 +104,11 @@ absl::StatusOr<StepResult> RunSequence(Cache& cache, EngineKv& kv, std::span<con
   absl::StatusOr<Transfer> xfer = cache.Load(*match, *lease);
   if (!xfer.ok()) return xfer.status();
   absl::Status waited = xfer->Wait();
+  if (!waited.ok() && failures == LoadFailures::kForbidden) {
+    return absl::InternalError(absl::StrCat(
+        "RunSequence: the load failed where no fault is injected: ", waited.ToString()));
+  }
+  r.load_failed = !waited.ok();
   r.loaded = waited.ok() ? xfer->blocks() : 0;
   const auto slots = lease->slots();
   for (uint32_t i = 0; i < r.loaded; ++i) r.mismatched_bytes += kv.Mismatches(slots[i], keys[i]);

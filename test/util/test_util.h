@@ -100,11 +100,17 @@ Options MakeOptions(const EngineKv& kv, uint32_t host_blocks);
 // into the blocks not loaded, verify the loaded ones, Commit, and return the lease.
 struct StepResult {
   uint32_t matched = 0;
-  uint32_t loaded = 0;
+  uint32_t loaded = 0;  // 0 when the load failed
   uint64_t mismatched_bytes = 0;
+  bool load_failed = false;  // the Transfer ended with an error (the engine recomputed all)
 };
+// Whether a failed load is what the test injects. kForbidden (the default): a failed load is an
+// error RunSequence returns (kInternal, with the transfer's status), not "0 loaded", so a test
+// that injects no fault cannot pass on loads that failed.
+enum class LoadFailures : uint8_t { kForbidden, kExpected };
 absl::StatusOr<StepResult> RunSequence(Cache& cache, EngineKv& kv, std::span<const BlockKey> keys,
-                                       DeviceLease* lease_out = nullptr);
+                                       DeviceLease* lease_out = nullptr,
+                                       LoadFailures failures = LoadFailures::kForbidden);
 
 // A fresh, empty directory `<prefix>.<pid>.<n>` under the test's working directory (the build
 // tree: a real disk with O_DIRECT, unlike /tmp on tmpfs), removed with everything in it on
