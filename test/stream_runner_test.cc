@@ -249,16 +249,19 @@ TEST_CASE("Regression #14: shutting down with a host wait that never completes d
   Seen seen;
   {
     StreamRunner runner(1, &backend);
+    auto waiting = std::make_shared<HostEvent>();
     REQUIRE_OK(runner.Submit(
         0,
         [&] {
+          waiting->Complete();
           runner.WaitHost(*never);
           return absl::OkStatus();
         },
         "test"));
     REQUIRE_OK(runner.SubmitCallback(0, Record(&seen, &index_mu, 1), "test"));
-  }                   // ~StreamRunner: returns
-  never->Complete();  // late: touches nothing freed
+    REQUIRE_OK(waiting->Wait());  // the issuer is in the wait
+  }                               // ~StreamRunner: returns
+  never->Complete();              // late: touches nothing freed
   MutexLock l(&seen.mu);
   REQUIRE(seen.statuses.size() == 1);
   CHECK(seen.statuses[0].code() == absl::StatusCode::kCancelled);
