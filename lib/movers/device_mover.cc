@@ -1,5 +1,6 @@
 #include "lib/movers/device_mover.h"
 
+#include <atomic>
 #include <utility>
 
 namespace kvtier::internal {
@@ -161,12 +162,30 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   }
   if (!s.ok()) {
     // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports
-    // to the index, is the last thing enqueued, so it is not queued: report the failure now.
-    // Reads already started complete into their (now freed) host slots' old owners: wait.
+    // to the index, is the last thing enqueued, so it is not queued: the promotions fail here.
+    // Not before the reads already started have ended, though: they still write into the
+    // promotions' host slots. Never wait for them under this lock: a read may start only once the
+    // write still reading its slot completes, and that completion takes this lock. The last read
+    // to end (or this thread, if none is left) reports the failure instead.
+    auto left = std::make_shared<std::atomic<size_t>>(1);  // 1: this thread's share
     for (const auto& r : read_done) {
-      if (r != nullptr) r->Wait().IgnoreError();
+      if (r != nullptr) left->fetch_add(1);
     }
-    for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    auto fail = [this, ctx] {
+      MutexLock lock(&index_.mu());
+      for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    };
+    for (const auto& r : read_done) {
+      if (r == nullptr) continue;
+      // Then() runs at once on this thread for a read that has ended: its share only counts down
+      // (this thread's own share is still held, so it cannot reach zero here).
+      r->Then([left, fail] {
+        if (left->fetch_sub(1) == 1) fail();
+      });
+    }
+    if (left->fetch_sub(1) == 1) {
+      for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    }
     return s;
   }
   bytes_h2d_ += n * block_bytes_;

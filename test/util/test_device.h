@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "lib/common/mutex.h"
 #include "lib/transfer/emulated_device.h"
@@ -30,6 +31,16 @@ class TestDevice final : public internal::Device {
       gate = std::move(gate_);
     }
     if (gate != nullptr) gate->Complete();
+  }
+  // The next WaitEvent on the host-to-device stream for a host event (a disk read a promotion's
+  // copies wait for) fails with kInternal, as an enqueue on an unusable device does.
+  void FailNextReadWait() {
+    internal::MutexLock lock(&mu_);
+    fail_read_wait_ = true;
+  }
+  bool read_wait_failed() {
+    internal::MutexLock lock(&mu_);
+    return read_wait_failed_;
   }
   // The largest AllocateHost() request so far, in bytes.
   uint64_t max_host_allocation() {
@@ -63,6 +74,14 @@ class TestDevice final : public internal::Device {
   }
   absl::Status WaitEvent(internal::Stream stream,
                          std::shared_ptr<internal::DeviceEvent> event) override {
+    if (stream == internal::Stream::kH2D &&
+        dynamic_cast<internal::HostEvent*>(event.get()) != nullptr) {
+      internal::MutexLock lock(&mu_);
+      if (std::exchange(fail_read_wait_, false)) {
+        read_wait_failed_ = true;
+        return absl::InternalError("TestDevice: injected enqueue failure");
+      }
+    }
     return inner_.WaitEvent(stream, std::move(event));
   }
   absl::Status AddCallback(internal::Stream stream, std::function<void(absl::Status)> fn) override {
@@ -75,6 +94,8 @@ class TestDevice final : public internal::Device {
   internal::Mutex mu_;
   std::shared_ptr<internal::HostEvent> gate_ ABSL_GUARDED_BY(mu_);
   uint64_t max_host_allocation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool fail_read_wait_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_wait_failed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace kvtier::test
