@@ -474,7 +474,7 @@ TEST_CASE("CudaDevice: concurrent loads (H2D) and stores (D2H) do not corrupt ea
 TEST_CASE(
     "Regression #14: a failed device calls pending callbacks with the error on its own threads, "
     "releases a stream held by a disk wait, and refuses work",
-    "[cuda]") {
+    "[cuda][spin]") {
   if (NoDevice()) return;
   auto device = internal::CreateCudaDevice({.device = 0});
   REQUIRE_OK(device);
@@ -507,7 +507,8 @@ TEST_CASE(
   read->Complete();  // late: touches nothing freed
 }
 
-TEST_CASE("CudaDevice: a stream waiting on a disk read runs once the read completes", "[cuda]") {
+TEST_CASE("CudaDevice: a stream waiting on a disk read runs once the read completes",
+          "[cuda][spin]") {
   if (NoDevice()) return;
   auto device = internal::CreateCudaDevice({.device = 0});
   REQUIRE_OK(device);
@@ -621,7 +622,7 @@ TEST_CASE("child: a disk-gated Load of 1,500 blocks with a full host pool comple
 }
 
 TEST_CASE("Regression #14: a disk-gated Load of 1,500 blocks with a full host pool ends in time",
-          "[cuda]") {
+          "[cuda][spin]") {
   if (NoDevice()) return;
   CHECK(RunChild("child: a disk-gated Load of 1,500 blocks with a full host pool completes", 240) ==
         0);
@@ -661,7 +662,7 @@ TEST_CASE("child: an illegal address mid-Load fails the Load and the process exi
 }
 
 TEST_CASE("Regression #14: a process whose context faults mid-Load exits without hanging",
-          "[cuda]") {
+          "[cuda][spin]") {
   if (NoDevice()) return;
   CHECK(RunChild("child: an illegal address mid-Load fails the Load and the process exits", 120) ==
         0);
