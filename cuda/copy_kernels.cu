@@ -45,6 +45,22 @@ __global__ void WaitFlagKernel(const uint32_t* flag, uint32_t value) {
   }
 }
 
+// grid: 1; block: 1 thread. `counter`: a device word kvtier owns.
+__global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(counter), "r"(value) : "memory");
+}
+
+// grid: 1; block: 1 thread. Waits until *counter >= *target (wrap-safe: the difference as signed).
+__global__ void WaitCounterKernel(const uint32_t* counter, const uint32_t* target) {
+  const uint32_t want = *target;
+  for (;;) {
+    uint32_t v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+    if (static_cast<int32_t>(v - want) >= 0) return;
+    __nanosleep(1000);
+  }
+}
+
 template <uint32_t N>
 cudaError_t LaunchSized(const GatherRegion* regions, uint32_t n, GatherGrid grid,
                         cudaStream_t stream) {
@@ -68,7 +84,9 @@ cudaError_t PreloadCopyKernels() {
   for (const void* fn : {reinterpret_cast<const void*>(&GatherKernel<8>),
                          reinterpret_cast<const void*>(&GatherKernel<64>),
                          reinterpret_cast<const void*>(&GatherKernel<kMaxGatherRegions>),
-                         reinterpret_cast<const void*>(&WaitFlagKernel)}) {
+                         reinterpret_cast<const void*>(&WaitFlagKernel),
+                         reinterpret_cast<const void*>(&WriteCounterKernel),
+                         reinterpret_cast<const void*>(&WaitCounterKernel)}) {
     if (cudaError_t e = cudaFuncGetAttributes(&attr, fn); e != cudaSuccess) return e;
   }
   return cudaSuccess;
@@ -92,6 +110,23 @@ cudaError_t LaunchWaitFlag(const uint32_t* flag, uint32_t value, cudaStream_t st
   config.blockDim = dim3(1);
   config.stream = stream;
   return cudaLaunchKernelEx(&config, WaitFlagKernel, flag, value);
+}
+
+cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(1);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, WriteCounterKernel, counter, value);
+}
+
+cudaError_t LaunchWaitCounter(const uint32_t* counter, const uint32_t* target,
+                              cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(1);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, WaitCounterKernel, counter, target);
 }
 
 }  // namespace kvtier::internal

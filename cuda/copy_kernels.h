@@ -43,6 +43,14 @@ cudaError_t LaunchGather(const GatherRegion* regions, uint32_t n, uint64_t max_b
 // blocking in a CUDA callback. `flag`: device address of a mapped pinned host word.
 cudaError_t LaunchWaitFlag(const uint32_t* flag, uint32_t value, cudaStream_t stream);
 
+// Graph-stable layer waits (docs/cuda.md, "CUDA graphs"). LaunchWriteCounter: one thread stores
+// `value` to the device word `counter` (system-scope release, after the stream's earlier work).
+// LaunchWaitCounter, the engine's side: one thread returns once *counter >= *target; both are
+// device addresses read when the kernel runs, so a captured graph replays it unchanged while the
+// engine writes a new target per step.
+cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream);
+cudaError_t LaunchWaitCounter(const uint32_t* counter, const uint32_t* target, cudaStream_t stream);
+
 }  // namespace kvtier::internal
 
 #endif  // KVTIER_CUDA_COPY_KERNELS_H_

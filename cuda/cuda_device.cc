@@ -309,6 +309,8 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   absl::Status WaitEvent(Stream stream, std::shared_ptr<DeviceEvent> event) override;
   absl::Status AddCallback(Stream stream, std::function<void(absl::Status)> fn) override;
   absl::Status Synchronize() override;
+  absl::Status WriteCounter(Stream stream, uint32_t index, uint32_t value) override;
+  void* counters() const override { return counters_; }
 
   void MarkFailed(const absl::Status& cause) {
     if (runner_ != nullptr) runner_->Fail(cause);
@@ -353,6 +355,7 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   std::array<cudaStream_t, kNumStreams> streams_{};
   std::shared_ptr<FlagPool> flags_;
   std::shared_ptr<EventPool> events_ = std::make_shared<EventPool>();
+  uint32_t* counters_ = nullptr;  // kMaxLayerCounters device words (cudaMalloc), zeroed
   mutable Mutex pinned_mu_;
   std::vector<Pinned> pinned_ ABSL_GUARDED_BY(pinned_mu_);  // sorted by host address
   // Last: its threads use everything above, and stop first.
@@ -395,6 +398,12 @@ absl::Status CudaDevice::Init() {
     KVTIER_CUDA_RETURN_IF_ERROR(e);
   }
   flags_ = std::make_shared<FlagPool>(static_cast<uint32_t*>(host), static_cast<uint32_t*>(dev));
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(&counters_), kMaxLayerCounters * sizeof(uint32_t)));
+  // On kH2D, the stream every WriteCounter uses: in order with them (a non-blocking stream does
+  // not wait for the legacy default stream a plain cudaMemset would use).
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counters_, 0, kMaxLayerCounters * sizeof(uint32_t),
+                                              streams_[static_cast<int>(Stream::kH2D)]));
   runner_ = std::make_unique<StreamRunner>(kNumStreams, static_cast<StreamRunner::Backend*>(this));
   return absl::OkStatus();
 }
@@ -409,6 +418,7 @@ CudaDevice::~CudaDevice() {
   for (cudaStream_t s : streams_) {
     if (s != nullptr) static_cast<void>(cudaStreamDestroy(s));
   }
+  if (counters_ != nullptr) static_cast<void>(cudaFree(counters_));
 }
 
 absl::StatusOr<void*> CudaDevice::RecordMarker(int stream_index) {
@@ -666,6 +676,21 @@ absl::Status CudaDevice::WaitEventImpl(int index, const std::shared_ptr<DeviceEv
 absl::Status CudaDevice::AddCallback(Stream stream_id, std::function<void(absl::Status)> fn) {
   return runner_->SubmitCallback(static_cast<int>(stream_id), std::move(fn),
                                  "CudaDevice::AddCallback");
+}
+
+absl::Status CudaDevice::WriteCounter(Stream stream_id, uint32_t index, uint32_t value) {
+  if (index >= kMaxLayerCounters) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaDevice::WriteCounter: index ", index,
+                                                   " vs ", kMaxLayerCounters, " counters"));
+  }
+  const int s = static_cast<int>(stream_id);
+  return runner_->Submit(
+      s,
+      [this, s, index, value]() -> absl::Status {
+        KVTIER_CUDA_RETURN_IF_ERROR(LaunchWriteCounter(counters_ + index, value, stream(s)));
+        return absl::OkStatus();
+      },
+      "CudaDevice::WriteCounter");
 }
 
 absl::Status CudaDevice::Synchronize() {

@@ -319,6 +319,56 @@ HostResident MakeHostResident(GpuKv& kv, uint32_t blocks, CudaCopyMethod method,
   return r;
 }
 
+TEST_CASE("CudaDevice: a captured graph waits on a layer counter across Loads", "[cuda][graph]") {
+  if (NoDevice()) return;
+  GpuKv kv({"graph", 4, 2, 16 * 8 * 128 * 2, 0, 8});
+  REQUIRE(kv.ok());
+  HostResident r = MakeHostResident(kv, 4, CudaCopyMethod::kKernel);
+  auto counters = r.cache->GraphLayerCounters();
+  REQUIRE_OK(counters);
+  auto* layer0 = static_cast<uint32_t*>(*counters);
+  uint32_t* target = nullptr;
+  REQUIRE_CUDA(cudaMalloc(reinterpret_cast<void**>(&target), sizeof(uint32_t)));
+  cudaStream_t engine = nullptr;
+  REQUIRE_CUDA(cudaStreamCreateWithFlags(&engine, cudaStreamNonBlocking));
+  // The engine's decode graph: "wait for layer 0", captured once with fixed pointers.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE_CUDA(cudaStreamBeginCapture(engine, cudaStreamCaptureModeThreadLocal));
+  REQUIRE_CUDA(internal::LaunchWaitCounter(layer0, target, engine));
+  REQUIRE_CUDA(cudaStreamEndCapture(engine, &graph));
+  REQUIRE_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  // Round 0 copies from the host; round 1 finds the blocks on the device (nothing to copy): the
+  // counters are written either way.
+  uint32_t last = 0;
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    auto match = r.cache->Match(r.keys);
+    REQUIRE_OK(match);
+    auto lease = r.cache->AllocateDevice(*match, static_cast<uint32_t>(r.keys.size()));
+    REQUIRE_OK(lease);
+    auto xfer = r.cache->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    const uint32_t seq = xfer->sequence();
+    CHECK(seq > last);
+    last = seq;
+    REQUIRE_CUDA(cudaMemcpy(target, &seq, sizeof(seq), cudaMemcpyHostToDevice));
+    REQUIRE_CUDA(cudaGraphLaunch(exec, engine));
+    REQUIRE_CUDA(cudaStreamSynchronize(engine));  // returns: the counter reached seq
+    REQUIRE_OK(xfer->Wait());
+    uint32_t seen = 0;
+    REQUIRE_CUDA(cudaMemcpy(&seen, layer0, sizeof(seen), cudaMemcpyDeviceToHost));
+    CHECK(seen == seq);
+    for (size_t i = 0; i < r.keys.size(); ++i)
+      CHECK(kv.Mismatches(lease->slots()[i], r.keys[i]) == 0);
+    REQUIRE_OK(r.cache->Release(*lease));
+  }
+  REQUIRE_CUDA(cudaGraphExecDestroy(exec));
+  REQUIRE_CUDA(cudaGraphDestroy(graph));
+  REQUIRE_CUDA(cudaStreamDestroy(engine));
+  REQUIRE_CUDA(cudaFree(target));
+}
+
 TEST_CASE("CudaDevice: layer events complete in layer order", "[cuda]") {
   if (NoDevice()) return;
   const CudaCopyMethod method = GENERATE(CudaCopyMethod::kKernel, CudaCopyMethod::kBatchMemcpy);

@@ -96,7 +96,17 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   const auto layers = static_cast<uint32_t>(layers_.size());
   auto state = std::make_shared<TransferState>(
       plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
+  const uint32_t seq = ++load_sequence_;
+  state->sequence = seq;
+  // Layer l's counter: after its copies on the H2D stream, so a captured graph waiting on it
+  // needs no per-Load handle (docs/cuda.md, "CUDA graphs").
+  const bool counters = !metadata_only_ && device_.counters() != nullptr;
+  auto write_counter = [&](uint32_t l) -> absl::Status {
+    if (!counters || l >= Device::kMaxLayerCounters) return absl::OkStatus();
+    return device_.WriteCounter(Stream::kH2D, l, seq);
+  };
   if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
+    for (uint32_t l = 0; l < layers; ++l) write_counter(l).IgnoreError();  // a failed device only
     for (const Move& p : plan.promotions) {
       index_.FinishMoveLocked(p, true);
       if (p.from.tier != Tier::kHost) storage_.CountReadLocked(p.from.tier);
@@ -137,6 +147,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       AppendLayerRegions(l, p.to.slot, p.host_slot(), /*to_device=*/true, &regions);
     }
     if (s.ok() && !regions.empty()) s = device_.Copy(Stream::kH2D, regions);
+    if (s.ok()) s = write_counter(l);
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
         s.ok() ? device_.RecordEvent(Stream::kH2D) : s;
     if (!event.ok()) {

@@ -5,6 +5,8 @@
 #define KVTIER_TEST_UTIL_TEST_DEVICE_H_
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -42,6 +44,18 @@ class TestDevice final : public internal::Device {
     internal::MutexLock lock(&mu_);
     return read_wait_failed_;
   }
+  // Layer counters in host memory, written in stream order (a callback after the work before
+  // it), as CudaDevice writes its device words; counter(i) reads one.
+  uint32_t counter(uint32_t i) const {
+    return std::atomic_ref<uint32_t>(const_cast<uint32_t&>(counters_[i])).load();
+  }
+  absl::Status WriteCounter(internal::Stream stream, uint32_t index, uint32_t value) override {
+    if (index >= kMaxLayerCounters) return absl::InvalidArgumentError("WriteCounter: index");
+    return inner_.AddCallback(stream, [this, index, value](absl::Status) {
+      std::atomic_ref<uint32_t>(counters_[index]).store(value);
+    });
+  }
+  void* counters() const override { return const_cast<uint32_t*>(counters_.data()); }
   // The largest AllocateHost() request so far, in bytes.
   uint64_t max_host_allocation() {
     internal::MutexLock lock(&mu_);
@@ -90,6 +104,7 @@ class TestDevice final : public internal::Device {
   absl::Status Synchronize() override { return inner_.Synchronize(); }
 
  private:
+  std::array<uint32_t, kMaxLayerCounters> counters_{};
   internal::EmulatedDevice inner_;
   internal::Mutex mu_;
   std::shared_ptr<internal::HostEvent> gate_ ABSL_GUARDED_BY(mu_);
