@@ -130,8 +130,9 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("StreamRunner: no backend call and no work runs on a submitting thread; order is kept",
-          "[device][stream_runner]") {
+TEST_CASE(
+    "StreamRunner: no backend call and no work runs on a submitting thread, and order is kept",
+    "[device][stream_runner]") {
   FakeBackend backend;
   StreamRunner runner(2, &backend);
   std::mutex index_mu;
