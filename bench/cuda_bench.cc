@@ -1,7 +1,9 @@
 // kvtier_bench_cuda: the CUDA backend's copy path against one large cudaMemcpyAsync.
 //
 // BM_CudaMemcpyBaseline/<dir>/<bytes>: one cudaMemcpyAsync of `bytes` between a pinned buffer and
-//   device memory (dir 0: H2D, 1: D2H): what the copy engines give at best.
+//   device memory (dir 0: H2D, 1: D2H): what the copy engines give at best. The buffer is pinned
+//   as kvtier pins its host pool (anonymous mmap + cudaHostRegister), not cudaMallocHost's, so the
+//   ratio compares the same kind of memory.
 // BM_CudaPromote/<layout>/<method>/<blocks> and BM_CudaDemote/...: kvtier's Device moving `blocks`
 //   whole blocks between the engine's per-layer tensors (cudaMalloc) and the pinned host pool, as
 //   Cache::Load (per layer: the layer's segments of every block, then a layer event) and demotion
@@ -12,13 +14,16 @@
 //   segment), 1 the same with 64 tokens (128 KiB), 2 MLA 61 layers x 576 dims x fp16 x 16 tokens
 //   (18 KiB), 3 MLA with 64 tokens (72 KiB). Methods: 1 kernel, 2 cudaMemcpyBatchAsync,
 //   3 cudaMemcpyAsync per segment.
-// Without a CUDA device it prints why and exits 0 (an empty benchmark list in JSON).
+// Without a CUDA device it prints why and exits 0 (an empty benchmark list in JSON), or 1 when
+// KVTIER_REQUIRE_GPU=1. It prints the driver and runtime versions and the device to stderr first.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -119,6 +124,24 @@ std::unique_ptr<Rig> MakeRig(int64_t layout, CudaCopyMethod method, uint32_t blo
   return rig;
 }
 
+// Host memory pinned the way CudaDevice::AllocateHost pins the pool: anonymous pages registered
+// with cudaHostRegister (mapped, portable). Null on failure.
+void* PinLikeKvtier(uint64_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  if (cudaHostRegister(p, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable) !=
+      cudaSuccess) {
+    munmap(p, bytes);
+    return nullptr;
+  }
+  return p;
+}
+void UnpinLikeKvtier(void* p, uint64_t bytes) {
+  if (p == nullptr) return;
+  static_cast<void>(cudaHostUnregister(p));
+  munmap(p, bytes);
+}
+
 // Seconds for one cudaMemcpyAsync of `bytes` (pinned <-> device), median of 5, cached per size.
 double BaselineSeconds(bool to_device, uint64_t bytes) {
   static std::map<std::pair<bool, uint64_t>, double> cache;
@@ -127,7 +150,7 @@ double BaselineSeconds(bool to_device, uint64_t bytes) {
   void* host = nullptr;
   cudaStream_t s = nullptr;
   cudaEvent_t a = nullptr, b = nullptr;
-  if (cudaMalloc(&dev, bytes) != cudaSuccess || cudaMallocHost(&host, bytes) != cudaSuccess ||
+  if (cudaMalloc(&dev, bytes) != cudaSuccess || (host = PinLikeKvtier(bytes)) == nullptr ||
       cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess ||
       cudaEventCreate(&a) != cudaSuccess || cudaEventCreate(&b) != cudaSuccess) {
     return 0;
@@ -149,7 +172,7 @@ double BaselineSeconds(bool to_device, uint64_t bytes) {
   static_cast<void>(cudaEventDestroy(b));
   static_cast<void>(cudaStreamDestroy(s));
   static_cast<void>(cudaFree(dev));
-  static_cast<void>(cudaFreeHost(host));
+  UnpinLikeKvtier(host, bytes);
   cache[{to_device, bytes}] = seconds;
   return seconds;
 }
@@ -160,7 +183,7 @@ void BM_CudaMemcpyBaseline(benchmark::State& state) {
   void* dev = nullptr;
   void* host = nullptr;
   cudaStream_t s = nullptr;
-  if (cudaMalloc(&dev, bytes) != cudaSuccess || cudaMallocHost(&host, bytes) != cudaSuccess ||
+  if (cudaMalloc(&dev, bytes) != cudaSuccess || (host = PinLikeKvtier(bytes)) == nullptr ||
       cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
     state.SkipWithError("allocation failed");
     return;
@@ -173,7 +196,7 @@ void BM_CudaMemcpyBaseline(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   static_cast<void>(cudaStreamDestroy(s));
   static_cast<void>(cudaFree(dev));
-  static_cast<void>(cudaFreeHost(host));
+  UnpinLikeKvtier(host, bytes);
 }
 
 void BM_CudaPromote(benchmark::State& state) {
@@ -269,14 +292,29 @@ BENCHMARK(BM_CudaDemote)->Apply(CopyArgs)->UseRealTime();
 
 int main(int argc, char** argv) {
   std::string why;
-  if (kvtier::internal::CudaDeviceCount(&why) == 0) {
+  const int count = kvtier::internal::CudaDeviceCount(&why);
+  int driver = 0, runtime = 0;
+  static_cast<void>(cudaDriverGetVersion(&driver));
+  static_cast<void>(cudaRuntimeGetVersion(&runtime));
+  std::fprintf(stderr, "kvtier_bench_cuda: driver %d, runtime %d, %d device(s)\n", driver, runtime,
+               count);
+  if (count > 0) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
+      std::fprintf(stderr, "kvtier_bench_cuda: device 0: %s, sm_%d%d, %d SMs\n", prop.name,
+                   prop.major, prop.minor, prop.multiProcessorCount);
+    }
+  }
+  const char* require = std::getenv("KVTIER_REQUIRE_GPU");
+  const bool required = require != nullptr && std::strcmp(require, "1") == 0;
+  if (count == 0) {
     bool json = false;
     for (int i = 1; i < argc; ++i)
       json = json || std::strcmp(argv[i], "--benchmark_format=json") == 0;
     std::fprintf(stderr, "kvtier_bench_cuda: skipped: no CUDA device (%s)\n", why.c_str());
     if (json)
       std::printf("{\"context\": {}, \"benchmarks\": [], \"skipped\": \"no CUDA device\"}\n");
-    return 0;
+    return required ? 1 : 0;  // KVTIER_REQUIRE_GPU=1: a skip is a failure
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

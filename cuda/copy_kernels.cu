@@ -1,55 +1,41 @@
-// The gather/scatter kernel and the host-flag wait. See copy_kernels.h for the contracts.
+// The gather/scatter kernel and the host-flag wait. See copy_kernels.h for the contracts and
+// gather_plan.h for the index and alignment arithmetic (shared with the CPU tests).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "cuda/copy_kernels.h"
+#include "cuda/gather_plan.h"
 
 namespace kvtier::internal {
 namespace {
 
+// Parameters sized to the batch: a launch of 3 regions passes 3 * 24 B, not 12 KiB.
+template <uint32_t N>
 struct GatherBatch {
-  GatherRegion regions[kMaxGatherRegions];  // [count]: region blockIdx.y is this block's
+  GatherRegion regions[N];  // [count]
+  uint32_t count;
 };
 
 constexpr uint32_t kThreads = 256;
-constexpr uint32_t kUnroll = 4;  // 16-byte loads in flight per thread before their stores:
-                                 // hides PCIe latency when the source is mapped host memory
+constexpr uint32_t kMaxBlocksPerRegion = 16;
 
-// grid: (blocks per region, regions); block: kThreads threads. Each CTA row copies one region:
-// 16-byte vectors when both ends are 16-byte aligned, then the tail (or everything, when not
-// aligned) byte by byte.
+// grid: (x blocks per region, y region rows), capped (PlanGrid); block: kThreads threads. Row
+// blockIdx.y copies regions blockIdx.y, blockIdx.y + gridDim.y, ...; its x blocks stride over the
+// bytes of each (CopyRegionShare).
+template <uint32_t N>
 __global__ void __launch_bounds__(kThreads)
-    GatherKernel(const __grid_constant__ GatherBatch batch) {
-  const GatherRegion r = batch.regions[blockIdx.y];
-  auto* dst = static_cast<unsigned char*>(r.dst);
-  const auto* src = static_cast<const unsigned char*>(r.src);
+    GatherKernel(const __grid_constant__ GatherBatch<N> batch) {
   const uint64_t tid = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   const uint64_t threads = uint64_t{gridDim.x} * blockDim.x;
-  uint64_t done = 0;
-  if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0) {
-    const uint64_t vectors = r.bytes / 16;
-    const auto* s = reinterpret_cast<const uint4*>(src);
-    auto* d = reinterpret_cast<uint4*>(dst);
-    for (uint64_t base = tid; base < vectors; base += kUnroll * threads) {
-      uint4 v[kUnroll];
-#pragma unroll
-      for (uint32_t k = 0; k < kUnroll; ++k) {
-        const uint64_t i = base + k * threads;
-        if (i < vectors) v[k] = s[i];
-      }
-#pragma unroll
-      for (uint32_t k = 0; k < kUnroll; ++k) {
-        const uint64_t i = base + k * threads;
-        if (i < vectors) d[i] = v[k];
-      }
-    }
-    done = vectors * 16;
+  for (uint32_t r = blockIdx.y; r < batch.count; r += gridDim.y) {
+    const GatherRegion& region = batch.regions[r];
+    CopyRegionShare(region.dst, region.src, region.bytes, tid, threads);
   }
-  for (uint64_t i = done + tid; i < r.bytes; i += threads) dst[i] = src[i];
 }
 
-// grid: 1; block: 1 thread. `flag`: device address of a mapped host word the host raises.
+// grid: 1; block: 1 thread. `flag`: device address of a mapped host word the host raises (a
+// read's completion, or CudaDevice's abort on failure and shutdown).
 __global__ void WaitFlagKernel(const uint32_t* flag, uint32_t value) {
   for (;;) {
     uint32_t v;
@@ -59,25 +45,88 @@ __global__ void WaitFlagKernel(const uint32_t* flag, uint32_t value) {
   }
 }
 
+// grid: 1; block: 1 thread. `counter`: a device word kvtier owns.
+__global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(counter), "r"(value) : "memory");
+}
+
+// grid: 1; block: 1 thread. Waits until *counter >= *target (wrap-safe: the difference as signed).
+__global__ void WaitCounterKernel(const uint32_t* counter, const uint32_t* target) {
+  const uint32_t want = *target;
+  for (;;) {
+    uint32_t v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+    if (static_cast<int32_t>(v - want) >= 0) return;
+    __nanosleep(1000);
+  }
+}
+
+template <uint32_t N>
+cudaError_t LaunchSized(const GatherRegion* regions, uint32_t n, GatherGrid grid,
+                        cudaStream_t stream) {
+  GatherBatch<N> batch;
+  std::copy(regions, regions + n, batch.regions);
+  batch.count = n;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid.x, grid.y);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  // cudaLaunchKernelEx returns this launch's own error: no cudaGetLastError(), which would also
+  // return (and clear) an error the engine's own work left pending on this thread.
+  return cudaLaunchKernelEx(&config, GatherKernel<N>, batch);
+}
+
 }  // namespace
 
+cudaError_t PreloadCopyKernels() {
+  cudaFuncAttributes attr{};
+  for (const void* fn : {reinterpret_cast<const void*>(&GatherKernel<8>),
+                         reinterpret_cast<const void*>(&GatherKernel<64>),
+                         reinterpret_cast<const void*>(&GatherKernel<kMaxGatherRegions>),
+                         reinterpret_cast<const void*>(&WaitFlagKernel),
+                         reinterpret_cast<const void*>(&WriteCounterKernel),
+                         reinterpret_cast<const void*>(&WaitCounterKernel)}) {
+    if (cudaError_t e = cudaFuncGetAttributes(&attr, fn); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
 cudaError_t LaunchGather(const GatherRegion* regions, uint32_t n, uint64_t max_bytes,
-                         cudaStream_t stream) {
+                         uint32_t max_ctas, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (n > kMaxGatherRegions) return cudaErrorInvalidValue;
-  GatherBatch batch;
-  std::copy(regions, regions + n, batch.regions);
-  // One CTA moves kThreads * 16 * kUnroll = 16 KiB per pass; up to 16 CTAs per region.
-  const uint64_t per_cta = uint64_t{kThreads} * 16 * kUnroll;
-  const auto x =
-      static_cast<uint32_t>(std::clamp<uint64_t>((max_bytes + per_cta - 1) / per_cta, 1, 16));
-  GatherKernel<<<dim3(x, n), kThreads, 0, stream>>>(batch);
-  return cudaGetLastError();
+  // One block moves kThreads * 16 B * 4 (unrolled) = 16 KiB per pass at the 16-byte width.
+  const GatherGrid grid =
+      PlanGrid(n, max_bytes, uint64_t{kThreads} * 16 * 4, kMaxBlocksPerRegion, max_ctas);
+  if (n <= 8) return LaunchSized<8>(regions, n, grid, stream);
+  if (n <= 64) return LaunchSized<64>(regions, n, grid, stream);
+  return LaunchSized<kMaxGatherRegions>(regions, n, grid, stream);
 }
 
 cudaError_t LaunchWaitFlag(const uint32_t* flag, uint32_t value, cudaStream_t stream) {
-  WaitFlagKernel<<<1, 1, 0, stream>>>(flag, value);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(1);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, WaitFlagKernel, flag, value);
+}
+
+cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(1);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, WriteCounterKernel, counter, value);
+}
+
+cudaError_t LaunchWaitCounter(const uint32_t* counter, const uint32_t* target,
+                              cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(1);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, WaitCounterKernel, counter, target);
 }
 
 }  // namespace kvtier::internal

@@ -1,24 +1,41 @@
 // CudaDevice: see cuda_device.h for the contract. The reasoning lives here.
 //
+// Threads. No CUDA call runs on a caller's thread: the cache enqueues under its index lock, and a
+// launch or copy blocks once a stream's queue is full (about a thousand commands) or behind a
+// lazily loaded module, while the stream may be held by a wait for a disk read whose completion
+// needs that lock. Every enqueue call only queues a closure on a StreamRunner
+// (lib/transfer/stream_runner.h); per stream one issuer thread makes the CUDA calls in order and
+// one watcher thread waits for each callback's event and calls the callback. Both threads make
+// the device current first (cudaSetDevice), so no runtime call ever lands on device 0 by default.
+// Both kernels are loaded at start-up (PreloadCopyKernels), so the first gather launch cannot wait
+// for a module load behind a running spin kernel.
+//
 // Completion and failure. A callback is not a cudaLaunchHostFunc: a host function stalls its stream
 // until the CPU has run it, which would put a GPU -> CPU -> GPU round trip between every layer of
-// a load, and it never runs once the context has a sticky error. Instead AddCallback records an
-// event, and a watcher thread per stream waits for it (cudaEventSynchronize, blocking sync) and
-// then calls the callback, in enqueue order; an error there marks the device failed and the
-// callback (and every later one) is called with it. The Device contract that work after a
-// callback waits for it is kept where kvtier relies on it, host-side: a CudaEvent's Wait() and
-// Query() also wait for the callbacks enqueued on its stream before it. A native cudaEvent_t
-// waited on by another stream (the engine's LayerReady) does not: it needs only the bytes.
+// a load, and it never runs once the context has a sticky error. The runner records an event
+// after the work before the callback and the watcher waits for it (cudaEventSynchronize, blocking
+// sync). A failure (a sticky error seen by an issuer or a watcher, FailCudaDeviceForTesting,
+// shutdown) marks the runner failed and raises every spin flag (Abort), so every stream drains and
+// every watcher calls its callbacks with the error; no callback ever runs on the thread that saw
+// the failure unless that thread is a watcher. The Device contract that work after a callback
+// waits for it is kept where kvtier relies on it, host-side: a CudaEvent's Wait() and Query() also
+// wait for the callbacks submitted on its stream before it. A native cudaEvent_t waited on by
+// another stream (the engine's LayerReady) does not: it needs only the bytes.
 //
-// Host waits. A disk read completes on io_uring's thread, not on a stream. Waiting for it by
-// blocking inside a host function would stall CUDA's callback thread for every stream, so the
-// stream instead runs a one-thread kernel that polls a mapped host flag (copy_kernels.cu), and the
-// read's completion raises it. The flags live in a pool shared with the pending closures, so a
-// late completion never writes freed memory; a flag returns to the pool from a callback enqueued
-// after its kernel. With the pool exhausted (4096 waits in flight) the wait falls back to
-// a host function that blocks.
+// Host waits. A disk read completes on io_uring's thread, not on a stream. The issuer enqueues a
+// one-thread kernel that polls a mapped host flag (copy_kernels.cu), and the read's completion
+// raises it; Abort raises every flag in use, so a read that never completes cannot hold a stream
+// (or ~CudaDevice) forever. The flags live in a pool shared with the pending closures, so a late
+// completion never writes freed memory; a flag returns to the pool from a callback submitted after
+// its kernel. With the pool exhausted (4096 waits in flight) the issuer itself waits for the read
+// (StreamRunner::WaitHost, released by a failure too) before issuing what follows.
+//
+// Events. cudaEvent_t's come from a pool (created on the runner's threads, never destroyed until
+// ~CudaDevice): no create/destroy pair per layer per Load. A CudaEvent is a handle the issuer
+// fills in when it records; native() waits for that (the engine calls it outside kvtier's lock).
 #include "cuda/cuda_device.h"
 
+#include <cuda.h>  // CUcontext only: the two driver calls are reached through the runtime
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -26,11 +43,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <deque>
 #include <functional>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -40,6 +55,7 @@
 #include "lib/common/mutex.h"
 #include "lib/common/status_macros.h"
 #include "lib/transfer/host_event.h"
+#include "lib/transfer/stream_runner.h"
 
 namespace kvtier::internal {
 namespace {
@@ -47,7 +63,39 @@ namespace {
 // cudaStreamQuery/cudaEventQuery answer cudaErrorNotReady for work in flight: not an error.
 cudaError_t NotReadyIsSuccess(cudaError_t e) { return e == cudaErrorNotReady ? cudaSuccess : e; }
 
-// Makes a device current for a scope and restores the caller's current device after.
+// cuCtxGetCurrent / cuCtxSetCurrent through the runtime's driver entry points: libkvtier does not
+// link libcuda (it must load on machines without a driver). Null when unavailable.
+struct DriverContextCalls {
+  using GetFn = CUresult(CUDAAPI*)(CUcontext*);
+  using SetFn = CUresult(CUDAAPI*)(CUcontext);
+  GetFn get = nullptr;
+  SetFn set = nullptr;
+};
+
+const DriverContextCalls& ContextCalls() {
+  static const DriverContextCalls calls = [] {
+    DriverContextCalls c;
+    void* get = nullptr;
+    void* set = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &get, 12000, cudaEnableDefault,
+                                         &found) == cudaSuccess &&
+        found == cudaDriverEntryPointSuccess &&
+        cudaGetDriverEntryPointByVersion("cuCtxSetCurrent", &set, 12000, cudaEnableDefault,
+                                         &found) == cudaSuccess &&
+        found == cudaDriverEntryPointSuccess) {
+      c.get = reinterpret_cast<DriverContextCalls::GetFn>(get);
+      c.set = reinterpret_cast<DriverContextCalls::SetFn>(set);
+    }
+    static_cast<void>(cudaGetLastError());  // not sticky: leave nothing for the engine's checks
+    return c;
+  }();
+  return calls;
+}
+
+// Makes a device current for a scope on a caller's thread (CudaEvent's host-side Query and Wait)
+// and restores the caller's context after, including "none": cudaSetDevice(0) on a thread that
+// never chose a device would create GPU 0's primary context (about 0.5 GiB) in every process.
 class ScopedDevice {
  public:
   ScopedDevice() = default;
@@ -55,115 +103,198 @@ class ScopedDevice {
   ScopedDevice& operator=(const ScopedDevice&) = delete;
   ~ScopedDevice() {
     // Nothing to report from a destructor; a failure here would show on the next call anyway.
-    if (restore_) static_cast<void>(cudaSetDevice(previous_));
+    if (restore_) static_cast<void>(ContextCalls().set(previous_));
   }
   absl::Status Enter(int device) {
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&previous_));
-    if (previous_ != device) {
+    const DriverContextCalls& calls = ContextCalls();
+    if (calls.get == nullptr) {
+      // No entry points: set the device and leave it (never "restore" a device not chosen).
       KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
-      restore_ = true;
+      return absl::OkStatus();
     }
+    if (calls.get(&previous_) != CUDA_SUCCESS) previous_ = nullptr;
+    int current = -1;
+    if (previous_ != nullptr && cudaGetDevice(&current) == cudaSuccess && current == device) {
+      return absl::OkStatus();  // already there
+    }
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
+    restore_ = true;
     return absl::OkStatus();
   }
 
  private:
-  int previous_ = 0;
+  CUcontext previous_ = nullptr;
   bool restore_ = false;
 };
 
-// The callbacks of one stream, as a CudaEvent sees them.
-class CallbackClock {
+// cudaEvent_t's for RecordEvent and the runner's markers, reused rather than created and destroyed
+// per layer per Load. Take() creates on the calling thread (a runner thread, device current);
+// Give() makes no CUDA call. Shared with the events handed out, so a late Give never touches a
+// freed pool.
+class EventPool {
  public:
-  virtual ~CallbackClock() = default;
-  // True once callback number `seq` (1-based; 0: none) of the stream has been called.
-  virtual bool CallbacksDone(int stream, uint64_t seq) = 0;
-  virtual void WaitCallbacks(int stream, uint64_t seq) = 0;
+  ~EventPool() {
+    for (cudaEvent_t e : free_) static_cast<void>(cudaEventDestroy(e));  // teardown: no report
+  }
+  absl::StatusOr<cudaEvent_t> Take() {
+    {
+      MutexLock lock(&mu_);
+      if (!free_.empty()) {
+        cudaEvent_t e = free_.back();
+        free_.pop_back();
+        return e;
+      }
+    }
+    cudaEvent_t e = nullptr;
+    KVTIER_CUDA_RETURN_IF_ERROR(
+        cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
+    return e;
+  }
+  // Re-recording an event some stream still waits on is safe: cudaStreamWaitEvent captured the
+  // record that was current when it was issued.
+  void Give(cudaEvent_t e) {
+    MutexLock lock(&mu_);
+    free_.push_back(e);
+  }
+
+ private:
+  Mutex mu_;
+  std::vector<cudaEvent_t> free_ ABSL_GUARDED_BY(mu_);
 };
 
 class CudaEvent final : public DeviceEvent {
  public:
-  // `callbacks_before`: callbacks enqueued on `stream` before the event, which Wait() and Query()
-  // also wait for. `clock` outlives every host-side wait (a Device outlives its events' users).
-  CudaEvent(cudaEvent_t event, CallbackClock* clock, int stream, uint64_t callbacks_before)
-      : event_(event), clock_(clock), stream_(stream), callbacks_before_(callbacks_before) {}
+  // `callbacks_before`: callbacks submitted on `stream` before the event, which Wait() and Query()
+  // also wait for. `runner` outlives every host-side wait (a Device outlives its events' users).
+  CudaEvent(std::shared_ptr<EventPool> pool, StreamRunner* runner, int device, int stream,
+            uint64_t callbacks_before)
+      : pool_(std::move(pool)),
+        runner_(runner),
+        device_(device),
+        stream_(stream),
+        callbacks_before_(callbacks_before) {}
   ~CudaEvent() override {
-    // Destroying a recorded event that has not completed is allowed: CUDA releases it later.
-    static_cast<void>(cudaEventDestroy(event_));
+    if (event_ != nullptr) pool_->Give(event_);
   }
   CudaEvent(const CudaEvent&) = delete;
   CudaEvent& operator=(const CudaEvent&) = delete;
 
-  // An error (a failed device) counts as complete: Wait() then reports it.
+  // On the issuer: `event` recorded (or `status`, the record's failure).
+  void Issued(cudaEvent_t event, absl::Status status) {
+    MutexLock lock(&mu_);
+    event_ = event;
+    status_ = std::move(status);
+    issued_ = true;
+    cv_.SignalAll();
+  }
+
+  // An error (a failed device, a failed record) counts as complete: Wait() then reports it.
   bool Query() const override {
-    return cudaEventQuery(event_) != cudaErrorNotReady &&
-           clock_->CallbacksDone(stream_, callbacks_before_);
+    cudaEvent_t e = nullptr;
+    {
+      MutexLock lock(&mu_);
+      if (!issued_) return runner_->failed();
+      if (!status_.ok()) return runner_->CallbacksDone(stream_, callbacks_before_);
+      e = event_;
+    }
+    ScopedDevice scope;
+    if (!scope.Enter(device_).ok()) return true;
+    return cudaEventQuery(e) != cudaErrorNotReady &&
+           runner_->CallbacksDone(stream_, callbacks_before_);
   }
   absl::Status Wait() const override {
-    const absl::Status s = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(event_));
-      return absl::OkStatus();
-    }();
+    cudaEvent_t e = nullptr;
+    absl::Status s;
+    {
+      MutexLock lock(&mu_);
+      while (!issued_ && !runner_->failed()) cv_.Wait(&mu_);
+      if (!issued_) {
+        s = runner_->failure();
+      } else {
+        s = status_;
+        e = event_;
+      }
+    }
+    if (s.ok()) {
+      ScopedDevice scope;
+      s = scope.Enter(device_);
+      if (s.ok()) {
+        s = [&]() -> absl::Status {
+          KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(e));
+          return absl::OkStatus();
+        }();
+      }
+    }
     // Even on error: the watcher calls the earlier callbacks with it at once.
-    clock_->WaitCallbacks(stream_, callbacks_before_);
+    runner_->WaitCallbacks(stream_, callbacks_before_);
     return s;
   }
-  void* native() const override { return event_; }
+  // Waits until the issuer has recorded it (an event never recorded would be a no-op to wait on).
+  void* native() const override {
+    MutexLock lock(&mu_);
+    while (!issued_ && !runner_->failed()) cv_.Wait(&mu_);
+    return event_;
+  }
 
  private:
-  cudaEvent_t event_;
-  CallbackClock* clock_;
-  int stream_;
-  uint64_t callbacks_before_;
-};
-
-struct Callback {
-  explicit Callback(std::function<void(absl::Status)> f) : fn(std::move(f)) {}
-  void Fire(const absl::Status& status) {
-    if (!fired.exchange(true)) fn(status);
-  }
-  std::function<void(absl::Status)> fn;
-  std::atomic<bool> fired{false};
+  const std::shared_ptr<EventPool> pool_;
+  StreamRunner* const runner_;
+  const int device_;
+  const int stream_;
+  const uint64_t callbacks_before_;
+  mutable Mutex mu_;
+  mutable CondVar cv_;
+  bool issued_ ABSL_GUARDED_BY(mu_) = false;
+  cudaEvent_t event_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
 // Mapped pinned words that WaitFlagKernel polls; see the file comment.
 struct FlagPool {
   static constexpr uint32_t kFlags = 4096;
-  FlagPool(uint32_t* h, uint32_t* d) : host(h), device(d) {
+  FlagPool(uint32_t* h, uint32_t* d) : host(h), device(d), in_use(kFlags, 0) {
     for (uint32_t i = 0; i < kFlags; ++i) free.push_back(kFlags - 1 - i);
   }
   ~FlagPool() { static_cast<void>(cudaFreeHost(host)); }  // nothing to report at teardown
   FlagPool(const FlagPool&) = delete;
   FlagPool& operator=(const FlagPool&) = delete;
 
+  // A lowered flag, or false when none is free. After Abort every flag taken is born raised.
   bool Take(uint32_t* index) {
     MutexLock lock(&mu);
     if (free.empty()) return false;
     *index = free.back();
     free.pop_back();
-    std::atomic_ref<uint32_t>(host[*index]).store(0, std::memory_order_relaxed);
+    in_use[*index] = 1;
+    std::atomic_ref<uint32_t>(host[*index]).store(aborted ? 1 : 0, std::memory_order_release);
     return true;
   }
   void Give(uint32_t index) {
     MutexLock lock(&mu);
+    in_use[index] = 0;
     free.push_back(index);
   }
   void Raise(uint32_t index) {
     std::atomic_ref<uint32_t>(host[index]).store(1, std::memory_order_release);
+  }
+  // Raises every flag in use (and every one taken later): every spin kernel returns.
+  void Abort() {
+    MutexLock lock(&mu);
+    aborted = true;
+    for (uint32_t i = 0; i < kFlags; ++i) {
+      if (in_use[i] != 0) Raise(i);
+    }
   }
 
   uint32_t* const host;
   uint32_t* const device;
   Mutex mu;
   std::vector<uint32_t> free ABSL_GUARDED_BY(mu);
+  std::vector<uint8_t> in_use ABSL_GUARDED_BY(mu);
+  bool aborted ABSL_GUARDED_BY(mu) = false;
 };
 
-void CUDART_CB BlockOnHostEvent(void* arg) {
-  auto* event = static_cast<std::shared_ptr<DeviceEvent>*>(arg);
-  (*event)->Wait().IgnoreError();  // a HostEvent's Wait cannot fail
-  delete event;
-}
-
-class CudaDevice final : public Device, public CallbackClock {
+class CudaDevice final : public Device, private StreamRunner::Backend {
  public:
   static absl::StatusOr<std::unique_ptr<CudaDevice>> Create(const CudaOptions& options);
   ~CudaDevice() override;
@@ -178,27 +309,14 @@ class CudaDevice final : public Device, public CallbackClock {
   absl::Status WaitEvent(Stream stream, std::shared_ptr<DeviceEvent> event) override;
   absl::Status AddCallback(Stream stream, std::function<void(absl::Status)> fn) override;
   absl::Status Synchronize() override;
+  absl::Status WriteCounter(Stream stream, uint32_t index, uint32_t value) override;
+  void* counters() const override { return counters_; }
 
-  // Marks the device failed (first cause wins) and calls every pending callback with the error.
-  void MarkFailed(const absl::Status& cause);
-
-  bool CallbacksDone(int stream, uint64_t seq) override;
-  void WaitCallbacks(int stream, uint64_t seq) override;
+  void MarkFailed(const absl::Status& cause) {
+    if (runner_ != nullptr) runner_->Fail(cause);
+  }
 
  private:
-  struct Pending {
-    std::shared_ptr<Callback> cb;
-    cudaEvent_t after = nullptr;  // recorded where the callback was enqueued
-  };
-  struct Watch {
-    Mutex mu;
-    CondVar cv;
-    std::deque<Pending> queue ABSL_GUARDED_BY(mu);
-    uint64_t added ABSL_GUARDED_BY(mu) = 0;
-    uint64_t finished ABSL_GUARDED_BY(mu) = 0;
-    bool stop ABSL_GUARDED_BY(mu) = false;
-    std::thread thread;
-  };
   struct Pinned {
     const std::byte* host;
     uint64_t bytes;
@@ -207,39 +325,41 @@ class CudaDevice final : public Device, public CallbackClock {
 
   CudaDevice(int device, CudaCopyMethod method) : device_(device), method_(method) {}
   absl::Status Init();
-  void WatchLoop(Watch* watch);
 
-  // The failure as a status for `call`, or OK while the device is usable.
-  absl::Status Refuse(const char* call) const;
-  absl::Status failure() const;
-  // After an enqueue call failed with `error`: if the context has a sticky error, the device is
-  // failed. Clears the thread's non-sticky last error so the engine's next check does not see it.
-  absl::Status AfterError(absl::Status error);
-  absl::Status Probe(cudaStream_t s);
+  // StreamRunner::Backend, on the runner's threads.
+  void EnterThread() override {
+    // A failure shows on this thread's first CUDA call, which reports it.
+    static_cast<void>(cudaSetDevice(device_));
+  }
+  absl::StatusOr<void*> RecordMarker(int stream) override;
+  absl::Status WaitMarker(void* marker) override;
+  void ReleaseMarker(void* marker) override { events_->Give(static_cast<cudaEvent_t>(marker)); }
+  bool IsFatal(const absl::Status& error) override;
+  void Abort() override {
+    if (flags_ != nullptr) flags_->Abort();
+  }
 
+  // On the issuer thread.
   absl::Status CopyImpl(cudaStream_t s, std::span<const CopyRegion> regions);
   absl::Status CopyByKernel(cudaStream_t s, std::span<const CopyRegion> regions);
   absl::Status CopyByBatch(cudaStream_t s, std::span<const CopyRegion> regions);
-  absl::Status WaitEventImpl(cudaStream_t s, const std::shared_ptr<DeviceEvent>& event);
-  absl::Status AddCallbackImpl(Stream stream, std::shared_ptr<Callback> cb);
+  absl::Status WaitEventImpl(int stream, const std::shared_ptr<DeviceEvent>& event);
   // The device address of `p` when it lies in a pool this device pinned; `p` otherwise.
   const void* DeviceAddress(const void* p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(pinned_mu_);
 
-  cudaStream_t stream(Stream s) const { return streams_[static_cast<int>(s)]; }
-  Stream stream_of(cudaStream_t s) const {
-    return s == streams_[static_cast<int>(Stream::kH2D)] ? Stream::kH2D : Stream::kD2H;
-  }
+  cudaStream_t stream(int s) const { return streams_[s]; }
 
   const int device_;
   const CudaCopyMethod method_;
+  uint32_t max_ctas_ = 1;  // thread blocks per gather launch: half the SMs (set by Init)
   std::array<cudaStream_t, kNumStreams> streams_{};
-  std::array<Watch, kNumStreams> watches_;
   std::shared_ptr<FlagPool> flags_;
+  std::shared_ptr<EventPool> events_ = std::make_shared<EventPool>();
+  uint32_t* counters_ = nullptr;  // kMaxLayerCounters device words (cudaMalloc), zeroed
   mutable Mutex pinned_mu_;
   std::vector<Pinned> pinned_ ABSL_GUARDED_BY(pinned_mu_);  // sorted by host address
-  std::atomic<bool> failed_{false};
-  mutable Mutex failed_mu_;
-  absl::Status failure_ ABSL_GUARDED_BY(failed_mu_);
+  // Last: its threads use everything above, and stop first.
+  std::unique_ptr<StreamRunner> runner_;
 };
 
 absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(const CudaOptions& options) {
@@ -253,6 +373,15 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(const CudaOptions
 absl::Status CudaDevice::Init() {
   ScopedDevice scope;
   KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
+  // Load both kernels now: a lazily loaded module would make the first gather launch wait for a
+  // running spin kernel (CUDA_MODULE_LOADING=LAZY is the default since 12.2).
+  KVTIER_CUDA_RETURN_IF_ERROR(PreloadCopyKernels());
+  int sms = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+  // Half the SMs: a copy at the highest priority leaves the engine's kernels the rest. A guess
+  // until the first GPU run compares it with the copy engines (docs/cuda.md).
+  max_ctas_ = static_cast<uint32_t>(std::max(1, sms / 2));
   int least = 0, greatest = 0;  // numerically, greatest < least
   KVTIER_CUDA_RETURN_IF_ERROR(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(
@@ -269,109 +398,58 @@ absl::Status CudaDevice::Init() {
     KVTIER_CUDA_RETURN_IF_ERROR(e);
   }
   flags_ = std::make_shared<FlagPool>(static_cast<uint32_t*>(host), static_cast<uint32_t*>(dev));
-  for (Watch& w : watches_) w.thread = std::thread([this, &w] { WatchLoop(&w); });
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(&counters_), kMaxLayerCounters * sizeof(uint32_t)));
+  // On kH2D, the stream every WriteCounter uses: in order with them (a non-blocking stream does
+  // not wait for the legacy default stream a plain cudaMemset would use).
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counters_, 0, kMaxLayerCounters * sizeof(uint32_t),
+                                              streams_[static_cast<int>(Stream::kH2D)]));
+  runner_ = std::make_unique<StreamRunner>(kNumStreams, static_cast<StreamRunner::Backend*>(this));
   return absl::OkStatus();
 }
 
 CudaDevice::~CudaDevice() {
-  if (flags_ != nullptr) Synchronize().IgnoreError();  // Init got that far: drain
-  for (Watch& w : watches_) {
-    {
-      MutexLock lock(&w.mu);
-      w.stop = true;
-      w.cv.SignalAll();
-    }
-    if (w.thread.joinable()) w.thread.join();
+  if (runner_ != nullptr) {
+    Synchronize().IgnoreError();  // drain what was submitted; a held stream is released below
+    runner_.reset();              // fails (kCancelled) and releases whatever is left, joins
   }
+  ScopedDevice scope;
+  static_cast<void>(scope.Enter(device_));  // teardown: nothing to report
   for (cudaStream_t s : streams_) {
-    if (s != nullptr) static_cast<void>(cudaStreamDestroy(s));  // nothing to report at teardown
+    if (s != nullptr) static_cast<void>(cudaStreamDestroy(s));
   }
+  if (counters_ != nullptr) static_cast<void>(cudaFree(counters_));
 }
 
-void CudaDevice::WatchLoop(Watch* w) {
-  for (;;) {
-    Pending p;
-    {
-      MutexLock lock(&w->mu);
-      while (w->queue.empty() && !w->stop) w->cv.Wait(&w->mu);
-      if (w->queue.empty()) return;
-      p = w->queue.front();
-    }
-    const absl::Status waited = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(p.after));
-      return absl::OkStatus();
-    }();
-    static_cast<void>(cudaEventDestroy(p.after));  // done with it either way
-    if (!waited.ok()) MarkFailed(waited);
-    // OK unless the device failed (then already called, by MarkFailed, unless it just failed).
-    p.cb->Fire(failed_.load(std::memory_order_acquire) ? failure() : absl::OkStatus());
-    MutexLock lock(&w->mu);
-    w->queue.pop_front();
-    w->finished++;
-    w->cv.SignalAll();
+absl::StatusOr<void*> CudaDevice::RecordMarker(int stream_index) {
+  KVTIER_ASSIGN_OR_RETURN(cudaEvent_t e, events_->Take());
+  if (cudaError_t err = cudaEventRecord(e, stream(stream_index)); err != cudaSuccess) {
+    events_->Give(e);
+    KVTIER_CUDA_RETURN_IF_ERROR(err);
   }
+  return static_cast<void*>(e);
 }
 
-bool CudaDevice::CallbacksDone(int stream, uint64_t seq) {
-  Watch& w = watches_[stream];
-  MutexLock lock(&w.mu);
-  return w.finished >= seq;
-}
-
-void CudaDevice::WaitCallbacks(int stream, uint64_t seq) {
-  Watch& w = watches_[stream];
-  MutexLock lock(&w.mu);
-  while (w.finished < seq) w.cv.Wait(&w.mu);
-}
-
-absl::Status CudaDevice::failure() const {
-  MutexLock lock(&failed_mu_);
-  return failure_;
-}
-
-absl::Status CudaDevice::Refuse(const char* call) const {
-  if (!failed_.load(std::memory_order_acquire)) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat(call, ": the CUDA device failed earlier (", failure().message(), ")"));
-}
-
-void CudaDevice::MarkFailed(const absl::Status& cause) {
-  {
-    MutexLock lock(&failed_mu_);
-    if (failure_.ok()) {
-      failure_ = cause.ok() ? absl::InternalError("CudaDevice: marked failed") : cause;
-    }
-  }
-  failed_.store(true, std::memory_order_release);
-  const absl::Status error = failure();
-  // Fire outside the watch locks: callbacks take the cache's lock, which enqueuers hold while
-  // taking a watch lock.
-  std::vector<std::shared_ptr<Callback>> pending;
-  for (Watch& w : watches_) {
-    MutexLock lock(&w.mu);
-    for (const Pending& p : w.queue) pending.push_back(p.cb);
-  }
-  for (const auto& cb : pending) cb->Fire(error);
-}
-
-absl::Status CudaDevice::Probe(cudaStream_t s) {
-  KVTIER_CUDA_RETURN_IF_ERROR(NotReadyIsSuccess(cudaStreamQuery(s)));
+absl::Status CudaDevice::WaitMarker(void* marker) {
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(static_cast<cudaEvent_t>(marker)));
   return absl::OkStatus();
 }
 
-absl::Status CudaDevice::AfterError(absl::Status error) {
+bool CudaDevice::IsFatal(const absl::Status& error) {
+  static_cast<void>(error);
   static_cast<void>(cudaGetLastError());  // clears a non-sticky error; a sticky one stays
   for (cudaStream_t s : streams_) {
-    if (absl::Status sticky = Probe(s); !sticky.ok()) {
-      MarkFailed(sticky);
-      break;
-    }
+    if (NotReadyIsSuccess(cudaStreamQuery(s)) != cudaSuccess) return true;
   }
-  return error;
+  return false;
 }
 
 absl::StatusOr<void*> CudaDevice::AllocateHost(uint64_t bytes) {
-  KVTIER_RETURN_IF_ERROR(Refuse("CudaDevice::AllocateHost"));
+  if (runner_->failed()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CudaDevice::AllocateHost: the device failed earlier (",
+                     runner_->failure().message(), ")"));
+  }
   ScopedDevice scope;
   KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
   // Plain anonymous pages, pinned once: O_DIRECT and io_uring buffer registration need ordinary
@@ -427,14 +505,6 @@ const void* CudaDevice::DeviceAddress(const void* p) const {
   return it->device + (b - it->host);
 }
 
-absl::Status CudaDevice::Copy(Stream stream_id, std::span<const CopyRegion> regions) {
-  KVTIER_RETURN_IF_ERROR(Refuse("CudaDevice::Copy"));
-  ScopedDevice scope;
-  KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
-  absl::Status s = CopyImpl(stream(stream_id), regions);
-  return s.ok() ? s : AfterError(std::move(s));
-}
-
 absl::Status CudaDevice::CopyImpl(cudaStream_t s, std::span<const CopyRegion> regions) {
   switch (method_) {
     case CudaCopyMethod::kAuto:
@@ -459,7 +529,7 @@ absl::Status CudaDevice::CopyByKernel(cudaStream_t s, std::span<const CopyRegion
   auto flush = [&]() -> absl::Status {
     if (batch.empty()) return absl::OkStatus();
     KVTIER_CUDA_RETURN_IF_ERROR(
-        LaunchGather(batch.data(), static_cast<uint32_t>(batch.size()), max_bytes, s));
+        LaunchGather(batch.data(), static_cast<uint32_t>(batch.size()), max_bytes, max_ctas_, s));
     batch.clear();
     max_bytes = 0;
     return absl::OkStatus();
@@ -477,7 +547,7 @@ absl::Status CudaDevice::CopyByKernel(cudaStream_t s, std::span<const CopyRegion
 absl::Status CudaDevice::CopyByBatch(cudaStream_t s, std::span<const CopyRegion> regions) {
   constexpr size_t kMaxBatch = 4096;  // bounds the arrays; the API states no limit
   std::vector<void*> dsts;
-  std::vector<const void*> srcs;
+  std::vector<void*> srcs;  // void*: converts to 12.8/12.9's `void**` and 13's `const void* const*`
   std::vector<size_t> sizes;
   auto flush = [&]() -> absl::Status {
     if (dsts.empty()) return absl::OkStatus();
@@ -487,8 +557,15 @@ absl::Status CudaDevice::CopyByBatch(cudaStream_t s, std::span<const CopyRegion>
     attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
     attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
     size_t attr_index = 0;
+#if CUDART_VERSION >= 13000
     KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(),
                                                      dsts.size(), &attr, &attr_index, 1, s));
+#else  // 12.8 and 12.9: a 9th argument, the index of the copy that failed
+    size_t fail_index = 0;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(),
+                                                     dsts.size(), &attr, &attr_index, 1,
+                                                     &fail_index, s));
+#endif
     dsts.clear();
     srcs.clear();
     sizes.clear();
@@ -497,130 +574,135 @@ absl::Status CudaDevice::CopyByBatch(cudaStream_t s, std::span<const CopyRegion>
   for (const CopyRegion& r : regions) {
     if (r.bytes == 0) continue;
     dsts.push_back(r.dst);
-    srcs.push_back(r.src);
+    srcs.push_back(const_cast<void*>(r.src));
     sizes.push_back(r.bytes);
     if (dsts.size() == kMaxBatch) KVTIER_RETURN_IF_ERROR(flush());
   }
   return flush();
 }
 
-absl::StatusOr<std::shared_ptr<DeviceEvent>> CudaDevice::RecordEvent(Stream stream_id) {
-  KVTIER_RETURN_IF_ERROR(Refuse("CudaDevice::RecordEvent"));
-  ScopedDevice scope;
-  KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
+absl::Status CudaDevice::Copy(Stream stream_id, std::span<const CopyRegion> regions) {
+  std::vector<CopyRegion> copy;
+  copy.reserve(regions.size());
+  for (const CopyRegion& r : regions) {
+    if (r.bytes != 0) copy.push_back(r);
+  }
+  if (copy.empty())
+    return runner_->Submit(
+        static_cast<int>(stream_id), [] { return absl::OkStatus(); }, "CudaDevice::Copy");
   const int index = static_cast<int>(stream_id);
-  auto record = [&]() -> absl::StatusOr<std::shared_ptr<DeviceEvent>> {
-    cudaEvent_t e = nullptr;
-    KVTIER_CUDA_RETURN_IF_ERROR(
-        cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
-    // Callbacks enqueued so far on this stream. The count and the record are not atomic together:
-    // a callback another thread adds in between may be counted; waiting for it as well is
-    // harmless (it runs after work enqueued before this event anyway).
-    uint64_t callbacks_before = 0;
-    {
-      MutexLock lock(&watches_[index].mu);
-      callbacks_before = watches_[index].added;
-    }
-    auto event = std::make_shared<CudaEvent>(e, this, index, callbacks_before);
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream(stream_id)));
-    return event;
-  };
-  absl::StatusOr<std::shared_ptr<DeviceEvent>> event = record();
-  if (!event.ok()) return AfterError(event.status());
-  return event;
+  return runner_->Submit(
+      index, [this, index, copy = std::move(copy)] { return CopyImpl(stream(index), copy); },
+      "CudaDevice::Copy");
+}
+
+absl::StatusOr<std::shared_ptr<DeviceEvent>> CudaDevice::RecordEvent(Stream stream_id) {
+  const int index = static_cast<int>(stream_id);
+  // Callbacks submitted so far on this stream. The count and the submission are not atomic
+  // together: a callback another thread adds in between may be counted; waiting for it as well is
+  // harmless (it runs after work enqueued before this event anyway).
+  auto event = std::make_shared<CudaEvent>(events_, runner_.get(), device_, index,
+                                           runner_->CallbacksSubmitted(index));
+  KVTIER_RETURN_IF_ERROR(runner_->Submit(
+      index,
+      [this, index, event]() -> absl::Status {
+        absl::StatusOr<cudaEvent_t> e = events_->Take();
+        if (!e.ok()) {
+          event->Issued(nullptr, e.status());
+          return e.status();
+        }
+        absl::Status s = [&]() -> absl::Status {
+          KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(*e, stream(index)));
+          return absl::OkStatus();
+        }();
+        event->Issued(*e, s);
+        return s;
+      },
+      "CudaDevice::RecordEvent",
+      // Never recorded (the device failed first): its waiters get the failure.
+      [this, event] { event->Issued(nullptr, runner_->failure()); }));
+  return std::shared_ptr<DeviceEvent>(event);
 }
 
 absl::Status CudaDevice::WaitEvent(Stream stream_id, std::shared_ptr<DeviceEvent> event) {
   if (event == nullptr) return absl::InvalidArgumentError("CudaDevice::WaitEvent: null event");
-  KVTIER_RETURN_IF_ERROR(Refuse("CudaDevice::WaitEvent"));
-  ScopedDevice scope;
-  KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
-  absl::Status s = WaitEventImpl(stream(stream_id), event);
-  return s.ok() ? s : AfterError(std::move(s));
+  // Not native() on a CudaEvent here: it waits for the record, and this thread may hold the
+  // cache's lock.
+  if (dynamic_cast<HostEvent*>(event.get()) == nullptr &&
+      dynamic_cast<CudaEvent*>(event.get()) == nullptr && event->native() == nullptr) {
+    return absl::InvalidArgumentError(
+        "CudaDevice::WaitEvent: an event that is neither a CUDA event nor a HostEvent");
+  }
+  const int index = static_cast<int>(stream_id);
+  return runner_->Submit(
+      index, [this, index, event = std::move(event)] { return WaitEventImpl(index, event); },
+      "CudaDevice::WaitEvent");
 }
 
-absl::Status CudaDevice::WaitEventImpl(cudaStream_t s, const std::shared_ptr<DeviceEvent>& event) {
+absl::Status CudaDevice::WaitEventImpl(int index, const std::shared_ptr<DeviceEvent>& event) {
+  cudaStream_t s = stream(index);
   if (void* native = event->native(); native != nullptr) {
     KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, static_cast<cudaEvent_t>(native), 0));
     return absl::OkStatus();
   }
-  if (event->Query()) return absl::OkStatus();  // host work already done: nothing to wait for
-  auto* host = dynamic_cast<HostEvent*>(event.get());
-  if (host == nullptr) {
-    return absl::InvalidArgumentError(
-        "CudaDevice::WaitEvent: an event that is neither a CUDA event nor a HostEvent");
-  }
-  uint32_t index = 0;
-  if (!flags_->Take(&index)) {
-    // Every flag is in use: block CUDA's callback thread instead (slower, still correct).
-    auto arg = std::make_unique<std::shared_ptr<DeviceEvent>>(event);
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaLaunchHostFunc(s, &BlockOnHostEvent, arg.get()));
-    static_cast<void>(arg.release());  // BlockOnHostEvent frees it
+  auto* host = static_cast<HostEvent*>(event.get());  // checked by WaitEvent
+  if (host->Query()) return absl::OkStatus();         // host work already done: nothing to wait for
+  uint32_t flag = 0;
+  if (!flags_->Take(&flag)) {
+    // Every flag is in use: this issuer waits for the read before issuing what follows (slower,
+    // still correct, and released by a failure or the shutdown).
+    if (!runner_->WaitHost(*host)) {
+      return absl::CancelledError("CudaDevice::WaitEvent: abandoned on failure or shutdown");
+    }
     return absl::OkStatus();
   }
-  if (cudaError_t e = LaunchWaitFlag(flags_->device + index, 1, s); e != cudaSuccess) {
-    flags_->Give(index);
+  if (cudaError_t e = LaunchWaitFlag(flags_->device + flag, 1, s); e != cudaSuccess) {
+    flags_->Give(flag);
     KVTIER_CUDA_RETURN_IF_ERROR(e);
   }
-  // The kernel is queued: from here on the flag must be raised whatever else fails.
-  host->Then([pool = flags_, index] { pool->Raise(index); });
-  // The flag is reused once the kernel has passed (if this fails, it is simply never reused).
-  static_cast<void>(AddCallbackImpl(
-      stream_of(s), std::make_shared<Callback>([pool = flags_, index](absl::Status st) {
-        if (st.ok()) pool->Give(index);
-      })));
+  // The kernel is queued: from here on the flag must be raised whatever else fails (Abort raises
+  // it on a failure; the read's completion otherwise).
+  host->Then([pool = flags_, flag] { pool->Raise(flag); });
+  // The flag is reused once the kernel has passed (on a failed device it is simply never reused).
+  static_cast<void>(runner_->SubmitCallback(
+      index,
+      [pool = flags_, flag](absl::Status st) {
+        if (st.ok()) pool->Give(flag);
+      },
+      "CudaDevice::WaitEvent"));
   return absl::OkStatus();
 }
 
 absl::Status CudaDevice::AddCallback(Stream stream_id, std::function<void(absl::Status)> fn) {
-  KVTIER_RETURN_IF_ERROR(Refuse("CudaDevice::AddCallback"));
-  ScopedDevice scope;
-  KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
-  absl::Status s = AddCallbackImpl(stream_id, std::make_shared<Callback>(std::move(fn)));
-  return s.ok() ? s : AfterError(std::move(s));
+  return runner_->SubmitCallback(static_cast<int>(stream_id), std::move(fn),
+                                 "CudaDevice::AddCallback");
 }
 
-absl::Status CudaDevice::AddCallbackImpl(Stream stream_id, std::shared_ptr<Callback> cb) {
-  cudaEvent_t after = nullptr;
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaEventCreateWithFlags(&after, cudaEventDisableTiming | cudaEventBlockingSync));
-  if (cudaError_t e = cudaEventRecord(after, stream(stream_id)); e != cudaSuccess) {
-    static_cast<void>(cudaEventDestroy(after));  // the record error is the one to report
-    KVTIER_CUDA_RETURN_IF_ERROR(e);
+absl::Status CudaDevice::WriteCounter(Stream stream_id, uint32_t index, uint32_t value) {
+  if (index >= kMaxLayerCounters) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaDevice::WriteCounter: index ", index,
+                                                   " vs ", kMaxLayerCounters, " counters"));
   }
-  // Queued: the watcher now calls it exactly once, whatever happens to the device.
-  Watch& w = watches_[static_cast<int>(stream_id)];
-  MutexLock lock(&w.mu);
-  w.queue.push_back({std::move(cb), after});
-  w.added++;
-  w.cv.SignalAll();
-  return absl::OkStatus();
+  const int s = static_cast<int>(stream_id);
+  return runner_->Submit(
+      s,
+      [this, s, index, value]() -> absl::Status {
+        KVTIER_CUDA_RETURN_IF_ERROR(LaunchWriteCounter(counters_ + index, value, stream(s)));
+        return absl::OkStatus();
+      },
+      "CudaDevice::WriteCounter");
 }
 
 absl::Status CudaDevice::Synchronize() {
-  std::array<uint64_t, kNumStreams> added{};
+  // A callback at the end of each stream, then wait for every callback: everything submitted so
+  // far is then done (or, on a failed device, released and reported).
   for (int i = 0; i < kNumStreams; ++i) {
-    MutexLock lock(&watches_[i].mu);
-    added[i] = watches_[i].added;
+    runner_
+        ->SubmitCallback(
+            i, [](absl::Status) {}, "CudaDevice::Synchronize")
+        .IgnoreError();
   }
-  ScopedDevice scope;
-  absl::Status s = scope.Enter(device_);
-  for (cudaStream_t st : streams_) {
-    if (!s.ok()) break;
-    s = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
-      return absl::OkStatus();
-    }();
-  }
-  if (!s.ok()) MarkFailed(s);
-  // The callbacks enqueued so far have run (or, on a failed device, been called with the error).
-  for (int i = 0; i < kNumStreams; ++i) {
-    Watch& w = watches_[i];
-    MutexLock lock(&w.mu);
-    while (w.finished < added[i]) w.cv.Wait(&w.mu);
-  }
-  if (failed_.load(std::memory_order_acquire)) return failure();
-  return s;
+  return runner_->Drain();
 }
 
 }  // namespace

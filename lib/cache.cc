@@ -119,6 +119,8 @@ absl::StatusOr<void*> Transfer::LayerReady(uint32_t layer) const {
   return event;
 }
 
+uint32_t Transfer::sequence() const { return state_ == nullptr ? 0 : state_->sequence; }
+
 // ---- Cache ----
 
 Cache::Cache(std::unique_ptr<Core> core) : core_(std::move(core)) {}
@@ -286,6 +288,15 @@ std::vector<KvEvent> Cache::TakeEvents(size_t max_events) { return core_->TakeEv
 CacheStats Cache::Stats() const { return core_->Stats(); }
 
 const Options& Cache::options() const { return core_->options_; }
+
+absl::StatusOr<void*> Cache::GraphLayerCounters() const {
+  void* counters = core_->device_->counters();
+  if (counters == nullptr || options().backend == DeviceBackend::kMetadataOnly) {
+    return absl::UnimplementedError(
+        "Cache::GraphLayerCounters: this device has no layer counters (emulated or metadata-only)");
+  }
+  return counters;
+}
 
 absl::Status Cache::CheckInvariants() const {
   MutexLock lock(&core_->index_.mu());

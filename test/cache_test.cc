@@ -5,6 +5,7 @@
 
 #include "lib/cache_factory.h"
 #include "lib/transfer/emulated_device.h"
+#include "test/util/test_device.h"
 #include "test/util/test_util.h"
 
 namespace kvtier {
@@ -547,6 +548,54 @@ TEST_CASE("Regression: with nothing pinned or in flight, AllocateDevice frees ev
     REQUIRE_OK((*cache)->Release(*all));
     REQUIRE_OK((*cache)->CheckInvariants());
   }
+}
+
+}  // namespace
+}  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST_CASE(
+    "Cache: each Load writes its sequence number into every layer counter after that layer's "
+    "copies (graph-stable waits)",
+    "[cache][graph]") {
+  test::EngineKv kv({.num_slots = 4});
+  auto owned = std::make_unique<test::TestDevice>();
+  test::TestDevice* device = owned.get();
+  auto cache = internal::CreateCache(test::MakeOptions(kv, 16), std::move(owned));
+  REQUIRE_OK(cache);
+  auto counters = (*cache)->GraphLayerCounters();
+  REQUIRE_OK(counters);
+  CHECK(*counters == device->counters());
+  CHECK(Transfer().sequence() == 0);
+  const auto a = test::Chain(3, 1);
+  REQUIRE_OK(test::RunSequence(**cache, kv, a));
+  REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));  // pushes a out to host
+  uint32_t last = 0;
+  for (int round = 0; round < 2; ++round) {
+    auto match = (*cache)->Match(a);
+    REQUIRE_OK(match);
+    auto lease = (*cache)->AllocateDevice(*match, 3);
+    REQUIRE_OK(lease);
+    auto xfer = (*cache)->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    CHECK(xfer->sequence() > last);
+    last = xfer->sequence();
+    REQUIRE_OK(xfer->Wait());
+    // A Load with nothing to copy (round 1) is done at once; its counter writes are queued.
+    REQUIRE_OK(device->Synchronize());
+    for (uint32_t l = 0; l < kv.shape().layers; ++l) CHECK(device->counter(l) == last);
+    CHECK(device->counter(kv.shape().layers) == 0);  // past the last layer: untouched
+    REQUIRE_OK((*cache)->Release(*lease));
+  }
+}
+
+TEST_CASE("Cache: GraphLayerCounters is kUnimplemented on the emulated device", "[cache][graph]") {
+  test::EngineKv kv({.num_slots = 4});
+  auto cache = Cache::Create(test::MakeOptions(kv, 16));
+  REQUIRE_OK(cache);
+  REQUIRE_CODE((*cache)->GraphLayerCounters(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

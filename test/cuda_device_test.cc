@@ -5,8 +5,11 @@
 #include "cuda/cuda_device.h"
 
 #include <cuda_runtime_api.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -17,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda/copy_kernels.h"
 #include "cuda/cuda_probe.h"
 #include "kvtier/cache.h"
 #include "lib/transfer/host_event.h"
@@ -315,6 +319,56 @@ HostResident MakeHostResident(GpuKv& kv, uint32_t blocks, CudaCopyMethod method,
   return r;
 }
 
+TEST_CASE("CudaDevice: a captured graph waits on a layer counter across Loads", "[cuda][graph]") {
+  if (NoDevice()) return;
+  GpuKv kv({"graph", 4, 2, 16 * 8 * 128 * 2, 0, 8});
+  REQUIRE(kv.ok());
+  HostResident r = MakeHostResident(kv, 4, CudaCopyMethod::kKernel);
+  auto counters = r.cache->GraphLayerCounters();
+  REQUIRE_OK(counters);
+  auto* layer0 = static_cast<uint32_t*>(*counters);
+  uint32_t* target = nullptr;
+  REQUIRE_CUDA(cudaMalloc(reinterpret_cast<void**>(&target), sizeof(uint32_t)));
+  cudaStream_t engine = nullptr;
+  REQUIRE_CUDA(cudaStreamCreateWithFlags(&engine, cudaStreamNonBlocking));
+  // The engine's decode graph: "wait for layer 0", captured once with fixed pointers.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE_CUDA(cudaStreamBeginCapture(engine, cudaStreamCaptureModeThreadLocal));
+  REQUIRE_CUDA(internal::LaunchWaitCounter(layer0, target, engine));
+  REQUIRE_CUDA(cudaStreamEndCapture(engine, &graph));
+  REQUIRE_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  // Round 0 copies from the host; round 1 finds the blocks on the device (nothing to copy): the
+  // counters are written either way.
+  uint32_t last = 0;
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    auto match = r.cache->Match(r.keys);
+    REQUIRE_OK(match);
+    auto lease = r.cache->AllocateDevice(*match, static_cast<uint32_t>(r.keys.size()));
+    REQUIRE_OK(lease);
+    auto xfer = r.cache->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    const uint32_t seq = xfer->sequence();
+    CHECK(seq > last);
+    last = seq;
+    REQUIRE_CUDA(cudaMemcpy(target, &seq, sizeof(seq), cudaMemcpyHostToDevice));
+    REQUIRE_CUDA(cudaGraphLaunch(exec, engine));
+    REQUIRE_CUDA(cudaStreamSynchronize(engine));  // returns: the counter reached seq
+    REQUIRE_OK(xfer->Wait());
+    uint32_t seen = 0;
+    REQUIRE_CUDA(cudaMemcpy(&seen, layer0, sizeof(seen), cudaMemcpyDeviceToHost));
+    CHECK(seen == seq);
+    for (size_t i = 0; i < r.keys.size(); ++i)
+      CHECK(kv.Mismatches(lease->slots()[i], r.keys[i]) == 0);
+    REQUIRE_OK(r.cache->Release(*lease));
+  }
+  REQUIRE_CUDA(cudaGraphExecDestroy(exec));
+  REQUIRE_CUDA(cudaGraphDestroy(graph));
+  REQUIRE_CUDA(cudaStreamDestroy(engine));
+  REQUIRE_CUDA(cudaFree(target));
+}
+
 TEST_CASE("CudaDevice: layer events complete in layer order", "[cuda]") {
   if (NoDevice()) return;
   const CudaCopyMethod method = GENERATE(CudaCopyMethod::kKernel, CudaCopyMethod::kBatchMemcpy);
@@ -467,24 +521,26 @@ TEST_CASE("CudaDevice: concurrent loads (H2D) and stores (D2H) do not corrupt ea
   ConcurrentLoadsAndStores(kv, DeviceBackend::kCuda, method);
 }
 
-TEST_CASE("CudaDevice: a failed device calls pending callbacks with the error and refuses work",
-          "[cuda]") {
+TEST_CASE(
+    "Regression #14: a failed device calls pending callbacks with the error on its own threads, "
+    "releases a stream held by a disk wait, and refuses work",
+    "[cuda][spin]") {
   if (NoDevice()) return;
   auto device = internal::CreateCudaDevice({.device = 0});
   REQUIRE_OK(device);
-  // Hold the H2D stream on a host event (a disk read that has not completed).
+  // Hold the H2D stream on a host event (a disk read that never completes).
   auto read = std::make_shared<internal::HostEvent>();
   REQUIRE_OK((*device)->WaitEvent(internal::Stream::kH2D, read));
   std::atomic<int> calls{0};
   absl::Status seen;
+  std::thread::id on;
   REQUIRE_OK((*device)->AddCallback(internal::Stream::kH2D, [&](absl::Status s) {
     seen = s;
+    on = std::this_thread::get_id();
     calls++;
   }));
   CHECK(calls == 0);  // the stream is held
   REQUIRE_OK(internal::FailCudaDeviceForTesting(device->get(), absl::InternalError("injected")));
-  CHECK(calls == 1);  // called at once, with the error: no hang
-  CHECK(seen.code() == absl::StatusCode::kInternal);
   const internal::CopyRegion none{};
   CHECK((*device)->Copy(internal::Stream::kD2H, {&none, 1}).code() ==
         absl::StatusCode::kFailedPrecondition);
@@ -492,12 +548,17 @@ TEST_CASE("CudaDevice: a failed device calls pending callbacks with the error an
         absl::StatusCode::kFailedPrecondition);
   CHECK((*device)->AddCallback(internal::Stream::kD2H, [](absl::Status) {}).code() ==
         absl::StatusCode::kFailedPrecondition);
-  read->Complete();  // the stream drains; the watcher's late call is ignored
-  CHECK_FALSE((*device)->Synchronize().ok());
+  // The spin kernel was released (its flag raised by the failure), though the read never ends.
+  CHECK((*device)->Synchronize().code() == absl::StatusCode::kInternal);
   CHECK(calls == 1);
+  CHECK(seen.code() == absl::StatusCode::kInternal);
+  CHECK(on != std::this_thread::get_id());
+  device->reset();   // ~CudaDevice returns
+  read->Complete();  // late: touches nothing freed
 }
 
-TEST_CASE("CudaDevice: a stream waiting on a disk read runs once the read completes", "[cuda]") {
+TEST_CASE("CudaDevice: a stream waiting on a disk read runs once the read completes",
+          "[cuda][spin]") {
   if (NoDevice()) return;
   auto device = internal::CreateCudaDevice({.device = 0});
   REQUIRE_OK(device);
@@ -510,6 +571,151 @@ TEST_CASE("CudaDevice: a stream waiting on a disk read runs once the read comple
   read->Complete();
   REQUIRE_OK((*after)->Wait());
   REQUIRE_OK((*device)->Synchronize());
+}
+
+// Runs the hidden test case `name` of this binary in a fresh process (CUDA does not survive fork(),
+// and a hang must not take the whole binary down): fork + exec, killed after `timeout_s`. The
+// child's exit status: 0 when its test passed.
+int RunChild(const char* name, int timeout_s) {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    execl("/proc/self/exe", "/proc/self/exe", name, static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  int status = 0;
+  for (;;) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      FAIL("child '" << name << "' still running after " << timeout_s << " s: killed (a hang)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling a child, not timing
+  }
+  INFO("child '" << name << "' status " << status);
+  REQUIRE(WIFEXITED(status));
+  return WEXITSTATUS(status);
+}
+
+// Commits `n` blocks in chains of 100, pushes them off the device through a 64-slot host pool
+// (write-backs to the disk), and returns the keys. The cache has `n` + 36 device slots.
+struct DiskGated {
+  TempDir dir;
+  std::unique_ptr<GpuKv> kv;
+  std::unique_ptr<Cache> cache;
+  std::vector<std::vector<BlockKey>> chains;
+};
+std::unique_ptr<DiskGated> MakeDiskGated(uint32_t n) {
+  auto g = std::make_unique<DiskGated>();
+  // 16 KiB blocks: 2 layers x K, V x 4 KiB.
+  g->kv = std::make_unique<GpuKv>(GpuShape{"gated", 2, 2, 4096, 0, n + 36});
+  REQUIRE(g->kv->ok());
+  Options options;
+  options.layout = g->kv->layout();
+  options.backend = DeviceBackend::kCuda;
+  options.cuda.copy_method = CudaCopyMethod::kKernel;
+  options.host.capacity_bytes = 64 * (g->kv->layout().block_bytes() + 8192);  // about 64 slots
+  options.disk = {.directory = g->dir.path.string(),
+                  .capacity_bytes = uint64_t{n + 256} * (g->kv->layout().block_bytes() + 8192),
+                  .allow_buffered = true};
+  auto cache = Cache::Create(options);
+  REQUIRE_OK(cache);
+  g->cache = std::move(*cache);
+  for (uint32_t c = 0; c * 100 < n; ++c) {
+    g->chains.push_back(test::Chain(std::min<uint32_t>(100, n - c * 100), 500 + c, 16));
+    CommitChain(*g->cache, *g->kv, g->chains.back());
+  }
+  {
+    // Taking every device slot pushes every block down: through the full host pool to the disk.
+    auto all = g->cache->AllocateDevice(g->kv->layout().num_slots);
+    REQUIRE_OK(all);
+  }
+  return g;
+}
+
+TEST_CASE("child: a disk-gated Load of 1,500 blocks with a full host pool completes",
+          "[.cuda_child]") {
+  if (NoDevice()) return;
+  auto g = MakeDiskGated(1500);
+  uint32_t from_disk = 0;
+  std::vector<MatchResult> matches;
+  std::vector<DeviceLease> leases;
+  std::vector<Transfer> transfers;
+  // Every chain's Load is enqueued before any is waited for: about 1,500 reads, each the copies'
+  // gate, behind write-backs of the host slots they reuse; thousands of commands on the stream.
+  for (const auto& chain : g->chains) {
+    auto match = g->cache->Match(chain);
+    REQUIRE_OK(match);
+    REQUIRE(match->size() == chain.size());
+    from_disk += match->blocks_in(Tier::kDisk);
+    auto lease = g->cache->AllocateDevice(*match, static_cast<uint32_t>(chain.size()));
+    REQUIRE_OK(lease);
+    auto xfer = g->cache->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    matches.push_back(*match);
+    leases.push_back(std::move(*lease));
+    transfers.push_back(std::move(*xfer));
+  }
+  CHECK(from_disk > 1000);
+  uint64_t bad = 0;
+  for (size_t c = 0; c < transfers.size(); ++c) {
+    REQUIRE_OK(transfers[c].Wait());
+    for (size_t i = 0; i < g->chains[c].size(); ++i) {
+      bad += g->kv->Mismatches(leases[c].slots()[i], g->chains[c][i]);
+    }
+  }
+  CHECK(bad == 0);
+  REQUIRE_OK(g->cache->CheckInvariants());
+}
+
+TEST_CASE("Regression #14: a disk-gated Load of 1,500 blocks with a full host pool ends in time",
+          "[cuda][spin]") {
+  if (NoDevice()) return;
+  CHECK(RunChild("child: a disk-gated Load of 1,500 blocks with a full host pool completes", 240) ==
+        0);
+}
+
+TEST_CASE("child: an illegal address mid-Load fails the Load and the process exits",
+          "[.cuda_child]") {
+  if (NoDevice()) return;
+  auto g = MakeDiskGated(300);
+  std::vector<DeviceLease> leases;
+  std::vector<Transfer> transfers;
+  for (const auto& chain : g->chains) {
+    auto match = g->cache->Match(chain);
+    REQUIRE_OK(match);
+    auto lease = g->cache->AllocateDevice(*match, static_cast<uint32_t>(chain.size()));
+    REQUIRE_OK(lease);
+    auto xfer = g->cache->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    leases.push_back(std::move(*lease));
+    transfers.push_back(std::move(*xfer));
+  }
+  // The engine's bug, mid-Load: a kernel writing through a wild pointer on its own stream. The
+  // context's sticky error stops every stream; kvtier must fail the Loads, not hang on them.
+  cudaStream_t engine = nullptr;
+  REQUIRE_CUDA(cudaStreamCreateWithFlags(&engine, cudaStreamNonBlocking));
+  void* scratch = nullptr;
+  REQUIRE_CUDA(cudaMalloc(&scratch, 4096));
+  const internal::GatherRegion wild{reinterpret_cast<void*>(uintptr_t{0x10}), scratch, 4096};
+  REQUIRE(internal::LaunchGather(&wild, 1, 4096, 1, engine) == cudaSuccess);
+  int failed = 0;
+  for (Transfer& t : transfers) failed += t.Wait().ok() ? 0 : 1;
+  INFO(failed << " of " << transfers.size() << " Loads failed");
+  // Every Transfer ended; those that had finished before the fault may have succeeded.
+  leases.clear();
+  transfers.clear();
+  g->cache.reset();  // ~Cache and ~CudaDevice return on a failed context
+}
+
+TEST_CASE("Regression #14: a process whose context faults mid-Load exits without hanging",
+          "[cuda][spin]") {
+  if (NoDevice()) return;
+  CHECK(RunChild("child: an illegal address mid-Load fails the Load and the process exits", 120) ==
+        0);
 }
 
 }  // namespace

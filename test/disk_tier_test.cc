@@ -1093,6 +1093,39 @@ TEST_CASE("Regression: a failed load is reported only once no copy can write the
   for (uint32_t i = 0; i < 4; ++i) CHECK(kv.Mismatches(slots[i], recomputed[i]) == 0);
 }
 
+TEST_CASE(
+    "Regression #14: an enqueue failure in a Load whose reads wait for host write-backs returns "
+    "without waiting for the reads under the index lock",
+    "[disk][cache][faults]") {
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  auto owned = std::make_unique<test::TestDevice>();
+  test::TestDevice* device = owned.get();
+  auto cache = CreateCache(DiskOptions(kv, dir.path, 4, 64), std::move(owned));
+  REQUIRE_OK(cache);
+  uint64_t matched = 0;
+  // Early sequences cascade to the disk; the host fills with recent blocks not yet written below.
+  REQUIRE(RunAll(**cache, kv, 1, 12, &matched) == 0);
+  const std::vector<BlockKey> keys = test::Chain(2, 1);
+  auto match = (*cache)->Match(keys);
+  REQUIRE_OK(match);
+  REQUIRE(match->size() == 2);
+  REQUIRE(match->tiers[0] == Tier::kDisk);
+  auto lease = (*cache)->AllocateDevice(*match, 2);
+  REQUIRE_OK(lease);
+  // The Load's host slots are taken from host victims whose write-backs are still reading them:
+  // the reads start once those writes complete, and a write's completion takes the index lock.
+  // Waiting for the reads under that lock (the old failure path) never returns.
+  device->FailNextReadWait();
+  auto transfer = (*cache)->Load(*match, *lease);
+  CHECK(device->read_wait_failed());
+  CHECK(transfer.status().code() == absl::StatusCode::kInternal);
+  // The reads end on their own; the promotions then fail, and the cache stays usable.
+  REQUIRE_OK((*cache)->Release(*lease));
+  REQUIRE(RunAll(**cache, kv, 1, 12, &matched) == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
 }  // namespace cache_level
 
 }  // namespace

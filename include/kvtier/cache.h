@@ -253,6 +253,11 @@ class Cache {
   std::vector<KvEvent> TakeEvents(size_t max_events = SIZE_MAX);
 
   CacheStats Stats() const;
+
+  // For CUDA graphs: the device address of the cache's layer counters, one uint32_t per layer
+  // (up to 1024), fixed for the cache's life; counter l holds the sequence() of the last Load
+  // whose layer l is copied. kUnimplemented on a device without them (emulated, metadata-only).
+  absl::StatusOr<void*> GraphLayerCounters() const;
   const Options& options() const;
 
   // Verifies every internal invariant (capacity, pins, prefix rule, slot ownership); kInternal

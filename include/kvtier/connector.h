@@ -110,7 +110,9 @@ class StoreHandle {
   // the next unsaved one (kFailedPrecondition otherwise; kOutOfRange past the last). The copies of
   // the last layer report the store to the cache. On the emulated device a non-null event is
   // kInvalidArgument (it has no native events). A store with nothing to copy
-  // (blocks() == 0) accepts every layer, in any order, and is done from the start.
+  // (blocks() == 0) accepts every layer, in any order, and is done from the start. On CUDA the
+  // stream waits on `ready_event` shortly after this call returns (kvtier's issuer thread): keep
+  // the event alive until Wait() returns (re-recording it sooner may delay the copies, no more).
   absl::Status SaveLayer(uint32_t layer, void* ready_event = nullptr);
   // SaveLayer of every layer not saved yet.
   absl::Status SaveAll(void* ready_event = nullptr);

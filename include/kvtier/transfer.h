@@ -74,6 +74,12 @@ class Transfer {
   // engine's stream); status()/Wait() say whether the bytes are valid.
   absl::StatusOr<void*> LayerReady(uint32_t layer) const;
 
+  // For CUDA graphs: this Load's number (1, 2, ... per cache; 0 for an empty handle or a transfer
+  // that is not a Load). Once layer l of this Load is copied, the cache's layer counter l
+  // (Cache::GraphLayerCounters) holds at least this value; a captured kernel can wait for that
+  // with a target the engine writes before each replay (docs/cuda.md, "CUDA graphs").
+  uint32_t sequence() const;
+
  private:
   friend class Cache;
   friend class Connector;

@@ -1,5 +1,6 @@
 #include "lib/movers/device_mover.h"
 
+#include <atomic>
 #include <utility>
 
 namespace kvtier::internal {
@@ -95,7 +96,17 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   const auto layers = static_cast<uint32_t>(layers_.size());
   auto state = std::make_shared<TransferState>(
       plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
+  const uint32_t seq = ++load_sequence_;
+  state->sequence = seq;
+  // Layer l's counter: after its copies on the H2D stream, so a captured graph waiting on it
+  // needs no per-Load handle (docs/cuda.md, "CUDA graphs").
+  const bool counters = !metadata_only_ && device_.counters() != nullptr;
+  auto write_counter = [&](uint32_t l) -> absl::Status {
+    if (!counters || l >= Device::kMaxLayerCounters) return absl::OkStatus();
+    return device_.WriteCounter(Stream::kH2D, l, seq);
+  };
   if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
+    for (uint32_t l = 0; l < layers; ++l) write_counter(l).IgnoreError();  // a failed device only
     for (const Move& p : plan.promotions) {
       index_.FinishMoveLocked(p, true);
       if (p.from.tier != Tier::kHost) storage_.CountReadLocked(p.from.tier);
@@ -136,6 +147,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       AppendLayerRegions(l, p.to.slot, p.host_slot(), /*to_device=*/true, &regions);
     }
     if (s.ok() && !regions.empty()) s = device_.Copy(Stream::kH2D, regions);
+    if (s.ok()) s = write_counter(l);
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
         s.ok() ? device_.RecordEvent(Stream::kH2D) : s;
     if (!event.ok()) {
@@ -161,12 +173,30 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   }
   if (!s.ok()) {
     // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports
-    // to the index, is the last thing enqueued, so it is not queued: report the failure now.
-    // Reads already started complete into their (now freed) host slots' old owners: wait.
+    // to the index, is the last thing enqueued, so it is not queued: the promotions fail here.
+    // Not before the reads already started have ended, though: they still write into the
+    // promotions' host slots. Never wait for them under this lock: a read may start only once the
+    // write still reading its slot completes, and that completion takes this lock. The last read
+    // to end (or this thread, if none is left) reports the failure instead.
+    auto left = std::make_shared<std::atomic<size_t>>(1);  // 1: this thread's share
     for (const auto& r : read_done) {
-      if (r != nullptr) r->Wait().IgnoreError();
+      if (r != nullptr) left->fetch_add(1);
     }
-    for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    auto fail = [this, ctx] {
+      MutexLock lock(&index_.mu());
+      for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    };
+    for (const auto& r : read_done) {
+      if (r == nullptr) continue;
+      // Then() runs at once on this thread for a read that has ended: its share only counts down
+      // (this thread's own share is still held, so it cannot reach zero here).
+      r->Then([left, fail] {
+        if (left->fetch_sub(1) == 1) fail();
+      });
+    }
+    if (left->fetch_sub(1) == 1) {
+      for (const Move& p : ctx->promotions) index_.FinishMoveLocked(p, false);
+    }
     return s;
   }
   bytes_h2d_ += n * block_bytes_;

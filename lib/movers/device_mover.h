@@ -46,7 +46,9 @@ class DeviceMover {
   absl::StatusOr<std::shared_ptr<DeviceEvent>> EnqueueDemotionsLocked(std::vector<Move> demotions);
 
   // Carries out a Load's plan: reads from below, then every layer's host-to-device copies, one
-  // event per layer; the last layer's callback reports the promotions. `load_start`: when Load()
+  // event per layer; the last layer's callback reports the promotions. Each layer then writes the
+  // Load's sequence number into its device layer counter (graph-stable waits), also when nothing
+  // is copied. `load_start`: when Load()
   // was called (MonotonicNanos), for load_latency.
   absl::StatusOr<std::shared_ptr<TransferState>> StartLoadLocked(LoadPlan plan,
                                                                  uint64_t load_start);
@@ -101,6 +103,7 @@ class DeviceMover {
   uint64_t bytes_h2d_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t bytes_d2h_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t in_flight_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  uint32_t load_sequence_ ABSL_GUARDED_BY(index_.mu()) = 0;  // the last Load's number
   AtomicHistogram load_latency_;  // recorded on copy threads, without a lock
   AtomicHistogram demotion_latency_;
 };

@@ -64,6 +64,19 @@ class Device {
   virtual absl::Status AddCallback(Stream stream, std::function<void(absl::Status)> fn) = 0;
   // Blocks until all work enqueued so far on every stream is done (callbacks included).
   virtual absl::Status Synchronize() = 0;
+
+  // Graph-stable layer counters (docs/cuda.md, "CUDA graphs"): kMaxLayerCounters 32-bit words in
+  // device memory that the device owns for its life. WriteCounter enqueues counter[index] = value
+  // on `stream`, in order with its other work; counters() is their device address. A backend
+  // without them (the emulated device) has counters() == nullptr and WriteCounter does nothing.
+  static constexpr uint32_t kMaxLayerCounters = 1024;
+  virtual absl::Status WriteCounter(Stream stream, uint32_t index, uint32_t value) {
+    static_cast<void>(stream);
+    static_cast<void>(index);
+    static_cast<void>(value);
+    return absl::OkStatus();
+  }
+  virtual void* counters() const { return nullptr; }
 };
 
 }  // namespace kvtier::internal

@@ -25,6 +25,9 @@ struct TransferState {
   const uint32_t promoted;
   const uint32_t layers;
   std::vector<std::shared_ptr<DeviceEvent>> layer_events;  // set before the handle is returned
+  // A Load's number (1, 2, ... per cache): the value its layers write into the device's layer
+  // counters (Device::WriteCounter) once copied. 0: no counters written (not a Load).
+  uint32_t sequence = 0;
 
   void LayerDone(const absl::Status& status) {
     MutexLock lock(&mu);

@@ -5,8 +5,11 @@
 #define KVTIER_TEST_UTIL_TEST_DEVICE_H_
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "lib/common/mutex.h"
 #include "lib/transfer/emulated_device.h"
@@ -31,6 +34,28 @@ class TestDevice final : public internal::Device {
     }
     if (gate != nullptr) gate->Complete();
   }
+  // The next WaitEvent on the host-to-device stream for a host event (a disk read a promotion's
+  // copies wait for) fails with kInternal, as an enqueue on an unusable device does.
+  void FailNextReadWait() {
+    internal::MutexLock lock(&mu_);
+    fail_read_wait_ = true;
+  }
+  bool read_wait_failed() {
+    internal::MutexLock lock(&mu_);
+    return read_wait_failed_;
+  }
+  // Layer counters in host memory, written in stream order (a callback after the work before
+  // it), as CudaDevice writes its device words; counter(i) reads one.
+  uint32_t counter(uint32_t i) const {
+    return std::atomic_ref<uint32_t>(const_cast<uint32_t&>(counters_[i])).load();
+  }
+  absl::Status WriteCounter(internal::Stream stream, uint32_t index, uint32_t value) override {
+    if (index >= kMaxLayerCounters) return absl::InvalidArgumentError("WriteCounter: index");
+    return inner_.AddCallback(stream, [this, index, value](absl::Status) {
+      std::atomic_ref<uint32_t>(counters_[index]).store(value);
+    });
+  }
+  void* counters() const override { return const_cast<uint32_t*>(counters_.data()); }
   // The largest AllocateHost() request so far, in bytes.
   uint64_t max_host_allocation() {
     internal::MutexLock lock(&mu_);
@@ -63,6 +88,14 @@ class TestDevice final : public internal::Device {
   }
   absl::Status WaitEvent(internal::Stream stream,
                          std::shared_ptr<internal::DeviceEvent> event) override {
+    if (stream == internal::Stream::kH2D &&
+        dynamic_cast<internal::HostEvent*>(event.get()) != nullptr) {
+      internal::MutexLock lock(&mu_);
+      if (std::exchange(fail_read_wait_, false)) {
+        read_wait_failed_ = true;
+        return absl::InternalError("TestDevice: injected enqueue failure");
+      }
+    }
     return inner_.WaitEvent(stream, std::move(event));
   }
   absl::Status AddCallback(internal::Stream stream, std::function<void(absl::Status)> fn) override {
@@ -71,10 +104,13 @@ class TestDevice final : public internal::Device {
   absl::Status Synchronize() override { return inner_.Synchronize(); }
 
  private:
+  std::array<uint32_t, kMaxLayerCounters> counters_{};
   internal::EmulatedDevice inner_;
   internal::Mutex mu_;
   std::shared_ptr<internal::HostEvent> gate_ ABSL_GUARDED_BY(mu_);
   uint64_t max_host_allocation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool fail_read_wait_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_wait_failed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace kvtier::test
