@@ -39,7 +39,7 @@ namespace kvtier {
 namespace {
 
 using internal::ChildLinks;
-using internal::GhostList;
+using internal::GhostLists;
 using internal::SlotLists;
 
 class KvAdaptivePolicy final : public EvictionPolicy {
@@ -57,8 +57,8 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   void OnMissKey(uint64_t id) override {
     flat_ = true;
     AfterPrevious(id, kUnknown);
-    miss_ = Miss{.id = id, .parent = prev_id_, .in_b1 = b1_.Contains(id), .valid = true};
-    miss_.in_b2 = !miss_.in_b1 && b2_.Contains(id);
+    const int g = ghosts_.Find(id);
+    miss_ = Miss{.id = id, .parent = prev_id_, .in_b1 = g == kB1, .in_b2 = g == kB2, .valid = true};
     if (miss_.in_b1 || miss_.in_b2) Adapt(miss_.in_b1);
     prev_id_ = id;
     prev_slot_ = SlotLists::kNil;
@@ -68,11 +68,11 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Slot& st = slots_[s];
     const bool adapted = miss_.valid && st.known && miss_.id == st.id;
     if (adapted) st.parent = miss_.parent;
-    const bool in_b1 = adapted ? miss_.in_b1 : st.known && b1_.Contains(st.id);
-    const bool in_b2 = adapted ? miss_.in_b2 : st.known && !in_b1 && b2_.Contains(st.id);
+    const int g = adapted || !st.known ? GhostLists::kNone : ghosts_.Find(st.id);
+    const bool in_b1 = adapted ? miss_.in_b1 : g == kB1;
+    const bool in_b2 = adapted ? miss_.in_b2 : g == kB2;
     if (!adapted && (in_b1 || in_b2)) Adapt(in_b1);
-    if (in_b1) b1_.Erase(st.id);
-    if (in_b2) b2_.Erase(st.id);
+    if (in_b1 || in_b2) ghosts_.Erase(st.id);
     miss_ = Miss{};
     if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id);
     Push(in_b1 || in_b2 ? kT2 : kT1, s, /*front=*/true);
@@ -99,7 +99,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Slot& st = slots_[s];
     if (s == victim_ && st.known) {
       const uint16_t from = st.away ? st.home : lists_.ListOf(s);
-      (from == kT2 ? b2_ : b1_).Push(st.id);
+      ghosts_.Push(from == kT2 ? kB2 : kB1, st.id);
     }
     if (s == victim_) victim_ = SlotLists::kNil;
     if (s == prev_slot_) prev_slot_ = SlotLists::kNil;
@@ -156,6 +156,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
 
  private:
   static constexpr uint16_t kT1 = 0, kT2 = 1, kDead = 2, kParked = 3;
+  static constexpr int kB1 = 0, kB2 = 1;         // ghosts_' lists
   static constexpr uint64_t kUnknown = ~0ull;    // parent not known (no OnMissKey before it)
   static constexpr uint64_t kStart = ~0ull - 1;  // inserted before any other access
   struct Slot {
@@ -180,8 +181,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         lists_(capacity, 4),
         recency_(capacity, 1),
         links_(capacity),
-        b1_(capacity * ghost_factor),
-        b2_(capacity * ghost_factor),
+        ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
         duel_(capacity, ghost_factor),
         slots_(capacity) {}
 
@@ -228,7 +228,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   void Adapt(bool in_b1) {
-    const double n1 = b1_.size(), n2 = b2_.size();
+    const double n1 = ghosts_.size(kB1), n2 = ghosts_.size(kB2);
     p_ = in_b1 ? std::min(p_ + std::max(n2 / n1, 1.0), static_cast<double>(capacity_))
                : std::max(p_ - std::max(n1 / n2, 1.0), 0.0);
   }
@@ -238,7 +238,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   SlotLists lists_;    // kT1, kT2, kDead, kParked; front: most recent
   SlotLists recency_;  // list 0: every slot in T1, T2 or dead, by last use (the LRU regime)
   ChildLinks links_;
-  GhostList b1_, b2_;  // ids evicted from T1 (and dead) / T2
+  GhostLists ghosts_;  // kB1: ids evicted from T1 (and dead), kB2: from T2
   internal::ShadowDuel duel_;
   std::vector<Slot> slots_;
   Miss miss_;
