@@ -17,8 +17,10 @@
 //    LRU, each on a hash sample of the ids, keep decayed hit counts; the real tier takes its victim
 //    from a global recency list while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
 //
-// The cache never calls OnMissKey, so in cache mode the request structure is not inferred (the
-// touch order is leaf first there) and no block is marked dead; p adapts at insertion, as arc's.
+// The cache never calls OnMissKey; in cache mode requests are inferred from Commit's inserts
+// instead: a run of two or more inserts, each linked (OnLink) to the one before, is a request's
+// new blocks, and its last is the tip, dead once the run ends (the next insert does not link to
+// it, or a Match touches, or an allocation asks for a victim). p adapts at insertion, as arc's.
 // A parent the cache refuses (cached children in this tier) is parked until its last child
 // leaves, then returns to the LRU end of its list; a withheld block (OnWithhold) leaves the lists
 // and returns to the LRU end, or to T2's MRU end if it was accessed meanwhile. Parked and withheld
@@ -65,6 +67,13 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
   void OnInsertKey(SlotId s, uint64_t id) override { slots_[s] = Slot{.id = id, .known = true}; }
   void OnInsert(SlotId s) override {
+    if (!flat_) {  // cache mode: s may continue the run of inserts that ended at run_tip_
+      ResolveAwaiting();
+      awaiting_ = run_tip_;
+      awaiting_len_ = run_len_;
+      run_tip_ = s;
+      run_len_ = 1;
+    }
     Slot& st = slots_[s];
     const bool adapted = miss_.valid && st.known && miss_.id == st.id;
     if (adapted) st.parent = miss_.parent;
@@ -78,8 +87,15 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Push(in_b1 || in_b2 ? kT2 : kT1, s, /*front=*/true);
     if (flat_) prev_slot_ = s;
   }
-  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
+  void OnLink(SlotId s, SlotId parent) override {
+    links_.Link(s, parent);
+    if (!flat_ && s == run_tip_ && awaiting_ != SlotLists::kNil && parent == awaiting_) {
+      run_len_ = awaiting_len_ + 1;  // the run goes on
+      awaiting_ = SlotLists::kNil;
+    }
+  }
   void OnAccess(SlotId s) override {
+    if (!flat_) EndRun(s);  // a Match: a new request began
     Slot& st = slots_[s];
     if (flat_) {
       AfterPrevious(st.id, st.parent);
@@ -96,6 +112,8 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Push(kT2, s, /*front=*/true);
   }
   void OnRemove(SlotId s) override {
+    if (s == run_tip_) run_tip_ = SlotLists::kNil;
+    if (s == awaiting_) awaiting_ = SlotLists::kNil;
     Slot& st = slots_[s];
     if (s == victim_ && st.known) {
       const uint16_t from = st.away ? st.home : lists_.ListOf(s);
@@ -125,6 +143,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    if (!flat_) EndRun(SlotLists::kNil);  // an allocation: the next request began
     const auto take = [&](SlotLists& lists, uint16_t list) -> std::optional<SlotId> {
       for (SlotId s = lists.Back(list); s != SlotLists::kNil;) {
         const SlotId newer = lists.Newer(s);
@@ -192,8 +211,33 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     if (prev_id_ == kStart) return;
     if (duel_.Sampled(prev_id_)) duel_.Dead(prev_id_);
     const SlotId s = prev_slot_;
-    if (s == SlotLists::kNil || slots_[s].id != prev_id_ || slots_[s].away) return;
-    if (lists_.ListOf(s) == kDead) return;
+    if (s == SlotLists::kNil || slots_[s].id != prev_id_) return;
+    MakeDead(s);
+  }
+
+  // Cache mode. The cache never calls OnMissKey, but Commit inserts a request's new blocks in
+  // chain order, each linked (OnLink) to the one before: a run of linked inserts is one request's,
+  // and its last block is the request's tip. A run ends when the next insert does not link to it,
+  // or at the next Match (OnAccess) or allocation (PickVictim). Only runs of two or more blocks
+  // count: a tier that receives blocks one by one (the host, from device evictions) sees no
+  // request structure.
+  void ResolveAwaiting() {  // the insert after `awaiting_` did not link to it: its run ended
+    if (awaiting_ != SlotLists::kNil && awaiting_len_ >= 2) MakeDead(awaiting_);
+    awaiting_ = SlotLists::kNil;
+  }
+  void EndRun(SlotId accessed) {
+    ResolveAwaiting();
+    if (run_tip_ != SlotLists::kNil && run_tip_ != accessed && run_len_ >= 2) {
+      if (slots_[run_tip_].known && duel_.Sampled(slots_[run_tip_].id)) {
+        duel_.Dead(slots_[run_tip_].id);
+      }
+      MakeDead(run_tip_);
+    }
+    run_tip_ = SlotLists::kNil;
+    run_len_ = 0;
+  }
+  void MakeDead(SlotId s) {
+    if (slots_[s].away || lists_.ListOf(s) == kDead) return;
     lists_.Remove(s);
     lists_.PushFront(kDead, s);
   }
@@ -242,10 +286,13 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   internal::ShadowDuel duel_;
   std::vector<Slot> slots_;
   Miss miss_;
-  bool flat_ = false;                   // OnMissKey seen: a simulation, infer requests
-  uint64_t prev_id_ = kStart;           // flat mode: the block accessed last
-  SlotId prev_slot_ = SlotLists::kNil;  // its slot, if resident
-  SlotId victim_ = SlotLists::kNil;     // returned by PickVictim, not yet removed
+  bool flat_ = false;                        // OnMissKey seen: a simulation, infer requests
+  uint64_t prev_id_ = kStart;                // flat mode: the block accessed last
+  SlotId prev_slot_ = SlotLists::kNil;       // its slot, if resident
+  SlotId victim_ = SlotLists::kNil;          // returned by PickVictim, not yet removed
+  SlotId run_tip_ = SlotLists::kNil;         // cache mode: the last insert, its run maybe going on
+  SlotId awaiting_ = SlotLists::kNil;        // the run tip before it, until run_tip_'s OnLink
+  uint32_t run_len_ = 0, awaiting_len_ = 0;  // their runs' lengths
 };
 
 }  // namespace
