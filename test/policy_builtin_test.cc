@@ -227,12 +227,14 @@ TEST_CASE("KvAdaptivePolicy: in cache mode a run of linked inserts ends in a dea
   insert(5, std::nullopt);
   // Request C's Match touches 0: B's run ended before it, at 5's unlinked insert, so 4 is dead.
   p->OnAccess(0);
-  // Victims: dead tips oldest first (2, then 4), then ARC's T1 LRU: 1, 3, 5 (0 is in T2).
+  // Victims: dead tips oldest first (2, then 4), then ARC's T1 LRU: 1, 3, 5 (0 is in T2). The
+  // dead tips are not worth demoting (DemoteVictim false), the others are.
   const auto tree = [](SlotId) { return true; };
   for (SlotId expected : {2u, 4u, 1u, 3u, 5u, 0u}) {
     const auto v = p->PickVictim(tree);
     REQUIRE(v.has_value());
     CHECK(*v == expected);
+    CHECK(p->DemoteVictim(*v) == (expected != 2 && expected != 4));
     p->OnRemove(*v);
   }
 }

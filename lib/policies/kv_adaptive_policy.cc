@@ -17,6 +17,7 @@
 //    LRU, each on a hash sample of the ids, keep decayed hit counts; the real tier takes its victim
 //    from a global recency list while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
 //
+// DemoteVictim declines dead tips, so the cache drops them instead of filling the host with them.
 // The cache never calls OnMissKey; in cache mode requests are inferred from Commit's inserts
 // instead: a run of two or more inserts, each linked (OnLink) to the one before, is a request's
 // new blocks, and its last is the tip, dead once the run ends (the next insert does not link to
@@ -172,6 +173,8 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     }
     return std::nullopt;
   }
+  // A dead tip is not expected back: the tier below should not spend a slot on it.
+  bool DemoteVictim(SlotId s) override { return slots_[s].away || lists_.ListOf(s) != kDead; }
 
  private:
   static constexpr uint16_t kT1 = 0, kT2 = 1, kDead = 2, kParked = 3;
