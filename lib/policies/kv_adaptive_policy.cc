@@ -17,7 +17,8 @@
 //    LRU, each on a hash sample of the ids, keep decayed hit counts; the real tier takes its victim
 //    from a global recency list while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
 //
-// DemoteVictim declines dead tips, so the cache drops them instead of filling the host with them.
+// DemoteVictim declines dead tips: the cache drops them instead of demoting them (a small effect
+// on the shared trace, docs/policies.md §8: they are ~5 % of the device's demotions).
 // The cache never calls OnMissKey; in cache mode requests are inferred from Commit's inserts
 // instead: a run of two or more inserts, each linked (OnLink) to the one before, is a request's
 // new blocks, and its last is the tip, dead once the run ends (the next insert does not link to
