@@ -2,7 +2,10 @@
 
 #include <random>
 #include <set>
+#include <string>
 
+#include "absl/strings/str_split.h"
+#include "kvtier/policy.h"
 #include "lib/cache_factory.h"
 #include "lib/transfer/emulated_device.h"
 #include "test/util/test_device.h"
@@ -546,6 +549,100 @@ TEST_CASE("Regression: with nothing pinned or in flight, AllocateDevice frees ev
     auto all = (*cache)->AllocateDevice(layout.num_slots);
     REQUIRE_OK(all);
     REQUIRE_OK((*cache)->Release(*all));
+    REQUIRE_OK((*cache)->CheckInvariants());
+  }
+}
+
+// A device policy that evicts newest-first ("order" = "lifo") or oldest-first ("fifo") and advises
+// against demoting the blocks whose ids (BlockKey::lo, in decimal) are listed in "decline".
+class DecliningPolicy final : public EvictionPolicy {
+ public:
+  static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
+    auto p = std::make_unique<DecliningPolicy>();
+    p->ids_.resize(ctx.capacity_slots);
+    p->lifo_ = ctx.params.count("order") > 0 && ctx.params.at("order") == "lifo";
+    if (auto it = ctx.params.find("decline"); it != ctx.params.end()) {
+      for (const auto id : absl::StrSplit(it->second, ',')) {
+        p->decline_.insert(std::stoull(std::string(id)));
+      }
+    }
+    return std::unique_ptr<EvictionPolicy>(std::move(p));
+  }
+  void OnInsertKey(SlotId s, uint64_t id) override { ids_[s] = id; }
+  void OnInsert(SlotId s) override { order_.push_back(s); }
+  void OnAccess(SlotId) override {}
+  void OnRemove(SlotId s) override { std::erase(order_, s); }
+  std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    for (size_t i = 0; i < order_.size(); ++i) {
+      const SlotId s = order_[lifo_ ? order_.size() - 1 - i : i];
+      if (can_evict(s)) return s;
+    }
+    return std::nullopt;
+  }
+  bool DemoteVictim(SlotId s) override { return !decline_.contains(ids_[s]); }
+
+ private:
+  std::vector<uint64_t> ids_;
+  std::vector<SlotId> order_;
+  std::set<uint64_t> decline_;
+  bool lifo_ = false;
+};
+
+TEST_CASE("Cache: a victim the device policy declines to demote is dropped, others demoted",
+          "[cache]") {
+  (void)RegisterPolicy("test_declining", [](const PolicyContext& ctx) {
+    return DecliningPolicy::Create(ctx);
+  });  // kAlreadyExists when the test runs twice in one process
+  EngineKv kv({.num_slots = 4});
+  Options o = test::MakeOptions(kv, 16);
+  o.device.policy = "test_declining";
+  const auto first = test::Chain(3, 1);  // k0 <- k1 <- k2
+  std::string decline;
+  for (const BlockKey& k : first) decline += (decline.empty() ? "" : ",") + std::to_string(k.lo);
+  o.device.policy_params = {{"decline", decline}};
+  SECTION("a childless declined victim is dropped, the rest demoted") {
+    // Newest first: k2 (declined, childless: dropped), then k1 (not declined: demoted).
+    o.device.policy_params = {{"decline", std::to_string(first[2].lo)}, {"order", "lifo"}};
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, first));
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));  // 2 victims: k2, then k1
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.device.evictions == 2);
+    CHECK(s.device.drops == 1);      // k2
+    CHECK(s.device.demotions == 1);  // k1
+    CHECK(s.host.used_blocks == 1);
+    auto m = (*cache)->Match(first);
+    REQUIRE_OK(m);
+    CHECK(m->size() == 2);  // k0 on the device, k1 on the host, k2 gone
+    CHECK(m->blocks_in(Tier::kHost) == 1);
+    REQUIRE_OK((*cache)->CheckInvariants());
+  }
+  SECTION("every victim declined: nothing reaches the host") {
+    o.device.policy_params["order"] = "lifo";
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, first));
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.device.drops == 2);
+    CHECK(s.demotions == 0);
+    CHECK(s.host.used_blocks == 0);
+    REQUIRE_OK((*cache)->CheckInvariants());
+  }
+  SECTION("a declined victim with cached children is demoted all the same (prefix rule)") {
+    o.device.policy_params["order"] = "fifo";  // oldest first: k0, then k1, both with children
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, first));
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, 2)));
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.device.drops == 0);
+    CHECK(s.device.demotions == 2);
+    CHECK(s.host.used_blocks == 2);
+    auto m = (*cache)->Match(first);
+    REQUIRE_OK(m);
+    CHECK(m->size() == 3);
     REQUIRE_OK((*cache)->CheckInvariants());
   }
 }

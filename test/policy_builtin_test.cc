@@ -207,6 +207,38 @@ TEST_CASE("KvAdaptivePolicy: request tips die first, then ARC's T1 LRU, a ghost 
   CHECK(FlatMiss(*p, 19, kFull) == 3);
 }
 
+TEST_CASE("KvAdaptivePolicy: in cache mode a run of linked inserts ends in a dead tip",
+          "[policy]") {
+  auto p = Make("kv_adaptive", 8);
+  // As a Cache calls it: Commit inserts a request's blocks in chain order, each linked to the one
+  // before (no OnMissKey). Request A: 0 <- 1 <- 2.
+  const auto insert = [&](SlotId s, std::optional<SlotId> parent) {
+    p->OnInsertKey(s, 1000 + s);
+    p->OnInsert(s);
+    if (parent) p->OnLink(s, *parent);
+  };
+  insert(0, std::nullopt);
+  insert(1, 0);
+  insert(2, 1);
+  // Request B: a root of its own, 3 <- 4; its first insert does not link to 2, so 2 ended A.
+  insert(3, std::nullopt);
+  insert(4, 3);
+  // A single insert (a host tier's demotions come one by one) is no request: 5 is not a tip.
+  insert(5, std::nullopt);
+  // Request C's Match touches 0: B's run ended before it, at 5's unlinked insert, so 4 is dead.
+  p->OnAccess(0);
+  // Victims: dead tips oldest first (2, then 4), then ARC's T1 LRU: 1, 3, 5 (0 is in T2). The
+  // dead tips are not worth demoting (DemoteVictim false), the others are.
+  const auto tree = [](SlotId) { return true; };
+  for (SlotId expected : {2u, 4u, 1u, 3u, 5u, 0u}) {
+    const auto v = p->PickVictim(tree);
+    REQUIRE(v.has_value());
+    CHECK(*v == expected);
+    CHECK(p->DemoteVictim(*v) == (expected != 2 && expected != 4));
+    p->OnRemove(*v);
+  }
+}
+
 TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hits", "[policy]") {
   auto p = Make("s3fifo", 4, {{"small_ratio", "0.5"}});  // small 2, main 2, ghost 3
   Fill(*p, {0, 1, 2, 3});                                // all in the small queue

@@ -12,8 +12,8 @@
 //   from its queues until unpinned). OnRemove(s) may come while s is pinned. PickVictim is asked
 //   for the next entry to evict, with a predicate that says which entries may go *now* (pinned,
 //   Filling and prefix-protected entries may not); it must return a slot it was told of by OnInsert
-//   and for which the predicate is true, or nullopt when none is. The cache then calls
-//   OnRemove(victim) before inserting anything else.
+//   and for which the predicate is true, or nullopt when none is. The cache may then ask
+//   DemoteVictim(victim), and calls OnRemove(victim) before inserting anything else.
 // Cost: state each policy's victim cost in its file; the built-ins are O(1) amortised.
 // Registration: KVTIER_REGISTER_POLICY("name", Class) in the policy's .cc (Class constructible from
 // const PolicyContext&), or RegisterPolicy() at run time. Options name policies per tier.
@@ -72,6 +72,13 @@ class EvictionPolicy {
   // that keeps a per-block priority goes back to its default for the block (`priority` does).
   virtual void OnHint(SlotId /*slot*/, double /*score*/) {}
   virtual std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) = 0;
+  // Optional advice on the victim PickVictim just returned, asked right before OnRemove(victim)
+  // and only when the cache would otherwise copy it into the tier below (its only copy, a tier
+  // that writes victims back) and may drop it (no block chained from it is cached: the prefix
+  // rule). Return false for a block not expected back (a dead request tip): it is dropped, not
+  // demoted, and counted in TierStats::drops, so it spends no space below. The default demotes
+  // every such victim.
+  virtual bool DemoteVictim(SlotId /*slot*/) { return true; }
 
   // Optional, for speed. After PickVictim passed over `slot` because the prefix rule keeps it (the
   // block's only copy, with children still cached, in a tier that cannot write victims back), the

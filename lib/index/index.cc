@@ -329,7 +329,11 @@ std::optional<SlotId> Index::TakeSlotLocked(Tier tier, std::vector<Move>* demoti
     if (!victim) return std::nullopt;
     const uint32_t id = tt.slot[*victim].entry;
     const bool other_copy = HasOtherCopyLocked(id, tier);
-    if (!other_copy && can_write_back) {
+    // The policy may advise dropping a victim it does not expect back; only a childless one may
+    // go (prefix rule), and then it spends nothing below.
+    const bool demote =
+        !other_copy && can_write_back && (E(id).children > 0 || tt.policy->DemoteVictim(*victim));
+    if (demote) {
       // Write-back: the copy below starts Filling (io-pinned) and this slot is handed on at once;
       // the caller finishes the copy before anyone may write the slot (the device: a demotion, the
       // host: a write, whose slot's next user waits for it).

@@ -17,8 +17,12 @@
 //    LRU, each on a hash sample of the ids, keep decayed hit counts; the real tier takes its victim
 //    from a global recency list while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
 //
-// The cache never calls OnMissKey, so in cache mode the request structure is not inferred (the
-// touch order is leaf first there) and no block is marked dead; p adapts at insertion, as arc's.
+// DemoteVictim declines dead tips: the cache drops them instead of demoting them (a small effect
+// on the shared trace, docs/policies.md §8: they are ~5 % of the device's demotions).
+// The cache never calls OnMissKey; in cache mode requests are inferred from Commit's inserts
+// instead: a run of two or more inserts, each linked (OnLink) to the one before, is a request's
+// new blocks, and its last is the tip, dead once the run ends (the next insert does not link to
+// it, or a Match touches, or an allocation asks for a victim). p adapts at insertion, as arc's.
 // A parent the cache refuses (cached children in this tier) is parked until its last child
 // leaves, then returns to the LRU end of its list; a withheld block (OnWithhold) leaves the lists
 // and returns to the LRU end, or to T2's MRU end if it was accessed meanwhile. Parked and withheld
@@ -39,7 +43,7 @@ namespace kvtier {
 namespace {
 
 using internal::ChildLinks;
-using internal::GhostList;
+using internal::GhostLists;
 using internal::SlotLists;
 
 class KvAdaptivePolicy final : public EvictionPolicy {
@@ -57,29 +61,43 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   void OnMissKey(uint64_t id) override {
     flat_ = true;
     AfterPrevious(id, kUnknown);
-    miss_ = Miss{.id = id, .parent = prev_id_, .in_b1 = b1_.Contains(id), .valid = true};
-    miss_.in_b2 = !miss_.in_b1 && b2_.Contains(id);
+    const int g = ghosts_.Find(id);
+    miss_ = Miss{.id = id, .parent = prev_id_, .in_b1 = g == kB1, .in_b2 = g == kB2, .valid = true};
     if (miss_.in_b1 || miss_.in_b2) Adapt(miss_.in_b1);
     prev_id_ = id;
     prev_slot_ = SlotLists::kNil;
   }
   void OnInsertKey(SlotId s, uint64_t id) override { slots_[s] = Slot{.id = id, .known = true}; }
   void OnInsert(SlotId s) override {
+    if (!flat_) {  // cache mode: s may continue the run of inserts that ended at run_tip_
+      ResolveAwaiting();
+      awaiting_ = run_tip_;
+      awaiting_len_ = run_len_;
+      run_tip_ = s;
+      run_len_ = 1;
+    }
     Slot& st = slots_[s];
     const bool adapted = miss_.valid && st.known && miss_.id == st.id;
     if (adapted) st.parent = miss_.parent;
-    const bool in_b1 = adapted ? miss_.in_b1 : st.known && b1_.Contains(st.id);
-    const bool in_b2 = adapted ? miss_.in_b2 : st.known && !in_b1 && b2_.Contains(st.id);
+    const int g = adapted || !st.known ? GhostLists::kNone : ghosts_.Find(st.id);
+    const bool in_b1 = adapted ? miss_.in_b1 : g == kB1;
+    const bool in_b2 = adapted ? miss_.in_b2 : g == kB2;
     if (!adapted && (in_b1 || in_b2)) Adapt(in_b1);
-    if (in_b1) b1_.Erase(st.id);
-    if (in_b2) b2_.Erase(st.id);
+    if (in_b1 || in_b2) ghosts_.Erase(st.id);
     miss_ = Miss{};
     if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id);
     Push(in_b1 || in_b2 ? kT2 : kT1, s, /*front=*/true);
     if (flat_) prev_slot_ = s;
   }
-  void OnLink(SlotId s, SlotId parent) override { links_.Link(s, parent); }
+  void OnLink(SlotId s, SlotId parent) override {
+    links_.Link(s, parent);
+    if (!flat_ && s == run_tip_ && awaiting_ != SlotLists::kNil && parent == awaiting_) {
+      run_len_ = awaiting_len_ + 1;  // the run goes on
+      awaiting_ = SlotLists::kNil;
+    }
+  }
   void OnAccess(SlotId s) override {
+    if (!flat_) EndRun(s);  // a Match: a new request began
     Slot& st = slots_[s];
     if (flat_) {
       AfterPrevious(st.id, st.parent);
@@ -96,10 +114,12 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Push(kT2, s, /*front=*/true);
   }
   void OnRemove(SlotId s) override {
+    if (s == run_tip_) run_tip_ = SlotLists::kNil;
+    if (s == awaiting_) awaiting_ = SlotLists::kNil;
     Slot& st = slots_[s];
     if (s == victim_ && st.known) {
       const uint16_t from = st.away ? st.home : lists_.ListOf(s);
-      (from == kT2 ? b2_ : b1_).Push(st.id);
+      ghosts_.Push(from == kT2 ? kB2 : kB1, st.id);
     }
     if (s == victim_) victim_ = SlotLists::kNil;
     if (s == prev_slot_) prev_slot_ = SlotLists::kNil;
@@ -125,6 +145,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    if (!flat_) EndRun(SlotLists::kNil);  // an allocation: the next request began
     const auto take = [&](SlotLists& lists, uint16_t list) -> std::optional<SlotId> {
       for (SlotId s = lists.Back(list); s != SlotLists::kNil;) {
         const SlotId newer = lists.Newer(s);
@@ -153,9 +174,12 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     }
     return std::nullopt;
   }
+  // A dead tip is not expected back: the tier below should not spend a slot on it.
+  bool DemoteVictim(SlotId s) override { return slots_[s].away || lists_.ListOf(s) != kDead; }
 
  private:
   static constexpr uint16_t kT1 = 0, kT2 = 1, kDead = 2, kParked = 3;
+  static constexpr int kB1 = 0, kB2 = 1;         // ghosts_' lists
   static constexpr uint64_t kUnknown = ~0ull;    // parent not known (no OnMissKey before it)
   static constexpr uint64_t kStart = ~0ull - 1;  // inserted before any other access
   struct Slot {
@@ -180,8 +204,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         lists_(capacity, 4),
         recency_(capacity, 1),
         links_(capacity),
-        b1_(capacity * ghost_factor),
-        b2_(capacity * ghost_factor),
+        ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
         duel_(capacity, ghost_factor),
         slots_(capacity) {}
 
@@ -192,8 +215,33 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     if (prev_id_ == kStart) return;
     if (duel_.Sampled(prev_id_)) duel_.Dead(prev_id_);
     const SlotId s = prev_slot_;
-    if (s == SlotLists::kNil || slots_[s].id != prev_id_ || slots_[s].away) return;
-    if (lists_.ListOf(s) == kDead) return;
+    if (s == SlotLists::kNil || slots_[s].id != prev_id_) return;
+    MakeDead(s);
+  }
+
+  // Cache mode. The cache never calls OnMissKey, but Commit inserts a request's new blocks in
+  // chain order, each linked (OnLink) to the one before: a run of linked inserts is one request's,
+  // and its last block is the request's tip. A run ends when the next insert does not link to it,
+  // or at the next Match (OnAccess) or allocation (PickVictim). Only runs of two or more blocks
+  // count: a tier that receives blocks one by one (the host, from device evictions) sees no
+  // request structure.
+  void ResolveAwaiting() {  // the insert after `awaiting_` did not link to it: its run ended
+    if (awaiting_ != SlotLists::kNil && awaiting_len_ >= 2) MakeDead(awaiting_);
+    awaiting_ = SlotLists::kNil;
+  }
+  void EndRun(SlotId accessed) {
+    ResolveAwaiting();
+    if (run_tip_ != SlotLists::kNil && run_tip_ != accessed && run_len_ >= 2) {
+      if (slots_[run_tip_].known && duel_.Sampled(slots_[run_tip_].id)) {
+        duel_.Dead(slots_[run_tip_].id);
+      }
+      MakeDead(run_tip_);
+    }
+    run_tip_ = SlotLists::kNil;
+    run_len_ = 0;
+  }
+  void MakeDead(SlotId s) {
+    if (slots_[s].away || lists_.ListOf(s) == kDead) return;
     lists_.Remove(s);
     lists_.PushFront(kDead, s);
   }
@@ -228,7 +276,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   void Adapt(bool in_b1) {
-    const double n1 = b1_.size(), n2 = b2_.size();
+    const double n1 = ghosts_.size(kB1), n2 = ghosts_.size(kB2);
     p_ = in_b1 ? std::min(p_ + std::max(n2 / n1, 1.0), static_cast<double>(capacity_))
                : std::max(p_ - std::max(n1 / n2, 1.0), 0.0);
   }
@@ -238,14 +286,17 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   SlotLists lists_;    // kT1, kT2, kDead, kParked; front: most recent
   SlotLists recency_;  // list 0: every slot in T1, T2 or dead, by last use (the LRU regime)
   ChildLinks links_;
-  GhostList b1_, b2_;  // ids evicted from T1 (and dead) / T2
+  GhostLists ghosts_;  // kB1: ids evicted from T1 (and dead), kB2: from T2
   internal::ShadowDuel duel_;
   std::vector<Slot> slots_;
   Miss miss_;
-  bool flat_ = false;                   // OnMissKey seen: a simulation, infer requests
-  uint64_t prev_id_ = kStart;           // flat mode: the block accessed last
-  SlotId prev_slot_ = SlotLists::kNil;  // its slot, if resident
-  SlotId victim_ = SlotLists::kNil;     // returned by PickVictim, not yet removed
+  bool flat_ = false;                        // OnMissKey seen: a simulation, infer requests
+  uint64_t prev_id_ = kStart;                // flat mode: the block accessed last
+  SlotId prev_slot_ = SlotLists::kNil;       // its slot, if resident
+  SlotId victim_ = SlotLists::kNil;          // returned by PickVictim, not yet removed
+  SlotId run_tip_ = SlotLists::kNil;         // cache mode: the last insert, its run maybe going on
+  SlotId awaiting_ = SlotLists::kNil;        // the run tip before it, until run_tip_'s OnLink
+  uint32_t run_len_ = 0, awaiting_len_ = 0;  // their runs' lengths
 };
 
 }  // namespace

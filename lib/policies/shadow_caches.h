@@ -22,13 +22,8 @@ class ShadowDuel {
       : rate_(std::max<uint32_t>(1, std::min<uint32_t>(16, capacity_slots / 128))),
         c_(std::max<uint32_t>(1, capacity_slots / rate_)),
         keep_(1.0 - 1.0 / (4.0 * c_)),
-        t1_(c_),
-        t2_(c_),
-        dead_(c_),
-        b1_(c_ * ghost_factor),
-        b2_(c_ * ghost_factor),
-        lru_(c_),
-        lru_dead_(c_) {}
+        arc_({c_, c_, c_, c_ * ghost_factor, c_ * ghost_factor}),
+        lru_({c_, c_}) {}
 
   bool Sampled(uint64_t id) const { return ((id * 0x9E3779B97F4A7C15ull) >> 32) % rate_ == 0; }
   // One access of a sampled id (a hit or a miss, as the real tier will see it).
@@ -38,53 +33,55 @@ class ShadowDuel {
   }
   // The block was the last of its request: both shadows evict it first.
   void Dead(uint64_t id) {
-    if (t1_.Erase(id) || t2_.Erase(id)) dead_.Push(id);
-    if (lru_.Erase(id)) lru_dead_.Push(id);
+    if (const int g = arc_.Find(id); g == kT1 || g == kT2) arc_.Push(kDead, id);
+    if (lru_.Find(id) == kLru) lru_.Push(kLruDead, id);
   }
   bool PreferLru() const { return lru_hits_ > arc_hits_; }
 
  private:
+  // The lists of the shadow ARC (resident: T1, T2, dead; ghosts: B1, B2) and of the shadow LRU,
+  // each an LRU set of ids; an id is in one list at most, and moves by a Push.
+  static constexpr int kT1 = 0, kT2 = 1, kDead = 2, kB1 = 3, kB2 = 4;
+  static constexpr int kLru = 0, kLruDead = 1;
+
   bool ArcAccess(uint64_t id) {
-    if (t1_.Erase(id) || t2_.Erase(id) || dead_.Erase(id)) {
-      t2_.Push(id);
+    const int g = arc_.Find(id);
+    if (g == kT1 || g == kT2 || g == kDead) {
+      arc_.Push(kT2, id);
       return true;
     }
-    const bool in_b1 = b1_.Contains(id), in_b2 = b2_.Contains(id);
-    const double n1 = b1_.size(), n2 = b2_.size();
+    const bool in_b1 = g == kB1, in_b2 = g == kB2;
+    const double n1 = arc_.size(kB1), n2 = arc_.size(kB2);
     if (in_b1) p_ = std::min<double>(c_, p_ + std::max(n2 / n1, 1.0));
     if (in_b2) p_ = std::max(0.0, p_ - std::max(n1 / n2, 1.0));
-    if (t1_.size() + t2_.size() + dead_.size() >= c_) {
-      if (auto d = dead_.Oldest()) {
-        dead_.Erase(*d);
-        b1_.Push(*d);
-      } else if (t1_.size() > 0 && (t1_.size() > p_ || (in_b2 && t1_.size() == p_))) {
-        b1_.Push(*t1_.Oldest());
-        t1_.PopOldest();
-      } else if (t2_.size() > 0) {
-        b2_.Push(*t2_.Oldest());
-        t2_.PopOldest();
+    const uint32_t t1 = arc_.size(kT1);
+    if (t1 + arc_.size(kT2) + arc_.size(kDead) >= c_) {
+      if (auto d = arc_.Oldest(kDead)) {
+        arc_.Push(kB1, *d);
+      } else if (t1 > 0 && (t1 > p_ || (in_b2 && t1 == p_))) {
+        arc_.Push(kB1, *arc_.Oldest(kT1));
+      } else if (arc_.size(kT2) > 0) {
+        arc_.Push(kB2, *arc_.Oldest(kT2));
       }
     }
-    b1_.Erase(id);
-    b2_.Erase(id);
-    (in_b1 || in_b2 ? t2_ : t1_).Push(id);
+    arc_.Push(in_b1 || in_b2 ? kT2 : kT1, id);
     return false;
   }
   bool LruAccess(uint64_t id) {
-    const bool hit = lru_.Erase(id) || lru_dead_.Erase(id);
-    if (!hit && lru_.size() + lru_dead_.size() >= c_) {
-      (lru_dead_.size() > 0 ? lru_dead_ : lru_).PopOldest();
+    const bool hit = lru_.Erase(id) != GhostLists::kNone;
+    if (!hit && lru_.size(kLru) + lru_.size(kLruDead) >= c_) {
+      lru_.PopOldest(lru_.size(kLruDead) > 0 ? kLruDead : kLru);
     }
-    lru_.Push(id);
+    lru_.Push(kLru, id);
     return hit;
   }
 
-  const uint32_t rate_;                                  // R: one id in R is sampled
-  const uint32_t c_;                                     // each shadow's capacity in ids
-  const double keep_;                                    // decay per sampled access
-  double p_ = 0;                                         // the shadow ARC's T1 target
-  GhostList t1_, t2_, dead_, b1_, b2_, lru_, lru_dead_;  // bounded LRU sets of ids
-  double arc_hits_ = 0, lru_hits_ = 0;                   // decayed hit counts
+  const uint32_t rate_;                 // R: one id in R is sampled
+  const uint32_t c_;                    // each shadow's capacity in ids
+  const double keep_;                   // decay per sampled access
+  double p_ = 0;                        // the shadow ARC's T1 target
+  GhostLists arc_, lru_;                // bounded LRU sets of ids, see above
+  double arc_hits_ = 0, lru_hits_ = 0;  // decayed hit counts
 };
 
 }  // namespace kvtier::internal
