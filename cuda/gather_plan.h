@@ -76,7 +76,7 @@ KVTIER_HOST_DEVICE inline void CopyWords(unsigned char* dst, const unsigned char
   const auto* s = reinterpret_cast<const Word*>(src);
   auto* d = reinterpret_cast<Word*>(dst);
   for (uint64_t base = tid; base < words; base += kUnroll * threads) {
-    Word v[kUnroll];
+    Word v[kUnroll] = {};  // every v[k] stored was loaded; = {} for GCC 12's -O3 false positive
     KVTIER_UNROLL
     for (uint32_t k = 0; k < kUnroll; ++k) {
       const uint64_t i = base + k * threads;

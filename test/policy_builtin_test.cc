@@ -209,7 +209,9 @@ TEST_CASE("KvAdaptivePolicy: request tips die first, then ARC's T1 LRU, a ghost 
 
 TEST_CASE("KvAdaptivePolicy: in cache mode a run of linked inserts ends in a dead tip",
           "[policy]") {
-  auto p = Make("kv_adaptive", 8);
+  const bool drop = GENERATE(false, true);
+  CAPTURE(drop);
+  auto p = Make("kv_adaptive", 8, {{"drop_dead_tips", drop ? "1" : "0"}});
   // As a Cache calls it: Commit inserts a request's blocks in chain order, each linked to the one
   // before (no OnMissKey). Request A: 0 <- 1 <- 2.
   const auto insert = [&](SlotId s, std::optional<SlotId> parent) {
@@ -228,13 +230,13 @@ TEST_CASE("KvAdaptivePolicy: in cache mode a run of linked inserts ends in a dea
   // Request C's Match touches 0: B's run ended before it, at 5's unlinked insert, so 4 is dead.
   p->OnAccess(0);
   // Victims: dead tips oldest first (2, then 4), then ARC's T1 LRU: 1, 3, 5 (0 is in T2). The
-  // dead tips are not worth demoting (DemoteVictim false), the others are.
+  // dead tips are not worth demoting (DemoteVictim false with drop_dead_tips=1), the others are.
   const auto tree = [](SlotId) { return true; };
   for (SlotId expected : {2u, 4u, 1u, 3u, 5u, 0u}) {
     const auto v = p->PickVictim(tree);
     REQUIRE(v.has_value());
     CHECK(*v == expected);
-    CHECK(p->DemoteVictim(*v) == (expected != 2 && expected != 4));
+    CHECK(p->DemoteVictim(*v) == (!drop || (expected != 2 && expected != 4)));
     p->OnRemove(*v);
   }
 }
