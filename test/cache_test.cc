@@ -598,7 +598,10 @@ TEST_CASE("Cache: a victim the device policy declines to demote is dropped, othe
   o.device.policy = "test_declining";
   const auto first = test::Chain(3, 1);  // k0 <- k1 <- k2
   std::string decline;
-  for (const BlockKey& k : first) decline += (decline.empty() ? "" : ",") + std::to_string(k.lo);
+  for (const BlockKey& k : first) {
+    if (!decline.empty()) decline += ',';
+    decline += std::to_string(k.lo);  // not "," + to_string(): GCC 12 -O3 -Wrestrict false positive
+  }
   o.device.policy_params = {{"decline", decline}};
   SECTION("a childless declined victim is dropped, the rest demoted") {
     // Newest first: k2 (declined, childless: dropped), then k1 (not declined: demoted).
