@@ -354,6 +354,22 @@ absl::Status CheckLease(const char* call, const kvtier_lease* lease) {
   return absl::OkStatus();
 }
 
+// The calls on one lease of a cache: Guard, NULL cache or lease, a lease of another cache, then
+// `fn(cache, lease)` under the life lock (shared) once CheckLease passed.
+template <typename Fn>
+kvtier_status OnLease(const char* call, kvtier_cache* cache, kvtier_lease* lease, Fn&& fn) {
+  return Guard([&]() -> absl::Status {
+    if (cache == nullptr) return Null(call, "cache");
+    if (lease == nullptr) return Null(call, "lease");
+    if (lease->box != cache->box) {
+      return absl::FailedPreconditionError(absl::StrCat(call, ": the lease is another cache's"));
+    }
+    std::shared_lock life(cache->box->life_mu);
+    if (absl::Status s = CheckLease(call, lease); !s.ok()) return s;
+    return fn(*cache->box->cache, *lease);
+  });
+}
+
 absl::Status CheckTransfer(const char* call, const kvtier_transfer* t) {
   if (t == nullptr) return Null(call, "transfer");
   if (!t->box->open()) return Closed(call, *t->box);
@@ -762,17 +778,8 @@ kvtier_status kvtier_cache_allocate_for_match(kvtier_cache* cache, const kvtier_
 }
 
 kvtier_status kvtier_cache_grow(kvtier_cache* cache, kvtier_lease* lease, uint32_t n) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_cache_grow";
-    if (cache == nullptr) return Null(kCall, "cache");
-    if (lease == nullptr) return Null(kCall, "lease");
-    if (lease->box != cache->box) {
-      return absl::FailedPreconditionError(absl::StrCat(kCall, ": the lease is another cache's"));
-    }
-    std::shared_lock life(cache->box->life_mu);
-    if (absl::Status s = CheckLease(kCall, lease); !s.ok()) return s;
-    return cache->box->cache->Grow(lease->lease, n);
-  });
+  return OnLease("kvtier_cache_grow", cache, lease,
+                 [&](kvtier::Cache& c, kvtier_lease& l) { return c.Grow(l.lease, n); });
 }
 
 kvtier_status kvtier_lease_size(const kvtier_lease* lease, uint32_t* size) {
@@ -880,31 +887,15 @@ kvtier_status kvtier_cache_commit(kvtier_cache* cache, const kvtier_block_key* k
 
 kvtier_status kvtier_lease_set_tenant(kvtier_cache* cache, kvtier_lease* lease,
                                       const char* tenant) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_lease_set_tenant";
-    if (cache == nullptr) return Null(kCall, "cache");
-    if (lease == nullptr) return Null(kCall, "lease");
-    if (lease->box != cache->box) {
-      return absl::FailedPreconditionError(absl::StrCat(kCall, ": the lease is another cache's"));
-    }
-    std::shared_lock life(cache->box->life_mu);
-    if (absl::Status s = CheckLease(kCall, lease); !s.ok()) return s;
-    return cache->box->cache->SetTenant(lease->lease, tenant == nullptr ? "" : tenant);
+  return OnLease("kvtier_lease_set_tenant", cache, lease, [&](kvtier::Cache& c, kvtier_lease& l) {
+    return c.SetTenant(l.lease, tenant == nullptr ? "" : tenant);
   });
 }
 
 kvtier_status kvtier_cache_release(kvtier_cache* cache, kvtier_lease* lease) {
-  return Guard([&]() -> absl::Status {
-    constexpr const char* kCall = "kvtier_cache_release";
-    if (cache == nullptr) return Null(kCall, "cache");
-    if (lease == nullptr) return Null(kCall, "lease");
-    if (lease->box != cache->box) {
-      return absl::FailedPreconditionError(absl::StrCat(kCall, ": the lease is another cache's"));
-    }
-    std::shared_lock life(cache->box->life_mu);
-    if (absl::Status s = CheckLease(kCall, lease); !s.ok()) return s;
-    lease->released = true;
-    return cache->box->cache->Release(lease->lease);
+  return OnLease("kvtier_cache_release", cache, lease, [](kvtier::Cache& c, kvtier_lease& l) {
+    l.released = true;
+    return c.Release(l.lease);
   });
 }
 
