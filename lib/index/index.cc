@@ -768,16 +768,6 @@ absl::Status Index::SetLeaseTenantLocked(uint64_t lease_id, uint8_t tenant) {
   return absl::OkStatus();
 }
 
-uint32_t Index::TenantUsedLocked(Tier tier, uint8_t tenant) const {
-  const TenantPolicies* split = tenant_policies_[T(tier)];
-  return split == nullptr ? 0 : split->used(tenant);
-}
-
-uint32_t Index::TenantQuotaLocked(Tier tier, uint8_t tenant) const {
-  const TenantPolicies* split = tenant_policies_[T(tier)];
-  return split == nullptr ? capacity(tier) : split->quota(tenant);
-}
-
 absl::Status Index::ReleaseLeaseLocked(uint64_t lease_id) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) return absl::FailedPreconditionError("Release: the lease was released");

@@ -223,10 +223,6 @@ class Index {
   // kFailedPrecondition for a released lease.
   absl::Status SetLeaseTenantLocked(uint64_t lease_id, uint8_t tenant)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Slots `tenant` holds in `tier`, and its quota there; 0 and the capacity for a tier without
-  // shares. For tests and stats.
-  uint32_t TenantUsedLocked(Tier tier, uint8_t tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint32_t TenantQuotaLocked(Tier tier, uint8_t tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- Connector mode: the device tier is the engine's (capacity 0 here). Moves to and from it
   // name the engine's block ids (Move::engine); the index keeps only which engine blocks a copy

@@ -53,10 +53,7 @@ std::optional<SlotId> TenantPolicies::PickVictim(absl::FunctionRef<bool(SlotId)>
     }
     if (best < 0) break;
     tried |= uint64_t{1} << best;
-    if (auto v = policies_[static_cast<size_t>(best)]->PickVictim(can_evict)) {
-      cross_++;
-      return v;
-    }
+    if (auto v = policies_[static_cast<size_t>(best)]->PickVictim(can_evict)) return v;
   }
   if (!self_over) return policies_[self]->PickVictim(can_evict);
   return std::nullopt;

@@ -36,11 +36,6 @@ class TenantPolicies final : public EvictionPolicy {
   // The owner of `slot`'s next OnInsert, and the tenant the next PickVictim makes room for.
   void SetOwner(SlotId slot, uint8_t tenant) { owner_[slot] = tenant; }
   void SetInserter(uint8_t tenant) { inserter_ = tenant; }
-  // Slots the tenant holds in this tier now (inserted and not yet removed), and its quota.
-  uint32_t used(uint8_t tenant) const { return used_[tenant]; }
-  uint32_t quota(uint8_t tenant) const { return quota_[tenant]; }
-  // Victim searches that went to a tenant other than the inserter (for tests).
-  uint64_t cross_tenant_evictions() const { return cross_; }
 
   void OnInsertKey(SlotId slot, uint64_t block_id) override;
   void OnInsert(SlotId slot) override;
@@ -62,7 +57,6 @@ class TenantPolicies final : public EvictionPolicy {
   std::vector<uint32_t> used_;                             // by tenant, slots held
   std::vector<uint8_t> owner_;                             // by slot
   uint8_t inserter_ = 0;
-  uint64_t cross_ = 0;
 };
 
 }  // namespace kvtier::internal
