@@ -46,6 +46,7 @@ class TenantPolicies final : public EvictionPolicy {
   void OnLink(SlotId slot, SlotId parent) override;
   void OnHint(SlotId slot, double score) override { Of(slot).OnHint(slot, score); }
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override;
+  bool DemoteVictim(SlotId slot) override { return Of(slot).DemoteVictim(slot); }
   bool OnWithhold(SlotId slot) override { return Of(slot).OnWithhold(slot); }
   void OnRestore(SlotId slot) override { Of(slot).OnRestore(slot); }
 
