@@ -6,7 +6,7 @@
 // BM_DiskRead/<block bytes>/<queue depth>, BM_DiskWrite/...: random slots, bytes_per_second counts
 // payload bytes (the trailer, one 4 KiB unit per slot, is overhead the comparison includes).
 // Directory: $KVTIER_BENCH_DIR (default ./kvtier-bench-disk), file size $KVTIER_BENCH_DISK_BYTES
-// (default 1 GiB).
+// (default 1 GiB). BM_Xxh3/<block bytes>/<cold>: the read checksum's own ceiling on one core.
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
