@@ -6,12 +6,13 @@
 // BM_DiskRead/<block bytes>/<queue depth>, BM_DiskWrite/...: random slots, bytes_per_second counts
 // payload bytes (the trailer, one 4 KiB unit per slot, is overhead the comparison includes).
 // Directory: $KVTIER_BENCH_DIR (default ./kvtier-bench-disk), file size $KVTIER_BENCH_DISK_BYTES
-// (default 1 GiB).
+// (default 1 GiB). BM_Xxh3/<block bytes>/<cold>: the read checksum's own ceiling on one core.
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -20,7 +21,9 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <vector>
 
+#include "lib/tiers/block_header.h"
 #include "lib/tiers/disk_tier.h"
 
 namespace {
@@ -75,68 +78,133 @@ Fixture* GetFixture(uint64_t block_bytes, benchmark::State& state) {
   return f.get();
 }
 
-// Keeps `qd` ops in flight (each lane has its own host buffer) until `ops` have completed, on
-// random slots, or on slots 0, 1, 2, ... when `sequential`; returns the number that failed.
-uint64_t Drive(Fixture& fx, bool write, uint32_t qd, uint64_t ops, uint64_t seed,
-               bool sequential = false) {
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t issued = 0, failed = 0;
-  uint32_t lanes_retired = 0;  // Drive returns only when no callback can touch its locals again
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  const uint32_t slots = fx.disk->capacity_slots();
-  std::function<void(uint32_t)> issue = [&](uint32_t lane) {
+// Keeps `qd` ops in flight (each lane has its own host buffer) on random slots, or on slots 0, 1,
+// 2, ... when `sequential`, until Stop(): like fio's time-based runs, the lanes never drain between
+// benchmark iterations (a drain per iteration would leave the device idle for one latency each
+// time). Callbacks run on the ring's completion thread and resubmit from there.
+class Driver {
+ public:
+  Driver(Fixture& fx, bool write, uint32_t qd, uint64_t seed, bool sequential = false)
+      : fx_(fx),
+        write_(write),
+        qd_(qd),
+        sequential_(sequential),
+        rng_(static_cast<uint32_t>(seed)) {}
+  ~Driver() { Stop(); }
+
+  // Waits until `ops` more ops have completed (starting the lanes on the first call); with
+  // `limit`, no op past the first `limit` in all is issued.
+  void Run(uint64_t ops, uint64_t limit = UINT64_MAX) {
+    std::unique_lock<std::mutex> lock(mu_);
+    target_ += ops;
+    limit_ = limit;
+    if (!started_) {
+      started_ = true;
+      lock.unlock();
+      for (uint32_t lane = 0; lane < qd_; ++lane) Issue(lane);
+      lock.lock();
+    }
+    cv_.wait(lock, [&] { return completed_ >= target_ || retired_ == qd_; });
+  }
+  // Stops issuing and waits until no callback can touch this driver again; the ops that failed.
+  uint64_t Stop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    stopping_ = true;
+    if (started_) cv_.wait(lock, [&] { return retired_ == qd_; });
+    return failed_;
+  }
+
+ private:
+  void Issue(uint32_t lane) {
     uint32_t slot;
     {
-      std::lock_guard<std::mutex> l(mu);
-      if (issued == ops) {
-        lanes_retired++;
-        cv.notify_all();
+      std::lock_guard<std::mutex> l(mu_);
+      if (stopping_ || issued_ >= limit_) {
+        retired_++;
+        cv_.notify_all();
         return;
       }
-      slot = sequential ? static_cast<uint32_t>(issued) : rng() % slots;
-      issued++;
+      const uint32_t slots = fx_.disk->capacity_slots();
+      slot = sequential_ ? static_cast<uint32_t>(issued_ % slots) : rng_() % slots;
+      issued_++;
     }
-    uint8_t* buf = fx.memory + lane * fx.host_slot;
-    auto cb = [&, lane](absl::Status s) {
-      if (!s.ok()) {
-        std::lock_guard<std::mutex> l(mu);
-        if (failed++ == 0) std::fprintf(stderr, "disk bench: %s\n", s.ToString().c_str());
+    uint8_t* buf = fx_.memory + lane * fx_.host_slot;
+    auto cb = [this, lane](absl::Status s) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (!s.ok() && failed_++ == 0)
+          std::fprintf(stderr, "disk bench: %s\n", s.ToString().c_str());
+        if (++completed_ == target_) cv_.notify_all();
       }
-      issue(lane);
+      Issue(lane);
     };
-    absl::Status s = write ? fx.disk->Write(slot, KeyOf(slot), kvtier::kRootKey, buf, cb)
-                           : fx.disk->Read(slot, KeyOf(slot), buf, cb);
+    absl::Status s = write_ ? fx_.disk->Write(slot, KeyOf(slot), kvtier::kRootKey, buf, cb)
+                            : fx_.disk->Read(slot, KeyOf(slot), buf, cb);
     if (!s.ok()) cb(s);
-  };
-  for (uint32_t lane = 0; lane < qd; ++lane) issue(lane);
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return lanes_retired == qd; });
-  return failed;
-}
+  }
+
+  Fixture& fx_;
+  const bool write_;
+  const uint32_t qd_;
+  const bool sequential_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::mt19937 rng_;
+  bool started_ = false, stopping_ = false;
+  uint64_t issued_ = 0, completed_ = 0, target_ = 0, failed_ = 0, limit_ = UINT64_MAX;
+  uint32_t retired_ = 0;
+};
 
 void BM_Disk(benchmark::State& state, bool write) {
   const auto block = static_cast<uint64_t>(state.range(0));
   const auto qd = static_cast<uint32_t>(state.range(1));
   Fixture* fx = GetFixture(block, state);
   if (fx == nullptr) return;
-  static std::map<uint64_t, bool> filled;  // write every slot once, so reads verify real data
-  if (!filled[block]) {
-    if (Drive(*fx, /*write=*/true, 32, fx->disk->capacity_slots(), 0, /*sequential=*/true) > 0) {
-      return state.SkipWithError("filling the disk tier failed");
-    }
-    filled[block] = true;
+  // Every slot must hold a block so that reads verify real data: written once per directory (a
+  // later process finds them by the tier's own recovery, so no run reads right behind a fill).
+  static std::map<uint64_t, bool> filled;
+  if (!filled[block] && fx->disk->stats().recovered_blocks < fx->disk->capacity_slots()) {
+    const uint64_t slots = fx->disk->capacity_slots();
+    Driver fill(*fx, /*write=*/true, 32, 0, /*sequential=*/true);
+    fill.Run(slots, slots);
+    if (fill.Stop() > 0) return state.SkipWithError("filling the disk tier failed");
   }
-  // Enough ops per iteration to amortise the ramp-up at this depth.
+  filled[block] = true;
+  // Enough ops per iteration that a timer read and a wakeup per iteration cost nothing.
   const uint64_t ops = std::max<uint64_t>(4 * qd, (64ull << 20) / block);
-  uint64_t failed = 0, seed = 0;
-  for (auto _ : state) failed += Drive(*fx, write, qd, ops, ++seed);
-  if (failed > 0) state.SkipWithError("I/O failed or did not verify");
+  Driver driver(*fx, write, qd, 1);
+  for (auto _ : state) driver.Run(ops);
+  if (driver.Stop() > 0) state.SkipWithError("I/O failed or did not verify");
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ops * block));
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * ops));
 }
 void BM_DiskRead(benchmark::State& state) { BM_Disk(state, false); }
 void BM_DiskWrite(benchmark::State& state) { BM_Disk(state, true); }
+
+// BM_Xxh3/<block bytes>/<cold>: the checksum's own ceiling, PayloadHash (the very function a
+// disk read verifies with) over blocks of the disk benchmarks' sizes, on one thread. cold=1 walks
+// 512 MiB of blocks (16x the VM's L3), as a read finds its buffer after the device's DMA; cold=0
+// hashes one block again and again (cached). bytes_per_second is hashed bytes.
+void BM_Xxh3(benchmark::State& state) {
+  const auto block = static_cast<uint64_t>(state.range(0));
+  const uint64_t span = state.range(1) != 0 ? (512ull << 20) : block;
+  static std::map<uint64_t, std::vector<uint64_t>> pools;  // filled once per size (not timed)
+  auto& pool = pools[span];
+  if (pool.empty()) {
+    pool.resize(span / 8);
+    std::mt19937_64 rng(1);
+    for (uint64_t& w : pool) w = rng();
+  }
+  const auto* base = reinterpret_cast<const uint8_t*>(pool.data());
+  uint64_t offset = 0, sink = 0;
+  for (auto _ : state) {
+    sink += kvtier::internal::PayloadHash(base + offset, block);
+    offset = offset + 2 * block <= span ? offset + block : 0;
+  }
+  benchmark::DoNotOptimize(sink);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * block));
+}
+BENCHMARK(BM_Xxh3)->ArgsProduct({{64 << 10, 256 << 10, 2 << 20}, {0, 1}});
 
 void DiskArgs(benchmark::internal::Benchmark* b) {
   for (int64_t block : {64 << 10, 256 << 10, 2 << 20}) {

@@ -7,7 +7,9 @@
 # (io_uring, O_DIRECT, registered files and buffers, random offsets) and kvtier_bench's
 # BM_DiskRead/BM_DiskWrite (random slots, payload checksums verified on every read) in turn,
 # `repetitions` times, and prints the median bandwidth of each and their ratio. kvtier moves a
-# 4 KiB trailer per block on top of the payload; its figure counts payload bytes only.
+# 4 KiB trailer per block on top of the payload; its figure counts payload bytes only. The last
+# column is the ceiling of the checksum kvtier verifies every read with: BM_Xxh3 (XXH3-64 on one
+# core over blocks of that size, cold in cache as a read's DMA leaves them), median of the runs.
 # Needs: fio, python3 (apt-get install fio python3). Data: $KVTIER_BENCH_DIR (default
 # <build-dir>/kvtier-bench-disk), $KVTIER_BENCH_DISK_BYTES per block size (default 1 GiB).
 set -euo pipefail
@@ -23,6 +25,11 @@ export KVTIER_BENCH_DIR=${KVTIER_BENCH_DIR:-$build/kvtier-bench-disk}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
+xxh3_run() {  # bs -> bytes/s hashed on one core, cold blocks
+  "$bench" --benchmark_filter="^BM_Xxh3/$1/1\$" --benchmark_min_time=0.5 --benchmark_format=json \
+    2>/dev/null |
+    python3 -c 'import json,sys; b=json.load(sys.stdin)["benchmarks"]; print(b[0].get("bytes_per_second", 0) if b else 0)'
+}
 kvtier_run() {  # dir bs qd -> bytes/s
   "$bench" --benchmark_filter="^BM_Disk$1/$2/$3/real_time\$" --benchmark_min_time="$secs" \
     --benchmark_format=json 2>/dev/null |
@@ -48,8 +55,9 @@ for bs in 65536 262144 2097152; do
         echo "$bs $qd $dir kvtier $(kvtier_run "$dir" "$bs" "$qd")" >>"$out/raw"
         echo -n . >&2
       done
+      echo "$bs 0 ceiling xxh3 $(xxh3_run "$bs")" >>"$out/raw"
     done
   done
 done
 echo >&2
-python3 "$(dirname "$0")/ratio_table.py" "$out/raw" --baseline fio --depth-name QD
+python3 "$(dirname "$0")/ratio_table.py" "$out/raw" --baseline fio --depth-name QD --ceiling xxh3

@@ -5,9 +5,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -206,6 +209,59 @@ TEST_CASE("IoRing: threads submitting concurrently each get their own completion
   }
   for (auto& th : threads) th.join();
   CHECK(bad == 0);
+}
+
+TEST_CASE("IoRing: callback threads run callbacks in parallel, and Drain waits for them",
+          "[io_ring][concurrency]") {
+  DirectFile file(64 * kBlock);
+  Buffer out(64 * kBlock), in(64 * kBlock);
+  Fill(out.p, out.bytes, 5);
+  const int fds[] = {file.fd()};
+  const iovec bufs[] = {out.iov(), in.iov()};
+  IoRing::Options options;
+  options.queue_depth = 8;
+  options.callback_threads = 2;
+  auto ring = IoRing::Create(options, fds, bufs);
+  REQUIRE_OK(ring);
+  REQUIRE_OK(Run(**ring, Blocks(IoOp::kWrite, out.p, 64)));
+  // The first two callbacks wait for each other: on one thread they never could (each gives up
+  // after 10 s, and the test fails).
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  bool met = true, open = false;
+  std::atomic<int> callbacks{0}, bad{0};
+  for (uint32_t i = 0; i < 64; ++i) {
+    REQUIRE_OK((*ring)->Submit(
+        Blocks(IoOp::kRead, in.p + uint64_t{i} * kBlock, 1, i), [&, i](absl::Status s) {
+          std::unique_lock<std::mutex> lock(mu);
+          if (arrived < 2) {
+            arrived++;
+            cv.notify_all();
+            met &= cv.wait_for(lock, std::chrono::seconds(10), [&] { return arrived == 2; });
+          } else {
+            cv.wait(lock, [&] { return open; });  // the others wait for the gate: so must Drain
+          }
+          lock.unlock();
+          if (!s.ok() ||
+              std::memcmp(in.p + uint64_t{i} * kBlock, out.p + uint64_t{i} * kBlock, kBlock) != 0) {
+            bad++;
+          }
+          callbacks++;
+        }));
+  }
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // Drain is waiting by now
+    std::lock_guard<std::mutex> lock(mu);
+    open = true;
+    cv.notify_all();
+  });
+  (*ring)->Drain();
+  CHECK(callbacks == 64);  // Drain returned only once every callback had
+  opener.join();
+  CHECK(met);
+  CHECK(bad == 0);
+  CHECK((*ring)->stats().outstanding == 0);
 }
 
 }  // namespace

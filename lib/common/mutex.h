@@ -44,6 +44,7 @@ class CondVar {
     cv_.wait(lock);
     lock.release();
   }
+  void Signal() { cv_.notify_one(); }
   void SignalAll() { cv_.notify_all(); }
 
  private:

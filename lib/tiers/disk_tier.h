@@ -24,7 +24,8 @@
 // opened without following symlinks: a slot file, kvtier.meta or kvtier.lock that is anything else
 // is a kFailedPrecondition naming it (its target is never written).
 //
-// Thread safety: Read/Write from any thread; `done` runs on the ring's completion thread.
+// Thread safety: Read/Write from any thread; `done` runs on one of the ring's callback threads
+//   (reads are verified there, in parallel).
 // Errors: Open() names the problem (missing or unwritable directory, no O_DIRECT, no space, another
 //   cache holding the directory's lock, capacity under one slot, a file not ours as above); a
 //   failed Open() of a directory it emptied leaves it empty, and leaves no kvtier.lock. A read
@@ -180,7 +181,7 @@ class DiskTier final : public StorageTier {
   std::vector<StoredBlock> recovered_;
   std::atomic<uint64_t> sequence_{1};
   std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0}, invalidations_{0};
-  AtomicHistogram read_latency_, write_latency_;  // recorded on the completion thread
+  AtomicHistogram read_latency_, write_latency_;  // recorded on the callback threads
   uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
   bool buffered_ = false;
   bool from_manifest_ = false;

@@ -3,6 +3,7 @@
 #include <liburing.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -11,7 +12,8 @@
 namespace kvtier::internal {
 namespace {
 
-constexpr uint64_t kStopMarker = 0;  // user_data of the NOP that wakes the completion thread
+constexpr uint64_t kStopMarker = 0;  // user_data of the NOP that stops the completion thread
+constexpr uint64_t kWakeMarker = 1;  // user_data of a NOP that makes it submit queued ops
 constexpr uint64_t kMaxFixedPiece = uint64_t{1} << 30;  // the kernel's limit per fixed buffer
 constexpr uint32_t kShortUnit = 4096;  // injected short transfers stay O_DIRECT-aligned
 
@@ -57,9 +59,14 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
         absl::StrCat("IoRing: queue_depth ", options.queue_depth, " vs 1..4096"));
   }
   auto ring = std::make_unique<io_uring>();
-  if (int r = io_uring_queue_init(options.queue_depth, ring.get(), 0); r < 0) {
-    return absl::ErrnoToStatus(-r, "io_uring_queue_init");
-  }
+  // Only the completion thread submits I/O, so only it runs the kernel's completion work: it need
+  // not be interrupted for it (COOP_TASKRUN) as long as it learns of pending work (TASKRUN_FLAG).
+  // Kernels before 5.19 refuse the flags: without them.
+  io_uring_params params{};
+  params.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  int init = io_uring_queue_init_params(options.queue_depth, ring.get(), &params);
+  if (init == -EINVAL) init = io_uring_queue_init(options.queue_depth, ring.get(), 0);
+  if (init < 0) return absl::ErrnoToStatus(-init, "io_uring_queue_init");
   std::unique_ptr<IoRing> io(new IoRing(options, ring.release()));
   if (!files.empty()) {
     if (int r = io_uring_register_files(R(io->ring_), files.data(), files.size()); r < 0) {
@@ -79,6 +86,9 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
     if (r != 0) io->fixed_.clear();
   }
   io->completion_thread_ = std::thread([p = io.get()] { p->CompletionLoop(); });
+  for (uint32_t i = 0; i < options.callback_threads; ++i) {
+    io->callback_threads_.emplace_back([p = io.get()] { p->CallbackLoop(); });
+  }
   return io;
 }
 
@@ -101,6 +111,12 @@ IoRing::~IoRing() {
     }
   }
   if (completion_thread_.joinable()) completion_thread_.join();
+  {
+    MutexLock lock(&callbacks_mu_);  // no callback is queued: every op was counted finished
+    callbacks_stopping_ = true;
+  }
+  callbacks_ready_.SignalAll();
+  for (std::thread& t : callback_threads_) t.join();
   io_uring_queue_exit(R(ring_));
   delete R(ring_);
 }
@@ -138,7 +154,20 @@ absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(abs
   MutexLock lock(&mu_);
   for (const IoRequest& r : batch) pending_.push_back(new Op{.req = r, .batch = b});
   outstanding_ += batch.size();
-  if (completion_thread_of != this) PumpLocked();
+  // Only the completion thread submits I/O: io_uring completes an op (posts its CQE) in the
+  // context of the thread that submitted it, so a caller's thread, asleep or descheduled on a
+  // loaded machine, would have to run before the completion thread could see its ops complete.
+  // Another thread wakes the completion thread with a NOP, which completes inline; the completion
+  // thread submits after each completion (work queued by callbacks, and this).
+  if (completion_thread_of != this && !wake_pending_) {
+    io_uring_sqe* sqe = io_uring_get_sqe(R(ring_));
+    if (sqe != nullptr) {
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data64(sqe, kWakeMarker);
+      wake_pending_ = io_uring_submit(R(ring_)) >= 0;
+    }
+    if (!wake_pending_) PumpLocked();  // no wake-up possible: submit from here after all
+  }
   return absl::OkStatus();
 }
 
@@ -227,6 +256,14 @@ bool IoRing::Complete(Op* op, int res) {
     if (--b->remaining == 0) finished = b;
   }
   delete op;
+  if (finished != nullptr && !callback_threads_.empty()) {
+    {
+      MutexLock lock(&callbacks_mu_);
+      callbacks_.push_back(finished);
+    }
+    callbacks_ready_.Signal();
+    return false;
+  }
   if (finished != nullptr) {
     // Outside the lock. The caller counts the op as finished only after this returns, so the
     // destructor waits for callbacks too.
@@ -236,6 +273,24 @@ bool IoRing::Complete(Op* op, int res) {
   return true;
 }
 
+void IoRing::CallbackLoop() {
+  for (;;) {
+    Batch* b = nullptr;
+    {
+      MutexLock lock(&callbacks_mu_);
+      while (callbacks_.empty() && !callbacks_stopping_) callbacks_ready_.Wait(&callbacks_mu_);
+      if (callbacks_.empty()) return;
+      b = callbacks_.front();
+      callbacks_.pop_front();
+    }
+    b->done(b->status);
+    delete b;
+    // The batch's last op counts as finished only now, so Drain() and the destructor wait for it.
+    MutexLock lock(&mu_);
+    if (--outstanding_ == 0) drained_.SignalAll();
+  }
+}
+
 void IoRing::CompletionLoop() {
   completion_thread_of = this;
   for (;;) {
@@ -243,19 +298,27 @@ void IoRing::CompletionLoop() {
     const int r = io_uring_wait_cqe(R(ring_), &cqe);
     if (r == -EINTR || r == -EAGAIN) continue;
     if (r < 0) return;  // the ring is unusable; the destructor still joins
-    // Everything already completed, then one submission for all the work it queued.
+    // Everything already completed. The work a callback queues (a caller's next read, queued
+    // after verifying this one) goes to the device before the next callback runs, not after the
+    // whole batch: callbacks that verify 2 MiB each would otherwise leave the device idle.
     uint32_t finished = 0;
     bool stop = false;
-    do {
+    for (;;) {
       const uint64_t data = io_uring_cqe_get_data64(cqe);
       const int res = cqe->res;
       io_uring_cqe_seen(R(ring_), cqe);  // mark it seen before anything else can return
       if (data == kStopMarker) {
         stop = true;
-        continue;
+      } else if (data == kWakeMarker) {
+        MutexLock lock(&mu_);
+        wake_pending_ = false;  // pumped below
+      } else {
+        finished += Complete(reinterpret_cast<Op*>(data), res);
       }
-      finished += Complete(reinterpret_cast<Op*>(data), res);
-    } while (io_uring_peek_cqe(R(ring_), &cqe) == 0);
+      if (io_uring_peek_cqe(R(ring_), &cqe) != 0) break;
+      MutexLock lock(&mu_);
+      PumpLocked();
+    }
     MutexLock lock(&mu_);
     PumpLocked();
     if (finished > 0 && (outstanding_ -= finished) == 0) drained_.SignalAll();

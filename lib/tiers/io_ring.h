@@ -8,9 +8,14 @@
 // - Fault injection (tests): an injector decides per op to fail it with EIO or ENOSPC, cut it
 //   short (then resubmitted, like a real short transfer), or flip one bit of a read's buffer.
 //
-// Thread safety: Submit() from any thread. `done` callbacks run on the completion thread, never
-//   under a lock of the ring; they must not block on another batch of the same ring.
-// Lifetime: the destructor waits for every submitted op and callback.
+// - Callback threads (Options.callback_threads): batches' `done` callbacks (a caller's checksum
+//   verification, say) run on a pool of that many threads, so that the completion thread only
+//   reaps completions and resubmits, and callbacks of different batches run in parallel.
+//
+// Thread safety: Submit() from any thread. `done` callbacks run on the completion thread (or one
+//   of the callback threads), never under a lock of the ring; they must not block on another
+//   batch of the same ring.
+// Lifetime: the destructor (and Drain) waits for every submitted op and its callback.
 // Errors: Create() returns the io_uring setup or registration error (absl::ErrnoToStatus);
 //   a batch's `done` gets OK or the first op error (kDataLoss never: checksums are the caller's).
 #ifndef KVTIER_LIB_TIERS_IO_RING_H_
@@ -76,6 +81,7 @@ class IoRing {
   struct Options {
     uint32_t queue_depth = 64;          // ops in flight at most
     FaultInjector* injector = nullptr;  // not owned; outlives the ring
+    uint32_t callback_threads = 0;      // 0: callbacks run on the completion thread
   };
   struct Stats {
     uint64_t ops = 0, bytes = 0, resubmits = 0, errors = 0, fixed_buffer_ops = 0;
@@ -113,8 +119,10 @@ class IoRing {
   IoRing(const Options& options, void* ring);
   void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompletionLoop();
-  // Handles one CQE; true when the op is finished (false: resubmitted for the rest).
+  // Handles one CQE; true when the op counts as finished now (false: resubmitted for the rest, or
+  // its batch's callback was handed to a callback thread, which counts it once `done` returned).
   bool Complete(Op* op, int res);
+  void CallbackLoop();
   int FixedIndex(const void* buf, uint32_t bytes) const;
 
   const Options options_;
@@ -127,10 +135,17 @@ class IoRing {
   std::deque<Op*> pending_ ABSL_GUARDED_BY(mu_);  // queued, not yet in the submission ring
   uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // ops submitted and not completed
+  bool wake_pending_ ABSL_GUARDED_BY(mu_) = false;  // a wake-up NOP is on its way
+  uint64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;   // ops submitted and not completed
   CondVar drained_;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   std::thread completion_thread_;
+
+  Mutex callbacks_mu_;
+  std::deque<Batch*> callbacks_ ABSL_GUARDED_BY(callbacks_mu_);  // finished, `done` not yet run
+  bool callbacks_stopping_ ABSL_GUARDED_BY(callbacks_mu_) = false;
+  CondVar callbacks_ready_;
+  std::vector<std::thread> callback_threads_;
 };
 
 }  // namespace kvtier::internal
