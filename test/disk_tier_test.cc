@@ -1183,7 +1183,7 @@ struct PartialSetup {
   uint64_t slot_bytes = 0;
 };
 
-TEST_CASE("Partial transfer: a Load whose k-th disk block fails keeps blocks [0, k)",
+TEST_CASE("Partial transfer: a Load whose k-th disk block fails keeps the blocks before it",
           "[disk][cache][faults]") {
   constexpr uint32_t kN = 6;
   const uint32_t k = GENERATE(0u, 2u, 5u);

@@ -103,7 +103,7 @@ TEST_CASE("IoRing: blocks written with O_DIRECT read back byte-exact through reg
   CHECK(st.errors == 0);
 }
 
-TEST_CASE("IoRing: buffers past 64 MiB register in the background; I/O works before and after",
+TEST_CASE("IoRing: buffers past 64 MiB register in the background and I/O works before and after",
           "[io_ring]") {
   // 320 MiB: two pieces (256 MiB + 64 MiB), neither touched before Create. Create returns before
   // they are pinned; ops issued meanwhile run unregistered, byte-exact all the same.
