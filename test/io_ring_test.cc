@@ -105,7 +105,7 @@ TEST_CASE("IoRing: blocks written with O_DIRECT read back byte-exact through reg
 
 TEST_CASE("IoRing: buffers past 64 MiB register in the background and I/O works before and after",
           "[io_ring]") {
-  // 320 MiB: two pieces (256 MiB + 64 MiB), neither touched before Create. Create returns before
+  // 320 MiB: 20 pieces of 16 MiB, none touched before Create. Create returns before
   // they are pinned; ops issued meanwhile run unregistered, byte-exact all the same.
   constexpr uint64_t kBytes = uint64_t{320} << 20;
   DirectFile file(64 * kBlock);

@@ -12,9 +12,12 @@ namespace kvtier::internal {
 namespace {
 
 constexpr uint64_t kStopMarker = 0;  // user_data of the NOP that wakes the completion thread
-// Fixed buffers are registered in pieces of at most this (the kernel's limit per buffer is 1 GiB):
-// each piece is pinned and becomes usable on its own.
-constexpr uint64_t kMaxFixedPiece = uint64_t{256} << 20;
+// Fixed buffers are registered in pieces, each pinned and usable on its own: 16 MiB, or larger
+// for buffers of more than 256 GiB in all (the kernel takes at most 16384 buffers, of at most 1
+// GiB each). Small: the kernel pins a piece under the ring's lock, which submissions wait for.
+constexpr uint64_t kMinFixedPiece = uint64_t{16} << 20;
+constexpr uint64_t kMaxFixedPiece = uint64_t{1} << 30;
+constexpr uint64_t kMaxFixedBuffers = 16384;
 // Up to this much is registered in Create() itself; more in the background (Create returns before
 // the pages are pinned; I/O into a piece not registered yet is plain, unregistered I/O).
 constexpr uint64_t kSyncRegisterBytes = uint64_t{64} << 20;
@@ -72,14 +75,18 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
     }
     io->num_files_ = static_cast<uint32_t>(files.size());
   }
-  for (const iovec& b : buffers) {
-    for (uint64_t off = 0; off < b.iov_len; off += kMaxFixedPiece) {
-      io->fixed_.push_back({static_cast<char*>(b.iov_base) + off,
-                            std::min<uint64_t>(kMaxFixedPiece, b.iov_len - off)});
-    }
-  }
   uint64_t total = 0;
   for (const iovec& b : buffers) total += b.iov_len;
+  constexpr uint64_t kHuge = uint64_t{2} << 20;
+  const uint64_t want = (total / kMaxFixedBuffers + kHuge) & ~(kHuge - 1);
+  io->piece_bytes_ = std::min(kMaxFixedPiece, std::max(kMinFixedPiece, want));
+  for (const iovec& b : buffers) {
+    io->spans_.push_back({static_cast<const char*>(b.iov_base), b.iov_len, io->fixed_.size()});
+    for (uint64_t off = 0; off < b.iov_len; off += io->piece_bytes_) {
+      io->fixed_.push_back({static_cast<char*>(b.iov_base) + off,
+                            std::min<uint64_t>(io->piece_bytes_, b.iov_len - off)});
+    }
+  }
   io->registered_ = std::make_unique<std::atomic<bool>[]>(io->fixed_.size());
   if (!io->fixed_.empty()) {
     const auto n = static_cast<unsigned>(io->fixed_.size());
@@ -172,9 +179,11 @@ IoRing::Stats IoRing::stats() const {
 
 int IoRing::FixedIndex(const void* buf, uint32_t bytes) const {
   const auto* p = static_cast<const char*>(buf);
-  for (size_t i = 0; i < fixed_.size(); ++i) {
+  for (const Span& s : spans_) {  // the buffers given to Create: one or a few
+    if (p < s.base || p >= s.base + s.bytes) continue;
+    const size_t i = s.first_piece + static_cast<size_t>(p - s.base) / piece_bytes_;
     const auto* base = static_cast<const char*>(fixed_[i].iov_base);
-    if (p >= base && p + bytes <= base + fixed_[i].iov_len) {
+    if (p + bytes <= base + fixed_[i].iov_len) {
       // A piece the background registration has not reached: plain I/O for now.
       return registered_[i].load(std::memory_order_acquire) ? static_cast<int>(i) : -1;
     }
