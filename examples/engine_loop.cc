@@ -504,11 +504,12 @@ void Work(kvtier::Cache& cache, const kvtier::BlockHasher& hasher, KvKernels& ke
       }
     }
     // Prefill what the cache did not provide. After a failed load that is also every promoted
-    // block: the positions whose slot is still the lease's own (shared device blocks stay valid,
-    // and other requests may be reading them: never write a shared slot).
+    // block from the first failed one on (blocks_loaded(): the blocks before it arrived whole):
+    // the positions whose slot is still the lease's own (shared device blocks stay valid, and
+    // other requests may be reading them: never write a shared slot).
     std::vector<BlockKey> todo_keys;
     std::vector<uint32_t> todo_slots;
-    for (uint32_t i = load_failed ? 0 : loaded; i < n; ++i) {
+    for (uint32_t i = load_failed ? w->transfer.blocks_loaded() : loaded; i < n; ++i) {
       if (i < loaded && slots[i] != w->own_slots[i]) continue;  // shared, already verified
       todo_keys.push_back(keys[i]);
       todo_slots.push_back(slots[i]);

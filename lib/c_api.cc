@@ -310,6 +310,9 @@ void FillStats(const kvtier::CacheStats& s, kvtier_stats* stats) {
   o.blocks_stored = s.blocks_stored;
   o.blocks_store_skipped = s.blocks_store_skipped;
   o.events_dropped = s.events_dropped;
+  o.loads_failed = s.loads_failed;
+  o.loads_partial = s.loads_partial;
+  o.blocks_load_lost = s.blocks_load_lost;
   // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared,
   // version 2 before blocks_stored); a larger tail is left as it is.
   std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));
@@ -1075,6 +1078,18 @@ kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer, uint32_t* 
   });
 }
 
+kvtier_status kvtier_transfer_blocks_loaded(const kvtier_transfer* transfer,
+                                            uint32_t* blocks_loaded) {
+  return OnHandle("kvtier_transfer_blocks_loaded", transfer, "transfer",
+                  [&](auto& x) -> absl::Status {
+                    if (blocks_loaded == nullptr) {
+                      return Null("kvtier_transfer_blocks_loaded", "blocks_loaded");
+                    }
+                    *blocks_loaded = x.transfer.blocks_loaded();
+                    return absl::OkStatus();
+                  });
+}
+
 kvtier_status kvtier_transfer_poll(const kvtier_transfer* transfer, bool* done) {
   return OnHandle("kvtier_transfer_poll", transfer, "transfer", [&](auto& x) -> absl::Status {
     if (done == nullptr) return Null("kvtier_transfer_poll", "done");
@@ -1354,7 +1369,8 @@ kvtier_status kvtier_connector_take_finished(kvtier_connector* connector, kvtier
                           .kind = f.kind == kvtier::Finished::Kind::kLoad ? KVTIER_FINISHED_LOAD
                                                                           : KVTIER_FINISHED_STORE,
                           .status = static_cast<kvtier_status>(f.status.raw_code()),
-                          .blocks = f.blocks};
+                          .blocks = f.blocks,
+                          .blocks_loaded = f.blocks_loaded};
     }
     box.finished.erase(box.finished.begin(), box.finished.begin() + static_cast<ptrdiff_t>(n));
     *count = n;

@@ -1,5 +1,6 @@
 #include "lib/cache_core.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <type_traits>
@@ -234,10 +235,15 @@ absl::StatusOr<std::shared_ptr<internal::TransferState>> Cache::Core::Prefetch(
 }
 
 void Cache::Core::FinishPrefetchLocked(const PrefetchReads& ctx, internal::TransferState& state) {
+  // Each read's outcome stands on its own: a read past a failed one that verified stays on the
+  // host (reachable once the failed block is cached again). blocks_loaded: the chain's blocks
+  // before the first failed read.
+  uint32_t loaded = state.blocks;
   for (size_t i = 0; i < ctx.reads.size(); ++i) {
     index_.FinishPrefetchLocked(ctx.reads[i], ctx.failed[i] == 0, ctx.source_lost[i] != 0);
+    if (ctx.failed[i] != 0) loaded = std::min(loaded, ctx.reads[i].position);
   }
-  state.Finish();  // no writes to start: a prefetch's outcome decides none
+  state.Finish(loaded);  // no writes to start: a prefetch's outcome decides none
 }
 
 CacheStats Cache::Core::Stats() const {

@@ -221,11 +221,12 @@ class ConnectorImpl {
     MutexLock lock(&tracked_mu_);
     auto done = [&](const Tracked& t) {
       if (!t.state->Poll()) return false;
-      out.push_back(Finished{
-          .request_id = t.request_id,
-          .kind = t.kind,
-          .status = t.state->status(),
-          .blocks = t.kind == Finished::Kind::kLoad ? t.state->blocks : t.state->promoted});
+      out.push_back(
+          Finished{.request_id = t.request_id,
+                   .kind = t.kind,
+                   .status = t.state->status(),
+                   .blocks = t.kind == Finished::Kind::kLoad ? t.state->blocks : t.state->promoted,
+                   .blocks_loaded = t.state->blocks_loaded()});
       return true;
     };
     tracked_.erase(std::remove_if(tracked_.begin(), tracked_.end(), done), tracked_.end());

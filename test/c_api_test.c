@@ -143,6 +143,8 @@ static void Request(kvtier_cache* cache, const kvtier_block_key* keys, uint32_t 
   CHECK_OK(kvtier_transfer_poll(xfer, &done));
   CHECK(done);
   CHECK_OK(kvtier_transfer_status(xfer));
+  CHECK_OK(kvtier_transfer_blocks_loaded(xfer, &promoted));
+  CHECK(promoted == loaded); /* succeeded: every block */
   CHECK_OK(kvtier_lease_slots(lease, slots, kBlocks));
   for (t = 0; t < n; ++t) CHECK(slots[t] < kSlots);
 
@@ -902,12 +904,12 @@ static void TestConnectorLifecycle(void) {
   CHECK(fin[0].request_id == 11 && fin[0].kind == KVTIER_FINISHED_STORE);
   CHECK(fin[0].status == KVTIER_OK && fin[0].blocks == kBlocks);
   CHECK(fin[1].request_id == 12 && fin[1].kind == KVTIER_FINISHED_LOAD);
-  CHECK(fin[1].status == KVTIER_OK && fin[1].blocks == 3);
+  CHECK(fin[1].status == KVTIER_OK && fin[1].blocks == 3 && fin[1].blocks_loaded == 3);
   CHECK_OK(kvtier_connector_take_finished(c, fin, 2, &n));
   CHECK(n == 2);
   CHECK(fin[0].request_id == 13 && fin[0].kind == KVTIER_FINISHED_STORE &&
         fin[0].status == KVTIER_OK);
-  CHECK(fin[1].request_id == 14 && fin[1].status == KVTIER_CANCELLED);
+  CHECK(fin[1].request_id == 14 && fin[1].status == KVTIER_CANCELLED && fin[1].blocks_loaded == 0);
   CHECK_OK(kvtier_connector_take_finished(c, fin, 2, &n));
   CHECK(n == 0);
 

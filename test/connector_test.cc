@@ -399,6 +399,9 @@ TEST_CASE("Connector: a failed load copy is a miss to recompute, reported once, 
   REQUIRE(finished.size() == 1);
   CHECK(finished[0].request_id == 5);
   CHECK_FALSE(finished[0].status.ok());
+  CHECK(finished[0].blocks == 3);
+  CHECK(finished[0].blocks_loaded == 0);  // a failed device copy names no block: all recomputed
+  CHECK(xfer->blocks_loaded() == 0);
   CHECK(conn.Stats().transfer_failures >= 1);
   CHECK(conn.engine_blocks_busy() == 0);
   REQUIRE_OK(conn.CheckInvariants());

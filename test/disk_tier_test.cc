@@ -1178,6 +1178,222 @@ TEST_CASE(
   REQUIRE_OK((*cache)->CheckInvariants());
 }
 
+// ---- Partial transfers: a Load keeps the blocks before the first one that fails ----
+
+// The slot (in the only slot file: Options.disk.files = 1) whose trailer names `key`.
+uint64_t DiskSlotOf(const fs::path& dir, const BlockKey& key, uint64_t slot_bytes) {
+  uint8_t needle[16];
+  LeWriter w{needle};
+  w.U64(key.hi);
+  w.U64(key.lo);
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().filename().string().rfind("blocks.", 0) != 0) continue;
+    std::ifstream file(entry.path(), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(file)),
+                            std::istreambuf_iterator<char>());
+    const size_t at = bytes.find(std::string(reinterpret_cast<const char*>(needle), 16));
+    if (at != std::string::npos) return at / slot_bytes;
+  }
+  FAIL("no slot names key " << key.ToHex());
+  return 0;
+}
+
+// Flips a payload byte of disk slot `slot` (in the only slot file).
+void DamageSlot(const fs::path& dir, uint64_t slot, uint64_t slot_bytes) {
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().filename().string().rfind("blocks.", 0) != 0) continue;
+    std::fstream file(entry.path(), std::ios::in | std::ios::out | std::ios::binary);
+    const auto off = static_cast<std::streamoff>(slot * slot_bytes + 64);
+    char c = 0;
+    file.seekg(off);
+    file.read(&c, 1);
+    c = static_cast<char>(c ^ 0x5a);
+    file.seekp(off);
+    file.write(&c, 1);
+    REQUIRE(file);
+  }
+}
+
+// Fails every read of the disk offset `offset` with EIO while armed.
+struct FailReadAt final : FaultInjector {
+  explicit FailReadAt(uint64_t at) : offset(at) {}
+  Fault Next(IoOp op, uint64_t off, uint32_t /*bytes*/) override {
+    return armed && op == IoOp::kRead && off == offset ? Fault::kEio : Fault::kNone;
+  }
+  const uint64_t offset;
+  std::atomic<bool> armed{true};
+};
+
+struct PartialSetup {
+  PartialSetup(const fs::path& dir, const EngineKv& kv, uint32_t n) : keys(test::Chain(n, 7)) {
+    options = DiskOptions(kv, dir, 8, 64);
+    options.disk.files = 1;
+    slot_bytes = DiskTier::HostSlotBytes(kv.layout().block_bytes(), *DiskTier::Alignment(dir));
+  }
+  Options options;
+  std::vector<BlockKey> keys;
+  uint64_t slot_bytes = 0;
+};
+
+TEST_CASE("Partial transfer: a Load whose k-th disk block fails keeps the blocks before it",
+          "[disk][cache][faults]") {
+  constexpr uint32_t kN = 6;
+  const uint32_t k = GENERATE(0u, 2u, 5u);
+  const bool corrupt = GENERATE(true, false);  // fails to verify (kDataLoss), else EIO
+  CAPTURE(k, corrupt);
+  TempDir dir;
+  EngineKv kv({.num_slots = 8});
+  const PartialSetup p(dir.path, kv, kN);
+  {
+    auto cache = Cache::Create(p.options);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, p.keys));
+  }  // flush_on_close: the blocks are on disk only when the next cache starts
+  const uint64_t slot = DiskSlotOf(dir.path, p.keys[k], p.slot_bytes);
+  if (corrupt) DamageSlot(dir.path, slot, p.slot_bytes);
+  FailReadAt injector(corrupt ? UINT64_MAX : slot * p.slot_bytes);
+  auto cache = CreateCache(p.options, std::make_unique<EmulatedDevice>(), &injector);
+  REQUIRE_OK(cache);
+  auto match = (*cache)->Match(p.keys);
+  REQUIRE_OK(match);
+  REQUIRE(match->blocks_in(Tier::kDisk) == kN);
+  auto lease = (*cache)->AllocateDevice(kN);
+  REQUIRE_OK(lease);
+  auto xfer = (*cache)->Load(*match, *lease);
+  REQUIRE_OK(xfer);
+  CHECK(xfer->blocks() == kN);
+  const absl::Status failed = xfer->Wait();
+  REQUIRE_FALSE(failed.ok());
+  if (corrupt) CHECK(failed.code() == absl::StatusCode::kDataLoss);
+  CHECK(xfer->blocks_loaded() == k);
+  CHECK(xfer->WaitLayer(0).code() == failed.code());  // never "ready" for the failed blocks
+  REQUIRE_OK((*cache)->CheckInvariants());
+  const std::vector<uint32_t> slots(lease->slots().begin(), lease->slots().end());
+  for (uint32_t i = 0; i < k; ++i) CHECK(kv.Mismatches(slots[i], p.keys[i]) == 0);
+  const CacheStats s = (*cache)->Stats();
+  CHECK(s.disk_corrupt_reads == (corrupt ? 1u : 0u));
+  CHECK(s.loads_failed == 1);
+  CHECK(s.loads_partial == (k > 0 ? 1u : 0u));
+  CHECK(s.blocks_load_lost == kN - k);
+  // A later Match finds the first k on the device; past them, only a block that failed to verify
+  // is gone (an I/O error leaves it on disk), which ends the reachable prefix.
+  auto later = (*cache)->Match(p.keys);
+  REQUIRE_OK(later);
+  CHECK(later->size() == (corrupt ? k : kN));
+  CHECK(later->blocks_in(Tier::kDevice) == k);
+  // Slots [k, n) are misses the engine writes: it recomputes them and commits the whole chain.
+  for (uint32_t i = k; i < kN; ++i) kv.Write(slots[i], p.keys[i]);
+  REQUIRE_OK((*cache)->Commit(p.keys, *lease));
+  REQUIRE_OK((*cache)->Release(*lease));
+  REQUIRE_OK((*cache)->CheckInvariants());
+  auto whole = (*cache)->Match(p.keys);
+  REQUIRE_OK(whole);
+  CHECK(whole->size() == kN);
+  injector.armed = false;  // the disk is sound again
+  auto again = test::RunSequence(**cache, kv, p.keys);
+  REQUIRE_OK(again);
+  CHECK(again->loaded == kN);
+  CHECK(again->mismatched_bytes == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE("Partial transfer: a Connector load reports the dst blocks with load errors",
+          "[disk][connector][faults]") {
+  constexpr uint32_t kN = 5;
+  const uint32_t k = GENERATE(0u, 3u);
+  CAPTURE(k);
+  TempDir dir;
+  EngineKv kv({.num_slots = 16});
+  PartialSetup p(dir.path, kv, kN);
+  p.options.device.capacity_slots = 0;
+  {
+    auto c = CreateConnector(p.options, std::make_unique<EmulatedDevice>());
+    REQUIRE_OK(c);
+    std::vector<uint32_t> src;
+    for (uint32_t i = 0; i < kN; ++i) {
+      kv.Write(i, p.keys[i]);
+      src.push_back(i);
+    }
+    auto store = (*c)->Store(p.keys, 0, src);
+    REQUIRE_OK(store);
+    REQUIRE_OK(store->Wait());
+  }  // flush_on_close: on disk only when the next connector starts
+  const uint64_t slot = DiskSlotOf(dir.path, p.keys[k], p.slot_bytes);
+  DamageSlot(dir.path, slot, p.slot_bytes);
+  auto c = CreateConnector(p.options, std::make_unique<EmulatedDevice>());
+  REQUIRE_OK(c);
+  auto found = (*c)->Lookup(p.keys, 0);
+  REQUIRE_OK(found);
+  REQUIRE(found->blocks == kN);
+  std::vector<uint32_t> dst;
+  for (uint32_t i = 0; i < kN; ++i) dst.push_back(8 + i);
+  auto xfer = (*c)->Load(p.keys, 0, dst, /*request_id=*/9);
+  REQUIRE_OK(xfer);
+  CHECK(xfer->Wait().code() == absl::StatusCode::kDataLoss);
+  CHECK(xfer->blocks_loaded() == k);
+  for (uint32_t i = 0; i < k; ++i) CHECK(kv.Mismatches(dst[i], p.keys[i]) == 0);
+  auto finished = (*c)->TakeFinished();
+  REQUIRE(finished.size() == 1);
+  CHECK(finished[0].request_id == 9);
+  CHECK(finished[0].blocks == kN);
+  CHECK(finished[0].blocks_loaded == k);  // dst[k, n) are the blocks with load errors
+  CHECK((*c)->engine_blocks_busy() == 0);
+  REQUIRE_OK((*c)->CheckInvariants());
+  // The blocks before the failed one stay cached on the host: a later lookup finds them.
+  auto later = (*c)->Lookup(p.keys, 0);
+  REQUIRE_OK(later);
+  CHECK(later->blocks == k);
+}
+
+TEST_CASE("Partial transfer: concurrent Loads of one damaged chain all stop at the same block",
+          "[disk][cache][faults]") {
+  constexpr uint32_t kN = 6, kK = 3, kThreads = 4;
+  TempDir dir;
+  EngineKv kv({.num_slots = 32});
+  PartialSetup p(dir.path, kv, kN);
+  p.options.host.capacity_bytes = 32 * p.slot_bytes;
+  {
+    auto cache = Cache::Create(p.options);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, p.keys));
+  }
+  FailReadAt injector(DiskSlotOf(dir.path, p.keys[kK], p.slot_bytes) * p.slot_bytes);
+  auto cache = CreateCache(p.options, std::make_unique<EmulatedDevice>(), &injector);
+  REQUIRE_OK(cache);
+  std::vector<std::thread> threads;
+  std::atomic<uint64_t> bad{0}, wrong_count{0};
+  for (uint32_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      auto match = (*cache)->Match(p.keys);
+      auto lease = (*cache)->AllocateDevice(kN);
+      if (!match.ok() || !lease.ok()) {
+        wrong_count++;
+        return;
+      }
+      auto xfer = (*cache)->Load(*match, *lease);
+      if (!xfer.ok()) {
+        wrong_count++;
+        return;
+      }
+      xfer->Wait().IgnoreError();
+      // Another thread's Load may have brought (or be bringing) a block: this one stops at a
+      // block still in flight elsewhere, or at the failing one; never past it.
+      const uint32_t loaded = xfer->blocks_loaded();
+      if (loaded > kK) wrong_count++;
+      for (uint32_t i = 0; i < loaded; ++i) bad += kv.Mismatches(lease->slots()[i], p.keys[i]);
+      (*cache)->Release(*lease).IgnoreError();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  CHECK(bad == 0);
+  CHECK(wrong_count == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  auto later = (*cache)->Match(p.keys);
+  REQUIRE_OK(later);
+  CHECK(later->size() == kN);  // an I/O error leaves every block on disk
+  CHECK((*cache)->Stats().loads_failed >= 1);
+}
+
 }  // namespace cache_level
 
 }  // namespace

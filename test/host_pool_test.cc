@@ -36,5 +36,17 @@ TEST_CASE("HostPool: an empty pool is allowed, an overflowing size is rejected",
   REQUIRE_CODE(HostPool::Create(&dev, 1, 0), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("HostPool: a pool larger than the available memory is refused at Create", "[host_pool]") {
+  EmulatedDevice dev;
+  auto too_big = HostPool::Create(&dev, 4, 4096, /*mem_available_bytes=*/4 * 4096 - 1);
+  REQUIRE_CODE(too_big, absl::StatusCode::kResourceExhausted);
+  CHECK(too_big.status().message().find("MemAvailable 16383 bytes") != std::string::npos);
+  REQUIRE_OK(HostPool::Create(&dev, 4, 4096, /*mem_available_bytes=*/4 * 4096));
+  // The machine's own figure: readable here, and a pool of more than all of it is refused.
+  const std::optional<uint64_t> available = HostPool::MemAvailableBytes();
+  REQUIRE(available.has_value());
+  REQUIRE_CODE(HostPool::Create(&dev, 2, *available), absl::StatusCode::kResourceExhausted);
+}
+
 }  // namespace
 }  // namespace kvtier::internal

@@ -515,11 +515,19 @@ TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss, the cac
   auto xfer = (*b)->Load(*match, *lease);
   REQUIRE_OK(xfer);
   CHECK_FALSE(xfer->Wait().ok());  // never garbage: the transfer fails, the blocks are misses
+  // ... from the damaged block on: the two before it arrived and stay (partial transfer).
+  CHECK(xfer->blocks_loaded() == 2);
+  for (uint32_t i = 0; i < 2; ++i) CHECK(kv_b.Mismatches(lease->slots()[i], keys[i]) == 0);
   const CacheStats s = (*b)->Stats();
   CHECK(s.remote.corrupt_reads == 1);
   CHECK(s.remote.read_misses == 1);
   CHECK(s.transfer_failures > 0);
+  CHECK(s.loads_partial == 1);
+  CHECK(s.blocks_load_lost == keys.size() - 2);
   REQUIRE_OK((*b)->CheckInvariants());
+  auto kept = (*b)->Match(std::span(keys).first(2));
+  REQUIRE_OK(kept);
+  CHECK(kept->blocks_in(Tier::kDevice) == 2);
   *lease = DeviceLease();
 
   // The engine recomputes and commits: B then holds every block intact. (The damaged value is

@@ -78,9 +78,14 @@ struct Finished {
   enum class Kind : uint8_t { kLoad, kStore };
   uint64_t request_id = 0;
   Kind kind = Kind::kLoad;
-  absl::Status status;  // OK: every block moved. Else a load's blocks are misses to recompute;
-                        // a store's blocks were not stored. Either way the blocks are free.
+  absl::Status status;  // OK: every block moved. Else a load's blocks past blocks_loaded are
+                        // misses to recompute; a store's blocks were not stored. Either way the
+                        // blocks are free.
   uint32_t blocks = 0;  // blocks it moved (or tried to)
+  // A load: its dst blocks [0, blocks_loaded) hold their keys' bytes (== blocks when OK); dst
+  // blocks [blocks_loaded, blocks) are the "blocks with load errors" (vLLM
+  // get_block_ids_with_load_errors) the engine recomputes. A store: blocks if OK, else 0.
+  uint32_t blocks_loaded = 0;
 };
 
 // One Connector::Store or BeginStore: copies of engine blocks into host slots (and from there to
@@ -158,8 +163,10 @@ class Connector {
   // each, in order), asynchronously, with per-layer readiness (Transfer::WaitLayer,
   // LayerReady). Keys [0, first) are the engine's hits (they need not be cached here). Stops at
   // the first block no longer cached: Transfer::blocks() says how many dst blocks get data; the
-  // engine recomputes the rest. A failed copy or a block that fails to verify fails the whole
-  // Transfer (its blocks are misses; the dst blocks are the engine's again once it reports).
+  // engine recomputes the rest. A failed copy, or a block whose read fails or does not verify,
+  // fails the Transfer from that block on: dst blocks [0, Transfer::blocks_loaded()) hold data,
+  // the others are misses (the dst blocks are the engine's again once it reports; a failed device
+  // copy fails them all).
   // `request_id` (non-zero) makes TakeFinished report its end. kInvalidArgument: dst_blocks.size()
   // != keys.size() - first, a block id >= layout.num_slots or repeated, a key contradicting the
   // cached chain. kFailedPrecondition: a dst block that a copy in flight reads or writes.

@@ -236,12 +236,17 @@ typedef struct kvtier_stats {
   uint64_t blocks_stored;        /* connector stores: blocks copied from the engine's blocks */
   uint64_t blocks_store_skipped; /* connector stores: keys cached already, not copied */
   uint64_t events_dropped;       /* KV events lost to a full queue (Options.events) */
+  /* ---- version 4 ---- */
+  uint64_t loads_failed;     /* loads that ended with an error */
+  uint64_t loads_partial;    /* ... that still delivered their first blocks */
+  uint64_t blocks_load_lost; /* blocks failed loads did not deliver (recomputed) */
 } kvtier_stats;
 
 /* The struct_size of earlier versions of kvtier_stats, still accepted (the fields they do not
  * reach are not written). */
 #define KVTIER_STATS_SIZE_V1 offsetof(kvtier_stats, blocks_commit_shared)
 #define KVTIER_STATS_SIZE_V2 offsetof(kvtier_stats, blocks_stored)
+#define KVTIER_STATS_SIZE_V3 offsetof(kvtier_stats, loads_failed)
 
 /* ---- the cache ---- */
 
@@ -415,6 +420,12 @@ KVTIER_C_API kvtier_status kvtier_cache_check_invariants(const kvtier_cache* cac
 /* Blocks the transfer brings (lease slots [0, blocks)), and how many of them were copied. */
 KVTIER_C_API kvtier_status kvtier_transfer_blocks(const kvtier_transfer* transfer, uint32_t* blocks,
                                                   uint32_t* blocks_promoted);
+/* Once finished: lease slots (a connector load: dst blocks) [0, *blocks_loaded) hold their blocks,
+ * also when the transfer failed (== blocks when it succeeded). A failure stops at the first block
+ * whose read or copy failed: the engine recomputes from there (Transfer::blocks_loaded). 0 while
+ * running. */
+KVTIER_C_API kvtier_status kvtier_transfer_blocks_loaded(const kvtier_transfer* transfer,
+                                                         uint32_t* blocks_loaded);
 /* *done = true once finished; never blocks. */
 KVTIER_C_API kvtier_status kvtier_transfer_poll(const kvtier_transfer* transfer, bool* done);
 /* Blocks until every copy finished; returns the transfer's outcome. */
@@ -476,10 +487,13 @@ typedef enum kvtier_finished_kind {
 typedef struct kvtier_finished {
   uint64_t request_id;
   kvtier_finished_kind kind;
-  kvtier_status status; /* KVTIER_OK: every block moved. Else a load's blocks are misses to
-                         * recompute, a store's are not stored (KVTIER_CANCELLED: destroyed or
-                         * closed with layers unsaved). Either way the engine's blocks are free. */
-  uint32_t blocks;      /* blocks it moved (or tried to) */
+  kvtier_status status;   /* KVTIER_OK: every block moved. Else a load's blocks past blocks_loaded
+                           * are misses to recompute, a store's are not stored (KVTIER_CANCELLED:
+                           * destroyed or closed with layers unsaved). Either way the engine's
+                           * blocks are free. */
+  uint32_t blocks;        /* blocks it moved (or tried to) */
+  uint32_t blocks_loaded; /* a load: dst blocks [0, blocks_loaded) hold data, the rest are the
+                           * blocks with load errors; a store: blocks if OK, else 0 */
 } kvtier_finished;
 
 /* Validates the options (as kvtier_cache_create; device_capacity_slots set, or no host tier, is

@@ -136,6 +136,12 @@ struct CacheStats {
                             // blocks they may not evict (pinned or prefix-protected)
   uint64_t events_dropped = 0;  // KV events lost because the queue (Options.events.capacity) was
                                 // full: the router missed them (kvtier/events.h)
+  // Loads (Cache and Connector) that ended with an error; of them, those that still delivered
+  // their first blocks (0 < Transfer::blocks_loaded() < blocks()); and blocks() - blocks_loaded()
+  // summed over them: the misses engines recompute (the failed blocks and every later one).
+  uint64_t loads_failed = 0;
+  uint64_t loads_partial = 0;
+  uint64_t blocks_load_lost = 0;
 
   // Latencies, one sample per operation, whatever its outcome:
   LatencyHistogram load_latency;         // Load() call to its Transfer finishing (0 blocks to copy:

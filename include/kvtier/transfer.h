@@ -8,11 +8,19 @@
 //   copies keep their sources pinned until they finish, whether or not the handle still exists.
 // Lifetime: destroy before its Cache; destroying an unfinished Transfer waits for it, so no copy
 //   engine writes into memory the engine has since reused.
-// Errors: a failed copy or disk read ends the Transfer with !status().ok(); its blocks are then
-//   misses (they are not published in the cache and their lease slots are writable again), never
-//   data. No call reports a failure before the whole Transfer has stopped: when WaitLayer(), Wait()
-//   or status() returns an error (or Poll() is true), no copy of this Transfer writes into the
-//   lease any more, so the engine may recompute into those slots at once.
+// Errors: a failed copy, or a block read from below (disk, remote store) that failed or did not
+//   verify, ends the Transfer with !status().ok() (the first failure). It is partial: the blocks
+//   before the first failed one arrived whole and stay (blocks_loaded() says how many: lease slots
+//   [0, blocks_loaded()) hold their keys' bytes and are published in the cache). That block and
+//   every later one the Transfer copied are misses: not published, their lease slots writable
+//   again, never data; that includes later blocks whose own reads verified (a block is only
+//   reachable through its prefix; their copies below stay there for a later Load). A failed
+//   device copy names no block: it fails every copied block. Blocks Load shared from the device
+//   are not copied and stay held, wherever they sit. No call reports a failure before the whole
+//   Transfer has stopped: when WaitLayer(), Wait() or status() returns an error (or Poll() is
+//   true), no copy of this Transfer writes into the lease any more, and blocks_loaded() is final,
+//   so the engine may recompute from blocks_loaded() at once. An engine that ignores
+//   blocks_loaded() and recomputes every copied block stays correct (it rewrites valid bytes).
 #ifndef KVTIER_TRANSFER_H_
 #define KVTIER_TRANSFER_H_
 
@@ -45,6 +53,13 @@ class Transfer {
   uint32_t blocks() const;
   // Blocks among them that were copied from the host (the rest were already on the device).
   uint32_t blocks_promoted() const;
+  // Once finished (Poll() true; Wait() or a failed WaitLayer() returned): lease slots (a
+  // Connector load: dst blocks) [0, blocks_loaded()) hold their blocks, whatever status() says;
+  // blocks() when it succeeded. After a failure, the first failed block's position: the engine
+  // recomputes from there (positions past it that Load shared from the device stay valid and
+  // held: do not write them). A Prefetch: the chain's blocks before the first failed read (reads
+  // past it that verified stay on the host). 0 while running and for an empty handle.
+  uint32_t blocks_loaded() const;
 
   // Blocks until every copy finished and the cache recorded it; returns the outcome.
   absl::Status Wait();
@@ -56,7 +71,10 @@ class Transfer {
   // Blocks until layer `layer` of every block is on the device (earlier layers too: layers arrive
   // in order). kOutOfRange for a bad layer. If the Transfer failed, returns its error, but only
   // after every copy of the Transfer has stopped (as Wait() does), which may take longer than the
-  // layer alone: a failure is never reported while the lease's slots can still be written.
+  // layer alone: a failure is never reported while the lease's slots can still be written. OK
+  // means the layer is there for all blocks(): a block that fails (its read, or any copy before
+  // this layer's end) makes it return the error, never OK; then every layer of blocks
+  // [0, blocks_loaded()) is on the device.
   absl::Status WaitLayer(uint32_t layer);
   // The device event recorded after layer `layer` was copied: a cudaEvent_t on the CUDA backend,
   // for cudaStreamWaitEvent on the engine's compute stream. nullptr when there is nothing to wait
@@ -71,7 +89,9 @@ class Transfer {
   // for (every block was already on the device). kUnimplemented on the emulated device (it has no
   // native events: use WaitLayer), kOutOfRange for a bad layer, kFailedPrecondition when empty.
   // If the copies fail, the event still completes (or the CUDA context reports the error on the
-  // engine's stream); status()/Wait() say whether the bytes are valid.
+  // engine's stream): it says when copying stopped, not that the bytes are valid. status()/Wait()
+  // say whether they all are, blocks_loaded() which blocks are (attention on the others must not
+  // use them: re-run it from blocks_loaded() after recomputing).
   absl::StatusOr<void*> LayerReady(uint32_t layer) const;
 
   // For CUDA graphs: this Load's number (1, 2, ... per cache; 0 for an empty handle or a transfer

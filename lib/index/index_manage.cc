@@ -198,6 +198,7 @@ uint32_t Index::PlanPrefetchLocked(const MatchResult& m, std::vector<Move>* read
       const Tier store = i < m.tiers.size() ? m.tiers[i] : Tier::kDevice;
       if (T(store) < kNumTiers || !StageFromStoreLocked(key, parent, &id)) break;
       read(id, {store, 0}, E(id).res[T(kHostTier)].slot);
+      reads->back().position = i;  // Transfer::blocks_loaded stops at the first failed read
     } else if (!E(id).res[T(Tier::kDevice)].present() && !E(id).res[T(kHostTier)].present()) {
       // On disk only. Its copy must be whole (not still being written) to be read.
       const Residency k = E(id).res[T(kDiskTier)];
@@ -211,6 +212,7 @@ uint32_t Index::PlanPrefetchLocked(const MatchResult& m, std::vector<Move>* read
       }
       AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
       read(id, {kDiskTier, k.slot}, *hs);
+      reads->back().position = i;
     }
     parent = id;
     blocks++;

@@ -117,7 +117,9 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
     return state;
   }
   auto ctx = std::make_shared<LoadContext>();
+  ctx->blocks = plan.blocks;
   ctx->promotions = std::move(plan.promotions);
+  ctx->read_failed.assign(ctx->promotions.size(), 0);
   ctx->source_lost.assign(ctx->promotions.size(), 0);
   const size_t n = ctx->promotions.size();
   // Blocks below the host are read into their host slots first; block i's device copies wait
@@ -129,6 +131,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
         if (st.ok()) return;
         // A copy that failed to verify is dropped from its tier (the disk's; the remote tier
         // forgets it itself) so that the next Match does not find it again.
+        ctx->read_failed[i] = 1;
         ctx->source_lost[i] = st.code() == absl::StatusCode::kDataLoss;
         state->RecordError(st);
       },
@@ -157,18 +160,30 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
     state->layer_events.push_back(*event);
     const bool last = l + 1 == layers;
     s = device_.AddCallback(Stream::kH2D, [this, state, ctx, last, load_start](absl::Status st) {
+      if (!st.ok()) ctx->copy_failed.store(true);
       state->LayerDone(st);
       if (!last) return;
-      const absl::Status outcome = state->first_error();
+      // Partial: the blocks before the first failed one are published and stay in the lease;
+      // that one and every later promotion are misses (their lease slots writable again), also
+      // those whose reads verified: a block is only reachable through its prefix, and their
+      // copies below (disk, store) are still there for the next Load once the engine has
+      // committed the recomputed one.
+      const uint32_t loaded = state->first_error().ok() ? ctx->blocks : BlocksLoaded(*ctx);
       {
         MutexLock lock(&index_.mu());
         for (size_t i = 0; i < ctx->promotions.size(); ++i) {
-          index_.FinishMoveLocked(ctx->promotions[i], outcome.ok(), ctx->source_lost[i] != 0);
+          const Move& p = ctx->promotions[i];
+          index_.FinishMoveLocked(p, p.position < loaded, ctx->source_lost[i] != 0);
+        }
+        if (loaded < ctx->blocks) {
+          loads_failed_++;
+          if (loaded > 0) loads_partial_++;
+          blocks_load_lost_ += ctx->blocks - loaded;
         }
         in_flight_--;
       }
       load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
-      state->Finish();
+      state->Finish(loaded);
     });
   }
   if (!s.ok()) {
@@ -202,6 +217,16 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   bytes_h2d_ += n * block_bytes_;
   in_flight_++;
   return state;
+}
+
+uint32_t DeviceMover::BlocksLoaded(const LoadContext& ctx) {
+  if (ctx.promotions.empty()) return ctx.blocks;
+  if (ctx.copy_failed.load()) return ctx.promotions.front().position;
+  for (size_t i = 0; i < ctx.promotions.size(); ++i) {
+    if (ctx.read_failed[i] != 0) return ctx.promotions[i].position;
+  }
+  // An error no read or layer reported (none today): nothing promoted counts.
+  return ctx.promotions.front().position;
 }
 
 std::shared_ptr<DeviceMover::StoreJob> DeviceMover::BeginStoreLocked(std::vector<Move> moves,
@@ -334,6 +359,9 @@ void DeviceMover::FillStats(CacheStats* stats) const {
   stats->bytes_h2d = bytes_h2d_;
   stats->bytes_d2h = bytes_d2h_;
   stats->transfers_in_flight = in_flight_;
+  stats->loads_failed = loads_failed_;
+  stats->loads_partial = loads_partial_;
+  stats->blocks_load_lost = blocks_load_lost_;
   stats->load_latency = load_latency_.Snapshot();
   stats->demotion_latency = demotion_latency_.Snapshot();
 }

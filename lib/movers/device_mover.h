@@ -82,10 +82,18 @@ class DeviceMover {
     uint64_t host_offset;  // of this segment inside a host slot
   };
   struct LoadContext {
-    std::vector<Move> promotions;
-    std::vector<uint8_t> source_lost;  // promotion i's copy below failed to verify (set before
-                                       // read i's event completes; read after the last layer)
+    uint32_t blocks = 0;           // the plan's: lease positions [0, blocks)
+    std::vector<Move> promotions;  // in position order
+    // Set before read i's event completes (its device copies wait for it), read after the last
+    // layer: promotion i's read from below failed; ... because its copy failed to verify.
+    std::vector<uint8_t> read_failed;
+    std::vector<uint8_t> source_lost;
+    std::atomic<bool> copy_failed{false};  // a layer's host-to-device copies failed
   };
+  // Lease positions [0, result) that hold their blocks once a Load ends: up to the first promotion
+  // whose read failed, or up to the first promotion at all if a device copy failed (a failed copy
+  // batch names no block).
+  static uint32_t BlocksLoaded(const LoadContext& ctx);
 
   // Reports a store's moves to the Index (all as `ok`), starts the writes they decide.
   void FinishStoreLocked(std::span<const Move> moves, bool ok);
@@ -104,6 +112,9 @@ class DeviceMover {
   uint64_t bytes_d2h_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t in_flight_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint32_t load_sequence_ ABSL_GUARDED_BY(index_.mu()) = 0;  // the last Load's number
+  uint64_t loads_failed_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  uint64_t loads_partial_ ABSL_GUARDED_BY(index_.mu()) = 0;
+  uint64_t blocks_load_lost_ ABSL_GUARDED_BY(index_.mu()) = 0;
   AtomicHistogram load_latency_;  // recorded on copy threads, without a lock
   AtomicHistogram demotion_latency_;
 };

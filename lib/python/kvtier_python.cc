@@ -32,11 +32,12 @@
 // (object, str, datetime, structured) over raw KV bytes would be meaningless, or, for object,
 // pointers numpy would follow.
 //
-// Cached blocks are read-only: lease blocks [0, transfer.blocks()) of a Load that did not fail are
-// cached blocks (shared with every request that loads their keys), and so are [0, len(keys)) after
-// commit(keys, lease). write_block raises kvtier.Error (FAILED_PRECONDITION) on them and block()
-// returns a read-only view (a view taken before they became cached is still writable: do not
-// write through it). Only the blocks the engine computes, [transfer.blocks(), n), are written.
+// Cached blocks are read-only: lease blocks [0, transfer.blocks_loaded()) of a Load (all of
+// [0, transfer.blocks()) when it did not fail) are cached blocks (shared with every request that
+// loads their keys), and so are [0, len(keys)) after commit(keys, lease). write_block raises
+// kvtier.Error (FAILED_PRECONDITION) on them and block() returns a read-only view (a view taken
+// before they became cached is still writable: do not write through it). Only the blocks the engine
+// computes, [transfer.blocks(), n), are written.
 //
 // Errors: a non-OK absl::Status becomes ValueError (kInvalidArgument), KeyError (kNotFound),
 // IndexError (kOutOfRange) or kvtier.Error (a RuntimeError; every other code); each carries the
@@ -422,8 +423,8 @@ struct PyLease {
   std::shared_ptr<CacheState> state;
   DeviceLease lease;
   bool released = false;
-  // Lease blocks [0, committed) were published by commit(); [0, t->transfer.blocks()) of each load
-  // that did not fail hold cached blocks. Both are read-only (the module's header comment).
+  // Lease blocks [0, committed) were published by commit(); [0, t->transfer.blocks_loaded()) of
+  // each finished load hold cached blocks. Both are read-only (the module's header comment).
   uint32_t committed = 0;
   std::vector<std::shared_ptr<PyTransfer>> loads;
   ~PyLease();
@@ -485,6 +486,7 @@ struct PyFinished {
   std::string code;     // "OK", "CANCELLED", ...
   std::string message;  // "" when ok
   uint32_t blocks = 0;
+  uint32_t blocks_loaded = 0;
 };
 
 namespace {
@@ -825,7 +827,7 @@ uint64_t LeaseBlockAddress(PyLease& l, const char* call, uint32_t block, uint32_
 }
 
 // Why lease block `block` may not be written (empty: it may): it holds a cached block (committed,
-// or loaded by a Load that did not fail) or a Load is still copying into it. Holds life_mu.
+// or loaded: before a Load's blocks_loaded()) or a Load is still copying into it. Holds life_mu.
 std::string WhyReadOnly(PyLease& l, const char* call, uint32_t block) {
   std::shared_lock life(l.state->life_mu);
   CheckLease(l, call);
@@ -839,15 +841,18 @@ std::string WhyReadOnly(PyLease& l, const char* call, uint32_t block) {
                         l.lease.shared(), "); writing it would change it for ", "every request");
   }
   for (const std::shared_ptr<PyTransfer>& t : l.loads) {
-    const uint32_t loaded = t->transfer.blocks();
-    if (block >= loaded) continue;
+    const uint32_t blocks = t->transfer.blocks();
+    if (block >= blocks) continue;
     const absl::Status status = t->transfer.status();
     if (absl::IsUnavailable(status)) {
-      return absl::StrCat(call, ": block ", block, " is being loaded (transfer.blocks()=", loaded,
+      return absl::StrCat(call, ": block ", block, " is being loaded (transfer.blocks()=", blocks,
                           "); its copies still write into it");
     }
-    if (status.ok()) {
-      return absl::StrCat(call, ": block ", block, " is cached (loaded: transfer.blocks()=", loaded,
+    // A failed load keeps its blocks before the first failed one (transfer.blocks_loaded()).
+    const uint32_t loaded = t->transfer.blocks_loaded();
+    if (block < loaded) {
+      return absl::StrCat(call, ": block ", block,
+                          " is cached (loaded: transfer.blocks_loaded()=", loaded,
                           "); writing it would change it for every request");
     }
   }
@@ -860,7 +865,7 @@ static_assert(sizeof(TierStats) == 19 * sizeof(uint64_t), "a TierStats field: ad
 static_assert(sizeof(RemoteStats) == 14 * sizeof(uint64_t),
               "a RemoteStats field: add it to RemoteDict");
 static_assert(sizeof(CacheStats) == 3 * sizeof(TierStats) + sizeof(RemoteStats) +
-                                        24 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
+                                        27 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
               "a CacheStats field: add it to StatsDict");
 
 py::dict ResultDict(const ManageResult& r) {
@@ -951,6 +956,9 @@ py::dict StatsDict(const CacheStats& s) {
   d["bytes_h2d"] = s.bytes_h2d;
   d["bytes_d2h"] = s.bytes_d2h;
   d["transfer_failures"] = s.transfer_failures;
+  d["loads_failed"] = s.loads_failed;
+  d["loads_partial"] = s.loads_partial;
+  d["blocks_load_lost"] = s.blocks_load_lost;
   d["bytes_disk_read"] = s.bytes_disk_read;
   d["bytes_disk_written"] = s.bytes_disk_written;
   d["disk_corrupt_reads"] = s.disk_corrupt_reads;
@@ -1261,6 +1269,14 @@ PYBIND11_MODULE(kvtier, m) {
                                return CallOpen(*t.state, "Transfer.blocks_promoted",
                                                [&] { return t.transfer.blocks_promoted(); });
                              })
+      .def_property_readonly(
+          "blocks_loaded",
+          [](PyTransfer& t) {
+            return CallOpen(*t.state, "Transfer.blocks_loaded",
+                            [&] { return t.transfer.blocks_loaded(); });
+          },
+          "once done: blocks [0, blocks_loaded) hold data, also after a failure (the engine "
+          "recomputes from there); == blocks when it succeeded; 0 while running")
       .def_property_readonly("done",
                              [](PyTransfer& t) {
                                return CallOpen(*t.state, "Transfer.done",
@@ -1584,14 +1600,18 @@ PYBIND11_MODULE(kvtier, m) {
   py::class_<PyFinished>(
       m, "Finished",
       "A load or store that ended (Connector.take_finished): request_id, kind ('load' or "
-      "'store'), ok, message ('' when ok), blocks, and code ('OK', 'CANCELLED', ...). Unpacks "
-      "as (request_id, kind, ok, message, blocks)")
+      "'store'), ok, message ('' when ok), blocks, blocks_loaded (a load: dst blocks "
+      "[0, blocks_loaded) hold data) and code ('OK', 'CANCELLED', ...). Unpacks as "
+      "(request_id, kind, ok, message, blocks)")
       .def_readonly("request_id", &PyFinished::request_id)
       .def_readonly("kind", &PyFinished::kind)
       .def_readonly("ok", &PyFinished::ok)
       .def_readonly("code", &PyFinished::code)
       .def_readonly("message", &PyFinished::message)
       .def_readonly("blocks", &PyFinished::blocks)
+      .def_readonly("blocks_loaded", &PyFinished::blocks_loaded,
+                    "a load: dst blocks [0, blocks_loaded) hold data, the rest are the blocks "
+                    "with load errors")
       .def("__len__", [](const PyFinished&) { return 5; })
       .def("__iter__",
            [](const PyFinished& f) {
@@ -1600,7 +1620,7 @@ PYBIND11_MODULE(kvtier, m) {
       .def("__repr__", [](const PyFinished& f) {
         return absl::StrCat("Finished(request_id=", f.request_id, ", kind='", f.kind,
                             "', ok=", f.ok ? "True" : "False", ", code='", f.code,
-                            "', blocks=", f.blocks, ")");
+                            "', blocks=", f.blocks, ", blocks_loaded=", f.blocks_loaded, ")");
       });
 
   py::class_<PyStore>(m, "Store",
@@ -1781,7 +1801,8 @@ PYBIND11_MODULE(kvtier, m) {
                              .ok = f.status.ok(),
                              .code = CodeName(f.status.code()),
                              .message = std::string(f.status.message()),
-                             .blocks = f.blocks});
+                             .blocks = f.blocks,
+                             .blocks_loaded = f.blocks_loaded});
             }
             return out;
           },

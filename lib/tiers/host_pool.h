@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "kvtier/policy.h"
@@ -18,9 +19,16 @@ namespace kvtier::internal {
 class HostPool {
  public:
   // `slots` slots of `slot_bytes` each (0 slots: an empty pool). kResourceExhausted if the memory
-  // cannot be had, kInvalidArgument if the size overflows.
-  static absl::StatusOr<std::unique_ptr<HostPool>> Create(Device* device, uint32_t slots,
-                                                          uint64_t slot_bytes);
+  // cannot be had, or if it is more than the memory available (MemAvailable in /proc/meminfo, or
+  // `mem_available_bytes` when given: tests): the pool ends up resident (pinned), and a pool that
+  // does not fit would push the machine into swap or the OOM killer instead of failing here.
+  // kInvalidArgument if the size overflows. Costs no more than an mmap: the pages are faulted in
+  // by their first use (or by the pinning: the CUDA backend, io_uring buffer registration).
+  static absl::StatusOr<std::unique_ptr<HostPool>> Create(
+      Device* device, uint32_t slots, uint64_t slot_bytes,
+      std::optional<uint64_t> mem_available_bytes = std::nullopt);
+  // MemAvailable from /proc/meminfo, in bytes; nullopt where it cannot be read.
+  static std::optional<uint64_t> MemAvailableBytes();
   ~HostPool();
   HostPool(const HostPool&) = delete;
   HostPool& operator=(const HostPool&) = delete;

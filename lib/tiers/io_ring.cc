@@ -14,7 +14,15 @@ namespace {
 
 constexpr uint64_t kStopMarker = 0;  // user_data of the NOP that stops the completion thread
 constexpr uint64_t kWakeMarker = 1;  // user_data of a NOP that makes it submit queued ops
-constexpr uint64_t kMaxFixedPiece = uint64_t{1} << 30;  // the kernel's limit per fixed buffer
+// Fixed buffers are registered in pieces, each pinned and usable on its own: 16 MiB, or larger
+// for buffers of more than 256 GiB in all (the kernel takes at most 16384 buffers, of at most 1
+// GiB each). Small: the kernel pins a piece under the ring's lock, which submissions wait for.
+constexpr uint64_t kMinFixedPiece = uint64_t{16} << 20;
+constexpr uint64_t kMaxFixedPiece = uint64_t{1} << 30;
+constexpr uint64_t kMaxFixedBuffers = 16384;
+// Up to this much is registered in Create() itself; more in the background (Create returns before
+// the pages are pinned; I/O into a piece not registered yet is plain, unregistered I/O).
+constexpr uint64_t kSyncRegisterBytes = uint64_t{64} << 20;
 constexpr uint32_t kShortUnit = 4096;  // injected short transfers stay O_DIRECT-aligned
 
 io_uring* R(void* ring) { return static_cast<io_uring*>(ring); }
@@ -74,16 +82,39 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
     }
     io->num_files_ = static_cast<uint32_t>(files.size());
   }
+  uint64_t total = 0;
+  for (const iovec& b : buffers) total += b.iov_len;
+  constexpr uint64_t kHuge = uint64_t{2} << 20;
+  const uint64_t want = (total / kMaxFixedBuffers + kHuge) & ~(kHuge - 1);
+  io->piece_bytes_ = std::min(kMaxFixedPiece, std::max(kMinFixedPiece, want));
   for (const iovec& b : buffers) {
-    for (uint64_t off = 0; off < b.iov_len; off += kMaxFixedPiece) {
+    io->spans_.push_back({static_cast<const char*>(b.iov_base), b.iov_len, io->fixed_.size()});
+    for (uint64_t off = 0; off < b.iov_len; off += io->piece_bytes_) {
       io->fixed_.push_back({static_cast<char*>(b.iov_base) + off,
-                            std::min<uint64_t>(kMaxFixedPiece, b.iov_len - off)});
+                            std::min<uint64_t>(io->piece_bytes_, b.iov_len - off)});
     }
   }
+  io->registered_ = std::make_unique<std::atomic<bool>[]>(io->fixed_.size());
   if (!io->fixed_.empty()) {
-    const int r = io_uring_register_buffers(R(io->ring_), io->fixed_.data(), io->fixed_.size());
-    io->buffers_registered_ = r == 0;  // e.g. -ENOMEM past RLIMIT_MEMLOCK: plain reads instead
-    if (r != 0) io->fixed_.clear();
+    const auto n = static_cast<unsigned>(io->fixed_.size());
+    // Sparse: every index exists, none usable until updated (kernels before 5.19: -EINVAL, then
+    // the whole table at once, as small pools always are).
+    const int sparse =
+        total > kSyncRegisterBytes ? io_uring_register_buffers_sparse(R(io->ring_), n) : -EINVAL;
+    if (sparse == 0) {
+      {
+        MutexLock lock(&io->registration_mu_);
+        io->registration_done_ = false;
+      }
+      io->register_thread_ = std::thread([p = io.get()] { p->RegisterPieces(); });
+    } else {
+      const int r = io_uring_register_buffers(R(io->ring_), io->fixed_.data(), n);
+      if (r == 0) {  // e.g. -ENOMEM past RLIMIT_MEMLOCK: plain reads instead
+        for (size_t i = 0; i < n; ++i) io->registered_[i].store(true);
+        MutexLock lock(&io->registration_mu_);
+        io->buffers_registered_ = true;
+      }
+    }
   }
   io->completion_thread_ = std::thread([p = io.get()] { p->CompletionLoop(); });
   for (uint32_t i = 0; i < options.callback_threads; ++i) {
@@ -92,9 +123,38 @@ absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
   return io;
 }
 
+void IoRing::RegisterPieces() {
+  size_t done = 0;
+  for (; done < fixed_.size() && !stop_registering_.load(); ++done) {
+    // Pins the piece's pages (faulting them in): the slow part, off Create's path.
+    const __u64 tag = 0;
+    const int r = io_uring_register_buffers_update_tag(R(ring_), static_cast<unsigned>(done),
+                                                       &fixed_[done], &tag, 1);
+    if (r != 1) break;  // -ENOMEM past RLIMIT_MEMLOCK: the rest stays unregistered (plain I/O)
+    registered_[done].store(true, std::memory_order_release);
+  }
+  MutexLock lock(&registration_mu_);
+  buffers_registered_ = done == fixed_.size();
+  registration_done_ = true;
+  registration_cv_.SignalAll();
+}
+
+bool IoRing::WaitBuffersRegistered() {
+  MutexLock lock(&registration_mu_);
+  while (!registration_done_) registration_cv_.Wait(&registration_mu_);
+  return buffers_registered_;
+}
+
+bool IoRing::buffers_registered() const {
+  MutexLock lock(&registration_mu_);
+  return buffers_registered_;
+}
+
 IoRing::IoRing(const Options& options, void* ring) : options_(options), ring_(ring) {}
 
 IoRing::~IoRing() {
+  stop_registering_.store(true);
+  if (register_thread_.joinable()) register_thread_.join();
   {
     MutexLock lock(&mu_);
     while (outstanding_ > 0) drained_.Wait(&mu_);
@@ -135,9 +195,14 @@ IoRing::Stats IoRing::stats() const {
 
 int IoRing::FixedIndex(const void* buf, uint32_t bytes) const {
   const auto* p = static_cast<const char*>(buf);
-  for (size_t i = 0; i < fixed_.size(); ++i) {
+  for (const Span& s : spans_) {  // the buffers given to Create: one or a few
+    if (p < s.base || p >= s.base + s.bytes) continue;
+    const size_t i = s.first_piece + static_cast<size_t>(p - s.base) / piece_bytes_;
     const auto* base = static_cast<const char*>(fixed_[i].iov_base);
-    if (p >= base && p + bytes <= base + fixed_[i].iov_len) return static_cast<int>(i);
+    if (p + bytes <= base + fixed_[i].iov_len) {
+      // A piece the background registration has not reached: plain I/O for now.
+      return registered_[i].load(std::memory_order_acquire) ? static_cast<int>(i) : -1;
+    }
   }
   return -1;
 }

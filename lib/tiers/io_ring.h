@@ -89,9 +89,12 @@ class IoRing {
   };
 
   // `files` are registered with the ring (the ring does not own or close them); `buffers` are
-  // registered as fixed buffers (split into 1 GiB pieces, the kernel's limit per buffer). A
-  // registration the kernel refuses (memlock limit) falls back to unregistered I/O: see
-  // buffers_registered().
+  // registered as fixed buffers, split into pieces of 16 MiB (more past 256 GiB: the kernel
+  // takes 16384 buffers of at most 1 GiB). Up to 64 MiB in all are registered here; more are
+  // registered piece by piece on a background thread (a sparse table, then one update per piece),
+  // so that Create does not wait for the kernel to pin (fault in) every page: an op into a piece
+  // not registered yet runs as plain, unregistered I/O. A registration the kernel refuses (memlock
+  // limit) leaves the rest unregistered: see buffers_registered().
   static absl::StatusOr<std::unique_ptr<IoRing>> Create(const Options& options,
                                                         std::span<const int> files,
                                                         std::span<const iovec> buffers);
@@ -106,7 +109,10 @@ class IoRing {
   // Blocks until every op submitted so far has completed and its batch's callback returned.
   void Drain();
 
-  bool buffers_registered() const { return buffers_registered_; }
+  // Every piece is registered (false while the background registration runs, or if it stopped).
+  bool buffers_registered() const;
+  // Waits for the background registration to end; returns buffers_registered().
+  bool WaitBuffersRegistered();
   Stats stats() const;
 
  private:
@@ -124,12 +130,27 @@ class IoRing {
   bool Complete(Op* op, int res);
   void CallbackLoop();
   int FixedIndex(const void* buf, uint32_t bytes) const;
+  // The background registration (Create, for buffers past 64 MiB).
+  void RegisterPieces();
 
   const Options options_;
   void* ring_;  // struct io_uring*, kept out of this header (only io_ring.cc includes liburing.h)
   uint32_t num_files_ = 0;
-  bool buffers_registered_ = false;
-  std::vector<iovec> fixed_;  // the registered pieces, by index
+  std::vector<iovec> fixed_;  // the pieces, by index (fixed after Create)
+  struct Span {               // a buffer given to Create, cut into pieces from first_piece on
+    const char* base;
+    uint64_t bytes;
+    size_t first_piece;
+  };
+  std::vector<Span> spans_;
+  uint64_t piece_bytes_ = 0;
+  std::unique_ptr<std::atomic<bool>[]> registered_;  // piece i is usable as fixed buffer i
+  std::atomic<bool> stop_registering_{false};
+  std::thread register_thread_;
+  mutable Mutex registration_mu_;
+  CondVar registration_cv_;
+  bool registration_done_ ABSL_GUARDED_BY(registration_mu_) = true;
+  bool buffers_registered_ ABSL_GUARDED_BY(registration_mu_) = false;
 
   mutable Mutex mu_;
   std::deque<Op*> pending_ ABSL_GUARDED_BY(mu_);  // queued, not yet in the submission ring

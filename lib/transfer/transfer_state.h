@@ -1,7 +1,8 @@
 // TransferState: what a Transfer handle and the copy callbacks share.
 //
 // Layers complete in order: the callback after layer l's copies calls LayerDone(l, status); the
-// last one is followed by Finish() once the index has recorded the outcome.
+// last one is followed by Finish() (or Finish(loaded): a Load that failed past its first blocks)
+// once the index has recorded the outcome.
 // Thread safety: all methods from any thread. Lock order: after Index::mu() (callbacks take the
 // index lock first, then this one, never the reverse).
 #ifndef KVTIER_LIB_TRANSFER_TRANSFER_STATE_H_
@@ -49,13 +50,29 @@ struct TransferState {
   void FinishNow() {
     MutexLock lock(&mu);
     layers_done = layers;
+    loaded = blocks;
     done = true;
     cv.SignalAll();
   }
+  // All or nothing: every block arrived unless an error was recorded.
   void Finish() {
     MutexLock lock(&mu);
+    loaded = error.ok() ? blocks : 0;
     done = true;
     cv.SignalAll();
+  }
+  // A Load's end: blocks [0, blocks_loaded) arrived and were published (all of them unless an
+  // error was recorded).
+  void Finish(uint32_t blocks_loaded) {
+    MutexLock lock(&mu);
+    loaded = blocks_loaded;
+    done = true;
+    cv.SignalAll();
+  }
+  // Transfer::blocks_loaded(): 0 until finished.
+  uint32_t blocks_loaded() {
+    MutexLock lock(&mu);
+    return done ? loaded : 0;
   }
   // A failure is reported only once the whole Transfer has finished: until then copies of its other
   // blocks may still write into the lease's slots, and only Finish() (after the index gave the
@@ -87,6 +104,7 @@ struct TransferState {
   CondVar cv;
   uint32_t layers_done ABSL_GUARDED_BY(mu) = 0;
   bool done ABSL_GUARDED_BY(mu) = false;
+  uint32_t loaded ABSL_GUARDED_BY(mu) = 0;  // set by the Finish calls
   absl::Status error ABSL_GUARDED_BY(mu);
 };
 

@@ -95,6 +95,7 @@ def store_load_round_trip(c, kv, ids):
     done = c.take_finished()
     assert [tuple(f) for f in done] == [(1, "store", True, "", 4), (2, "load", True, "", 3)]
     assert done[0].code == "OK" and done[1].kind == "load"
+    assert done[1].blocks_loaded == 3 and xfer.blocks_loaded == 3
     assert c.take_finished() == []  # each reported once
     assert c.stats()["blocks_stored"] == 4
     c.check_invariants()
