@@ -14,12 +14,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <map>
 #include <numeric>
 #include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "lib/tiers/block_header.h"
@@ -465,6 +467,43 @@ TEST_CASE(
   CHECK_FALSE((*disk)->stats().from_journal);
   CHECK((*disk)->stats().recovery_trailer_reads == 16);
   CHECK((*disk)->recovered().size() == 4);
+}
+
+TEST_CASE("DiskJournal: a checkpoint or journal file that is not ours is never followed",
+          "[disk][journal]") {
+  test::TempDir dir("disk_recovery_hostile");
+  const uint32_t align = Align(dir.path);
+  WriteTen(dir.path, align);
+  const fs::path victim = dir.path / "victim";
+  std::ofstream(victim) << "keep me";
+  SECTION("a checkpoint that links elsewhere: not read, the trailers are scanned") {
+    fs::remove(dir.path / "checkpoint");
+    fs::create_symlink("/dev/zero", dir.path / "checkpoint");
+    auto disk = DiskTier::Open(Config(dir.path, 16, align), {});
+    REQUIRE_OK(disk);
+    CHECK_FALSE((*disk)->stats().from_journal);
+    CHECK((*disk)->stats().recovery_dropped == 1);
+    CHECK((*disk)->recovered().size() == 10);
+    CHECK_FALSE(fs::is_symlink(dir.path / "checkpoint"));  // replaced, not followed
+  }
+  SECTION("a journal file that links elsewhere: an error naming it, its target untouched") {
+    fs::remove(dir.path / "journal.1");
+    fs::create_symlink(victim, dir.path / "journal.1");
+    REQUIRE_CODE(DiskTier::Open(Config(dir.path, 16, align), {}),
+                 absl::StatusCode::kFailedPrecondition);
+  }
+  SECTION("a huge sparse journal: one chunk read, nothing replayed from it") {
+    fs::resize_file(dir.path / "journal.1", uint64_t{1} << 40);
+    auto disk = DiskTier::Open(Config(dir.path, 16, align), {});
+    REQUIRE_OK(disk);
+    CHECK((*disk)->stats().from_journal);
+    CHECK((*disk)->recovered().size() == 10);
+    CHECK((*disk)->stats().recovery_bytes_read < (4u << 20));
+  }
+  std::ifstream in(victim);
+  std::string text;
+  std::getline(in, text);
+  CHECK(text == "keep me");
 }
 
 TEST_CASE(

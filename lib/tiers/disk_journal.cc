@@ -253,6 +253,7 @@ DiskJournal::Loaded DiskJournal::Load(const DiskJournalConfig& config) {
   }
   bytes = {};
   ReplayState state(g.slots);
+  state.slot_of.reserve(c->blocks.size());
   for (const StoredBlock& b : c->blocks) state.Put(b.slot, b.key, b.parent);
   uint64_t max_seq = c->max_sequence;
   // Generation G, then G + 1 (begun before a crash cut the writing of checkpoint G + 1 short).
@@ -449,6 +450,7 @@ void DiskJournal::FlusherLoop() {
 absl::Status DiskJournal::WriteCheckpoint(uint64_t generation, std::vector<Slot> table) {
   // One slot per key: the newest write of a key (as the trailer scan keeps).
   absl::flat_hash_map<BlockKey, SlotId> newest;
+  newest.reserve(table.size() / 2);
   for (SlotId s = 0; s < table.size(); ++s) {
     if (table[s].sequence == 0) continue;
     auto [it, inserted] = newest.try_emplace(table[s].key, s);
