@@ -587,7 +587,18 @@ DiskJournalConfig DiskTier::JournalConfig() const {
 
 absl::Status DiskTier::StartJournal() {
   // A new epoch from what was recovered: its checkpoint is durable before the manifest goes.
-  KVTIER_ASSIGN_OR_RETURN(journal_, DiskJournal::Start(JournalConfig(), recovered_, &sequence_));
+  absl::StatusOr<std::unique_ptr<DiskJournal>> journal =
+      DiskJournal::Start(JournalConfig(), recovered_, &sequence_);
+  if (journal.ok()) {
+    journal_ = std::move(*journal);
+  } else if (journal.status().code() == absl::StatusCode::kFailedPrecondition) {
+    return journal.status();  // a file not ours where the journal goes: named, as the others
+  } else {
+    // No room or an I/O error for the checkpoint: run without a journal, and leave none that
+    // would describe an older state (the next start after a crash scans the trailers).
+    DiskJournal::RemoveFiles(config_.directory);
+    journal_start_errors_++;
+  }
   // The manifest is trusted once: from now on the files change under it, and the journal records
   // how. (unlink: a directory of that name is not ours to remove.)
   unlink((config_.directory + "/manifest").c_str());
@@ -785,7 +796,7 @@ DiskTier::Stats DiskTier::stats() const {
                .journal_records = j.records,
                .journal_flushes = j.flushes,
                .journal_checkpoints = j.checkpoints,
-               .journal_errors = j.errors,
+               .journal_errors = j.errors + journal_start_errors_,
                .queue_depth = ring_->stats().outstanding,
                .read_latency = read_latency_.Snapshot(),
                .write_latency = write_latency_.Snapshot()};

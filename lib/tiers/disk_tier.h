@@ -211,6 +211,7 @@ class DiskTier final : public StorageTier {
   AtomicHistogram read_latency_, write_latency_;  // recorded on the completion thread
   uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
   uint64_t recovery_trailer_reads_ = 0, recovery_bytes_read_ = 0, journal_replayed_ = 0;
+  uint64_t journal_start_errors_ = 0;  // Open() could not start the journal (runs without)
   bool buffered_ = false;
   bool from_manifest_ = false, from_journal_ = false;
 };
