@@ -3,7 +3,7 @@
 // the journal, and still does for a directory without one). docs/benchmarks.md, "Disk tier:
 // restart after a crash".
 //
-//   kvtier_restart_bench [--slots N] [--dir PATH] [--block-bytes B] [--churn F]
+//   kvtier_restart_bench [--slots N] [--dir PATH] [--block-bytes B] [--churn F] [--scan 0|1]
 //
 // A child process opens a tier of N slots in a fresh directory under PATH, writes every slot
 // (batches of 64 in flight), then rewrites N*F random slots (a journal tail of drops and puts),
@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
   uint32_t slots = 65536;
   uint64_t block_bytes = 4096;
   double churn = 0.25;
+  bool scan = true;
   std::string parent_dir = ".";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -104,10 +105,13 @@ int main(int argc, char** argv) {
       parent_dir = argv[i + 1];
     } else if (a == "--block-bytes") {
       block_bytes = std::strtoull(argv[i + 1], nullptr, 10);
+    } else if (a == "--scan") {
+      scan = std::strtoul(argv[i + 1], nullptr, 10) != 0;
     } else if (a == "--churn") {
       churn = std::strtod(argv[i + 1], nullptr);
     } else {
-      Die("usage: kvtier_restart_bench [--slots N] [--dir PATH] [--block-bytes B] [--churn F]");
+      Die("usage: kvtier_restart_bench [--slots N] [--dir PATH] [--block-bytes B] [--churn F] "
+          "[--scan 0|1]");
     }
   }
   std::string tmpl = parent_dir + "/kvtier-restart-XXXXXX";
@@ -178,8 +182,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   };
   time_open("journal", journal_bytes);
-  DiskJournal::RemoveFiles(dir.string());  // as a directory of the version before
-  time_open("scan", 0);
+  if (scan) {
+    DiskJournal::RemoveFiles(dir.string());  // as a directory of the version before
+    time_open("scan", 0);
+  }
   std::error_code ec;
   fs::remove_all(dir, ec);
   return 0;
