@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
 #include "lib/tiers/block_header.h"
+#include "lib/tiers/disk_journal.h"
 
 namespace kvtier::internal {
 namespace {
@@ -315,6 +316,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
   absl::Cleanup undo_reset = [&dir, &meta_path, &reset] {
     if (!reset) return;
     unlink(meta_path.c_str());
+    DiskJournal::RemoveFiles(dir);
     for (const std::string& name : SlotFileNames(dir)) unlink((dir + "/" + name).c_str());
   };
   if (reset) {
@@ -323,6 +325,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
       return Errno(absl::StrCat("DiskTier: remove ", meta_path));
     }
     unlink((dir + "/manifest").c_str());
+    DiskJournal::RemoveFiles(dir);  // of another geometry, or with nothing to describe
     // Every slot file, also those of a geometry with more files than this one.
     for (const std::string& name : SlotFileNames(dir)) {
       const std::string path = dir + "/" + name;
@@ -380,6 +383,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
                                                     .callback_threads = VerifyThreads()},
                                                    t->fds_, host_memory));
   if (!reset) KVTIER_RETURN_IF_ERROR(t->Recover(&reset));
+  KVTIER_RETURN_IF_ERROR(t->StartJournal());
   std::move(undo_reset).Cancel();
   return t;
 }
@@ -419,7 +423,8 @@ absl::Status DiskTier::Lock() {
 }
 
 DiskTier::~DiskTier() {
-  ring_.reset();  // waits for in-flight I/O
+  ring_.reset();     // waits for in-flight I/O (their completions record into the journal)
+  journal_.reset();  // flushes it
   for (int fd : fds_) close(fd);
   if (lock_fd_ >= 0) {
     // Removed while still held (see Lock): whoever opened this file meanwhile sees it is gone.
@@ -442,6 +447,7 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
     return absl::InvalidArgumentError(
         absl::StrCat("DiskTier::Write: slot ", slot, " vs ", capacity_slots_));
   }
+  if (journal_ != nullptr) journal_->Overwriting({&slot, 1});  // before its old block can go
   auto* base = static_cast<uint8_t*>(host_slot);
   const BlockHeader tr{.key = key,
                        .parent = parent,
@@ -455,9 +461,10 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
   const uint64_t start = MonotonicNanos();
   return ring_->Submit(
       {RequestFor(IoOp::kWrite, slot, host_slot, static_cast<uint32_t>(slot_bytes_), false)},
-      [this, start, done = std::move(done)](absl::Status s) {
+      [this, start, slot, key, parent, seq = tr.sequence, done = std::move(done)](absl::Status s) {
         write_latency_.RecordSince(start);
         if (!s.ok()) io_errors_++;
+        if (s.ok() && journal_ != nullptr) journal_->Wrote(slot, key, parent, seq);
         done(s);
       });
 }
@@ -468,6 +475,7 @@ absl::Status DiskTier::Invalidate(SlotId slot, std::function<void(absl::Status)>
         absl::StrCat("DiskTier::Invalidate: slot ", slot, " vs ", capacity_slots_));
   }
   invalidations_++;
+  if (journal_ != nullptr) journal_->Overwriting({&slot, 1});
   // A zero trailer is what a never-written slot holds: the scan skips it, a read fails to verify.
   return ring_->Submit(
       {RequestFor(IoOp::kWrite, slot, zero_trailer_.get(), alignment_, /*trailer_only=*/true)},
@@ -510,10 +518,20 @@ absl::Status DiskTier::Recover(bool* reset) {
   bool found = false;
   KVTIER_RETURN_IF_ERROR(LoadManifest(&found));
   from_manifest_ = found;
+  if (!found) {
+    // After a crash: the journal's checkpoint and records, O(them), no slot read.
+    DiskJournal::Loaded j = DiskJournal::Load(JournalConfig());
+    recovery_dropped_ += j.dropped;
+    recovery_bytes_read_ += j.bytes_read;
+    if (j.found) {
+      recovered_ = std::move(j.blocks);
+      sequence_ = j.max_sequence + 1;
+      journal_replayed_ = j.records;
+      from_journal_ = true;
+      found = true;
+    }
+  }
   if (!found) KVTIER_RETURN_IF_ERROR(ScanTrailers());
-  // The manifest is trusted once: from now on the files change under it. (unlink: a directory of
-  // that name is not ours to remove.)
-  unlink((config_.directory + "/manifest").c_str());
   recovered_blocks_ = recovered_.size();
   *reset = false;
   return absl::OkStatus();
@@ -528,6 +546,8 @@ absl::Status DiskTier::ScanTrailers() {
   uint64_t max_seq = 0;
   for (uint32_t first = 0; first < capacity_slots_; first += kChunk) {
     const uint32_t n = std::min(kChunk, capacity_slots_ - first);
+    recovery_trailer_reads_ += n;
+    recovery_bytes_read_ += uint64_t{n} * alignment_;
     std::vector<IoRequest> batch;
     for (uint32_t i = 0; i < n; ++i) {
       batch.push_back(RequestFor(IoOp::kRead, first + i, buf.p + uint64_t{i} * alignment_,
@@ -564,6 +584,35 @@ absl::Status DiskTier::ScanTrailers() {
   return absl::OkStatus();
 }
 
+DiskJournalConfig DiskTier::JournalConfig() const {
+  DiskJournalConfig c;
+  c.directory = config_.directory;
+  c.geometry = geometry();
+  c.max_records = config_.journal_max_records;
+  c.flush_interval = config_.journal_flush_interval;
+  return c;
+}
+
+absl::Status DiskTier::StartJournal() {
+  // A new epoch from what was recovered: its checkpoint is durable before the manifest goes.
+  absl::StatusOr<std::unique_ptr<DiskJournal>> journal =
+      DiskJournal::Start(JournalConfig(), recovered_, &sequence_);
+  if (journal.ok()) {
+    journal_ = std::move(*journal);
+  } else if (journal.status().code() == absl::StatusCode::kFailedPrecondition) {
+    return journal.status();  // a file not ours where the journal goes: named, as the others
+  } else {
+    // No room or an I/O error for the checkpoint: run without a journal, and leave none that
+    // would describe an older state (the next start after a crash scans the trailers).
+    DiskJournal::RemoveFiles(config_.directory);
+    journal_start_errors_++;
+  }
+  // The manifest is trusted once: from now on the files change under it, and the journal records
+  // how. (unlink: a directory of that name is not ours to remove.)
+  unlink((config_.directory + "/manifest").c_str());
+  return absl::OkStatus();
+}
+
 DiskGeometry DiskTier::geometry() const {
   return DiskGeometry{.layout_fingerprint = config_.layout_fingerprint,
                       .slot_bytes = slot_bytes_,
@@ -584,6 +633,7 @@ absl::Status DiskTier::LoadManifest(bool* found) {
     if (bytes.status().code() != absl::StatusCode::kNotFound) recovery_dropped_++;
     return absl::OkStatus();
   }
+  recovery_bytes_read_ += size;
   absl::StatusOr<DiskManifest> manifest =
       DecodeDiskManifest(std::span<const uint8_t>((*bytes)->p, size), geometry());
   if (!manifest.ok()) {
@@ -677,6 +727,9 @@ absl::Status DiskTier::Close(std::span<const StoredBlock> live) {
       config_.directory + "/manifest",
       std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
       "DiskTier::Close"));
+  // The manifest replaces the journal (a crash from here on finds the manifest first).
+  if (journal_ != nullptr) journal_->Stop();
+  DiskJournal::RemoveFiles(config_.directory);
   const int dfd = open(config_.directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     fsync(dfd);
@@ -710,6 +763,11 @@ StorageTier::NotStarted DiskTier::ReadBlocks(std::vector<Block> blocks, Done don
 }
 
 StorageTier::NotStarted DiskTier::WriteBlocks(std::vector<Block> blocks, Done done) {
+  if (journal_ != nullptr) {  // the batch's drops in one journal write (Write then finds none)
+    std::vector<SlotId> slots;
+    for (const Block& b : blocks) slots.push_back(b.slot);
+    journal_->Overwriting(slots);
+  }
   return StartEach(blocks, std::move(done), [this](const Block& b, auto cb) {
     return Write(b.slot, b.key, b.parent, b.host, std::move(cb));
   });
@@ -729,6 +787,7 @@ void DiskTier::FillStats(CacheStats* stats) const {
 }
 
 DiskTier::Stats DiskTier::stats() const {
+  const DiskJournal::Stats j = journal_ != nullptr ? journal_->stats() : DiskJournal::Stats{};
   return Stats{.reads = reads_.load(),
                .writes = writes_.load(),
                .corrupt_reads = corrupt_.load(),
@@ -738,6 +797,14 @@ DiskTier::Stats DiskTier::stats() const {
                .recovery_dropped = recovery_dropped_,
                .buffered_io = buffered_,
                .from_manifest = from_manifest_,
+               .from_journal = from_journal_,
+               .recovery_trailer_reads = recovery_trailer_reads_,
+               .recovery_bytes_read = recovery_bytes_read_,
+               .journal_records_replayed = journal_replayed_,
+               .journal_records = j.records,
+               .journal_flushes = j.flushes,
+               .journal_checkpoints = j.checkpoints,
+               .journal_errors = j.errors + journal_start_errors_,
                .queue_depth = ring_->stats().outstanding,
                .read_latency = read_latency_.Snapshot(),
                .write_latency = write_latency_.Snapshot()};

@@ -11,10 +11,19 @@
 // Slots are striped over the files: slot s is slot s / files of file s % files.
 //
 // Warm restart. Open() on a directory holding a previous cache rebuilds its contents: from the
-// manifest written atomically (temp file, fsync, rename) by a clean Close(), else by scanning every
-// slot's trailer. Trailers that fail their checks are dropped and counted, and so is a manifest
-// that is not a regular file of ours, is longer than this geometry allows, or names a slot past the
-// tier, a slot twice or a key twice: the scan recovers instead, and nothing of it is used. A
+// manifest written atomically (temp file, fsync, rename) by a clean Close(); else, after a crash,
+// from the journal (lib/tiers/disk_journal.h: a checkpoint plus the records since, O(checkpoint +
+// journal tail) bytes read, no slot read); else (a directory of a version without a journal, or a
+// journal that failed) by scanning every slot's trailer. Trailers that fail their checks are
+// dropped and counted, and so is a manifest or checkpoint that is not a regular file of ours, is
+// longer than this geometry allows, or names a slot past the tier, a slot twice or a key twice:
+// the next source recovers instead, and nothing of it is used. Every Open() then starts a new
+// journal epoch (a checkpoint of what it recovered) and removes the manifest.
+// Crash durability: a block whose write completed before the journal's last flush (at most
+// DiskTierConfig::journal_flush_interval before the crash) is recovered after a process crash; a
+// slot is dropped from the journal, durably (to the page cache), before it is overwritten or
+// invalidated, so a restart never publishes a block it knows is gone. Every block published is
+// still verified on read. A
 // directory written with another layout, shard identity or geometry, or holding slot files but no
 // kvtier.meta, is an error, or an empty start with reset_on_mismatch (which removes every slot
 // file, also those of a geometry with more files). kvtier.lock exists while a tier holds the
@@ -37,6 +46,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
@@ -56,6 +66,9 @@
 
 namespace kvtier::internal {
 
+class DiskJournal;
+struct DiskJournalConfig;
+
 struct DiskTierConfig {
   std::string directory;        // must exist and be writable
   uint64_t capacity_bytes = 0;  // of slot files, preallocated
@@ -67,6 +80,10 @@ struct DiskTierConfig {
   bool reset_on_mismatch = false;  // another layout/geometry on disk: start empty, not an error
   bool allow_buffered = false;     // no O_DIRECT (tmpfs): buffered I/O instead of an error
   FaultInjector* injector = nullptr;
+  // The crash journal (DiskJournalConfig): records of a generation before a compaction (0: the
+  // default, max(16384, slots / 2)), and how late a completed write's record may be flushed.
+  uint64_t journal_max_records = 0;
+  std::chrono::microseconds journal_flush_interval{10000};
 };
 
 struct StoredBlock {
@@ -107,8 +124,14 @@ class DiskTier final : public StorageTier {
   struct Stats {
     uint64_t reads = 0, writes = 0, corrupt_reads = 0, io_errors = 0, invalidations = 0;
     uint64_t recovered_blocks = 0, recovery_dropped = 0;
-    bool buffered_io = false;        // true when O_DIRECT was unavailable and allowed
-    bool from_manifest = false;      // the last Open() used a clean manifest (else a scan)
+    bool buffered_io = false;             // true when O_DIRECT was unavailable and allowed
+    bool from_manifest = false;           // the last Open() used a clean manifest (else a scan)
+    bool from_journal = false;            // ... the journal: a checkpoint and the records since
+    uint64_t recovery_trailer_reads = 0;  // slots whose trailer the last Open() read (a scan)
+    uint64_t recovery_bytes_read = 0;     // of the manifest, checkpoint, journal and trailers
+    uint64_t journal_records_replayed = 0;
+    uint64_t journal_records = 0, journal_flushes = 0, journal_checkpoints = 0;
+    uint64_t journal_errors = 0;     // failed journal writes: the next Open() scans
     uint64_t queue_depth = 0;        // gauge: reads and writes submitted and not completed
     LatencyHistogram read_latency;   // Read() to its verification, per block
     LatencyHistogram write_latency;  // Write() to its completion, per block
@@ -122,7 +145,8 @@ class DiskTier final : public StorageTier {
   // Opens (creating or recovering) the tier. `host_memory` is registered with the ring.
   static absl::StatusOr<std::unique_ptr<DiskTier>> Open(const DiskTierConfig& config,
                                                         std::span<const iovec> host_memory);
-  ~DiskTier();  // waits for in-flight I/O; writes no manifest (call Close for a clean shutdown)
+  // Waits for in-flight I/O and flushes the journal; writes no manifest (Close does).
+  ~DiskTier();
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
 
@@ -152,7 +176,8 @@ class DiskTier final : public StorageTier {
   // Waits for every read and write started so far (their callbacks included).
   void Drain() override { ring_->Drain(); }
 
-  // Clean shutdown: writes the manifest of `live` blocks atomically. Open() trusts it once.
+  // Clean shutdown: writes the manifest of `live` blocks atomically (Open() trusts it once), then
+  // stops the journal and removes its files (the manifest replaces them).
   absl::Status Close(std::span<const StoredBlock> live);
 
   Stats stats() const;
@@ -165,6 +190,8 @@ class DiskTier final : public StorageTier {
   absl::Status Recover(bool* reset);
   absl::Status ScanTrailers();
   absl::Status LoadManifest(bool* found);
+  absl::Status StartJournal();
+  DiskJournalConfig JournalConfig() const;
   DiskGeometry geometry() const;
   IoRequest RequestFor(IoOp op, SlotId slot, void* buf, uint32_t bytes, bool trailer_only) const;
 
@@ -178,13 +205,16 @@ class DiskTier final : public StorageTier {
   std::vector<int> fds_;
   int lock_fd_ = -1;
   std::unique_ptr<IoRing> ring_;
+  std::unique_ptr<DiskJournal> journal_;  // stopped by Close()
   std::vector<StoredBlock> recovered_;
   std::atomic<uint64_t> sequence_{1};
   std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0}, invalidations_{0};
   AtomicHistogram read_latency_, write_latency_;  // recorded on the callback threads
   uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
+  uint64_t recovery_trailer_reads_ = 0, recovery_bytes_read_ = 0, journal_replayed_ = 0;
+  uint64_t journal_start_errors_ = 0;  // Open() could not start the journal (runs without)
   bool buffered_ = false;
-  bool from_manifest_ = false;
+  bool from_manifest_ = false, from_journal_ = false;
 };
 
 }  // namespace kvtier::internal
