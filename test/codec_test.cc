@@ -8,10 +8,15 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "catch2/catch.hpp"
+#include "kvtier/cache.h"
+#include "kvtier/options.h"
+#include "lib/tiers/disk_tier.h"
+#include "test/util/test_util.h"
 
 namespace kvtier::internal {
 namespace {
@@ -418,3 +423,264 @@ TEST_CASE("codec on a multi-layer block: layers decode one by one to the same by
 }
 
 }  // namespace kvtier::internal
+
+// ---- through a Cache: host and disk tiers on the emulated device ----
+
+namespace kvtier {
+namespace {
+
+float BfToFloat(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// An engine of bf16 K/V tensors: 2 layers, K and V, 4 tokens x 64 channels per block.
+struct FloatEngine {
+  static constexpr uint32_t kLayers = 2, kTokens = 4, kChannels = 64, kSlots = 4;
+  static constexpr uint64_t kSegmentBytes = kTokens * kChannels * 2;
+  std::vector<std::vector<uint16_t>> tensors;  // [layer * 2 + seg]: kSlots blocks each
+  BlockLayout layout;
+
+  explicit FloatEngine(bool roles = true) {
+    layout.tokens_per_block = kTokens;
+    layout.num_slots = kSlots;
+    tensors.assign(kLayers * 2, std::vector<uint16_t>(kSlots * kSegmentBytes / 2));
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      LayerLayout layer;
+      for (uint32_t s = 0; s < 2; ++s) {
+        layer.segments.push_back(Segment{
+            .base = tensors[l * 2 + s].data(),
+            .bytes_per_block = kSegmentBytes,
+            .stride_bytes = kSegmentBytes,
+            .role = roles ? (s == 0 ? SegmentRole::kKey : SegmentRole::kValue)
+                          : SegmentRole::kUnspecified,
+        });
+      }
+      layout.layers.push_back(std::move(layer));
+    }
+  }
+  // The value of element i of segment (l, s) of block `seed`: smooth in [-4, 4] with outliers.
+  static float Value(uint32_t seed, uint32_t l, uint32_t s, uint32_t i) {
+    const float base = std::sin(0.37f * static_cast<float>(i + 97 * seed + 13 * l + 5 * s));
+    return (i % 64 == 7 ? 4.0f : 1.0f) * base;
+  }
+  static uint16_t ToBf16(float f) {  // truncation: exact values of the test
+    return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16);
+  }
+  void Write(uint32_t slot, uint32_t seed) {
+    for (uint32_t t = 0; t < kLayers * 2; ++t) {
+      for (uint32_t i = 0; i < kSegmentBytes / 2; ++i) {
+        tensors[t][slot * kSegmentBytes / 2 + i] = ToBf16(Value(seed, t / 2, t % 2, i));
+      }
+    }
+  }
+  // Largest |decoded - written| over block `seed` in device slot `slot`.
+  float MaxError(uint32_t slot, uint32_t seed) const {
+    float err = 0;
+    for (uint32_t t = 0; t < kLayers * 2; ++t) {
+      for (uint32_t i = 0; i < kSegmentBytes / 2; ++i) {
+        const float want = BfToFloat(ToBf16(Value(seed, t / 2, t % 2, i)));
+        const float got = BfToFloat(tensors[t][slot * kSegmentBytes / 2 + i]);
+        err = std::max(err, std::fabs(got - want));
+      }
+    }
+    return err;
+  }
+  bool Exact(uint32_t slot, uint32_t seed) const {
+    for (uint32_t t = 0; t < kLayers * 2; ++t) {
+      for (uint32_t i = 0; i < kSegmentBytes / 2; ++i) {
+        if (tensors[t][slot * kSegmentBytes / 2 + i] != ToBf16(Value(seed, t / 2, t % 2, i))) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+};
+
+Options CodecOptions(const FloatEngine& e, const std::string& codec, uint32_t host_raw_blocks) {
+  Options o;
+  o.layout = e.layout;
+  o.backend = DeviceBackend::kEmulated;
+  o.shard.dtype = "bfloat16";
+  o.host.capacity_bytes = uint64_t{host_raw_blocks} * e.layout.block_bytes();
+  o.host.codec = codec;
+  o.host.codec_group_size = 32;
+  return o;
+}
+
+// Commits blocks `seeds` (one chain), pushes them off the device with another chain, then loads
+// them back; returns the lease and the transfer's promotions.
+struct Loaded {
+  DeviceLease lease;
+  uint32_t promoted = 0;
+  uint32_t blocks = 0;
+};
+Loaded CommitEvictLoad(Cache& cache, FloatEngine& e, uint32_t seed) {
+  const std::vector<BlockKey> keys = test::Chain(2, seed, FloatEngine::kTokens);
+  {
+    auto lease = cache.AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], seed * 10 + i);
+    REQUIRE_OK(cache.Commit(keys, *lease));
+  }
+  for (uint32_t other = 0; other < 2; ++other) {  // 4 device slots: push the first chain out
+    const std::vector<BlockKey> filler =
+        test::Chain(2, seed * 100 + 50 + other, FloatEngine::kTokens);
+    auto lease = cache.AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 999);
+    REQUIRE_OK(cache.Commit(filler, *lease));
+  }
+  auto match = cache.Match(keys);
+  REQUIRE_OK(match);
+  REQUIRE(match->size() == 2);
+  REQUIRE(match->blocks_in(Tier::kDevice) == 0);
+  auto lease = cache.AllocateDevice(2);
+  REQUIRE_OK(lease);
+  auto xfer = cache.Load(*match, *lease);
+  REQUIRE_OK(xfer);
+  REQUIRE_OK(xfer->Wait());
+  Loaded out;
+  out.promoted = xfer->blocks_promoted();
+  out.blocks = xfer->blocks();
+  out.lease = std::move(*lease);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Cache with host.codec: blocks come back from the host within the codec's bound",
+          "[codec]") {
+  // Values in [-4, 4]: an int8 group spans at most 8, s <= 8/255; int4 s <= 8/15; fp8 relative
+  // 2^-4 of at most 4. Plus bf16's rounding of the decoded value (2^-8 relative of 4).
+  const std::pair<const char*, float> cases[] = {{"int8", 8.0f / 255 / 2 * 1.02f + 4 * 0x1p-8f},
+                                                 {"int4", 8.0f / 15 / 2 * 1.02f + 4 * 0x1p-8f},
+                                                 {"fp8_e4m3", 4 * 0x1p-4f + 4 * 0x1p-8f}};
+  for (const auto& [codec, bound] : cases) {
+    INFO("codec " << codec);
+    FloatEngine e;
+    auto cache = Cache::Create(CodecOptions(e, codec, 4));
+    REQUIRE_OK(cache);
+    // Slots sized by the encoded size: more than the 4 raw blocks the capacity would hold.
+    CHECK((*cache)->Stats().host.capacity_blocks > 4);
+    Loaded got = CommitEvictLoad(**cache, e, 1);
+    REQUIRE(got.promoted == 2);
+    for (uint32_t i = 0; i < 2; ++i) {
+      const float err = e.MaxError(got.lease.slots()[i], 10 + i);
+      INFO("block " << i << " max error " << err << " bound " << bound);
+      CHECK(err <= bound);
+      CHECK(err > 0);  // lossy indeed (the values are not all on the grid)
+    }
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.codec_lossy_blocks_loaded == 2);
+    CHECK(s.codec_refused_blocks == 0);
+    REQUIRE_OK((*cache)->CheckInvariants());
+  }
+}
+
+TEST_CASE("Cache without a codec: host round trips stay byte-exact, nothing counted lossy",
+          "[codec]") {
+  FloatEngine e;
+  auto cache = Cache::Create(CodecOptions(e, "none", 4));
+  REQUIRE_OK(cache);
+  CHECK((*cache)->Stats().host.capacity_blocks == 4);
+  Loaded got = CommitEvictLoad(**cache, e, 1);
+  REQUIRE(got.promoted == 2);
+  for (uint32_t i = 0; i < 2; ++i) CHECK(e.Exact(got.lease.slots()[i], 10 + i));
+  CHECK((*cache)->Stats().codec_lossy_blocks_loaded == 0);
+}
+
+TEST_CASE("Cache with host.codec and a disk tier: blocks round trip through disk encoded",
+          "[codec]") {
+  test::TempDir dir("codec_disk");
+  FloatEngine e;
+  const uint64_t raw = e.layout.block_bytes();
+  uint64_t encoded = 0, host_bytes = 0;
+  {
+    // Two host slots: the filler chains push the first chain's blocks down to disk.
+    Options o = CodecOptions(e, "int8", 1);
+    auto alignment = internal::DiskTier::Alignment(dir.path.string());
+    REQUIRE_OK(alignment);
+    host_bytes = 2 * internal::DiskTier::HostSlotBytes(internal::StoredBlockBytes(o), *alignment);
+    o.host.capacity_bytes = host_bytes;  // 2 slots padded for the disk
+    o.disk.directory = dir.path.string();
+    o.disk.capacity_bytes = 64 * raw;
+    o.disk.allow_buffered = true;
+    encoded = internal::StoredBlockBytes(o);
+    CHECK(encoded < raw);  // tiny blocks: K's per-channel scales weigh (docs/compression.md)
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    Loaded got = CommitEvictLoad(**cache, e, 3);
+    REQUIRE(got.blocks == 2);
+    for (uint32_t i = 0; i < 2; ++i) {
+      CHECK(e.MaxError(got.lease.slots()[i], 30 + i) <= 8.0f / 255 / 2 * 1.02f + 4 * 0x1p-8f);
+    }
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.bytes_disk_read > 0);
+    CHECK(s.bytes_disk_read % encoded == 0);  // the disk moves encoded blocks
+    CHECK(s.codec_lossy_blocks_loaded == 2);
+  }
+  // A warm restart with another codec is another layout's directory: refused, or reset on demand.
+  Options other = CodecOptions(e, "int4", 1);
+  other.host.capacity_bytes = host_bytes * 2;
+  other.disk.directory = dir.path.string();
+  other.disk.capacity_bytes = 64 * raw;
+  other.disk.allow_buffered = true;
+  auto refused = Cache::Create(other);
+  CHECK_FALSE(refused.ok());
+  Options none = other;
+  none.host.codec = "none";
+  CHECK_FALSE(Cache::Create(none).ok());
+  other.disk.reset_on_mismatch = true;
+  auto reset = Cache::Create(other);
+  REQUIRE_OK(reset);
+  CHECK((*reset)->Stats().disk.used_blocks == 0);
+}
+
+TEST_CASE("Cache::Create refuses a codec it cannot apply, naming the option", "[codec]") {
+  FloatEngine e;
+  auto message = [](const absl::Status& s) { return std::string(s.message()); };
+  {
+    Options o = CodecOptions(e, "int8", 4);
+    o.shard.dtype = "";  // no element type
+    auto c = Cache::Create(o);
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("Options.shard.dtype") != std::string::npos);
+  }
+  {
+    FloatEngine no_roles(/*roles=*/false);
+    auto c = Cache::Create(CodecOptions(no_roles, "int4", 4));
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("role is unspecified") != std::string::npos);
+    // fp8 needs no roles.
+    CHECK_OK(Cache::Create(CodecOptions(no_roles, "fp8_e4m3", 4)));
+  }
+  for (uint32_t group : {0u, 3u, 33u}) {
+    Options o = CodecOptions(e, "int8", 4);
+    o.host.codec_group_size = group;
+    auto c = Cache::Create(o);
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("Options.host.codec_group_size") != std::string::npos);
+  }
+  {
+    auto c = Cache::Create(CodecOptions(e, "int2", 4));
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("Options.host.codec: 'int2'") != std::string::npos);
+  }
+  {
+    Options o = CodecOptions(e, "int8", 0);  // no host tier
+    auto c = Cache::Create(o);
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("needs the host tier") != std::string::npos);
+  }
+  // The codec is part of the fingerprint (only when set: "none" keeps the old value).
+  Options a = CodecOptions(e, "none", 4), b = CodecOptions(e, "int8", 4);
+  Options c = b;
+  c.host.codec_group_size = 64;
+  CHECK(a.Fingerprint() != b.Fingerprint());
+  CHECK(b.Fingerprint() != c.Fingerprint());
+  Options plain;
+  plain.layout = e.layout;
+  plain.shard.dtype = "bfloat16";
+  CHECK(plain.Fingerprint() == a.Fingerprint());
+}
+
+}  // namespace kvtier

@@ -7,10 +7,12 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "lib/common/status_macros.h"
 
 namespace kvtier::internal {
 namespace {
@@ -549,7 +551,31 @@ void BlockCodec::DecodeLayer(uint32_t layer, const void* encoded_layer, void* ra
   }
 }
 
-void BlockCodec::Encode(const void* raw, void* encoded) const {
+absl::StatusOr<std::optional<BlockCodec>> HostCodecOf(const Options& options) {
+  KVTIER_ASSIGN_OR_RETURN(const CodecId id, ParseCodec("Options.host.codec", options.host.codec));
+  if (id == CodecId::kNone) return std::optional<BlockCodec>();
+  absl::StatusOr<ElementType> element = ParseElementType(options.shard.dtype);
+  if (!element.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Options.host.codec: '", options.host.codec,
+        "' needs the element type in Options.shard.dtype: ", element.status().message()));
+  }
+  KVTIER_ASSIGN_OR_RETURN(
+      BlockCodec codec,
+      BlockCodec::Create(
+          "Options.host.codec",
+          {.id = id, .group_size = options.host.codec_group_size, .element = *element},
+          options.layout));
+  return std::optional<BlockCodec>(std::move(codec));
+}
+
+uint64_t StoredBlockBytes(const Options& options) {
+  absl::StatusOr<std::optional<BlockCodec>> codec = HostCodecOf(options);
+  if (codec.ok() && codec->has_value()) return (*codec)->encoded_bytes();
+  return options.layout.block_bytes();
+}
+
+void BlockCodec::EncodeHeader(void* encoded) const {
   auto* out = static_cast<uint8_t*>(encoded);
   PutU32(out, kMagic);
   out[4] = kVersion;
@@ -558,6 +584,11 @@ void BlockCodec::Encode(const void* raw, void* encoded) const {
   out[7] = 0;
   PutU32(out + 8, config_.id == CodecId::kFp8E4m3 ? 0 : config_.group_size);
   PutU32(out + 12, segment_count_);
+}
+
+void BlockCodec::Encode(const void* raw, void* encoded) const {
+  auto* out = static_cast<uint8_t*>(encoded);
+  EncodeHeader(out);
   const auto* in = static_cast<const uint8_t*>(raw);
   for (uint32_t l = 0; l < num_layers(); ++l) {
     EncodeLayer(l, in + layer_raw_[l], out + layer_encoded_[l]);

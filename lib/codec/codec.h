@@ -42,12 +42,14 @@
 #define KVTIER_LIB_CODEC_CODEC_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kvtier/layout.h"
+#include "kvtier/options.h"
 
 namespace kvtier::internal {
 
@@ -93,6 +95,8 @@ class BlockCodec {
   // Checks the header of `encoded`, then decodes it into `raw`. kDataLoss on a header mismatch
   // (nothing written).
   absl::Status Decode(const void* encoded, void* raw) const;
+  // Writes the header of an encoded block (Encode does; for blocks encoded layer by layer).
+  void EncodeHeader(void* encoded) const;
   // Checks only the header (kDataLoss as Decode).
   absl::Status CheckHeader(const void* encoded) const;
   // One layer: raw layer bytes (at raw_layer_offset) <-> its encoded bytes (at layer_offset). No
@@ -123,6 +127,14 @@ class BlockCodec {
   std::vector<uint64_t> layer_encoded_;  // layers + 1 offsets; [0] = header bytes
   std::vector<uint64_t> layer_raw_;      // layers + 1 offsets; [0] = 0
 };
+
+// The codec of Options.host.codec for `options` (nullopt for "none"); kInvalidArgument naming the
+// option (unknown codec, shard.dtype not fp16/bf16/fp32, bad group size, a segment without a role).
+absl::StatusOr<std::optional<BlockCodec>> HostCodecOf(const Options& options);
+
+// Bytes of one block as the tiers below the device store it: the host codec's encoded size, or
+// layout.block_bytes() without one (or with an invalid one: Validate() refuses those).
+uint64_t StoredBlockBytes(const Options& options);
 
 // Encoded bytes of one segment of `tokens` x `channels` elements under `config`.
 uint64_t SegmentEncodedBytes(const CodecConfig& config, SegmentRole role, uint32_t tokens,

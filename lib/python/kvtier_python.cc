@@ -951,6 +951,8 @@ py::dict StatsDict(const CacheStats& s) {
   d["bytes_h2d"] = s.bytes_h2d;
   d["bytes_d2h"] = s.bytes_d2h;
   d["transfer_failures"] = s.transfer_failures;
+  d["codec_lossy_blocks_loaded"] = s.codec_lossy_blocks_loaded;
+  d["codec_refused_blocks"] = s.codec_refused_blocks;
   d["bytes_disk_read"] = s.bytes_disk_read;
   d["bytes_disk_written"] = s.bytes_disk_written;
   d["disk_corrupt_reads"] = s.disk_corrupt_reads;
