@@ -572,7 +572,11 @@ absl::StatusOr<std::optional<BlockCodec>> HostCodecOf(const Options& options) {
 uint64_t StoredBlockBytes(const Options& options) {
   absl::StatusOr<std::optional<BlockCodec>> codec = HostCodecOf(options);
   if (codec.ok() && codec->has_value()) return (*codec)->encoded_bytes();
-  return options.layout.block_bytes();
+  uint64_t bytes = 0;  // layout.block_bytes(), which lives in the facade (lib/layout.cc)
+  for (const LayerLayout& l : options.layout.layers) {
+    for (const Segment& g : l.segments) bytes += g.bytes_per_block;
+  }
+  return bytes;
 }
 
 void BlockCodec::EncodeHeader(void* encoded) const {
