@@ -178,7 +178,7 @@ std::vector<float> Random(uint64_t n, uint32_t seed, float scale = 2.0f) {
 
 }  // namespace
 
-TEST_CASE("codec names parse; unknown codec and element types are refused", "[codec]") {
+TEST_CASE("codec names parse, unknown codec and element types are refused", "[codec]") {
   for (CodecId id : {CodecId::kNone, CodecId::kFp8E4m3, CodecId::kInt8, CodecId::kInt4}) {
     auto p = ParseCodec("Options.host.codec", CodecName(id));
     REQUIRE(p.ok());
@@ -271,7 +271,7 @@ TEST_CASE("int8 K groups are per channel: a channel offset by 1000 costs the oth
   CHECK(v_err > 0.3f);
 }
 
-TEST_CASE("int codecs: constant and all-zero groups decode exactly; NaN and Inf saturate",
+TEST_CASE("int codecs: constant and all-zero groups decode exactly, NaN and Inf saturate",
           "[codec]") {
   for (CodecId id : {CodecId::kInt8, CodecId::kInt4}) {
     for (float c : {0.0f, 3.25f, -7.5f}) {
