@@ -629,6 +629,30 @@ TEST_CASE("Cache with host.codec and a disk tier: blocks round trip through disk
   Options none = other;
   none.host.codec = "none";
   CHECK_FALSE(Cache::Create(none).ok());
+  // Another group size of the same encoded size (64 channels: one V group per token at 64 and
+  // at 128; 4 tokens: one K group per channel): only the fingerprint tells them apart.
+  Options regrouped = CodecOptions(e, "int8", 1);
+  regrouped.host.codec_group_size = 64;
+  Options regrouped2 = regrouped;
+  regrouped2.host.codec_group_size = 128;
+  REQUIRE(internal::StoredBlockBytes(regrouped) == internal::StoredBlockBytes(regrouped2));
+  for (Options* r : {&regrouped, &regrouped2}) {
+    r->host.capacity_bytes = host_bytes;
+    r->disk.directory = dir.path.string();
+    r->disk.capacity_bytes = 64 * raw;
+    r->disk.allow_buffered = true;
+  }
+  {
+    test::TempDir dir2("codec_regroup");
+    regrouped.disk.directory = regrouped2.disk.directory = dir2.path.string();
+    {
+      auto first = Cache::Create(regrouped);
+      REQUIRE_OK(first);
+      CommitEvictLoad(**first, e, 5);
+    }
+    auto second = Cache::Create(regrouped2);
+    CHECK_FALSE(second.ok());
+  }
   other.disk.reset_on_mismatch = true;
   auto reset = Cache::Create(other);
   REQUIRE_OK(reset);
