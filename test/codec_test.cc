@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <utility>
@@ -15,7 +16,9 @@
 #include "catch2/catch.hpp"
 #include "kvtier/cache.h"
 #include "kvtier/options.h"
+#include "lib/cache_factory.h"
 #include "lib/tiers/disk_tier.h"
+#include "lib/transfer/emulated_device.h"
 #include "test/util/test_util.h"
 
 namespace kvtier::internal {
@@ -705,6 +708,40 @@ TEST_CASE("Cache::Create refuses a codec it cannot apply, naming the option", "[
   plain.layout = e.layout;
   plain.shard.dtype = "bfloat16";
   CHECK(plain.Fingerprint() == a.Fingerprint());
+}
+
+}  // namespace kvtier
+
+namespace kvtier {
+
+TEST_CASE("Cache with host.codec: a failed device-to-host copy is a lost block, never served",
+          "[codec]") {
+  FloatEngine e;
+  auto owned = std::make_unique<internal::EmulatedDevice>();
+  internal::EmulatedDevice* device = owned.get();
+  auto cache = internal::CreateCache(CodecOptions(e, "int8", 4), std::move(owned));
+  REQUIRE_OK(cache);
+  const std::vector<BlockKey> keys = test::Chain(2, 7, FloatEngine::kTokens);
+  {
+    auto lease = (*cache)->AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 70 + i);
+    REQUIRE_OK((*cache)->Commit(keys, *lease));
+  }
+  // The next allocation writes the chain back to the host: its copy fails.
+  const uint64_t failures_before = (*cache)->Stats().transfer_failures;
+  device->FailNextCopies(1);
+  for (uint32_t other = 0; other < 2; ++other) {
+    auto lease = (*cache)->AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 999);
+    REQUIRE_OK((*cache)->Commit(test::Chain(2, 700 + other, FloatEngine::kTokens), *lease));
+  }
+  CHECK((*cache)->Stats().transfer_failures > failures_before);
+  auto match = (*cache)->Match(keys);
+  REQUIRE_OK(match);
+  CHECK(match->size() == 0);  // the lost block ends the prefix: nothing of it is served
+  REQUIRE_OK((*cache)->CheckInvariants());
 }
 
 }  // namespace kvtier

@@ -73,10 +73,16 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked
     }
   }
   if (s.ok()) s = device_.Copy(Stream::kD2H, regions);
+  // A callback takes the copies' errors since the previous one: the encoding callback hands a
+  // failure on to the reporting one, which would otherwise see none.
+  const auto copy_failed = std::make_shared<std::atomic<bool>>(false);
   if (s.ok() && staging != nullptr) {
     // Encoded into the host slots on the copy thread, before the callback that publishes them.
-    s = device_.AddCallback(Stream::kD2H, [this, staging, demotions](absl::Status st) {
-      if (!st.ok()) return;
+    s = device_.AddCallback(Stream::kD2H, [this, staging, demotions, copy_failed](absl::Status st) {
+      if (!st.ok()) {
+        copy_failed->store(true, std::memory_order_relaxed);
+        return;
+      }
       for (size_t i = 0; i < demotions.size(); ++i) {
         codec_->Encode(staging->data() + i * block_bytes_, host_.slot_ptr(demotions[i].to.slot));
       }
@@ -86,10 +92,11 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked
   // index already updated.
   bool reported = false;
   if (s.ok()) {
-    s = device_.AddCallback(Stream::kD2H, [this, demotions, start](absl::Status st) {
+    s = device_.AddCallback(Stream::kD2H, [this, demotions, start, copy_failed](absl::Status st) {
+      const bool ok = st.ok() && !copy_failed->load(std::memory_order_relaxed);
       {
         MutexLock lock(&index_.mu());
-        for (const Move& d : demotions) index_.FinishMoveLocked(d, st.ok());
+        for (const Move& d : demotions) index_.FinishMoveLocked(d, ok);
         storage_.StartWritesLocked();  // publications of what reached the host (write-through)
       }
       demotion_latency_.RecordSince(start);  // before the event: its waiters see the sample
@@ -307,8 +314,11 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
     if (s.ok() && staging != nullptr) {
       std::vector<SlotId> slots;
       for (const Move& m : job.moves) slots.push_back(m.to.slot);
-      s = device_.AddCallback(Stream::kD2H, [this, staging, slots, l](absl::Status st) {
-        if (!st.ok()) return;
+      s = device_.AddCallback(Stream::kD2H, [this, staging, slots, l, state](absl::Status st) {
+        if (!st.ok()) {  // handed on: the layer's own callback will see no error
+          state->RecordError(st);
+          return;
+        }
         for (size_t i = 0; i < slots.size(); ++i) {
           std::byte* enc = host_.slot_ptr(slots[i]);
           if (l == 0) codec_->EncodeHeader(enc);
