@@ -3,17 +3,29 @@
 #include <algorithm>
 #include <atomic>
 #include <cassert>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "lib/codec/codec.h"
 #include "lib/common/status_macros.h"
 
 namespace kvtier {
 
 using internal::MutexLock;
+
+namespace {
+
+// Options.host.codec's codec; CreateCore has validated the options.
+std::optional<internal::BlockCodec> HostCodecOrNone(const Options& options) {
+  absl::StatusOr<std::optional<internal::BlockCodec>> codec = internal::HostCodecOf(options);
+  return codec.ok() ? *std::move(codec) : std::nullopt;
+}
+
+}  // namespace
 
 Cache::Core::Core(const Options& options, std::unique_ptr<internal::Device> device,
                   std::unique_ptr<internal::HostPool> host,
@@ -23,9 +35,10 @@ Cache::Core::Core(const Options& options, std::unique_ptr<internal::Device> devi
       device_(std::move(device)),
       host_(std::move(host)),
       index_(std::move(config)),
-      storage_(index_, *host_, options.layout.block_bytes(), std::move(disk), std::move(remote)),
+      storage_(index_, *host_, internal::StoredBlockBytes(options), std::move(disk),
+               std::move(remote)),
       device_mover_(options_.layout, options.backend == DeviceBackend::kMetadataOnly, index_,
-                    *device_, *host_, storage_) {
+                    *device_, *host_, storage_, HostCodecOrNone(options)) {
   const std::vector<std::string> tenants = options_.Tenants();
   for (size_t i = 0; i < tenants.size(); ++i) tenant_ids_[tenants[i]] = static_cast<uint8_t>(i + 1);
 }

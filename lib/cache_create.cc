@@ -4,6 +4,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "kvtier/cache.h"
 #include "lib/cache_core.h"
 #include "lib/cache_factory.h"
+#include "lib/codec/codec.h"
 #include "lib/common/status_macros.h"
 #include "lib/index/index.h"
 #include "lib/tiers/disk_tier.h"
@@ -124,7 +126,15 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
                                 : options.device.capacity_slots == 0
                                     ? options.layout.num_slots
                                     : options.device.capacity_slots;
-  const uint64_t block = options.layout.block_bytes();
+  // A host codec (Options.host.codec): host slots, disk slots and remote values hold the encoded
+  // block, which the device mover encodes and decodes on the copy threads.
+  KVTIER_ASSIGN_OR_RETURN(const std::optional<BlockCodec> codec, HostCodecOf(options));
+  if (codec.has_value() && !no_bytes && absl::string_view(device->name()) != "emulated") {
+    return absl::UnimplementedError(absl::StrCat("Options.host.codec: '", options.host.codec,
+                                                 "' needs the emulated device in this version (",
+                                                 device->name(), " has no encode kernel yet)"));
+  }
+  const uint64_t block = StoredBlockBytes(options);
   // With a disk tier a host slot also holds the block's on-disk trailer, padded to the file
   // system's direct-I/O alignment, so that a block moves to and from disk in one transfer. The
   // slot count comes from that real footprint: host.capacity_bytes is a hard cap on the pool.

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "lib/codec/codec.h"
 #include "lib/common/status_macros.h"
 
 namespace kvtier {
@@ -109,6 +110,16 @@ uint64_t Options::Fingerprint() const {
   for (const std::string* s : {&shard.dtype, &shard.format}) {
     AppendWord(bytes, s->size());
     bytes += *s;
+  }
+  // The host codec (what the tiers below store), only when there is one: without it the value is
+  // the same as before codecs existed. Its roles change the encoded bytes too.
+  if (host.codec != "none") {
+    AppendWord(bytes, host.codec.size());
+    bytes += host.codec;
+    AppendWord(bytes, host.codec_group_size);
+    for (const LayerLayout& l : layout.layers) {
+      for (const Segment& g : l.segments) AppendWord(bytes, static_cast<uint64_t>(g.role));
+    }
   }
   return XXH3_64bits(bytes.data(), bytes.size());
 }
@@ -237,6 +248,16 @@ absl::Status Options::Validate() const {
   }
   if (device.policy.empty()) return absl::InvalidArgumentError("Options.device.policy: empty");
   if (host.policy.empty()) return absl::InvalidArgumentError("Options.host.policy: empty");
+  if (host.codec != "none") {
+    KVTIER_ASSIGN_OR_RETURN(const internal::CodecId id,
+                            internal::ParseCodec("Options.host.codec", host.codec));
+    static_cast<void>(id);
+    if (host.capacity_bytes == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Options.host.codec: '", host.codec, "' needs the host tier (host.capacity_bytes > 0)"));
+    }
+    KVTIER_RETURN_IF_ERROR(internal::HostCodecOf(*this).status());
+  }
   KVTIER_RETURN_IF_ERROR(ValidateShares("Options.host.tenant_shares", host.tenant_shares));
   KVTIER_RETURN_IF_ERROR(ValidateShares("Options.disk.tenant_shares", disk.tenant_shares));
   if (const size_t n = Tenants().size(); n > kMaxTenants) {

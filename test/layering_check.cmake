@@ -40,6 +40,9 @@ check("a policy only ranks entries: no index, tier, device or CUDA"
 check("the index does no I/O and knows no tier, device or CUDA"
       "\"(lib/(movers|tiers|transfer)|cuda)/|\"lib/cache_|\"kvtier/(cache|transfer)\\.h|${third_party_io}|${cuda_headers}"
       "" "${S}/lib/index/*.h" "${S}/lib/index/*.cc")
+check("a codec is a pure function of a block's bytes: no index, tier, device, I/O or CUDA"
+      "\"(lib/(index|movers|policies|tiers|transfer)|cuda)/|\"lib/cache_|\"kvtier/(cache|transfer)\\.h|${third_party_io}|${cuda_headers}"
+      "" "${S}/lib/codec/*.h" "${S}/lib/codec/*.cc")
 check("the transfer layer knows no index, policy or tier"
       "\"(lib/(index|movers|policies|tiers)|cuda)/|\"kvtier/cache\\.h|${third_party_io}|${cuda_headers}" ""
       "${S}/lib/transfer/*.h" "${S}/lib/transfer/*.cc")

@@ -44,6 +44,8 @@ constexpr absl::string_view kEveryField[] = {
     "host.policy_params",
     "host.wipe_on_free",
     "host.tenant_shares",
+    "host.codec",
+    "host.codec_group_size",
     "disk",
     "disk.directory",
     "disk.capacity_bytes",

@@ -20,10 +20,21 @@
 
 namespace kvtier {
 
+// What a segment holds, for the codecs that quantise K and V differently (Options.host.codec,
+// docs/compression.md): int8 and int4 scale K per channel and V per token (KIVI). A segment's block
+// region is then read as token-major [tokens_per_block][channels] elements of Options.shard.dtype.
+enum class SegmentRole : uint8_t {
+  kUnspecified,  // not said: fine without a codec, refused by the int8 and int4 codecs
+  kKey,          // K: scaled per channel (groups along the tokens)
+  kValue,        // V: scaled per token (groups along the channels)
+  kLatent,       // MLA's joint latent: scaled as V (per token)
+};
+
 struct Segment {
   void* base = nullptr;          // device address of slot 0 (host memory on the emulated device)
   uint64_t bytes_per_block = 0;  // bytes of one block in this segment
   uint64_t stride_bytes = 0;     // distance from slot s to slot s+1; >= bytes_per_block
+  SegmentRole role = SegmentRole::kUnspecified;  // K, V or latent: needed by int8/int4 codecs
 };
 
 struct LayerLayout {

@@ -78,6 +78,19 @@ struct HostTierOptions {
   // Each tenant's share of the host slots (see TenantShares); each named tenant gets its own
   // instance of `policy` (memory: one policy's per-slot state per tenant).
   TenantShares tenant_shares;
+  // Lossy encoding of the blocks below the device (docs/compression.md): "none" (default, bytes
+  // kept exactly), "fp8_e4m3", "int8" or "int4". A block is encoded on its way from the device to
+  // a host slot and decoded on its way back, so host slots are sized by the encoded size (2-4x the
+  // blocks in the same capacity_bytes) and the disk and remote tiers store and move the encoded
+  // bytes as they are (they inherit the host's codec). Needs Options.shard.dtype float16,
+  // bfloat16 or float32, and for int8/int4 every segment's role (K, V or latent); the emulated
+  // device only in this version (kUnimplemented on CUDA). Part of Options::Fingerprint(): a disk
+  // directory or store written with another codec is another layout's. Blocks loaded through it
+  // are counted in CacheStats.codec_lossy_blocks_loaded.
+  std::string codec = "none";
+  // int8/int4: elements per scale group, a power of two in [2, 65536] (K: tokens of one channel;
+  // V: channels of one token). Ignored by fp8_e4m3 and none.
+  uint32_t codec_group_size = 64;
 };
 
 // The NVMe tier: fixed-size slots in preallocated files, io_uring, O_DIRECT, checksummed.

@@ -120,8 +120,14 @@ struct CacheStats {
   uint64_t bytes_h2d = 0;             // bytes of promotions
   uint64_t bytes_d2h = 0;             // bytes of demotions
   uint64_t transfer_failures = 0;     // copies that failed; their blocks became misses
-  uint64_t bytes_disk_read = 0;       // payload bytes read from the disk tier
-  uint64_t bytes_disk_written = 0;    // payload bytes written to the disk tier (host write-back)
+  // Blocks a Load() promoted through a lossy Options.host.codec (decoded from the host tier): what
+  // the engine got back is within the codec's error bound, not byte-exact.
+  uint64_t codec_lossy_blocks_loaded = 0;
+  // Promotions refused because the block's codec header was not this cache's codec (another codec,
+  // version, group size or element type): misses, never misread data.
+  uint64_t codec_refused_blocks = 0;
+  uint64_t bytes_disk_read = 0;     // payload bytes read from the disk tier
+  uint64_t bytes_disk_written = 0;  // payload bytes written to the disk tier (host write-back)
   uint64_t disk_corrupt_reads = 0;  // disk reads whose trailer or payload failed to verify: misses
   uint64_t disk_io_errors = 0;      // disk reads and writes that failed
   uint64_t disk_recovered_blocks = 0;  // blocks served from a previous run's directory

@@ -6,13 +6,15 @@
 namespace kvtier::internal {
 
 DeviceMover::DeviceMover(const BlockLayout& layout, bool metadata_only, Index& index,
-                         Device& device, HostPool& host, StorageMover& storage)
+                         Device& device, HostPool& host, StorageMover& storage,
+                         std::optional<BlockCodec> codec)
     : block_bytes_(layout.block_bytes()),
       metadata_only_(metadata_only),
       index_(index),
       device_(device),
       host_(host),
-      storage_(storage) {
+      storage_(storage),
+      codec_(std::move(codec)) {
   // Where each layer's segments sit inside a contiguous host slot.
   uint64_t offset = 0;
   for (const LayerLayout& layer : layout.layers) {
@@ -25,9 +27,13 @@ DeviceMover::DeviceMover(const BlockLayout& layout, bool metadata_only, Index& i
   }
 }
 
-void DeviceMover::AppendLayerRegions(uint32_t layer, SlotId device_slot, SlotId host_slot,
+std::shared_ptr<std::vector<std::byte>> DeviceMover::Staging(size_t n) const {
+  if (!codec_.has_value() || metadata_only_) return nullptr;
+  return std::make_shared<std::vector<std::byte>>(n * block_bytes_);
+}
+
+void DeviceMover::AppendLayerRegions(uint32_t layer, SlotId device_slot, std::byte* host,
                                      bool to_device, std::vector<CopyRegion>* out) const {
-  std::byte* host = host_.slot_ptr(host_slot);
   for (const SegmentAt& s : layers_[layer]) {
     std::byte* dev =
         static_cast<std::byte*>(s.segment.base) + uint64_t{device_slot} * s.segment.stride_bytes;
@@ -51,7 +57,11 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked
   }
   std::vector<CopyRegion> regions;
   absl::Status s;
-  for (const Move& d : demotions) {
+  const std::shared_ptr<std::vector<std::byte>> staging = Staging(demotions.size());
+  for (size_t i = 0; i < demotions.size(); ++i) {
+    const Move& d = demotions[i];
+    std::byte* raw =
+        staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(d.to.slot);
     // A host slot whose previous block is still being written below: wait for that write.
     if (s.ok()) {
       if (std::shared_ptr<HostEvent> w = storage_.PendingWriteLocked(d.to.slot)) {
@@ -59,18 +69,34 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked
       }
     }
     for (uint32_t l = 0; l < layers_.size(); ++l) {
-      AppendLayerRegions(l, d.from.slot, d.to.slot, /*to_device=*/false, &regions);
+      AppendLayerRegions(l, d.from.slot, raw, /*to_device=*/false, &regions);
     }
   }
   if (s.ok()) s = device_.Copy(Stream::kD2H, regions);
+  // A callback takes the copies' errors since the previous one: the encoding callback hands a
+  // failure on to the reporting one, which would otherwise see none.
+  const auto copy_failed = std::make_shared<std::atomic<bool>>(false);
+  if (s.ok() && staging != nullptr) {
+    // Encoded into the host slots on the copy thread, before the callback that publishes them.
+    s = device_.AddCallback(Stream::kD2H, [this, staging, demotions, copy_failed](absl::Status st) {
+      if (!st.ok()) {
+        copy_failed->store(true, std::memory_order_relaxed);
+        return;
+      }
+      for (size_t i = 0; i < demotions.size(); ++i) {
+        codec_->Encode(staging->data() + i * block_bytes_, host_.slot_ptr(demotions[i].to.slot));
+      }
+    });
+  }
   // The callback first, then the event: whoever waits on the event (AllocateDevice) finds the
   // index already updated.
   bool reported = false;
   if (s.ok()) {
-    s = device_.AddCallback(Stream::kD2H, [this, demotions, start](absl::Status st) {
+    s = device_.AddCallback(Stream::kD2H, [this, demotions, start, copy_failed](absl::Status st) {
+      const bool ok = st.ok() && !copy_failed->load(std::memory_order_relaxed);
       {
         MutexLock lock(&index_.mu());
-        for (const Move& d : demotions) index_.FinishMoveLocked(d, st.ok());
+        for (const Move& d : demotions) index_.FinishMoveLocked(d, ok);
         storage_.StartWritesLocked();  // publications of what reached the host (write-through)
       }
       demotion_latency_.RecordSince(start);  // before the event: its waiters see the sample
@@ -138,16 +164,30 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       &read_done);
   absl::Status s;
   std::vector<CopyRegion> regions;
+  const std::shared_ptr<std::vector<std::byte>> staging = Staging(n);
   for (uint32_t l = 0; l < layers && s.ok(); ++l) {
     regions.clear();
+    if (staging != nullptr) {
+      // With a codec every block's layer is decoded into staging first (after all the reads).
+      for (size_t i = 0; l == 0 && i < n && s.ok(); ++i) {
+        if (read_done[i] != nullptr) s = device_.WaitEvent(Stream::kH2D, read_done[i]);
+      }
+      if (s.ok()) {
+        s = device_.AddCallback(Stream::kH2D, [this, ctx, state, staging, l](absl::Status) {
+          DecodeLayer(*ctx, *state, l, staging->data());
+        });
+      }
+    }
     for (size_t i = 0; i < n && s.ok(); ++i) {
       const Move& p = ctx->promotions[i];
-      if (l == 0 && read_done[i] != nullptr) {
+      std::byte* raw =
+          staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(p.host_slot());
+      if (staging == nullptr && l == 0 && read_done[i] != nullptr) {
         if (!regions.empty()) s = device_.Copy(Stream::kH2D, regions);
         regions.clear();
         if (s.ok()) s = device_.WaitEvent(Stream::kH2D, read_done[i]);
       }
-      AppendLayerRegions(l, p.to.slot, p.host_slot(), /*to_device=*/true, &regions);
+      AppendLayerRegions(l, p.to.slot, raw, /*to_device=*/true, &regions);
     }
     if (s.ok() && !regions.empty()) s = device_.Copy(Stream::kH2D, regions);
     if (s.ok()) s = write_counter(l);
@@ -169,6 +209,11 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       // copies below (disk, store) are still there for the next Load once the engine has
       // committed the recomputed one.
       const uint32_t loaded = state->first_error().ok() ? ctx->blocks : BlocksLoaded(*ctx);
+      if (codec_.has_value()) {  // what the engine got through the lossy codec
+        uint64_t lossy = 0;
+        for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
+        codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
+      }
       {
         MutexLock lock(&index_.mu());
         for (size_t i = 0; i < ctx->promotions.size(); ++i) {
@@ -281,13 +326,34 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
     }
   }
   std::vector<CopyRegion> regions;
+  if (job.staging == nullptr) job.staging = Staging(job.moves.size());
+  const std::shared_ptr<std::vector<std::byte>> staging = job.staging;
   for (; s.ok() && job.next_layer < end; ++job.next_layer) {
     const uint32_t l = job.next_layer;
     regions.clear();
-    for (const Move& m : job.moves) {
-      AppendLayerRegions(l, m.from.slot, m.to.slot, /*to_device=*/false, &regions);
+    for (size_t i = 0; i < job.moves.size(); ++i) {
+      const Move& m = job.moves[i];
+      std::byte* raw =
+          staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(m.to.slot);
+      AppendLayerRegions(l, m.from.slot, raw, /*to_device=*/false, &regions);
     }
     s = device_.Copy(Stream::kD2H, regions);
+    if (s.ok() && staging != nullptr) {
+      std::vector<SlotId> slots;
+      for (const Move& m : job.moves) slots.push_back(m.to.slot);
+      s = device_.AddCallback(Stream::kD2H, [this, staging, slots, l, state](absl::Status st) {
+        if (!st.ok()) {  // handed on: the layer's own callback will see no error
+          state->RecordError(st);
+          return;
+        }
+        for (size_t i = 0; i < slots.size(); ++i) {
+          std::byte* enc = host_.slot_ptr(slots[i]);
+          if (l == 0) codec_->EncodeHeader(enc);
+          codec_->EncodeLayer(l, staging->data() + i * block_bytes_ + codec_->raw_layer_offset(l),
+                              enc + codec_->layer_offset(l));
+        }
+      });
+    }
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
         s.ok() ? device_.RecordEvent(Stream::kD2H) : s;
     if (!event.ok()) {
@@ -364,6 +430,27 @@ void DeviceMover::FillStats(CacheStats* stats) const {
   stats->blocks_load_lost = blocks_load_lost_;
   stats->load_latency = load_latency_.Snapshot();
   stats->demotion_latency = demotion_latency_.Snapshot();
+  stats->codec_lossy_blocks_loaded = codec_lossy_loaded_.load(std::memory_order_relaxed);
+  stats->codec_refused_blocks = codec_refused_.load(std::memory_order_relaxed);
+}
+
+void DeviceMover::DecodeLayer(LoadContext& ctx, TransferState& state, uint32_t layer,
+                              std::byte* staging) {
+  for (size_t i = 0; i < ctx.promotions.size(); ++i) {
+    const std::byte* enc = host_.slot_ptr(ctx.promotions[i].host_slot());
+    if (layer == 0) {
+      // A block another codec (or version, group size, element type) encoded is refused: a miss,
+      // never misread data. Its copy below is dropped as one that failed to verify.
+      if (absl::Status h = codec_->CheckHeader(enc); !h.ok()) {
+        if (state.first_error().ok()) codec_refused_.fetch_add(1, std::memory_order_relaxed);
+        ctx.source_lost[i] = 1;
+        ctx.read_failed[i] = 1;  // a partial Load ends before it (BlocksLoaded)
+        state.RecordError(h);
+      }
+    }
+    codec_->DecodeLayer(layer, enc + codec_->layer_offset(layer),
+                        staging + i * block_bytes_ + codec_->raw_layer_offset(layer));
+  }
 }
 
 }  // namespace kvtier::internal

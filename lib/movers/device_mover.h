@@ -16,12 +16,14 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kvtier/layout.h"
 #include "kvtier/stats.h"
+#include "lib/codec/codec.h"
 #include "lib/common/histogram.h"
 #include "lib/index/index.h"
 #include "lib/movers/storage_mover.h"
@@ -33,9 +35,12 @@ namespace kvtier::internal {
 
 class DeviceMover {
  public:
-  // `metadata_only`: no bytes move; every copy completes when enqueued.
+  // `metadata_only`: no bytes move; every copy completes when enqueued. `codec`
+  // (Options.host.codec): host slots hold encoded blocks; device copies go through raw staging
+  // buffers, encoded after a device-to-host copy and decoded, layer by layer, before a
+  // host-to-device copy, on the copy stream's thread (the emulated device).
   DeviceMover(const BlockLayout& layout, bool metadata_only, Index& index, Device& device,
-              HostPool& host, StorageMover& storage);
+              HostPool& host, StorageMover& storage, std::optional<BlockCodec> codec = {});
   DeviceMover(const DeviceMover&) = delete;
   DeviceMover& operator=(const DeviceMover&) = delete;
 
@@ -60,7 +65,8 @@ class DeviceMover {
     std::shared_ptr<TransferState> state;
     uint64_t start = 0;       // MonotonicNanos at Store(), for demotion_latency
     uint32_t next_layer = 0;  // layers [0, next_layer) are enqueued (guarded by the index lock)
-    bool ended = false;       // every layer enqueued, abandoned, or failed
+    std::shared_ptr<std::vector<std::byte>> staging;  // with a codec: the raw blocks
+    bool ended = false;                               // every layer enqueued, abandoned, or failed
   };
   std::shared_ptr<StoreJob> BeginStoreLocked(std::vector<Move> moves, uint64_t start);
   // Enqueues layers [job.next_layer, end) of every block, after `after` (the engine's event, when
@@ -97,9 +103,15 @@ class DeviceMover {
 
   // Reports a store's moves to the Index (all as `ok`), starts the writes they decide.
   void FinishStoreLocked(std::span<const Move> moves, bool ok);
-  // Regions of layer `layer` of one block between a device slot and a host slot.
-  void AppendLayerRegions(uint32_t layer, SlotId device_slot, SlotId host_slot, bool to_device,
+  // Regions of layer `layer` of one block between a device slot and a raw host block (a host slot,
+  // or a staging buffer with a codec).
+  void AppendLayerRegions(uint32_t layer, SlotId device_slot, std::byte* host_block, bool to_device,
                           std::vector<CopyRegion>* out) const;
+  // With a codec: decodes layer `layer` of each promotion's host slot into its staging block
+  // (refusing, at layer 0, a block whose header is not this codec's). On the H2D copy thread.
+  void DecodeLayer(LoadContext& ctx, TransferState& state, uint32_t layer, std::byte* staging);
+  // Raw staging for `n` blocks (with a codec), or null.
+  std::shared_ptr<std::vector<std::byte>> Staging(size_t n) const;
 
   const uint64_t block_bytes_;
   const bool metadata_only_;
@@ -108,6 +120,9 @@ class DeviceMover {
   HostPool& host_;
   StorageMover& storage_;
   std::vector<std::vector<SegmentAt>> layers_;
+  const std::optional<BlockCodec> codec_;
+  std::atomic<uint64_t> codec_lossy_loaded_{0};  // blocks promoted through the codec
+  std::atomic<uint64_t> codec_refused_{0};       // promotions refused: another codec's block
   uint64_t bytes_h2d_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t bytes_d2h_ ABSL_GUARDED_BY(index_.mu()) = 0;
   uint64_t in_flight_ ABSL_GUARDED_BY(index_.mu()) = 0;

@@ -75,6 +75,7 @@
 #include "kvtier/events.h"
 #include "kvtier/options.h"
 #include "kvtier/stats.h"
+#include "lib/codec/codec.h"
 #include "lib/options_fields.h"
 
 namespace py = pybind11;
@@ -193,6 +194,9 @@ struct PyOptions {
   uint64_t bytes_per_block = 0;     // per segment
   py::object layers = py::none();   // or: per layer a list of buffers / kvtier.Segment
   std::string dtype = "uint8";      // element type of the KV tensors, for lease.block()
+  // Per position in a layer, its segment's role ("k", "v", "latent" or ""), for host_codec
+  // int8/int4; empty: unspecified.
+  std::vector<std::string> segment_roles;
   // Everything else, set through the option table's keywords; its layout is unused.
   Options tree;
 };
@@ -567,6 +571,66 @@ Segment TensorSegment(const py::handle& t, const PyOptions& o, Options* opt, boo
 }
 
 // Builds the C++ options and the memory they describe into `state`. Needs the GIL.
+// "k"/"key", "v"/"value", "latent" or "" (unspecified); ValueError otherwise.
+SegmentRole ParseRole(const std::string& role) {
+  if (role == "k" || role == "key") return SegmentRole::kKey;
+  if (role == "v" || role == "value") return SegmentRole::kValue;
+  if (role == "latent") return SegmentRole::kLatent;
+  if (role.empty()) return SegmentRole::kUnspecified;
+  throw StatusError(absl::InvalidArgumentError(
+      absl::StrCat("segment role '", role, "' is not k, v, latent or empty")));
+}
+
+// kvtier.codec_roundtrip: `x` [tokens, channels] of float16, float32 or uint16 (bf16 bits)
+// through `codec` as one segment of role `role`; the decoded array (same dtype and shape) and the
+// encoded bytes (header included).
+std::pair<py::array, uint64_t> CodecRoundTrip(const std::string& codec, uint32_t group_size,
+                                              const py::array& x, const std::string& role) {
+  if (x.ndim() != 2 || x.shape(0) <= 0 || x.shape(1) <= 0) {
+    throw StatusError(absl::InvalidArgumentError(
+        "codec_roundtrip: x must be a non-empty 2-D array [tokens, channels]"));
+  }
+  internal::ElementType element;
+  const char kind = x.dtype().kind();
+  if (kind == 'f' && x.itemsize() == 2) {
+    element = internal::ElementType::kF16;
+  } else if (kind == 'f' && x.itemsize() == 4) {
+    element = internal::ElementType::kF32;
+  } else if (kind == 'u' && x.itemsize() == 2) {
+    element = internal::ElementType::kBf16;
+  } else {
+    throw StatusError(
+        absl::InvalidArgumentError(absl::StrCat("codec_roundtrip: dtype ", DtypeName(x.dtype()),
+                                                " vs float16, float32 or uint16 (bfloat16 bits)")));
+  }
+  const absl::StatusOr<internal::CodecId> id =
+      internal::ParseCodec("codec_roundtrip: codec", codec);
+  ThrowIfError(id.status());
+  const py::array in = py::array::ensure(x, py::array::c_style);
+  const uint64_t bytes = static_cast<uint64_t>(in.nbytes());
+  py::array out(in.dtype(), std::vector<py::ssize_t>{in.shape(0), in.shape(1)});
+  if (*id == internal::CodecId::kNone) {
+    std::memcpy(out.mutable_data(), in.data(), bytes);
+    return {out, bytes};
+  }
+  BlockLayout layout;
+  layout.tokens_per_block = static_cast<uint32_t>(in.shape(0));
+  layout.num_slots = 1;
+  layout.layers = {
+      LayerLayout{.segments = {Segment{
+                      .bytes_per_block = bytes, .stride_bytes = bytes, .role = ParseRole(role)}}}};
+  absl::StatusOr<internal::BlockCodec> c = internal::BlockCodec::Create(
+      "codec_roundtrip: codec", {.id = *id, .group_size = group_size, .element = element}, layout);
+  ThrowIfError(c.status());
+  std::vector<uint8_t> encoded(c->encoded_bytes());
+  {
+    py::gil_scoped_release release;
+    c->Encode(in.data(), encoded.data());
+    ThrowIfError(c->Decode(encoded.data(), out.mutable_data()));
+  }
+  return {out, encoded.size()};
+}
+
 Options BuildOptions(const PyOptions& o, CacheState* state) {
   Options opt = o.tree;
   opt.layout = BlockLayout{};
@@ -689,6 +753,17 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
         state->borrowed.push_back(std::move(info));
       }
       opt.layout.layers.push_back(std::move(layer));
+    }
+  }
+  if (!o.segment_roles.empty()) {
+    for (size_t l = 0; l < opt.layout.layers.size(); ++l) {
+      std::vector<Segment>& segs = opt.layout.layers[l].segments;
+      if (segs.size() != o.segment_roles.size()) {
+        throw StatusError(absl::InvalidArgumentError(
+            absl::StrCat("Options.segment_roles: ", o.segment_roles.size(), " roles vs layer ", l,
+                         "'s ", segs.size(), " segments")));
+      }
+      for (size_t i = 0; i < segs.size(); ++i) segs[i].role = ParseRole(o.segment_roles[i]);
     }
   }
   for (const LayerLayout& layer : opt.layout.layers) {
@@ -865,7 +940,7 @@ static_assert(sizeof(TierStats) == 19 * sizeof(uint64_t), "a TierStats field: ad
 static_assert(sizeof(RemoteStats) == 14 * sizeof(uint64_t),
               "a RemoteStats field: add it to RemoteDict");
 static_assert(sizeof(CacheStats) == 3 * sizeof(TierStats) + sizeof(RemoteStats) +
-                                        27 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
+                                        29 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
               "a CacheStats field: add it to StatsDict");
 
 py::dict ResultDict(const ManageResult& r) {
@@ -959,6 +1034,8 @@ py::dict StatsDict(const CacheStats& s) {
   d["loads_failed"] = s.loads_failed;
   d["loads_partial"] = s.loads_partial;
   d["blocks_load_lost"] = s.blocks_load_lost;
+  d["codec_lossy_blocks_loaded"] = s.codec_lossy_blocks_loaded;
+  d["codec_refused_blocks"] = s.codec_refused_blocks;
   d["bytes_disk_read"] = s.bytes_disk_read;
   d["bytes_disk_written"] = s.bytes_disk_written;
   d["disk_corrupt_reads"] = s.disk_corrupt_reads;
@@ -1117,6 +1194,22 @@ PYBIND11_MODULE(kvtier, m) {
           py::arg("tokens"), py::arg("tokens_per_block"),
           "Keys of every block of a token sequence from the root (whole blocks only)");
 
+  m.def(
+      "codec_roundtrip",
+      [](const std::string& codec, uint32_t group_size, const py::array& x,
+         const std::string& role) { return CodecRoundTrip(codec, group_size, x, role).first; },
+      py::arg("codec"), py::arg("group_size"), py::arg("x"), py::arg("role") = "v",
+      "x [tokens, channels] (float16, float32, or uint16 holding bfloat16 bits) encoded with "
+      "codec (none, fp8_e4m3, int8, int4; group_size elements per scale group) as one K ('k': "
+      "scales per channel) or V ('v', 'latent': per token) block segment, then decoded: the "
+      "decoded array, same dtype and shape");
+  m.def(
+      "codec_encoded_bytes",
+      [](const std::string& codec, uint32_t group_size, const py::array& x,
+         const std::string& role) { return CodecRoundTrip(codec, group_size, x, role).second; },
+      py::arg("codec"), py::arg("group_size"), py::arg("x"), py::arg("role") = "v",
+      "Bytes of x encoded as codec_roundtrip encodes it (16-byte header included)");
+
   py::class_<PySegment>(m, "Segment", "A raw segment: an integer address (tensor.data_ptr())")
       .def(py::init([](uint64_t base, uint64_t bytes_per_block, uint64_t stride_bytes) {
              return PySegment{base, bytes_per_block, stride_bytes};
@@ -1148,6 +1241,7 @@ PYBIND11_MODULE(kvtier, m) {
   KVTIER_PY_FIELD(bytes_per_block);
   KVTIER_PY_FIELD(layers);
   KVTIER_PY_FIELD(dtype);
+  KVTIER_PY_FIELD(segment_roles);
 #undef KVTIER_PY_FIELD
   // Every other option: one property per row of the shared table.
   for (const internal::OptionField& field : internal::OptionFields()) {

@@ -688,3 +688,38 @@ def test_tenant_shares_and_wipe_on_free():
     cache.check_invariants()
     with pytest.raises(ValueError):
         make_cache(host_tenant_shares={"a": "0.7", "b": "0.4"})
+
+
+def test_codec_roundtrip_bounds_and_errors():
+    """kvtier.codec_roundtrip: int8 within s/2 per group, none byte-exact, bad input raises."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(16, 128)).astype(np.float32)
+    for role in ("k", "v"):
+        y = kvtier.codec_roundtrip("int8", 32, x, role)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        # The widest group spans at most the whole tensor's range.
+        assert np.abs(y - x).max() <= (x.max() - x.min()) / 255 / 2 * 1.02
+    assert np.array_equal(kvtier.codec_roundtrip("none", 32, x, "v"), x)
+    h = x.astype(np.float16)
+    assert kvtier.codec_roundtrip("fp8_e4m3", 32, h, "v").dtype == np.float16
+    bf16 = (x.view(np.uint32) >> 16).astype(np.uint16)
+    back = kvtier.codec_roundtrip("int4", 32, bf16, "k")
+    assert back.dtype == np.uint16
+    assert kvtier.codec_encoded_bytes("int8", 32, x, "v") < x.nbytes // 3
+    with pytest.raises(ValueError):
+        kvtier.codec_roundtrip("int8", 3, x, "v")  # not a power of two
+    with pytest.raises(ValueError):
+        kvtier.codec_roundtrip("int3", 32, x, "v")
+    with pytest.raises(ValueError):
+        kvtier.codec_roundtrip("int8", 32, x.astype(np.int32), "v")
+
+
+def test_cache_with_host_codec():
+    """host_codec with segment_roles and shard_dtype: host round trips are counted lossy."""
+    cache = make_cache(host_codec="int8", host_codec_group_size=32, shard_dtype="float16",
+                       segment_roles=["k", "v"][:SEGS])
+    assert cache.stats()["codec_lossy_blocks_loaded"] == 0
+    with pytest.raises(ValueError):
+        make_cache(host_codec="int8", segment_roles=["k", "v"][:SEGS])  # no shard_dtype
+    with pytest.raises(ValueError):
+        make_cache(host_codec="int8", shard_dtype="float16")  # no roles

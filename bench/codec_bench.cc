@@ -1,0 +1,105 @@
+// BM_CodecEncode / BM_CodecDecode: one Llama-3-8B-shaped block layer (16 tokens, 8 KV heads x 128,
+// K and V, fp16: 64 KiB raw) through each codec on one thread, beside BM_Memcpy of the same raw
+// bytes. Bytes/s are of the raw block, so the ratio to BM_Memcpy is the codec's cost in memcpys
+// (docs/compression.md). Reaches the internal codec (lib/codec/codec.h) inside libkvtier.
+#include <benchmark/benchmark.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lib/codec/codec.h"
+
+namespace {
+
+using kvtier::internal::BlockCodec;
+using kvtier::internal::CodecId;
+using kvtier::internal::ElementType;
+
+constexpr uint32_t kTokens = 16, kChannels = 8 * 128;
+constexpr uint64_t kSegmentBytes = uint64_t{kTokens} * kChannels * 2;
+
+kvtier::BlockLayout OneLayer() {
+  kvtier::BlockLayout layout;
+  layout.tokens_per_block = kTokens;
+  layout.num_slots = 1;
+  kvtier::LayerLayout layer;
+  layer.segments.push_back({.bytes_per_block = kSegmentBytes,
+                            .stride_bytes = kSegmentBytes,
+                            .role = kvtier::SegmentRole::kKey});
+  layer.segments.push_back({.bytes_per_block = kSegmentBytes,
+                            .stride_bytes = kSegmentBytes,
+                            .role = kvtier::SegmentRole::kValue});
+  layout.layers.push_back(layer);
+  return layout;
+}
+
+// fp16 values of a smooth signal in [-2, 2] (exponent and mantissa bits built directly).
+std::vector<uint8_t> RawBlock() {
+  std::vector<uint8_t> raw(2 * kSegmentBytes);
+  for (size_t i = 0; i < raw.size() / 2; ++i) {
+    const float f = 2.0f * std::sin(0.01f * static_cast<float>(i));
+    // fp16 by truncation of the float's bits (normal range only: |f| >= 2^-14 or zero).
+    const uint32_t u = std::bit_cast<uint32_t>(f);
+    const int e = static_cast<int>((u >> 23) & 0xff) - 127 + 15;
+    const uint16_t h =
+        e <= 0 ? static_cast<uint16_t>((u >> 16) & 0x8000)
+               : static_cast<uint16_t>(((u >> 16) & 0x8000) | (e << 10) | ((u >> 13) & 0x3ff));
+    std::memcpy(&raw[i * 2], &h, 2);
+  }
+  return raw;
+}
+
+BlockCodec MakeCodec(CodecId id) {
+  auto codec = BlockCodec::Create(
+      "bench", {.id = id, .group_size = 64, .element = ElementType::kF16}, OneLayer());
+  return *std::move(codec);
+}
+
+void BM_Memcpy(benchmark::State& state) {
+  const std::vector<uint8_t> raw = RawBlock();
+  std::vector<uint8_t> out(raw.size());
+  for (auto _ : state) {
+    std::memcpy(out.data(), raw.data(), raw.size());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
+}
+BENCHMARK(BM_Memcpy);
+
+void BM_CodecEncode(benchmark::State& state) {
+  const BlockCodec codec = MakeCodec(static_cast<CodecId>(state.range(0)));
+  const std::vector<uint8_t> raw = RawBlock();
+  std::vector<uint8_t> out(codec.encoded_bytes());
+  for (auto _ : state) {
+    codec.Encode(raw.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
+  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " ratio " +
+                 std::to_string(static_cast<double>(codec.encoded_bytes()) / raw.size()));
+}
+BENCHMARK(BM_CodecEncode)->Arg(1)->Arg(2)->Arg(3);
+
+void BM_CodecDecode(benchmark::State& state) {
+  const BlockCodec codec = MakeCodec(static_cast<CodecId>(state.range(0)));
+  const std::vector<uint8_t> raw = RawBlock();
+  std::vector<uint8_t> enc(codec.encoded_bytes()), out(raw.size());
+  codec.Encode(raw.data(), enc.data());
+  for (auto _ : state) {
+    if (!codec.Decode(enc.data(), out.data()).ok()) state.SkipWithError("decode failed");
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
+  state.SetLabel(kvtier::internal::CodecName(codec.config().id));
+}
+BENCHMARK(BM_CodecDecode)->Arg(1)->Arg(2)->Arg(3);
+
+}  // namespace

@@ -1,0 +1,747 @@
+// The block codecs (lib/codec): round trips within each codec's analytic error bound, special
+// values, element types, odd shapes, header checks.
+#include "lib/codec/codec.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "catch2/catch.hpp"
+#include "kvtier/cache.h"
+#include "kvtier/options.h"
+#include "lib/cache_factory.h"
+#include "lib/tiers/disk_tier.h"
+#include "lib/transfer/emulated_device.h"
+#include "test/util/test_util.h"
+
+namespace kvtier::internal {
+namespace {
+
+float Bf16(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// Element conversions of the test (independent of the codec's): fp16 via the compiler's _Float16
+// where it exists is not portable, so fp16 here is decoded by the textbook formula.
+float HalfToFloat(uint16_t h) {
+  const int sign = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  float v;
+  if (e == 0) {
+    v = std::ldexp(static_cast<float>(m), -24);
+  } else if (e == 31) {
+    v = m ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else {
+    v = std::ldexp(1.0f + m / 1024.0f, e - 15);
+  }
+  return sign ? -v : v;
+}
+// Nearest fp16 (by search over the sorted finite values): for building inputs.
+uint16_t NearestHalf(float f) {
+  static const std::vector<std::pair<float, uint16_t>> table = [] {
+    std::vector<std::pair<float, uint16_t>> t;
+    for (uint32_t h = 0; h < 0x7c00; ++h) t.push_back({HalfToFloat(static_cast<uint16_t>(h)), h});
+    return t;  // ascending: non-negative halves sort like their bits
+  }();
+  const float a = std::fabs(f);
+  auto it = std::lower_bound(table.begin(), table.end(), std::make_pair(a, uint16_t{0}));
+  if (it == table.end()) --it;
+  if (it != table.begin() && a - std::prev(it)->first < it->first - a) --it;
+  return static_cast<uint16_t>(it->second | (f < 0 ? 0x8000 : 0));
+}
+
+struct Tensor {
+  ElementType type;
+  uint32_t tokens;
+  uint64_t channels;
+  std::vector<uint8_t> bytes;
+
+  float Get(uint64_t i) const {
+    if (type == ElementType::kF32) {
+      float f;
+      std::memcpy(&f, &bytes[i * 4], 4);
+      return f;
+    }
+    uint16_t h;
+    std::memcpy(&h, &bytes[i * 2], 2);
+    return type == ElementType::kF16 ? HalfToFloat(h) : Bf16(h);
+  }
+  uint64_t size() const { return uint64_t{tokens} * channels; }
+};
+
+// Values of `f(i)` stored exactly in `type` (fp32; bf16 by truncation; fp16 through a table).
+Tensor MakeTensor(ElementType type, uint32_t tokens, uint64_t channels,
+                  const std::vector<float>& values) {
+  Tensor t{type, tokens, channels, {}};
+  t.bytes.resize(t.size() * ElementBytes(type));
+  for (uint64_t i = 0; i < t.size(); ++i) {
+    const float f = values[i];
+    if (type == ElementType::kF32) {
+      std::memcpy(&t.bytes[i * 4], &f, 4);
+    } else if (type == ElementType::kBf16) {
+      const uint16_t h = static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16);
+      std::memcpy(&t.bytes[i * 2], &h, 2);
+    } else {
+      const uint16_t h = NearestHalf(f);
+      std::memcpy(&t.bytes[i * 2], &h, 2);
+    }
+  }
+  return t;
+}
+
+// A one-layer layout with one segment of `t.tokens` x `t.channels` elements and `role`.
+BlockLayout OneSegment(const Tensor& t, SegmentRole role) {
+  BlockLayout layout;
+  layout.tokens_per_block = t.tokens;
+  layout.num_slots = 1;
+  const uint64_t bytes = t.bytes.size();
+  layout.layers = {LayerLayout{.segments = {Segment{
+                                   .base = nullptr,
+                                   .bytes_per_block = bytes,
+                                   .stride_bytes = bytes,
+                                   .role = role,
+                               }}}};
+  return layout;
+}
+
+Tensor RoundTrip(const Tensor& in, CodecId id, uint32_t group, SegmentRole role,
+                 uint64_t* encoded_bytes = nullptr) {
+  auto codec = BlockCodec::Create("test", {.id = id, .group_size = group, .element = in.type},
+                                  OneSegment(in, role));
+  REQUIRE(codec.ok());
+  std::vector<uint8_t> enc(codec->encoded_bytes());
+  codec->Encode(in.bytes.data(), enc.data());
+  Tensor out = in;
+  std::fill(out.bytes.begin(), out.bytes.end(), 0xAB);
+  REQUIRE(codec->Decode(enc.data(), out.bytes.data()).ok());
+  if (encoded_bytes) *encoded_bytes = enc.size();
+  return out;
+}
+
+// Half a unit in the last place of `x` in `type` (the rounding of the decoded value).
+float HalfUlp(ElementType type, float x) {
+  const int bits = type == ElementType::kF32 ? 24 : (type == ElementType::kF16 ? 11 : 8);
+  const float a = std::max(std::fabs(x), type == ElementType::kF16 ? 6.1e-5f : 1e-30f);
+  return std::ldexp(1.0f, std::ilogb(a) - bits);
+}
+
+// Checks |decoded - x| <= s/2 per group, s = (max - min) / levels widened by bf16's rounding up
+// of s (2^-7 relative) and down of the minimum, plus float and element-type rounding.
+void CheckIntBound(const Tensor& in, const Tensor& out, uint32_t levels, uint32_t group,
+                   SegmentRole role) {
+  const uint32_t T = in.tokens;
+  const uint64_t C = in.channels;
+  auto check_group = [&](const std::vector<uint64_t>& idx) {
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (uint64_t i : idx) {
+      lo = std::min(lo, in.Get(i));
+      hi = std::max(hi, in.Get(i));
+    }
+    // The bf16 minimum is up to one bf16 ulp below lo: the range grows by that much.
+    const float range = (hi - lo) + 2 * HalfUlp(ElementType::kBf16, lo);
+    const float s = range / levels * (1.0f + 1.0f / 64);
+    for (uint64_t i : idx) {
+      const float x = in.Get(i), y = out.Get(i);
+      const float bound = s / 2 + HalfUlp(in.type, x) * 2 + std::fabs(x) * 1e-6f + 1e-30f;
+      INFO("i=" << i << " x=" << x << " y=" << y << " bound=" << bound << " range=" << hi - lo);
+      REQUIRE(std::fabs(y - x) <= bound);
+    }
+  };
+  if (role == SegmentRole::kKey) {
+    for (uint64_t c = 0; c < C; ++c) {
+      for (uint32_t t0 = 0; t0 < T; t0 += group) {
+        std::vector<uint64_t> idx;
+        for (uint32_t t = t0; t < std::min(T, t0 + group); ++t) idx.push_back(t * C + c);
+        check_group(idx);
+      }
+    }
+  } else {
+    for (uint32_t t = 0; t < T; ++t) {
+      for (uint64_t c0 = 0; c0 < C; c0 += group) {
+        std::vector<uint64_t> idx;
+        for (uint64_t c = c0; c < std::min<uint64_t>(C, c0 + group); ++c) idx.push_back(t * C + c);
+        check_group(idx);
+      }
+    }
+  }
+}
+
+std::vector<float> Random(uint64_t n, uint32_t seed, float scale = 2.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  // Per-channel offsets as real K has (outlier channels): channel i % 7 shifted.
+  for (uint64_t i = 0; i < n; ++i) v[i] = d(rng) + static_cast<float>((i % 7) * 3);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("codec names parse, unknown codec and element types are refused", "[codec]") {
+  for (CodecId id : {CodecId::kNone, CodecId::kFp8E4m3, CodecId::kInt8, CodecId::kInt4}) {
+    auto p = ParseCodec("Options.host.codec", CodecName(id));
+    REQUIRE(p.ok());
+    CHECK(*p == id);
+  }
+  auto bad = ParseCodec("Options.host.codec", "int3");
+  REQUIRE(bad.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(bad.status().message().find("Options.host.codec: 'int3'") != absl::string_view::npos);
+  CHECK(*ParseElementType("torch.bfloat16") == ElementType::kBf16);
+  CHECK(*ParseElementType("half") == ElementType::kF16);
+  CHECK(*ParseElementType("float32") == ElementType::kF32);
+  CHECK(ParseElementType("float8_e4m3fn").status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(ParseElementType("").status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("codec Create refuses odd group sizes, missing roles and ragged segments", "[codec]") {
+  Tensor t = MakeTensor(ElementType::kF32, 4, 8, std::vector<float>(32, 1.0f));
+  for (uint32_t g : {0u, 1u, 3u, 6u, 48u, kMaxCodecGroupSize * 2}) {
+    auto c = BlockCodec::Create("Options.host.codec",
+                                {.id = CodecId::kInt8, .group_size = g, .element = t.type},
+                                OneSegment(t, SegmentRole::kValue));
+    INFO("group " << g);
+    REQUIRE(c.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(c.status().message().find("Options.host.codec_group_size") != absl::string_view::npos);
+  }
+  auto norole = BlockCodec::Create("Options.host.codec", {.id = CodecId::kInt4, .element = t.type},
+                                   OneSegment(t, SegmentRole::kUnspecified));
+  REQUIRE(norole.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(norole.status().message().find("role is unspecified") != absl::string_view::npos);
+  // fp8 needs no role.
+  CHECK(BlockCodec::Create("c", {.id = CodecId::kFp8E4m3, .element = t.type},
+                           OneSegment(t, SegmentRole::kUnspecified))
+            .ok());
+  BlockLayout ragged = OneSegment(t, SegmentRole::kKey);
+  ragged.layers[0].segments[0].bytes_per_block = 4 * 4 * 3 + 4;  // not tokens x elements
+  CHECK(
+      BlockCodec::Create("c", {.id = CodecId::kInt8, .element = t.type}, ragged).status().code() ==
+      absl::StatusCode::kInvalidArgument);
+  CHECK(BlockCodec::Create("c", {.id = CodecId::kNone, .element = t.type},
+                           OneSegment(t, SegmentRole::kKey))
+            .status()
+            .code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("int8 and int4 round trips stay within s/2 per group, K per channel and V per token",
+          "[codec]") {
+  struct Case {
+    ElementType type;
+    uint32_t tokens;
+    uint64_t channels;
+    uint32_t group;
+  };
+  const Case cases[] = {{ElementType::kF32, 16, 128, 64}, {ElementType::kBf16, 16, 256, 32},
+                        {ElementType::kF16, 16, 64, 64},  {ElementType::kF32, 5, 37, 8},
+                        {ElementType::kBf16, 3, 7, 2},    {ElementType::kF32, 1, 1, 4}};
+  for (const Case& k : cases) {
+    const Tensor in = MakeTensor(k.type, k.tokens, k.channels,
+                                 Random(uint64_t{k.tokens} * k.channels, k.tokens * 31 + 7));
+    for (CodecId id : {CodecId::kInt8, CodecId::kInt4}) {
+      for (SegmentRole role : {SegmentRole::kKey, SegmentRole::kValue, SegmentRole::kLatent}) {
+        INFO("codec " << CodecName(id) << " type " << static_cast<int>(k.type) << " role "
+                      << static_cast<int>(role) << " " << k.tokens << "x" << k.channels << " g"
+                      << k.group);
+        const Tensor out = RoundTrip(in, id, k.group, role);
+        CheckIntBound(in, out, id == CodecId::kInt8 ? 255 : 15, k.group,
+                      role == SegmentRole::kKey ? SegmentRole::kKey : SegmentRole::kValue);
+      }
+    }
+  }
+}
+
+TEST_CASE("int8 K groups are per channel: a channel offset by 1000 costs the others nothing",
+          "[codec]") {
+  // 16 tokens x 8 channels; channel 3 is around 1000, the others in [0, 1). Per-channel scales
+  // keep the small channels' error below 1/255/2; a per-token scale would make it ~2.
+  std::vector<float> v(16 * 8);
+  for (int t = 0; t < 16; ++t) {
+    for (int c = 0; c < 8; ++c) v[t * 8 + c] = c == 3 ? 1000.0f + t : c / 8.0f + t / 128.0f;
+  }
+  const Tensor in = MakeTensor(ElementType::kF32, 16, 8, v);
+  const Tensor k = RoundTrip(in, CodecId::kInt8, 64, SegmentRole::kKey);
+  const Tensor val = RoundTrip(in, CodecId::kInt8, 64, SegmentRole::kValue);
+  float k_err = 0, v_err = 0;
+  for (uint64_t i = 0; i < in.size(); ++i) {
+    if (i % 8 == 3) continue;
+    k_err = std::max(k_err, std::fabs(k.Get(i) - in.Get(i)));
+    v_err = std::max(v_err, std::fabs(val.Get(i) - in.Get(i)));
+  }
+  CHECK(k_err <= 1.0f / 255);
+  CHECK(v_err > 0.3f);
+}
+
+TEST_CASE("int codecs: constant and all-zero groups decode exactly, NaN and Inf saturate",
+          "[codec]") {
+  for (CodecId id : {CodecId::kInt8, CodecId::kInt4}) {
+    for (float c : {0.0f, 3.25f, -7.5f}) {
+      const Tensor in = MakeTensor(ElementType::kBf16, 4, 16, std::vector<float>(64, c));
+      for (SegmentRole role : {SegmentRole::kKey, SegmentRole::kValue}) {
+        const Tensor out = RoundTrip(in, id, 16, role);
+        for (uint64_t i = 0; i < in.size(); ++i) REQUIRE(out.Get(i) == c);
+      }
+    }
+    std::vector<float> v(16);
+    for (int i = 0; i < 16; ++i) v[i] = static_cast<float>(i);
+    v[3] = std::numeric_limits<float>::quiet_NaN();
+    v[5] = std::numeric_limits<float>::infinity();
+    v[9] = -std::numeric_limits<float>::infinity();
+    const Tensor in = MakeTensor(ElementType::kF32, 1, 16, v);
+    const Tensor out = RoundTrip(in, id, 16, SegmentRole::kValue);
+    // Finite range is [0, 15]: NaN -> the minimum, +Inf -> max, -Inf -> min; the rest in bound.
+    const float s = 15.0f / (id == CodecId::kInt8 ? 255 : 15) * (1.0f + 1.0f / 64);
+    CHECK(std::fabs(out.Get(3) - 0.0f) <= s / 2);
+    CHECK(std::fabs(out.Get(5) - 15.0f) <= s / 2);
+    CHECK(std::fabs(out.Get(9) - 0.0f) <= s / 2);
+    for (int i : {0, 1, 2, 4, 6, 7, 8, 10, 15})
+      CHECK(std::fabs(out.Get(i) - v[i]) <= s / 2 + 1e-6f);
+    // A group of nothing finite decodes to zeros.
+    const Tensor nan = MakeTensor(ElementType::kF32, 1, 4,
+                                  std::vector<float>(4, std::numeric_limits<float>::quiet_NaN()));
+    const Tensor nan_out = RoundTrip(nan, id, 4, SegmentRole::kValue);
+    for (uint64_t i = 0; i < 4; ++i) CHECK(nan_out.Get(i) == 0.0f);
+  }
+}
+
+TEST_CASE("fp8_e4m3 round trips within 2^-4 relative error, saturating, NaN kept", "[codec]") {
+  for (ElementType type : {ElementType::kF32, ElementType::kBf16, ElementType::kF16}) {
+    std::vector<float> v = Random(16 * 96, 5, 3.0f);
+    v[10] = 0.0f;
+    const Tensor in = MakeTensor(type, 16, 96, v);
+    const Tensor out = RoundTrip(in, CodecId::kFp8E4m3, 64, SegmentRole::kUnspecified);
+    float amax = 0;
+    for (uint64_t i = 0; i < in.size(); ++i) amax = std::max(amax, std::fabs(in.Get(i)));
+    const float scale = amax / 448.0f;
+    for (uint64_t i = 0; i < in.size(); ++i) {
+      const float x = in.Get(i), y = out.Get(i);
+      // Normal e4m3 (|x / s| >= 2^-6): relative 2^-4; below: absolute 2^-10 * s. Plus the
+      // decoded value's rounding to the element type.
+      const float bound =
+          (std::fabs(x) / scale >= 0x1p-6f ? std::fabs(x) * 0x1p-4f : scale * 0x1p-10f) * 1.0001f +
+          HalfUlp(type, x) * 2;
+      INFO("type " << static_cast<int>(type) << " x=" << x << " y=" << y);
+      REQUIRE(std::fabs(y - x) <= bound);
+    }
+    CHECK(out.Get(10) == 0.0f);
+  }
+  std::vector<float> v = {1.0f,
+                          -2.0f,
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN(),
+                          0.5f,
+                          0.0f,
+                          -0.0f};
+  const Tensor in = MakeTensor(ElementType::kF32, 1, 8, v);
+  const Tensor out = RoundTrip(in, CodecId::kFp8E4m3, 64, SegmentRole::kValue);
+  // amax over finite values is 2: scale 2/448; Inf saturates to +-448 * scale = +-2.
+  CHECK(out.Get(0) == 1.0f);
+  CHECK(out.Get(1) == -2.0f);
+  CHECK(out.Get(2) == 2.0f);
+  CHECK(out.Get(3) == -2.0f);
+  CHECK(std::isnan(out.Get(4)));
+  CHECK(out.Get(5) == 0.5f);
+  CHECK(out.Get(6) == 0.0f);
+}
+
+TEST_CASE("codec sizes: int8 about half, int4 about a quarter of fp16 plus scales", "[codec]") {
+  const Tensor in = MakeTensor(ElementType::kBf16, 16, 1024, Random(16 * 1024, 9));
+  uint64_t k8 = 0, v8 = 0, v4 = 0, f8 = 0;
+  RoundTrip(in, CodecId::kInt8, 64, SegmentRole::kKey, &k8);
+  RoundTrip(in, CodecId::kInt8, 64, SegmentRole::kValue, &v8);
+  RoundTrip(in, CodecId::kInt4, 64, SegmentRole::kValue, &v4);
+  RoundTrip(in, CodecId::kFp8E4m3, 64, SegmentRole::kValue, &f8);
+  const uint64_t n = 16 * 1024;
+  CHECK(k8 == kCodecHeaderBytes + n + 1024 * 4);     // one group per channel (16 tokens <= 64)
+  CHECK(v8 == kCodecHeaderBytes + n + 16 * 16 * 4);  // 16 groups of 64 channels per token
+  CHECK(v4 == kCodecHeaderBytes + n / 2 + 16 * 16 * 4);
+  CHECK(f8 == kCodecHeaderBytes + n + 4);
+}
+
+TEST_CASE("codec Decode refuses another codec's, group size's or element type's block", "[codec]") {
+  const Tensor in = MakeTensor(ElementType::kBf16, 16, 64, Random(16 * 64, 3));
+  const BlockLayout layout = OneSegment(in, SegmentRole::kValue);
+  auto int8 = BlockCodec::Create(
+      "c", {.id = CodecId::kInt8, .group_size = 64, .element = ElementType::kBf16}, layout);
+  REQUIRE(int8.ok());
+  std::vector<uint8_t> enc(int8->encoded_bytes());
+  int8->Encode(in.bytes.data(), enc.data());
+  std::vector<uint8_t> out(in.bytes.size(), 0x5A);
+  const std::vector<uint8_t> untouched = out;
+  for (CodecConfig other :
+       {CodecConfig{.id = CodecId::kInt8, .group_size = 32, .element = ElementType::kBf16},
+        CodecConfig{.id = CodecId::kInt4, .group_size = 64, .element = ElementType::kBf16},
+        CodecConfig{.id = CodecId::kInt8, .group_size = 64, .element = ElementType::kF16}}) {
+    auto c = BlockCodec::Create("c", other, layout);
+    REQUIRE(c.ok());
+    // Decoding reads only the header before refusing: the buffer need only be header-sized.
+    CHECK(c->Decode(enc.data(), out.data()).code() == absl::StatusCode::kDataLoss);
+    CHECK(out == untouched);
+  }
+  std::vector<uint8_t> bad = enc;
+  bad[5] = 9;  // an unknown codec id
+  CHECK(int8->Decode(bad.data(), out.data()).code() == absl::StatusCode::kDataLoss);
+  bad = enc;
+  bad[4] = 2;  // a later version
+  CHECK(int8->Decode(bad.data(), out.data()).code() == absl::StatusCode::kDataLoss);
+  CHECK(out == untouched);
+  CHECK(int8->Decode(enc.data(), out.data()).ok());
+}
+
+TEST_CASE("codec on a multi-layer block: layers decode one by one to the same bytes", "[codec]") {
+  BlockLayout layout;
+  layout.tokens_per_block = 8;
+  layout.num_slots = 1;
+  for (int l = 0; l < 3; ++l) {
+    layout.layers.push_back(LayerLayout{.segments = {Segment{.bytes_per_block = 8 * 32 * 2,
+                                                             .stride_bytes = 8 * 32 * 2,
+                                                             .role = SegmentRole::kKey},
+                                                     Segment{.bytes_per_block = 8 * 32 * 2,
+                                                             .stride_bytes = 8 * 32 * 2,
+                                                             .role = SegmentRole::kValue}}});
+  }
+  auto codec = BlockCodec::Create(
+      "c", {.id = CodecId::kInt4, .group_size = 16, .element = ElementType::kF16}, layout);
+  REQUIRE(codec.ok());
+  REQUIRE(codec->raw_bytes() == layout.block_bytes());
+  std::vector<uint8_t> raw(layout.block_bytes());
+  std::mt19937 rng(1);
+  for (size_t i = 0; i < raw.size(); i += 2) {
+    const uint16_t h = static_cast<uint16_t>(0x3000 + rng() % 0x1000);  // finite, [0.125, 2)
+    std::memcpy(&raw[i], &h, 2);
+  }
+  std::vector<uint8_t> enc(codec->encoded_bytes()), whole(raw.size()), layered(raw.size());
+  codec->Encode(raw.data(), enc.data());
+  REQUIRE(codec->Decode(enc.data(), whole.data()).ok());
+  REQUIRE(codec->CheckHeader(enc.data()).ok());
+  for (uint32_t l = 0; l < codec->num_layers(); ++l) {
+    codec->DecodeLayer(l, enc.data() + codec->layer_offset(l),
+                       layered.data() + codec->raw_layer_offset(l));
+  }
+  CHECK(whole == layered);
+  CHECK(codec->layer_offset(3) == codec->encoded_bytes());
+}
+
+}  // namespace kvtier::internal
+
+// ---- through a Cache: host and disk tiers on the emulated device ----
+
+namespace kvtier {
+namespace {
+
+float BfToFloat(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// An engine of bf16 K/V tensors: 2 layers, K and V, 4 tokens x 64 channels per block.
+struct FloatEngine {
+  static constexpr uint32_t kLayers = 2, kTokens = 4, kChannels = 64, kSlots = 4;
+  static constexpr uint64_t kSegmentBytes = kTokens * kChannels * 2;
+  std::vector<std::vector<uint16_t>> tensors;  // [layer * 2 + seg]: kSlots blocks each
+  BlockLayout layout;
+
+  explicit FloatEngine(bool roles = true) {
+    layout.tokens_per_block = kTokens;
+    layout.num_slots = kSlots;
+    tensors.assign(kLayers * 2, std::vector<uint16_t>(kSlots * kSegmentBytes / 2));
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      LayerLayout layer;
+      for (uint32_t s = 0; s < 2; ++s) {
+        layer.segments.push_back(Segment{
+            .base = tensors[l * 2 + s].data(),
+            .bytes_per_block = kSegmentBytes,
+            .stride_bytes = kSegmentBytes,
+            .role = roles ? (s == 0 ? SegmentRole::kKey : SegmentRole::kValue)
+                          : SegmentRole::kUnspecified,
+        });
+      }
+      layout.layers.push_back(std::move(layer));
+    }
+  }
+  // The value of element i of segment (l, s) of block `seed`: smooth in [-4, 4] with outliers.
+  static float Value(uint32_t seed, uint32_t l, uint32_t s, uint32_t i) {
+    const float base = std::sin(0.37f * static_cast<float>(i + 97 * seed + 13 * l + 5 * s));
+    return (i % 64 == 7 ? 4.0f : 1.0f) * base;
+  }
+  static uint16_t ToBf16(float f) {  // truncation: exact values of the test
+    return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16);
+  }
+  void Write(uint32_t slot, uint32_t seed) {
+    for (uint32_t t = 0; t < kLayers * 2; ++t) {
+      for (uint32_t i = 0; i < kSegmentBytes / 2; ++i) {
+        tensors[t][slot * kSegmentBytes / 2 + i] = ToBf16(Value(seed, t / 2, t % 2, i));
+      }
+    }
+  }
+  // Largest |decoded - written| over block `seed` in device slot `slot`.
+  float MaxError(uint32_t slot, uint32_t seed) const {
+    float err = 0;
+    for (uint32_t t = 0; t < kLayers * 2; ++t) {
+      for (uint32_t i = 0; i < kSegmentBytes / 2; ++i) {
+        const float want = BfToFloat(ToBf16(Value(seed, t / 2, t % 2, i)));
+        const float got = BfToFloat(tensors[t][slot * kSegmentBytes / 2 + i]);
+        err = std::max(err, std::fabs(got - want));
+      }
+    }
+    return err;
+  }
+  bool Exact(uint32_t slot, uint32_t seed) const {
+    for (uint32_t t = 0; t < kLayers * 2; ++t) {
+      for (uint32_t i = 0; i < kSegmentBytes / 2; ++i) {
+        if (tensors[t][slot * kSegmentBytes / 2 + i] != ToBf16(Value(seed, t / 2, t % 2, i))) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+};
+
+Options CodecOptions(const FloatEngine& e, const std::string& codec, uint32_t host_raw_blocks) {
+  Options o;
+  o.layout = e.layout;
+  o.backend = DeviceBackend::kEmulated;
+  o.shard.dtype = "bfloat16";
+  o.host.capacity_bytes = uint64_t{host_raw_blocks} * e.layout.block_bytes();
+  o.host.codec = codec;
+  o.host.codec_group_size = 32;
+  return o;
+}
+
+// Commits blocks `seeds` (one chain), pushes them off the device with another chain, then loads
+// them back; returns the lease and the transfer's promotions.
+struct Loaded {
+  DeviceLease lease;
+  uint32_t promoted = 0;
+  uint32_t blocks = 0;
+};
+Loaded CommitEvictLoad(Cache& cache, FloatEngine& e, uint32_t seed) {
+  const std::vector<BlockKey> keys = test::Chain(2, seed, FloatEngine::kTokens);
+  {
+    auto lease = cache.AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], seed * 10 + i);
+    REQUIRE_OK(cache.Commit(keys, *lease));
+  }
+  for (uint32_t other = 0; other < 2; ++other) {  // 4 device slots: push the first chain out
+    const std::vector<BlockKey> filler =
+        test::Chain(2, seed * 100 + 50 + other, FloatEngine::kTokens);
+    auto lease = cache.AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 999);
+    REQUIRE_OK(cache.Commit(filler, *lease));
+  }
+  auto match = cache.Match(keys);
+  REQUIRE_OK(match);
+  REQUIRE(match->size() == 2);
+  REQUIRE(match->blocks_in(Tier::kDevice) == 0);
+  auto lease = cache.AllocateDevice(2);
+  REQUIRE_OK(lease);
+  auto xfer = cache.Load(*match, *lease);
+  REQUIRE_OK(xfer);
+  REQUIRE_OK(xfer->Wait());
+  Loaded out;
+  out.promoted = xfer->blocks_promoted();
+  out.blocks = xfer->blocks();
+  out.lease = std::move(*lease);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Cache with host.codec: blocks come back from the host within the codec's bound",
+          "[codec]") {
+  // Values in [-4, 4]: an int8 group spans at most 8, s <= 8/255; int4 s <= 8/15; fp8 relative
+  // 2^-4 of at most 4. Plus bf16's rounding of the decoded value (2^-8 relative of 4).
+  const std::pair<const char*, float> cases[] = {{"int8", 8.0f / 255 / 2 * 1.02f + 4 * 0x1p-8f},
+                                                 {"int4", 8.0f / 15 / 2 * 1.02f + 4 * 0x1p-8f},
+                                                 {"fp8_e4m3", 4 * 0x1p-4f + 4 * 0x1p-8f}};
+  for (const auto& [codec, bound] : cases) {
+    INFO("codec " << codec);
+    FloatEngine e;
+    auto cache = Cache::Create(CodecOptions(e, codec, 4));
+    REQUIRE_OK(cache);
+    // Slots sized by the encoded size: more than the 4 raw blocks the capacity would hold.
+    CHECK((*cache)->Stats().host.capacity_blocks > 4);
+    Loaded got = CommitEvictLoad(**cache, e, 1);
+    REQUIRE(got.promoted == 2);
+    for (uint32_t i = 0; i < 2; ++i) {
+      const float err = e.MaxError(got.lease.slots()[i], 10 + i);
+      INFO("block " << i << " max error " << err << " bound " << bound);
+      CHECK(err <= bound);
+      CHECK(err > 0);  // lossy indeed (the values are not all on the grid)
+    }
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.codec_lossy_blocks_loaded == 2);
+    CHECK(s.codec_refused_blocks == 0);
+    REQUIRE_OK((*cache)->CheckInvariants());
+  }
+}
+
+TEST_CASE("Cache without a codec: host round trips stay byte-exact, nothing counted lossy",
+          "[codec]") {
+  FloatEngine e;
+  auto cache = Cache::Create(CodecOptions(e, "none", 4));
+  REQUIRE_OK(cache);
+  CHECK((*cache)->Stats().host.capacity_blocks == 4);
+  Loaded got = CommitEvictLoad(**cache, e, 1);
+  REQUIRE(got.promoted == 2);
+  for (uint32_t i = 0; i < 2; ++i) CHECK(e.Exact(got.lease.slots()[i], 10 + i));
+  CHECK((*cache)->Stats().codec_lossy_blocks_loaded == 0);
+}
+
+TEST_CASE("Cache with host.codec and a disk tier: blocks round trip through disk encoded",
+          "[codec]") {
+  test::TempDir dir("codec_disk");
+  FloatEngine e;
+  const uint64_t raw = e.layout.block_bytes();
+  uint64_t encoded = 0, host_bytes = 0;
+  {
+    // Two host slots: the filler chains push the first chain's blocks down to disk.
+    Options o = CodecOptions(e, "int8", 1);
+    auto alignment = internal::DiskTier::Alignment(dir.path.string());
+    REQUIRE_OK(alignment);
+    host_bytes = 2 * internal::DiskTier::HostSlotBytes(internal::StoredBlockBytes(o), *alignment);
+    o.host.capacity_bytes = host_bytes;  // 2 slots padded for the disk
+    o.disk.directory = dir.path.string();
+    o.disk.capacity_bytes = 64 * raw;
+    o.disk.allow_buffered = true;
+    encoded = internal::StoredBlockBytes(o);
+    CHECK(encoded < raw);  // tiny blocks: K's per-channel scales weigh (docs/compression.md)
+    auto cache = Cache::Create(o);
+    REQUIRE_OK(cache);
+    Loaded got = CommitEvictLoad(**cache, e, 3);
+    REQUIRE(got.blocks == 2);
+    for (uint32_t i = 0; i < 2; ++i) {
+      CHECK(e.MaxError(got.lease.slots()[i], 30 + i) <= 8.0f / 255 / 2 * 1.02f + 4 * 0x1p-8f);
+    }
+    const CacheStats s = (*cache)->Stats();
+    CHECK(s.bytes_disk_read > 0);
+    CHECK(s.bytes_disk_read % encoded == 0);  // the disk moves encoded blocks
+    CHECK(s.codec_lossy_blocks_loaded == 2);
+  }
+  // A warm restart with another codec is another layout's directory: refused, or reset on demand.
+  Options other = CodecOptions(e, "int4", 1);
+  other.host.capacity_bytes = host_bytes * 2;
+  other.disk.directory = dir.path.string();
+  other.disk.capacity_bytes = 64 * raw;
+  other.disk.allow_buffered = true;
+  auto refused = Cache::Create(other);
+  CHECK_FALSE(refused.ok());
+  Options none = other;
+  none.host.codec = "none";
+  CHECK_FALSE(Cache::Create(none).ok());
+  // Another group size of the same encoded size (64 channels: one V group per token at 64 and
+  // at 128; 4 tokens: one K group per channel): only the fingerprint tells them apart.
+  Options regrouped = CodecOptions(e, "int8", 1);
+  regrouped.host.codec_group_size = 64;
+  Options regrouped2 = regrouped;
+  regrouped2.host.codec_group_size = 128;
+  REQUIRE(internal::StoredBlockBytes(regrouped) == internal::StoredBlockBytes(regrouped2));
+  for (Options* r : {&regrouped, &regrouped2}) {
+    r->host.capacity_bytes = host_bytes;
+    r->disk.directory = dir.path.string();
+    r->disk.capacity_bytes = 64 * raw;
+    r->disk.allow_buffered = true;
+  }
+  {
+    test::TempDir dir2("codec_regroup");
+    regrouped.disk.directory = regrouped2.disk.directory = dir2.path.string();
+    {
+      auto first = Cache::Create(regrouped);
+      REQUIRE_OK(first);
+      CommitEvictLoad(**first, e, 5);
+    }
+    auto second = Cache::Create(regrouped2);
+    CHECK_FALSE(second.ok());
+  }
+  other.disk.reset_on_mismatch = true;
+  auto reset = Cache::Create(other);
+  REQUIRE_OK(reset);
+  CHECK((*reset)->Stats().disk.used_blocks == 0);
+}
+
+TEST_CASE("Cache::Create refuses a codec it cannot apply, naming the option", "[codec]") {
+  FloatEngine e;
+  auto message = [](const absl::Status& s) { return std::string(s.message()); };
+  {
+    Options o = CodecOptions(e, "int8", 4);
+    o.shard.dtype = "";  // no element type
+    auto c = Cache::Create(o);
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("Options.shard.dtype") != std::string::npos);
+  }
+  {
+    FloatEngine no_roles(/*roles=*/false);
+    auto c = Cache::Create(CodecOptions(no_roles, "int4", 4));
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("role is unspecified") != std::string::npos);
+    // fp8 needs no roles.
+    CHECK_OK(Cache::Create(CodecOptions(no_roles, "fp8_e4m3", 4)));
+  }
+  for (uint32_t group : {0u, 3u, 33u}) {
+    Options o = CodecOptions(e, "int8", 4);
+    o.host.codec_group_size = group;
+    auto c = Cache::Create(o);
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("Options.host.codec_group_size") != std::string::npos);
+  }
+  {
+    auto c = Cache::Create(CodecOptions(e, "int2", 4));
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("Options.host.codec: 'int2'") != std::string::npos);
+  }
+  {
+    Options o = CodecOptions(e, "int8", 0);  // no host tier
+    auto c = Cache::Create(o);
+    REQUIRE_CODE(c, absl::StatusCode::kInvalidArgument);
+    CHECK(message(c.status()).find("needs the host tier") != std::string::npos);
+  }
+  // The codec is part of the fingerprint (only when set: "none" keeps the old value).
+  Options a = CodecOptions(e, "none", 4), b = CodecOptions(e, "int8", 4);
+  Options c = b;
+  c.host.codec_group_size = 64;
+  CHECK(a.Fingerprint() != b.Fingerprint());
+  CHECK(b.Fingerprint() != c.Fingerprint());
+  Options plain;
+  plain.layout = e.layout;
+  plain.shard.dtype = "bfloat16";
+  CHECK(plain.Fingerprint() == a.Fingerprint());
+}
+
+}  // namespace kvtier
+
+namespace kvtier {
+
+TEST_CASE("Cache with host.codec: a failed device-to-host copy is a lost block, never served",
+          "[codec]") {
+  FloatEngine e;
+  auto owned = std::make_unique<internal::EmulatedDevice>();
+  internal::EmulatedDevice* device = owned.get();
+  auto cache = internal::CreateCache(CodecOptions(e, "int8", 4), std::move(owned));
+  REQUIRE_OK(cache);
+  const std::vector<BlockKey> keys = test::Chain(2, 7, FloatEngine::kTokens);
+  {
+    auto lease = (*cache)->AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 70 + i);
+    REQUIRE_OK((*cache)->Commit(keys, *lease));
+  }
+  // The next allocation writes the chain back to the host: its copy fails.
+  const uint64_t failures_before = (*cache)->Stats().transfer_failures;
+  device->FailNextCopies(1);
+  for (uint32_t other = 0; other < 2; ++other) {
+    auto lease = (*cache)->AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 999);
+    REQUIRE_OK((*cache)->Commit(test::Chain(2, 700 + other, FloatEngine::kTokens), *lease));
+  }
+  CHECK((*cache)->Stats().transfer_failures > failures_before);
+  auto match = (*cache)->Match(keys);
+  REQUIRE_OK(match);
+  CHECK(match->size() == 0);  // the lost block ends the prefix: nothing of it is served
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+}  // namespace kvtier
