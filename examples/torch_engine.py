@@ -323,6 +323,7 @@ class Instance:
             o.remote_nodes, o.remote_scope = self.remote_nodes, f"torch-engine-{os.getpid()}"
         if a.codec != "none":  # the host tier's codec; disk and remote store its encoded blocks
             o.host_codec, o.host_codec_group_size = a.codec, a.codec_group_size
+            o.shard_dtype, o.segment_roles = a.kv_dtype, ["k", "v"]  # what the codec reads
         return o
 
     def restart(self):
