@@ -17,8 +17,19 @@ on PATH, started here), instance B serves every other request and shares blocks 
 remote tier. For every request the logits of the tokens it computed must equal a full recompute
 without any cache (max |diff| <= 1e-4); it prints the tokens not recomputed, per tier.
 
+With --codec (int8, int4, fp8_e4m3: Options.host.codec, docs/compression.md) the blocks below the
+engine's pool are stored quantised, so reused KV is no longer exact: the run then measures what the
+codec costs instead of asserting equality. Against the full recompute (the uncompressed run) it
+prints the error of the reused K and V (every position the request did not compute), of each
+layer's attention output and of the last token's logits, and how often the last token's top-1
+token is the same. --kv-dtype stores the engine's pool (and so kvtier's blocks) in float16 or
+bfloat16, as engines do; the reference then rounds its KV the same way.
+
   PYTHONPATH=build/default/python /usr/bin/python3 examples/torch_engine.py --requests 300
-Exit status: 0 when every request matched, 1 otherwise, 77 when torch or numpy is missing.
+  PYTHONPATH=build/default/python /usr/bin/python3 examples/torch_engine.py --requests 300 \
+      --tokens-per-block 16 --kv-dtype float16 --codec int8
+Exit status: 0 when every request matched (with --codec: when the run completed), 1 otherwise, 77
+when torch or numpy is missing.
 """
 import argparse
 import json
@@ -75,9 +86,11 @@ class Model:
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
-    def forward(self, tokens, start, kv, wait_layer=lambda l: None, after_layer=lambda l: None):
+    def forward(self, tokens, start, kv, wait_layer=lambda l: None, after_layer=lambda l: None,
+                attention=None):
         """Logits of `tokens` at positions [start, start + len). `kv` holds every position before
-        (kv.read) and takes the new ones (kv.write), layer by layer."""
+        (kv.read) and takes the new ones (kv.write), layer by layer. `attention`: a list that
+        receives each layer's attention output ([len, q_heads * head_dim])."""
         n = len(tokens)
         pos = torch.arange(start, start + n)
         x = self.embed[tokens]
@@ -97,20 +110,23 @@ class Model:
             causal = torch.arange(start + n)[None, :] > pos[:, None]
             scores = scores.masked_fill(causal[None], float("-inf"))
             attn = torch.einsum("hts,shd->thd", scores.softmax(-1), values).reshape(n, -1)
+            if attention is not None:
+                attention.append(attn)
             x = x + attn @ b["wo"]
             x = x + torch.nn.functional.silu(self.norm(x) @ b["w1"]) @ b["w2"]
         return self.norm(x) @ self.out
 
 
 class ContiguousKv:
-    """The reference: every position's KV in plain tensors (no paging, no cache)."""
+    """The reference: every position's KV in plain tensors (no paging, no cache), rounded to the
+    pool's dtype as the pool rounds it."""
 
-    def __init__(self, layers):
-        self.k, self.v = [None] * layers, [None] * layers
+    def __init__(self, layers, dtype=torch.float32):
+        self.k, self.v, self.dtype = [None] * layers, [None] * layers, dtype
 
     def write(self, l, start, k, v):
         assert start == 0
-        self.k[l], self.v[l] = k, v
+        self.k[l], self.v[l] = k.to(self.dtype).float(), v.to(self.dtype).float()
 
     def read(self, l, end):
         return self.k[l][:end], self.v[l][:end]
@@ -130,23 +146,23 @@ class PagedKv:
 
     def write(self, l, start, k, v):
         blocks, rows = self._at(start, start + len(k))
-        self.pool.k[l][blocks, rows] = k
-        self.pool.v[l][blocks, rows] = v
+        self.pool.k[l][blocks, rows] = k.to(self.pool.dtype)
+        self.pool.v[l][blocks, rows] = v.to(self.pool.dtype)
 
     def read(self, l, end):
         blocks, rows = self._at(0, end)
-        return self.pool.k[l][blocks, rows], self.pool.v[l][blocks, rows]
+        return self.pool.k[l][blocks, rows].float(), self.pool.v[l][blocks, rows].float()
 
 
 class BlockPool:
     """The engine's GPU block pool ("device": CPU tensors here) and its prefix cache: full blocks
     stay cached under their key after their request ends, reused LRU-first when blocks run out."""
 
-    def __init__(self, model, num_blocks, tpb):
+    def __init__(self, model, num_blocks, tpb, dtype=torch.float32):
         shape = (num_blocks, tpb, model.kv_heads, model.head_dim)
-        self.k = [torch.zeros(shape) for _ in range(model.layers)]
-        self.v = [torch.zeros(shape) for _ in range(model.layers)]
-        self.tpb, self.num_blocks = tpb, num_blocks
+        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(model.layers)]
+        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(model.layers)]
+        self.tpb, self.num_blocks, self.dtype = tpb, num_blocks, dtype
         self.reset()
 
     def reset(self):
@@ -284,7 +300,8 @@ class Request:
 class Instance:
     def __init__(self, name, model, args, workdir, remote_nodes):
         self.name, self.model, self.args = name, model, args
-        self.pool = BlockPool(model, args.engine_blocks, args.tokens_per_block)
+        self.pool = BlockPool(model, args.engine_blocks, args.tokens_per_block,
+                              getattr(torch, args.kv_dtype))
         self.disk = workdir / f"disk-{name}"
         self.disk.mkdir(parents=True, exist_ok=True)
         self.remote_nodes = remote_nodes
@@ -304,6 +321,9 @@ class Instance:
                            disk_allow_buffered=True)
         if self.remote_nodes:
             o.remote_nodes, o.remote_scope = self.remote_nodes, f"torch-engine-{os.getpid()}"
+        if a.codec != "none":  # the host tier's codec; disk and remote store its encoded blocks
+            o.host_codec, o.host_codec_group_size = a.codec, a.codec_group_size
+            o.shard_dtype, o.segment_roles = a.kv_dtype, ["k", "v"]  # what the codec reads
         return o
 
     def restart(self):
@@ -313,7 +333,7 @@ class Instance:
         self.pool.reset()
         self.connector = KvtierConnector(self.pool, self.options())
 
-    def serve(self, req, counts):
+    def serve(self, req, counts, accuracy):
         tpb, c = self.args.tokens_per_block, self.connector
         # Scheduler: the engine's own prefix hits, then kvtier's (asked again while pending).
         hits = self.pool.match(req.keys[:-1])
@@ -334,10 +354,11 @@ class Instance:
             for l in range(self.model.layers):
                 self.pool.k[l][req.table[req.first:start]] += 1e-2
         c.start_save(meta, start)
-        kv = PagedKv(self.pool, req.table)
+        kv, attention = PagedKv(self.pool, req.table), []
         logits = self.model.forward(req.tokens[start * tpb:], start * tpb, kv,
                                     wait_layer=lambda l: c.wait_for_layer_load(req.id, l),
-                                    after_layer=lambda l: c.save_kv_layer(req.id, l))
+                                    after_layer=lambda l: c.save_kv_layer(req.id, l),
+                                    attention=attention)
         c.wait_for_save()
         xfer = c.loading.get(req.id)
         if xfer is not None:
@@ -349,19 +370,73 @@ class Instance:
         assert req.id in sending, "the store was not reported finished"
         if req.id in failed:  # the loaded blocks are misses: recompute them
             counts["failed loads"] += 1
-            start = req.first
-            logits = self.model.forward(req.tokens[start * tpb:], start * tpb, kv)
+            start, attention = req.first, []
+            logits = self.model.forward(req.tokens[start * tpb:], start * tpb, kv,
+                                        attention=attention)
             loaded = 0
         c.request_finished(req)
         self.pool.release(req.table, req.keys)
         # Check against a full recompute without any cache.
-        ref = self.model.forward(req.tokens, 0, ContiguousKv(self.model.layers))
+        ref_kv, ref_attention = ContiguousKv(self.model.layers, self.pool.dtype), []
+        ref = self.model.forward(req.tokens, 0, ref_kv, attention=ref_attention)
         diff = float((logits - ref[start * tpb:]).abs().max())
+        if start > 0:
+            accuracy.add(kv, ref_kv, start * tpb, attention, ref_attention, logits, ref)
         counts["engine device"] += req.first * tpb
         for t in tiers[:loaded]:
             counts[str(t).split(".")[-1].lower()] += tpb
         counts["computed"] += (len(req.keys) - start) * tpb
         return diff
+
+
+class Accuracy:
+    """What reusing cached KV costs against the full recompute, over the requests that reused any
+    (exactly 0 without a codec): the reused K and V (positions [0, reused)), each layer's attention
+    output and the last token's logits of the tokens computed."""
+
+    def __init__(self, layers):
+        self.requests, self.top1 = 0, 0
+        self.kv = {n: dict(max=0.0, abs=0.0, ref=0.0, count=0) for n in ("K", "V")}
+        self.attention = [dict(max=0.0, sq=0.0, ref_sq=0.0) for _ in range(layers)]
+        self.logit_max, self.logit_sum = 0.0, 0.0
+
+    def add(self, kv, ref_kv, reused, attention, ref_attention, logits, ref_logits):
+        self.requests += 1
+        for l in range(len(self.attention)):
+            k, v = kv.read(l, reused)
+            for name, got, want in (("K", k, ref_kv.k[l][:reused]), ("V", v, ref_kv.v[l][:reused])):
+                d, acc = (got - want).abs(), self.kv[name]
+                acc["max"] = max(acc["max"], float(d.max()))
+                acc["abs"] += float(d.sum())
+                acc["ref"] += float(want.abs().sum())
+                acc["count"] += d.numel()
+            got, want = attention[l], ref_attention[l][reused:]
+            acc = self.attention[l]
+            acc["max"] = max(acc["max"], float((got - want).abs().max()))
+            acc["sq"] += float((got - want).pow(2).sum())
+            acc["ref_sq"] += float(want.pow(2).sum())
+        d = float((logits[-1] - ref_logits[-1]).abs().max())
+        self.logit_max, self.logit_sum = max(self.logit_max, d), self.logit_sum + d
+        self.top1 += int(logits[-1].argmax() == ref_logits[-1].argmax())
+
+    def top1_percent(self):
+        return 100.0 * self.top1 / self.requests if self.requests else 100.0
+
+    def report(self):
+        n = max(self.requests, 1)
+        print(f"  accuracy over the {self.requests} requests that reused KV, vs a full recompute:")
+        for name, a in self.kv.items():
+            c = max(a["count"], 1)
+            print(f"    reused {name}: max |err| {a['max']:.3g}, mean |err| {a['abs'] / c:.3g} "
+                  f"(mean |{name}| {a['ref'] / c:.3g})")
+        for l, a in enumerate(self.attention):
+            rel = math.sqrt(a["sq"] / a["ref_sq"]) if a["ref_sq"] else 0.0
+            print(f"    attention output, layer {l}: max |err| {a['max']:.3g}, "
+                  f"relative L2 error {rel:.3g}")
+        print(f"    last-token logits: max |err| {self.logit_max:.3g}, "
+              f"mean of max |err| {self.logit_sum / n:.3g}")
+        print(f"    last-token top-1 agreement: {self.top1}/{self.requests} "
+              f"({self.top1_percent():.2f} %)")
 
 
 def start_redis(workdir):
@@ -384,6 +459,13 @@ def main():
     p.add_argument("--remote", choices=["auto", "on", "off"], default="auto",
                    help="the remote tier on a local Redis Cluster (auto: when redis is installed)")
     p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--kv-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="the engine's KV pool dtype (and so kvtier's blocks)")
+    p.add_argument("--codec", choices=["none", "int8", "int4", "fp8_e4m3"], default="none",
+                   help="Options.host.codec: measure its error instead of asserting equality")
+    p.add_argument("--codec-group-size", type=int, default=64)
+    p.add_argument("--min-top1", type=float, default=0.0,
+                   help="with --codec: exit 1 when the last-token top-1 agreement (%%) is lower")
     p.add_argument("--sabotage", action="store_true",
                    help="perturb every loaded block before use: the check must then fail (exit 1)")
     args = p.parse_args()
@@ -419,15 +501,16 @@ def main():
         counts = {k: 0 for k in ("engine device", "host", "disk", "remote", "computed",
                                  "failed loads")}
         worst, bad, t0 = 0.0, 0, time.perf_counter()
+        accuracy = Accuracy(model.layers)
         for i, hash_ids in enumerate(trace):
             if i == len(trace) // 2:
                 instances[0].restart()
             inst = instances[i % len(instances)]
             tokens = torch.cat([tokens_of(h) for h in hash_ids])
             keys = hasher.chain_tokens(tokens.numpy().astype(np.int32), tpb)
-            diff = inst.serve(Request(i + 1, tokens, keys), counts)
+            diff = inst.serve(Request(i + 1, tokens, keys), counts, accuracy)
             worst = max(worst, diff)
-            if not diff <= args.tolerance:
+            if args.codec == "none" and not diff <= args.tolerance:
                 bad += 1
                 print(f"request {i}: max |logits - recompute| = {diff:.3g}")
         elapsed = time.perf_counter() - t0
@@ -444,8 +527,14 @@ def main():
         print(f"  {'failed loads (recomputed)':<34} {counts['failed loads']:>12}")
         print(f"  {'max |logits - full recompute|':<34} {worst:>12.3g}")
         print(f"  {'requests over tolerance':<34} {bad:>12}")
+        if args.codec != "none":
+            print(f"  codec {args.codec} (group {args.codec_group_size}), pool {args.kv_dtype}")
+        accuracy.report()
         for inst in instances:
             inst.connector.close()
+        if args.codec != "none" and accuracy.top1_percent() < args.min_top1:
+            print(f"top-1 agreement {accuracy.top1_percent():.2f} % < --min-top1 {args.min_top1}")
+            return 1
         return 1 if bad else 0
     finally:
         if nodes:
