@@ -393,6 +393,10 @@ class ReplyReader {
         return IoFailure(errno);
       }
       if (late_bytes_left_.has_value()) *late_bytes_left_ -= std::min<size_t>(*late_bytes_left_, n);
+      // A read that filled all it asked for may have left more behind: the next one tries at
+      // once. One that drained the socket: the next one waits first (a try would find nothing,
+      // one system call lost for each piece a node sends of a large value).
+      maybe_ready_ = static_cast<size_t>(n) == want;
       return static_cast<size_t>(n);
     }
   }
@@ -414,7 +418,8 @@ class ReplyReader {
   // Set when the deadline is first found passed: the bytes the socket held then, less those
   // read since. Nothing more is read.
   std::optional<size_t> late_bytes_left_;
-  // Whether the socket may hold bytes (a read just returned some): recv first, ppoll after.
+  // Whether the socket may hold bytes (the last read filled its request): recv first, ppoll
+  // after.
   bool maybe_ready_ = false;
 };
 
