@@ -475,7 +475,7 @@ TEST_CASE("Remote: write-back publishes a block only when the host evicts it", "
 }
 
 TEST_CASE(
-    "Remote: write-back publishes what the host holds at a clean Close; a second cache loads it",
+    "Remote: write-back publishes what the host holds at a clean Close, a second cache loads it",
     "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();
   SKIP_WITHOUT_REDIS(cluster);
