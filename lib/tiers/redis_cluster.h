@@ -4,11 +4,13 @@
 // read, so the nodes work in parallel), and follows MOVED (slot map updated, topology refreshed)
 // and ASK (ASKING + the command, once) redirections.
 //
-// Connections: a pool of blocking hiredis contexts per node (redisContext, TCP_NODELAY, socket
-// timeouts from the batch deadline). A connection that fails or times out mid-pipeline is closed,
-// never reused (its replies would be out of step). A node that cannot be reached is retried after
-// an exponential backoff (reconnect_backoff_min doubling to _max); until then its keys fail at
-// once with kUnavailable instead of waiting for a connect timeout on every batch.
+// Connections: a pool of hiredis contexts per node (redisContext, TCP_NODELAY), used with
+// non-blocking sendmsg/recvmsg and ppoll bounded by the batch deadline (one sendmsg per node's
+// pipeline; GET values received straight into their targets). A connection that fails or times out
+// mid-pipeline is closed, never reused (its replies would be out of step). A node that cannot be
+// reached is retried after an exponential backoff (reconnect_backoff_min doubling to _max); until
+// then its keys fail at once with kUnavailable instead of waiting for a connect timeout on every
+// batch.
 //
 // Results are per key: a key whose node failed, timed out or redirected too often gets an error
 // status (kUnavailable, kDeadlineExceeded, kInternal), the others their replies. A batch never
