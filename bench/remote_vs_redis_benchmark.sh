@@ -49,9 +49,10 @@ redis_run() {  # set|get bytes pipeline clients -> bytes/s
   # Runs for `secs` seconds (far more requests than it can make), then SIGINT; the last
   # "overall" rate it printed is requests done / time since its start, measured at that tick.
   # Its requests end a pipeline (-P) at a time: long enough for ~10 pipelines per client at
-  # 0.3 GB/s (2 MiB x 64: ~4.5 s; with 1 s, not one had ended by the first tick), at most 20 s.
+  # 0.3 GB/s in all (2 MiB x 64, -c 1: ~4.5 s; with 1 s, not one had ended by the first tick),
+  # at most 20 s.
   local run
-  run=$(awk -v s="$secs" -v b="$2" -v p="$3" 'BEGIN { t = 10 * b * p / 3e8; t = t < s ? s : t; print (t > 20 ? 20 : t) }')
+  run=$(awk -v s="$secs" -v b="$2" -v p="$3" -v c="$4" 'BEGIN { t = 10 * b * p * c / 3e8; t = t < s ? s : t; print (t > 20 ? 20 : t) }')
   { timeout -s INT "$run" redis-benchmark --cluster -h "${first%:*}" -p "${first##*:}" -t "$1" \
       -d "$2" -P "$3" -c "$4" -n 2000000000 -r 64 2>/dev/null || true; } |
     tr '\r' '\n' |
