@@ -3,12 +3,13 @@
 // bench/remote_vs_redis_benchmark.sh.
 //
 // BM_RemoteSet/<value bytes>/<batch>, BM_RemoteGet/...: one pipelined batch of `batch` keys per
-// iteration (spread over the masters by their slots); bytes_per_second counts value bytes.
+// iteration (spread over the masters evenly); bytes_per_second counts value bytes. With
+// /threads:3, three callers do so at once (keys of their own; with batch 1, one per master).
 // Cluster: the one named by $KVTIER_BENCH_REDIS_SEEDS ("host:port,host:port"; the script's), else
 // a 3-master LocalRedisCluster started here (needs redis-server and redis-cli; skipped without).
 //
-// BM_RemoteGet reads with GetInto (values copied once, from the connection's buffer into the
-// caller's, as the remote tier reads into host slots); BM_RemoteSet sends values from the
+// BM_RemoteGet reads with GetInto (values received off the socket straight into the caller's
+// buffers, as the remote tier reads into host slots); BM_RemoteSet sends values from the
 // caller's memory. Neither allocates per value: with per-reply allocations, glibc handed large
 // freed replies back to the kernel after each batch and the next one faulted them in again
 // (7-15x slower for 256 KiB values on this VM).
@@ -17,6 +18,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -68,10 +70,23 @@ Remote& GetRemote() {
   return remote;
 }
 
-std::vector<std::string> Keys(int64_t value_bytes, int64_t batch) {
+// `batch` keys for caller `thread`: key i on master (thread + i) mod masters, so a batch is
+// spread over the masters evenly and, with one key per batch, caller t keeps master t busy (as
+// redis-benchmark -c <masters> keeps one client on each master).
+std::vector<std::string> Keys(const RedisCluster& client, int64_t value_bytes, int64_t batch,
+                              int thread) {
+  std::set<std::string> found;
+  for (int slot = 0; slot < 16384; ++slot) found.insert(client.NodeForSlot(slot));
+  const std::vector<std::string> masters(found.begin(), found.end());
   std::vector<std::string> keys;
-  for (int64_t i = 0; i < batch; ++i)
-    keys.push_back(absl::StrCat("kvtier:bench:", value_bytes, ":", i));
+  for (int64_t i = 0, j = 0; static_cast<int64_t>(keys.size()) < batch; ++j) {
+    std::string key = absl::StrCat("kvtier:bench:", value_bytes, ":", thread, ":", j);
+    if (client.NodeForSlot(RedisCluster::KeySlot(key)) != masters[(thread + i) % masters.size()]) {
+      continue;
+    }
+    keys.push_back(std::move(key));
+    ++i;
+  }
   return keys;
 }
 
@@ -98,7 +113,7 @@ bool Setup(benchmark::State& state, Point* p) {
   p->client = r.client.get();
   p->bytes = state.range(0);
   p->batch = state.range(1);
-  p->keys = Keys(p->bytes, p->batch);
+  p->keys = Keys(*p->client, p->bytes, p->batch, state.thread_index());
   p->value.assign(static_cast<size_t>(p->bytes), 'k');
   p->values.assign(p->keys.size(), p->value);
   return true;
@@ -149,7 +164,11 @@ void RemoteArgs(benchmark::internal::Benchmark* b) {
   b->UseRealTime();
 }
 
+// One caller (compare with redis-benchmark -c 1), and three callers, each with its batch in
+// flight, as redis-benchmark -c 3 keeps one client per master (bytes_per_second: all of them).
 BENCHMARK(BM_RemoteSet)->Apply(RemoteArgs);
 BENCHMARK(BM_RemoteGet)->Apply(RemoteArgs);
+BENCHMARK(BM_RemoteSet)->Apply(RemoteArgs)->Threads(3);
+BENCHMARK(BM_RemoteGet)->Apply(RemoteArgs)->Threads(3);
 
 }  // namespace

@@ -63,6 +63,15 @@ Cache::Core::~Core() {
   internal::DiskTier* disk = storage_.disk();
   if (disk != nullptr && options_.disk.flush_on_close) Flush();
   {
+    // Remote write-back publishes a block when the host evicts it: what the host still holds
+    // would be lost to the other caches. Publish it now (the blocks the store is known to hold
+    // are skipped); each batch is bounded by Options.remote's timeout, and a store that cannot
+    // be reached fails its batches at once (reconnect backoff).
+    MutexLock lock(&index_.mu());
+    if (index_.FlushHostToStoreLocked() > 0) storage_.StartWritesLocked();
+  }
+  storage_.Drain();
+  {
     // Wipes of slots freed since the last call (by copies that failed), before the manifest.
     MutexLock lock(&index_.mu());
     storage_.StartWritesLocked();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -238,20 +239,24 @@ TEST_CASE("RedisCluster: SetParts joins head and body, GetInto splits values int
     }
     REQUIRE_OK(got.back());
     CHECK_FALSE(got.back()->has_value());
+    // Every value was received straight into its target.
+    CHECK(client->stats().value_bytes_copied == 0);
   }
   SECTION("a value longer than its buffers is refused, a shorter one reports its length") {
     const size_t i = 4;  // 16 + 4 head bytes, 70000 body bytes
     const std::string value = heads[i] + bodies[i];
-    std::string small_head(8, '?'), small_body(100, '?');
     std::string big_head(64, '?'), big_body(80000, '?');
     const std::vector<std::string> one = {keys[i]};
-    // Regression #17: a longer value is refused (kUnavailable), nothing copied; each in a batch
-    // of its own, since the refusal closes the connection and fails the rest of its pipeline.
+    // Regression #17: a longer value is refused (kUnavailable), nothing written past the target
+    // (its own bytes are undefined: the value is received into it as it arrives); each in a
+    // batch of its own, since the refusal closes the connection and fails the rest of its
+    // pipeline.
+    std::string small_guarded(8 + 100 + 4096, '?');
     const std::vector<RedisCluster::ReadTarget> small = {
-        {small_head.data(), small_head.size(), small_body.data(), small_body.size()}};
+        {small_guarded.data(), 8, small_guarded.data() + 8, 100}};
     auto refused = client->GetInto(one, small, In(milliseconds(5000)));
     REQUIRE_CODE(refused[0], absl::StatusCode::kUnavailable);
-    CHECK(small_head == std::string(8, '?'));
+    CHECK(small_guarded.substr(108) == std::string(4096, '?'));
     const std::vector<RedisCluster::ReadTarget> big = {
         {big_head.data(), big_head.size(), big_body.data(), big_body.size()}};
     auto got = client->GetInto(one, big, In(milliseconds(5000)));
@@ -260,7 +265,8 @@ TEST_CASE("RedisCluster: SetParts joins head and body, GetInto splits values int
     CHECK(**got[0] == value.size());
     CHECK(big_head == value.substr(0, 64));
     CHECK(big_body.substr(0, value.size() - 64) == value.substr(64));
-    CHECK(big_body.substr(value.size() - 64) == std::string(80000 - (value.size() - 64), '?'));
+    // The target's bytes past the shorter value are undefined (they may hold what was received
+    // after it: the value is received into the target as if it had the target's length).
   }
   SECTION("mismatched spans are kInvalidArgument") {
     auto got = client->GetInto(keys, {}, In(milliseconds(5000)));
@@ -667,6 +673,169 @@ TEST_CASE("RedisCluster: a shorter value than the target is read whole, reported
   REQUIRE_OK(got[1]);
   CHECK(got[1]->value_or(0) == 8);
   CHECK(std::string(head, 4) + std::string(body, 4) == "12345678");
+}
+
+// ---- GetInto: values received off the socket straight into their targets ----
+
+// "$<len>\r\n<value>\r\n".
+std::string Bulk(const std::string& value) {
+  return absl::StrCat("$", value.size(), "\r\n", value, "\r\n");
+}
+
+// A target of `head` + `body` bytes in one buffer followed by kGuard guard bytes ('#').
+struct Guarded {
+  static constexpr size_t kGuard = 4096;
+  Guarded(size_t head, size_t body) : head_len(head), buf(head + body + kGuard, '#') {}
+  RedisCluster::ReadTarget target() {
+    return {buf.data(), head_len, buf.data() + head_len, buf.size() - kGuard - head_len};
+  }
+  std::string value() const { return buf.substr(0, buf.size() - kGuard); }
+  bool guard_intact() const { return buf.substr(buf.size() - kGuard) == std::string(kGuard, '#'); }
+  size_t head_len;
+  std::string buf;
+};
+
+TEST_CASE("GetInto: a value split across reads anywhere is received whole into its target",
+          "[redis][hostile]") {
+  // Every GET answered with its key's value in pieces (20 ms apart, so each piece is a read of
+  // its own): inside the length line, inside the value, before its CRLF, between CR and LF.
+  constexpr size_t kValue = 100000;
+  const size_t prefix = Bulk(std::string(kValue, 'x')).size() - kValue - 2;  // "$100000\r\n"
+  const std::vector<size_t> cuts =
+      GENERATE_COPY(std::vector<size_t>{1}, std::vector<size_t>{3}, std::vector<size_t>{prefix - 1},
+                    std::vector<size_t>{prefix}, std::vector<size_t>{prefix + 1},
+                    std::vector<size_t>{prefix + kValue / 2}, std::vector<size_t>{prefix + kValue},
+                    std::vector<size_t>{prefix + kValue + 1},
+                    std::vector<size_t>{2, 5, 100, kValue / 3, prefix + kValue + 1});
+  CAPTURE(cuts);
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        if (command.size() != 2 || command[0] != "GET") return std::nullopt;
+        return FakeRedisPeer::Answer{
+            .bytes = Bulk(Value(kValue, command[1][0])), .cuts = cuts, .pause = milliseconds(20)};
+      });
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}});
+  REQUIRE_OK(client);
+  // Three keys in one pipeline: each reply follows the last one's end on the same connection.
+  const std::vector<std::string> keys = {"a", "b", "c"};
+  std::vector<Guarded> buffers(keys.size(), Guarded(64, kValue - 64));
+  std::vector<RedisCluster::ReadTarget> targets;
+  for (Guarded& g : buffers) targets.push_back(g.target());
+  auto got = (*client)->GetInto(keys, targets, In(milliseconds(10000)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE_OK(got[i]);
+    REQUIRE(got[i]->has_value());
+    CHECK(**got[i] == kValue);
+    CHECK(buffers[i].value() == Value(kValue, keys[i][0]));
+    CHECK(buffers[i].guard_intact());
+  }
+  // Received into the targets: not one value byte copied through the connection's buffer.
+  CHECK((*client)->stats().value_bytes_copied == 0);
+}
+
+TEST_CASE("GetInto: nil, errors and values of another length between values, split anywhere",
+          "[redis][hostile]") {
+  // In one pipeline: a value of the expected length, a nil, an error, a shorter value, a longer
+  // one (refused: it closes the connection, failing what follows it), each reply in pieces.
+  constexpr size_t kValue = 70000;
+  const size_t cut = GENERATE(1, 2, 4, 9);
+  CAPTURE(cut);
+  std::map<std::string, std::string> answers = {
+      {"a", Bulk(Value(kValue, 'a'))}, {"b", "$-1\r\n"},
+      {"c", "-ERR no such thing\r\n"}, {"d", Bulk("short")},
+      {"e", Bulk(Value(kValue, 'e'))}, {"f", Bulk(Value(kValue + 1, 'f'))},
+      {"g", Bulk(Value(kValue, 'g'))}};
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        if (command.size() != 2 || command[0] != "GET") return std::nullopt;
+        return FakeRedisPeer::Answer{
+            .bytes = answers.at(command[1]), .cuts = {cut}, .pause = milliseconds(10)};
+      });
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}});
+  REQUIRE_OK(client);
+  const std::vector<std::string> keys = {"a", "b", "c", "d", "e", "f", "g"};
+  std::vector<Guarded> buffers(keys.size(), Guarded(16, kValue - 16));
+  std::vector<RedisCluster::ReadTarget> targets;
+  for (Guarded& g : buffers) targets.push_back(g.target());
+  auto got = (*client)->GetInto(keys, targets, In(milliseconds(10000)));
+  REQUIRE_OK(got[0]);
+  CHECK(got[0]->value_or(0) == kValue);
+  CHECK(buffers[0].value() == Value(kValue, 'a'));
+  REQUIRE_OK(got[1]);
+  CHECK_FALSE(got[1]->has_value());
+  REQUIRE_CODE(got[2], absl::StatusCode::kInternal);
+  CHECK(got[2].status().message().find("no such thing") != std::string::npos);
+  REQUIRE_OK(got[3]);
+  CHECK(got[3]->value_or(0) == 5);
+  CHECK(buffers[3].value().substr(0, 5) == "short");
+  REQUIRE_OK(got[4]);
+  CHECK(got[4]->value_or(0) == kValue);
+  CHECK(buffers[4].value() == Value(kValue, 'e'));
+  REQUIRE_CODE(got[5], absl::StatusCode::kUnavailable);
+  CHECK(got[6].status().code() == absl::StatusCode::kUnavailable);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    CAPTURE(i);
+    CHECK(buffers[i].guard_intact());
+  }
+  // Only the shorter value went through the connection's buffer, and the first bytes of the
+  // value after it if they came in the same read as its end (at most `cut` bytes).
+  CHECK((*client)->stats().value_bytes_copied >= 5);
+  CHECK((*client)->stats().value_bytes_copied <= 5 + cut);
+}
+
+TEST_CASE("GetInto: a connection lost or stalled mid-value fails the key, nothing past the target",
+          "[redis][hostile]") {
+  constexpr size_t kValue = 200000;
+  const bool hang_up = GENERATE(true, false);
+  CAPTURE(hang_up);
+  const std::string reply = Bulk(Value(kValue, 'v'));
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        if (command.size() != 2 || command[0] != "GET") return std::nullopt;
+        // Half the value, then the connection closed, or nothing more for 3 s.
+        if (hang_up)
+          return FakeRedisPeer::Answer{.bytes = reply.substr(0, kValue / 2), .hang_up = true};
+        return FakeRedisPeer::Answer{
+            .bytes = reply, .cuts = {kValue / 2}, .pause = milliseconds(3000)};
+      });
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}});
+  REQUIRE_OK(client);
+  Guarded buffer(64, kValue - 64);
+  const std::vector<std::string> keys = {"k"};
+  const std::vector<RedisCluster::ReadTarget> targets = {buffer.target()};
+  const milliseconds timeout(300);
+  const auto start = Clock::now();
+  auto got = (*client)->GetInto(keys, targets, In(timeout));
+  CHECK(Clock::now() - start < timeout + kSlack);
+  INFO(got[0].status().ToString());
+  CHECK(got[0].status().code() ==
+        (hang_up ? absl::StatusCode::kUnavailable : absl::StatusCode::kDeadlineExceeded));
+  CHECK(buffer.guard_intact());
+}
+
+TEST_CASE("GetInto: a value longer than its target is refused, nothing written past the target",
+          "[redis][hostile]") {
+  // Longer by one byte (its length line as long as the expected one's) or by far (a longer
+  // line), whole or in pieces: kUnavailable, and the guard after the target untouched.
+  constexpr size_t kValue = 50000;
+  const size_t longer = GENERATE(kValue + 1, 10 * kValue);
+  const size_t cut = GENERATE(0, 3, 20000);
+  CAPTURE(longer, cut);
+  FakeRedisPeer peer(
+      [&](const std::vector<std::string>& command) -> std::optional<FakeRedisPeer::Answer> {
+        if (command.size() != 2 || command[0] != "GET") return std::nullopt;
+        return FakeRedisPeer::Answer{
+            .bytes = Bulk(Value(longer, 'L')), .cuts = {cut}, .pause = milliseconds(10)};
+      });
+  auto client = RedisCluster::Connect({.seeds = {peer.addr()}});
+  REQUIRE_OK(client);
+  Guarded buffer(64, kValue - 64);
+  const std::vector<std::string> keys = {"k"};
+  const std::vector<RedisCluster::ReadTarget> targets = {buffer.target()};
+  auto got = (*client)->GetInto(keys, targets, In(milliseconds(5000)));
+  REQUIRE_CODE(got[0], absl::StatusCode::kUnavailable);
+  CHECK(buffer.guard_intact());
 }
 
 // ---- ReplyParser: the reply side fed bytes directly (resp_reader.h) ----

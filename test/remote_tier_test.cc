@@ -474,6 +474,46 @@ TEST_CASE("Remote: write-back publishes a block only when the host evicts it", "
   REQUIRE_OK((*b)->CheckInvariants());
 }
 
+TEST_CASE(
+    "Remote: write-back publishes what the host holds at a clean Close, a second cache loads it",
+    "[remote]") {
+  LocalRedisCluster* cluster = SharedCluster();
+  SKIP_WITHOUT_REDIS(cluster);
+  const std::string scope = UniqueScope("writeback-close");
+  EngineKv kv_a, kv_b;
+  Options oa = RemoteOptions(kv_a, *cluster, scope, /*host_blocks=*/32);
+  oa.remote.publish = RemotePublish::kWriteBack;
+  auto a = Cache::Create(oa);
+  REQUIRE_OK(a);
+  // 16 device slots, 32 host slots: the second sequence pushes all of the first to the host,
+  // which evicts nothing, so nothing is published while A runs.
+  const std::vector<BlockKey> first = Chain(8, 41), second = Chain(16, 42);
+  REQUIRE_OK(RunSequence(**a, kv_a, first));
+  REQUIRE_OK(RunSequence(**a, kv_a, second));
+  auto held = (*a)->Match(first);
+  REQUIRE_OK(held);
+  REQUIRE(held->blocks_in(Tier::kHost) == first.size());
+  CHECK((*a)->Stats().host.evictions == 0);
+  CHECK((*a)->Stats().remote.writes == 0);
+  REQUIRE_OK((*a)->CheckInvariants());
+  a->reset();  // a clean Close: the host's blocks are published before it returns
+
+  auto b = Cache::Create(RemoteOptions(kv_b, *cluster, scope));
+  REQUIRE_OK(b);
+  auto m = (*b)->Match(first);
+  REQUIRE_OK(m);
+  CHECK(m->blocks_in(Tier::kRemote) == first.size());
+  auto r = RunSequence(**b, kv_b, first);
+  REQUIRE_OK(r);
+  CHECK(r->loaded == first.size());
+  CHECK(r->mismatched_bytes == 0);
+  // The device-only blocks never reached the host: not published.
+  auto device_only = (*b)->Match(second);
+  REQUIRE_OK(device_only);
+  CHECK(device_only->blocks_in(Tier::kRemote) == 0);
+  REQUIRE_OK((*b)->CheckInvariants());
+}
+
 TEST_CASE("Remote: a corrupt or vanished value fails the load as a miss, the cache recovers",
           "[remote]") {
   LocalRedisCluster* cluster = SharedCluster();

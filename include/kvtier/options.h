@@ -159,7 +159,8 @@ enum class RemotePublish {
   // replicas can use a prefix as soon as it is computed. Costs a write per new block.
   kWriteThrough,
   // A block is published when the host tier evicts it: less traffic, but other replicas only see
-  // what this one has stopped holding.
+  // what this one has stopped holding. A clean close (the Cache destroyed) publishes what the
+  // host still holds (one batch, bounded by timeout_ms; device-only blocks are not published).
   kWriteBack,
   // Never: this cache only reads what others publish (Match() and Load() use the store as with
   // the other modes). For caches whose blocks another cache already publishes: the ranks of a

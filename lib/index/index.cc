@@ -925,6 +925,21 @@ void Index::FlushHostLocked() {
   }
 }
 
+uint32_t Index::FlushHostToStoreLocked() {
+  if (store_feed_ != IndexConfig::StoreFeed::kHostVictims) return 0;
+  const TierTable& host = table(kHostTier);
+  work_ += host.capacity;
+  uint32_t queued = 0;
+  for (SlotId s = 0; s < host.capacity; ++s) {
+    if (host.slot[s].use != SlotUse::kResident) continue;
+    const uint32_t id = host.slot[s].entry;
+    if (E(id).res[T(kHostTier)].state != ResState::kReady) continue;
+    QueueWriteLocked(id, s, {Tier::kRemote, 0}, /*source_kept=*/true);
+    ++queued;
+  }
+  return queued;
+}
+
 uint32_t Index::RestoreLocked(Tier tier, std::span<const RestoredBlock> blocks) {
   TierTable& tt = table(tier);
   absl::flat_hash_map<BlockKey, const RestoredBlock*> by_key;

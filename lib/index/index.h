@@ -337,6 +337,11 @@ class Index {
   // host has room, it goes on from there, so all rounds together walk the device table once.
   std::vector<Move> FlushDeviceLocked(SlotId& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FlushHostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Under StoreFeed::kHostVictims (remote write-back), for a clean shutdown: every Ready host
+  // block gets a write to the store (source kept, io-pinned until sent), as its eviction would
+  // have given it; the store skips those it knows it holds. Returns how many were queued (0 under
+  // any other feed). O(host capacity).
+  uint32_t FlushHostToStoreLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Adds blocks found in `tier`'s storage, parents before children; a block whose parent is
   // neither restored nor cached is not added (it could never be matched), nor one whose slot is

@@ -4,11 +4,13 @@
 // read, so the nodes work in parallel), and follows MOVED (slot map updated, topology refreshed)
 // and ASK (ASKING + the command, once) redirections.
 //
-// Connections: a pool of blocking hiredis contexts per node (redisContext, TCP_NODELAY, socket
-// timeouts from the batch deadline). A connection that fails or times out mid-pipeline is closed,
-// never reused (its replies would be out of step). A node that cannot be reached is retried after
-// an exponential backoff (reconnect_backoff_min doubling to _max); until then its keys fail at
-// once with kUnavailable instead of waiting for a connect timeout on every batch.
+// Connections: a pool of hiredis contexts per node (redisContext, TCP_NODELAY), used with
+// non-blocking sendmsg/recvmsg and ppoll bounded by the batch deadline (one sendmsg per node's
+// pipeline; GET values received straight into their targets). A connection that fails or times out
+// mid-pipeline is closed, never reused (its replies would be out of step). A node that cannot be
+// reached is retried after an exponential backoff (reconnect_backoff_min doubling to _max); until
+// then its keys fail at once with kUnavailable instead of waiting for a connect timeout on every
+// batch.
 //
 // Results are per key: a key whose node failed, timed out or redirected too often gets an error
 // status (kUnavailable, kDeadlineExceeded, kInternal), the others their replies. A batch never
@@ -64,6 +66,10 @@ struct RedisClusterStats {
   uint64_t connect_failures = 0;
   uint64_t timeouts = 0;  // node pipelines that ran past their deadline
   uint64_t errors = 0;    // per-key failures of any other kind (I/O, protocol, server)
+  // GetInto value bytes copied through a connection's buffer rather than received straight into
+  // their target: those of values of another length than their target (shorter ones), and of
+  // the end of a read that brought a value's first bytes along with an earlier reply.
+  uint64_t value_bytes_copied = 0;
 };
 
 class RedisCluster {
@@ -90,10 +96,12 @@ class RedisCluster {
     char* body = nullptr;
     size_t body_len = 0;
   };
-  // GET of each key straight into caller memory (copied once, from the connection's buffer; no
-  // allocation per value): the value's whole length, or nullopt for a missing key. A value
-  // longer than its target (head_len + body_len) is refused unread (kUnavailable); a shorter one
-  // is copied and its length returned (compare it with what you expected).
+  // GET of each key straight into caller memory (no allocation per value): the value's whole
+  // length, or nullopt for a missing key. A value of exactly the target's length (head_len +
+  // body_len) is received off the socket into the target (no copy); a longer one is refused
+  // (kUnavailable); a shorter one is copied and its length returned (compare it with what you
+  // expected). Nothing is written past a target; after a reply other than a value of the
+  // target's length (nil, an error, another length) the target's bytes are undefined.
   std::vector<absl::StatusOr<std::optional<size_t>>> GetInto(std::span<const std::string> keys,
                                                              std::span<const ReadTarget> targets,
                                                              Clock::time_point deadline);

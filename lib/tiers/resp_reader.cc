@@ -94,6 +94,8 @@ void ReplyDeleter::operator()(redisReply* r) const {
 
 bool IsSunkReply(const redisReply* r) { return r == &kSunkReply; }
 
+ReplyPtr SunkReply() { return ReplyPtr(&kSunkReply); }
+
 // Keeps the reader's buffer between replies (hiredis frees a large empty one, and a big value's
 // buffer would be allocated and faulted in again for every reply), counts the objects of each
 // reply and diverts values into targets.

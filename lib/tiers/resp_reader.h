@@ -67,6 +67,8 @@ void SetUpRespReader(redisReader* r);
 
 // Whether `r` is the marker reply of a value that went to its ReadTarget (ReplyParser).
 bool IsSunkReply(const redisReply* r);
+// The marker reply, for a value that went to its ReadTarget another way (read off the socket).
+ReplyPtr SunkReply();
 
 // One reply being read from a reader set up by SetUpRespReader: Poll() until it has the reply,
 // Feed() the connection's bytes meanwhile. With a target, a top-level bulk string goes there (its

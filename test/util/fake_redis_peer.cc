@@ -1,6 +1,7 @@
 #include "test/util/fake_redis_peer.h"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <charconv>
 #include <string_view>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -122,6 +124,8 @@ std::optional<FakeRedisPeer::Answer> FakeRedisPeer::DefaultAnswer(
 }
 
 void FakeRedisPeer::Serve(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   std::string in;
   std::vector<std::string> command;
   char buf[16384];
@@ -141,7 +145,15 @@ void FakeRedisPeer::Serve(int fd) {
     std::optional<Answer> answer = script_ ? script_(command) : std::nullopt;
     if (!answer) answer = DefaultAnswer(command);
     const auto until = std::chrono::steady_clock::now() + answer->stream_for;
-    if (!SendAll(fd, answer->bytes.data(), answer->bytes.size(), until)) return;
+    size_t sent = 0;
+    for (size_t cut : answer->cuts) {
+      cut = std::min(cut, answer->bytes.size());
+      if (cut <= sent) continue;
+      if (!SendAll(fd, answer->bytes.data() + sent, cut - sent, until)) return;
+      sent = cut;
+      std::this_thread::sleep_for(answer->pause);
+    }
+    if (!SendAll(fd, answer->bytes.data() + sent, answer->bytes.size() - sent, until)) return;
     if (!answer->stream.empty()) {
       uint64_t streamed = 0;
       std::string chunk;

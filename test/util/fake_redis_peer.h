@@ -32,6 +32,10 @@ class FakeRedisPeer {
     uint64_t stream_limit_bytes = 1ull << 30;  // ...until this many bytes were streamed,
     std::chrono::milliseconds stream_for{10'000};  // or this long passed (bytes too),
     bool hang_up = false;                          // then the connection is closed if set
+    // `bytes` sent in pieces: cut at these offsets (ascending), with `pause` after each piece
+    // (the peer's socket has TCP_NODELAY, so each piece leaves on its own).
+    std::vector<size_t> cuts;
+    std::chrono::milliseconds pause{0};
   };
   // The answer to one command (its arguments, verb first), or nullopt for the default one.
   using Script = std::function<std::optional<Answer>(const std::vector<std::string>& command)>;
