@@ -192,7 +192,10 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
       if (config.payload) {
         base = memory->bytes.get() + (uint64_t{l} * 2 + kv) * config.device_blocks * segment_bytes;
       }
-      layer.segments.push_back({base, segment_bytes, segment_bytes});
+      layer.segments.push_back({.base = base,
+                                .bytes_per_block = segment_bytes,
+                                .stride_bytes = segment_bytes,
+                                .role = kv == 0 ? SegmentRole::kKey : SegmentRole::kValue});
     }
     layout.layers.push_back(std::move(layer));
   }
@@ -217,6 +220,11 @@ absl::StatusOr<Options> CacheOptions(const ReplayConfig& config, DeviceMemory* m
   options.demote_on_evict = config.demote_on_evict;
   options.host_write_through = config.host_write_through;
   options.remote = config.remote;
+  if (config.codec != "none") {  // the same bytes of host and disk hold more encoded blocks
+    options.host.codec = config.codec;
+    options.host.codec_group_size = config.codec_group_size;
+    options.shard.dtype = "float16";
+  }
   if (config.disk_blocks > 0) {
     options.disk = {.directory = config.payload ? disk_dir : "(metadata-only: no files)",
                     .capacity_bytes = uint64_t{config.disk_blocks} * slot,

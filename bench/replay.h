@@ -78,6 +78,11 @@ struct ReplayConfig {
   // kCache with payload: the remote tier every replica's cache uses (Options.remote); nodes empty:
   // none. Use a scope of the run's own, or blocks of an earlier run are hits.
   RemoteTierOptions remote;
+  // kCache: Options.host.codec ("none", "fp8_e4m3", "int8", "int4") and its group size. With a
+  // codec the blocks are fp16 with K and V segments (Segment.role), and host and disk keep their
+  // byte capacities, so they hold more (smaller) blocks: hit ratios at equal bytes.
+  std::string codec = "none";
+  uint32_t codec_group_size = 64;
   // kCache: (path, text) pairs set on every cache's Options after the fields above, in order, by
   // the shared option table (lib/options_fields.h; kvtier-replay --option PATH=VALUE). A bad path
   // or value fails the replay with kInvalidArgument naming the path.

@@ -70,6 +70,10 @@ Replays a Mooncake-format trace (JSON lines with hash_ids) through kvtier's evic
   --param KEY=VALUE       a policy parameter (repeatable), passed to every policy
   --no-demote             drop device victims instead of writing them back to the host
   --write-through         copy committed blocks to the host tier at once
+  --codec NAME            cache mode: Options.host.codec (none, fp8_e4m3, int8, int4; blocks are
+                          fp16 K and V): host and disk keep their bytes (--host-capacity and
+                          --disk-capacity count raw blocks) and hold more encoded ones
+  --codec-group-size N    int8/int4 scale group (default 64)
   --replicas N            cache mode: N caches (each with the tiers above) sharing the remote
                           tier; request i goes to replica i % N (default 1; > 1 needs --remote)
   --remote HOST:PORT,...  a Redis Cluster as every replica's remote tier (needs full mode:
@@ -105,6 +109,8 @@ struct Args {
   uint32_t tokens_per_block = 512;
   PolicyParams params;
   bool demote = true, write_through = false;
+  std::string codec = "none";
+  uint32_t codec_group_size = 64;
   uint64_t max_requests = 0;
   uint32_t repeat = 1;
   double time_limit_seconds = 0;
@@ -278,6 +284,10 @@ Args ParseArgs(int argc, char** argv) {
     } else if (flag == "--write-through") {
       no_value();
       a.write_through = true;
+    } else if (flag == "--codec") {
+      a.codec = next();
+    } else if (flag == "--codec-group-size") {
+      a.codec_group_size = ParseU32(flag, next(), 1);
     } else if (flag == "--replicas") {
       a.replicas = ParseU32(flag, next(), 1);
     } else if (flag == "--remote") {
@@ -819,6 +829,12 @@ int Main(int argc, char** argv) {
                               : "",
         setup.disk_blocks > 0 ? absl::StrCat(", disk tier ", setup.disk_blocks, " blocks").c_str()
                               : "");
+    if (args.codec != "none") {
+      std::printf(
+          "codec: host.codec=%s (group %u): host and disk keep the bytes of the raw blocks "
+          "above and hold more encoded ones; host>disk and disk>host count encoded bytes\n",
+          args.codec.c_str(), args.codec_group_size);
+    }
   }
   std::fflush(stdout);
 
@@ -851,6 +867,8 @@ int Main(int argc, char** argv) {
                       .block_bytes = *block_bytes},
             .time_limit_seconds = args.time_limit_seconds,
             .replicas = args.replicas,
+            .codec = args.codec,
+            .codec_group_size = args.codec_group_size,
             .options = args.options,
         };
         if (!args.remote.empty()) {

@@ -199,6 +199,50 @@ TEST_CASE("Replay: full mode moves bytes and serves the same hits as metadata-on
   CHECK(meta->tiers[1].hits + meta->tiers[2].hits > 0);  // the lower tiers served something
 }
 
+TEST_CASE("Replay: a host codec holds more blocks in the same bytes and moves fewer to disk",
+          "[replay]") {
+  const Trace t = Parse(kTinyTrace);
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("kvtier_replay_codec_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  ReplayConfig config{.mode = Mode::kCache,
+                      .device_blocks = 3,
+                      .host_blocks = 1,
+                      .disk_blocks = 4,
+                      .disk_directory = dir.string(),
+                      .host_write_through = true,  // every computed block reaches the disk
+                      .shape = {.tokens_per_block = 64, .layers = 2, .block_bytes = 65536}};
+  absl::StatusOr<ReplayResult> raw = Replay(t, config);
+  config.payload = true;
+  absl::StatusOr<ReplayResult> raw_full = Replay(t, config);
+  config.payload = false;
+  config.codec = "int4";
+  absl::StatusOr<ReplayResult> meta = Replay(t, config);
+  config.payload = true;
+  absl::StatusOr<ReplayResult> full = Replay(t, config);
+  config.codec = "int3";
+  const absl::Status bad = Replay(t, config).status();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  REQUIRE_OK(raw.status());
+  REQUIRE_OK(meta.status());
+  REQUIRE_OK(full.status());
+  const auto host = static_cast<int>(Tier::kHost);
+  REQUIRE_OK(raw_full.status());
+  CHECK(raw_full->hit_blocks == raw->hit_blocks);
+  CHECK(raw->tiers[host].capacity_blocks == 1);
+  CHECK(meta->tiers[host].capacity_blocks >= 3);  // int4: under a third of the raw block
+  CHECK(meta->hit_blocks >= raw->hit_blocks);
+  // Full mode: a host slot also holds the disk trailer, aligned (2 encoded blocks in the raw one's
+  // bytes here, 3 in metadata-only mode, which has no trailer).
+  CHECK(full->tiers[host].capacity_blocks >= 2);
+  CHECK(full->hit_blocks >= raw_full->hit_blocks);
+  CHECK(full->bytes_disk_written > 0);
+  CHECK(full->bytes_disk_written % 65536 != 0);  // encoded blocks, not raw ones
+  CHECK(bad.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(bad.message()).find("int3") != std::string::npos);
+}
+
 TEST_CASE("Replay: bad configurations are errors", "[replay]") {
   const Trace t = Parse(kTinyTrace);
   CHECK(Replay(t, {.device_blocks = 0}).status().code() == absl::StatusCode::kInvalidArgument);
