@@ -71,6 +71,7 @@ Transfer::~Transfer() {
 uint32_t Transfer::blocks() const { return state_ == nullptr ? 0 : state_->blocks; }
 uint32_t Transfer::blocks_promoted() const { return state_ == nullptr ? 0 : state_->promoted; }
 uint32_t Transfer::blocks_loaded() const { return state_ == nullptr ? 0 : state_->blocks_loaded(); }
+uint32_t Transfer::blocks_lossy() const { return state_ == nullptr ? 0 : state_->blocks_lossy(); }
 
 absl::Status Transfer::Wait() {
   if (state_ == nullptr) return absl::FailedPreconditionError("Transfer::Wait: empty handle");

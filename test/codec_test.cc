@@ -2,14 +2,18 @@
 // values, element types, odd shapes, header checks.
 #include "lib/codec/codec.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -19,6 +23,7 @@
 #include "lib/cache_factory.h"
 #include "lib/tiers/disk_tier.h"
 #include "lib/transfer/emulated_device.h"
+#include "test/util/redis_cluster_fixture.h"
 #include "test/util/test_util.h"
 
 namespace kvtier::internal {
@@ -515,6 +520,7 @@ struct Loaded {
   DeviceLease lease;
   uint32_t promoted = 0;
   uint32_t blocks = 0;
+  uint32_t lossy = 0;
 };
 Loaded CommitEvictLoad(Cache& cache, FloatEngine& e, uint32_t seed) {
   const std::vector<BlockKey> keys = test::Chain(2, seed, FloatEngine::kTokens);
@@ -543,6 +549,7 @@ Loaded CommitEvictLoad(Cache& cache, FloatEngine& e, uint32_t seed) {
   REQUIRE_OK(xfer->Wait());
   Loaded out;
   out.promoted = xfer->blocks_promoted();
+  out.lossy = xfer->blocks_lossy();
   out.blocks = xfer->blocks();
   out.lease = std::move(*lease);
   return out;
@@ -574,6 +581,7 @@ TEST_CASE("Cache with host.codec: blocks come back from the host within the code
     }
     const CacheStats s = (*cache)->Stats();
     CHECK(s.codec_lossy_blocks_loaded == 2);
+    CHECK(got.lossy == 2);  // the Transfer says which blocks it returned lossy
     CHECK(s.codec_refused_blocks == 0);
     REQUIRE_OK((*cache)->CheckInvariants());
   }
@@ -589,6 +597,7 @@ TEST_CASE("Cache without a codec: host round trips stay byte-exact, nothing coun
   REQUIRE(got.promoted == 2);
   for (uint32_t i = 0; i < 2; ++i) CHECK(e.Exact(got.lease.slots()[i], 10 + i));
   CHECK((*cache)->Stats().codec_lossy_blocks_loaded == 0);
+  CHECK(got.lossy == 0);
 }
 
 TEST_CASE("Cache with host.codec and a disk tier: blocks round trip through disk encoded",
@@ -742,6 +751,76 @@ TEST_CASE("Cache with host.codec: a failed device-to-host copy is a lost block, 
   REQUIRE_OK(match);
   CHECK(match->size() == 0);  // the lost block ends the prefix: nothing of it is served
   REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+}  // namespace kvtier
+
+namespace kvtier {
+
+TEST_CASE("Cache with host.codec and a remote tier: another cache loads the encoded blocks",
+          "[codec][remote]") {
+  std::string why;
+  if (!test::LocalRedisCluster::Available(&why)) {
+    if (test::SkipMissing("redis", "no redis-server to run a cluster with (" + why + ")")) return;
+  }
+  auto cluster = test::LocalRedisCluster::Start();
+  REQUIRE_OK(cluster);
+  std::string nodes;
+  for (const std::string& n : (*cluster)->nodes()) nodes += (nodes.empty() ? "" : ",") + n;
+  const std::pair<const char*, float> cases[] = {{"int8", 8.0f / 255 / 2 * 1.02f + 4 * 0x1p-8f},
+                                                 {"int4", 8.0f / 15 / 2 * 1.02f + 4 * 0x1p-8f},
+                                                 {"fp8_e4m3", 4 * 0x1p-4f + 4 * 0x1p-8f},
+                                                 {"none", 0.0f}};
+  for (const auto& [codec, bound] : cases) {
+    INFO("codec " << codec);
+    FloatEngine ea, eb;  // two engines, their own device memory
+    auto options = [&](const FloatEngine& e) {
+      Options o = CodecOptions(e, codec, 4);
+      o.remote.nodes = nodes;
+      o.remote.scope = std::string("codec-") + codec + "-" + std::to_string(getpid());
+      o.remote.match_budget_us = 500000;
+      return o;
+    };
+    auto a = Cache::Create(options(ea));
+    auto b = Cache::Create(options(eb));
+    REQUIRE_OK(a);
+    REQUIRE_OK(b);
+    const std::vector<BlockKey> keys = test::Chain(2, 5, FloatEngine::kTokens);
+    {
+      auto lease = (*a)->AllocateDevice(2);
+      REQUIRE_OK(lease);
+      for (uint32_t i = 0; i < 2; ++i) ea.Write(lease->slots()[i], 50 + i);
+      REQUIRE_OK((*a)->Commit(keys, *lease));
+    }
+    // Write-through publication: both blocks encoded on A's host, then written to the store.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while ((*a)->Stats().remote.writes < 2 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE((*a)->Stats().remote.writes == 2);
+    auto match = (*b)->Match(keys);
+    REQUIRE_OK(match);
+    REQUIRE(match->blocks_in(Tier::kRemote) == 2);
+    auto lease = (*b)->AllocateDevice(2);
+    REQUIRE_OK(lease);
+    auto xfer = (*b)->Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    REQUIRE_OK(xfer->Wait());
+    REQUIRE(xfer->blocks_loaded() == 2);
+    for (uint32_t i = 0; i < 2; ++i) {
+      if (std::string(codec) == "none") {
+        CHECK(eb.Exact(lease->slots()[i], 50 + i));
+      } else {
+        const float err = eb.MaxError(lease->slots()[i], 50 + i);
+        INFO("block " << i << " max error " << err << " bound " << bound);
+        CHECK(err <= bound);
+        CHECK(err > 0);
+      }
+    }
+    CHECK(xfer->blocks_lossy() == (std::string(codec) == "none" ? 0u : 2u));
+    CHECK((*b)->Stats().codec_refused_blocks == 0);
+    REQUIRE_OK((*b)->CheckInvariants());
+  }
 }
 
 }  // namespace kvtier

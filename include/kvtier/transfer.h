@@ -60,6 +60,11 @@ class Transfer {
   // held: do not write them). A Prefetch: the chain's blocks before the first failed read (reads
   // past it that verified stay on the host). 0 while running and for an empty handle.
   uint32_t blocks_loaded() const;
+  // Once finished: how many of the blocks [0, blocks_loaded()) this Load promoted through a lossy
+  // Options.host.codec (decoded from the host tier, within the codec's error bound:
+  // docs/compression.md); the others are exact. 0 without a codec, while running and for an
+  // empty handle.
+  uint32_t blocks_lossy() const;
 
   // Blocks until every copy finished and the cache recorded it; returns the outcome.
   absl::Status Wait();

@@ -213,6 +213,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
         uint64_t lossy = 0;
         for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
         codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
+        state->SetLossy(static_cast<uint32_t>(lossy));
       }
       {
         MutexLock lock(&index_.mu());

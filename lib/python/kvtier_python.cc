@@ -1371,6 +1371,13 @@ PYBIND11_MODULE(kvtier, m) {
           },
           "once done: blocks [0, blocks_loaded) hold data, also after a failure (the engine "
           "recomputes from there); == blocks when it succeeded; 0 while running")
+      .def_property_readonly(
+          "blocks_lossy",
+          [](PyTransfer& t) {
+            return CallOpen(*t.state, "Transfer.blocks_lossy",
+                            [&] { return t.transfer.blocks_lossy(); });
+          },
+          "once done: how many loaded blocks were decoded from a lossy host codec (0 without)")
       .def_property_readonly("done",
                              [](PyTransfer& t) {
                                return CallOpen(*t.state, "Transfer.done",

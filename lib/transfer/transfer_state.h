@@ -74,6 +74,16 @@ struct TransferState {
     MutexLock lock(&mu);
     return done ? loaded : 0;
   }
+  // Before Finish: how many of the loaded blocks were decoded from a lossy codec.
+  void SetLossy(uint32_t n) {
+    MutexLock lock(&mu);
+    lossy = n;
+  }
+  // Transfer::blocks_lossy(): 0 until finished.
+  uint32_t blocks_lossy() {
+    MutexLock lock(&mu);
+    return done ? lossy : 0;
+  }
   // A failure is reported only once the whole Transfer has finished: until then copies of its other
   // blocks may still write into the lease's slots, and only Finish() (after the index gave the
   // failed blocks' slots back to the lease) makes them the engine's to recompute into.
@@ -105,6 +115,7 @@ struct TransferState {
   uint32_t layers_done ABSL_GUARDED_BY(mu) = 0;
   bool done ABSL_GUARDED_BY(mu) = false;
   uint32_t loaded ABSL_GUARDED_BY(mu) = 0;  // set by the Finish calls
+  uint32_t lossy ABSL_GUARDED_BY(mu) = 0;   // set by SetLossy
   absl::Status error ABSL_GUARDED_BY(mu);
 };
 
