@@ -12,7 +12,6 @@
 #include <optional>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "lib/common/status_macros.h"
 #include "lib/tiers/block_header.h"
@@ -22,7 +21,8 @@ namespace {
 
 constexpr char kCheckpointMagic[8] = {'K', 'V', 'T', 'I', 'E', 'R', 'C', '1'};
 constexpr uint32_t kVersion = kBlockHeaderVersion;
-constexpr uint64_t kHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8 + 8, kEntry = 4 + 32, kTail = 8;
+constexpr uint64_t kHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8 + 8, kEntry = kStoredBlockEntryBytes,
+                   kTail = 8;
 constexpr uint64_t kFlushBytes = 64 * 1024;  // pending records that wake the flusher at once
 constexpr uint64_t kReadChunk = 1 << 20;
 
@@ -165,13 +165,7 @@ std::vector<uint8_t> EncodeDiskCheckpoint(const DiskGeometry& geometry, uint64_t
   w.U64(generation);
   w.U64(blocks.size());
   w.U64(max_sequence);
-  for (const StoredBlock& b : blocks) {
-    w.U32(b.slot);
-    w.U64(b.key.hi);
-    w.U64(b.key.lo);
-    w.U64(b.parent.hi);
-    w.U64(b.parent.lo);
-  }
+  WriteStoredBlocks(w, blocks);
   w.U64(XXH3_64bits(bytes.data(), bytes.size() - kTail));
   return bytes;
 }
@@ -204,22 +198,8 @@ absl::StatusOr<DiskCheckpoint> DecodeDiskCheckpoint(std::span<const uint8_t> byt
         " fingerprint=", geometry.layout_fingerprint, " slot_bytes=", geometry.slot_bytes,
         " slots=", geometry.slots, " files=", geometry.files));
   }
-  c.blocks.reserve(count);
-  std::vector<bool> slot_used(geometry.slots);
-  absl::flat_hash_set<BlockKey> keys;
-  keys.reserve(count);
-  for (uint64_t i = 0; i < count; ++i) {
-    StoredBlock b;
-    b.slot = r.U32();
-    b.key = {r.U64(), r.U64()};
-    b.parent = {r.U64(), r.U64()};
-    if (b.slot >= geometry.slots || slot_used[b.slot] || !keys.insert(b.key).second) {
-      return absl::DataLossError(absl::StrCat("DecodeDiskCheckpoint: entry ", i, " (slot ", b.slot,
-                                              ") is past the tier or repeats a slot or a key"));
-    }
-    slot_used[b.slot] = true;
-    c.blocks.push_back(b);
-  }
+  KVTIER_RETURN_IF_ERROR(
+      ReadStoredBlocks(r, count, geometry.slots, "DecodeDiskCheckpoint", &c.blocks));
   return c;
 }
 

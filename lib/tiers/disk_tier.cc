@@ -58,7 +58,8 @@ struct Aligned {
 
 // Manifest: header (magic, version, fingerprint, slot bytes, slots, files, count, sequence),
 // `count` entries (slot, key, parent), then the XXH3-64 of everything before it.
-constexpr uint64_t kManifestHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8, kManifestEntry = 4 + 32;
+constexpr uint64_t kManifestHead = 8 + 4 + 8 + 8 + 4 + 4 + 8 + 8,
+                   kManifestEntry = kStoredBlockEntryBytes;
 constexpr uint64_t kManifestTail = 8;
 // kvtier.meta is one short line; anything longer is not ours.
 constexpr uint64_t kMaxMetaBytes = 4096;
@@ -659,13 +660,7 @@ std::vector<uint8_t> EncodeDiskManifest(const DiskGeometry& geometry,
   w.U32(geometry.files);
   w.U64(blocks.size());
   w.U64(max_sequence);
-  for (const StoredBlock& b : blocks) {
-    w.U32(b.slot);
-    w.U64(b.key.hi);
-    w.U64(b.key.lo);
-    w.U64(b.parent.hi);
-    w.U64(b.parent.lo);
-  }
+  WriteStoredBlocks(w, blocks);
   w.U64(XXH3_64bits(bytes.data(), bytes.size() - kManifestTail));
   return bytes;
 }
@@ -697,8 +692,25 @@ absl::StatusOr<DiskManifest> DecodeDiskManifest(std::span<const uint8_t> bytes,
   }
   // One block per slot, one slot per key, every slot in the tier: else nothing of it is used.
   DiskManifest manifest{.max_sequence = max_seq};
-  manifest.blocks.reserve(count);
-  std::vector<bool> slot_used(geometry.slots);
+  KVTIER_RETURN_IF_ERROR(
+      ReadStoredBlocks(r, count, geometry.slots, "DecodeDiskManifest", &manifest.blocks));
+  return manifest;
+}
+
+void WriteStoredBlocks(LeWriter& w, std::span<const StoredBlock> blocks) {
+  for (const StoredBlock& b : blocks) {
+    w.U32(b.slot);
+    w.U64(b.key.hi);
+    w.U64(b.key.lo);
+    w.U64(b.parent.hi);
+    w.U64(b.parent.lo);
+  }
+}
+
+absl::Status ReadStoredBlocks(LeReader& r, uint64_t count, uint32_t slots, const char* what,
+                              std::vector<StoredBlock>* out) {
+  out->reserve(count);
+  std::vector<bool> slot_used(slots);
   absl::flat_hash_set<BlockKey> keys;
   keys.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
@@ -706,15 +718,15 @@ absl::StatusOr<DiskManifest> DecodeDiskManifest(std::span<const uint8_t> bytes,
     b.slot = r.U32();
     b.key = {r.U64(), r.U64()};
     b.parent = {r.U64(), r.U64()};
-    if (b.slot >= geometry.slots || slot_used[b.slot] || !keys.insert(b.key).second) {
-      return absl::DataLossError(absl::StrCat("DecodeDiskManifest: entry ", i, " (slot ", b.slot,
-                                              ", key ", b.key.ToHex(),
+    if (b.slot >= slots || slot_used[b.slot] || !keys.insert(b.key).second) {
+      return absl::DataLossError(absl::StrCat(what, ": entry ", i, " (slot ", b.slot, ", key ",
+                                              b.key.ToHex(),
                                               ") is past the tier or repeats a slot or a key"));
     }
     slot_used[b.slot] = true;
-    manifest.blocks.push_back(b);
+    out->push_back(b);
   }
-  return manifest;
+  return absl::OkStatus();
 }
 
 absl::Status DiskTier::Close(std::span<const StoredBlock> live) {

@@ -119,6 +119,17 @@ std::vector<uint8_t> EncodeDiskManifest(const DiskGeometry& geometry,
 absl::StatusOr<DiskManifest> DecodeDiskManifest(std::span<const uint8_t> bytes,
                                                 const DiskGeometry& geometry);
 
+struct LeWriter;
+struct LeReader;
+// The block list of a manifest or a journal checkpoint: `count` entries of (slot u32, key (hi,
+// lo), parent (hi, lo)), little-endian, kStoredBlockEntryBytes each.
+inline constexpr uint64_t kStoredBlockEntryBytes = 4 + 32;
+void WriteStoredBlocks(LeWriter& w, std::span<const StoredBlock> blocks);
+// Reads `count` entries into `out`, trusting none: kDataLoss ("<what>: entry i ...") for a slot
+// past `slots`, a slot twice or a key twice. The caller has checked that the bytes hold them.
+absl::Status ReadStoredBlocks(LeReader& r, uint64_t count, uint32_t slots, const char* what,
+                              std::vector<StoredBlock>* out);
+
 class DiskTier final : public StorageTier {
  public:
   struct Stats {
