@@ -125,7 +125,13 @@ class Driver {
         return;
       }
       const uint32_t slots = fx_.disk->capacity_slots();
-      slot = sequential_ ? static_cast<uint32_t>(issued_ % slots) : rng_() % slots;
+      // Random slots, but lane l only ever takes slots l, l + qd, l + 2 qd, ...: no two ops in
+      // flight share a slot (as in the cache, which never writes a slot twice at once). Two
+      // writes of one slot at the same time can interleave on the device, and a later read of it
+      // rightly refuses the torn block.
+      const uint32_t per_lane = std::max<uint32_t>(1, slots / qd_);
+      slot = sequential_ ? static_cast<uint32_t>(issued_ % slots)
+                         : (lane + qd_ * (rng_() % per_lane)) % slots;
       issued_++;
     }
     uint8_t* buf = fx_.memory + lane * fx_.host_slot;
