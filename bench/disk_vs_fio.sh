@@ -38,20 +38,25 @@ kvtier_run() {  # dir bs qd -> bytes/s
 fio_run() {  # rw bs qd file -> bytes/s
   fio --name=kvtier-cmp --filename="$4" --direct=1 --ioengine=io_uring --fixedbufs=1 \
     --registerfiles=1 --rw="$1" --bs="$2" --iodepth="$3" --runtime="$secs" --time_based=1 \
-    --size="$(stat -c %s "$4")" --randrepeat=0 --norandommap=1 --output-format=json 2>/dev/null |
+    --size="$(stat -c %s "$file")" --randrepeat=0 --norandommap=1 --output-format=json 2>/dev/null |
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["bw_bytes"]+j["write"]["bw_bytes"])'
 }
 
 echo "disk_vs_fio: $reps interleaved repetitions of ${secs}s per point, data in $KVTIER_BENCH_DIR" >&2
 for bs in 65536 262144 2097152; do
-  # kvtier creates and fills the file once per block size; fio then uses the very same file.
+  # kvtier creates and fills the file once per block size; fio reads the very same file (and
+  # writes a file of the same size beside it).
   kvtier_run Read "$bs" 1 >/dev/null
   file="$KVTIER_BENCH_DIR/$bs/blocks.0"
   for qd in 1 8 32; do
     for dir in Read Write; do
       rw=rand$(echo "$dir" | tr 'A-Z' 'a-z')
       for r in $(seq "$reps"); do
-        echo "$bs $qd $dir fio $(fio_run "$rw" "$bs" "$qd" "$file")" >>"$out/raw"
+        # fio writes its own file of the same size beside kvtier's: written by fio, kvtier's
+        # blocks would no longer verify, and every later kvtier read would fail.
+        target=$file
+        if [ "$dir" = Write ]; then target=$file.fio-write; fi
+        echo "$bs $qd $dir fio $(fio_run "$rw" "$bs" "$qd" "$target")" >>"$out/raw"
         echo "$bs $qd $dir kvtier $(kvtier_run "$dir" "$bs" "$qd")" >>"$out/raw"
         echo -n . >&2
       done
