@@ -199,38 +199,41 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
     }
     state->layer_events.push_back(*event);
     const bool last = l + 1 == layers;
-    s = device_.AddCallback(Stream::kH2D, [this, state, ctx, last, load_start](absl::Status st) {
-      if (!st.ok()) ctx->copy_failed.store(true);
-      state->LayerDone(st);
-      if (!last) return;
-      // Partial: the blocks before the first failed one are published and stay in the lease;
-      // that one and every later promotion are misses (their lease slots writable again), also
-      // those whose reads verified: a block is only reachable through its prefix, and their
-      // copies below (disk, store) are still there for the next Load once the engine has
-      // committed the recomputed one.
-      const uint32_t loaded = state->first_error().ok() ? ctx->blocks : BlocksLoaded(*ctx);
-      if (codec_.has_value()) {  // what the engine got through the lossy codec
-        uint64_t lossy = 0;
-        for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
-        codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
-        state->SetLossy(static_cast<uint32_t>(lossy));
-      }
-      {
-        MutexLock lock(&index_.mu());
-        for (size_t i = 0; i < ctx->promotions.size(); ++i) {
-          const Move& p = ctx->promotions[i];
-          index_.FinishMoveLocked(p, p.position < loaded, ctx->source_lost[i] != 0);
-        }
-        if (loaded < ctx->blocks) {
-          loads_failed_++;
-          if (loaded > 0) loads_partial_++;
-          blocks_load_lost_ += ctx->blocks - loaded;
-        }
-        in_flight_--;
-      }
-      load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
-      state->Finish(loaded);
-    });
+    // `staging` (a codec's decoded layers) lives until the copies that read it have run: each
+    // layer's decode callback ends before its copies do.
+    s = device_.AddCallback(
+        Stream::kH2D, [this, state, ctx, last, load_start, staging](absl::Status st) {
+          if (!st.ok()) ctx->copy_failed.store(true);
+          state->LayerDone(st);
+          if (!last) return;
+          // Partial: the blocks before the first failed one are published and stay in the lease;
+          // that one and every later promotion are misses (their lease slots writable again), also
+          // those whose reads verified: a block is only reachable through its prefix, and their
+          // copies below (disk, store) are still there for the next Load once the engine has
+          // committed the recomputed one.
+          const uint32_t loaded = state->first_error().ok() ? ctx->blocks : BlocksLoaded(*ctx);
+          if (codec_.has_value()) {  // what the engine got through the lossy codec
+            uint64_t lossy = 0;
+            for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
+            codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
+            state->SetLossy(static_cast<uint32_t>(lossy));
+          }
+          {
+            MutexLock lock(&index_.mu());
+            for (size_t i = 0; i < ctx->promotions.size(); ++i) {
+              const Move& p = ctx->promotions[i];
+              index_.FinishMoveLocked(p, p.position < loaded, ctx->source_lost[i] != 0);
+            }
+            if (loaded < ctx->blocks) {
+              loads_failed_++;
+              if (loaded > 0) loads_partial_++;
+              blocks_load_lost_ += ctx->blocks - loaded;
+            }
+            in_flight_--;
+          }
+          load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
+          state->Finish(loaded);
+        });
   }
   if (!s.ok()) {
     // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports
