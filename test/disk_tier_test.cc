@@ -83,19 +83,15 @@ DiskTierConfig Config(const fs::path& dir, uint32_t slots, uint32_t align) {
       .layout_fingerprint = 0x1234};
 }
 
-absl::Status Wait(const std::function<absl::Status(std::function<void(absl::Status)>)>& start) {
-  std::promise<absl::Status> p;
-  auto f = p.get_future();
-  if (absl::Status s = start([&](absl::Status st) { p.set_value(st); }); !s.ok()) return s;
-  return f.get();
-}
+using test::WaitForCallback;
 absl::Status WriteBlock(DiskTier& d, SlotId slot, uint64_t k, uint8_t* host) {
   Pattern(host, k);
-  return Wait([&](auto done) { return d.Write(slot, KeyOf(k), ParentOf(k), host, done); });
+  return WaitForCallback(
+      [&](auto done) { return d.Write(slot, KeyOf(k), ParentOf(k), host, done); });
 }
 absl::Status ReadBlock(DiskTier& d, SlotId slot, uint64_t k, uint8_t* host) {
   std::memset(host, 0xEE, kBlockBytes);
-  return Wait([&](auto done) { return d.Read(slot, KeyOf(k), host, done); });
+  return WaitForCallback([&](auto done) { return d.Read(slot, KeyOf(k), host, done); });
 }
 
 uint32_t Align(const fs::path& dir) { return *DiskTier::Alignment(dir.string()); }

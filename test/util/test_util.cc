@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -129,6 +130,14 @@ TempDir::TempDir(const std::string& prefix) {
 TempDir::~TempDir() {
   std::error_code ignored;  // never throw from a destructor
   std::filesystem::remove_all(path, ignored);
+}
+
+absl::Status WaitForCallback(
+    const std::function<absl::Status(std::function<void(absl::Status)>)>& start) {
+  std::promise<absl::Status> p;
+  auto f = p.get_future();
+  if (absl::Status s = start([&](absl::Status st) { p.set_value(st); }); !s.ok()) return s;
+  return f.get();
 }
 
 }  // namespace kvtier::test

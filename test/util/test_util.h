@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -122,6 +123,11 @@ struct TempDir {
   TempDir& operator=(const TempDir&) = delete;
   std::filesystem::path path;
 };
+
+// Runs `start(done)` and waits for its callback: start's own error if it did not start, else the
+// status `done` was called with (for the tiers' asynchronous Read/Write/Invalidate).
+absl::Status WaitForCallback(
+    const std::function<absl::Status(std::function<void(absl::Status)>)>& start);
 
 }  // namespace kvtier::test
 
