@@ -231,6 +231,86 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS {
   f.Check();
 }
 
+// LRU that drops every victim it is asked about (DemoteVictim false): a host victim with no other
+// copy and no children then leaves the index.
+class DroppingLru : public EvictionPolicy {
+ public:
+  explicit DroppingLru(uint32_t capacity)
+      : lru_(*CreatePolicy("lru", {.capacity_slots = capacity})) {}
+  void OnInsertKey(SlotId s, uint64_t id) override { lru_->OnInsertKey(s, id); }
+  void OnInsert(SlotId s) override { lru_->OnInsert(s); }
+  void OnAccess(SlotId s) override { lru_->OnAccess(s); }
+  void OnRemove(SlotId s) override { lru_->OnRemove(s); }
+  void OnPin(SlotId s) override { lru_->OnPin(s); }
+  void OnUnpin(SlotId s) override { lru_->OnUnpin(s); }
+  void OnLink(SlotId s, SlotId parent) override { lru_->OnLink(s, parent); }
+  std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    return lru_->PickVictim(can_evict);
+  }
+  bool DemoteVictim(SlotId) override { return false; }
+
+ private:
+  std::unique_ptr<EvictionPolicy> lru_;
+};
+
+TEST_CASE("Regression: a Commit whose write-through evicts a later key of its own chain", "[index]")
+ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  // Commit [k0, k1] with k0 on disk only and k1 the host's only block: k0's write-through copy
+  // takes k1's host slot, which drops k1 (no other copy, no children) and with it k1's entry.
+  // Commit looked k1 up before that and must not use the id it had found: it was freed (and may
+  // be reused). The soak found it (a device or host slot left resident to another entry).
+  IndexConfig c = Fixture::MakeConfig(/*device=*/2, /*host=*/1, /*disk=*/1, /*demote=*/true);
+  c.policies[1] = std::make_unique<DroppingLru>(1);
+  c.host_write_through = true;
+  Index index(std::move(c));
+  MutexLock lock(&index.mu());
+  int step = 0;
+  auto check = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    INFO("step " << step++);
+    REQUIRE_OK(index.CheckInvariantsLocked());
+  };
+  auto finish_all = [&](std::vector<Move>& moves) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (const Move& m : moves) index.FinishMoveLocked(m, true);
+    moves.clear();
+    for (const Move& m : index.TakeWritesLocked()) index.FinishMoveLocked(m, true);
+    check();
+  };
+  const auto k = test::Chain(2, 1);
+  std::vector<SlotId> slots;
+  std::vector<Move> d;
+  // k0 and k1 on the device, k0 also on the host (k1's write-through found the host full).
+  const uint64_t a = *index.NewLeaseLocked(2, &slots, &d);
+  REQUIRE_OK(index.CommitLocked(a, k, &d));
+  finish_all(d);
+  REQUIRE_OK(index.ReleaseLeaseLocked(a));
+  // k0 to the disk, off the host; k1 to the host; both off the device.
+  index.FlushHostLocked();
+  finish_all(d);
+  CHECK(index.ClearTierLocked(Tier::kHost).done == 1);
+  SlotId next = 0;
+  d = index.FlushDeviceLocked(next);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].key == k[1]);
+  finish_all(d);
+  CHECK(index.ClearTierLocked(Tier::kDevice).done == 2);
+  MatchResult m = index.MatchLocked(k);
+  REQUIRE(m.size() == 2);
+  CHECK(m.tiers[0] == Tier::kDisk);
+  CHECK(m.tiers[1] == Tier::kHost);
+  // The Commit: both keys on the device again, whatever the host write-through did.
+  slots.clear();
+  const uint64_t b = *index.NewLeaseLocked(2, &slots, &d);
+  REQUIRE_OK(index.CommitLocked(b, k, &d));
+  check();
+  m = index.MatchLocked(k);
+  REQUIRE(m.size() == 2);
+  CHECK(m.tiers[0] == Tier::kDevice);
+  CHECK(m.tiers[1] == Tier::kDevice);
+  finish_all(d);
+  REQUIRE_OK(index.ReleaseLeaseLocked(b));
+  check();
+}
+
 TEST_CASE("Index: restored disk blocks are added parents first, orphans are left out", "[index]")
 ABSL_NO_THREAD_SAFETY_ANALYSIS {
   Fixture f(4, /*host=*/4, /*disk=*/16);

@@ -724,7 +724,11 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
       parent = kNoEntry;
     }
   }
+  // First every key's device residency, with nothing evicted meanwhile: `found` holds ids looked
+  // up above, and an eviction (the host write-through below) may erase one of them, a block only
+  // the host held, and free its id for the next new entry.
   uint32_t parent_id = kNoEntry;
+  absl::InlinedVector<uint32_t, 64> write_through;  // lease positions whose blocks get a host copy
   for (size_t i = 0; i < keys.size(); ++i) {
     LeaseSlot& ls = lease->slots[i];
     if (found[i] != kNoEntry && E(found[i]).res[T(kDev)].present()) {
@@ -743,20 +747,26 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
       // residency would leave the first slot marked resident to an entry that no longer points at
       // it.
       if (host_write_through_ && !E(id).res[T(kHostTier)].present()) {
-        if (std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr, id)) {
-          AddResidencyLocked(id, kHostTier, *hs, ResState::kFilling, 0, 1);
-          PinLocked(id, kDev, /*lease=*/false);
-          demotions->push_back(Move{.key = keys[i],
-                                    .entry = id,
-                                    .from = {kDev, ls.slot},
-                                    .to = {kHostTier, *hs},
-                                    .source_kept = true});
-          counters_.demotions++;
-          table(kDev).stats.demotions++;
-        }
+        write_through.push_back(static_cast<uint32_t>(i));
       }
     }
     parent_id = ls.entry;
+  }
+  // Then the host copies, parents first. Every key of the chain has a device residency now, which
+  // making room on the host does not touch: it may drop their host copies, never their entries.
+  for (uint32_t i : write_through) {
+    const LeaseSlot& ls = lease->slots[i];
+    std::optional<SlotId> hs = TakeSlotLocked(kHostTier, nullptr, ls.entry);
+    if (!hs) break;  // every host slot pinned or protected: the rest get none either
+    AddResidencyLocked(ls.entry, kHostTier, *hs, ResState::kFilling, 0, 1);
+    PinLocked(ls.entry, kDev, /*lease=*/false);
+    demotions->push_back(Move{.key = keys[i],
+                              .entry = ls.entry,
+                              .from = {kDev, ls.slot},
+                              .to = {kHostTier, *hs},
+                              .source_kept = true});
+    counters_.demotions++;
+    table(kDev).stats.demotions++;
   }
   return absl::OkStatus();
 }
