@@ -315,6 +315,7 @@ void FillStats(const kvtier::CacheStats& s, kvtier_stats* stats) {
   o.blocks_load_lost = s.blocks_load_lost;
   o.codec_lossy_blocks_loaded = s.codec_lossy_blocks_loaded;
   o.codec_refused_blocks = s.codec_refused_blocks;
+  o.codec_lossy_blocks_replaced = s.codec_lossy_blocks_replaced;
   // Only as much as the caller's struct holds (version 1 ends before blocks_commit_shared,
   // version 2 before blocks_stored); a larger tail is left as it is.
   std::memcpy(static_cast<void*>(stats), &o, std::min(stats->struct_size, sizeof(o)));

@@ -209,6 +209,7 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
   config.tokens_per_block = options.layout.tokens_per_block;
   config.clock = std::move(clock);
   config.host_write_through = options.host_write_through || remote_write_through;
+  config.host_lossy = codec.has_value() && !no_bytes;  // device copies decoded from it are lossy
   if (remote != nullptr) {
     switch (options.remote.publish) {
       case RemotePublish::kWriteThrough:

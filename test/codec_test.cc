@@ -587,6 +587,58 @@ TEST_CASE("Cache with host.codec: blocks come back from the host within the code
   }
 }
 
+TEST_CASE(
+    "Cache with host.codec: a decoded device copy stays lossy until a recomputed Commit replaces "
+    "it",
+    "[codec]") {
+  FloatEngine e;
+  auto created = Cache::Create(CodecOptions(e, "int8", 4));
+  REQUIRE_OK(created);
+  Cache& cache = **created;
+  const std::vector<BlockKey> keys = test::Chain(2, 1, FloatEngine::kTokens);
+  Loaded got = CommitEvictLoad(cache, e, 1);  // keys, decoded from the host onto the device
+  REQUIRE(got.lossy == 2);
+  // Another request's Load shares those device blocks: it gets the decoded bytes too, and says so.
+  auto load_shared = [&]() -> uint32_t {
+    auto match = cache.Match(keys);
+    REQUIRE_OK(match);
+    REQUIRE(match->blocks_in(Tier::kDevice) == 2);
+    auto lease = cache.AllocateDevice(2);
+    REQUIRE_OK(lease);
+    auto xfer = cache.Load(*match, *lease);
+    REQUIRE_OK(xfer);
+    REQUIRE_OK(xfer->Wait());
+    CHECK(xfer->blocks_promoted() == 0);
+    CHECK(xfer->blocks() == 2);
+    const uint32_t lossy = xfer->blocks_lossy();
+    for (uint32_t i = 0; i < 2 && lossy == 0; ++i) CHECK(e.Exact(lease->slots()[i], 10 + i));
+    REQUIRE_OK(cache.Release(*lease));
+    return lossy;
+  };
+  CHECK(load_shared() == 2);
+  CHECK(cache.Stats().codec_lossy_blocks_loaded == 4);
+  // The engine recomputes the blocks (exact) into its own slots and commits them.
+  auto recompute = [&] {
+    auto lease = cache.AllocateDevice(2);
+    REQUIRE_OK(lease);
+    for (uint32_t i = 0; i < 2; ++i) e.Write(lease->slots()[i], 10 + i);
+    REQUIRE_OK(cache.Commit(keys, *lease));
+    REQUIRE_OK(cache.Release(*lease));
+  };
+  // While a lease still holds the decoded copy it stays: the commit shares it.
+  recompute();
+  CHECK(cache.Stats().codec_lossy_blocks_replaced == 0);
+  CHECK(load_shared() == 2);
+  // Held by no one, it gives way to the recomputed block: later Loads get the exact bytes.
+  REQUIRE_OK(cache.Release(got.lease));
+  recompute();
+  const CacheStats s = cache.Stats();
+  CHECK(s.codec_lossy_blocks_replaced == 2);
+  CHECK(s.blocks_commit_shared == 2);  // the first recompute's, not the second's
+  CHECK(load_shared() == 0);
+  REQUIRE_OK(cache.CheckInvariants());
+}
+
 TEST_CASE("Cache without a codec: host round trips stay byte-exact, nothing counted lossy",
           "[codec]") {
   FloatEngine e;

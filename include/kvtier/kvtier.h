@@ -237,11 +237,12 @@ typedef struct kvtier_stats {
   uint64_t blocks_store_skipped; /* connector stores: keys cached already, not copied */
   uint64_t events_dropped;       /* KV events lost to a full queue (Options.events) */
   /* ---- version 4 ---- */
-  uint64_t loads_failed;              /* loads that ended with an error */
-  uint64_t loads_partial;             /* ... that still delivered their first blocks */
-  uint64_t blocks_load_lost;          /* blocks failed loads did not deliver (recomputed) */
-  uint64_t codec_lossy_blocks_loaded; /* blocks loaded through a lossy host codec */
-  uint64_t codec_refused_blocks;      /* promotions refused: encoded by another codec */
+  uint64_t loads_failed;                /* loads that ended with an error */
+  uint64_t loads_partial;               /* ... that still delivered their first blocks */
+  uint64_t blocks_load_lost;            /* blocks failed loads did not deliver (recomputed) */
+  uint64_t codec_lossy_blocks_loaded;   /* blocks loaded through a lossy host codec */
+  uint64_t codec_refused_blocks;        /* promotions refused: encoded by another codec */
+  uint64_t codec_lossy_blocks_replaced; /* lossy device copies replaced by a Commit */
 } kvtier_stats;
 
 /* The struct_size of earlier versions of kvtier_stats, still accepted (the fields they do not

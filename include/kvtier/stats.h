@@ -120,9 +120,13 @@ struct CacheStats {
   uint64_t bytes_h2d = 0;             // bytes of promotions
   uint64_t bytes_d2h = 0;             // bytes of demotions
   uint64_t transfer_failures = 0;     // copies that failed; their blocks became misses
-  // Blocks a Load() promoted through a lossy Options.host.codec (decoded from the host tier): what
-  // the engine got back is within the codec's error bound, not byte-exact.
+  // Blocks a Load() handed over as a lossy Options.host.codec decoded them (promoted from the host
+  // tier, or shared with the device copy an earlier such Load made): within the codec's error
+  // bound, not byte-exact. Transfer::blocks_lossy() counts them per Load.
   uint64_t codec_lossy_blocks_loaded = 0;
+  // Commit() keys whose device copy was such a decoded one, held by no lease: the committed
+  // (recomputed, exact) block replaced it.
+  uint64_t codec_lossy_blocks_replaced = 0;
   // Promotions refused because the block's codec header was not this cache's codec (another codec,
   // version, group size or element type): misses, never misread data.
   uint64_t codec_refused_blocks = 0;

@@ -52,6 +52,7 @@ Index::Index(IndexConfig config)
       clock_(config.clock ? std::move(config.clock) : std::function<uint64_t()>(MonotonicNanos)),
       demote_on_evict_(config.demote_on_evict),
       host_write_through_(config.host_write_through),
+      host_lossy_(config.host_lossy),
       store_feed_(config.store_feed),
       wipe_on_free_(config.wipe_on_free) {
   MutexLock lock(&mu_);
@@ -489,6 +490,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
   for (uint32_t i = 0; i < keys.size(); ++i) {
     if (LeaseSlot& ls = lease->slots[i]; ls.holds) {  // shared when the lease was made: keep it
       ls.shared_at_allocation = false;
+      if (E(ls.entry).res[T(kDev)].lossy) plan.lossy_shared.push_back(i);
       parent = ls.entry;
       plan.blocks++;
       continue;
@@ -503,6 +505,7 @@ absl::StatusOr<LoadPlan> Index::PlanLoadLocked(uint64_t lease_id, const MatchRes
       FreeSlotLocked(kDev, ls.slot);
       ls = LeaseSlot{.slot = d.slot, .holds = true, .entry = id};
       PinLocked(id, kDev, /*lease=*/true);
+      if (d.lossy) plan.lossy_shared.push_back(i);
     } else {
       // Cached nowhere here, Match found it in a store (match.tiers[i] >= kNumTiers); or below.
       const Tier store = i < match.tiers.size() ? match.tiers[i] : kDev;
@@ -732,10 +735,20 @@ absl::Status Index::CommitLocked(uint64_t lease_id, std::span<const BlockKey> ke
   for (size_t i = 0; i < keys.size(); ++i) {
     LeaseSlot& ls = lease->slots[i];
     if (found[i] != kNoEntry && E(found[i]).res[T(kDev)].present()) {
-      // On the device already (another lease's copy, or a Load's): the chain goes on under it.
-      counters_.blocks_commit_shared++;
-      parent_id = found[i];
-      continue;
+      const Residency& d = E(found[i]).res[T(kDev)];
+      if (!d.lossy || d.pins() > 0 || ls.holds) {
+        // On the device already (another lease's copy, or a Load's): the chain goes on under it.
+        counters_.blocks_commit_shared++;
+        parent_id = found[i];
+        continue;
+      }
+      // A lossy copy (decoded from a codec's) that no lease or copy holds: this lease's block,
+      // the engine's own (recomputed), replaces it. Held as a child of itself meanwhile, the
+      // entry is not erased while it has no residency.
+      E(found[i]).children++;
+      FreeSlotLocked(kDev, RemoveResidencyLocked(found[i], kDev));
+      E(found[i]).children--;
+      counters_.codec_lossy_blocks_replaced++;
     }
     if (!ls.holds) {
       const uint32_t id = found[i] != kNoEntry ? found[i] : AddEntryLocked(keys[i], parent_id);
@@ -858,6 +871,7 @@ void Index::FinishMoveLocked(const Move& m, bool ok, bool source_lost) {
     return;
   }
   if (ok) {
+    if (to == kDev) E(m.entry).res[T(kDev)].lossy = host_lossy_;  // decoded from the host's form
     MarkReadyLocked(m.entry, to);
     if (to == kHostTier && store_feed_ == IndexConfig::StoreFeed::kHostFills) {
       QueueWriteLocked(m.entry, m.to.slot, {Tier::kRemote, 0}, /*source_kept=*/true);
@@ -1136,6 +1150,7 @@ absl::Status Index::CheckInvariantsLocked() const {
         return fail(key.ToHex(), ": ", TierName(static_cast<Tier>(t)),
                     " residency withheld from its policy but not kept by the prefix rule");
       }
+      if (r.lossy && t != 0) return fail(key.ToHex(), ": a lossy residency below the device");
       if (r.state == ResState::kFilling && r.io_pins == 0) {
         return fail(key.ToHex(), ": Filling without an I/O pin");
       }

@@ -52,7 +52,11 @@ enum class ResState : uint8_t { kAbsent, kFilling, kReady };
 struct Residency {
   SlotId slot = 0;
   uint16_t lease_pins = 0;  // leases holding this block at this slot (device tier only)
-  uint8_t io_pins : 7 = 0;  // copies reading or writing the slot
+  uint8_t io_pins : 6 = 0;  // copies reading or writing the slot
+  // Device tier: the bytes were decoded from a lossy codec's copy (a Load through
+  // Options.host.codec), not committed by the engine. Loads that share the block count it in
+  // Transfer::blocks_lossy; a Commit of the recomputed block replaces it once no one holds it.
+  uint8_t lossy : 1 = 0;
   // Withheld from the tier's policy (EvictionPolicy::OnWithhold accepted) because the prefix rule
   // keeps it: the block's only copy, in a tier that cannot write victims back, with children. A
   // victim search that passed over it withheld it, so that no later search walks past it again;
@@ -141,6 +145,9 @@ struct LoadPlan {
   uint32_t blocks = 0;  // lease positions [0, blocks) now hold the matched keys
   std::vector<Move> promotions;
   std::vector<uint32_t> lease_slots;  // the lease's device slots after the plan
+  // Positions in [0, blocks) whose device blocks the lease shares and which are lossy
+  // (Residency::lossy): the engine gets them as decoded, like the promotions through a codec.
+  std::vector<uint32_t> lossy_shared;
 };
 
 struct IndexConfig {
@@ -148,6 +155,9 @@ struct IndexConfig {
   std::array<std::unique_ptr<EvictionPolicy>, kNumTiers> policies;
   bool demote_on_evict = true;
   bool host_write_through = false;
+  // The host tier holds blocks through a lossy codec (Options.host.codec): a device copy promoted
+  // from it is marked lossy (Residency::lossy).
+  bool host_lossy = false;
   // Per tier (the device's is ignored): a slot freed (not handed on to a new block) is out of use
   // until the caller has wiped it (TakeWipesLocked, FinishWipeLocked), so no stale block's bytes
   // sit in a free slot.
@@ -556,6 +566,7 @@ class Index {
   // without a disk tier, the disk), so the prefix rule protects its only copies with children.
   std::array<bool, kNumTiers> bottom_{};
   const bool host_write_through_;
+  const bool host_lossy_;
   const IndexConfig::StoreFeed store_feed_;
   const std::array<bool, kNumTiers> wipe_on_free_;  // IndexConfig::wipe_on_free
   // Per tier: its policy (tiers_[t].policy) when split by tenant, else null.

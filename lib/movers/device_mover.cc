@@ -137,6 +137,11 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       index_.FinishMoveLocked(p, true);
       if (p.from.tier != Tier::kHost) storage_.CountReadLocked(p.from.tier);
     }
+    if (!plan.lossy_shared.empty()) {  // only shared blocks, some of them decoded by a codec
+      const auto lossy = static_cast<uint32_t>(plan.lossy_shared.size());
+      codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
+      state->SetLossy(lossy);
+    }
     bytes_h2d_ += plan.promotions.size() * block_bytes_;
     load_latency_.RecordSince(load_start);
     state->FinishNow();
@@ -144,6 +149,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
   }
   auto ctx = std::make_shared<LoadContext>();
   ctx->blocks = plan.blocks;
+  ctx->lossy_shared = std::move(plan.lossy_shared);
   ctx->promotions = std::move(plan.promotions);
   ctx->read_failed.assign(ctx->promotions.size(), 0);
   ctx->source_lost.assign(ctx->promotions.size(), 0);
@@ -215,6 +221,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
           if (codec_.has_value()) {  // what the engine got through the lossy codec
             uint64_t lossy = 0;
             for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
+            for (uint32_t position : ctx->lossy_shared) lossy += position < loaded ? 1 : 0;
             codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
             state->SetLossy(static_cast<uint32_t>(lossy));
           }

@@ -88,8 +88,9 @@ class DeviceMover {
     uint64_t host_offset;  // of this segment inside a host slot
   };
   struct LoadContext {
-    uint32_t blocks = 0;           // the plan's: lease positions [0, blocks)
-    std::vector<Move> promotions;  // in position order
+    uint32_t blocks = 0;                 // the plan's: lease positions [0, blocks)
+    std::vector<Move> promotions;        // in position order
+    std::vector<uint32_t> lossy_shared;  // LoadPlan::lossy_shared
     // Set before read i's event completes (its device copies wait for it), read after the last
     // layer: promotion i's read from below failed; ... because its copy failed to verify.
     std::vector<uint8_t> read_failed;

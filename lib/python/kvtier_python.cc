@@ -940,7 +940,7 @@ static_assert(sizeof(TierStats) == 19 * sizeof(uint64_t), "a TierStats field: ad
 static_assert(sizeof(RemoteStats) == 14 * sizeof(uint64_t),
               "a RemoteStats field: add it to RemoteDict");
 static_assert(sizeof(CacheStats) == 3 * sizeof(TierStats) + sizeof(RemoteStats) +
-                                        29 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
+                                        30 * sizeof(uint64_t) + 6 * sizeof(LatencyHistogram),
               "a CacheStats field: add it to StatsDict");
 
 py::dict ResultDict(const ManageResult& r) {
@@ -1036,6 +1036,7 @@ py::dict StatsDict(const CacheStats& s) {
   d["blocks_load_lost"] = s.blocks_load_lost;
   d["codec_lossy_blocks_loaded"] = s.codec_lossy_blocks_loaded;
   d["codec_refused_blocks"] = s.codec_refused_blocks;
+  d["codec_lossy_blocks_replaced"] = s.codec_lossy_blocks_replaced;
   d["bytes_disk_read"] = s.bytes_disk_read;
   d["bytes_disk_written"] = s.bytes_disk_written;
   d["disk_corrupt_reads"] = s.disk_corrupt_reads;
