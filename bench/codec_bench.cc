@@ -1,7 +1,8 @@
 // BM_CodecEncode / BM_CodecDecode: one Llama-3-8B-shaped block layer (16 tokens, 8 KV heads x 128,
 // K and V, fp16: 64 KiB raw) through each codec on one thread, beside BM_Memcpy of the same raw
 // bytes. Bytes/s are of the raw block, so the ratio to BM_Memcpy is the codec's cost in memcpys
-// (docs/compression.md). Reaches the internal codec (lib/codec/codec.h) inside libkvtier.
+// (docs/compression.md). The second argument is the kernel: 0 the scalar code, 1 AVX2 + F16C
+// (skipped on a CPU without them). Reaches the internal codec (lib/codec/codec.h) inside libkvtier.
 #include <benchmark/benchmark.h>
 
 #include <bit>
@@ -18,6 +19,7 @@ namespace {
 
 using kvtier::internal::BlockCodec;
 using kvtier::internal::CodecId;
+using kvtier::internal::CodecKernel;
 using kvtier::internal::ElementType;
 
 constexpr uint32_t kTokens = 16, kChannels = 8 * 128;
@@ -72,34 +74,48 @@ void BM_Memcpy(benchmark::State& state) {
 }
 BENCHMARK(BM_Memcpy);
 
+// Labels "<codec> <kernel>"; false (the run skipped) where this CPU lacks the kernel.
+bool KernelOf(benchmark::State& state, CodecKernel* kernel) {
+  *kernel = static_cast<CodecKernel>(state.range(1));
+  if (kvtier::internal::CodecKernelSupported(*kernel)) return true;
+  state.SkipWithError("kernel not supported on this CPU");
+  return false;
+}
+
 void BM_CodecEncode(benchmark::State& state) {
   const BlockCodec codec = MakeCodec(static_cast<CodecId>(state.range(0)));
+  CodecKernel kernel;
+  if (!KernelOf(state, &kernel)) return;
   const std::vector<uint8_t> raw = RawBlock();
   std::vector<uint8_t> out(codec.encoded_bytes());
   for (auto _ : state) {
-    codec.Encode(raw.data(), out.data());
+    codec.Encode(raw.data(), out.data(), kernel);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
-  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " ratio " +
+  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
+                 kvtier::internal::CodecKernelName(kernel) + " ratio " +
                  std::to_string(static_cast<double>(codec.encoded_bytes()) / raw.size()));
 }
-BENCHMARK(BM_CodecEncode)->Arg(1)->Arg(2)->Arg(3);
+BENCHMARK(BM_CodecEncode)->ArgsProduct({{1, 2, 3}, {0, 1}});
 
 void BM_CodecDecode(benchmark::State& state) {
   const BlockCodec codec = MakeCodec(static_cast<CodecId>(state.range(0)));
+  CodecKernel kernel;
+  if (!KernelOf(state, &kernel)) return;
   const std::vector<uint8_t> raw = RawBlock();
   std::vector<uint8_t> enc(codec.encoded_bytes()), out(raw.size());
   codec.Encode(raw.data(), enc.data());
   for (auto _ : state) {
-    if (!codec.Decode(enc.data(), out.data()).ok()) state.SkipWithError("decode failed");
+    if (!codec.Decode(enc.data(), out.data(), kernel).ok()) state.SkipWithError("decode failed");
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
-  state.SetLabel(kvtier::internal::CodecName(codec.config().id));
+  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
+                 kvtier::internal::CodecKernelName(kernel));
 }
-BENCHMARK(BM_CodecDecode)->Arg(1)->Arg(2)->Arg(3);
+BENCHMARK(BM_CodecDecode)->ArgsProduct({{1, 2, 3}, {0, 1}});
 
 }  // namespace

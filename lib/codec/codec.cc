@@ -9,6 +9,10 @@
 #include <string>
 #include <utility>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -377,8 +381,513 @@ void DecodeSegment(const CodecConfig& config, const BlockCodec::SegmentShape& sh
   FromFloat<E>(x, raw, n);
 }
 
-void EncodeAny(const CodecConfig& c, const BlockCodec::SegmentShape& s, const uint8_t* raw,
-               uint8_t* out) {
+// ---- AVX2 + F16C kernels: the same bytes as the scalar ones above ----
+//
+// Every step repeats the scalar kernel's IEEE operations in the same order (no FMA: the target has
+// none, so m + q * s and (x - m) * inv round as in the scalar code); min/max keep the scalar's
+// "a < lo ? a : lo" (MINPS returns its second operand on ties and NaN), the group maths run in
+// double as MakeGroup does. Where a vector reduction could differ (the sign of a zero minimum
+// found out of order, NaN when converting to fp16) the scalar code redoes that group or lanes.
+#if defined(__x86_64__)
+#define KVTIER_AVX2 __attribute__((target("avx2,f16c")))
+
+template <ElementType E>
+KVTIER_AVX2 inline __m256 Load8(const uint8_t* p) {
+  if constexpr (E == ElementType::kF16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else if constexpr (E == ElementType::kBf16) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+}
+
+template <ElementType E>
+KVTIER_AVX2 inline void Store8(__m256 x, uint8_t* p) {
+  if constexpr (E == ElementType::kF16) {
+    // The scalar FloatToHalf makes every NaN 0x7e00 | sign; VCVTPS2PH keeps the payload.
+    if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0) {
+      alignas(32) float f[8];
+      _mm256_store_ps(f, x);
+      for (int k = 0; k < 8; ++k) StoreElement<E>(f[k], p + 2 * k);
+      return;
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else if constexpr (E == ElementType::kBf16) {
+    const __m256i u = _mm256_castps_si256(x);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                           _mm256_set1_epi32(0x7f800000));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i h = _mm256_blendv_epi8(r, q, nan);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  } else {
+    _mm256_storeu_ps(reinterpret_cast<float*>(p), x);
+  }
+}
+
+// Four vectors of 8 int32 in [0, 255] -> 32 bytes in order.
+KVTIER_AVX2 inline void StoreBytes32(__m256i a, __m256i b, __m256i c, __m256i d, uint8_t* p) {
+  const __m256i ab = _mm256_packus_epi32(a, b), cd = _mm256_packus_epi32(c, d);
+  const __m256i bytes = _mm256_packus_epi16(ab, cd);  // lanes: a0 b0 c0 d0 | a1 b1 c1 d1
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(p),
+      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+KVTIER_AVX2 inline void StoreBytes8(__m256i a, uint8_t* p) {
+  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+}
+KVTIER_AVX2 inline __m256 LoadCodes8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// Quantise: (x - m) * inv, clamped to [0, levels] (NaN -> 0), + 0.5, truncated.
+KVTIER_AVX2 inline __m256i Code8(__m256 x, __m256 m, __m256 inv, __m256 levels) {
+  __m256 v = _mm256_mul_ps(_mm256_sub_ps(x, m), inv);
+  v = _mm256_max_ps(v, _mm256_setzero_ps());
+  v = _mm256_min_ps(v, levels);
+  return _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5f)));
+}
+
+// Min/max over finite values, as the scalar loops: -Inf is left out of lo, +Inf out of hi, NaN out
+// of both (MINPS/MAXPS return their second operand when the first is NaN).
+KVTIER_AVX2 inline void MinMax8(__m256 x, __m256& lo, __m256& hi) {
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  lo = _mm256_min_ps(_mm256_blendv_ps(x, inf, _mm256_cmp_ps(x, ninf, _CMP_EQ_OQ)), lo);
+  hi = _mm256_max_ps(_mm256_blendv_ps(x, ninf, _mm256_cmp_ps(x, inf, _CMP_EQ_OQ)), hi);
+}
+
+// FloatToBf16 of finite floats (round to nearest even), 4 lanes.
+KVTIER_AVX2 inline __m128i RoundBf16(__m128 f) {
+  const __m128i u = _mm_castps_si128(f);
+  const __m128i odd = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+  return _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7fff)), odd), 16);
+}
+KVTIER_AVX2 inline __m128 Bf16Lanes(__m128i b) { return _mm_castsi128_ps(_mm_slli_epi32(b, 16)); }
+
+// The low 32 bits of each 64-bit mask lane.
+KVTIER_AVX2 inline __m128i Narrow(__m256d mask) {
+  const __m128 lo4 = _mm_castpd_ps(_mm256_castpd256_pd128(mask));
+  const __m128 hi4 = _mm_castpd_ps(_mm256_extractf128_pd(mask, 1));
+  return _mm_castps_si128(_mm_shuffle_ps(lo4, hi4, _MM_SHUFFLE(2, 0, 2, 0)));
+}
+
+// MakeGroup for groups [0, n): (s, m) at groups + 4 i, m and 1/s as floats.
+KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, uint32_t levels,
+                            uint8_t* groups, float* m_out, float* inv_out) {
+  const float limit = Bf16ToFloat(kBf16MaxBits);
+  const __m128 lim = _mm_set1_ps(limit), nlim = _mm_set1_ps(-limit);
+  const __m256d lv = _mm256_set1_pd(static_cast<double>(levels));
+  const __m128i one = _mm_set1_epi32(1), sign = _mm_set1_epi32(0x8000);
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m128 lo0 = _mm_loadu_ps(lo_in + i), hi0 = _mm_loadu_ps(hi_in + i);
+    const __m128i valid = _mm_castps_si128(_mm_cmp_ps(lo0, hi0, _CMP_LE_OQ));
+    // std::clamp(v, -limit, limit): v < -limit ? -limit : (limit < v ? limit : v).
+    const __m128 lo = _mm_min_ps(_mm_max_ps(lo0, nlim), lim);
+    const __m128 hi = _mm_min_ps(_mm_max_ps(hi0, nlim), lim);
+    // m = Bf16Down(lo): the nearest bf16, one step down when above lo.
+    __m128i m = RoundBf16(lo);
+    const __m128i above = _mm_castps_si128(_mm_cmp_ps(Bf16Lanes(m), lo, _CMP_GT_OQ));
+    __m128i down = _mm_blendv_epi8(_mm_sub_epi32(m, one), _mm_add_epi32(m, one),
+                                   _mm_cmpeq_epi32(_mm_and_si128(m, sign), sign));
+    down = _mm_blendv_epi8(down, _mm_set1_epi32(0x8001), _mm_cmpeq_epi32(m, _mm_setzero_si128()));
+    m = _mm_blendv_epi8(m, down, above);
+    // s = Bf16Up((hi - m) / levels) in double: the nearest bf16 of the float, one step up when
+    // below.
+    const __m128 mf = Bf16Lanes(m);
+    const __m256d range = _mm256_sub_pd(_mm256_cvtps_pd(hi), _mm256_cvtps_pd(mf));
+    const __m256d x = _mm256_div_pd(range, lv);
+    __m128i s = RoundBf16(_mm256_cvtpd_ps(x));
+    const __m256d below = _mm256_cmp_pd(_mm256_cvtps_pd(Bf16Lanes(s)), x, _CMP_LT_OQ);
+    const __m256d positive = _mm256_cmp_pd(range, _mm256_setzero_pd(), _CMP_GT_OQ);
+    s = _mm_sub_epi32(s, Narrow(below));  // mask lanes are -1
+    s = _mm_and_si128(s, _mm_and_si128(valid, Narrow(positive)));
+    m = _mm_and_si128(m, valid);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(groups + 4 * i),
+                     _mm_or_si128(s, _mm_slli_epi32(m, 16)));
+    const __m128 sf = Bf16Lanes(s);
+    _mm_storeu_ps(m_out + i, Bf16Lanes(m));
+    _mm_storeu_ps(inv_out + i, _mm_and_ps(_mm_div_ps(_mm_set1_ps(1.0f), sf),
+                                          _mm_cmp_ps(sf, _mm_setzero_ps(), _CMP_GT_OQ)));
+  }
+  for (; i < n; ++i) {
+    const Group g = MakeGroup(lo_in[i], hi_in[i], levels);
+    StoreGroup(groups + 4 * i, g);
+    m_out[i] = Bf16ToFloat(g.min);
+    inv_out[i] = Inverse(Bf16ToFloat(g.scale));
+  }
+}
+
+// Codes of n consecutive elements at src: per-element m and inv (kPerElement) or one pair.
+template <ElementType E, bool kPerElement>
+KVTIER_AVX2 void QuantiseRun(const uint8_t* src, uint64_t n, const float* m, const float* inv,
+                             float levels, uint8_t* out) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  const __m256 lv = _mm256_set1_ps(levels);
+  const __m256 m1 = _mm256_set1_ps(m[0]), inv1 = _mm256_set1_ps(inv[0]);
+  uint64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t j = c + 8 * k;
+      q[k] = Code8(Load8<E>(src + j * kBytes), kPerElement ? _mm256_loadu_ps(m + j) : m1,
+                   kPerElement ? _mm256_loadu_ps(inv + j) : inv1, lv);
+    }
+    StoreBytes32(q[0], q[1], q[2], q[3], out + c);
+  }
+  for (; c + 8 <= n; c += 8) {
+    StoreBytes8(Code8(Load8<E>(src + c * kBytes), kPerElement ? _mm256_loadu_ps(m + c) : m1,
+                      kPerElement ? _mm256_loadu_ps(inv + c) : inv1, lv),
+                out + c);
+  }
+  for (; c < n; ++c) {
+    out[c] = Quantise(LoadElement<E>(src + c * kBytes), kPerElement ? m[c] : m[0],
+                      kPerElement ? inv[c] : inv[0], levels);
+  }
+}
+
+KVTIER_AVX2 inline float HorizontalMin(__m256 v) {
+  __m128 x = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_min_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_min_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+KVTIER_AVX2 inline float HorizontalMax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+// QuantiseSegment reading the raw elements; false (nothing written) where it has no fast path.
+template <ElementType E>
+KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64_t channels,
+                                     SegmentRole role, uint32_t group_size, uint32_t levels,
+                                     uint8_t* groups, uint8_t* codes) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const float lv = static_cast<float>(levels);
+  if (role == SegmentRole::kKey) {
+    float* lo = FloatScratch(4 * channels);
+    float* hi = lo + channels;
+    float* m = hi + channels;
+    float* inv = m + channels;
+    for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
+      const uint32_t t1 = std::min(tokens, t0 + group_size);
+      uint64_t c = 0;
+      for (; c + 8 <= channels; c += 8) {
+        __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
+        for (uint32_t t = t0; t < t1; ++t)
+          MinMax8(Load8<E>(raw + (t * channels + c) * kBytes), l, h);
+        _mm256_storeu_ps(lo + c, l);
+        _mm256_storeu_ps(hi + c, h);
+      }
+      for (; c < channels; ++c) {
+        lo[c] = kInf;
+        hi[c] = -kInf;
+        for (uint32_t t = t0; t < t1; ++t) {
+          const float v = LoadElement<E>(raw + (t * channels + c) * kBytes);
+          const bool f = Finite(v);
+          const float a = f ? v : kInf, b = f ? v : -kInf;
+          lo[c] = a < lo[c] ? a : lo[c];
+          hi[c] = b > hi[c] ? b : hi[c];
+        }
+      }
+      MakeGroups(lo, hi, channels, levels, groups + (t0 / group_size) * channels * 4, m, inv);
+      for (uint32_t t = t0; t < t1; ++t) {
+        QuantiseRun<E, true>(raw + t * channels * kBytes, channels, m, inv, lv,
+                             codes + t * channels);
+      }
+    }
+    return true;
+  }
+  if (group_size < 8) return false;
+  const uint64_t per_row = (channels + group_size - 1) / group_size;
+  const uint64_t n = tokens * per_row;
+  float* lo = FloatScratch(4 * n);
+  float* hi = lo + n;
+  float* m = hi + n;
+  float* inv = m + n;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    const uint8_t* row = raw + t * channels * kBytes;
+    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
+      uint64_t c = c0;
+      for (; c + 8 <= c1; c += 8) MinMax8(Load8<E>(row + c * kBytes), l, h);
+      float a = HorizontalMin(l), b = HorizontalMax(h);
+      for (; c < c1; ++c) {
+        const float v = LoadElement<E>(row + c * kBytes);
+        const bool f = Finite(v);
+        const float va = f ? v : kInf, vb = f ? v : -kInf;
+        a = va < a ? va : a;
+        b = vb > b ? vb : b;
+      }
+      if (a == 0.0f) {  // +0 or -0: the first zero of the group in order, as the scalar loop
+        a = kInf;
+        for (c = c0; c < c1; ++c) {
+          const float v = LoadElement<E>(row + c * kBytes);
+          const float va = Finite(v) ? v : kInf;
+          a = va < a ? va : a;
+        }
+      }
+      lo[g] = a;
+      hi[g] = b;
+    }
+  }
+  MakeGroups(lo, hi, n, levels, groups, m, inv);
+  for (uint32_t t = 0; t < tokens; ++t) {
+    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      QuantiseRun<E, false>(raw + (t * channels + c0) * kBytes, c1 - c0, m + g, inv + g, lv,
+                            codes + t * channels + c0);
+    }
+  }
+  return true;
+}
+
+template <ElementType E, bool kPerElement>
+KVTIER_AVX2 void DequantiseRun(const uint8_t* codes, uint64_t n, const float* m, const float* s,
+                               uint8_t* dst) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  const __m256 m1 = _mm256_set1_ps(m[0]), s1 = _mm256_set1_ps(s[0]);
+  uint64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 mv = kPerElement ? _mm256_loadu_ps(m + c) : m1;
+    const __m256 sv = kPerElement ? _mm256_loadu_ps(s + c) : s1;
+    Store8<E>(_mm256_add_ps(mv, _mm256_mul_ps(LoadCodes8(codes + c), sv)), dst + c * kBytes);
+  }
+  for (; c < n; ++c) {
+    const float mc = kPerElement ? m[c] : m[0], sc = kPerElement ? s[c] : s[0];
+    StoreElement<E>(mc + static_cast<float>(codes[c]) * sc, dst + c * kBytes);
+  }
+}
+
+template <ElementType E>
+KVTIER_AVX2 void DequantiseSegmentAvx2(const uint8_t* codes, const uint8_t* groups, uint32_t tokens,
+                                       uint64_t channels, SegmentRole role, uint32_t group_size,
+                                       uint8_t* raw) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  if (role == SegmentRole::kKey) {
+    float* m = FloatScratch(2 * channels);
+    float* s = m + channels;
+    for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
+      const uint32_t t1 = std::min(tokens, t0 + group_size);
+      const uint8_t* gp = groups + (t0 / group_size) * channels * 4;
+      for (uint64_t c = 0; c < channels; ++c) {
+        uint32_t g;
+        std::memcpy(&g, gp + 4 * c, 4);
+        s[c] = BitsToFloat(g << 16);
+        m[c] = BitsToFloat(g & 0xffff0000u);
+      }
+      for (uint32_t t = t0; t < t1; ++t) {
+        DequantiseRun<E, true>(codes + t * channels, channels, m, s, raw + t * channels * kBytes);
+      }
+    }
+    return;
+  }
+  const uint64_t per_row = (channels + group_size - 1) / group_size;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      const Group gr = LoadGroup(groups + 4 * g);
+      const float m = Bf16ToFloat(gr.min), s = Bf16ToFloat(gr.scale);
+      DequantiseRun<E, false>(codes + t * channels + c0, c1 - c0, &m, &s,
+                              raw + (t * channels + c0) * kBytes);
+    }
+  }
+}
+
+KVTIER_AVX2 void PackInt4Avx2(const uint8_t* codes, uint64_t n, uint8_t* out) {
+  uint64_t i = 0;  // pairs
+  for (; 2 * i + 32 <= n; i += 16) {
+    // 16-bit lanes lo | hi << 8, both < 16: lo | hi << 4 in the low byte.
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 2 * i));
+    const __m256i b =
+        _mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi16(0x0f)),
+                        _mm256_and_si256(_mm256_srli_epi16(w, 4), _mm256_set1_epi16(0xf0)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_packus_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+  }
+  PackInt4(codes + 2 * i, n - 2 * i, out + i);
+}
+
+KVTIER_AVX2 void UnpackInt4Avx2(const uint8_t* in, uint64_t n, uint8_t* codes) {
+  uint64_t i = 0;  // bytes
+  const __m128i low = _mm_set1_epi8(0x0f);
+  for (; 2 * i + 32 <= n; i += 16) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    const __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 2 * i), _mm_unpacklo_epi8(lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 2 * i + 16), _mm_unpackhi_epi8(lo, hi));
+  }
+  UnpackInt4(in + i, n - 2 * i, codes + 2 * i);
+}
+
+// FloatToE4m3 of 8 lanes, as int32 in [0, 255].
+KVTIER_AVX2 inline __m256i E4m3Of8(__m256 y) {
+  const __m256i u = _mm256_castps_si256(y);
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  const __m256i nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000));
+  const __m256i sat = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x43e00000 - 1));
+  const __m256i sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3c800000), a);
+  // Below 2^-6: nearbyint(a * 512) (the current rounding mode, as std::nearbyint).
+  const __m256i subv =
+      _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(512.0f)));
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
+  const __m256i r =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff)), odd), 20);
+  __m256i o = _mm256_min_epi32(_mm256_sub_epi32(r, _mm256_set1_epi32((127 - 7) << 3)),
+                               _mm256_set1_epi32(0x7e));
+  o = _mm256_blendv_epi8(o, subv, sub);
+  o = _mm256_blendv_epi8(o, _mm256_set1_epi32(0x7e), sat);
+  o = _mm256_blendv_epi8(o, _mm256_set1_epi32(0x7f), nan);
+  return _mm256_or_si256(o, sign);
+}
+
+template <ElementType E>
+KVTIER_AVX2 void EncodeFp8Avx2(const uint8_t* raw, uint64_t n, uint8_t* out) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 amax8 = _mm256_setzero_ps();
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_and_ps(Load8<E>(raw + i * kBytes), abs_mask);
+    amax8 = _mm256_max_ps(_mm256_and_ps(a, _mm256_cmp_ps(a, inf, _CMP_LT_OQ)), amax8);
+  }
+  float amax = HorizontalMax(amax8);
+  for (; i < n; ++i) {
+    const float x = LoadElement<E>(raw + i * kBytes);
+    const float a = Finite(x) ? std::fabs(x) : 0.0f;
+    amax = a > amax ? a : amax;
+  }
+  const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+  std::memcpy(out, &scale, 4);
+  const float inv = 1.0f / scale;
+  const __m256 inv8 = _mm256_set1_ps(inv);
+  uint8_t* q = out + 4;
+  i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i c[4];
+    for (int k = 0; k < 4; ++k) {
+      c[k] = E4m3Of8(_mm256_mul_ps(Load8<E>(raw + (i + 8 * k) * kBytes), inv8));
+    }
+    StoreBytes32(c[0], c[1], c[2], c[3], q + i);
+  }
+  for (; i + 8 <= n; i += 8)
+    StoreBytes8(E4m3Of8(_mm256_mul_ps(Load8<E>(raw + i * kBytes), inv8)), q + i);
+  for (; i < n; ++i) q[i] = FloatToE4m3(LoadElement<E>(raw + i * kBytes) * inv);
+}
+
+template <ElementType E>
+KVTIER_AVX2 void DecodeFp8Avx2(const uint8_t* in, uint64_t n, uint8_t* raw) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  float scale;
+  std::memcpy(&scale, in, 4);
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  const uint8_t* q = in + 4;
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
+    const __m256i em = _mm256_and_si256(v, _mm256_set1_epi32(0x7f));
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
+    // Normal: exponent e - 7 + 127 and 3 mantissa bits; subnormal (e = 0): m * 2^-9, exact.
+    const __m256 normal = _mm256_castsi256_ps(
+        _mm256_add_epi32(_mm256_slli_epi32(em, 20), _mm256_set1_epi32(120 << 23)));
+    const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(em), _mm256_set1_ps(0x1p-9f));
+    __m256 f = _mm256_blendv_ps(normal, subnormal,
+                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), em)));
+    f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+    f = _mm256_blendv_ps(f, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()),
+                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(em, _mm256_set1_epi32(0x7f))));
+    Store8<E>(_mm256_mul_ps(f, scale8), raw + i * kBytes);
+  }
+  const auto& table = E4m3Table();
+  for (; i < n; ++i) StoreElement<E>(table[q[i]] * scale, raw + i * kBytes);
+}
+
+template <ElementType E>
+KVTIER_AVX2 bool EncodeSegmentAvx2(const CodecConfig& config, const BlockCodec::SegmentShape& shape,
+                                   const uint8_t* raw, uint8_t* out) {
+  const uint64_t n = shape.tokens * shape.channels;
+  if (config.id == CodecId::kFp8E4m3) {
+    EncodeFp8Avx2<E>(raw, n, out);
+    return true;
+  }
+  const uint32_t levels = config.id == CodecId::kInt8 ? 255 : 15;
+  const uint64_t group_bytes =
+      GroupCount(shape.role, shape.tokens, shape.channels, config.group_size) * 4;
+  if (config.id == CodecId::kInt8) {
+    return QuantiseSegmentAvx2<E>(raw, shape.tokens, shape.channels, shape.role, config.group_size,
+                                  levels, out, out + group_bytes);
+  }
+  uint8_t* codes = CodeScratch(n);
+  if (!QuantiseSegmentAvx2<E>(raw, shape.tokens, shape.channels, shape.role, config.group_size,
+                              levels, out, codes)) {
+    return false;
+  }
+  PackInt4Avx2(codes, n, out + group_bytes);
+  return true;
+}
+
+template <ElementType E>
+KVTIER_AVX2 void DecodeSegmentAvx2(const CodecConfig& config, const BlockCodec::SegmentShape& shape,
+                                   const uint8_t* in, uint8_t* raw) {
+  const uint64_t n = shape.tokens * shape.channels;
+  if (config.id == CodecId::kFp8E4m3) return DecodeFp8Avx2<E>(in, n, raw);
+  const uint64_t group_bytes =
+      GroupCount(shape.role, shape.tokens, shape.channels, config.group_size) * 4;
+  const uint8_t* codes = in + group_bytes;
+  if (config.id == CodecId::kInt4) {
+    uint8_t* unpacked = CodeScratch(n);
+    UnpackInt4Avx2(codes, n, unpacked);
+    codes = unpacked;
+  }
+  DequantiseSegmentAvx2<E>(codes, in, shape.tokens, shape.channels, shape.role, config.group_size,
+                           raw);
+}
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return has;
+}
+#else
+bool HasAvx2() { return false; }
+#endif  // __x86_64__
+
+void EncodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::SegmentShape& s,
+               const uint8_t* raw, uint8_t* out) {
+#if defined(__x86_64__)
+  if (kernel == CodecKernel::kAvx2 && HasAvx2()) {
+    bool done = false;
+    switch (c.element) {
+      case ElementType::kF16:
+        done = EncodeSegmentAvx2<ElementType::kF16>(c, s, raw, out);
+        break;
+      case ElementType::kBf16:
+        done = EncodeSegmentAvx2<ElementType::kBf16>(c, s, raw, out);
+        break;
+      case ElementType::kF32:
+        done = EncodeSegmentAvx2<ElementType::kF32>(c, s, raw, out);
+        break;
+    }
+    if (done) return;
+  }
+#else
+  (void)kernel;
+#endif
   switch (c.element) {
     case ElementType::kF16:
       return EncodeSegment<ElementType::kF16>(c, s, raw, out);
@@ -389,8 +898,22 @@ void EncodeAny(const CodecConfig& c, const BlockCodec::SegmentShape& s, const ui
   }
 }
 
-void DecodeAny(const CodecConfig& c, const BlockCodec::SegmentShape& s, const uint8_t* in,
-               uint8_t* raw) {
+void DecodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::SegmentShape& s,
+               const uint8_t* in, uint8_t* raw) {
+#if defined(__x86_64__)
+  if (kernel == CodecKernel::kAvx2 && HasAvx2()) {
+    switch (c.element) {
+      case ElementType::kF16:
+        return DecodeSegmentAvx2<ElementType::kF16>(c, s, in, raw);
+      case ElementType::kBf16:
+        return DecodeSegmentAvx2<ElementType::kBf16>(c, s, in, raw);
+      case ElementType::kF32:
+        return DecodeSegmentAvx2<ElementType::kF32>(c, s, in, raw);
+    }
+  }
+#else
+  (void)kernel;
+#endif
   switch (c.element) {
     case ElementType::kF16:
       return DecodeSegment<ElementType::kF16>(c, s, in, raw);
@@ -445,6 +968,16 @@ absl::StatusOr<ElementType> ParseElementType(absl::string_view dtype) {
 }
 
 uint32_t ElementBytes(ElementType type) { return type == ElementType::kF32 ? 4 : 2; }
+
+bool CodecKernelSupported(CodecKernel kernel) {
+  return kernel == CodecKernel::kScalar || (kernel == CodecKernel::kAvx2 && HasAvx2());
+}
+
+CodecKernel DefaultCodecKernel() { return HasAvx2() ? CodecKernel::kAvx2 : CodecKernel::kScalar; }
+
+const char* CodecKernelName(CodecKernel kernel) {
+  return kernel == CodecKernel::kAvx2 ? "avx2" : "scalar";
+}
 
 uint64_t SegmentEncodedBytes(const CodecConfig& config, SegmentRole role, uint32_t tokens,
                              uint64_t channels) {
@@ -529,23 +1062,25 @@ absl::StatusOr<BlockCodec> BlockCodec::Create(absl::string_view path, const Code
   return codec;
 }
 
-void BlockCodec::EncodeLayer(uint32_t layer, const void* raw_layer, void* encoded_layer) const {
+void BlockCodec::EncodeLayer(uint32_t layer, const void* raw_layer, void* encoded_layer,
+                             CodecKernel kernel) const {
   const auto* in = static_cast<const uint8_t*>(raw_layer);
   auto* out = static_cast<uint8_t*>(encoded_layer);
   const uint32_t element = ElementBytes(config_.element);
   for (const SegmentShape& s : layers_[layer].segments) {
-    EncodeAny(config_, s, in, out);
+    EncodeAny(kernel, config_, s, in, out);
     in += s.tokens * s.channels * element;
     out += s.encoded_bytes;
   }
 }
 
-void BlockCodec::DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer) const {
+void BlockCodec::DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer,
+                             CodecKernel kernel) const {
   const auto* in = static_cast<const uint8_t*>(encoded_layer);
   auto* out = static_cast<uint8_t*>(raw_layer);
   const uint32_t element = ElementBytes(config_.element);
   for (const SegmentShape& s : layers_[layer].segments) {
-    DecodeAny(config_, s, in, out);
+    DecodeAny(kernel, config_, s, in, out);
     in += s.encoded_bytes;
     out += s.tokens * s.channels * element;
   }
@@ -590,12 +1125,12 @@ void BlockCodec::EncodeHeader(void* encoded) const {
   PutU32(out + 12, segment_count_);
 }
 
-void BlockCodec::Encode(const void* raw, void* encoded) const {
+void BlockCodec::Encode(const void* raw, void* encoded, CodecKernel kernel) const {
   auto* out = static_cast<uint8_t*>(encoded);
   EncodeHeader(out);
   const auto* in = static_cast<const uint8_t*>(raw);
   for (uint32_t l = 0; l < num_layers(); ++l) {
-    EncodeLayer(l, in + layer_raw_[l], out + layer_encoded_[l]);
+    EncodeLayer(l, in + layer_raw_[l], out + layer_encoded_[l], kernel);
   }
 }
 
@@ -618,12 +1153,12 @@ absl::Status BlockCodec::CheckHeader(const void* encoded) const {
   return absl::OkStatus();
 }
 
-absl::Status BlockCodec::Decode(const void* encoded, void* raw) const {
+absl::Status BlockCodec::Decode(const void* encoded, void* raw, CodecKernel kernel) const {
   if (absl::Status s = CheckHeader(encoded); !s.ok()) return s;
   const auto* in = static_cast<const uint8_t*>(encoded);
   auto* out = static_cast<uint8_t*>(raw);
   for (uint32_t l = 0; l < num_layers(); ++l) {
-    DecodeLayer(l, in + layer_encoded_[l], out + layer_raw_[l]);
+    DecodeLayer(l, in + layer_encoded_[l], out + layer_raw_[l], kernel);
   }
   return absl::OkStatus();
 }
