@@ -448,11 +448,11 @@ KVTIER_AVX2 inline __m256 LoadCodes8(const uint8_t* p) {
       _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-// Quantise: (x - m) * inv, clamped to [0, levels] (NaN -> 0), + 0.5, truncated.
+// Quantise: (x - m) * inv, clamped to [0, levels] (NaN -> 0), + 0.5, truncated. Only the upper
+// clamp is done here (MINPS with levels first keeps NaN): below 0.5 (negative, -Inf, NaN) the
+// truncation gives 0 or INT_MIN, which the packing to bytes saturates to 0, as the clamp would.
 KVTIER_AVX2 inline __m256i Code8(__m256 x, __m256 m, __m256 inv, __m256 levels) {
-  __m256 v = _mm256_mul_ps(_mm256_sub_ps(x, m), inv);
-  v = _mm256_max_ps(v, _mm256_setzero_ps());
-  v = _mm256_min_ps(v, levels);
+  const __m256 v = _mm256_min_ps(levels, _mm256_mul_ps(_mm256_sub_ps(x, m), inv));
   return _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5f)));
 }
 
@@ -584,6 +584,18 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
     for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
       const uint32_t t1 = std::min(tokens, t0 + group_size);
       uint64_t c = 0;
+      for (; c + 32 <= channels; c += 32) {  // a 64-byte line of fp16 per token
+        __m256 l[4], h[4];
+        for (int k = 0; k < 4; ++k) l[k] = _mm256_set1_ps(kInf), h[k] = _mm256_set1_ps(-kInf);
+        for (uint32_t t = t0; t < t1; ++t) {
+          const uint8_t* p = raw + (t * channels + c) * kBytes;
+          for (int k = 0; k < 4; ++k) MinMax8(Load8<E>(p + 8 * k * kBytes), l[k], h[k]);
+        }
+        for (int k = 0; k < 4; ++k) {
+          _mm256_storeu_ps(lo + c + 8 * k, l[k]);
+          _mm256_storeu_ps(hi + c + 8 * k, h[k]);
+        }
+      }
       for (; c + 8 <= channels; c += 8) {
         __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
         for (uint32_t t = t0; t < t1; ++t)
