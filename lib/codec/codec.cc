@@ -465,59 +465,81 @@ KVTIER_AVX2 inline void MinMax8(__m256 x, __m256& lo, __m256& hi) {
   hi = _mm256_max_ps(_mm256_blendv_ps(x, ninf, _mm256_cmp_ps(x, inf, _CMP_EQ_OQ)), hi);
 }
 
-// FloatToBf16 of finite floats (round to nearest even), 4 lanes.
-KVTIER_AVX2 inline __m128i RoundBf16(__m128 f) {
-  const __m128i u = _mm_castps_si128(f);
-  const __m128i odd = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
-  return _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7fff)), odd), 16);
+// FloatToBf16 of finite floats (round to nearest even).
+KVTIER_AVX2 inline __m256i RoundBf16(__m256 f) {
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd),
+                           16);
 }
-KVTIER_AVX2 inline __m128 Bf16Lanes(__m128i b) { return _mm_castsi128_ps(_mm_slli_epi32(b, 16)); }
+KVTIER_AVX2 inline __m256 Bf16Lanes(__m256i b) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
+}
 
-// The low 32 bits of each 64-bit mask lane.
-KVTIER_AVX2 inline __m128i Narrow(__m256d mask) {
-  const __m128 lo4 = _mm_castpd_ps(_mm256_castpd256_pd128(mask));
-  const __m128 hi4 = _mm_castpd_ps(_mm256_extractf128_pd(mask, 1));
-  return _mm_castps_si128(_mm_shuffle_ps(lo4, hi4, _MM_SHUFFLE(2, 0, 2, 0)));
+// The low 32 bits of each 64-bit lane of two masks, as 8 lanes.
+KVTIER_AVX2 inline __m256i Narrow(__m256d lo, __m256d hi) {
+  const __m256 lo4 = _mm256_castpd_ps(lo), hi4 = _mm256_castpd_ps(hi);
+  const __m256 even = _mm256_shuffle_ps(lo4, hi4, _MM_SHUFFLE(2, 0, 2, 0));  // lo0 lo1 hi0 hi1 | ..
+  return _mm256_castpd_si256(
+      _mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
 // MakeGroup for groups [0, n): (s, m) at groups + 4 i, m and 1/s as floats.
+//
+// s: MakeGroup takes x = (hi - m) / levels in double (range = hi - m rounded to double, then the
+// quotient rounded) and the smallest bf16 b with b >= x. Here, without the division: for a bf16
+// b >= 0, b < x exactly when b * levels < range (b * levels is exact in double; if b * levels <
+// range, range exceeds it by at least one double ulp of b * levels, more than levels half-ulps of
+// b as levels < 2^8, so the quotient rounds above b; the converse by monotony). The nearest bf16 b0
+// of range * (1 / levels) is within one bf16 step below the answer (its relative error, about
+// 2^-24, is far below half a bf16 step), so s is b0, or b0 + 1 where b0 * levels < range.
 KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, uint32_t levels,
                             uint8_t* groups, float* m_out, float* inv_out) {
   const float limit = Bf16ToFloat(kBf16MaxBits);
-  const __m128 lim = _mm_set1_ps(limit), nlim = _mm_set1_ps(-limit);
+  const __m256 lim = _mm256_set1_ps(limit), nlim = _mm256_set1_ps(-limit);
   const __m256d lv = _mm256_set1_pd(static_cast<double>(levels));
-  const __m128i one = _mm_set1_epi32(1), sign = _mm_set1_epi32(0x8000);
+  const __m256d inv_lv = _mm256_set1_pd(1.0 / static_cast<double>(levels));
+  const __m256i one = _mm256_set1_epi32(1), sign = _mm256_set1_epi32(0x8000);
   uint64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const __m128 lo0 = _mm_loadu_ps(lo_in + i), hi0 = _mm_loadu_ps(hi_in + i);
-    const __m128i valid = _mm_castps_si128(_mm_cmp_ps(lo0, hi0, _CMP_LE_OQ));
-    // std::clamp(v, -limit, limit): v < -limit ? -limit : (limit < v ? limit : v).
-    const __m128 lo = _mm_min_ps(_mm_max_ps(lo0, nlim), lim);
-    const __m128 hi = _mm_min_ps(_mm_max_ps(hi0, nlim), lim);
-    // m = Bf16Down(lo): the nearest bf16, one step down when above lo.
-    __m128i m = RoundBf16(lo);
-    const __m128i above = _mm_castps_si128(_mm_cmp_ps(Bf16Lanes(m), lo, _CMP_GT_OQ));
-    __m128i down = _mm_blendv_epi8(_mm_sub_epi32(m, one), _mm_add_epi32(m, one),
-                                   _mm_cmpeq_epi32(_mm_and_si128(m, sign), sign));
-    down = _mm_blendv_epi8(down, _mm_set1_epi32(0x8001), _mm_cmpeq_epi32(m, _mm_setzero_si128()));
-    m = _mm_blendv_epi8(m, down, above);
-    // s = Bf16Up((hi - m) / levels) in double: the nearest bf16 of the float, one step up when
-    // below.
-    const __m128 mf = Bf16Lanes(m);
-    const __m256d range = _mm256_sub_pd(_mm256_cvtps_pd(hi), _mm256_cvtps_pd(mf));
-    const __m256d x = _mm256_div_pd(range, lv);
-    __m128i s = RoundBf16(_mm256_cvtpd_ps(x));
-    const __m256d below = _mm256_cmp_pd(_mm256_cvtps_pd(Bf16Lanes(s)), x, _CMP_LT_OQ);
-    const __m256d positive = _mm256_cmp_pd(range, _mm256_setzero_pd(), _CMP_GT_OQ);
-    s = _mm_sub_epi32(s, Narrow(below));  // mask lanes are -1
-    s = _mm_and_si128(s, _mm_and_si128(valid, Narrow(positive)));
-    m = _mm_and_si128(m, valid);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(groups + 4 * i),
-                     _mm_or_si128(s, _mm_slli_epi32(m, 16)));
-    const __m128 sf = Bf16Lanes(s);
-    _mm_storeu_ps(m_out + i, Bf16Lanes(m));
-    _mm_storeu_ps(inv_out + i, _mm_and_ps(_mm_div_ps(_mm_set1_ps(1.0f), sf),
-                                          _mm_cmp_ps(sf, _mm_setzero_ps(), _CMP_GT_OQ)));
+  for (; i + 8 <= n; i += 8) {
+    const __m256 lo0 = _mm256_loadu_ps(lo_in + i), hi0 = _mm256_loadu_ps(hi_in + i);
+    const __m256i valid = _mm256_castps_si256(_mm256_cmp_ps(lo0, hi0, _CMP_LE_OQ));
+    // std::clamp(v, -limit, limit) of a finite v (or +-Inf where the group is not valid).
+    const __m256 lo = _mm256_min_ps(_mm256_max_ps(lo0, nlim), lim);
+    const __m256 hi = _mm256_min_ps(_mm256_max_ps(hi0, nlim), lim);
+    // m = Bf16Down(lo): the nearest bf16, one step down (away from zero if negative) when above.
+    __m256i m = RoundBf16(lo);
+    const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(Bf16Lanes(m), lo, _CMP_GT_OQ));
+    __m256i down = _mm256_blendv_epi8(_mm256_sub_epi32(m, one), _mm256_add_epi32(m, one),
+                                      _mm256_cmpeq_epi32(_mm256_and_si256(m, sign), sign));
+    down = _mm256_blendv_epi8(down, _mm256_set1_epi32(0x8001),
+                              _mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+    m = _mm256_blendv_epi8(m, down, above);
+    const __m256 mf = Bf16Lanes(m);
+    const __m256d range0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)),
+                                         _mm256_cvtps_pd(_mm256_castps256_ps128(mf)));
+    const __m256d range1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)),
+                                         _mm256_cvtps_pd(_mm256_extractf128_ps(mf, 1)));
+    const __m256 approx = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(range1, inv_lv)),
+                                          _mm256_cvtpd_ps(_mm256_mul_pd(range0, inv_lv)));
+    const __m256i b0 = RoundBf16(approx);
+    const __m256 bf = Bf16Lanes(b0);
+    const __m256d below0 = _mm256_cmp_pd(
+        _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(bf)), lv), range0, _CMP_LT_OQ);
+    const __m256d below1 = _mm256_cmp_pd(
+        _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(bf, 1)), lv), range1, _CMP_LT_OQ);
+    const __m256i positive = Narrow(_mm256_cmp_pd(range0, _mm256_setzero_pd(), _CMP_GT_OQ),
+                                    _mm256_cmp_pd(range1, _mm256_setzero_pd(), _CMP_GT_OQ));
+    __m256i s = _mm256_sub_epi32(b0, Narrow(below0, below1));  // mask lanes are -1
+    s = _mm256_and_si256(s, _mm256_and_si256(valid, positive));
+    m = _mm256_and_si256(m, valid);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(groups + 4 * i),
+                        _mm256_or_si256(s, _mm256_slli_epi32(m, 16)));
+    const __m256 sf = Bf16Lanes(s);
+    _mm256_storeu_ps(m_out + i, Bf16Lanes(m));
+    _mm256_storeu_ps(inv_out + i,
+                     _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), sf),
+                                   _mm256_cmp_ps(sf, _mm256_setzero_ps(), _CMP_GT_OQ)));
   }
   for (; i < n; ++i) {
     const Group g = MakeGroup(lo_in[i], hi_in[i], levels);
