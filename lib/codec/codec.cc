@@ -124,6 +124,11 @@ uint8_t* CodeScratch(size_t n) {
   if (scratch.size() < n) scratch.resize(n);
   return scratch.data();
 }
+uint16_t* KeyScratch(size_t n) {
+  thread_local std::vector<uint16_t> scratch;
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch.data();
+}
 
 // ---- int8 / int4 ----
 
@@ -590,6 +595,70 @@ KVTIER_AVX2 inline float HorizontalMax(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
+// fp16 / bf16 minimum and maximum over finite values in the integer domain, 16 lanes: u = h ^
+// (sign ? 0xffff : 0x8000) orders the values as unsigned integers (-0 just below +0, NaN beyond
+// +-Inf); u - kKeyOffset wraps the non-finite codes at the low end above every finite one (a key
+// for the minimum), u + kKeyOffset wraps those at the high end below every finite one (for the
+// maximum). The one difference from the scalar loops: a minimum of zero is -0 when the group has
+// a -0, where the scalar keeps the zero it met first; callers redo those groups (ScalarLo).
+template <ElementType E>
+constexpr uint16_t kKeyOffset = E == ElementType::kF16 ? 0x8000 - 0x7c00 : 0x8000 - 0x7f80;
+
+template <ElementType E>
+KVTIER_AVX2 inline void KeyMinMax16(const uint8_t* p, __m256i& lo, __m256i& hi) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i u = _mm256_xor_si256(
+      h,
+      _mm256_or_si256(_mm256_srai_epi16(h, 15), _mm256_set1_epi16(static_cast<int16_t>(0x8000))));
+  lo = _mm256_min_epu16(lo, _mm256_sub_epi16(u, _mm256_set1_epi16(kKeyOffset<E>)));
+  hi = _mm256_max_epu16(hi, _mm256_add_epi16(u, _mm256_set1_epi16(kKeyOffset<E>)));
+}
+
+// Eight keys of KeyMinMax16 back to floats: +Inf (minimum) or -Inf (maximum) where no value was
+// finite. `negative_zero` gets a bit per lane holding -0 (two bits per lane, movemask of bytes).
+template <ElementType E, bool kMin>
+KVTIER_AVX2 inline __m256 KeysToFloats(__m128i key, int* negative_zero) {
+  constexpr int16_t kOff = static_cast<int16_t>(kKeyOffset<E>);
+  const __m128i u =
+      kMin ? _mm_add_epi16(key, _mm_set1_epi16(kOff)) : _mm_sub_epi16(key, _mm_set1_epi16(kOff));
+  // None finite: the minimum's key at or above 2^16 - 2 kOff, the maximum's below 2 kOff.
+  const __m128i none =
+      kMin ? _mm_cmpeq_epi16(_mm_max_epu16(key, _mm_set1_epi16(static_cast<int16_t>(-2 * kOff))),
+                             key)
+           : _mm_cmpeq_epi16(_mm_min_epu16(key, _mm_set1_epi16(static_cast<int16_t>(2 * kOff - 1))),
+                             key);
+  const __m128i h =
+      _mm_xor_si128(u, _mm_or_si128(_mm_andnot_si128(_mm_srai_epi16(u, 15), _mm_set1_epi16(0x7fff)),
+                                    _mm_set1_epi16(static_cast<int16_t>(0x8000))));
+  __m256 f;
+  if constexpr (E == ElementType::kF16) {
+    f = _mm256_cvtph_ps(h);
+  } else {
+    f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  f = _mm256_blendv_ps(f, _mm256_set1_ps(kMin ? inf : -inf),
+                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(none)));
+  if (negative_zero) {
+    *negative_zero =
+        _mm_movemask_epi8(_mm_cmpeq_epi16(h, _mm_set1_epi16(static_cast<int16_t>(0x8000))));
+  }
+  return f;
+}
+
+// The scalar loop's minimum of `count` elements `stride` elements apart.
+template <ElementType E>
+float ScalarLo(const uint8_t* p, uint64_t stride, uint64_t count) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  float a = std::numeric_limits<float>::infinity();
+  for (uint64_t i = 0; i < count; ++i) {
+    const float v = LoadElement<E>(p + i * stride * kBytes);
+    const float va = Finite(v) ? v : std::numeric_limits<float>::infinity();
+    a = va < a ? va : a;
+  }
+  return a;
+}
+
 // QuantiseSegment reading the raw elements; false (nothing written) where it has no fast path.
 template <ElementType E>
 KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64_t channels,
@@ -606,6 +675,30 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
     for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
       const uint32_t t1 = std::min(tokens, t0 + group_size);
       uint64_t c = 0;
+      if constexpr (E != ElementType::kF32) {
+        for (; c + 64 <= channels; c += 64) {  // two 64-byte lines per token
+          __m256i l[4], h[4];
+          for (int k = 0; k < 4; ++k) l[k] = _mm256_set1_epi16(-1), h[k] = _mm256_setzero_si256();
+          for (uint32_t t = t0; t < t1; ++t) {
+            const uint8_t* p = raw + (t * channels + c) * kBytes;
+            for (int k = 0; k < 4; ++k) KeyMinMax16<E>(p + 32 * k, l[k], h[k]);
+          }
+          for (int k = 0; k < 8; ++k) {
+            const __m256i lk = l[k / 2], hk = h[k / 2];
+            const __m128i lh = k % 2 ? _mm256_extracti128_si256(lk, 1) : _mm256_castsi256_si128(lk);
+            const __m128i hh = k % 2 ? _mm256_extracti128_si256(hk, 1) : _mm256_castsi256_si128(hk);
+            int negative_zero;
+            _mm256_storeu_ps(lo + c + 8 * k, KeysToFloats<E, true>(lh, &negative_zero));
+            _mm256_storeu_ps(hi + c + 8 * k, KeysToFloats<E, false>(hh, nullptr));
+            for (int j = 0; negative_zero != 0 && j < 8; ++j) {
+              if (negative_zero & (1 << (2 * j))) {
+                const uint64_t cj = c + 8 * k + j;
+                lo[cj] = ScalarLo<E>(raw + (t0 * channels + cj) * kBytes, channels, t1 - t0);
+              }
+            }
+          }
+        }
+      }
       for (; c + 32 <= channels; c += 32) {  // a 64-byte line of fp16 per token
         __m256 l[4], h[4];
         for (int k = 0; k < 4; ++k) l[k] = _mm256_set1_ps(kInf), h[k] = _mm256_set1_ps(-kInf);
@@ -651,14 +744,34 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
   float* hi = lo + n;
   float* m = hi + n;
   float* inv = m + n;
+  // fp16 / bf16: the whole 16-element chunks of each group as integer keys (converted below, 8
+  // groups at a time), the rest as floats in lo/hi.
+  uint16_t* lo_key = KeyScratch(2 * n);
+  uint16_t* hi_key = lo_key + n;
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint8_t* row = raw + t * channels * kBytes;
     for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
       const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
-      __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
       uint64_t c = c0;
-      for (; c + 8 <= c1; c += 8) MinMax8(Load8<E>(row + c * kBytes), l, h);
-      float a = HorizontalMin(l), b = HorizontalMax(h);
+      if constexpr (E != ElementType::kF32) {
+        __m256i lk = _mm256_set1_epi16(-1), hk = _mm256_setzero_si256();
+        for (; c + 16 <= c1; c += 16) KeyMinMax16<E>(row + c * kBytes, lk, hk);
+        // Horizontal: PHMINPOSUW finds the least of 8; the maximum as the least complement.
+        const __m128i l8 =
+            _mm_min_epu16(_mm256_castsi256_si128(lk), _mm256_extracti128_si256(lk, 1));
+        const __m128i h8 = _mm_xor_si128(
+            _mm_max_epu16(_mm256_castsi256_si128(hk), _mm256_extracti128_si256(hk, 1)),
+            _mm_set1_epi16(-1));
+        lo_key[g] = static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_minpos_epu16(l8)));
+        hi_key[g] = static_cast<uint16_t>(~_mm_cvtsi128_si32(_mm_minpos_epu16(h8)));
+      }
+      float a = kInf, b = -kInf;
+      if (c + 8 <= c1) {
+        __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
+        for (; c + 8 <= c1; c += 8) MinMax8(Load8<E>(row + c * kBytes), l, h);
+        a = HorizontalMin(l);
+        b = HorizontalMax(h);
+      }
       for (; c < c1; ++c) {
         const float v = LoadElement<E>(row + c * kBytes);
         const bool f = Finite(v);
@@ -666,16 +779,33 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
         a = va < a ? va : a;
         b = vb > b ? vb : b;
       }
-      if (a == 0.0f) {  // +0 or -0: the first zero of the group in order, as the scalar loop
-        a = kInf;
-        for (c = c0; c < c1; ++c) {
-          const float v = LoadElement<E>(row + c * kBytes);
-          const float va = Finite(v) ? v : kInf;
-          a = va < a ? va : a;
-        }
-      }
       lo[g] = a;
       hi[g] = b;
+    }
+  }
+  if constexpr (E != ElementType::kF32) {
+    uint64_t g = 0;
+    for (; g + 8 <= n; g += 8) {
+      const __m256 l = KeysToFloats<E, true>(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo_key + g)), nullptr);
+      const __m256 h = KeysToFloats<E, false>(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi_key + g)), nullptr);
+      _mm256_storeu_ps(lo + g, _mm256_min_ps(l, _mm256_loadu_ps(lo + g)));
+      _mm256_storeu_ps(hi + g, _mm256_max_ps(h, _mm256_loadu_ps(hi + g)));
+    }
+    for (; g < n; ++g) {
+      const float l = _mm256_cvtss_f32(KeysToFloats<E, true>(_mm_set1_epi16(lo_key[g]), nullptr));
+      const float h = _mm256_cvtss_f32(KeysToFloats<E, false>(_mm_set1_epi16(hi_key[g]), nullptr));
+      lo[g] = l < lo[g] ? l : lo[g];
+      hi[g] = h > hi[g] ? h : hi[g];
+    }
+  }
+  // A minimum of +0 or -0: the first zero of the group in order, as the scalar loop.
+  for (uint64_t g = 0; g < n; ++g) {
+    if (lo[g] == 0.0f) {
+      const uint64_t t = g / per_row, c0 = (g % per_row) * group_size;
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      lo[g] = ScalarLo<E>(raw + (t * channels + c0) * kBytes, 1, c1 - c0);
     }
   }
   MakeGroups(lo, hi, n, levels, groups, m, inv);
