@@ -408,11 +408,13 @@ KVTIER_AVX2 inline __m256 Load8(const uint8_t* p) {
   }
 }
 
-template <ElementType E>
+// kMayBeNaN false: the caller knows no lane is a NaN with a payload (a NaN of zero payload, as
+// arithmetic makes, converts alike either way).
+template <ElementType E, bool kMayBeNaN = true>
 KVTIER_AVX2 inline void Store8(__m256 x, uint8_t* p) {
   if constexpr (E == ElementType::kF16) {
     // The scalar FloatToHalf makes every NaN 0x7e00 | sign; VCVTPS2PH keeps the payload.
-    if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0) {
+    if (kMayBeNaN && _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0) {
       alignas(32) float f[8];
       _mm256_store_ps(f, x);
       for (int k = 0; k < 8; ++k) StoreElement<E>(f[k], p + 2 * k);
@@ -428,7 +430,7 @@ KVTIER_AVX2 inline void Store8(__m256 x, uint8_t* p) {
     const __m256i r = _mm256_srli_epi32(
         _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
     const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-    const __m256i h = _mm256_blendv_epi8(r, q, nan);
+    const __m256i h = kMayBeNaN ? _mm256_blendv_epi8(r, q, nan) : r;
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
   } else {
@@ -819,7 +821,8 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
   return true;
 }
 
-template <ElementType E, bool kPerElement>
+// kFinite: every m and s is finite, so m + q * s is never NaN.
+template <ElementType E, bool kPerElement, bool kFinite>
 KVTIER_AVX2 void DequantiseRun(const uint8_t* codes, uint64_t n, const float* m, const float* s,
                                uint8_t* dst) {
   constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
@@ -828,7 +831,8 @@ KVTIER_AVX2 void DequantiseRun(const uint8_t* codes, uint64_t n, const float* m,
   for (; c + 8 <= n; c += 8) {
     const __m256 mv = kPerElement ? _mm256_loadu_ps(m + c) : m1;
     const __m256 sv = kPerElement ? _mm256_loadu_ps(s + c) : s1;
-    Store8<E>(_mm256_add_ps(mv, _mm256_mul_ps(LoadCodes8(codes + c), sv)), dst + c * kBytes);
+    Store8<E, !kFinite>(_mm256_add_ps(mv, _mm256_mul_ps(LoadCodes8(codes + c), sv)),
+                        dst + c * kBytes);
   }
   for (; c < n; ++c) {
     const float mc = kPerElement ? m[c] : m[0], sc = kPerElement ? s[c] : s[0];
@@ -847,14 +851,22 @@ KVTIER_AVX2 void DequantiseSegmentAvx2(const uint8_t* codes, const uint8_t* grou
     for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
       const uint32_t t1 = std::min(tokens, t0 + group_size);
       const uint8_t* gp = groups + (t0 / group_size) * channels * 4;
+      uint32_t exponents = 0;  // a bf16 with all exponent bits set is Inf or NaN
       for (uint64_t c = 0; c < channels; ++c) {
         uint32_t g;
         std::memcpy(&g, gp + 4 * c, 4);
         s[c] = BitsToFloat(g << 16);
         m[c] = BitsToFloat(g & 0xffff0000u);
+        exponents |= ((g & 0x7f800000u) == 0x7f800000u) | ((g & 0x7f80u) == 0x7f80u);
       }
       for (uint32_t t = t0; t < t1; ++t) {
-        DequantiseRun<E, true>(codes + t * channels, channels, m, s, raw + t * channels * kBytes);
+        if (exponents == 0) {
+          DequantiseRun<E, true, true>(codes + t * channels, channels, m, s,
+                                       raw + t * channels * kBytes);
+        } else {
+          DequantiseRun<E, true, false>(codes + t * channels, channels, m, s,
+                                        raw + t * channels * kBytes);
+        }
       }
     }
     return;
@@ -865,8 +877,13 @@ KVTIER_AVX2 void DequantiseSegmentAvx2(const uint8_t* codes, const uint8_t* grou
       const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
       const Group gr = LoadGroup(groups + 4 * g);
       const float m = Bf16ToFloat(gr.min), s = Bf16ToFloat(gr.scale);
-      DequantiseRun<E, false>(codes + t * channels + c0, c1 - c0, &m, &s,
-                              raw + (t * channels + c0) * kBytes);
+      if (Finite(m) && Finite(s)) {
+        DequantiseRun<E, false, true>(codes + t * channels + c0, c1 - c0, &m, &s,
+                                      raw + (t * channels + c0) * kBytes);
+      } else {
+        DequantiseRun<E, false, false>(codes + t * channels + c0, c1 - c0, &m, &s,
+                                       raw + (t * channels + c0) * kBytes);
+      }
     }
   }
 }
@@ -903,7 +920,6 @@ KVTIER_AVX2 inline __m256i E4m3Of8(__m256 y) {
   const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
   const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
   const __m256i nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000));
-  const __m256i sat = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x43e00000 - 1));
   const __m256i sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3c800000), a);
   // Below 2^-6: nearbyint(a * 512) (the current rounding mode, as std::nearbyint).
   const __m256i subv =
@@ -911,10 +927,10 @@ KVTIER_AVX2 inline __m256i E4m3Of8(__m256 y) {
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
   const __m256i r =
       _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff)), odd), 20);
+  // At or above 448 (Inf included) the rounded code is beyond 0x7e: the minimum saturates it.
   __m256i o = _mm256_min_epi32(_mm256_sub_epi32(r, _mm256_set1_epi32((127 - 7) << 3)),
                                _mm256_set1_epi32(0x7e));
   o = _mm256_blendv_epi8(o, subv, sub);
-  o = _mm256_blendv_epi8(o, _mm256_set1_epi32(0x7e), sat);
   o = _mm256_blendv_epi8(o, _mm256_set1_epi32(0x7f), nan);
   return _mm256_or_si256(o, sign);
 }
@@ -961,22 +977,33 @@ KVTIER_AVX2 void DecodeFp8Avx2(const uint8_t* in, uint64_t n, uint8_t* raw) {
   std::memcpy(&scale, in, 4);
   const __m256 scale8 = _mm256_set1_ps(scale);
   const uint8_t* q = in + 4;
+  // The e4m3 bits shifted into an fp16 (sign | e << 10 | m << 7) are the value times 2^-8 exactly,
+  // subnormals included (fp16's start at 2^-24); times 2^8 and the scale as the table's product.
+  // NaN codes become fp16's NaN of zero payload, as the table's quiet NaN; a non-NaN scale keeps
+  // every NaN of zero payload (see Store8).
+  const bool nan_scale = !(scale == scale);
+  const __m256 k256 = _mm256_set1_ps(256.0f);
   uint64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
+  for (; i + 16 <= n; i += 16) {
     const __m256i v =
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
-    const __m256i em = _mm256_and_si256(v, _mm256_set1_epi32(0x7f));
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
-    // Normal: exponent e - 7 + 127 and 3 mantissa bits; subnormal (e = 0): m * 2^-9, exact.
-    const __m256 normal = _mm256_castsi256_ps(
-        _mm256_add_epi32(_mm256_slli_epi32(em, 20), _mm256_set1_epi32(120 << 23)));
-    const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(em), _mm256_set1_ps(0x1p-9f));
-    __m256 f = _mm256_blendv_ps(normal, subnormal,
-                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), em)));
-    f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
-    f = _mm256_blendv_ps(f, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()),
-                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(em, _mm256_set1_epi32(0x7f))));
-    Store8<E>(_mm256_mul_ps(f, scale8), raw + i * kBytes);
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+    const __m256i em = _mm256_and_si256(v, _mm256_set1_epi16(0x7f));
+    __m256i h = _mm256_or_si256(
+        _mm256_slli_epi16(em, 7),
+        _mm256_and_si256(_mm256_slli_epi16(v, 8), _mm256_set1_epi16(static_cast<int16_t>(0x8000))));
+    h = _mm256_blendv_epi8(h, _mm256_set1_epi16(0x7e00),
+                           _mm256_cmpeq_epi16(em, _mm256_set1_epi16(0x7f)));
+    const __m256 f0 =
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k256), scale8);
+    const __m256 f1 =
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k256), scale8);
+    if (nan_scale) {
+      Store8<E>(f0, raw + i * kBytes);
+      Store8<E>(f1, raw + (i + 8) * kBytes);
+    } else {
+      Store8<E, false>(f0, raw + i * kBytes);
+      Store8<E, false>(f1, raw + (i + 8) * kBytes);
+    }
   }
   const auto& table = E4m3Table();
   for (; i < n; ++i) StoreElement<E>(table[q[i]] * scale, raw + i * kBytes);
