@@ -507,7 +507,7 @@ KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, 
   const __m256 lim = _mm256_set1_ps(limit), nlim = _mm256_set1_ps(-limit);
   const __m256d lv = _mm256_set1_pd(static_cast<double>(levels));
   const __m256d inv_lv = _mm256_set1_pd(1.0 / static_cast<double>(levels));
-  const __m256i one = _mm256_set1_epi32(1), sign = _mm256_set1_epi32(0x8000);
+  const __m256i one = _mm256_set1_epi32(1);
   uint64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 lo0 = _mm256_loadu_ps(lo_in + i), hi0 = _mm256_loadu_ps(hi_in + i);
@@ -515,13 +515,13 @@ KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, 
     // std::clamp(v, -limit, limit) of a finite v (or +-Inf where the group is not valid).
     const __m256 lo = _mm256_min_ps(_mm256_max_ps(lo0, nlim), lim);
     const __m256 hi = _mm256_min_ps(_mm256_max_ps(hi0, nlim), lim);
-    // m = Bf16Down(lo): the nearest bf16, one step down (away from zero if negative) when above.
+    // m = Bf16Down(lo): the nearest bf16, one step down when above: m - 1 if positive, m + 1 if
+    // negative (Bf16Down's step from +0 to 0x8001 cannot happen: a negative lo rounds to a
+    // negative bf16, -0 at least).
     __m256i m = RoundBf16(lo);
     const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(Bf16Lanes(m), lo, _CMP_GT_OQ));
-    __m256i down = _mm256_blendv_epi8(_mm256_sub_epi32(m, one), _mm256_add_epi32(m, one),
-                                      _mm256_cmpeq_epi32(_mm256_and_si256(m, sign), sign));
-    down = _mm256_blendv_epi8(down, _mm256_set1_epi32(0x8001),
-                              _mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+    const __m256i down =
+        _mm256_sub_epi32(_mm256_add_epi32(m, _mm256_slli_epi32(_mm256_srli_epi32(m, 15), 1)), one);
     m = _mm256_blendv_epi8(m, down, above);
     const __m256 mf = Bf16Lanes(m);
     const __m256d range0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)),
@@ -536,8 +536,8 @@ KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, 
         _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(bf)), lv), range0, _CMP_LT_OQ);
     const __m256d below1 = _mm256_cmp_pd(
         _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(bf, 1)), lv), range1, _CMP_LT_OQ);
-    const __m256i positive = Narrow(_mm256_cmp_pd(range0, _mm256_setzero_pd(), _CMP_GT_OQ),
-                                    _mm256_cmp_pd(range1, _mm256_setzero_pd(), _CMP_GT_OQ));
+    // range > 0 exactly when hi > m (rounding keeps the sign of a difference).
+    const __m256i positive = _mm256_castps_si256(_mm256_cmp_ps(hi, mf, _CMP_GT_OQ));
     __m256i s = _mm256_sub_epi32(b0, Narrow(below0, below1));  // mask lanes are -1
     s = _mm256_and_si256(s, _mm256_and_si256(valid, positive));
     m = _mm256_and_si256(m, valid);
