@@ -926,11 +926,13 @@ KVTIER_AVX2 inline __m256i E4m3Of8(__m256 y) {
   const __m256i subv =
       _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(512.0f)));
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
-  const __m256i r =
-      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff)), odd), 20);
+  // The rounded exponent and 3 mantissa bits, less the bias difference (127 - 7) << 3 folded into
+  // the addition (lanes below 2^-6 wrap, and are subnormal lanes, replaced below).
+  const __m256i r = _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff - ((127 - 7) << 23))), odd),
+      20);
   // At or above 448 (Inf included) the rounded code is beyond 0x7e: the minimum saturates it.
-  __m256i o = _mm256_min_epi32(_mm256_sub_epi32(r, _mm256_set1_epi32((127 - 7) << 3)),
-                               _mm256_set1_epi32(0x7e));
+  __m256i o = _mm256_min_epi32(r, _mm256_set1_epi32(0x7e));
   o = _mm256_blendv_epi8(o, subv, sub);
   o = _mm256_blendv_epi8(o, _mm256_set1_epi32(0x7f), nan);
   return _mm256_or_si256(o, sign);
@@ -943,6 +945,26 @@ KVTIER_AVX2 void EncodeFp8Avx2(const uint8_t* raw, uint64_t n, uint8_t* out) {
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   __m256 amax8 = _mm256_setzero_ps();
   uint64_t i = 0;
+  if constexpr (E != ElementType::kF32) {
+    // |h| + kKeyOffset as int16: finite magnitudes stay positive and ordered, the non-finite wrap
+    // negative, out of a signed maximum.
+    const __m256i off = _mm256_set1_epi16(static_cast<int16_t>(kKeyOffset<E>));
+    __m256i key = off;
+    for (; i + 16 <= n; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + i * kBytes));
+      key = _mm256_max_epi16(key,
+                             _mm256_add_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)), off));
+    }
+    // All lanes are positive: the maximum as the least of 0x7fff - key.
+    const __m128i k8 =
+        _mm_sub_epi16(_mm_set1_epi16(0x7fff),
+                      _mm_max_epi16(_mm256_castsi256_si128(key), _mm256_extracti128_si256(key, 1)));
+    const uint16_t top = static_cast<uint16_t>(
+        0x7fff - (_mm_cvtsi128_si32(_mm_minpos_epu16(k8)) & 0xffff) - kKeyOffset<E>);
+    uint8_t bytes[2];
+    std::memcpy(bytes, &top, 2);
+    amax8 = _mm256_set1_ps(LoadElement<E>(bytes));
+  }
   for (; i + 8 <= n; i += 8) {
     const __m256 a = _mm256_and_ps(Load8<E>(raw + i * kBytes), abs_mask);
     amax8 = _mm256_max_ps(_mm256_and_ps(a, _mm256_cmp_ps(a, inf, _CMP_LT_OQ)), amax8);
