@@ -389,11 +389,13 @@ void DecodeSegment(const CodecConfig& config, const BlockCodec::SegmentShape& sh
 
 // ---- AVX2 + F16C kernels: the same bytes as the scalar ones above ----
 //
-// Every step repeats the scalar kernel's IEEE operations in the same order (no FMA: the target has
-// none, so m + q * s and (x - m) * inv round as in the scalar code); min/max keep the scalar's
-// "a < lo ? a : lo" (MINPS returns its second operand on ties and NaN), the group maths run in
-// double as MakeGroup does. Where a vector reduction could differ (the sign of a zero minimum
-// found out of order, NaN when converting to fp16) the scalar code redoes that group or lanes.
+// Every quantisation step repeats the scalar kernel's IEEE operations in the same order (no FMA:
+// the target has none, so m + q * s and (x - m) * inv round as in the scalar code); float min/max
+// keep the scalar's "a < lo ? a : lo" (MINPS returns its second operand on ties and NaN); fp16 and
+// bf16 min/max run on integer keys, the group scales on an exact test in double instead of
+// MakeGroup's division (MakeGroups says why each gives the same result). Where a vector step could
+// differ (the sign of a zero minimum found out of order, a NaN payload converted to fp16) the
+// scalar code redoes that group or those lanes. test/codec_test.cc compares the two kernels.
 #if defined(__x86_64__)
 #define KVTIER_AVX2 __attribute__((target("avx2,f16c")))
 
