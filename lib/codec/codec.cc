@@ -9,6 +9,11 @@
 #include <string>
 #include <utility>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -117,6 +122,11 @@ float* FloatScratch(size_t n) {
 }
 uint8_t* CodeScratch(size_t n) {
   thread_local std::vector<uint8_t> scratch;
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch.data();
+}
+uint16_t* KeyScratch(size_t n) {
+  thread_local std::vector<uint16_t> scratch;
   if (scratch.size() < n) scratch.resize(n);
   return scratch.data();
 }
@@ -377,8 +387,729 @@ void DecodeSegment(const CodecConfig& config, const BlockCodec::SegmentShape& sh
   FromFloat<E>(x, raw, n);
 }
 
-void EncodeAny(const CodecConfig& c, const BlockCodec::SegmentShape& s, const uint8_t* raw,
-               uint8_t* out) {
+// ---- AVX2 + F16C kernels: the same bytes as the scalar ones above ----
+//
+// Every quantisation step repeats the scalar kernel's IEEE operations in the same order (no FMA:
+// the target has none, so m + q * s and (x - m) * inv round as in the scalar code); float min/max
+// keep the scalar's "a < lo ? a : lo" (MINPS returns its second operand on ties and NaN); fp16 and
+// bf16 min/max run on integer keys, the group scales on an exact test in double instead of
+// MakeGroup's division (MakeGroups says why each gives the same result). Where a vector step could
+// differ (the sign of a zero minimum found out of order, a NaN payload converted to fp16) the
+// scalar code redoes that group or those lanes. test/codec_test.cc compares the two kernels.
+#if defined(__x86_64__)
+#define KVTIER_AVX2 __attribute__((target("avx2,f16c")))
+
+template <ElementType E>
+KVTIER_AVX2 inline __m256 Load8(const uint8_t* p) {
+  if constexpr (E == ElementType::kF16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else if constexpr (E == ElementType::kBf16) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+}
+
+// kMayBeNaN false: the caller knows no lane is a NaN with a payload (a NaN of zero payload, as
+// arithmetic makes, converts alike either way).
+template <ElementType E, bool kMayBeNaN = true>
+KVTIER_AVX2 inline void Store8(__m256 x, uint8_t* p) {
+  if constexpr (E == ElementType::kF16) {
+    // The scalar FloatToHalf makes every NaN 0x7e00 | sign; VCVTPS2PH keeps the payload.
+    if (kMayBeNaN && _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0) {
+      alignas(32) float f[8];
+      _mm256_store_ps(f, x);
+      for (int k = 0; k < 8; ++k) StoreElement<E>(f[k], p + 2 * k);
+      return;
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else if constexpr (E == ElementType::kBf16) {
+    const __m256i u = _mm256_castps_si256(x);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                           _mm256_set1_epi32(0x7f800000));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i h = kMayBeNaN ? _mm256_blendv_epi8(r, q, nan) : r;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  } else {
+    _mm256_storeu_ps(reinterpret_cast<float*>(p), x);
+  }
+}
+
+// Four vectors of 8 int32 in [0, 255] -> 32 bytes in order.
+KVTIER_AVX2 inline void StoreBytes32(__m256i a, __m256i b, __m256i c, __m256i d, uint8_t* p) {
+  const __m256i ab = _mm256_packus_epi32(a, b), cd = _mm256_packus_epi32(c, d);
+  const __m256i bytes = _mm256_packus_epi16(ab, cd);  // lanes: a0 b0 c0 d0 | a1 b1 c1 d1
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(p),
+      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+KVTIER_AVX2 inline void StoreBytes8(__m256i a, uint8_t* p) {
+  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+}
+KVTIER_AVX2 inline __m256 LoadCodes8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// Quantise: (x - m) * inv, clamped to [0, levels] (NaN -> 0), + 0.5, truncated. Only the upper
+// clamp is done here (MINPS with levels first keeps NaN): below 0.5 (negative, -Inf, NaN) the
+// truncation gives 0 or INT_MIN, which the packing to bytes saturates to 0, as the clamp would.
+KVTIER_AVX2 inline __m256i Code8(__m256 x, __m256 m, __m256 inv, __m256 levels) {
+  const __m256 v = _mm256_min_ps(levels, _mm256_mul_ps(_mm256_sub_ps(x, m), inv));
+  return _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5f)));
+}
+
+// Min/max over finite values, as the scalar loops: -Inf is left out of lo, +Inf out of hi, NaN out
+// of both (MINPS/MAXPS return their second operand when the first is NaN).
+KVTIER_AVX2 inline void MinMax8(__m256 x, __m256& lo, __m256& hi) {
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  lo = _mm256_min_ps(_mm256_blendv_ps(x, inf, _mm256_cmp_ps(x, ninf, _CMP_EQ_OQ)), lo);
+  hi = _mm256_max_ps(_mm256_blendv_ps(x, ninf, _mm256_cmp_ps(x, inf, _CMP_EQ_OQ)), hi);
+}
+
+// FloatToBf16 of finite floats (round to nearest even).
+KVTIER_AVX2 inline __m256i RoundBf16(__m256 f) {
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd),
+                           16);
+}
+KVTIER_AVX2 inline __m256 Bf16Lanes(__m256i b) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
+}
+
+// The low 32 bits of each 64-bit lane of two masks, as 8 lanes.
+KVTIER_AVX2 inline __m256i Narrow(__m256d lo, __m256d hi) {
+  const __m256 lo4 = _mm256_castpd_ps(lo), hi4 = _mm256_castpd_ps(hi);
+  const __m256 even = _mm256_shuffle_ps(lo4, hi4, _MM_SHUFFLE(2, 0, 2, 0));  // lo0 lo1 hi0 hi1 | ..
+  return _mm256_castpd_si256(
+      _mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// MakeGroup for groups [0, n): (s, m) at groups + 4 i, m and 1/s as floats.
+//
+// s: MakeGroup takes x = (hi - m) / levels in double (range = hi - m rounded to double, then the
+// quotient rounded) and the smallest bf16 b with b >= x. Here, without the division: for a bf16
+// b >= 0, b < x exactly when b * levels < range (b * levels is exact in double; if b * levels <
+// range, range exceeds it by at least one double ulp of b * levels, more than levels half-ulps of
+// b as levels < 2^8, so the quotient rounds above b; the converse by monotony). The nearest bf16 b0
+// of range * (1 / levels) is within one bf16 step below the answer (its relative error, about
+// 2^-24, is far below half a bf16 step), so s is b0, or b0 + 1 where b0 * levels < range.
+KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, uint32_t levels,
+                            uint8_t* groups, float* m_out, float* inv_out) {
+  const float limit = Bf16ToFloat(kBf16MaxBits);
+  const __m256 lim = _mm256_set1_ps(limit), nlim = _mm256_set1_ps(-limit);
+  const __m256d lv = _mm256_set1_pd(static_cast<double>(levels));
+  const __m256d inv_lv = _mm256_set1_pd(1.0 / static_cast<double>(levels));
+  const __m256i one = _mm256_set1_epi32(1);
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 lo0 = _mm256_loadu_ps(lo_in + i), hi0 = _mm256_loadu_ps(hi_in + i);
+    const __m256i valid = _mm256_castps_si256(_mm256_cmp_ps(lo0, hi0, _CMP_LE_OQ));
+    // std::clamp(v, -limit, limit) of a finite v (or +-Inf where the group is not valid).
+    const __m256 lo = _mm256_min_ps(_mm256_max_ps(lo0, nlim), lim);
+    const __m256 hi = _mm256_min_ps(_mm256_max_ps(hi0, nlim), lim);
+    // m = Bf16Down(lo): the nearest bf16, one step down when above: m - 1 if positive, m + 1 if
+    // negative (Bf16Down's step from +0 to 0x8001 cannot happen: a negative lo rounds to a
+    // negative bf16, -0 at least).
+    __m256i m = RoundBf16(lo);
+    const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(Bf16Lanes(m), lo, _CMP_GT_OQ));
+    const __m256i down =
+        _mm256_sub_epi32(_mm256_add_epi32(m, _mm256_slli_epi32(_mm256_srli_epi32(m, 15), 1)), one);
+    m = _mm256_blendv_epi8(m, down, above);
+    const __m256 mf = Bf16Lanes(m);
+    const __m256d range0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)),
+                                         _mm256_cvtps_pd(_mm256_castps256_ps128(mf)));
+    const __m256d range1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)),
+                                         _mm256_cvtps_pd(_mm256_extractf128_ps(mf, 1)));
+    const __m256 approx = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(range1, inv_lv)),
+                                          _mm256_cvtpd_ps(_mm256_mul_pd(range0, inv_lv)));
+    const __m256i b0 = RoundBf16(approx);
+    const __m256 bf = Bf16Lanes(b0);
+    const __m256d below0 = _mm256_cmp_pd(
+        _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(bf)), lv), range0, _CMP_LT_OQ);
+    const __m256d below1 = _mm256_cmp_pd(
+        _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(bf, 1)), lv), range1, _CMP_LT_OQ);
+    // range > 0 exactly when hi > m (rounding keeps the sign of a difference).
+    const __m256i positive = _mm256_castps_si256(_mm256_cmp_ps(hi, mf, _CMP_GT_OQ));
+    __m256i s = _mm256_sub_epi32(b0, Narrow(below0, below1));  // mask lanes are -1
+    s = _mm256_and_si256(s, _mm256_and_si256(valid, positive));
+    m = _mm256_and_si256(m, valid);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(groups + 4 * i),
+                        _mm256_or_si256(s, _mm256_slli_epi32(m, 16)));
+    const __m256 sf = Bf16Lanes(s);
+    _mm256_storeu_ps(m_out + i, Bf16Lanes(m));
+    _mm256_storeu_ps(inv_out + i,
+                     _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), sf),
+                                   _mm256_cmp_ps(sf, _mm256_setzero_ps(), _CMP_GT_OQ)));
+  }
+  for (; i < n; ++i) {
+    const Group g = MakeGroup(lo_in[i], hi_in[i], levels);
+    StoreGroup(groups + 4 * i, g);
+    m_out[i] = Bf16ToFloat(g.min);
+    inv_out[i] = Inverse(Bf16ToFloat(g.scale));
+  }
+}
+
+// Codes of n consecutive elements at src: per-element m and inv (kPerElement) or one pair.
+template <ElementType E, bool kPerElement>
+KVTIER_AVX2 void QuantiseRun(const uint8_t* src, uint64_t n, const float* m, const float* inv,
+                             float levels, uint8_t* out) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  const __m256 lv = _mm256_set1_ps(levels);
+  const __m256 m1 = _mm256_set1_ps(m[0]), inv1 = _mm256_set1_ps(inv[0]);
+  uint64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t j = c + 8 * k;
+      q[k] = Code8(Load8<E>(src + j * kBytes), kPerElement ? _mm256_loadu_ps(m + j) : m1,
+                   kPerElement ? _mm256_loadu_ps(inv + j) : inv1, lv);
+    }
+    StoreBytes32(q[0], q[1], q[2], q[3], out + c);
+  }
+  for (; c + 8 <= n; c += 8) {
+    StoreBytes8(Code8(Load8<E>(src + c * kBytes), kPerElement ? _mm256_loadu_ps(m + c) : m1,
+                      kPerElement ? _mm256_loadu_ps(inv + c) : inv1, lv),
+                out + c);
+  }
+  for (; c < n; ++c) {
+    out[c] = Quantise(LoadElement<E>(src + c * kBytes), kPerElement ? m[c] : m[0],
+                      kPerElement ? inv[c] : inv[0], levels);
+  }
+}
+
+KVTIER_AVX2 inline float HorizontalMin(__m256 v) {
+  __m128 x = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_min_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_min_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+KVTIER_AVX2 inline float HorizontalMax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+// fp16 / bf16 minimum and maximum over finite values in the integer domain, 16 lanes: u = h ^
+// (sign ? 0xffff : 0x8000) orders the values as unsigned integers (-0 just below +0, NaN beyond
+// +-Inf); u - kKeyOffset wraps the non-finite codes at the low end above every finite one (a key
+// for the minimum), u + kKeyOffset wraps those at the high end below every finite one (for the
+// maximum). The one difference from the scalar loops: a minimum of zero is -0 when the group has
+// a -0, where the scalar keeps the zero it met first; callers redo those groups (ScalarLo).
+template <ElementType E>
+constexpr uint16_t kKeyOffset = E == ElementType::kF16 ? 0x8000 - 0x7c00 : 0x8000 - 0x7f80;
+
+template <ElementType E>
+KVTIER_AVX2 inline void KeyMinMax16(const uint8_t* p, __m256i& lo, __m256i& hi) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i u = _mm256_xor_si256(
+      h,
+      _mm256_or_si256(_mm256_srai_epi16(h, 15), _mm256_set1_epi16(static_cast<int16_t>(0x8000))));
+  lo = _mm256_min_epu16(lo, _mm256_sub_epi16(u, _mm256_set1_epi16(kKeyOffset<E>)));
+  hi = _mm256_max_epu16(hi, _mm256_add_epi16(u, _mm256_set1_epi16(kKeyOffset<E>)));
+}
+
+// Eight keys of KeyMinMax16 back to floats: +Inf (minimum) or -Inf (maximum) where no value was
+// finite. `negative_zero` gets a bit per lane holding -0 (two bits per lane, movemask of bytes).
+template <ElementType E, bool kMin>
+KVTIER_AVX2 inline __m256 KeysToFloats(__m128i key, int* negative_zero) {
+  constexpr int16_t kOff = static_cast<int16_t>(kKeyOffset<E>);
+  const __m128i u =
+      kMin ? _mm_add_epi16(key, _mm_set1_epi16(kOff)) : _mm_sub_epi16(key, _mm_set1_epi16(kOff));
+  // None finite: the minimum's key at or above 2^16 - 2 kOff, the maximum's below 2 kOff.
+  const __m128i none =
+      kMin ? _mm_cmpeq_epi16(_mm_max_epu16(key, _mm_set1_epi16(static_cast<int16_t>(-2 * kOff))),
+                             key)
+           : _mm_cmpeq_epi16(_mm_min_epu16(key, _mm_set1_epi16(static_cast<int16_t>(2 * kOff - 1))),
+                             key);
+  const __m128i h =
+      _mm_xor_si128(u, _mm_or_si128(_mm_andnot_si128(_mm_srai_epi16(u, 15), _mm_set1_epi16(0x7fff)),
+                                    _mm_set1_epi16(static_cast<int16_t>(0x8000))));
+  __m256 f;
+  if constexpr (E == ElementType::kF16) {
+    f = _mm256_cvtph_ps(h);
+  } else {
+    f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  f = _mm256_blendv_ps(f, _mm256_set1_ps(kMin ? inf : -inf),
+                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(none)));
+  if (negative_zero) {
+    *negative_zero =
+        _mm_movemask_epi8(_mm_cmpeq_epi16(h, _mm_set1_epi16(static_cast<int16_t>(0x8000))));
+  }
+  return f;
+}
+
+// The scalar loop's minimum of `count` elements `stride` elements apart.
+template <ElementType E>
+float ScalarLo(const uint8_t* p, uint64_t stride, uint64_t count) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  float a = std::numeric_limits<float>::infinity();
+  for (uint64_t i = 0; i < count; ++i) {
+    const float v = LoadElement<E>(p + i * stride * kBytes);
+    const float va = Finite(v) ? v : std::numeric_limits<float>::infinity();
+    a = va < a ? va : a;
+  }
+  return a;
+}
+
+// QuantiseSegment reading the raw elements; false (nothing written) where it has no fast path.
+template <ElementType E>
+KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64_t channels,
+                                     SegmentRole role, uint32_t group_size, uint32_t levels,
+                                     uint8_t* groups, uint8_t* codes) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const float lv = static_cast<float>(levels);
+  if (role == SegmentRole::kKey) {
+    float* lo = FloatScratch(4 * channels);
+    float* hi = lo + channels;
+    float* m = hi + channels;
+    float* inv = m + channels;
+    for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
+      const uint32_t t1 = std::min(tokens, t0 + group_size);
+      uint64_t c = 0;
+      if constexpr (E != ElementType::kF32) {
+        for (; c + 64 <= channels; c += 64) {  // two 64-byte lines per token
+          __m256i l[4], h[4];
+          for (int k = 0; k < 4; ++k) l[k] = _mm256_set1_epi16(-1), h[k] = _mm256_setzero_si256();
+          for (uint32_t t = t0; t < t1; ++t) {
+            const uint8_t* p = raw + (t * channels + c) * kBytes;
+            for (int k = 0; k < 4; ++k) KeyMinMax16<E>(p + 32 * k, l[k], h[k]);
+          }
+          for (int k = 0; k < 8; ++k) {
+            const __m256i lk = l[k / 2], hk = h[k / 2];
+            const __m128i lh = k % 2 ? _mm256_extracti128_si256(lk, 1) : _mm256_castsi256_si128(lk);
+            const __m128i hh = k % 2 ? _mm256_extracti128_si256(hk, 1) : _mm256_castsi256_si128(hk);
+            int negative_zero;
+            _mm256_storeu_ps(lo + c + 8 * k, KeysToFloats<E, true>(lh, &negative_zero));
+            _mm256_storeu_ps(hi + c + 8 * k, KeysToFloats<E, false>(hh, nullptr));
+            for (int j = 0; negative_zero != 0 && j < 8; ++j) {
+              if (negative_zero & (1 << (2 * j))) {
+                const uint64_t cj = c + 8 * k + j;
+                lo[cj] = ScalarLo<E>(raw + (t0 * channels + cj) * kBytes, channels, t1 - t0);
+              }
+            }
+          }
+        }
+      }
+      for (; c + 32 <= channels; c += 32) {  // a 64-byte line of fp16 per token
+        __m256 l[4], h[4];
+        for (int k = 0; k < 4; ++k) l[k] = _mm256_set1_ps(kInf), h[k] = _mm256_set1_ps(-kInf);
+        for (uint32_t t = t0; t < t1; ++t) {
+          const uint8_t* p = raw + (t * channels + c) * kBytes;
+          for (int k = 0; k < 4; ++k) MinMax8(Load8<E>(p + 8 * k * kBytes), l[k], h[k]);
+        }
+        for (int k = 0; k < 4; ++k) {
+          _mm256_storeu_ps(lo + c + 8 * k, l[k]);
+          _mm256_storeu_ps(hi + c + 8 * k, h[k]);
+        }
+      }
+      for (; c + 8 <= channels; c += 8) {
+        __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
+        for (uint32_t t = t0; t < t1; ++t)
+          MinMax8(Load8<E>(raw + (t * channels + c) * kBytes), l, h);
+        _mm256_storeu_ps(lo + c, l);
+        _mm256_storeu_ps(hi + c, h);
+      }
+      for (; c < channels; ++c) {
+        lo[c] = kInf;
+        hi[c] = -kInf;
+        for (uint32_t t = t0; t < t1; ++t) {
+          const float v = LoadElement<E>(raw + (t * channels + c) * kBytes);
+          const bool f = Finite(v);
+          const float a = f ? v : kInf, b = f ? v : -kInf;
+          lo[c] = a < lo[c] ? a : lo[c];
+          hi[c] = b > hi[c] ? b : hi[c];
+        }
+      }
+      MakeGroups(lo, hi, channels, levels, groups + (t0 / group_size) * channels * 4, m, inv);
+      for (uint32_t t = t0; t < t1; ++t) {
+        QuantiseRun<E, true>(raw + t * channels * kBytes, channels, m, inv, lv,
+                             codes + t * channels);
+      }
+    }
+    return true;
+  }
+  if (group_size < 8) return false;
+  const uint64_t per_row = (channels + group_size - 1) / group_size;
+  const uint64_t n = tokens * per_row;
+  float* lo = FloatScratch(4 * n);
+  float* hi = lo + n;
+  float* m = hi + n;
+  float* inv = m + n;
+  // fp16 / bf16: the whole 16-element chunks of each group as integer keys (converted below, 8
+  // groups at a time), the rest as floats in lo/hi.
+  uint16_t* lo_key = KeyScratch(2 * n);
+  uint16_t* hi_key = lo_key + n;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    const uint8_t* row = raw + t * channels * kBytes;
+    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      uint64_t c = c0;
+      if constexpr (E != ElementType::kF32) {
+        __m256i lk = _mm256_set1_epi16(-1), hk = _mm256_setzero_si256();
+        for (; c + 16 <= c1; c += 16) KeyMinMax16<E>(row + c * kBytes, lk, hk);
+        // Horizontal: PHMINPOSUW finds the least of 8; the maximum as the least complement.
+        const __m128i l8 =
+            _mm_min_epu16(_mm256_castsi256_si128(lk), _mm256_extracti128_si256(lk, 1));
+        const __m128i h8 = _mm_xor_si128(
+            _mm_max_epu16(_mm256_castsi256_si128(hk), _mm256_extracti128_si256(hk, 1)),
+            _mm_set1_epi16(-1));
+        lo_key[g] = static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_minpos_epu16(l8)));
+        hi_key[g] = static_cast<uint16_t>(~_mm_cvtsi128_si32(_mm_minpos_epu16(h8)));
+      }
+      float a = kInf, b = -kInf;
+      if (c + 8 <= c1) {
+        __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
+        for (; c + 8 <= c1; c += 8) MinMax8(Load8<E>(row + c * kBytes), l, h);
+        a = HorizontalMin(l);
+        b = HorizontalMax(h);
+      }
+      for (; c < c1; ++c) {
+        const float v = LoadElement<E>(row + c * kBytes);
+        const bool f = Finite(v);
+        const float va = f ? v : kInf, vb = f ? v : -kInf;
+        a = va < a ? va : a;
+        b = vb > b ? vb : b;
+      }
+      lo[g] = a;
+      hi[g] = b;
+    }
+  }
+  if constexpr (E != ElementType::kF32) {
+    uint64_t g = 0;
+    for (; g + 8 <= n; g += 8) {
+      const __m256 l = KeysToFloats<E, true>(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo_key + g)), nullptr);
+      const __m256 h = KeysToFloats<E, false>(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi_key + g)), nullptr);
+      _mm256_storeu_ps(lo + g, _mm256_min_ps(l, _mm256_loadu_ps(lo + g)));
+      _mm256_storeu_ps(hi + g, _mm256_max_ps(h, _mm256_loadu_ps(hi + g)));
+    }
+    for (; g < n; ++g) {
+      const float l = _mm256_cvtss_f32(KeysToFloats<E, true>(_mm_set1_epi16(lo_key[g]), nullptr));
+      const float h = _mm256_cvtss_f32(KeysToFloats<E, false>(_mm_set1_epi16(hi_key[g]), nullptr));
+      lo[g] = l < lo[g] ? l : lo[g];
+      hi[g] = h > hi[g] ? h : hi[g];
+    }
+  }
+  // A minimum of +0 or -0: the first zero of the group in order, as the scalar loop.
+  for (uint64_t g = 0; g < n; ++g) {
+    if (lo[g] == 0.0f) {
+      const uint64_t t = g / per_row, c0 = (g % per_row) * group_size;
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      lo[g] = ScalarLo<E>(raw + (t * channels + c0) * kBytes, 1, c1 - c0);
+    }
+  }
+  MakeGroups(lo, hi, n, levels, groups, m, inv);
+  for (uint32_t t = 0; t < tokens; ++t) {
+    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      QuantiseRun<E, false>(raw + (t * channels + c0) * kBytes, c1 - c0, m + g, inv + g, lv,
+                            codes + t * channels + c0);
+    }
+  }
+  return true;
+}
+
+// kFinite: every m and s is finite, so m + q * s is never NaN.
+template <ElementType E, bool kPerElement, bool kFinite>
+KVTIER_AVX2 void DequantiseRun(const uint8_t* codes, uint64_t n, const float* m, const float* s,
+                               uint8_t* dst) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  const __m256 m1 = _mm256_set1_ps(m[0]), s1 = _mm256_set1_ps(s[0]);
+  uint64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 mv = kPerElement ? _mm256_loadu_ps(m + c) : m1;
+    const __m256 sv = kPerElement ? _mm256_loadu_ps(s + c) : s1;
+    Store8<E, !kFinite>(_mm256_add_ps(mv, _mm256_mul_ps(LoadCodes8(codes + c), sv)),
+                        dst + c * kBytes);
+  }
+  for (; c < n; ++c) {
+    const float mc = kPerElement ? m[c] : m[0], sc = kPerElement ? s[c] : s[0];
+    StoreElement<E>(mc + static_cast<float>(codes[c]) * sc, dst + c * kBytes);
+  }
+}
+
+template <ElementType E>
+KVTIER_AVX2 void DequantiseSegmentAvx2(const uint8_t* codes, const uint8_t* groups, uint32_t tokens,
+                                       uint64_t channels, SegmentRole role, uint32_t group_size,
+                                       uint8_t* raw) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  if (role == SegmentRole::kKey) {
+    float* m = FloatScratch(2 * channels);
+    float* s = m + channels;
+    for (uint32_t t0 = 0; t0 < tokens; t0 += group_size) {
+      const uint32_t t1 = std::min(tokens, t0 + group_size);
+      const uint8_t* gp = groups + (t0 / group_size) * channels * 4;
+      uint32_t exponents = 0;  // a bf16 with all exponent bits set is Inf or NaN
+      for (uint64_t c = 0; c < channels; ++c) {
+        uint32_t g;
+        std::memcpy(&g, gp + 4 * c, 4);
+        s[c] = BitsToFloat(g << 16);
+        m[c] = BitsToFloat(g & 0xffff0000u);
+        exponents |= ((g & 0x7f800000u) == 0x7f800000u) | ((g & 0x7f80u) == 0x7f80u);
+      }
+      for (uint32_t t = t0; t < t1; ++t) {
+        if (exponents == 0) {
+          DequantiseRun<E, true, true>(codes + t * channels, channels, m, s,
+                                       raw + t * channels * kBytes);
+        } else {
+          DequantiseRun<E, true, false>(codes + t * channels, channels, m, s,
+                                        raw + t * channels * kBytes);
+        }
+      }
+    }
+    return;
+  }
+  const uint64_t per_row = (channels + group_size - 1) / group_size;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
+      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
+      const Group gr = LoadGroup(groups + 4 * g);
+      const float m = Bf16ToFloat(gr.min), s = Bf16ToFloat(gr.scale);
+      if (Finite(m) && Finite(s)) {
+        DequantiseRun<E, false, true>(codes + t * channels + c0, c1 - c0, &m, &s,
+                                      raw + (t * channels + c0) * kBytes);
+      } else {
+        DequantiseRun<E, false, false>(codes + t * channels + c0, c1 - c0, &m, &s,
+                                       raw + (t * channels + c0) * kBytes);
+      }
+    }
+  }
+}
+
+KVTIER_AVX2 void PackInt4Avx2(const uint8_t* codes, uint64_t n, uint8_t* out) {
+  uint64_t i = 0;  // pairs
+  for (; 2 * i + 32 <= n; i += 16) {
+    // 16-bit lanes lo | hi << 8, both < 16: lo | hi << 4 in the low byte.
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 2 * i));
+    const __m256i b =
+        _mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi16(0x0f)),
+                        _mm256_and_si256(_mm256_srli_epi16(w, 4), _mm256_set1_epi16(0xf0)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_packus_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+  }
+  PackInt4(codes + 2 * i, n - 2 * i, out + i);
+}
+
+KVTIER_AVX2 void UnpackInt4Avx2(const uint8_t* in, uint64_t n, uint8_t* codes) {
+  uint64_t i = 0;  // bytes
+  const __m128i low = _mm_set1_epi8(0x0f);
+  for (; 2 * i + 32 <= n; i += 16) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    const __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 2 * i), _mm_unpacklo_epi8(lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 2 * i + 16), _mm_unpackhi_epi8(lo, hi));
+  }
+  UnpackInt4(in + i, n - 2 * i, codes + 2 * i);
+}
+
+// FloatToE4m3 of 8 lanes, as int32 in [0, 255].
+KVTIER_AVX2 inline __m256i E4m3Of8(__m256 y) {
+  const __m256i u = _mm256_castps_si256(y);
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  const __m256i nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000));
+  const __m256i sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3c800000), a);
+  // Below 2^-6: nearbyint(a * 512) (the current rounding mode, as std::nearbyint).
+  const __m256i subv =
+      _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(512.0f)));
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
+  // The rounded exponent and 3 mantissa bits, less the bias difference (127 - 7) << 3 folded into
+  // the addition (lanes below 2^-6 wrap, and are subnormal lanes, replaced below).
+  const __m256i r = _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff - ((127 - 7) << 23))), odd),
+      20);
+  // At or above 448 (Inf included) the rounded code is beyond 0x7e: the minimum saturates it.
+  __m256i o = _mm256_min_epi32(r, _mm256_set1_epi32(0x7e));
+  o = _mm256_blendv_epi8(o, subv, sub);
+  o = _mm256_blendv_epi8(o, _mm256_set1_epi32(0x7f), nan);
+  return _mm256_or_si256(o, sign);
+}
+
+template <ElementType E>
+KVTIER_AVX2 void EncodeFp8Avx2(const uint8_t* raw, uint64_t n, uint8_t* out) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 amax8 = _mm256_setzero_ps();
+  uint64_t i = 0;
+  if constexpr (E != ElementType::kF32) {
+    // |h| + kKeyOffset as int16: finite magnitudes stay positive and ordered, the non-finite wrap
+    // negative, out of a signed maximum.
+    const __m256i off = _mm256_set1_epi16(static_cast<int16_t>(kKeyOffset<E>));
+    __m256i key = off;
+    for (; i + 16 <= n; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + i * kBytes));
+      key = _mm256_max_epi16(key,
+                             _mm256_add_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)), off));
+    }
+    // All lanes are positive: the maximum as the least of 0x7fff - key.
+    const __m128i k8 =
+        _mm_sub_epi16(_mm_set1_epi16(0x7fff),
+                      _mm_max_epi16(_mm256_castsi256_si128(key), _mm256_extracti128_si256(key, 1)));
+    const uint16_t top = static_cast<uint16_t>(
+        0x7fff - (_mm_cvtsi128_si32(_mm_minpos_epu16(k8)) & 0xffff) - kKeyOffset<E>);
+    uint8_t bytes[2];
+    std::memcpy(bytes, &top, 2);
+    amax8 = _mm256_set1_ps(LoadElement<E>(bytes));
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_and_ps(Load8<E>(raw + i * kBytes), abs_mask);
+    amax8 = _mm256_max_ps(_mm256_and_ps(a, _mm256_cmp_ps(a, inf, _CMP_LT_OQ)), amax8);
+  }
+  float amax = HorizontalMax(amax8);
+  for (; i < n; ++i) {
+    const float x = LoadElement<E>(raw + i * kBytes);
+    const float a = Finite(x) ? std::fabs(x) : 0.0f;
+    amax = a > amax ? a : amax;
+  }
+  const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+  std::memcpy(out, &scale, 4);
+  const float inv = 1.0f / scale;
+  const __m256 inv8 = _mm256_set1_ps(inv);
+  uint8_t* q = out + 4;
+  i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i c[4];
+    for (int k = 0; k < 4; ++k) {
+      c[k] = E4m3Of8(_mm256_mul_ps(Load8<E>(raw + (i + 8 * k) * kBytes), inv8));
+    }
+    StoreBytes32(c[0], c[1], c[2], c[3], q + i);
+  }
+  for (; i + 8 <= n; i += 8)
+    StoreBytes8(E4m3Of8(_mm256_mul_ps(Load8<E>(raw + i * kBytes), inv8)), q + i);
+  for (; i < n; ++i) q[i] = FloatToE4m3(LoadElement<E>(raw + i * kBytes) * inv);
+}
+
+template <ElementType E>
+KVTIER_AVX2 void DecodeFp8Avx2(const uint8_t* in, uint64_t n, uint8_t* raw) {
+  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
+  float scale;
+  std::memcpy(&scale, in, 4);
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  const uint8_t* q = in + 4;
+  // The e4m3 bits shifted into an fp16 (sign | e << 10 | m << 7) are the value times 2^-8 exactly,
+  // subnormals included (fp16's start at 2^-24); times 2^8 and the scale as the table's product.
+  // NaN codes become fp16's NaN of zero payload, as the table's quiet NaN; a non-NaN scale keeps
+  // every NaN of zero payload (see Store8).
+  const bool nan_scale = !(scale == scale);
+  const __m256 k256 = _mm256_set1_ps(256.0f);
+  uint64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i v =
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+    const __m256i em = _mm256_and_si256(v, _mm256_set1_epi16(0x7f));
+    __m256i h = _mm256_or_si256(
+        _mm256_slli_epi16(em, 7),
+        _mm256_and_si256(_mm256_slli_epi16(v, 8), _mm256_set1_epi16(static_cast<int16_t>(0x8000))));
+    h = _mm256_blendv_epi8(h, _mm256_set1_epi16(0x7e00),
+                           _mm256_cmpeq_epi16(em, _mm256_set1_epi16(0x7f)));
+    const __m256 f0 =
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k256), scale8);
+    const __m256 f1 =
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k256), scale8);
+    if (nan_scale) {
+      Store8<E>(f0, raw + i * kBytes);
+      Store8<E>(f1, raw + (i + 8) * kBytes);
+    } else {
+      Store8<E, false>(f0, raw + i * kBytes);
+      Store8<E, false>(f1, raw + (i + 8) * kBytes);
+    }
+  }
+  const auto& table = E4m3Table();
+  for (; i < n; ++i) StoreElement<E>(table[q[i]] * scale, raw + i * kBytes);
+}
+
+template <ElementType E>
+KVTIER_AVX2 bool EncodeSegmentAvx2(const CodecConfig& config, const BlockCodec::SegmentShape& shape,
+                                   const uint8_t* raw, uint8_t* out) {
+  const uint64_t n = shape.tokens * shape.channels;
+  if (config.id == CodecId::kFp8E4m3) {
+    EncodeFp8Avx2<E>(raw, n, out);
+    return true;
+  }
+  const uint32_t levels = config.id == CodecId::kInt8 ? 255 : 15;
+  const uint64_t group_bytes =
+      GroupCount(shape.role, shape.tokens, shape.channels, config.group_size) * 4;
+  if (config.id == CodecId::kInt8) {
+    return QuantiseSegmentAvx2<E>(raw, shape.tokens, shape.channels, shape.role, config.group_size,
+                                  levels, out, out + group_bytes);
+  }
+  uint8_t* codes = CodeScratch(n);
+  if (!QuantiseSegmentAvx2<E>(raw, shape.tokens, shape.channels, shape.role, config.group_size,
+                              levels, out, codes)) {
+    return false;
+  }
+  PackInt4Avx2(codes, n, out + group_bytes);
+  return true;
+}
+
+template <ElementType E>
+KVTIER_AVX2 void DecodeSegmentAvx2(const CodecConfig& config, const BlockCodec::SegmentShape& shape,
+                                   const uint8_t* in, uint8_t* raw) {
+  const uint64_t n = shape.tokens * shape.channels;
+  if (config.id == CodecId::kFp8E4m3) return DecodeFp8Avx2<E>(in, n, raw);
+  const uint64_t group_bytes =
+      GroupCount(shape.role, shape.tokens, shape.channels, config.group_size) * 4;
+  const uint8_t* codes = in + group_bytes;
+  if (config.id == CodecId::kInt4) {
+    uint8_t* unpacked = CodeScratch(n);
+    UnpackInt4Avx2(codes, n, unpacked);
+    codes = unpacked;
+  }
+  DequantiseSegmentAvx2<E>(codes, in, shape.tokens, shape.channels, shape.role, config.group_size,
+                           raw);
+}
+
+bool HasAvx2() {
+  // F16C through CPUID.1:ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"); the "avx2"
+  // check includes the OS's saving of the AVX state, which F16C needs too.
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx2") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 &&
+           (ecx & (1u << 29)) != 0;
+  }();
+  return has;
+}
+#else
+bool HasAvx2() { return false; }
+#endif  // __x86_64__
+
+void EncodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::SegmentShape& s,
+               const uint8_t* raw, uint8_t* out) {
+#if defined(__x86_64__)
+  if (kernel == CodecKernel::kAvx2 && HasAvx2()) {
+    bool done = false;
+    switch (c.element) {
+      case ElementType::kF16:
+        done = EncodeSegmentAvx2<ElementType::kF16>(c, s, raw, out);
+        break;
+      case ElementType::kBf16:
+        done = EncodeSegmentAvx2<ElementType::kBf16>(c, s, raw, out);
+        break;
+      case ElementType::kF32:
+        done = EncodeSegmentAvx2<ElementType::kF32>(c, s, raw, out);
+        break;
+    }
+    if (done) return;
+  }
+#else
+  (void)kernel;
+#endif
   switch (c.element) {
     case ElementType::kF16:
       return EncodeSegment<ElementType::kF16>(c, s, raw, out);
@@ -389,8 +1120,22 @@ void EncodeAny(const CodecConfig& c, const BlockCodec::SegmentShape& s, const ui
   }
 }
 
-void DecodeAny(const CodecConfig& c, const BlockCodec::SegmentShape& s, const uint8_t* in,
-               uint8_t* raw) {
+void DecodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::SegmentShape& s,
+               const uint8_t* in, uint8_t* raw) {
+#if defined(__x86_64__)
+  if (kernel == CodecKernel::kAvx2 && HasAvx2()) {
+    switch (c.element) {
+      case ElementType::kF16:
+        return DecodeSegmentAvx2<ElementType::kF16>(c, s, in, raw);
+      case ElementType::kBf16:
+        return DecodeSegmentAvx2<ElementType::kBf16>(c, s, in, raw);
+      case ElementType::kF32:
+        return DecodeSegmentAvx2<ElementType::kF32>(c, s, in, raw);
+    }
+  }
+#else
+  (void)kernel;
+#endif
   switch (c.element) {
     case ElementType::kF16:
       return DecodeSegment<ElementType::kF16>(c, s, in, raw);
@@ -445,6 +1190,16 @@ absl::StatusOr<ElementType> ParseElementType(absl::string_view dtype) {
 }
 
 uint32_t ElementBytes(ElementType type) { return type == ElementType::kF32 ? 4 : 2; }
+
+bool CodecKernelSupported(CodecKernel kernel) {
+  return kernel == CodecKernel::kScalar || (kernel == CodecKernel::kAvx2 && HasAvx2());
+}
+
+CodecKernel DefaultCodecKernel() { return HasAvx2() ? CodecKernel::kAvx2 : CodecKernel::kScalar; }
+
+const char* CodecKernelName(CodecKernel kernel) {
+  return kernel == CodecKernel::kAvx2 ? "avx2" : "scalar";
+}
 
 uint64_t SegmentEncodedBytes(const CodecConfig& config, SegmentRole role, uint32_t tokens,
                              uint64_t channels) {
@@ -529,23 +1284,25 @@ absl::StatusOr<BlockCodec> BlockCodec::Create(absl::string_view path, const Code
   return codec;
 }
 
-void BlockCodec::EncodeLayer(uint32_t layer, const void* raw_layer, void* encoded_layer) const {
+void BlockCodec::EncodeLayer(uint32_t layer, const void* raw_layer, void* encoded_layer,
+                             CodecKernel kernel) const {
   const auto* in = static_cast<const uint8_t*>(raw_layer);
   auto* out = static_cast<uint8_t*>(encoded_layer);
   const uint32_t element = ElementBytes(config_.element);
   for (const SegmentShape& s : layers_[layer].segments) {
-    EncodeAny(config_, s, in, out);
+    EncodeAny(kernel, config_, s, in, out);
     in += s.tokens * s.channels * element;
     out += s.encoded_bytes;
   }
 }
 
-void BlockCodec::DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer) const {
+void BlockCodec::DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer,
+                             CodecKernel kernel) const {
   const auto* in = static_cast<const uint8_t*>(encoded_layer);
   auto* out = static_cast<uint8_t*>(raw_layer);
   const uint32_t element = ElementBytes(config_.element);
   for (const SegmentShape& s : layers_[layer].segments) {
-    DecodeAny(config_, s, in, out);
+    DecodeAny(kernel, config_, s, in, out);
     in += s.encoded_bytes;
     out += s.tokens * s.channels * element;
   }
@@ -590,12 +1347,12 @@ void BlockCodec::EncodeHeader(void* encoded) const {
   PutU32(out + 12, segment_count_);
 }
 
-void BlockCodec::Encode(const void* raw, void* encoded) const {
+void BlockCodec::Encode(const void* raw, void* encoded, CodecKernel kernel) const {
   auto* out = static_cast<uint8_t*>(encoded);
   EncodeHeader(out);
   const auto* in = static_cast<const uint8_t*>(raw);
   for (uint32_t l = 0; l < num_layers(); ++l) {
-    EncodeLayer(l, in + layer_raw_[l], out + layer_encoded_[l]);
+    EncodeLayer(l, in + layer_raw_[l], out + layer_encoded_[l], kernel);
   }
 }
 
@@ -618,12 +1375,12 @@ absl::Status BlockCodec::CheckHeader(const void* encoded) const {
   return absl::OkStatus();
 }
 
-absl::Status BlockCodec::Decode(const void* encoded, void* raw) const {
+absl::Status BlockCodec::Decode(const void* encoded, void* raw, CodecKernel kernel) const {
   if (absl::Status s = CheckHeader(encoded); !s.ok()) return s;
   const auto* in = static_cast<const uint8_t*>(encoded);
   auto* out = static_cast<uint8_t*>(raw);
   for (uint32_t l = 0; l < num_layers(); ++l) {
-    DecodeLayer(l, in + layer_encoded_[l], out + layer_raw_[l]);
+    DecodeLayer(l, in + layer_encoded_[l], out + layer_raw_[l], kernel);
   }
   return absl::OkStatus();
 }

@@ -33,6 +33,10 @@
 //     fp8_e4m3: the fp32 scale, then one e4m3 byte per element.
 // A layer's encoded bytes are contiguous (layer_offset()), so layers can be decoded one by one.
 //
+// Kernels (CodecKernel): the portable scalar code, and AVX2 + F16C code for x86-64 CPUs that have
+// them, chosen at run time (DefaultCodecKernel()); both write the same encoded and decoded bytes
+// (test/codec_test.cc compares them), so a block encoded by one decodes identically by the other.
+//
 // Thread safety: a BlockCodec is immutable; Encode/Decode from any thread (they use thread-local
 // scratch memory).
 // Errors: Create() returns kInvalidArgument naming the field; Decode() returns kDataLoss when the
@@ -64,6 +68,15 @@ const char* CodecName(CodecId id);
 absl::StatusOr<ElementType> ParseElementType(absl::string_view dtype);
 uint32_t ElementBytes(ElementType type);
 
+// The CPU code that Encode/Decode run. Every kernel writes the same bytes for every input.
+enum class CodecKernel : uint8_t { kScalar = 0, kAvx2 = 1 };
+// Whether this CPU runs `kernel`: kScalar always, kAvx2 on x86-64 with AVX2 and F16C. An
+// unsupported kernel passed to Encode/Decode runs as kScalar.
+bool CodecKernelSupported(CodecKernel kernel);
+// The fastest supported kernel (checked once per process).
+CodecKernel DefaultCodecKernel();
+const char* CodecKernelName(CodecKernel kernel);  // "scalar", "avx2"
+
 inline constexpr uint32_t kDefaultCodecGroupSize = 64;
 inline constexpr uint32_t kMaxCodecGroupSize = 1u << 16;
 inline constexpr uint32_t kCodecHeaderBytes = 16;
@@ -91,18 +104,21 @@ class BlockCodec {
   uint64_t raw_layer_offset(uint32_t layer) const { return layer_raw_[layer]; }
 
   // Encodes the raw block `raw` (raw_bytes()) into `encoded` (encoded_bytes()). O(raw_bytes).
-  void Encode(const void* raw, void* encoded) const;
+  void Encode(const void* raw, void* encoded, CodecKernel kernel = DefaultCodecKernel()) const;
   // Checks the header of `encoded`, then decodes it into `raw`. kDataLoss on a header mismatch
   // (nothing written).
-  absl::Status Decode(const void* encoded, void* raw) const;
+  absl::Status Decode(const void* encoded, void* raw,
+                      CodecKernel kernel = DefaultCodecKernel()) const;
   // Writes the header of an encoded block (Encode does; for blocks encoded layer by layer).
   void EncodeHeader(void* encoded) const;
   // Checks only the header (kDataLoss as Decode).
   absl::Status CheckHeader(const void* encoded) const;
   // One layer: raw layer bytes (at raw_layer_offset) <-> its encoded bytes (at layer_offset). No
   // header check (Decode or CheckHeader does it once per block).
-  void EncodeLayer(uint32_t layer, const void* raw_layer, void* encoded_layer) const;
-  void DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer) const;
+  void EncodeLayer(uint32_t layer, const void* raw_layer, void* encoded_layer,
+                   CodecKernel kernel = DefaultCodecKernel()) const;
+  void DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer,
+                   CodecKernel kernel = DefaultCodecKernel()) const;
 
   // One segment's bytes: `tokens` x `channels` elements, `role` K/V. For tools and tests
   // (kvtier.codec_roundtrip).
