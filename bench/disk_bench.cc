@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/common/huge_pages.h"
 #include "lib/tiers/block_header.h"
 #include "lib/tiers/disk_tier.h"
 
@@ -59,8 +60,9 @@ Fixture* GetFixture(uint64_t block_bytes, benchmark::State& state) {
   auto fx = std::make_unique<Fixture>();
   fx->host_slot = DiskTier::HostSlotBytes(block_bytes, *align);
   const uint64_t mem = fx->host_slot * 64;
-  fx->memory = static_cast<uint8_t*>(
-      mmap(nullptr, mem, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  // Host memory as the cache's host pool has it (Device::AllocateHost): on huge pages.
+  fx->memory = static_cast<uint8_t*>(kvtier::internal::MapHugePageAligned(mem));
+  if (fx->memory == nullptr) return state.SkipWithError("mmap of the host buffers failed"), nullptr;
   std::mt19937_64 rng(1);
   for (uint64_t i = 0; i < mem; i += 8) *reinterpret_cast<uint64_t*>(fx->memory + i) = rng();
   const iovec iov{fx->memory, mem};

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -54,6 +55,30 @@ class HugePageAllocator {
 
 template <typename T>
 using HugeVector = std::vector<T, HugePageAllocator<T>>;
+
+// Anonymous memory for host slots: `bytes` (a multiple of 4 KiB) mapped at a 2 MiB boundary and
+// advised to transparent huge pages; nullptr (errno set) when it cannot be mapped. Free it with
+// munmap(p, bytes). Not touched here.
+//
+// Why: a block moves to and from disk (O_DIRECT) and the GPU as one transfer per slot. On 4 KiB
+// pages a 2 MiB transfer is 512 scatter-gather segments: the block layer splits it into several
+// requests and a virtio or NVMe queue holds few of those at once (measured: 1 request in flight at
+// the disk for 32 reads queued, 0.9 GB/s; on huge pages 20-44 in flight, 2.0-2.2 GB/s:
+// docs/benchmarks.md, "Disk tier vs fio"). Where THP is "madvise" only advised memory gets them.
+inline void* MapHugePageAligned(size_t bytes) {
+  constexpr size_t kHuge = HugePageAllocator<char>::kHugePage;
+  // Over-map by one huge page, then trim both ends: what is left starts at a 2 MiB boundary.
+  const size_t reserve = bytes + kHuge;
+  void* raw = mmap(nullptr, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHuge - 1) & ~(uintptr_t{kHuge} - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t end = start + reserve, used_end = aligned + bytes;
+  if (end > used_end) munmap(reinterpret_cast<void*>(used_end), end - used_end);
+  madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);  // advice only
+  return reinterpret_cast<void*>(aligned);
+}
 
 }  // namespace kvtier::internal
 

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "lib/common/huge_pages.h"
 #include "lib/transfer/host_event.h"
 
 namespace kvtier::internal {
@@ -31,10 +32,10 @@ EmulatedDevice::~EmulatedDevice() {
 }
 
 absl::StatusOr<void*> EmulatedDevice::AllocateHost(uint64_t bytes) {
-  // mmap: page-aligned, zero-filled, and returned to the OS on free (pinning is the CUDA
-  // backend's).
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
+  // mmap: zero-filled, returned to the OS on free (pinning is the CUDA backend's), on huge pages
+  // where the kernel has them (MapHugePageAligned says why).
+  void* p = MapHugePageAligned(bytes);
+  if (p == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("AllocateHost: mmap of ", bytes, " bytes failed: ", std::strerror(errno)));
   }
