@@ -33,13 +33,16 @@
 #include <new>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "kvtier/block_key.h"
 #include "kvtier/cache.h"
@@ -131,6 +134,19 @@ struct kvtier_option_values {
 };
 
 namespace {
+
+// kvtier_options_set's one path that is not an Options field: the segments' roles (K, V, latent),
+// one per segment of a layer, comma-separated, the same in every layer (BlockLayout's
+// SetSegmentRoles). What the int8 and int4 codecs need (host.codec).
+constexpr char kSegmentRolesPath[] = "layout.segment_roles";
+
+std::vector<std::string> SplitRoles(std::string_view list) {
+  std::vector<std::string> roles;
+  for (absl::string_view r : absl::StrSplit(absl::string_view(list.data(), list.size()), ',')) {
+    roles.emplace_back(absl::StripAsciiWhitespace(r));
+  }
+  return roles;
+}
 
 // A cache's or a connector's: exactly one of the two pointers is set until the close.
 struct CacheBox {
@@ -256,6 +272,11 @@ absl::Status ToOptions(const kvtier_options* in, kvtier::Options* out) {
   opt.host_write_through = o.host_write_through;
   if (const kvtier_option_values* values = ValuesOf(in); values != nullptr) {
     for (const auto& [path, value] : values->pairs) {
+      if (path == kSegmentRolesPath) {  // the layout's, not an Options field: needs the layers
+        absl::Status s = opt.layout.SetSegmentRoles(SplitRoles(value), kSegmentRolesPath);
+        if (!s.ok()) return s;
+        continue;
+      }
       // Parsed when set; a failure here would mean the table changed under a live struct.
       if (absl::Status s = kvtier::internal::SetOption(opt, path, value); !s.ok()) return s;
     }
@@ -568,8 +589,17 @@ kvtier_status kvtier_options_set(kvtier_options* options, const char* path, cons
                        kOptionsSizeV2, " (a version-1 struct has no values; kvtier_options_init)"));
     }
     // Parse now, against defaults, so the error comes from the call that made it.
-    kvtier::Options scratch;
-    if (absl::Status s = kvtier::internal::SetOption(scratch, path, value); !s.ok()) return s;
+    if (std::string_view(path) == std::string_view(kSegmentRolesPath)) {
+      // The roles' names now; their count against the layout's segments at create.
+      const std::vector<std::string> roles = SplitRoles(value);
+      kvtier::BlockLayout one_layer;
+      one_layer.layers.resize(1);
+      one_layer.layers[0].segments.resize(roles.size());
+      if (absl::Status s = one_layer.SetSegmentRoles(roles, kSegmentRolesPath); !s.ok()) return s;
+    } else {
+      kvtier::Options scratch;
+      if (absl::Status s = kvtier::internal::SetOption(scratch, path, value); !s.ok()) return s;
+    }
     if (options->values == nullptr) options->values = new kvtier_option_values;
     auto& pairs = options->values->pairs;
     auto it =

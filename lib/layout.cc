@@ -123,6 +123,36 @@ absl::Status BlockLayout::ValidateShape(bool need_pointers) const {
   return need_pointers ? CheckNoOverlap(layers, num_slots) : absl::OkStatus();
 }
 
+absl::Status BlockLayout::SetSegmentRoles(const std::vector<std::string>& roles,
+                                          const std::string& what) {
+  std::vector<SegmentRole> parsed;
+  for (const std::string& r : roles) {
+    if (r == "k" || r == "key") {
+      parsed.push_back(SegmentRole::kKey);
+    } else if (r == "v" || r == "value") {
+      parsed.push_back(SegmentRole::kValue);
+    } else if (r == "latent") {
+      parsed.push_back(SegmentRole::kLatent);
+    } else if (r.empty()) {
+      parsed.push_back(SegmentRole::kUnspecified);
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": segment role '", r, "' is not k, v, latent or empty"));
+    }
+  }
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l].segments.size() != parsed.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", parsed.size(), " roles vs layer ",
+                                                     l, "'s ", layers[l].segments.size(),
+                                                     " segments"));
+    }
+  }
+  for (LayerLayout& layer : layers) {
+    for (size_t i = 0; i < parsed.size(); ++i) layer.segments[i].role = parsed[i];
+  }
+  return absl::OkStatus();
+}
+
 uint64_t BlockLayout::layer_bytes(uint32_t layer) const {
   uint64_t n = 0;
   for (const Segment& g : layers[layer].segments) n += g.bytes_per_block;

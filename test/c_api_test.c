@@ -503,6 +503,23 @@ static void TestOptionValues(const char* scratch) {
   kvtier_cache_destroy(cache);
   kvtier_options_free_values(&o);
 
+  /* The segments' roles, by path: what the int8 and int4 host codecs need. Names are checked when
+     set, their count against segments_per_layer at create. */
+  o = BaseOptions();
+  CHECK_OK(kvtier_options_set(&o, "shard.dtype", "bfloat16"));
+  CHECK_OK(kvtier_options_set(&o, "host.codec", "int8"));
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "role is unspecified"));
+  CHECK_CODE(kvtier_options_set(&o, "layout.segment_roles", "k,q"), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "layout.segment_roles: segment role 'q'"));
+  CHECK_OK(kvtier_options_set(&o, "layout.segment_roles", "k"));
+  CHECK_CODE(kvtier_cache_create(&o, &cache), KVTIER_INVALID_ARGUMENT);
+  CHECK(Contains(kvtier_last_error(), "layout.segment_roles: 1 roles vs layer 0's 2 segments"));
+  CHECK_OK(kvtier_options_set(&o, "layout.segment_roles", "key, value"));
+  CHECK_OK(kvtier_cache_create(&o, &cache));
+  kvtier_cache_destroy(cache);
+  kvtier_options_free_values(&o);
+
   /* A path overrides its struct field; the struct keeps working without values. */
   o = BaseOptions();
   CHECK_OK(kvtier_options_set(&o, "host.capacity_bytes", "1")); /* less than a block */

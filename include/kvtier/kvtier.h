@@ -197,6 +197,9 @@ KVTIER_C_API void kvtier_options_init(kvtier_options* options);
  *   kvtier_options_set(&o, "host.policy_params", "key=value,key2=value2");
  *   kvtier_options_set(&o, "shard.tp_rank", "1");    (the shard identity, ShardIdentity in
  *   kvtier_options_set(&o, "shard.dtype", "bfloat16");  options.h: part of every stored key)
+ *   kvtier_options_set(&o, "layout.segment_roles", "k,v");  (one role per segment of a layer,
+ *     k|key, v|value, latent or empty, the same in every layer: what the int8 and int4 host
+ *     codecs need; their count is checked against segments_per_layer by create)
  * bool: true/false; integers: decimal; enums by name (backend auto|emulated|cuda|metadata_only,
  * cuda.copy_method auto|kernel|batch_memcpy|memcpy_async, remote.publish
  * write-through|write-back|never); strings as given; policy parameters key=value[,key=value...].

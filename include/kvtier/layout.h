@@ -14,6 +14,7 @@
 #define KVTIER_LAYOUT_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -67,6 +68,12 @@ struct BlockLayout {
   // count). The shape part of Options::Fingerprint(), which adds the shard identity (TP/PP rank,
   // dtype, format) and is what tags stored blocks: equal shapes are not enough to share blocks.
   uint64_t Fingerprint() const;
+
+  // Sets the segments' roles, the same in every layer: `roles[i]` for segment i of each layer, as
+  // "k" or "key", "v" or "value", "latent", or "" (unspecified). kInvalidArgument, naming `what`
+  // (the option that gave them) and changing nothing, for an unknown role or when a layer has not
+  // exactly roles.size() segments. O(segments).
+  absl::Status SetSegmentRoles(const std::vector<std::string>& roles, const std::string& what);
 };
 
 }  // namespace kvtier

@@ -571,16 +571,6 @@ Segment TensorSegment(const py::handle& t, const PyOptions& o, Options* opt, boo
 }
 
 // Builds the C++ options and the memory they describe into `state`. Needs the GIL.
-// "k"/"key", "v"/"value", "latent" or "" (unspecified); ValueError otherwise.
-SegmentRole ParseRole(const std::string& role) {
-  if (role == "k" || role == "key") return SegmentRole::kKey;
-  if (role == "v" || role == "value") return SegmentRole::kValue;
-  if (role == "latent") return SegmentRole::kLatent;
-  if (role.empty()) return SegmentRole::kUnspecified;
-  throw StatusError(absl::InvalidArgumentError(
-      absl::StrCat("segment role '", role, "' is not k, v, latent or empty")));
-}
-
 // kvtier.codec_roundtrip: `x` [tokens, channels] of float16, float32 or uint16 (bf16 bits)
 // through `codec` as one segment of role `role`; the decoded array (same dtype and shape) and the
 // encoded bytes (header included).
@@ -617,8 +607,8 @@ std::pair<py::array, uint64_t> CodecRoundTrip(const std::string& codec, uint32_t
   layout.tokens_per_block = static_cast<uint32_t>(in.shape(0));
   layout.num_slots = 1;
   layout.layers = {
-      LayerLayout{.segments = {Segment{
-                      .bytes_per_block = bytes, .stride_bytes = bytes, .role = ParseRole(role)}}}};
+      LayerLayout{.segments = {Segment{.bytes_per_block = bytes, .stride_bytes = bytes}}}};
+  ThrowIfError(layout.SetSegmentRoles({role}, "codec_roundtrip: role"));
   absl::StatusOr<internal::BlockCodec> c = internal::BlockCodec::Create(
       "codec_roundtrip: codec", {.id = *id, .group_size = group_size, .element = element}, layout);
   ThrowIfError(c.status());
@@ -756,15 +746,7 @@ Options BuildOptions(const PyOptions& o, CacheState* state) {
     }
   }
   if (!o.segment_roles.empty()) {
-    for (size_t l = 0; l < opt.layout.layers.size(); ++l) {
-      std::vector<Segment>& segs = opt.layout.layers[l].segments;
-      if (segs.size() != o.segment_roles.size()) {
-        throw StatusError(absl::InvalidArgumentError(
-            absl::StrCat("Options.segment_roles: ", o.segment_roles.size(), " roles vs layer ", l,
-                         "'s ", segs.size(), " segments")));
-      }
-      for (size_t i = 0; i < segs.size(); ++i) segs[i].role = ParseRole(o.segment_roles[i]);
-    }
+    ThrowIfError(opt.layout.SetSegmentRoles(o.segment_roles, "Options.segment_roles"));
   }
   for (const LayerLayout& layer : opt.layout.layers) {
     for (const Segment& s : layer.segments) {
