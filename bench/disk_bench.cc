@@ -6,7 +6,9 @@
 // BM_DiskRead/<block bytes>/<queue depth>, BM_DiskWrite/...: random slots, bytes_per_second counts
 // payload bytes (the trailer, one 4 KiB unit per slot, is overhead the comparison includes).
 // Directory: $KVTIER_BENCH_DIR (default ./kvtier-bench-disk), file size $KVTIER_BENCH_DISK_BYTES
-// (default 1 GiB). BM_Xxh3/<block bytes>/<cold>: the read checksum's own ceiling on one core.
+// (default 1 GiB), verification threads $KVTIER_BENCH_VERIFY_THREADS (default 0, as
+// Options.disk.verify_threads). BM_Xxh3/<block bytes>/<cold>: the read checksum's own ceiling on
+// one core.
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
@@ -40,6 +42,10 @@ uint64_t BenchBytes() {
   const char* b = std::getenv("KVTIER_BENCH_DISK_BYTES");
   return b != nullptr ? std::strtoull(b, nullptr, 10) : (uint64_t{1} << 30);
 }
+uint32_t VerifyThreads() {
+  const char* t = std::getenv("KVTIER_BENCH_VERIFY_THREADS");
+  return t != nullptr ? static_cast<uint32_t>(std::strtoul(t, nullptr, 10)) : 0;
+}
 BlockKey KeyOf(uint32_t slot) { return {0x6b7674, slot + 1ull}; }
 
 // One tier per block size, its slots all written once (so reads verify real data).
@@ -70,6 +76,7 @@ Fixture* GetFixture(uint64_t block_bytes, benchmark::State& state) {
                               .capacity_bytes = BenchBytes(),
                               .files = 1,
                               .queue_depth = 64,
+                              .verify_threads = VerifyThreads(),
                               .block_bytes = block_bytes,
                               .layout_fingerprint = block_bytes,
                               .reset_on_mismatch = true},

@@ -213,6 +213,10 @@ absl::Status Options::Validate() const {
       return absl::InvalidArgumentError(
           absl::StrCat("Options.disk.queue_depth: ", disk.queue_depth, " vs 1..4096"));
     }
+    if (disk.verify_threads > 64) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Options.disk.verify_threads: ", disk.verify_threads, " vs 0..64"));
+    }
     if (disk.policy.empty()) return absl::InvalidArgumentError("Options.disk.policy: empty");
   }
   if (!remote.nodes.empty()) {

@@ -162,6 +162,8 @@ const OptionField kFields[] = {
                                          "slot files, bytes; 0 disables the disk tier"),
     Row<&O::disk, &Disk::files>("disk.files", "slots striped over this many files (1..1024)"),
     Row<&O::disk, &Disk::queue_depth>("disk.queue_depth", "io_uring operations in flight"),
+    Row<&O::disk, &Disk::verify_threads>(
+        "disk.verify_threads", "threads verifying reads (0..64); 0: the ring's completion thread"),
     Row<&O::disk, &Disk::policy>("disk.policy", "disk tier's policy (registry name)"),
     Row<&O::disk, &Disk::policy_params>("disk.policy_params", "its parameters"),
     Row<&O::disk, &Disk::reset_on_mismatch>(

@@ -443,8 +443,11 @@ TEST_CASE("DiskTier: under injected faults a long random workload serves 0 corru
 TEST_CASE("DiskTier: reads verified in parallel under queue-depth load report every corrupt block",
           "[disk][faults][concurrency]") {
   // Every read is in flight at once (the ring's depth, then queued) and verified on the ring's
-  // callback threads; a third get one flipped bit. Each must come back byte-exact or kDataLoss,
-  // counted once, and Drain must return only after every verification.
+  // completion thread (verify_threads 0) or on callback threads; a third get one flipped bit. Each
+  // must come back byte-exact or kDataLoss, counted once, and Drain must return only after every
+  // verification.
+  const uint32_t verify_threads = GENERATE(0u, 2u);
+  CAPTURE(verify_threads);
   constexpr uint32_t kSlots = 64;
   TempDir dir;
   const uint32_t align = Align(dir.path);
@@ -455,6 +458,7 @@ TEST_CASE("DiskTier: reads verified in parallel under queue-depth load report ev
   RandomFaultInjector injector(/*seed=*/9, rates);
   DiskTierConfig c = Config(dir.path, kSlots, align);
   c.injector = &injector;  // flips bits of reads only
+  c.verify_threads = verify_threads;
   auto disk = DiskTier::Open(c, mem);
   REQUIRE_OK(disk);
   for (uint32_t i = 0; i < kSlots; ++i) REQUIRE_OK(WriteBlock(**disk, i, 100 + i, host.at(i)));
@@ -1025,18 +1029,24 @@ TEST_CASE("Cache with disk: bad disk options get clear errors", "[disk][cache]")
   Options policy = DiskOptions(kv, dir.path, 4, 16);
   policy.disk.policy = "no-such-policy";
   REQUIRE_CODE(Cache::Create(policy), absl::StatusCode::kInvalidArgument);
+  Options threads = DiskOptions(kv, dir.path, 4, 16);
+  threads.disk.verify_threads = 65;
+  REQUIRE_CODE(Cache::Create(threads), absl::StatusCode::kInvalidArgument);
   REQUIRE_OK(Cache::Create(DiskOptions(kv, dir.path, 4, 16)));  // and a good one still works
 }
 
 TEST_CASE("Cache with disk: under injected disk faults no corrupt block reaches the engine",
           "[disk][cache][faults]") {
   const auto kind = GENERATE(0, 1, 2, 3);
-  CAPTURE(kind);
+  // Completion work on the ring's thread (the default) and handed to threads.
+  const uint32_t verify_threads = GENERATE(0u, 2u);
+  CAPTURE(kind, verify_threads);
   RandomFaultInjector injector(/*seed=*/100 + kind, RatesFor(kind, 0.15));
   TempDir dir;
   EngineKv kv({.num_slots = 4});
-  auto cache =
-      CreateCache(DiskOptions(kv, dir.path, 4, 64), std::make_unique<EmulatedDevice>(), &injector);
+  Options options = DiskOptions(kv, dir.path, 4, 64);
+  options.disk.verify_threads = verify_threads;
+  auto cache = CreateCache(options, std::make_unique<EmulatedDevice>(), &injector);
   REQUIRE_OK(cache);
   std::mt19937 rng(5 + kind);
   uint64_t bad = 0, matched = 0;

@@ -51,6 +51,7 @@ constexpr absl::string_view kEveryField[] = {
     "disk.capacity_bytes",
     "disk.files",
     "disk.queue_depth",
+    "disk.verify_threads",
     "disk.policy",
     "disk.policy_params",
     "disk.reset_on_mismatch",

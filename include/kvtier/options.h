@@ -101,6 +101,11 @@ struct DiskTierOptions {
   uint32_t queue_depth = 64;    // io_uring operations in flight
   std::string policy = "lru";   // name in the policy registry
   PolicyParams policy_params;   // key=value strings, validated by the policy
+  // Threads that run the disk's completion work (a read's checksum verification, and what the
+  // cache does next with the block): 0 runs it on the io_uring ring's own completion thread, which
+  // then resubmits at once; N hands it to N threads, so that one core's hashing (10+ GB/s) does
+  // not limit an array faster than that, at the cost of a hand-off and a wake-up per block.
+  uint32_t verify_threads = 0;
   // The directory holds another layout's or geometry's blocks, or slot files without the record
   // of what they hold (kvtier.meta): start empty (every slot file removed) instead of failing.
   bool reset_on_mismatch = false;

@@ -17,7 +17,6 @@
 #include <optional>
 #include <sstream>
 #include <string_view>
-#include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
@@ -36,11 +35,6 @@ constexpr uint32_t kVersion = kBlockHeaderVersion;
 uint64_t RoundUp(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 absl::Status Errno(const std::string& what) { return absl::ErrnoToStatus(errno, what); }
-
-// Threads that verify reads (the ring's callback threads): reads verify in parallel, and the
-// ring's completion thread, which only reaps and resubmits, keeps the device's queue full. One
-// core hashes 10+ GB/s (BM_Xxh3): 4 cover a fast NVMe array; fewer where there are fewer cores.
-uint32_t VerifyThreads() { return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, 4); }
 
 // An aligned scratch buffer for trailers and the manifest.
 struct Aligned {
@@ -381,7 +375,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierConfig& c
   }
   KVTIER_ASSIGN_OR_RETURN(t->ring_, IoRing::Create({.queue_depth = config.queue_depth,
                                                     .injector = config.injector,
-                                                    .callback_threads = VerifyThreads()},
+                                                    .callback_threads = config.verify_threads},
                                                    t->fds_, host_memory));
   if (!reset) KVTIER_RETURN_IF_ERROR(t->Recover(&reset));
   KVTIER_RETURN_IF_ERROR(t->StartJournal());

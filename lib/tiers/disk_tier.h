@@ -74,6 +74,7 @@ struct DiskTierConfig {
   uint64_t capacity_bytes = 0;  // of slot files, preallocated
   uint32_t files = 1;           // slots are striped over this many files
   uint32_t queue_depth = 64;    // io_uring ops in flight
+  uint32_t verify_threads = 0;  // DiskTierOptions::verify_threads: 0 verifies on the ring's thread
   uint64_t block_bytes = 0;     // payload of one block
   // Options::Fingerprint(): layout shape and shard identity, in every trailer and kvtier.meta.
   uint64_t layout_fingerprint = 0;
