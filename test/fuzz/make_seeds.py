@@ -88,6 +88,25 @@ write("disk_open", "raw",
       disk_open(1, manifest=b"KVTIERM1" + b"\1" * 60,
                 trailers=block_header(80, (9, 9), (0, 0), 0x6B76746965720002, b"") * 2))
 
+# disk_journal: mode, then one byte per value (test/fuzz/disk_journal_fuzz.cc): epoch, generation;
+# the checkpoint's entry count, entries (key, slot) and max sequence; each journal's record count
+# and records (kind, slot, key, sequence; kind 4 is followed by the record's 64 raw bytes).
+def journal(records):
+    return bytes([len(records)]) + b"".join(bytes(r) for r in records)
+
+
+write("disk_journal", "replay",
+      bytes([0, 1, 2, 3, 1, 0, 2, 3, 3, 5, 9]) +
+      journal([(0, 4, 4, 10), (1, 0, 0, 0), (0, 5, 2, 11)]) +  # put, drop, put (key of slot 3)
+      journal([(0, 6, 6, 12)]))
+write("disk_journal", "stops-at-wrong-index",
+      bytes([0, 2, 0, 1, 1, 0, 7]) + journal([(0, 1, 1, 8), (3, 2, 2, 9), (0, 3, 3, 10)]) +
+      journal([(0, 4, 4, 11)]))
+write("disk_journal", "torn-tail", bytes([16, 1, 1, 0, 0]) + journal([(0, 1, 1, 1), (0, 2, 2, 2)]) +
+      bytes([3]) + journal([(0, 3, 3, 3)]) + bytes([5]))
+write("disk_journal", "raw-journal", bytes([8, 1, 0, 1, 1, 0, 4, 2]) + b"KVTIER" * 2)
+
+
 # resp_reader: mode, head size, body size, then the bytes.
 def resp(mode, head, body, text):
     return bytes([mode, head, body]) + text.encode()

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-30}
 build=${2:-build/fuzz}
 jobs=${KVTIER_FUZZ_JOBS:-2}
-read -r -a targets <<< "${KVTIER_FUZZ_TARGETS:-block_header disk_manifest disk_open resp_reader trace options cache_sequence}"
+read -r -a targets <<< "${KVTIER_FUZZ_TARGETS:-block_header disk_manifest disk_open disk_journal resp_reader trace options cache_sequence}"
 read -r -a extra <<< "${KVTIER_FUZZ_ARGS:-}"
 out="$build/fuzz"
 mkdir -p "$out/logs"
