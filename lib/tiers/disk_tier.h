@@ -33,8 +33,8 @@
 // opened without following symlinks: a slot file, kvtier.meta or kvtier.lock that is anything else
 // is a kFailedPrecondition naming it (its target is never written).
 //
-// Thread safety: Read/Write from any thread; `done` runs on one of the ring's callback threads
-//   (reads are verified there, in parallel).
+// Thread safety: Read/Write from any thread; `done` runs on the ring's completion thread, or on one
+//   of its callback threads with DiskTierConfig::verify_threads > 0 (reads are verified there).
 // Errors: Open() names the problem (missing or unwritable directory, no O_DIRECT, no space, another
 //   cache holding the directory's lock, capacity under one slot, a file not ours as above); a
 //   failed Open() of a directory it emptied leaves it empty, and leaves no kvtier.lock. A read
@@ -221,7 +221,7 @@ class DiskTier final : public StorageTier {
   std::vector<StoredBlock> recovered_;
   std::atomic<uint64_t> sequence_{1};
   std::atomic<uint64_t> reads_{0}, writes_{0}, corrupt_{0}, io_errors_{0}, invalidations_{0};
-  AtomicHistogram read_latency_, write_latency_;  // recorded on the callback threads
+  AtomicHistogram read_latency_, write_latency_;  // recorded where `done` runs
   uint64_t recovered_blocks_ = 0, recovery_dropped_ = 0;
   uint64_t recovery_trailer_reads_ = 0, recovery_bytes_read_ = 0, journal_replayed_ = 0;
   uint64_t journal_start_errors_ = 0;  // Open() could not start the journal (runs without)
