@@ -28,9 +28,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "lib/tiers/disk_journal.h"
+#include "test/fuzz/disk_fuzz_util.h"
 #include "test/fuzz/fuzz_check.h"
 
 namespace kvtier::internal {
@@ -43,16 +43,7 @@ constexpr DiskGeometry kGeometry{
     .layout_fingerprint = kFingerprint, .slot_bytes = 8192, .slots = kSlots, .files = 1};
 
 struct Scratch {
-  Scratch() {
-    const char* tmp = getenv("TMPDIR");
-    std::error_code ec;
-    const std::string base = tmp != nullptr && *tmp             ? tmp
-                             : fs::is_directory("/dev/shm", ec) ? "/dev/shm"
-                                                                : "/tmp";
-    std::string pattern = base + "/kvtier-disk-journal-fuzz.XXXXXX";
-    KVTIER_FUZZ_CHECK(mkdtemp(pattern.data()) != nullptr);
-    dir = pattern;
-  }
+  Scratch() : dir(MakeFuzzScratchDir("kvtier-disk-journal-fuzz")) {}
   ~Scratch() {
     std::error_code ec;
     fs::remove_all(dir, ec);
@@ -156,16 +147,6 @@ bool BuildJournal(Input& in, uint8_t mode, uint64_t epoch, uint64_t generation,
   return valid;
 }
 
-void CheckState(const std::vector<StoredBlock>& blocks) {
-  absl::flat_hash_set<SlotId> slots;
-  absl::flat_hash_set<BlockKey> keys;
-  for (const StoredBlock& b : blocks) {
-    KVTIER_FUZZ_CHECK(b.slot < kSlots);
-    KVTIER_FUZZ_CHECK(slots.insert(b.slot).second);
-    KVTIER_FUZZ_CHECK(keys.insert(b.key).second);
-  }
-}
-
 void Run(const uint8_t* data, size_t size) {
   static const Scratch s;  // removed at exit
   if (size < 1) return;
@@ -234,7 +215,7 @@ void Run(const uint8_t* data, size_t size) {
   }
 
   const DiskJournal::Loaded loaded = DiskJournal::Load({.directory = s.dir, .geometry = kGeometry});
-  CheckState(loaded.blocks);
+  CheckStoredBlocks(loaded.blocks, kSlots);
   if ((mode & 1) != 0) KVTIER_FUZZ_CHECK(!loaded.found && loaded.dropped == 0);
   if ((mode & 3) == 0) {
     // Built from the input: exactly the model's state.

@@ -25,9 +25,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
 #include "lib/tiers/block_header.h"
 #include "lib/tiers/disk_tier.h"
+#include "test/fuzz/disk_fuzz_util.h"
 #include "test/fuzz/fuzz_check.h"
 
 namespace kvtier::internal {
@@ -40,15 +40,7 @@ constexpr uint64_t kFingerprint = 0x6b76746965720002;
 
 struct Scratch {
   Scratch() {
-    // tmpfs where there is one: an fsync there costs nothing (Close syncs three times).
-    const char* tmp = getenv("TMPDIR");
-    std::error_code ec;
-    const std::string base = tmp != nullptr && *tmp             ? tmp
-                             : fs::is_directory("/dev/shm", ec) ? "/dev/shm"
-                                                                : "/tmp";
-    std::string pattern = base + "/kvtier-disk-open-fuzz.XXXXXX";
-    KVTIER_FUZZ_CHECK(mkdtemp(pattern.data()) != nullptr);
-    dir = pattern;
+    dir = MakeFuzzScratchDir("kvtier-disk-open-fuzz");  // tmpfs if any: Close syncs three times
     absl::StatusOr<uint32_t> a = DiskTier::Alignment(dir);
     KVTIER_FUZZ_CHECK(a.ok());
     alignment = *a;
@@ -89,17 +81,6 @@ struct Scratch {
   uint64_t slot_bytes = 0;
   std::string meta;
 };
-
-// Slots and keys each at most once, inside the tier.
-void CheckRecovered(const std::vector<StoredBlock>& blocks) {
-  absl::flat_hash_set<SlotId> slots;
-  absl::flat_hash_set<BlockKey> keys;
-  for (const StoredBlock& b : blocks) {
-    KVTIER_FUZZ_CHECK(b.slot < kSlots);
-    KVTIER_FUZZ_CHECK(slots.insert(b.slot).second);
-    KVTIER_FUZZ_CHECK(keys.insert(b.key).second);
-  }
-}
 
 void Run(const uint8_t* data, size_t size) {
   static const Scratch s;  // removed at exit
@@ -167,7 +148,7 @@ void Run(const uint8_t* data, size_t size) {
     auto disk = DiskTier::Open(s.Config(mode & 16), {});
     if (!disk.ok()) return;
     recovered = (*disk)->recovered();
-    CheckRecovered(recovered);
+    CheckStoredBlocks(recovered, kSlots);
     if (!(*disk)->Close(recovered).ok()) return;
   }
   auto again = DiskTier::Open(s.Config(false), {});
