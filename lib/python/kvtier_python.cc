@@ -570,7 +570,6 @@ Segment TensorSegment(const py::handle& t, const PyOptions& o, Options* opt, boo
           static_cast<uint64_t>(slot_stride * esize)};
 }
 
-// Builds the C++ options and the memory they describe into `state`. Needs the GIL.
 // kvtier.codec_roundtrip: `x` [tokens, channels] of float16, float32 or uint16 (bf16 bits)
 // through `codec` as one segment of role `role`; the decoded array (same dtype and shape) and the
 // encoded bytes (header included).
@@ -621,6 +620,7 @@ std::pair<py::array, uint64_t> CodecRoundTrip(const std::string& codec, uint32_t
   return {out, encoded.size()};
 }
 
+// Builds the C++ options and the memory they describe into `state`. Needs the GIL.
 Options BuildOptions(const PyOptions& o, CacheState* state) {
   Options opt = o.tree;
   opt.layout = BlockLayout{};
