@@ -311,6 +311,40 @@ TEST_CASE("int codecs: constant and all-zero groups decode exactly, NaN and Inf 
   }
 }
 
+TEST_CASE("int codecs: a zero minimum is stored as +0 whichever zero the group has first",
+          "[codec]") {
+  // 16 tokens x 16 channels, fp32, groups of 16: every K group (a channel) and every V group (a
+  // token) has minimum zero, -0 first and +0 later in channels 0-7 and tokens 0-7, only -0 in the
+  // others. The stored minimum (the bf16 after each group's scale) is +0 in each, in both kernels.
+  std::vector<float> v(16 * 16);
+  for (int t = 0; t < 16; ++t) {
+    for (int c = 0; c < 16; ++c) v[t * 16 + c] = 1.0f + static_cast<float>(t + c) / 8;
+  }
+  for (int i = 0; i < 16; ++i) {
+    v[i * 16 + i] = -0.0f;                         // the diagonal: in each row and column
+    if (i < 8) v[((i + 1) % 16) * 16 + i] = 0.0f;  // +0 after it in column i
+    if (i < 8) v[i * 16 + (i + 1) % 16] = 0.0f;    // and in row i
+  }
+  const Tensor in = MakeTensor(ElementType::kF32, 16, 16, v);
+  for (CodecKernel kernel : {CodecKernel::kScalar, CodecKernel::kAvx2}) {
+    if (!CodecKernelSupported(kernel)) continue;
+    for (SegmentRole role : {SegmentRole::kKey, SegmentRole::kValue}) {
+      INFO("kernel " << CodecKernelName(kernel) << " role " << static_cast<int>(role));
+      auto codec = BlockCodec::Create(
+          "t", {.id = CodecId::kInt8, .group_size = 16, .element = ElementType::kF32},
+          OneSegment(in, role));
+      REQUIRE(codec.ok());
+      std::vector<uint8_t> enc(codec->encoded_bytes());
+      codec->Encode(in.bytes.data(), enc.data(), kernel);
+      for (int g = 0; g < 16; ++g) {  // 16 groups of (s, m) after the header
+        uint16_t m;
+        std::memcpy(&m, &enc[kCodecHeaderBytes + 4 * g + 2], 2);
+        CHECK(m == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("fp8_e4m3 round trips within 2^-4 relative error, saturating, NaN kept", "[codec]") {
   for (ElementType type : {ElementType::kF32, ElementType::kBf16, ElementType::kF16}) {
     std::vector<float> v = Random(16 * 96, 5, 3.0f);

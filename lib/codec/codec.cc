@@ -63,20 +63,16 @@ inline uint16_t FloatToBf16(float f) {
   return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : r);
 }
 
-// bf16 at or below / at or above `x` (finite, |x| <= bf16 max).
-uint16_t Bf16Down(double x) {
-  const float f = static_cast<float>(x);
-  uint16_t b = FloatToBf16(f);
-  while (static_cast<double>(Bf16ToFloat(b)) > x)
-    b = (b & 0x8000) ? b + 1 : (b == 0 ? 0x8001 : b - 1);
-  return b;
+// bf16 at or below / at or above a finite float `x` (|x| <= bf16 max): the nearest bf16, one step
+// toward -Inf / +Inf where it lies on the wrong side. Bf16Up is used for x > 0 only.
+uint16_t Bf16Down(float x) {
+  const uint16_t b = FloatToBf16(x);
+  if (!(Bf16ToFloat(b) > x)) return b;
+  return (b & 0x8000) ? b + 1 : b - 1;  // b > x: b is not +0 (x < 0 rounds to a negative bf16)
 }
-uint16_t Bf16Up(double x) {
-  const float f = static_cast<float>(x);
-  uint16_t b = FloatToBf16(f);
-  while (static_cast<double>(Bf16ToFloat(b)) < x)
-    b = (b & 0x8000) ? (b == 0x8000 ? 1 : b - 1) : b + 1;
-  return b;
+uint16_t Bf16Up(float x) {
+  const uint16_t b = FloatToBf16(x);
+  return Bf16ToFloat(b) < x ? b + 1 : b;
 }
 
 template <ElementType E>
@@ -125,11 +121,6 @@ uint8_t* CodeScratch(size_t n) {
   if (scratch.size() < n) scratch.resize(n);
   return scratch.data();
 }
-uint16_t* KeyScratch(size_t n) {
-  thread_local std::vector<uint16_t> scratch;
-  if (scratch.size() < n) scratch.resize(n);
-  return scratch.data();
-}
 
 // ---- int8 / int4 ----
 
@@ -140,16 +131,39 @@ struct Group {
   uint16_t min;    // bf16
 };
 
-// (s, m) of a group whose finite values span [lo, hi] (lo > hi: none finite).
+// Minimum and maximum of the finite values among x[0, n) (+Inf and -Inf when there are none).
+inline void FiniteMinMax(const float* x, uint64_t n, float* lo_out, float* hi_out) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  float lo = kInf, hi = -kInf;
+  for (uint64_t i = 0; i < n; ++i) {
+    const bool f = Finite(x[i]);
+    const float a = f ? x[i] : kInf, b = f ? x[i] : -kInf;
+    lo = a < lo ? a : lo;
+    hi = b > hi ? b : hi;
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
+// (s, m) of a group whose finite values span [lo, hi] (lo > hi: none finite). Float arithmetic
+// only (a GPU kernel computes the same bytes): m is the bf16 at or below lo (+0 for a zero
+// minimum of either sign); s the bf16 at or above (hi - m) / levels, taken as (hi - m) * (1 /
+// levels) rounded to float (hi * (1 / levels) - m * (1 / levels) where hi - m overflows float).
+// So s * levels >= hi - m up to float rounding: the codes of [m, hi] stay within [0, levels].
 Group MakeGroup(float lo, float hi, uint32_t levels) {
   if (!(lo <= hi)) return {0, 0};
   const float limit = Bf16ToFloat(kBf16MaxBits);
   lo = std::clamp(lo, -limit, limit);
   hi = std::clamp(hi, -limit, limit);
-  const uint16_t m = Bf16Down(lo);
-  const double range = static_cast<double>(hi) - static_cast<double>(Bf16ToFloat(m));
-  const uint16_t s = range > 0 ? Bf16Up(range / levels) : 0;
-  return {s, m};
+  uint16_t m = Bf16Down(lo);
+  if (m == 0x8000) m = 0;
+  const float mf = Bf16ToFloat(m);
+  const float inv_levels = 1.0f / static_cast<float>(levels);
+  const float range = hi - mf;
+  const float x = range == std::numeric_limits<float>::infinity()
+                      ? hi * inv_levels - mf * inv_levels
+                      : range * inv_levels;
+  return {range > 0 ? Bf16Up(x) : uint16_t{0}, m};
 }
 
 inline void StoreGroup(uint8_t* p, Group g) {
@@ -163,13 +177,15 @@ inline Group LoadGroup(const uint8_t* p) {
   return g;
 }
 
-// Codes of x[i] with per-element minimum m[i] and inverse scale inv[i] (strided views through
-// the `m_step` / `inv_step` of 0 or 1).
+// The code of x in a group of minimum m and inverse scale inv: (x - m) * inv clamped to
+// [0, levels] (NaN to 0), rounded to nearest even.
 inline uint8_t Quantise(float x, float m, float inv, float levels) {
   float v = (x - m) * inv;
   v = v > 0.0f ? v : 0.0f;  // NaN -> 0
   v = v < levels ? v : levels;
-  return static_cast<uint8_t>(static_cast<int32_t>(v + 0.5f));
+  // To nearest even, as VCVTPS2DQ (the current rounding mode, as std::nearbyint, which is a
+  // library call on baseline x86-64): exact for 0 <= v < 2^23, where v + 2^23 has ulp 1.
+  return static_cast<uint8_t>((v + 0x1p23f) - 0x1p23f);
 }
 
 float Inverse(float s) { return s > 0 ? 1.0f / s : 0.0f; }
@@ -221,14 +237,8 @@ void QuantiseSegment(const float* x, uint32_t tokens, uint64_t channels, Segment
     uint8_t* out = codes + t * channels;
     for (uint64_t c0 = 0; c0 < channels; c0 += group_size) {
       const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
-      float lo = kInf, hi = -kInf;
-      for (uint64_t c = c0; c < c1; ++c) {
-        const float v = row[c];
-        const bool f = Finite(v);
-        const float a = f ? v : kInf, b = f ? v : -kInf;
-        lo = a < lo ? a : lo;
-        hi = b > hi ? b : hi;
-      }
+      float lo, hi;
+      FiniteMinMax(row + c0, c1 - c0, &lo, &hi);
       const Group g = MakeGroup(lo, hi, levels);
       StoreGroup(groups + (t * per_row + c0 / group_size) * 4, g);
       const float m = Bf16ToFloat(g.min), inv = Inverse(Bf16ToFloat(g.scale));
@@ -458,12 +468,12 @@ KVTIER_AVX2 inline __m256 LoadCodes8(const uint8_t* p) {
       _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-// Quantise: (x - m) * inv, clamped to [0, levels] (NaN -> 0), + 0.5, truncated. Only the upper
-// clamp is done here (MINPS with levels first keeps NaN): below 0.5 (negative, -Inf, NaN) the
-// truncation gives 0 or INT_MIN, which the packing to bytes saturates to 0, as the clamp would.
+// Quantise: (x - m) * inv, clamped to [0, levels] (NaN -> 0), rounded to nearest even (the
+// MXCSR's mode, as std::nearbyint's). Only the upper clamp is done here (MINPS with levels first
+// keeps NaN): a negative value, -Inf or NaN converts to a negative int32 or INT_MIN, which the
+// packing to bytes saturates to 0, as the clamp would.
 KVTIER_AVX2 inline __m256i Code8(__m256 x, __m256 m, __m256 inv, __m256 levels) {
-  const __m256 v = _mm256_min_ps(levels, _mm256_mul_ps(_mm256_sub_ps(x, m), inv));
-  return _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5f)));
+  return _mm256_cvtps_epi32(_mm256_min_ps(levels, _mm256_mul_ps(_mm256_sub_ps(x, m), inv)));
 }
 
 // Min/max over finite values, as the scalar loops: -Inf is left out of lo, +Inf out of hi, NaN out
@@ -486,29 +496,14 @@ KVTIER_AVX2 inline __m256 Bf16Lanes(__m256i b) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
 }
 
-// The low 32 bits of each 64-bit lane of two masks, as 8 lanes.
-KVTIER_AVX2 inline __m256i Narrow(__m256d lo, __m256d hi) {
-  const __m256 lo4 = _mm256_castpd_ps(lo), hi4 = _mm256_castpd_ps(hi);
-  const __m256 even = _mm256_shuffle_ps(lo4, hi4, _MM_SHUFFLE(2, 0, 2, 0));  // lo0 lo1 hi0 hi1 | ..
-  return _mm256_castpd_si256(
-      _mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
-}
-
-// MakeGroup for groups [0, n): (s, m) at groups + 4 i, m and 1/s as floats.
-//
-// s: MakeGroup takes x = (hi - m) / levels in double (range = hi - m rounded to double, then the
-// quotient rounded) and the smallest bf16 b with b >= x. Here, without the division: for a bf16
-// b >= 0, b < x exactly when b * levels < range (b * levels is exact in double; if b * levels <
-// range, range exceeds it by at least one double ulp of b * levels, more than levels half-ulps of
-// b as levels < 2^8, so the quotient rounds above b; the converse by monotony). The nearest bf16 b0
-// of range * (1 / levels) is within one bf16 step below the answer (its relative error, about
-// 2^-24, is far below half a bf16 step), so s is b0, or b0 + 1 where b0 * levels < range.
+// MakeGroup for groups [0, n): (s, m) at groups + 4 i, m and 1/s as floats. The same float
+// operations as MakeGroup, 8 groups at a time.
 KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, uint32_t levels,
                             uint8_t* groups, float* m_out, float* inv_out) {
   const float limit = Bf16ToFloat(kBf16MaxBits);
   const __m256 lim = _mm256_set1_ps(limit), nlim = _mm256_set1_ps(-limit);
-  const __m256d lv = _mm256_set1_pd(static_cast<double>(levels));
-  const __m256d inv_lv = _mm256_set1_pd(1.0 / static_cast<double>(levels));
+  const __m256 inv_levels = _mm256_set1_ps(1.0f / static_cast<float>(levels));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   const __m256i one = _mm256_set1_epi32(1);
   uint64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -517,30 +512,26 @@ KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, 
     // std::clamp(v, -limit, limit) of a finite v (or +-Inf where the group is not valid).
     const __m256 lo = _mm256_min_ps(_mm256_max_ps(lo0, nlim), lim);
     const __m256 hi = _mm256_min_ps(_mm256_max_ps(hi0, nlim), lim);
-    // m = Bf16Down(lo): the nearest bf16, one step down when above: m - 1 if positive, m + 1 if
-    // negative (Bf16Down's step from +0 to 0x8001 cannot happen: a negative lo rounds to a
-    // negative bf16, -0 at least).
+    // m = Bf16Down(lo): the nearest bf16, one step down when above (m - 1 if positive, m + 1 if
+    // negative); then -0 as +0.
     __m256i m = RoundBf16(lo);
     const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(Bf16Lanes(m), lo, _CMP_GT_OQ));
     const __m256i down =
         _mm256_sub_epi32(_mm256_add_epi32(m, _mm256_slli_epi32(_mm256_srli_epi32(m, 15), 1)), one);
     m = _mm256_blendv_epi8(m, down, above);
+    m = _mm256_andnot_si256(_mm256_cmpeq_epi32(m, _mm256_set1_epi32(0x8000)), m);
     const __m256 mf = Bf16Lanes(m);
-    const __m256d range0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)),
-                                         _mm256_cvtps_pd(_mm256_castps256_ps128(mf)));
-    const __m256d range1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)),
-                                         _mm256_cvtps_pd(_mm256_extractf128_ps(mf, 1)));
-    const __m256 approx = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(range1, inv_lv)),
-                                          _mm256_cvtpd_ps(_mm256_mul_pd(range0, inv_lv)));
-    const __m256i b0 = RoundBf16(approx);
-    const __m256 bf = Bf16Lanes(b0);
-    const __m256d below0 = _mm256_cmp_pd(
-        _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(bf)), lv), range0, _CMP_LT_OQ);
-    const __m256d below1 = _mm256_cmp_pd(
-        _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(bf, 1)), lv), range1, _CMP_LT_OQ);
-    // range > 0 exactly when hi > m (rounding keeps the sign of a difference).
-    const __m256i positive = _mm256_castps_si256(_mm256_cmp_ps(hi, mf, _CMP_GT_OQ));
-    __m256i s = _mm256_sub_epi32(b0, Narrow(below0, below1));  // mask lanes are -1
+    const __m256 range = _mm256_sub_ps(hi, mf);
+    const __m256 x = _mm256_blendv_ps(
+        _mm256_mul_ps(range, inv_levels),
+        _mm256_sub_ps(_mm256_mul_ps(hi, inv_levels), _mm256_mul_ps(mf, inv_levels)),
+        _mm256_cmp_ps(range, inf, _CMP_EQ_OQ));
+    // s = Bf16Up(x): the nearest bf16, one step up when below.
+    const __m256i b = RoundBf16(x);
+    __m256i s =
+        _mm256_sub_epi32(b, _mm256_castps_si256(_mm256_cmp_ps(Bf16Lanes(b), x, _CMP_LT_OQ)));
+    const __m256i positive =
+        _mm256_castps_si256(_mm256_cmp_ps(range, _mm256_setzero_ps(), _CMP_GT_OQ));
     s = _mm256_and_si256(s, _mm256_and_si256(valid, positive));
     m = _mm256_and_si256(m, valid);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(groups + 4 * i),
@@ -559,32 +550,28 @@ KVTIER_AVX2 void MakeGroups(const float* lo_in, const float* hi_in, uint64_t n, 
   }
 }
 
-// Codes of n consecutive elements at src: per-element m and inv (kPerElement) or one pair.
-template <ElementType E, bool kPerElement>
+// Codes of n consecutive elements at src, element i with minimum m[i] and inverse scale inv[i].
+template <ElementType E>
 KVTIER_AVX2 void QuantiseRun(const uint8_t* src, uint64_t n, const float* m, const float* inv,
                              float levels, uint8_t* out) {
   constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
   const __m256 lv = _mm256_set1_ps(levels);
-  const __m256 m1 = _mm256_set1_ps(m[0]), inv1 = _mm256_set1_ps(inv[0]);
   uint64_t c = 0;
   for (; c + 32 <= n; c += 32) {
     __m256i q[4];
     for (int k = 0; k < 4; ++k) {
       const uint64_t j = c + 8 * k;
-      q[k] = Code8(Load8<E>(src + j * kBytes), kPerElement ? _mm256_loadu_ps(m + j) : m1,
-                   kPerElement ? _mm256_loadu_ps(inv + j) : inv1, lv);
+      q[k] =
+          Code8(Load8<E>(src + j * kBytes), _mm256_loadu_ps(m + j), _mm256_loadu_ps(inv + j), lv);
     }
     StoreBytes32(q[0], q[1], q[2], q[3], out + c);
   }
   for (; c + 8 <= n; c += 8) {
-    StoreBytes8(Code8(Load8<E>(src + c * kBytes), kPerElement ? _mm256_loadu_ps(m + c) : m1,
-                      kPerElement ? _mm256_loadu_ps(inv + c) : inv1, lv),
-                out + c);
+    StoreBytes8(
+        Code8(Load8<E>(src + c * kBytes), _mm256_loadu_ps(m + c), _mm256_loadu_ps(inv + c), lv),
+        out + c);
   }
-  for (; c < n; ++c) {
-    out[c] = Quantise(LoadElement<E>(src + c * kBytes), kPerElement ? m[c] : m[0],
-                      kPerElement ? inv[c] : inv[0], levels);
-  }
+  for (; c < n; ++c) out[c] = Quantise(LoadElement<E>(src + c * kBytes), m[c], inv[c], levels);
 }
 
 KVTIER_AVX2 inline float HorizontalMin(__m256 v) {
@@ -600,12 +587,33 @@ KVTIER_AVX2 inline float HorizontalMax(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
+// Eight vectors at v (8 floats each, none NaN) to one: lane g the minimum (kMin) or maximum of
+// vector g's lanes. Pairs interleaved, then quads, then the two 128-bit halves.
+template <bool kMin>
+KVTIER_AVX2 inline __m256 MinOrMax(__m256 a, __m256 b) {
+  return kMin ? _mm256_min_ps(a, b) : _mm256_max_ps(a, b);
+}
+template <bool kMin>
+KVTIER_AVX2 inline __m256 Reduce8x8(const float* v) {
+  constexpr auto op = MinOrMax<kMin>;
+  __m256 t[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m256 a = _mm256_loadu_ps(v + 16 * i), b = _mm256_loadu_ps(v + 16 * i + 8);
+    t[i] = op(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));  // per half: a b a b
+  }
+  const __m256 u0 = op(_mm256_shuffle_ps(t[0], t[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm256_shuffle_ps(t[0], t[1], _MM_SHUFFLE(3, 2, 3, 2)));  // 0 1 2 3 | ..
+  const __m256 u1 = op(_mm256_shuffle_ps(t[2], t[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm256_shuffle_ps(t[2], t[3], _MM_SHUFFLE(3, 2, 3, 2)));  // 4 5 6 7 | ..
+  return op(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 // fp16 / bf16 minimum and maximum over finite values in the integer domain, 16 lanes: u = h ^
 // (sign ? 0xffff : 0x8000) orders the values as unsigned integers (-0 just below +0, NaN beyond
 // +-Inf); u - kKeyOffset wraps the non-finite codes at the low end above every finite one (a key
 // for the minimum), u + kKeyOffset wraps those at the high end below every finite one (for the
-// maximum). The one difference from the scalar loops: a minimum of zero is -0 when the group has
-// a -0, where the scalar keeps the zero it met first; callers redo those groups (ScalarLo).
+// maximum). A minimum of zero may be -0 where the scalar loop met +0 first: MakeGroup makes both
+// +0.
 template <ElementType E>
 constexpr uint16_t kKeyOffset = E == ElementType::kF16 ? 0x8000 - 0x7c00 : 0x8000 - 0x7f80;
 
@@ -620,9 +628,9 @@ KVTIER_AVX2 inline void KeyMinMax16(const uint8_t* p, __m256i& lo, __m256i& hi) 
 }
 
 // Eight keys of KeyMinMax16 back to floats: +Inf (minimum) or -Inf (maximum) where no value was
-// finite. `negative_zero` gets a bit per lane holding -0 (two bits per lane, movemask of bytes).
+// finite.
 template <ElementType E, bool kMin>
-KVTIER_AVX2 inline __m256 KeysToFloats(__m128i key, int* negative_zero) {
+KVTIER_AVX2 inline __m256 KeysToFloats(__m128i key) {
   constexpr int16_t kOff = static_cast<int16_t>(kKeyOffset<E>);
   const __m128i u =
       kMin ? _mm_add_epi16(key, _mm_set1_epi16(kOff)) : _mm_sub_epi16(key, _mm_set1_epi16(kOff));
@@ -642,26 +650,8 @@ KVTIER_AVX2 inline __m256 KeysToFloats(__m128i key, int* negative_zero) {
     f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
   const float inf = std::numeric_limits<float>::infinity();
-  f = _mm256_blendv_ps(f, _mm256_set1_ps(kMin ? inf : -inf),
-                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(none)));
-  if (negative_zero) {
-    *negative_zero =
-        _mm_movemask_epi8(_mm_cmpeq_epi16(h, _mm_set1_epi16(static_cast<int16_t>(0x8000))));
-  }
-  return f;
-}
-
-// The scalar loop's minimum of `count` elements `stride` elements apart.
-template <ElementType E>
-float ScalarLo(const uint8_t* p, uint64_t stride, uint64_t count) {
-  constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
-  float a = std::numeric_limits<float>::infinity();
-  for (uint64_t i = 0; i < count; ++i) {
-    const float v = LoadElement<E>(p + i * stride * kBytes);
-    const float va = Finite(v) ? v : std::numeric_limits<float>::infinity();
-    a = va < a ? va : a;
-  }
-  return a;
+  return _mm256_blendv_ps(f, _mm256_set1_ps(kMin ? inf : -inf),
+                          _mm256_castsi256_ps(_mm256_cvtepi16_epi32(none)));
 }
 
 // QuantiseSegment reading the raw elements; false (nothing written) where it has no fast path.
@@ -672,6 +662,10 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
   constexpr uint64_t kBytes = E == ElementType::kF32 ? 4 : 2;
   constexpr float kInf = std::numeric_limits<float>::infinity();
   const float lv = static_cast<float>(levels);
+  // The first pass over the segment also prefetches (into L2) the bytes one segment further on:
+  // the next segment of the block, so that a block cold in DRAM streams in while this one is
+  // computed (a prefetch never faults, past the block's end included).
+  const uint64_t ahead = tokens * channels * kBytes;
   if (role == SegmentRole::kKey) {
     float* lo = FloatScratch(4 * channels);
     float* hi = lo + channels;
@@ -686,21 +680,16 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
           for (int k = 0; k < 4; ++k) l[k] = _mm256_set1_epi16(-1), h[k] = _mm256_setzero_si256();
           for (uint32_t t = t0; t < t1; ++t) {
             const uint8_t* p = raw + (t * channels + c) * kBytes;
+            _mm_prefetch(reinterpret_cast<const char*>(p + ahead), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(p + ahead + 64), _MM_HINT_T1);
             for (int k = 0; k < 4; ++k) KeyMinMax16<E>(p + 32 * k, l[k], h[k]);
           }
           for (int k = 0; k < 8; ++k) {
             const __m256i lk = l[k / 2], hk = h[k / 2];
             const __m128i lh = k % 2 ? _mm256_extracti128_si256(lk, 1) : _mm256_castsi256_si128(lk);
             const __m128i hh = k % 2 ? _mm256_extracti128_si256(hk, 1) : _mm256_castsi256_si128(hk);
-            int negative_zero;
-            _mm256_storeu_ps(lo + c + 8 * k, KeysToFloats<E, true>(lh, &negative_zero));
-            _mm256_storeu_ps(hi + c + 8 * k, KeysToFloats<E, false>(hh, nullptr));
-            for (int j = 0; negative_zero != 0 && j < 8; ++j) {
-              if (negative_zero & (1 << (2 * j))) {
-                const uint64_t cj = c + 8 * k + j;
-                lo[cj] = ScalarLo<E>(raw + (t0 * channels + cj) * kBytes, channels, t1 - t0);
-              }
-            }
+            _mm256_storeu_ps(lo + c + 8 * k, KeysToFloats<E, true>(lh));
+            _mm256_storeu_ps(hi + c + 8 * k, KeysToFloats<E, false>(hh));
           }
         }
       }
@@ -736,90 +725,77 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
       }
       MakeGroups(lo, hi, channels, levels, groups + (t0 / group_size) * channels * 4, m, inv);
       for (uint32_t t = t0; t < t1; ++t) {
-        QuantiseRun<E, true>(raw + t * channels * kBytes, channels, m, inv, lv,
-                             codes + t * channels);
+        QuantiseRun<E>(raw + t * channels * kBytes, channels, m, inv, lv, codes + t * channels);
       }
     }
     return true;
   }
   if (group_size < 8) return false;
-  const uint64_t per_row = (channels + group_size - 1) / group_size;
-  const uint64_t n = tokens * per_row;
-  float* lo = FloatScratch(4 * n);
-  float* hi = lo + n;
-  float* m = hi + n;
-  float* inv = m + n;
-  // fp16 / bf16: the whole 16-element chunks of each group as integer keys (converted below, 8
-  // groups at a time), the rest as floats in lo/hi.
-  uint16_t* lo_key = KeyScratch(2 * n);
-  uint16_t* hi_key = lo_key + n;
+  // V and latent, groups of group_size channels of a token: each row converted once to floats (in
+  // L1), 8 lanes of minimum and maximum per whole group, reduced 8 groups at a time; a group that
+  // met -Inf or +Inf (and a last, shorter group) redone by the scalar loop over finite values (NaN
+  // never enters MINPS/MAXPS's result with the new value first); then the codes from the floats.
+  const int shift = std::countr_zero(group_size);
+  const uint64_t whole = channels >> shift;
+  const uint64_t per_row = (channels + group_size - 1) >> shift;
+  float* x = FloatScratch(channels + 16 * whole + 4 * per_row);
+  float* lanes_lo = x + channels;
+  float* lanes_hi = lanes_lo + 8 * whole;
+  float* lo = lanes_hi + 8 * whole;
+  float* hi = lo + per_row;
+  float* m = hi + per_row;
+  float* inv = m + per_row;
+  const __m256 inf = _mm256_set1_ps(kInf), ninf = _mm256_set1_ps(-kInf);
+  const __m256 lvv = _mm256_set1_ps(lv);
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint8_t* row = raw + t * channels * kBytes;
-    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
-      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
-      uint64_t c = c0;
-      if constexpr (E != ElementType::kF32) {
-        __m256i lk = _mm256_set1_epi16(-1), hk = _mm256_setzero_si256();
-        for (; c + 16 <= c1; c += 16) KeyMinMax16<E>(row + c * kBytes, lk, hk);
-        // Horizontal: PHMINPOSUW finds the least of 8; the maximum as the least complement.
-        const __m128i l8 =
-            _mm_min_epu16(_mm256_castsi256_si128(lk), _mm256_extracti128_si256(lk, 1));
-        const __m128i h8 = _mm_xor_si128(
-            _mm_max_epu16(_mm256_castsi256_si128(hk), _mm256_extracti128_si256(hk, 1)),
-            _mm_set1_epi16(-1));
-        lo_key[g] = static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_minpos_epu16(l8)));
-        hi_key[g] = static_cast<uint16_t>(~_mm_cvtsi128_si32(_mm_minpos_epu16(h8)));
+    for (uint64_t g = 0; g < whole; ++g) {
+      __m256 l = inf, h = ninf;
+      for (uint64_t c = g << shift; c < (g + 1) << shift; c += 8) {
+        _mm_prefetch(reinterpret_cast<const char*>(row + c * kBytes + ahead), _MM_HINT_T1);
+        const __m256 v = Load8<E>(row + c * kBytes);
+        _mm256_storeu_ps(x + c, v);
+        l = _mm256_min_ps(v, l);
+        h = _mm256_max_ps(v, h);
       }
-      float a = kInf, b = -kInf;
-      if (c + 8 <= c1) {
-        __m256 l = _mm256_set1_ps(kInf), h = _mm256_set1_ps(-kInf);
-        for (; c + 8 <= c1; c += 8) MinMax8(Load8<E>(row + c * kBytes), l, h);
-        a = HorizontalMin(l);
-        b = HorizontalMax(h);
-      }
-      for (; c < c1; ++c) {
-        const float v = LoadElement<E>(row + c * kBytes);
-        const bool f = Finite(v);
-        const float va = f ? v : kInf, vb = f ? v : -kInf;
-        a = va < a ? va : a;
-        b = vb > b ? vb : b;
-      }
-      lo[g] = a;
-      hi[g] = b;
+      _mm256_storeu_ps(lanes_lo + 8 * g, l);
+      _mm256_storeu_ps(lanes_hi + 8 * g, h);
     }
-  }
-  if constexpr (E != ElementType::kF32) {
+    for (uint64_t c = whole << shift; c < channels; ++c) x[c] = LoadElement<E>(row + c * kBytes);
     uint64_t g = 0;
-    for (; g + 8 <= n; g += 8) {
-      const __m256 l = KeysToFloats<E, true>(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo_key + g)), nullptr);
-      const __m256 h = KeysToFloats<E, false>(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi_key + g)), nullptr);
-      _mm256_storeu_ps(lo + g, _mm256_min_ps(l, _mm256_loadu_ps(lo + g)));
-      _mm256_storeu_ps(hi + g, _mm256_max_ps(h, _mm256_loadu_ps(hi + g)));
+    for (; g + 8 <= whole; g += 8) {
+      _mm256_storeu_ps(lo + g, Reduce8x8<true>(lanes_lo + 8 * g));
+      _mm256_storeu_ps(hi + g, Reduce8x8<false>(lanes_hi + 8 * g));
     }
-    for (; g < n; ++g) {
-      const float l = _mm256_cvtss_f32(KeysToFloats<E, true>(_mm_set1_epi16(lo_key[g]), nullptr));
-      const float h = _mm256_cvtss_f32(KeysToFloats<E, false>(_mm_set1_epi16(hi_key[g]), nullptr));
-      lo[g] = l < lo[g] ? l : lo[g];
-      hi[g] = h > hi[g] ? h : hi[g];
+    for (; g < whole; ++g) {
+      lo[g] = HorizontalMin(_mm256_loadu_ps(lanes_lo + 8 * g));
+      hi[g] = HorizontalMax(_mm256_loadu_ps(lanes_hi + 8 * g));
     }
-  }
-  // A minimum of +0 or -0: the first zero of the group in order, as the scalar loop.
-  for (uint64_t g = 0; g < n; ++g) {
-    if (lo[g] == 0.0f) {
-      const uint64_t t = g / per_row, c0 = (g % per_row) * group_size;
-      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
-      lo[g] = ScalarLo<E>(raw + (t * channels + c0) * kBytes, 1, c1 - c0);
+    for (g = 0; g < per_row; ++g) {
+      if (g == whole || lo[g] == -kInf || hi[g] == kInf) {
+        const uint64_t c0 = g << shift;
+        FiniteMinMax(x + c0, std::min<uint64_t>(group_size, channels - c0), &lo[g], &hi[g]);
+      }
     }
-  }
-  MakeGroups(lo, hi, n, levels, groups, m, inv);
-  for (uint32_t t = 0; t < tokens; ++t) {
-    for (uint64_t c0 = 0, g = t * per_row; c0 < channels; c0 += group_size, ++g) {
-      const uint64_t c1 = std::min<uint64_t>(channels, c0 + group_size);
-      QuantiseRun<E, false>(raw + (t * channels + c0) * kBytes, c1 - c0, m + g, inv + g, lv,
-                            codes + t * channels + c0);
+    uint8_t* group_out = groups + t * per_row * 4;
+    MakeGroups(lo, hi, per_row, levels, group_out, m, inv);
+    uint8_t* out = codes + t * channels;
+    uint64_t c = 0;
+    for (; c + 32 <= channels; c += 32) {
+      __m256i q[4];
+      for (int k = 0; k < 4; ++k) {
+        const uint64_t j = c + 8 * k;
+        q[k] = Code8(_mm256_loadu_ps(x + j), _mm256_broadcast_ss(m + (j >> shift)),
+                     _mm256_broadcast_ss(inv + (j >> shift)), lvv);
+      }
+      StoreBytes32(q[0], q[1], q[2], q[3], out + c);
     }
+    for (; c + 8 <= channels; c += 8) {
+      StoreBytes8(Code8(_mm256_loadu_ps(x + c), _mm256_broadcast_ss(m + (c >> shift)),
+                        _mm256_broadcast_ss(inv + (c >> shift)), lvv),
+                  out + c);
+    }
+    for (; c < channels; ++c) out[c] = Quantise(x[c], m[c >> shift], inv[c >> shift], lv);
   }
   return true;
 }

@@ -16,7 +16,11 @@
 //    [m, m + (2^bits - 1) * s]: |x' - x| <= s / 2 (plus float rounding and the rounding of x' to
 //    the element type). Min and max are over the group's finite values; +-Inf saturates to that
 //    max/min, NaN decodes to m (code 0); an fp32 value beyond bf16's range (|x| > 3.3895e38)
-//    saturates. A constant group has s = 0 and decodes exactly.
+//    saturates. A constant group has s = 0 and decodes exactly. The encoder's arithmetic, in
+//    float only (what a GPU kernel can repeat bit for bit): m = the bf16 at or below the minimum
+//    (+0 for a zero minimum), s = the bf16 at or above (max - m) * (1 / (2^bits - 1)), and
+//    q = nearbyint(min((x - m) * (1 / s), 2^bits - 1)) (to nearest even; negative and NaN to 0).
+//    A decoder needs none of this: any (s, m, q) decode as m + q * s.
 //  - fp8_e4m3: one fp32 scale per segment of a layer, s = amax / 448 over its finite values (1 when
 //    0); each element is x / s rounded to OCP e4m3fn (round to nearest even, saturating at +-448:
 //    +-Inf become +-448 * s, NaN stays NaN), decoded e4m3 * s. Relative error <= 2^-4 for values
