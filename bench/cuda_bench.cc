@@ -110,7 +110,7 @@ std::unique_ptr<Rig> MakeRig(int64_t layout, CudaCopyMethod method, uint32_t blo
     rig->tensors.push_back(p);
   }
   rig->host_bytes = rig->block_bytes() * blocks;
-  auto host = rig->device->AllocateHost(rig->host_bytes);
+  auto host = rig->device->AllocateHost(rig->host_bytes, 0);
   if (!host.ok()) {
     *error = host.status().ToString();
     return nullptr;

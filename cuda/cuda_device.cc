@@ -36,14 +36,19 @@
 #include "cuda/cuda_device.h"
 
 #include <cuda.h>  // CUcontext only: the two driver calls are reached through the runtime
+#include <linux/mempolicy.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <span>
 #include <string>
 #include <vector>
@@ -52,6 +57,7 @@
 #include "cuda/copy_kernels.h"
 #include "cuda/cuda_probe.h"
 #include "cuda/cuda_status.h"
+#include "cuda/host_pinning.h"
 #include "lib/common/huge_pages.h"
 #include "lib/common/mutex.h"
 #include "lib/common/status_macros.h"
@@ -60,6 +66,29 @@
 
 namespace kvtier::internal {
 namespace {
+
+// The NUMA node of CUDA device `device` (-1 when the system does not say).
+int GpuNumaNode(int device) {
+  char bus[32] = {};
+  if (cudaDeviceGetPCIBusId(bus, sizeof(bus), device) != cudaSuccess) {
+    static_cast<void>(cudaGetLastError());  // not sticky: placement is advice only
+    return -1;
+  }
+  std::ifstream file(NumaNodePath(bus));
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  return ParseNumaNode(text);
+}
+
+// Prefers NUMA node `node` for the pages of [p, p + bytes), none touched yet: advice (the kernel
+// falls back to other nodes when that one is full); nothing for node -1 or a failed call.
+void PreferNode(void* p, uint64_t bytes, int node) {
+  constexpr int kWords = 16;  // 1024 nodes
+  if (node < 0 || node >= 64 * kWords) return;
+  unsigned long mask[kWords] = {};
+  mask[node / 64] = 1ul << (node % 64);
+  // maxnode is one more than the mask's bits (the kernel reads maxnode - 1 of them).
+  static_cast<void>(syscall(SYS_mbind, p, bytes, MPOL_PREFERRED, mask, 64 * kWords + 1, 0));
+}
 
 // cudaStreamQuery/cudaEventQuery answer cudaErrorNotReady for work in flight: not an error.
 cudaError_t NotReadyIsSuccess(cudaError_t e) { return e == cudaErrorNotReady ? cudaSuccess : e; }
@@ -303,7 +332,7 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   CudaDevice& operator=(const CudaDevice&) = delete;
 
   const char* name() const override { return "cuda"; }
-  absl::StatusOr<void*> AllocateHost(uint64_t bytes) override;
+  absl::StatusOr<void*> AllocateHost(uint64_t bytes, uint64_t unit) override;
   void FreeHost(void* ptr, uint64_t bytes) override;
   absl::Status Copy(Stream stream, std::span<const CopyRegion> regions) override;
   absl::StatusOr<std::shared_ptr<DeviceEvent>> RecordEvent(Stream stream) override;
@@ -353,6 +382,7 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   const int device_;
   const CudaCopyMethod method_;
   uint32_t max_ctas_ = 1;  // thread blocks per gather launch: half the SMs (set by Init)
+  int numa_node_ = -1;     // the GPU's NUMA node, for the host pool's pages (set by Init)
   std::array<cudaStream_t, kNumStreams> streams_{};
   std::shared_ptr<FlagPool> flags_;
   std::shared_ptr<EventPool> events_ = std::make_shared<EventPool>();
@@ -383,12 +413,17 @@ absl::Status CudaDevice::Init() {
   // Half the SMs: a copy at the highest priority leaves the engine's kernels the rest. A guess
   // until the first GPU run compares it with the copy engines (docs/cuda.md).
   max_ctas_ = static_cast<uint32_t>(std::max(1, sms / 2));
+  numa_node_ = GpuNumaNode(device_);
   int least = 0, greatest = 0;  // numerically, greatest < least
   KVTIER_CUDA_RETURN_IF_ERROR(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(
       &streams_[static_cast<int>(Stream::kH2D)], cudaStreamNonBlocking, greatest));
   KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(
       &streams_[static_cast<int>(Stream::kD2H)], cudaStreamNonBlocking, least));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(
+      &streams_[static_cast<int>(Stream::kH2DGated)], cudaStreamNonBlocking, greatest));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(
+      &streams_[static_cast<int>(Stream::kCounters)], cudaStreamNonBlocking, greatest));
   void* host = nullptr;
   KVTIER_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&host, FlagPool::kFlags * sizeof(uint32_t),
                                             cudaHostAllocMapped | cudaHostAllocPortable));
@@ -401,10 +436,10 @@ absl::Status CudaDevice::Init() {
   flags_ = std::make_shared<FlagPool>(static_cast<uint32_t*>(host), static_cast<uint32_t*>(dev));
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaMalloc(reinterpret_cast<void**>(&counters_), kMaxLayerCounters * sizeof(uint32_t)));
-  // On kH2D, the stream every WriteCounter uses: in order with them (a non-blocking stream does
-  // not wait for the legacy default stream a plain cudaMemset would use).
+  // On kCounters, the stream every WriteCounter uses: in order with them (a non-blocking stream
+  // does not wait for the legacy default stream a plain cudaMemset would use).
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counters_, 0, kMaxLayerCounters * sizeof(uint32_t),
-                                              streams_[static_cast<int>(Stream::kH2D)]));
+                                              streams_[static_cast<int>(Stream::kCounters)]));
   runner_ = std::make_unique<StreamRunner>(kNumStreams, static_cast<StreamRunner::Backend*>(this));
   return absl::OkStatus();
 }
@@ -445,7 +480,7 @@ bool CudaDevice::IsFatal(const absl::Status& error) {
   return false;
 }
 
-absl::StatusOr<void*> CudaDevice::AllocateHost(uint64_t bytes) {
+absl::StatusOr<void*> CudaDevice::AllocateHost(uint64_t bytes, uint64_t unit) {
   if (runner_->failed()) {
     return absl::FailedPreconditionError(
         absl::StrCat("CudaDevice::AllocateHost: the device failed earlier (",
@@ -455,45 +490,62 @@ absl::StatusOr<void*> CudaDevice::AllocateHost(uint64_t bytes) {
   KVTIER_RETURN_IF_ERROR(scope.Enter(device_));
   // Plain anonymous pages, pinned once: O_DIRECT and io_uring buffer registration need ordinary
   // pages, which cudaHostAlloc's driver mapping is not. Huge ones where the kernel has them
-  // (MapHugePageAligned: fewer segments per transfer, to disk and over PCIe).
+  // (MapHugePageAligned: fewer segments per transfer, to disk and over PCIe), on the GPU's NUMA
+  // node, registered in pieces of whole units (cuda/host_pinning.h says why).
   void* p = MapHugePageAligned(bytes);
   if (p == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat("CudaDevice::AllocateHost: mmap of ", bytes,
                                                      " bytes failed: ", std::strerror(errno)));
   }
-  auto pin = [&]() -> absl::StatusOr<void*> {
-    KVTIER_CUDA_RETURN_IF_ERROR(
-        cudaHostRegister(p, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable));
-    void* dev = nullptr;
-    if (cudaError_t e = cudaHostGetDevicePointer(&dev, p, 0); e != cudaSuccess) {
-      static_cast<void>(cudaHostUnregister(p));  // the error below is the one to report
-      KVTIER_CUDA_RETURN_IF_ERROR(e);
+  PreferNode(p, bytes, numa_node_);
+  std::vector<Pinned> pieces;
+  auto pin = [&]() -> absl::Status {
+    auto* at = static_cast<std::byte*>(p);
+    for (uint64_t piece : PinPieces(bytes, unit, kMaxPinPiece)) {
+      KVTIER_CUDA_RETURN_IF_ERROR(
+          cudaHostRegister(at, piece, cudaHostRegisterMapped | cudaHostRegisterPortable));
+      pieces.push_back({at, piece, nullptr});
+      void* dev = nullptr;
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&dev, at, 0));
+      pieces.back().device = static_cast<std::byte*>(dev);
+      at += piece;
     }
-    return dev;
+    return absl::OkStatus();
   };
-  absl::StatusOr<void*> dev = pin();
-  if (!dev.ok()) {
+  if (absl::Status s = pin(); !s.ok()) {
+    for (const Pinned& e : pieces)
+      static_cast<void>(cudaHostUnregister(const_cast<std::byte*>(e.host)));
     munmap(p, bytes);
     static_cast<void>(cudaGetLastError());  // not sticky: leave nothing for the engine's checks
-    return dev.status();
+    return s;
   }
   MutexLock lock(&pinned_mu_);
-  Pinned entry{static_cast<const std::byte*>(p), bytes, static_cast<std::byte*>(*dev)};
-  pinned_.insert(std::upper_bound(pinned_.begin(), pinned_.end(), entry,
-                                  [](const Pinned& a, const Pinned& b) { return a.host < b.host; }),
-                 entry);
+  for (const Pinned& entry : pieces) {
+    pinned_.insert(
+        std::upper_bound(pinned_.begin(), pinned_.end(), entry,
+                         [](const Pinned& a, const Pinned& b) { return a.host < b.host; }),
+        entry);
+  }
   return p;
 }
 
 void CudaDevice::FreeHost(void* ptr, uint64_t bytes) {
   if (ptr == nullptr) return;
+  std::vector<const std::byte*> pieces;  // the registrations of [ptr, ptr + bytes)
   {
     MutexLock lock(&pinned_mu_);
-    std::erase_if(pinned_, [&](const Pinned& e) { return e.host == ptr; });
+    const auto* begin = static_cast<const std::byte*>(ptr);
+    std::erase_if(pinned_, [&](const Pinned& e) {
+      if (e.host < begin || e.host >= begin + bytes) return false;
+      pieces.push_back(e.host);
+      return true;
+    });
   }
   ScopedDevice scope;
   static_cast<void>(scope.Enter(device_));  // FreeHost cannot fail; unregistering still works
-  static_cast<void>(cudaHostUnregister(ptr));
+  for (const std::byte* piece : pieces) {
+    static_cast<void>(cudaHostUnregister(const_cast<std::byte*>(piece)));
+  }
   munmap(ptr, bytes);
 }
 

@@ -1,8 +1,9 @@
 // CudaDevice: the Device backend on a CUDA GPU (see lib/transfer/device.h for the semantics).
 //
-// Streams: two non-blocking copy streams, separate from the engine's: kH2D (promotion) at the
-//   device's highest stream priority, kD2H (demotion) at its lowest, so that promotion wins for SMs
-//   when both run kernels.
+// Streams: four non-blocking streams, separate from the engine's (lib/transfer/device.h): kH2D
+//   (host hits) and kH2DGated (promotions waiting for disk or remote reads) at the device's
+//   highest stream priority, kD2H (demotion) at its lowest, so that promotion wins for SMs when
+//   both run kernels; kCounters (layer counter writes, one-thread kernels) at the highest.
 // Host memory: AllocateHost maps anonymous pages and pins them once with cudaHostRegister (mapped,
 //   portable); never per copy. Plain pages, not cudaHostAlloc's, so that O_DIRECT and io_uring's
 //   buffer registration work on the pool.

@@ -1082,6 +1082,7 @@ TEST_CASE("Regression: with a disk tier the host pool stays within host.capacity
     auto cache = CreateCache(o, std::move(owned));
     REQUIRE_OK(cache);
     CHECK(device->max_host_allocation() <= o.host.capacity_bytes);
+    CHECK(device->last_host_unit() == slot);  // what no copy crosses: CUDA pins whole slots
     CHECK((*cache)->Stats().host.capacity_blocks == o.host.capacity_bytes / slot);
     uint64_t matched = 0;
     CHECK(RunAll(**cache, kv, 1, 12, &matched) == 0);
@@ -1184,6 +1185,82 @@ TEST_CASE(
   // The reads end on their own; the promotions then fail, and the cache stays usable.
   REQUIRE_OK((*cache)->Release(*lease));
   REQUIRE(RunAll(**cache, kv, 1, 12, &matched) == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+}
+
+TEST_CASE(
+    "A Load that waits for disk reads does not hold back a host hit enqueued after it, and the "
+    "layer counters still grow in Load order",
+    "[disk][cache]") {
+  TempDir dir;
+  EngineKv kv({.num_slots = 4});
+  const Options options = DiskOptions(kv, dir.path, 8, 64);
+  const auto on_disk = test::Chain(2, 1);
+  {
+    auto cache = Cache::Create(options);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, on_disk));
+  }  // flush_on_close: the blocks are on disk only when the next cache starts
+  auto owned = std::make_unique<test::TestDevice>();
+  test::TestDevice* device = owned.get();
+  auto cache = CreateCache(options, std::move(owned));
+  REQUIRE_OK(cache);
+  const auto on_host = test::Chain(2, 2);
+  REQUIRE_OK(test::RunSequence(**cache, kv, on_host));
+  for (uint32_t seed : {3, 4}) {  // fill the 4 device slots: on_host's blocks go to the host
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(2, seed)));
+  }
+  auto disk_match = (*cache)->Match(on_disk);
+  REQUIRE_OK(disk_match);
+  REQUIRE(disk_match->blocks_in(Tier::kDisk) == 2);
+  auto host_match = (*cache)->Match(on_host);
+  REQUIRE_OK(host_match);
+  REQUIRE(host_match->blocks_in(Tier::kHost) == 2);
+
+  auto disk_lease = (*cache)->AllocateDevice(2);
+  REQUIRE_OK(disk_lease);
+  device->HoldReads();  // the disk reads take as long as the test wants
+  auto slow = (*cache)->Load(*disk_match, *disk_lease);
+  REQUIRE_OK(slow);
+  // The counter stream writes every earlier Load's number (asynchronously), then waits for this
+  // one's held layer.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  const uint32_t before = slow->sequence() - 1;
+  while (device->counter(0) != before && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(device->counter(0) == before);
+  auto host_lease = (*cache)->AllocateDevice(2);
+  REQUIRE_OK(host_lease);
+  auto fast = (*cache)->Load(*host_match, *host_lease);
+  REQUIRE_OK(fast);
+  REQUIRE(slow->sequence() < fast->sequence());
+  // The host hit finishes while the disk-gated Load still waits (on one shared stream it would
+  // wait behind the reads: the deadline ends the wait then, and the checks fail).
+  while (!fast->Poll() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const bool fast_finished = fast->Poll();
+  const bool slow_waiting = !slow->Poll();
+  // The counters say "every Load up to n has layer 0": not the host hit's number yet.
+  const uint32_t counter_meanwhile = device->counter(0);
+  device->ReleaseReads();
+  CHECK(fast_finished);
+  CHECK(slow_waiting);
+  CHECK(counter_meanwhile == before);
+  REQUIRE_OK(fast->Wait());
+  REQUIRE_OK(slow->Wait());
+  // The counter stream writes the host hit's number once the disk-gated Load's layer is done.
+  while (device->counter(0) != fast->sequence() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(device->counter(0) == fast->sequence());
+  for (uint32_t i = 0; i < 2; ++i) {
+    CHECK(kv.Mismatches(disk_lease->slots()[i], on_disk[i]) == 0);
+    CHECK(kv.Mismatches(host_lease->slots()[i], on_host[i]) == 0);
+  }
+  REQUIRE_OK((*cache)->Release(*disk_lease));
+  REQUIRE_OK((*cache)->Release(*host_lease));
   REQUIRE_OK((*cache)->CheckInvariants());
 }
 

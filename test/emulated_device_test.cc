@@ -94,7 +94,7 @@ TEST_CASE("EmulatedDevice: Synchronize drains every stream, host memory is page-
   }
   REQUIRE_OK(dev.Synchronize());
   CHECK(done.load() == 100);
-  auto mem = dev.AllocateHost(1 << 20);
+  auto mem = dev.AllocateHost(1 << 20, 0);
   REQUIRE_OK(mem);
   CHECK(reinterpret_cast<uintptr_t>(*mem) % 4096 == 0);
   CHECK(static_cast<uint8_t*>(*mem)[12345] == 0);
@@ -124,7 +124,7 @@ TEST_CASE("EmulatedDevice: host memory starts at a huge page and is advised to u
   // alignment and the advice are kvtier's.
   EmulatedDevice dev;
   for (uint64_t bytes : {uint64_t{1} << 20, uint64_t{9} << 20, (uint64_t{64} << 20) + 8192}) {
-    auto mem = dev.AllocateHost(bytes);
+    auto mem = dev.AllocateHost(bytes, 0);
     REQUIRE_OK(mem);
     CHECK(reinterpret_cast<uintptr_t>(*mem) % (uint64_t{2} << 20) == 0);
     const std::string flags = VmFlagsOf(*mem);

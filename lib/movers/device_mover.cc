@@ -1,7 +1,10 @@
 #include "lib/movers/device_mover.h"
 
+#include <algorithm>
 #include <atomic>
 #include <utility>
+
+#include "lib/common/status_macros.h"
 
 namespace kvtier::internal {
 
@@ -124,15 +127,23 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       plan.blocks, static_cast<uint32_t>(plan.promotions.size()), layers);
   const uint32_t seq = ++load_sequence_;
   state->sequence = seq;
-  // Layer l's counter: after its copies on the H2D stream, so a captured graph waiting on it
-  // needs no per-Load handle (docs/cuda.md, "CUDA graphs").
+  // Layer l's counter, so that a captured graph waiting on it needs no per-Load handle
+  // (docs/cuda.md, "CUDA graphs"): written on the counter stream once `layer_done` (this Load's
+  // layer l event) completes. Loads' writes are enqueued there in Load order, each after its own
+  // layer, so counter l >= seq means that every Load up to seq has its layer l, whichever of the
+  // two H2D streams each used.
   const bool counters = !metadata_only_ && device_.counters() != nullptr;
-  auto write_counter = [&](uint32_t l) -> absl::Status {
+  auto write_counter = [&](uint32_t l, std::shared_ptr<DeviceEvent> layer_done) -> absl::Status {
     if (!counters || l >= Device::kMaxLayerCounters) return absl::OkStatus();
-    return device_.WriteCounter(Stream::kH2D, l, seq);
+    if (layer_done != nullptr) {
+      KVTIER_RETURN_IF_ERROR(device_.WaitEvent(Stream::kCounters, std::move(layer_done)));
+    }
+    return device_.WriteCounter(Stream::kCounters, l, seq);
   };
   if (plan.promotions.empty() || metadata_only_) {  // nothing to copy, or nothing to wait for
-    for (uint32_t l = 0; l < layers; ++l) write_counter(l).IgnoreError();  // a failed device only
+    for (uint32_t l = 0; l < layers; ++l) {
+      write_counter(l, nullptr).IgnoreError();  // fails on a failed device only
+    }
     for (const Move& p : plan.promotions) {
       index_.FinishMoveLocked(p, true);
       if (p.from.tier != Tier::kHost) storage_.CountReadLocked(p.from.tier);
@@ -168,6 +179,12 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
         state->RecordError(st);
       },
       &read_done);
+  // A Load that waits for reads from below runs on its own stream, so that the reads' latency
+  // never delays the host hits of the Loads after it (their copies on kH2D).
+  const Stream h2d =
+      std::any_of(read_done.begin(), read_done.end(), [](const auto& r) { return r != nullptr; })
+          ? Stream::kH2DGated
+          : Stream::kH2D;
   absl::Status s;
   std::vector<CopyRegion> regions;
   const std::shared_ptr<std::vector<std::byte>> staging = Staging(n);
@@ -176,10 +193,10 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
     if (staging != nullptr) {
       // With a codec every block's layer is decoded into staging first (after all the reads).
       for (size_t i = 0; l == 0 && i < n && s.ok(); ++i) {
-        if (read_done[i] != nullptr) s = device_.WaitEvent(Stream::kH2D, read_done[i]);
+        if (read_done[i] != nullptr) s = device_.WaitEvent(h2d, read_done[i]);
       }
       if (s.ok()) {
-        s = device_.AddCallback(Stream::kH2D, [this, ctx, state, staging, l](absl::Status) {
+        s = device_.AddCallback(h2d, [this, ctx, state, staging, l](absl::Status) {
           DecodeLayer(*ctx, *state, l, staging->data());
         });
       }
@@ -189,58 +206,56 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
       std::byte* raw =
           staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(p.host_slot());
       if (staging == nullptr && l == 0 && read_done[i] != nullptr) {
-        if (!regions.empty()) s = device_.Copy(Stream::kH2D, regions);
+        if (!regions.empty()) s = device_.Copy(h2d, regions);
         regions.clear();
-        if (s.ok()) s = device_.WaitEvent(Stream::kH2D, read_done[i]);
+        if (s.ok()) s = device_.WaitEvent(h2d, read_done[i]);
       }
       AppendLayerRegions(l, p.to.slot, raw, /*to_device=*/true, &regions);
     }
-    if (s.ok() && !regions.empty()) s = device_.Copy(Stream::kH2D, regions);
-    if (s.ok()) s = write_counter(l);
-    absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
-        s.ok() ? device_.RecordEvent(Stream::kH2D) : s;
+    if (s.ok() && !regions.empty()) s = device_.Copy(h2d, regions);
+    absl::StatusOr<std::shared_ptr<DeviceEvent>> event = s.ok() ? device_.RecordEvent(h2d) : s;
     if (!event.ok()) {
       s = event.status();
       break;
     }
+    if (s = write_counter(l, *event); !s.ok()) break;
     state->layer_events.push_back(*event);
     const bool last = l + 1 == layers;
     // `staging` (a codec's decoded layers) lives until the copies that read it have run: each
     // layer's decode callback ends before its copies do.
-    s = device_.AddCallback(
-        Stream::kH2D, [this, state, ctx, last, load_start, staging](absl::Status st) {
-          if (!st.ok()) ctx->copy_failed.store(true);
-          state->LayerDone(st);
-          if (!last) return;
-          // Partial: the blocks before the first failed one are published and stay in the lease;
-          // that one and every later promotion are misses (their lease slots writable again), also
-          // those whose reads verified: a block is only reachable through its prefix, and their
-          // copies below (disk, store) are still there for the next Load once the engine has
-          // committed the recomputed one.
-          const uint32_t loaded = state->first_error().ok() ? ctx->blocks : BlocksLoaded(*ctx);
-          if (codec_.has_value()) {  // what the engine got through the lossy codec
-            uint64_t lossy = 0;
-            for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
-            for (uint32_t position : ctx->lossy_shared) lossy += position < loaded ? 1 : 0;
-            codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
-            state->SetLossy(static_cast<uint32_t>(lossy));
-          }
-          {
-            MutexLock lock(&index_.mu());
-            for (size_t i = 0; i < ctx->promotions.size(); ++i) {
-              const Move& p = ctx->promotions[i];
-              index_.FinishMoveLocked(p, p.position < loaded, ctx->source_lost[i] != 0);
-            }
-            if (loaded < ctx->blocks) {
-              loads_failed_++;
-              if (loaded > 0) loads_partial_++;
-              blocks_load_lost_ += ctx->blocks - loaded;
-            }
-            in_flight_--;
-          }
-          load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
-          state->Finish(loaded);
-        });
+    s = device_.AddCallback(h2d, [this, state, ctx, last, load_start, staging](absl::Status st) {
+      if (!st.ok()) ctx->copy_failed.store(true);
+      state->LayerDone(st);
+      if (!last) return;
+      // Partial: the blocks before the first failed one are published and stay in the lease;
+      // that one and every later promotion are misses (their lease slots writable again), also
+      // those whose reads verified: a block is only reachable through its prefix, and their
+      // copies below (disk, store) are still there for the next Load once the engine has
+      // committed the recomputed one.
+      const uint32_t loaded = state->first_error().ok() ? ctx->blocks : BlocksLoaded(*ctx);
+      if (codec_.has_value()) {  // what the engine got through the lossy codec
+        uint64_t lossy = 0;
+        for (const Move& p : ctx->promotions) lossy += p.position < loaded ? 1 : 0;
+        for (uint32_t position : ctx->lossy_shared) lossy += position < loaded ? 1 : 0;
+        codec_lossy_loaded_.fetch_add(lossy, std::memory_order_relaxed);
+        state->SetLossy(static_cast<uint32_t>(lossy));
+      }
+      {
+        MutexLock lock(&index_.mu());
+        for (size_t i = 0; i < ctx->promotions.size(); ++i) {
+          const Move& p = ctx->promotions[i];
+          index_.FinishMoveLocked(p, p.position < loaded, ctx->source_lost[i] != 0);
+        }
+        if (loaded < ctx->blocks) {
+          loads_failed_++;
+          if (loaded > 0) loads_partial_++;
+          blocks_load_lost_ += ctx->blocks - loaded;
+        }
+        in_flight_--;
+      }
+      load_latency_.RecordSince(load_start);  // before Finish: a waiter's next Stats() has it
+      state->Finish(loaded);
+    });
   }
   if (!s.ok()) {
     // Enqueueing failed (the device is unusable). The last layer's callback, the one that reports

@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<HostPool>> HostPool::Create(
                      slots, " slots of ", slot_bytes, ") vs MemAvailable ", *mem_available_bytes,
                      " bytes: the pool is pinned in memory; lower host.capacity_bytes"));
   }
-  absl::StatusOr<void*> mem = device->AllocateHost(bytes);
+  absl::StatusOr<void*> mem = device->AllocateHost(bytes, slot_bytes);
   if (!mem.ok()) return mem.status();
   return std::unique_ptr<HostPool>(
       new HostPool(device, static_cast<std::byte*>(*mem), slots, slot_bytes, bytes));

@@ -23,8 +23,12 @@
 
 namespace kvtier::internal {
 
-enum class Stream : uint8_t { kH2D = 0, kD2H = 1 };
-inline constexpr int kNumStreams = 2;
+// kH2D: promotions whose blocks are all on the host (host hits). kH2DGated: promotions that wait
+// for reads from below (disk, remote), so that a read's latency never delays a host hit queued
+// after it. kD2H: demotions. kCounters: the layer counters (WriteCounter), each written after its
+// Load's layer event, in Load order whichever H2D stream the Load used.
+enum class Stream : uint8_t { kH2D = 0, kD2H = 1, kH2DGated = 2, kCounters = 3 };
+inline constexpr int kNumStreams = 4;
 
 struct CopyRegion {
   void* dst = nullptr;
@@ -49,8 +53,10 @@ class Device {
   virtual const char* name() const = 0;
 
   // `bytes` of page-aligned host memory that the device can copy from and to at full speed
-  // (pinned); freed by FreeHost. kResourceExhausted when it cannot be had.
-  virtual absl::StatusOr<void*> AllocateHost(uint64_t bytes) = 0;
+  // (pinned); freed by FreeHost. `unit` (0: none): the size of what no copy region crosses (a host
+  // slot), at offsets 0, unit, 2 unit, ...: a backend may pin the memory in pieces of whole units.
+  // kResourceExhausted when it cannot be had.
+  virtual absl::StatusOr<void*> AllocateHost(uint64_t bytes, uint64_t unit) = 0;
   virtual void FreeHost(void* ptr, uint64_t bytes) = 0;
 
   // Enqueues the copies, in order, on `stream`.

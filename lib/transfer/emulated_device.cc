@@ -31,7 +31,7 @@ EmulatedDevice::~EmulatedDevice() {
   for (Queue& q : queues_) q.thread.join();
 }
 
-absl::StatusOr<void*> EmulatedDevice::AllocateHost(uint64_t bytes) {
+absl::StatusOr<void*> EmulatedDevice::AllocateHost(uint64_t bytes, uint64_t /*unit*/) {
   // mmap: zero-filled, returned to the OS on free (pinning is the CUDA backend's), on huge pages
   // where the kernel has them (MapHugePageAligned says why).
   void* p = MapHugePageAligned(bytes);

@@ -28,7 +28,7 @@ class EmulatedDevice final : public Device {
   ~EmulatedDevice() override;
 
   const char* name() const override { return "emulated"; }
-  absl::StatusOr<void*> AllocateHost(uint64_t bytes) override;
+  absl::StatusOr<void*> AllocateHost(uint64_t bytes, uint64_t unit) override;
   void FreeHost(void* ptr, uint64_t bytes) override;
   absl::Status Copy(Stream stream, std::span<const CopyRegion> regions) override;
   absl::StatusOr<std::shared_ptr<DeviceEvent>> RecordEvent(Stream stream) override;

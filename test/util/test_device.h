@@ -1,6 +1,7 @@
 // TestDevice: an EmulatedDevice that a test can hold back and watch. Host-to-device copies enqueued
 // while the gate is held wait (on the device's stream, like a slow copy engine) until it is
-// released; every host allocation is recorded. The cache owns the device: keep a raw pointer.
+// released, and so do waits for reads while the reads' gate is held; every host allocation is
+// recorded. The cache owns the device: keep a raw pointer.
 #ifndef KVTIER_TEST_UTIL_TEST_DEVICE_H_
 #define KVTIER_TEST_UTIL_TEST_DEVICE_H_
 
@@ -34,6 +35,20 @@ class TestDevice final : public internal::Device {
     }
     if (gate != nullptr) gate->Complete();
   }
+  // Waits of a host-to-device stream for a host event (a read from below a promotion's copies
+  // wait for) enqueued from now on also wait for ReleaseReads(): reads as slow as the test wants.
+  void HoldReads() {
+    internal::MutexLock lock(&mu_);
+    reads_gate_ = std::make_shared<internal::HostEvent>();
+  }
+  void ReleaseReads() {
+    std::shared_ptr<internal::HostEvent> gate;
+    {
+      internal::MutexLock lock(&mu_);
+      gate = std::move(reads_gate_);
+    }
+    if (gate != nullptr) gate->Complete();
+  }
   // The next WaitEvent on the host-to-device stream for a host event (a disk read a promotion's
   // copies wait for) fails with kInternal, as an enqueue on an unusable device does.
   void FailNextReadWait() {
@@ -62,18 +77,25 @@ class TestDevice final : public internal::Device {
     return max_host_allocation_;
   }
 
-  absl::StatusOr<void*> AllocateHost(uint64_t bytes) override {
+  // The `unit` of the last AllocateHost() request.
+  uint64_t last_host_unit() {
+    internal::MutexLock lock(&mu_);
+    return last_host_unit_;
+  }
+
+  absl::StatusOr<void*> AllocateHost(uint64_t bytes, uint64_t unit) override {
     {
       internal::MutexLock lock(&mu_);
       max_host_allocation_ = std::max(max_host_allocation_, bytes);
+      last_host_unit_ = unit;
     }
-    return inner_.AllocateHost(bytes);
+    return inner_.AllocateHost(bytes, unit);
   }
   void FreeHost(void* ptr, uint64_t bytes) override { inner_.FreeHost(ptr, bytes); }
   absl::Status Copy(internal::Stream stream,
                     std::span<const internal::CopyRegion> regions) override {
     std::shared_ptr<internal::HostEvent> gate;
-    if (stream == internal::Stream::kH2D) {
+    if (ToDevice(stream)) {
       internal::MutexLock lock(&mu_);
       gate = gate_;
     }
@@ -88,12 +110,18 @@ class TestDevice final : public internal::Device {
   }
   absl::Status WaitEvent(internal::Stream stream,
                          std::shared_ptr<internal::DeviceEvent> event) override {
-    if (stream == internal::Stream::kH2D &&
-        dynamic_cast<internal::HostEvent*>(event.get()) != nullptr) {
-      internal::MutexLock lock(&mu_);
-      if (std::exchange(fail_read_wait_, false)) {
-        read_wait_failed_ = true;
-        return absl::InternalError("TestDevice: injected enqueue failure");
+    if (ToDevice(stream) && dynamic_cast<internal::HostEvent*>(event.get()) != nullptr) {
+      std::shared_ptr<internal::HostEvent> reads_gate;
+      {
+        internal::MutexLock lock(&mu_);
+        if (std::exchange(fail_read_wait_, false)) {
+          read_wait_failed_ = true;
+          return absl::InternalError("TestDevice: injected enqueue failure");
+        }
+        reads_gate = reads_gate_;
+      }
+      if (reads_gate != nullptr) {  // a slow read: the stream waits for the gate first
+        if (absl::Status s = inner_.WaitEvent(stream, reads_gate); !s.ok()) return s;
       }
     }
     return inner_.WaitEvent(stream, std::move(event));
@@ -107,8 +135,14 @@ class TestDevice final : public internal::Device {
   std::array<uint32_t, kMaxLayerCounters> counters_{};
   internal::EmulatedDevice inner_;
   internal::Mutex mu_;
+  static bool ToDevice(internal::Stream s) {
+    return s == internal::Stream::kH2D || s == internal::Stream::kH2DGated;
+  }
+
   std::shared_ptr<internal::HostEvent> gate_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<internal::HostEvent> reads_gate_ ABSL_GUARDED_BY(mu_);
   uint64_t max_host_allocation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_host_unit_ ABSL_GUARDED_BY(mu_) = 0;
   bool fail_read_wait_ ABSL_GUARDED_BY(mu_) = false;
   bool read_wait_failed_ ABSL_GUARDED_BY(mu_) = false;
 };
