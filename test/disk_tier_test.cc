@@ -1091,6 +1091,28 @@ TEST_CASE("Regression: with a disk tier the host pool stays within host.capacity
   }
 }
 
+// Runs `keys` through a first cache, which flushes them to disk when it closes, then starts a
+// cache on `options` with a TestDevice (and `injector`): there the blocks are on disk only.
+struct DiskOnlyStart {
+  std::unique_ptr<Cache> cache;
+  test::TestDevice* device = nullptr;
+};
+DiskOnlyStart StartWithChainOnDisk(const Options& options, EngineKv& kv,
+                                   const std::vector<BlockKey>& keys,
+                                   FaultInjector* injector = nullptr) {
+  {
+    auto cache = Cache::Create(options);
+    REQUIRE_OK(cache);
+    REQUIRE_OK(test::RunSequence(**cache, kv, keys));
+  }
+  auto owned = std::make_unique<test::TestDevice>();
+  DiskOnlyStart start{.device = owned.get()};
+  auto cache = CreateCache(options, std::move(owned), injector);
+  REQUIRE_OK(cache);
+  start.cache = *std::move(cache);
+  return start;
+}
+
 // Fails the first read submitted after arm(), with EIO; every other op succeeds.
 struct FailNextRead final : FaultInjector {
   Fault Next(IoOp op, uint64_t /*offset*/, uint32_t /*bytes*/) override {
@@ -1105,26 +1127,20 @@ TEST_CASE("Regression: a failed load is reported only once no copy can write the
   EngineKv kv({.num_slots = 8});
   const Options options = DiskOptions(kv, dir.path, 8, 64);
   const auto keys = test::Chain(4, 1);
-  {
-    auto cache = Cache::Create(options);
-    REQUIRE_OK(cache);
-    REQUIRE_OK(test::RunSequence(**cache, kv, keys));
-  }  // flush_on_close: the four blocks are on disk only when the next cache starts
   FailNextRead injector;
-  auto owned = std::make_unique<test::TestDevice>();
-  test::TestDevice* device = owned.get();
-  auto cache = CreateCache(options, std::move(owned), &injector);
-  REQUIRE_OK(cache);
-  auto match = (*cache)->Match(keys);
+  const DiskOnlyStart start = StartWithChainOnDisk(options, kv, keys, &injector);
+  Cache* cache = start.cache.get();
+  test::TestDevice* device = start.device;
+  auto match = cache->Match(keys);
   REQUIRE_OK(match);
   REQUIRE(match->blocks_in(Tier::kDisk) == 4);
-  auto lease = (*cache)->AllocateDevice(4);
+  auto lease = cache->AllocateDevice(4);
   REQUIRE_OK(lease);
   // The first block's read fails; the copies of all four blocks are still held back (a slow copy
   // engine) when that failure is known.
   injector.armed = true;
   device->HoldHostToDevice();
-  auto xfer = (*cache)->Load(*match, *lease);
+  auto xfer = cache->Load(*match, *lease);
   REQUIRE_OK(xfer);
   REQUIRE(xfer->blocks_promoted() == 4);
   // Lets the copies go once WaitLayer has returned, or after a while if it is (rightly) waiting
@@ -1151,7 +1167,7 @@ TEST_CASE("Regression: a failed load is reported only once no copy can write the
   for (uint32_t i = 0; i < 4; ++i) kv.Write(slots[i], recomputed[i]);
   CHECK_FALSE(xfer->Wait().ok());
   release.join();
-  REQUIRE_OK((*cache)->CheckInvariants());
+  REQUIRE_OK(cache->CheckInvariants());
   for (uint32_t i = 0; i < 4; ++i) CHECK(kv.Mismatches(slots[i], recomputed[i]) == 0);
 }
 
@@ -1196,31 +1212,25 @@ TEST_CASE(
   EngineKv kv({.num_slots = 4});
   const Options options = DiskOptions(kv, dir.path, 8, 64);
   const auto on_disk = test::Chain(2, 1);
-  {
-    auto cache = Cache::Create(options);
-    REQUIRE_OK(cache);
-    REQUIRE_OK(test::RunSequence(**cache, kv, on_disk));
-  }  // flush_on_close: the blocks are on disk only when the next cache starts
-  auto owned = std::make_unique<test::TestDevice>();
-  test::TestDevice* device = owned.get();
-  auto cache = CreateCache(options, std::move(owned));
-  REQUIRE_OK(cache);
+  const DiskOnlyStart start = StartWithChainOnDisk(options, kv, on_disk);
+  Cache* cache = start.cache.get();
+  test::TestDevice* device = start.device;
   const auto on_host = test::Chain(2, 2);
-  REQUIRE_OK(test::RunSequence(**cache, kv, on_host));
+  REQUIRE_OK(test::RunSequence(*cache, kv, on_host));
   for (uint32_t seed : {3, 4}) {  // fill the 4 device slots: on_host's blocks go to the host
-    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(2, seed)));
+    REQUIRE_OK(test::RunSequence(*cache, kv, test::Chain(2, seed)));
   }
-  auto disk_match = (*cache)->Match(on_disk);
+  auto disk_match = cache->Match(on_disk);
   REQUIRE_OK(disk_match);
   REQUIRE(disk_match->blocks_in(Tier::kDisk) == 2);
-  auto host_match = (*cache)->Match(on_host);
+  auto host_match = cache->Match(on_host);
   REQUIRE_OK(host_match);
   REQUIRE(host_match->blocks_in(Tier::kHost) == 2);
 
-  auto disk_lease = (*cache)->AllocateDevice(2);
+  auto disk_lease = cache->AllocateDevice(2);
   REQUIRE_OK(disk_lease);
   device->HoldReads();  // the disk reads take as long as the test wants
-  auto slow = (*cache)->Load(*disk_match, *disk_lease);
+  auto slow = cache->Load(*disk_match, *disk_lease);
   REQUIRE_OK(slow);
   // The counter stream writes every earlier Load's number (asynchronously), then waits for this
   // one's held layer.
@@ -1230,9 +1240,9 @@ TEST_CASE(
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   REQUIRE(device->counter(0) == before);
-  auto host_lease = (*cache)->AllocateDevice(2);
+  auto host_lease = cache->AllocateDevice(2);
   REQUIRE_OK(host_lease);
-  auto fast = (*cache)->Load(*host_match, *host_lease);
+  auto fast = cache->Load(*host_match, *host_lease);
   REQUIRE_OK(fast);
   REQUIRE(slow->sequence() < fast->sequence());
   // The host hit finishes while the disk-gated Load still waits (on one shared stream it would
@@ -1259,9 +1269,9 @@ TEST_CASE(
     CHECK(kv.Mismatches(disk_lease->slots()[i], on_disk[i]) == 0);
     CHECK(kv.Mismatches(host_lease->slots()[i], on_host[i]) == 0);
   }
-  REQUIRE_OK((*cache)->Release(*disk_lease));
-  REQUIRE_OK((*cache)->Release(*host_lease));
-  REQUIRE_OK((*cache)->CheckInvariants());
+  REQUIRE_OK(cache->Release(*disk_lease));
+  REQUIRE_OK(cache->Release(*host_lease));
+  REQUIRE_OK(cache->CheckInvariants());
 }
 
 // ---- Partial transfers: a Load keeps the blocks before the first one that fails ----

@@ -23,32 +23,12 @@ class TestDevice final : public internal::Device {
   const char* name() const override { return "test"; }
 
   // Copies enqueued on the host-to-device stream from now on wait for ReleaseHostToDevice().
-  void HoldHostToDevice() {
-    internal::MutexLock lock(&mu_);
-    gate_ = std::make_shared<internal::HostEvent>();
-  }
-  void ReleaseHostToDevice() {
-    std::shared_ptr<internal::HostEvent> gate;
-    {
-      internal::MutexLock lock(&mu_);
-      gate = std::move(gate_);
-    }
-    if (gate != nullptr) gate->Complete();
-  }
+  void HoldHostToDevice() { Hold(&TestDevice::gate_); }
+  void ReleaseHostToDevice() { Release(&TestDevice::gate_); }
   // Waits of a host-to-device stream for a host event (a read from below a promotion's copies
   // wait for) enqueued from now on also wait for ReleaseReads(): reads as slow as the test wants.
-  void HoldReads() {
-    internal::MutexLock lock(&mu_);
-    reads_gate_ = std::make_shared<internal::HostEvent>();
-  }
-  void ReleaseReads() {
-    std::shared_ptr<internal::HostEvent> gate;
-    {
-      internal::MutexLock lock(&mu_);
-      gate = std::move(reads_gate_);
-    }
-    if (gate != nullptr) gate->Complete();
-  }
+  void HoldReads() { Hold(&TestDevice::reads_gate_); }
+  void ReleaseReads() { Release(&TestDevice::reads_gate_); }
   // The next WaitEvent on the host-to-device stream for a host event (a disk read a promotion's
   // copies wait for) fails with kInternal, as an enqueue on an unusable device does.
   void FailNextReadWait() {
@@ -135,6 +115,19 @@ class TestDevice final : public internal::Device {
   std::array<uint32_t, kMaxLayerCounters> counters_{};
   internal::EmulatedDevice inner_;
   internal::Mutex mu_;
+  using Gate = std::shared_ptr<internal::HostEvent> TestDevice::*;
+  void Hold(Gate gate) {
+    internal::MutexLock lock(&mu_);
+    this->*gate = std::make_shared<internal::HostEvent>();
+  }
+  void Release(Gate gate) {
+    std::shared_ptr<internal::HostEvent> event;
+    {
+      internal::MutexLock lock(&mu_);
+      event = std::move(this->*gate);
+    }
+    if (event != nullptr) event->Complete();
+  }
   static bool ToDevice(internal::Stream s) {
     return s == internal::Stream::kH2D || s == internal::Stream::kH2DGated;
   }
