@@ -520,12 +520,11 @@ absl::StatusOr<void*> CudaDevice::AllocateHost(uint64_t bytes, uint64_t unit) {
     return s;
   }
   MutexLock lock(&pinned_mu_);
-  for (const Pinned& entry : pieces) {
-    pinned_.insert(
-        std::upper_bound(pinned_.begin(), pinned_.end(), entry,
-                         [](const Pinned& a, const Pinned& b) { return a.host < b.host; }),
-        entry);
-  }
+  // The pieces are consecutive and in address order; no other registration lies between them.
+  const Pinned first{static_cast<const std::byte*>(p), 0, nullptr};
+  pinned_.insert(std::upper_bound(pinned_.begin(), pinned_.end(), first,
+                                  [](const Pinned& a, const Pinned& b) { return a.host < b.host; }),
+                 pieces.begin(), pieces.end());
   return p;
 }
 
