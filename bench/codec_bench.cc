@@ -91,7 +91,13 @@ void BM_Memcpy(benchmark::State& state) {
 }
 BENCHMARK(BM_Memcpy);
 
-// Labels "<codec> <kernel>"; false (the run skipped) where this CPU lacks the kernel.
+// "<codec> <kernel>", the benchmarks' label.
+std::string Label(const BlockCodec& codec, CodecKernel kernel) {
+  return std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
+         kvtier::internal::CodecKernelName(kernel);
+}
+
+// The kernel of argument 1; false (the run skipped) where this CPU lacks it.
 bool KernelOf(benchmark::State& state, CodecKernel* kernel) {
   *kernel = static_cast<CodecKernel>(state.range(1));
   if (kvtier::internal::CodecKernelSupported(*kernel)) return true;
@@ -111,8 +117,7 @@ void BM_CodecEncode(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
-  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
-                 kvtier::internal::CodecKernelName(kernel) + " ratio " +
+  state.SetLabel(Label(codec, kernel) + " ratio " +
                  std::to_string(static_cast<double>(codec.encoded_bytes()) / raw.size()));
 }
 BENCHMARK(BM_CodecEncode)->ArgsProduct({{1, 2, 3}, {0, 1}});
@@ -130,8 +135,7 @@ void BM_CodecDecode(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw.size()));
-  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
-                 kvtier::internal::CodecKernelName(kernel));
+  state.SetLabel(Label(codec, kernel));
 }
 BENCHMARK(BM_CodecDecode)->ArgsProduct({{1, 2, 3}, {0, 1}});
 
@@ -190,8 +194,7 @@ void BM_CodecEncodeStream(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * block));
-  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
-                 kvtier::internal::CodecKernelName(kvtier::internal::DefaultCodecKernel()));
+  state.SetLabel(Label(codec, kvtier::internal::DefaultCodecKernel()));
 }
 BENCHMARK(BM_CodecEncodeStream)->Arg(1)->Arg(2)->Arg(3);
 
@@ -213,8 +216,7 @@ void BM_CodecDecodeStream(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * block));
-  state.SetLabel(std::string(kvtier::internal::CodecName(codec.config().id)) + " " +
-                 kvtier::internal::CodecKernelName(kvtier::internal::DefaultCodecKernel()));
+  state.SetLabel(Label(codec, kvtier::internal::DefaultCodecKernel()));
 }
 BENCHMARK(BM_CodecDecodeStream)->Arg(1)->Arg(2)->Arg(3);
 
