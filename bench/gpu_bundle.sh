@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/gpu_bundle.sh: builds kvtier here (default preset: CUDA sources for sm_90) and packs what a
-# GPU machine without any -dev package needs into gpu_bundle/ (git-ignored):
+# GPU machine without any -dev package needs into build/gpu_bundle/ (git-ignored, with the build):
 #   bin/   kvtier_tests, kvtier_cuda_tests, kvtier_bench_cuda
 #   lib/   the shared libraries they load that such a machine lacks (from ldd: libkvtier, Abseil,
 #          liburing, xxhash, benchmark, libcudart, ...); libc, libm, libstdc++, libgcc_s, libcuda
@@ -9,7 +9,7 @@
 # Usage: bash bench/gpu_bundle.sh [out_dir]   then copy out_dir over and: bash out_dir/run_gpu.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$root/gpu_bundle}
+out=${1:-$root/build/gpu_bundle}
 build=$root/build/default
 
 cd "$root"
@@ -37,6 +37,9 @@ for b in "${bins[@]}"; do
     exit 1
   fi
 done
+# Debug info is most of the bundle (107 MB with it, with the build's -g): without it the bundle
+# (9 MB) fits the device tool's 64 MiB carry limit. Symbols stay, so a backtrace still names functions.
+strip --strip-debug "$out"/bin/* "$out"/lib/libkvtier.so*
 cp "$root/bench/run_gpu.sh" "$out/run_gpu.sh"
 chmod +x "$out/run_gpu.sh"
 git -C "$root" rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
