@@ -37,8 +37,8 @@ for b in "${bins[@]}"; do
     exit 1
   fi
 done
-# Debug info is most of the bundle (107 MB with it, with the build's -g): without it the bundle
-# (9 MB) fits the device tool's 64 MiB carry limit. Symbols stay, so a backtrace still names functions.
+# Debug info is most of the bundle (107 MB with the build's -g): without it the bundle (9 MB)
+# fits the device tool's 64 MiB carry limit. Symbols stay: a backtrace still names functions.
 strip --strip-debug "$out"/bin/* "$out"/lib/libkvtier.so*
 cp "$root/bench/run_gpu.sh" "$out/run_gpu.sh"
 chmod +x "$out/run_gpu.sh"
