@@ -14,6 +14,9 @@
 //   segment), 1 the same with 64 tokens (128 KiB), 2 MLA 61 layers x 576 dims x fp16 x 16 tokens
 //   (18 KiB), 3 MLA with 64 tokens (72 KiB). Methods: 1 kernel, 2 cudaMemcpyBatchAsync,
 //   3 cudaMemcpyAsync per segment.
+// BM_CudaCodecPromote/<layout>/<codec>/<blocks> and BM_CudaCodecDemote/...: the same moves through
+//   the host codec's kernels (codec 1 fp8_e4m3, 2 int8, 3 int4; group 64): vs_memcpy counts the raw
+//   bytes delivered against the baseline's for those raw bytes; bus_bytes_ratio is encoded / raw.
 // Without a CUDA device it prints why and exits 0 (an empty benchmark list in JSON), or 1 when
 // KVTIER_REQUIRE_GPU=1. It prints the driver and runtime versions and the device to stderr first.
 #include <benchmark/benchmark.h>
@@ -25,14 +28,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cuda/cuda_device.h"
 #include "cuda/cuda_probe.h"
+#include "kvtier/layout.h"
 #include "kvtier/options.h"
+#include "lib/codec/codec.h"
 
 namespace kvtier {
 namespace {
@@ -199,30 +206,35 @@ void BM_CudaMemcpyBaseline(benchmark::State& state) {
   UnpinLikeKvtier(host, bytes);
 }
 
-void BM_CudaPromote(benchmark::State& state) {
+// The rig of a benchmark's arguments (layout, copy method or codec, blocks); null once the
+// benchmark is skipped with the reason.
+std::unique_ptr<Rig> RigFor(benchmark::State& state) {
   std::string error;
   auto rig = MakeRig(state.range(0), static_cast<CudaCopyMethod>(state.range(1)),
                      static_cast<uint32_t>(state.range(2)), &error);
-  if (rig == nullptr) {
-    state.SkipWithError(error.c_str());
-    return;
-  }
-  std::vector<std::vector<CopyRegion>> layers(rig->shape.layers);
-  for (uint32_t l = 0; l < rig->shape.layers; ++l) rig->LayerRegions(l, true, &layers[l]);
+  if (rig == nullptr) state.SkipWithError(error.c_str());
+  return rig;
+}
+
+// Times a Load's shape: `layers` calls of enqueue_layer(l) on kH2D, an event after each.
+// Counters: layer0_us (host-observed time to layer 0's event), whole_us, and vs_memcpy against the
+// baseline for `bytes`.
+void TimePromotion(benchmark::State& state, Device& device, uint32_t layers,
+                   const std::function<absl::Status(uint32_t)>& enqueue_layer, uint64_t bytes) {
   double layer0_s = 0, whole_s = 0;
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
     std::shared_ptr<internal::DeviceEvent> first;
     absl::Status s;
-    for (uint32_t l = 0; l < rig->shape.layers && s.ok(); ++l) {
-      s = rig->device->Copy(Stream::kH2D, layers[l]);
-      auto ev = s.ok() ? rig->device->RecordEvent(Stream::kH2D) : s;
+    for (uint32_t l = 0; l < layers && s.ok(); ++l) {
+      s = enqueue_layer(l);
+      auto ev = s.ok() ? device.RecordEvent(Stream::kH2D) : s;
       if (!ev.ok()) s = ev.status();
       if (s.ok() && l == 0) first = *ev;
     }
     if (s.ok() && first != nullptr) s = first->Wait();
     const auto at_layer0 = std::chrono::steady_clock::now();
-    if (s.ok()) s = rig->device->Synchronize();
+    if (s.ok()) s = device.Synchronize();
     if (!s.ok()) {
       state.SkipWithError(s.ToString().c_str());
       break;
@@ -232,7 +244,6 @@ void BM_CudaPromote(benchmark::State& state) {
     whole_s += std::chrono::duration<double>(end - start).count();
   }
   if (state.iterations() == 0) return;
-  const uint64_t bytes = rig->host_bytes;
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   const double n = static_cast<double>(state.iterations());
   state.counters["layer0_us"] = layer0_s / n * 1e6;
@@ -241,21 +252,14 @@ void BM_CudaPromote(benchmark::State& state) {
   if (baseline > 0 && whole_s > 0) state.counters["vs_memcpy"] = baseline / (whole_s / n);
 }
 
-void BM_CudaDemote(benchmark::State& state) {
-  std::string error;
-  auto rig = MakeRig(state.range(0), static_cast<CudaCopyMethod>(state.range(1)),
-                     static_cast<uint32_t>(state.range(2)), &error);
-  if (rig == nullptr) {
-    state.SkipWithError(error.c_str());
-    return;
-  }
-  std::vector<CopyRegion> regions;
-  for (uint32_t l = 0; l < rig->shape.layers; ++l) rig->LayerRegions(l, false, &regions);
+// Times a demotion's shape: one enqueue on kD2H, then Synchronize. Counter: vs_memcpy.
+void TimeDemotion(benchmark::State& state, Device& device,
+                  const std::function<absl::Status()>& enqueue, uint64_t bytes) {
   double whole_s = 0;
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
-    absl::Status s = rig->device->Copy(Stream::kD2H, regions);
-    if (s.ok()) s = rig->device->Synchronize();
+    absl::Status s = enqueue();
+    if (s.ok()) s = device.Synchronize();
     if (!s.ok()) {
       state.SkipWithError(s.ToString().c_str());
       break;
@@ -263,12 +267,147 @@ void BM_CudaDemote(benchmark::State& state) {
     whole_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   if (state.iterations() == 0) return;
-  const uint64_t bytes = rig->host_bytes;
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   const double baseline = BaselineSeconds(false, bytes);
   if (baseline > 0 && whole_s > 0) {
     state.counters["vs_memcpy"] = baseline / (whole_s / static_cast<double>(state.iterations()));
   }
+}
+
+void BM_CudaPromote(benchmark::State& state) {
+  const std::unique_ptr<Rig> rig = RigFor(state);
+  if (rig == nullptr) return;
+  std::vector<std::vector<CopyRegion>> layers(rig->shape.layers);
+  for (uint32_t l = 0; l < rig->shape.layers; ++l) rig->LayerRegions(l, true, &layers[l]);
+  TimePromotion(
+      state, *rig->device, rig->shape.layers,
+      [&](uint32_t l) { return rig->device->Copy(Stream::kH2D, layers[l]); }, rig->host_bytes);
+}
+
+void BM_CudaDemote(benchmark::State& state) {
+  const std::unique_ptr<Rig> rig = RigFor(state);
+  if (rig == nullptr) return;
+  std::vector<CopyRegion> regions;
+  for (uint32_t l = 0; l < rig->shape.layers; ++l) rig->LayerRegions(l, false, &regions);
+  TimeDemotion(
+      state, *rig->device, [&] { return rig->device->Copy(Stream::kD2H, regions); },
+      rig->host_bytes);
+}
+
+// The host codec on the GPU (Options.host.codec): the same moves as BM_CudaPromote/Demote with
+// the codec's kernels (Device::DecodeFromHost per layer, EncodeToHost for every segment), so the
+// bus carries the encoded bytes. vs_memcpy: the raw KV bytes delivered per second over one
+// cudaMemcpyAsync's of the same raw bytes (above 1: the codec moved them faster than raw).
+struct CodecRig {
+  std::unique_ptr<Rig> rig;
+  std::optional<internal::BlockCodec> codec;
+  std::byte* encoded = nullptr;  // blocks x encoded_bytes, pinned by the device
+  uint64_t encoded_bytes = 0;
+  ~CodecRig() {
+    if (encoded != nullptr) rig->device->FreeHost(encoded, encoded_bytes);
+  }
+  // Layer `layer` of every block: device tensors <-> the encoded host slots.
+  std::vector<internal::codec_math::CodecSegmentJob> LayerJobs(uint32_t layer, bool encode) const {
+    std::vector<internal::codec_math::CodecSegmentJob> jobs;
+    const Shape& shape = rig->shape;
+    for (uint32_t b = 0; b < rig->blocks; ++b) {
+      std::vector<void*> raw;
+      for (uint32_t g = 0; g < shape.segments; ++g) {
+        raw.push_back(static_cast<std::byte*>(rig->tensors[layer * shape.segments + g]) +
+                      uint64_t{b} * shape.seg_bytes);
+      }
+      std::byte* slot = encoded + b * codec->encoded_bytes();
+      codec->AppendLayerJobs(layer, raw, slot + codec->layer_offset(layer), encode, &jobs);
+    }
+    return jobs;
+  }
+};
+
+std::unique_ptr<CodecRig> MakeCodecRig(int64_t layout, int64_t codec_id, uint32_t blocks,
+                                       std::string* error) {
+  auto c = std::make_unique<CodecRig>();
+  c->rig = MakeRig(layout, CudaCopyMethod::kKernel, blocks, error);
+  if (c->rig == nullptr) return nullptr;
+  const Shape& shape = c->rig->shape;
+  BlockLayout l;
+  l.tokens_per_block = layout == 0 || layout == 2 ? 16 : 64;
+  l.num_slots = blocks;
+  for (uint32_t i = 0; i < shape.layers; ++i) {
+    LayerLayout layer;
+    for (uint32_t g = 0; g < shape.segments; ++g) {
+      const SegmentRole role = shape.segments == 1 ? SegmentRole::kLatent
+                               : g == 0            ? SegmentRole::kKey
+                                                   : SegmentRole::kValue;
+      layer.segments.push_back(
+          {c->rig->tensors[i * shape.segments + g], shape.seg_bytes, shape.seg_bytes, role});
+    }
+    l.layers.push_back(std::move(layer));
+  }
+  auto codec = internal::BlockCodec::Create(
+      "bench", {.id = static_cast<internal::CodecId>(codec_id), .group_size = 64}, l);
+  if (!codec.ok()) {
+    *error = codec.status().ToString();
+    return nullptr;
+  }
+  c->codec = std::move(*codec);
+  c->encoded_bytes = c->codec->encoded_bytes() * blocks;
+  auto host = c->rig->device->AllocateHost(c->encoded_bytes, 0);
+  if (!host.ok()) {
+    *error = host.status().ToString();
+    return nullptr;
+  }
+  c->encoded = static_cast<std::byte*>(*host);
+  // Real encoded blocks to decode: the tensors (fp16 bytes 0x00.., 0x01.., ...) encoded once.
+  for (uint32_t i = 0; i < shape.layers; ++i) {
+    const auto jobs = c->LayerJobs(i, /*encode=*/true);
+    if (absl::Status s = c->rig->device->EncodeToHost(Stream::kD2H, c->codec->params(), jobs);
+        !s.ok()) {
+      *error = s.ToString();
+      return nullptr;
+    }
+  }
+  if (absl::Status s = c->rig->device->Synchronize(); !s.ok()) {
+    *error = s.ToString();
+    return nullptr;
+  }
+  return c;
+}
+
+std::unique_ptr<CodecRig> CodecRigFor(benchmark::State& state) {
+  std::string error;
+  auto c =
+      MakeCodecRig(state.range(0), state.range(1), static_cast<uint32_t>(state.range(2)), &error);
+  if (c == nullptr) state.SkipWithError(error.c_str());
+  return c;
+}
+
+void BM_CudaCodecPromote(benchmark::State& state) {
+  const std::unique_ptr<CodecRig> c = CodecRigFor(state);
+  if (c == nullptr) return;
+  const uint32_t layers = c->rig->shape.layers;
+  std::vector<std::vector<internal::codec_math::CodecSegmentJob>> jobs(layers);
+  for (uint32_t l = 0; l < layers; ++l) jobs[l] = c->LayerJobs(l, /*encode=*/false);
+  TimePromotion(
+      state, *c->rig->device, layers,
+      [&](uint32_t l) {
+        return c->rig->device->DecodeFromHost(Stream::kH2D, c->codec->params(), jobs[l]);
+      },
+      c->rig->host_bytes);
+  state.counters["bus_bytes_ratio"] =
+      static_cast<double>(c->encoded_bytes) / static_cast<double>(c->rig->host_bytes);
+}
+
+void BM_CudaCodecDemote(benchmark::State& state) {
+  const std::unique_ptr<CodecRig> c = CodecRigFor(state);
+  if (c == nullptr) return;
+  std::vector<internal::codec_math::CodecSegmentJob> jobs;
+  for (uint32_t l = 0; l < c->rig->shape.layers; ++l) {
+    for (const auto& j : c->LayerJobs(l, /*encode=*/true)) jobs.push_back(j);
+  }
+  TimeDemotion(
+      state, *c->rig->device,
+      [&] { return c->rig->device->EncodeToHost(Stream::kD2H, c->codec->params(), jobs); },
+      c->rig->host_bytes);
 }
 
 void CopyArgs(benchmark::internal::Benchmark* b) {
@@ -286,6 +425,15 @@ BENCHMARK(BM_CudaMemcpyBaseline)
     ->UseRealTime();
 BENCHMARK(BM_CudaPromote)->Apply(CopyArgs)->UseRealTime();
 BENCHMARK(BM_CudaDemote)->Apply(CopyArgs)->UseRealTime();
+// Codecs: 1 fp8_e4m3, 2 int8, 3 int4 (internal::CodecId), 64 blocks.
+BENCHMARK(BM_CudaCodecPromote)
+    ->ArgNames({"layout", "codec", "blocks"})
+    ->ArgsProduct({{0, 1, 2, 3}, {1, 2, 3}, {64}})
+    ->UseRealTime();
+BENCHMARK(BM_CudaCodecDemote)
+    ->ArgNames({"layout", "codec", "blocks"})
+    ->ArgsProduct({{0, 1, 2, 3}, {1, 2, 3}, {64}})
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace kvtier

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # run_gpu.sh: runs a bundle made by bench/gpu_bundle.sh on the GPU machine (no ctest, no -dev
-# packages there), in priority order, every step under `timeout`, within about 8 minutes:
+# packages there), in priority order, every step under `timeout`, within about 9 minutes:
 #   1 probe      driver/runtime versions, the devices (nvidia-smi and the [probe] tests)   ~20 s
 #   2 failures   the [spin] cases: the spin kernel, its release on failure, a failed device, the
 #                1,500-block disk-gated Load and the illegal address (each in a child)    <=150 s
 #   3 cuda       every other [cuda] test: byte-exact round trips (MHA/GQA/MLA/odd x every
 #                copy method), layer-event order, concurrency                            <=150 s
-#   4 bench      kvtier_bench_cuda: the baseline, and layouts 0 and 3 x methods 1-3 at 64
-#                blocks, 3 repetitions                                                    <=120 s
+#   4 bench      kvtier_bench_cuda: the baseline, layouts 0 and 3 x methods 1-3 at 64 blocks,
+#                and the codec kernels (layouts 0 and 3 x fp8/int8/int4), 3 repetitions   <=180 s
 #   (5 cpu       kvtier_tests, the CPU suite: only with KVTIER_RUN_CPU_TESTS=1; it needs no GPU)
 # Writes into results/ (or $1): <step>.xml (Catch2 JUnit) and <step>.txt (console, whose warnings
 # say "skipped: ..." or give the versions), kvtier_bench_cuda.json, nvidia-smi.txt, summary.json.
@@ -47,9 +47,11 @@ cuda_tests probe 20 "[probe]"
 "$here/bin/kvtier_cuda_tests" "[probe]" -s 2>&1 | grep -E "driver|device" | head -20
 cuda_tests failures 150 "[spin]"
 cuda_tests cuda 150 "[cuda]~[spin]~[probe]"
-# Layouts 0 (Llama-3-8B) and 3 (MLA, 64 tokens), methods 1-3, 64 blocks; the baselines they divide by.
+# Layouts 0 (Llama-3-8B) and 3 (MLA, 64 tokens), methods 1-3, 64 blocks, the three codecs; the
+# baselines they divide by.
 filter='BM_CudaMemcpyBaseline|BM_Cuda(Promote|Demote)/layout:[03]/method:[123]/blocks:64'
-step bench 120 "$here/bin/kvtier_bench_cuda" --benchmark_format=json --benchmark_repetitions=3 \
+filter+='|BM_CudaCodec(Promote|Demote)/layout:[03]/codec:[123]/blocks:64'
+step bench 180 "$here/bin/kvtier_bench_cuda" --benchmark_format=json --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true --benchmark_filter="${KVTIER_BENCH_FILTER:-$filter}" \
   --benchmark_out=kvtier_bench_cuda.json --benchmark_out_format=json
 if [[ ${KVTIER_RUN_CPU_TESTS:-0} == 1 ]]; then

@@ -7,8 +7,14 @@
 // (lib/transfer/stream_runner.h); per stream one issuer thread makes the CUDA calls in order and
 // one watcher thread waits for each callback's event and calls the callback. Both threads make
 // the device current first (cudaSetDevice), so no runtime call ever lands on device 0 by default.
-// Both kernels are loaded at start-up (PreloadCopyKernels), so the first gather launch cannot wait
-// for a module load behind a running spin kernel.
+// The copy and codec kernels are loaded at start-up (PreloadCopyKernels, PreloadCodecKernels), so
+// the first launch cannot wait for a module load behind a running spin kernel.
+//
+// Codecs. EncodeToHost/DecodeFromHost stage the host side of their jobs in one device scratch
+// allocation from kvtier's own stream-ordered pool (cudaMallocFromPoolAsync/cudaFreeAsync on the
+// issuer, freed after the work that uses it): the codec kernels (codec_kernels.cu) then read and
+// write device memory only, and the encoded bytes cross the bus by the device's copy method, one
+// region per block.
 //
 // Completion and failure. A callback is not a cudaLaunchHostFunc: a host function stalls its stream
 // until the CPU has run it, which would put a GPU -> CPU -> GPU round trip between every layer of
@@ -54,6 +60,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/codec_kernels.h"
 #include "cuda/copy_kernels.h"
 #include "cuda/cuda_probe.h"
 #include "cuda/cuda_status.h"
@@ -338,6 +345,14 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   absl::StatusOr<std::shared_ptr<DeviceEvent>> RecordEvent(Stream stream) override;
   absl::Status WaitEvent(Stream stream, std::shared_ptr<DeviceEvent> event) override;
   absl::Status AddCallback(Stream stream, std::function<void(absl::Status)> fn) override;
+  absl::Status EncodeToHost(Stream stream, const codec_math::CodecParams& params,
+                            std::span<const codec_math::CodecSegmentJob> jobs) override {
+    return SubmitCodec(stream, params, jobs, /*encode=*/true);
+  }
+  absl::Status DecodeFromHost(Stream stream, const codec_math::CodecParams& params,
+                              std::span<const codec_math::CodecSegmentJob> jobs) override {
+    return SubmitCodec(stream, params, jobs, /*encode=*/false);
+  }
   absl::Status Synchronize() override;
   absl::Status WriteCounter(Stream stream, uint32_t index, uint32_t value) override;
   void* counters() const override { return counters_; }
@@ -374,6 +389,10 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   absl::Status CopyByKernel(cudaStream_t s, std::span<const CopyRegion> regions);
   absl::Status CopyByBatch(cudaStream_t s, std::span<const CopyRegion> regions);
   absl::Status WaitEventImpl(int stream, const std::shared_ptr<DeviceEvent>& event);
+  absl::Status SubmitCodec(Stream stream, const codec_math::CodecParams& params,
+                           std::span<const codec_math::CodecSegmentJob> jobs, bool encode);
+  absl::Status CodecImpl(cudaStream_t s, const codec_math::CodecParams& params,
+                         std::vector<codec_math::CodecSegmentJob> jobs, bool encode);
   // The device address of `p` when it lies in a pool this device pinned; `p` otherwise.
   const void* DeviceAddress(const void* p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(pinned_mu_);
 
@@ -387,6 +406,8 @@ class CudaDevice final : public Device, private StreamRunner::Backend {
   std::shared_ptr<FlagPool> flags_;
   std::shared_ptr<EventPool> events_ = std::make_shared<EventPool>();
   uint32_t* counters_ = nullptr;  // kMaxLayerCounters device words (cudaMalloc), zeroed
+  static constexpr uint64_t kScratchKeepBytes = uint64_t{256} << 20;
+  cudaMemPool_t scratch_pool_ = nullptr;  // the codecs' staging (CodecImpl)
   mutable Mutex pinned_mu_;
   std::vector<Pinned> pinned_ ABSL_GUARDED_BY(pinned_mu_);  // sorted by host address
   // Last: its threads use everything above, and stop first.
@@ -407,6 +428,7 @@ absl::Status CudaDevice::Init() {
   // Load both kernels now: a lazily loaded module would make the first gather launch wait for a
   // running spin kernel (CUDA_MODULE_LOADING=LAZY is the default since 12.2).
   KVTIER_CUDA_RETURN_IF_ERROR(PreloadCopyKernels());
+  KVTIER_CUDA_RETURN_IF_ERROR(PreloadCodecKernels());
   int sms = 0;
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
@@ -440,6 +462,17 @@ absl::Status CudaDevice::Init() {
   // does not wait for the legacy default stream a plain cudaMemset would use).
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counters_, 0, kMaxLayerCounters * sizeof(uint32_t),
                                               streams_[static_cast<int>(Stream::kCounters)]));
+  // The codecs' device scratch: a pool of kvtier's own (the engine's allocator and the device's
+  // default pool are left alone) that keeps up to kScratchKeepBytes between uses instead of
+  // returning it to the driver at every synchronisation.
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device_;
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemPoolCreate(&scratch_pool_, &props));
+  uint64_t keep = kScratchKeepBytes;
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaMemPoolSetAttribute(scratch_pool_, cudaMemPoolAttrReleaseThreshold, &keep));
   runner_ = std::make_unique<StreamRunner>(kNumStreams, static_cast<StreamRunner::Backend*>(this));
   return absl::OkStatus();
 }
@@ -455,6 +488,7 @@ CudaDevice::~CudaDevice() {
     if (s != nullptr) static_cast<void>(cudaStreamDestroy(s));
   }
   if (counters_ != nullptr) static_cast<void>(cudaFree(counters_));
+  if (scratch_pool_ != nullptr) static_cast<void>(cudaMemPoolDestroy(scratch_pool_));
 }
 
 absl::StatusOr<void*> CudaDevice::RecordMarker(int stream_index) {
@@ -647,6 +681,65 @@ absl::Status CudaDevice::Copy(Stream stream_id, std::span<const CopyRegion> regi
   return runner_->Submit(
       index, [this, index, copy = std::move(copy)] { return CopyImpl(stream(index), copy); },
       "CudaDevice::Copy");
+}
+
+absl::Status CudaDevice::SubmitCodec(Stream stream_id, const codec_math::CodecParams& params,
+                                     std::span<const codec_math::CodecSegmentJob> jobs,
+                                     bool encode) {
+  const int index = static_cast<int>(stream_id);
+  return runner_->Submit(
+      index,
+      [this, index, params, encode, jobs = std::vector(jobs.begin(), jobs.end())]() mutable {
+        return CodecImpl(stream(index), params, std::move(jobs), encode);
+      },
+      encode ? "CudaDevice::EncodeToHost" : "CudaDevice::DecodeFromHost");
+}
+
+// The host side of every job (encode: dst, decode: src) is staged in one stream-ordered device
+// scratch allocation, so the kernels touch device memory only and the bus carries the encoded
+// bytes in as few copies as the jobs allow (a block's segments and layers are contiguous in its
+// host slot: one region per block, by this device's copy method).
+absl::Status CudaDevice::CodecImpl(cudaStream_t s, const codec_math::CodecParams& params,
+                                   std::vector<codec_math::CodecSegmentJob> jobs, bool encode) {
+  uint64_t total = 0;
+  for (const codec_math::CodecSegmentJob& j : jobs) total += codec_math::EncodedBytes(params, j);
+  if (total == 0) return absl::OkStatus();
+  std::byte* scratch = nullptr;
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaMallocFromPoolAsync(reinterpret_cast<void**>(&scratch), total, scratch_pool_, s));
+  std::vector<CopyRegion> regions;  // host <-> scratch, merged where both sides run on
+  uint64_t at = 0;
+  for (codec_math::CodecSegmentJob& j : jobs) {
+    const uint64_t bytes = codec_math::EncodedBytes(params, j);
+    std::byte* staged = scratch + at;
+    std::byte* host = static_cast<std::byte*>(encode ? j.dst : const_cast<void*>(j.src));
+    (encode ? j.dst : const_cast<void*&>(j.src)) = staged;
+    at += bytes;
+    if (!regions.empty()) {
+      CopyRegion& last = regions.back();
+      const std::byte* last_host = static_cast<const std::byte*>(encode ? last.dst : last.src);
+      const std::byte* last_staged = static_cast<const std::byte*>(encode ? last.src : last.dst);
+      if (last_host + last.bytes == host && last_staged + last.bytes == staged) {
+        last.bytes += bytes;
+        continue;
+      }
+    }
+    regions.push_back(encode ? CopyRegion{host, staged, bytes} : CopyRegion{staged, host, bytes});
+  }
+  absl::Status st = [&]() -> absl::Status {
+    if (!encode) KVTIER_RETURN_IF_ERROR(CopyImpl(s, regions));
+    for (size_t i = 0; i < jobs.size(); i += kMaxCodecJobs) {
+      const auto n = static_cast<uint32_t>(std::min<size_t>(kMaxCodecJobs, jobs.size() - i));
+      KVTIER_CUDA_RETURN_IF_ERROR(LaunchCodec(encode, params, jobs.data() + i, n, s));
+    }
+    if (encode) KVTIER_RETURN_IF_ERROR(CopyImpl(s, regions));
+    return absl::OkStatus();
+  }();
+  // Freed in stream order, after the work above, whether or not all of it was enqueued.
+  if (cudaError_t e = cudaFreeAsync(scratch, s); e != cudaSuccess && st.ok()) {
+    st = CudaStatus(e, "cudaFreeAsync", __FILE__, __LINE__);
+  }
+  return st;
 }
 
 absl::StatusOr<std::shared_ptr<DeviceEvent>> CudaDevice::RecordEvent(Stream stream_id) {

@@ -10,6 +10,9 @@
 // Copies: by CudaOptions.copy_method (kernel, cudaMemcpyBatchAsync, or one cudaMemcpyAsync per
 //   region). The kernel reaches the host pool through its mapped device address; its grid is capped
 //   at half the SMs (grid-stride beyond).
+// Codecs: EncodeToHost/DecodeFromHost run the host codec's kernels (codec_kernels.cu) on device
+//   scratch from a stream-ordered pool of the device's own, and move the encoded bytes by the copy
+//   method: the bus carries the encoded form.
 // Enqueueing: no call makes a CUDA call on the caller's thread. Each enqueue call queues a closure;
 //   per stream an issuer thread makes the CUDA calls in order, and a watcher thread calls the
 //   callbacks (lib/transfer/stream_runner.h). So a stream whose queue is full, or is held by a wait

@@ -127,13 +127,8 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
                                     ? options.layout.num_slots
                                     : options.device.capacity_slots;
   // A host codec (Options.host.codec): host slots, disk slots and remote values hold the encoded
-  // block, which the device mover encodes and decodes on the copy threads.
+  // block, which the device encodes and decodes (Device::EncodeToHost, DecodeFromHost).
   KVTIER_ASSIGN_OR_RETURN(const std::optional<BlockCodec> codec, HostCodecOf(options));
-  if (codec.has_value() && !no_bytes && absl::string_view(device->name()) != "emulated") {
-    return absl::UnimplementedError(absl::StrCat("Options.host.codec: '", options.host.codec,
-                                                 "' needs the emulated device in this version (",
-                                                 device->name(), " has no encode kernel yet)"));
-  }
   const uint64_t block = StoredBlockBytes(options);
   // With a disk tier a host slot also holds the block's on-disk trailer, padded to the file
   // system's direct-I/O alignment, so that a block moves to and from disk in one transfer. The

@@ -550,14 +550,8 @@ TEST_CASE("codec AVX2 kernel writes the scalar kernel's bytes, encoding and deco
   for (ElementType type : {ElementType::kF16, ElementType::kBf16, ElementType::kF32}) {
     for (const Shape& shape : shapes) {
       const uint64_t bytes = shape.tokens * shape.channels * ElementBytes(type);
-      BlockLayout layout;
-      layout.tokens_per_block = shape.tokens;
-      layout.num_slots = 1;
-      LayerLayout layer;
-      for (SegmentRole role : {SegmentRole::kKey, SegmentRole::kValue, SegmentRole::kLatent}) {
-        layer.segments.push_back({.bytes_per_block = bytes, .stride_bytes = bytes, .role = role});
-      }
-      layout.layers = {layer, layer};
+      const BlockLayout layout = test::TwoLayerLayout(
+          shape.tokens, bytes, {SegmentRole::kKey, SegmentRole::kValue, SegmentRole::kLatent});
       for (CodecId id : {CodecId::kFp8E4m3, CodecId::kInt8, CodecId::kInt4}) {
         auto codec =
             BlockCodec::Create("c", {.id = id, .group_size = shape.group, .element = type}, layout);
@@ -619,6 +613,70 @@ TEST_CASE("codec AVX2 kernel writes the scalar kernel's bytes, encoding and deco
     }
   }
   CHECK(compared == 3 * 8 * 3 * 3);
+}
+
+// The work items of lib/codec/codec_math.h are the CUDA kernels' code (cuda/codec_kernels.cu runs
+// them one per thread); here they run in a loop on the CPU against the scalar kernel.
+TEST_CASE("codec work items (the CUDA kernels' code) write the scalar kernel's bytes", "[codec]") {
+  struct Shape {
+    uint32_t tokens;
+    uint64_t channels;
+    uint32_t group;
+  };
+  // Odd channel counts put an int4 byte across two tokens (and two groups).
+  const std::vector<Shape> shapes = {{16, 256, 64}, {7, 200, 16}, {5, 13, 2},
+                                     {33, 67, 32},  {3, 100, 4},  {1, 1, 2}};
+  std::mt19937 rng(11);
+  int compared = 0;
+  for (ElementType type : {ElementType::kF16, ElementType::kBf16, ElementType::kF32}) {
+    for (const Shape& shape : shapes) {
+      const uint64_t bytes = shape.tokens * shape.channels * ElementBytes(type);
+      const BlockLayout layout =
+          test::TwoLayerLayout(shape.tokens, bytes, {SegmentRole::kKey, SegmentRole::kValue});
+      for (CodecId id : {CodecId::kFp8E4m3, CodecId::kInt8, CodecId::kInt4}) {
+        auto codec =
+            BlockCodec::Create("c", {.id = id, .group_size = shape.group, .element = type}, layout);
+        REQUIRE(codec.ok());
+        INFO("element " << static_cast<int>(type) << " codec " << CodecName(id) << " "
+                        << shape.tokens << "x" << shape.channels << " group " << shape.group);
+        std::vector<uint8_t> raw(codec->raw_bytes());
+        for (uint64_t off = 0; off < raw.size(); off += bytes) {
+          FillSegment(type, shape.tokens, shape.channels, rng, raw.data() + off);
+        }
+        std::vector<uint8_t> scalar(codec->encoded_bytes()), items(scalar.size(), 0xAB);
+        std::vector<uint8_t> decoded(raw.size()), items_decoded(raw.size(), 0xAB);
+        codec->Encode(raw.data(), scalar.data(), CodecKernel::kScalar);
+        REQUIRE(codec->Decode(scalar.data(), decoded.data(), CodecKernel::kScalar).ok());
+        codec->EncodeHeader(items.data());
+        for (const bool encode : {true, false}) {
+          std::vector<codec_math::CodecSegmentJob> jobs;
+          for (uint32_t l = 0; l < codec->num_layers(); ++l) {
+            uint8_t* layer_raw =
+                (encode ? raw.data() : items_decoded.data()) + codec->raw_layer_offset(l);
+            const std::vector<void*> segments = {layer_raw, layer_raw + bytes};
+            // Decoding reads the scalar kernel's encoding, so each direction is checked alone.
+            uint8_t* enc = (encode ? items.data() : scalar.data()) + codec->layer_offset(l);
+            codec->AppendLayerJobs(l, segments, enc, encode, &jobs);
+          }
+          REQUIRE(jobs.size() == 4);
+          for (const codec_math::CodecSegmentJob& job : jobs) {
+            if (encode) {
+              codec_math::EncodeSegmentItems(codec->params(), job);
+            } else {
+              codec_math::DecodeSegmentItems(codec->params(), job);
+            }
+          }
+        }
+        REQUIRE(std::mismatch(scalar.begin(), scalar.end(), items.begin()).first - scalar.begin() ==
+                static_cast<ptrdiff_t>(scalar.size()));
+        REQUIRE(std::mismatch(decoded.begin(), decoded.end(), items_decoded.begin()).first -
+                    decoded.begin() ==
+                static_cast<ptrdiff_t>(decoded.size()));
+        ++compared;
+      }
+    }
+  }
+  CHECK(compared == 3 * 6 * 3);
 }
 
 TEST_CASE("codec AVX2 kernel: every fp16 and bf16 bit pattern encodes as the scalar kernel's",
@@ -813,6 +871,52 @@ TEST_CASE("Cache with host.codec: blocks come back from the host within the code
     CHECK(got.lossy == 2);  // the Transfer says which blocks it returned lossy
     CHECK(s.codec_refused_blocks == 0);
     REQUIRE_OK((*cache)->CheckInvariants());
+  }
+}
+
+// The device codec path (Device::EncodeToHost, DecodeFromHost: what CudaDevice runs its kernels
+// for) on the emulated device, once with the CPU codec and once with the CUDA kernels' own work
+// items: the engine gets exactly the bytes of a CPU encode and decode of what it committed.
+TEST_CASE(
+    "Cache with host.codec: a Load returns the CPU codec's exact round trip, also when the "
+    "device runs the CUDA kernels' code",
+    "[codec]") {
+  auto block_bytes = [](const FloatEngine& e, uint32_t slot) {
+    std::vector<uint8_t> out;
+    for (const std::vector<uint16_t>& t : e.tensors) {
+      const auto* p =
+          reinterpret_cast<const uint8_t*>(t.data()) + slot * FloatEngine::kSegmentBytes;
+      out.insert(out.end(), p, p + FloatEngine::kSegmentBytes);
+    }
+    return out;
+  };
+  for (const char* name : {"int8", "int4", "fp8_e4m3"}) {
+    for (internal::CodecKernel kernel :
+         {internal::DefaultCodecKernel(), internal::CodecKernel::kItems}) {
+      INFO("codec " << name << " kernel " << internal::CodecKernelName(kernel));
+      FloatEngine e;
+      const Options options = CodecOptions(e, name, 4);
+      auto codec = internal::HostCodecOf(options);
+      REQUIRE_OK(codec);
+      auto cache =
+          internal::CreateCache(options, std::make_unique<internal::EmulatedDevice>(kernel));
+      REQUIRE_OK(cache);
+      Loaded got = CommitEvictLoad(**cache, e, 1);
+      REQUIRE(got.promoted == 2);
+      for (uint32_t i = 0; i < 2; ++i) {
+        FloatEngine original;
+        original.Write(0, 10 + i);
+        std::vector<uint8_t> encoded((*codec)->encoded_bytes());
+        std::vector<uint8_t> want((*codec)->raw_bytes());
+        (*codec)->Encode(block_bytes(original, 0).data(), encoded.data(),
+                         internal::CodecKernel::kScalar);
+        REQUIRE_OK((*codec)->Decode(encoded.data(), want.data(), internal::CodecKernel::kScalar));
+        CHECK(block_bytes(e, got.lease.slots()[i]) == want);
+        CHECK_FALSE(e.Exact(got.lease.slots()[i], 10 + i));  // lossy: not the committed bytes
+      }
+      CHECK((*cache)->Stats().codec_refused_blocks == 0);
+      REQUIRE_OK((*cache)->CheckInvariants());
+    }
   }
 }
 

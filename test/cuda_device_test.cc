@@ -13,9 +13,11 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +25,7 @@
 #include "cuda/copy_kernels.h"
 #include "cuda/cuda_probe.h"
 #include "kvtier/cache.h"
+#include "lib/codec/codec.h"
 #include "lib/transfer/host_event.h"
 #include "test/util/test_util.h"
 
@@ -265,6 +268,99 @@ void RoundTripThroughDisk(GpuKv& kv, DeviceBackend backend, CudaCopyMethod metho
   CHECK(stats.bytes_disk_written > 0);
   CHECK(stats.bytes_h2d > 0);
   CHECK(stats.bytes_d2h > 0);
+}
+
+// Random elements of `element` type with the specials the codecs treat apart (NaN, +-Inf, -0,
+// subnormals), in groups of very different magnitudes.
+std::vector<uint8_t> CodecInput(uint8_t element, uint64_t n, std::mt19937& rng) {
+  namespace cm = internal::codec_math;
+  const uint32_t bytes = element == cm::kElementF32 ? 4 : 2;
+  std::vector<uint8_t> out(n * bytes);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  float magnitude = 1;
+  for (uint64_t i = 0; i < n; ++i) {
+    if (i % 16 == 0) magnitude = std::ldexp(1.0f, static_cast<int>(rng() % 40) - 20);
+    float f = value(rng) * magnitude;
+    const uint32_t special = rng() % 64;
+    const uint32_t sign = (rng() & 1) ? 0x80000000u : 0;
+    if (special == 0) f = cm::BitsToFloat(0x7fc00001u | sign);  // NaN with a payload
+    if (special == 1) f = cm::BitsToFloat(0x7f800000u | sign);  // +-Inf
+    if (special == 2) f = cm::BitsToFloat(sign);                // +-0
+    if (special == 3) f = cm::BitsToFloat(0x00000001u | sign);  // the smallest subnormal
+    cm::StoreElement(f, out.data(), i, element);
+  }
+  return out;
+}
+
+TEST_CASE("CudaDevice: the codec kernels write the CPU codec's bytes, encoding and decoding",
+          "[cuda][codec]") {
+  if (NoDevice()) return;
+  namespace cm = internal::codec_math;
+  auto device = internal::CreateCudaDevice({.device = 0});
+  REQUIRE_OK(device);
+  struct Shape {
+    uint32_t tokens;
+    uint64_t channels;
+    uint32_t group;
+  };
+  // Llama-like, odd tails (an int4 byte across two tokens), one group per row.
+  const std::vector<Shape> shapes = {{16, 1024, 64}, {7, 200, 16}, {5, 13, 2}, {33, 67, 32}};
+  std::mt19937 rng(5);
+  for (internal::ElementType type :
+       {internal::ElementType::kF16, internal::ElementType::kBf16, internal::ElementType::kF32}) {
+    for (const Shape& shape : shapes) {
+      const uint64_t bytes = shape.tokens * shape.channels * internal::ElementBytes(type);
+      const BlockLayout layout =
+          test::TwoLayerLayout(shape.tokens, bytes, {SegmentRole::kKey, SegmentRole::kValue});
+      for (internal::CodecId id :
+           {internal::CodecId::kFp8E4m3, internal::CodecId::kInt8, internal::CodecId::kInt4}) {
+        INFO("element " << static_cast<int>(type) << " codec " << internal::CodecName(id) << " "
+                        << shape.tokens << "x" << shape.channels << " group " << shape.group);
+        auto codec = internal::BlockCodec::Create(
+            "c", {.id = id, .group_size = shape.group, .element = type}, layout);
+        REQUIRE_OK(codec);
+        const std::vector<uint8_t> raw = CodecInput(
+            static_cast<uint8_t>(type), codec->raw_bytes() / internal::ElementBytes(type), rng);
+        std::vector<uint8_t> want(codec->encoded_bytes()), want_raw(raw.size());
+        codec->Encode(raw.data(), want.data(), internal::CodecKernel::kScalar);
+        REQUIRE_OK(codec->Decode(want.data(), want_raw.data(), internal::CodecKernel::kScalar));
+
+        void* dev = nullptr;
+        REQUIRE_CUDA(cudaMalloc(&dev, raw.size()));
+        REQUIRE_CUDA(cudaMemcpy(dev, raw.data(), raw.size(), cudaMemcpyHostToDevice));
+        const uint64_t host_bytes = (want.size() + 4095) / 4096 * 4096;
+        auto host = (*device)->AllocateHost(host_bytes, 0);
+        REQUIRE_OK(host);
+        auto* enc = static_cast<uint8_t*>(*host);
+        std::memset(enc, 0xAB, want.size());
+        auto jobs = [&](bool encode) {
+          std::vector<cm::CodecSegmentJob> out;
+          for (uint32_t l = 0; l < codec->num_layers(); ++l) {
+            auto* raw_layer = static_cast<uint8_t*>(dev) + codec->raw_layer_offset(l);
+            codec->AppendLayerJobs(l, {raw_layer, raw_layer + bytes}, enc + codec->layer_offset(l),
+                                   encode, &out);
+          }
+          return out;
+        };
+        // Encode on the GPU: every byte after the header (which the host writes) as the CPU's.
+        REQUIRE_OK((*device)->EncodeToHost(internal::Stream::kD2H, codec->params(), jobs(true)));
+        REQUIRE_OK((*device)->Synchronize());
+        CHECK(std::equal(want.begin() + internal::kCodecHeaderBytes, want.end(),
+                         enc + internal::kCodecHeaderBytes));
+        // Decode the CPU's encoding on the GPU, into scribbled device memory.
+        std::memcpy(enc, want.data(), want.size());
+        REQUIRE_CUDA(cudaMemset(dev, 0xA5, raw.size()));
+        REQUIRE_CUDA(cudaDeviceSynchronize());
+        REQUIRE_OK((*device)->DecodeFromHost(internal::Stream::kH2D, codec->params(), jobs(false)));
+        REQUIRE_OK((*device)->Synchronize());
+        std::vector<uint8_t> got(raw.size());
+        REQUIRE_CUDA(cudaMemcpy(got.data(), dev, got.size(), cudaMemcpyDeviceToHost));
+        CHECK(got == want_raw);
+        (*device)->FreeHost(*host, host_bytes);
+        REQUIRE_CUDA(cudaFree(dev));
+      }
+    }
+  }
 }
 
 TEST_CASE("CudaDevice: the round-trip scenario holds on the emulated device", "[cuda]") {

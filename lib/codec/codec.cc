@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "lib/codec/codec_math.h"
 #include "lib/common/status_macros.h"
 
 namespace kvtier::internal {
@@ -24,56 +25,31 @@ namespace {
 
 constexpr uint32_t kMagic = 0x4351564b;  // "KVQC"
 constexpr uint8_t kVersion = 1;
-constexpr uint32_t kBf16MaxBits = 0x7f7f;  // largest finite bf16, 3.3895e38
 
-// ---- element conversions: branch-free, so that the loops over them vectorise ----
-
-inline float BitsToFloat(uint32_t u) { return std::bit_cast<float>(u); }
-inline uint32_t FloatToBits(float f) { return std::bit_cast<uint32_t>(f); }
-
-inline float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t em = h & 0x7fff;
-  // em << 13 read as a float is the value times 2^-112 (normals and subnormals alike).
-  uint32_t bits = FloatToBits(BitsToFloat(em << 13) * 0x1p112f);
-  bits |= em >= 0x7c00 ? 0x7f800000u : 0u;  // Inf and NaN keep their mantissa
-  return BitsToFloat(bits | sign);
-}
-
-// Round to nearest even (F. Giesen's float_to_half_fast3_rtne); NaN -> quiet NaN.
-inline uint16_t FloatToHalf(float f) {
-  constexpr uint32_t kInf = 255u << 23, kHalfMax = (127u + 16) << 23;
-  constexpr uint32_t kDenormMagic = ((127u - 15) + (23 - 10) + 1) << 23;
-  uint32_t u = FloatToBits(f);
-  const uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  const uint32_t big = u > kInf ? 0x7e00u : 0x7c00u;
-  const uint32_t sub = FloatToBits(BitsToFloat(u) + BitsToFloat(kDenormMagic)) - kDenormMagic;
-  const uint32_t normal = (u + ((15u - 127) << 23) + 0xfff + ((u >> 13) & 1)) >> 13;
-  const uint32_t o = u >= kHalfMax ? big : (u < (113u << 23) ? sub : normal);
-  return static_cast<uint16_t>(o | (sign >> 16));
-}
-
-inline float Bf16ToFloat(uint16_t h) { return BitsToFloat(static_cast<uint32_t>(h) << 16); }
-
-inline uint16_t FloatToBf16(float f) {
-  const uint32_t u = FloatToBits(f);
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1)) >> 16;
-  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : r);
-}
-
-// bf16 at or below / at or above a finite float `x` (|x| <= bf16 max): the nearest bf16, one step
-// toward -Inf / +Inf where it lies on the wrong side. Bf16Up is used for x > 0 only.
-uint16_t Bf16Down(float x) {
-  const uint16_t b = FloatToBf16(x);
-  if (!(Bf16ToFloat(b) > x)) return b;
-  return (b & 0x8000) ? b + 1 : b - 1;  // b > x: b is not +0 (x < 0 rounds to a negative bf16)
-}
-uint16_t Bf16Up(float x) {
-  const uint16_t b = FloatToBf16(x);
-  return Bf16ToFloat(b) < x ? b + 1 : b;
-}
+// The element math shared with the CUDA kernels (lib/codec/codec_math.h).
+using codec_math::Bf16Down;
+using codec_math::Bf16ToFloat;
+using codec_math::Bf16Up;
+using codec_math::BitsToFloat;
+using codec_math::Finite;
+using codec_math::FloatToBf16;
+using codec_math::FloatToBits;
+using codec_math::FloatToE4m3;
+using codec_math::FloatToHalf;
+using codec_math::Group;
+using codec_math::HalfToFloat;
+using codec_math::Inverse;
+using codec_math::kBf16MaxBits;
+using codec_math::LoadGroup;
+using codec_math::MakeGroup;
+using codec_math::Quantise;
+using codec_math::StoreGroup;
+static_assert(codec_math::kCodecFp8E4m3 == static_cast<uint8_t>(CodecId::kFp8E4m3) &&
+              codec_math::kCodecInt8 == static_cast<uint8_t>(CodecId::kInt8) &&
+              codec_math::kCodecInt4 == static_cast<uint8_t>(CodecId::kInt4));
+static_assert(codec_math::kElementF16 == static_cast<uint8_t>(ElementType::kF16) &&
+              codec_math::kElementBf16 == static_cast<uint8_t>(ElementType::kBf16) &&
+              codec_math::kElementF32 == static_cast<uint8_t>(ElementType::kF32));
 
 template <ElementType E>
 inline float LoadElement(const uint8_t* p) {
@@ -124,13 +100,6 @@ uint8_t* CodeScratch(size_t n) {
 
 // ---- int8 / int4 ----
 
-inline bool Finite(float x) { return (FloatToBits(x) & 0x7f800000u) != 0x7f800000u; }
-
-struct Group {
-  uint16_t scale;  // bf16
-  uint16_t min;    // bf16
-};
-
 // Minimum and maximum of the finite values among x[0, n) (+Inf and -Inf when there are none).
 inline void FiniteMinMax(const float* x, uint64_t n, float* lo_out, float* hi_out) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -144,51 +113,6 @@ inline void FiniteMinMax(const float* x, uint64_t n, float* lo_out, float* hi_ou
   *lo_out = lo;
   *hi_out = hi;
 }
-
-// (s, m) of a group whose finite values span [lo, hi] (lo > hi: none finite). Float arithmetic
-// only (a GPU kernel computes the same bytes): m is the bf16 at or below lo (+0 for a zero
-// minimum of either sign); s the bf16 at or above (hi - m) / levels, taken as (hi - m) * (1 /
-// levels) rounded to float (hi * (1 / levels) - m * (1 / levels) where hi - m overflows float).
-// So s * levels >= hi - m up to float rounding: the codes of [m, hi] stay within [0, levels].
-Group MakeGroup(float lo, float hi, uint32_t levels) {
-  if (!(lo <= hi)) return {0, 0};
-  const float limit = Bf16ToFloat(kBf16MaxBits);
-  lo = std::clamp(lo, -limit, limit);
-  hi = std::clamp(hi, -limit, limit);
-  uint16_t m = Bf16Down(lo);
-  if (m == 0x8000) m = 0;
-  const float mf = Bf16ToFloat(m);
-  const float inv_levels = 1.0f / static_cast<float>(levels);
-  const float range = hi - mf;
-  const float x = range == std::numeric_limits<float>::infinity()
-                      ? hi * inv_levels - mf * inv_levels
-                      : range * inv_levels;
-  return {range > 0 ? Bf16Up(x) : uint16_t{0}, m};
-}
-
-inline void StoreGroup(uint8_t* p, Group g) {
-  std::memcpy(p, &g.scale, 2);
-  std::memcpy(p + 2, &g.min, 2);
-}
-inline Group LoadGroup(const uint8_t* p) {
-  Group g;
-  std::memcpy(&g.scale, p, 2);
-  std::memcpy(&g.min, p + 2, 2);
-  return g;
-}
-
-// The code of x in a group of minimum m and inverse scale inv: (x - m) * inv clamped to
-// [0, levels] (NaN to 0), rounded to nearest even.
-inline uint8_t Quantise(float x, float m, float inv, float levels) {
-  float v = (x - m) * inv;
-  v = v > 0.0f ? v : 0.0f;  // NaN -> 0
-  v = v < levels ? v : levels;
-  // To nearest even, as VCVTPS2DQ (the current rounding mode, as std::nearbyint, which is a
-  // library call on baseline x86-64): exact for 0 <= v < 2^23, where v + 2^23 has ulp 1.
-  return static_cast<uint8_t>((v + 0x1p23f) - 0x1p23f);
-}
-
-float Inverse(float s) { return s > 0 ? 1.0f / s : 0.0f; }
 
 // Quantises `x` ([tokens][channels]) into codes and writes the groups at `groups`.
 void QuantiseSegment(const float* x, uint32_t tokens, uint64_t channels, SegmentRole role,
@@ -304,33 +228,10 @@ void UnpackInt4(const uint8_t* in, uint64_t n, uint8_t* codes) {
 
 // ---- fp8 e4m3fn ----
 
-uint8_t FloatToE4m3(float f) {
-  const uint32_t u = FloatToBits(f);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7f;   // NaN
-  if (a >= 0x43e00000u) return sign | 0x7e;  // >= 448 (and Inf): saturate
-  if (a < 0x3c800000u) {                     // below 2^-6: subnormal, m * 2^-9
-    const int m = static_cast<int>(std::nearbyint(BitsToFloat(a) * 512.0f));  // RNE; 8 = 2^-6
-    return sign | static_cast<uint8_t>(m);
-  }
-  const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1)) >> 20;  // exponent and 3 mantissa bits
-  const uint32_t o = r - ((127u - 7) << 3);
-  return sign | static_cast<uint8_t>(std::min<uint32_t>(o, 0x7e));
-}
-
-float E4m3ToFloatSlow(uint8_t v) {
-  const float sign = (v & 0x80) ? -1.0f : 1.0f;
-  const int e = (v >> 3) & 0xf, m = v & 7;
-  if (e == 0xf && m == 7) return std::numeric_limits<float>::quiet_NaN();
-  if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);
-  return sign * std::ldexp(1.0f + m / 8.0f, e - 7);
-}
-
 const std::array<float, 256>& E4m3Table() {
   static const std::array<float, 256> table = [] {
     std::array<float, 256> t{};
-    for (int i = 0; i < 256; ++i) t[i] = E4m3ToFloatSlow(static_cast<uint8_t>(i));
+    for (int i = 0; i < 256; ++i) t[i] = codec_math::E4m3ToFloat(static_cast<uint8_t>(i));
     return t;
   }();
   return table;
@@ -1067,8 +968,25 @@ bool HasAvx2() {
 bool HasAvx2() { return false; }
 #endif  // __x86_64__
 
+codec_math::CodecParams ParamsOf(const CodecConfig& c) {
+  return {.codec = static_cast<uint8_t>(c.id),
+          .element = static_cast<uint8_t>(c.element),
+          .group_size = c.group_size};
+}
+codec_math::CodecSegmentJob JobOf(const BlockCodec::SegmentShape& s, const uint8_t* in,
+                                  uint8_t* out) {
+  return {.src = in,
+          .dst = out,
+          .channels = s.channels,
+          .tokens = s.tokens,
+          .key = static_cast<uint8_t>(s.role == SegmentRole::kKey ? 1 : 0)};
+}
+
 void EncodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::SegmentShape& s,
                const uint8_t* raw, uint8_t* out) {
+  if (kernel == CodecKernel::kItems) {
+    return codec_math::EncodeSegmentItems(ParamsOf(c), JobOf(s, raw, out));
+  }
 #if defined(__x86_64__)
   if (kernel == CodecKernel::kAvx2 && HasAvx2()) {
     bool done = false;
@@ -1100,6 +1018,9 @@ void EncodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::Segme
 
 void DecodeAny(CodecKernel kernel, const CodecConfig& c, const BlockCodec::SegmentShape& s,
                const uint8_t* in, uint8_t* raw) {
+  if (kernel == CodecKernel::kItems) {
+    return codec_math::DecodeSegmentItems(ParamsOf(c), JobOf(s, in, raw));
+  }
 #if defined(__x86_64__)
   if (kernel == CodecKernel::kAvx2 && HasAvx2()) {
     switch (c.element) {
@@ -1170,13 +1091,49 @@ absl::StatusOr<ElementType> ParseElementType(absl::string_view dtype) {
 uint32_t ElementBytes(ElementType type) { return type == ElementType::kF32 ? 4 : 2; }
 
 bool CodecKernelSupported(CodecKernel kernel) {
-  return kernel == CodecKernel::kScalar || (kernel == CodecKernel::kAvx2 && HasAvx2());
+  return kernel == CodecKernel::kScalar || kernel == CodecKernel::kItems ||
+         (kernel == CodecKernel::kAvx2 && HasAvx2());
 }
 
 CodecKernel DefaultCodecKernel() { return HasAvx2() ? CodecKernel::kAvx2 : CodecKernel::kScalar; }
 
 const char* CodecKernelName(CodecKernel kernel) {
-  return kernel == CodecKernel::kAvx2 ? "avx2" : "scalar";
+  switch (kernel) {
+    case CodecKernel::kAvx2:
+      return "avx2";
+    case CodecKernel::kItems:
+      return "items";
+    case CodecKernel::kScalar:
+      break;
+  }
+  return "scalar";
+}
+
+// The CPU codec's configuration and shape of a job, for EncodeAny (which runs the kernel asked).
+namespace {
+std::pair<CodecConfig, BlockCodec::SegmentShape> ConfigOf(const codec_math::CodecParams& p,
+                                                          const codec_math::CodecSegmentJob& j) {
+  return {CodecConfig{.id = static_cast<CodecId>(p.codec),
+                      .group_size = p.group_size,
+                      .element = static_cast<ElementType>(p.element)},
+          BlockCodec::SegmentShape{.tokens = j.tokens,
+                                   .channels = j.channels,
+                                   .role = j.key ? SegmentRole::kKey : SegmentRole::kValue}};
+}
+}  // namespace
+
+void EncodeSegmentJob(const codec_math::CodecParams& params, const codec_math::CodecSegmentJob& job,
+                      CodecKernel kernel) {
+  const auto [config, shape] = ConfigOf(params, job);
+  EncodeAny(kernel, config, shape, static_cast<const uint8_t*>(job.src),
+            static_cast<uint8_t*>(job.dst));
+}
+
+void DecodeSegmentJob(const codec_math::CodecParams& params, const codec_math::CodecSegmentJob& job,
+                      CodecKernel kernel) {
+  const auto [config, shape] = ConfigOf(params, job);
+  DecodeAny(kernel, config, shape, static_cast<const uint8_t*>(job.src),
+            static_cast<uint8_t*>(job.dst));
 }
 
 uint64_t SegmentEncodedBytes(const CodecConfig& config, SegmentRole role, uint32_t tokens,
@@ -1271,6 +1228,20 @@ void BlockCodec::EncodeLayer(uint32_t layer, const void* raw_layer, void* encode
     EncodeAny(kernel, config_, s, in, out);
     in += s.tokens * s.channels * element;
     out += s.encoded_bytes;
+  }
+}
+
+codec_math::CodecParams BlockCodec::params() const { return ParamsOf(config_); }
+
+void BlockCodec::AppendLayerJobs(uint32_t layer, const std::vector<void*>& raw, void* encoded_layer,
+                                 bool encode, std::vector<codec_math::CodecSegmentJob>* out) const {
+  auto* enc = static_cast<uint8_t*>(encoded_layer);
+  const std::vector<SegmentShape>& segments = layers_[layer].segments;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const SegmentShape& shape = segments[s];
+    auto* raw_segment = static_cast<uint8_t*>(raw[s]);
+    out->push_back(encode ? JobOf(shape, raw_segment, enc) : JobOf(shape, enc, raw_segment));
+    enc += shape.encoded_bytes;
   }
 }
 

@@ -58,6 +58,7 @@
 #include "absl/strings/string_view.h"
 #include "kvtier/layout.h"
 #include "kvtier/options.h"
+#include "lib/codec/codec_math.h"
 
 namespace kvtier::internal {
 
@@ -73,13 +74,22 @@ absl::StatusOr<ElementType> ParseElementType(absl::string_view dtype);
 uint32_t ElementBytes(ElementType type);
 
 // The CPU code that Encode/Decode run. Every kernel writes the same bytes for every input.
-enum class CodecKernel : uint8_t { kScalar = 0, kAvx2 = 1 };
-// Whether this CPU runs `kernel`: kScalar always, kAvx2 on x86-64 with AVX2 and F16C. An
-// unsupported kernel passed to Encode/Decode runs as kScalar.
+// kItems: the CUDA kernels' work items (lib/codec/codec_math.h) in a loop, one at a time: slow,
+// for tests and the emulated device's check of the device codec path.
+enum class CodecKernel : uint8_t { kScalar = 0, kAvx2 = 1, kItems = 2 };
+// Whether this CPU runs `kernel`: kScalar and kItems always, kAvx2 on x86-64 with AVX2 and F16C.
+// An unsupported kernel passed to Encode/Decode runs as kScalar.
 bool CodecKernelSupported(CodecKernel kernel);
 // The fastest supported kernel (checked once per process).
 CodecKernel DefaultCodecKernel();
-const char* CodecKernelName(CodecKernel kernel);  // "scalar", "avx2"
+const char* CodecKernelName(CodecKernel kernel);  // "scalar", "avx2", "items"
+
+// One job of a device that runs the codec (Device::EncodeToHost, DecodeFromHost), on this CPU by
+// `kernel`: the bytes the CUDA kernels write for it.
+void EncodeSegmentJob(const codec_math::CodecParams& params, const codec_math::CodecSegmentJob& job,
+                      CodecKernel kernel = DefaultCodecKernel());
+void DecodeSegmentJob(const codec_math::CodecParams& params, const codec_math::CodecSegmentJob& job,
+                      CodecKernel kernel = DefaultCodecKernel());
 
 inline constexpr uint32_t kDefaultCodecGroupSize = 64;
 inline constexpr uint32_t kMaxCodecGroupSize = 1u << 16;
@@ -123,6 +133,14 @@ class BlockCodec {
                    CodecKernel kernel = DefaultCodecKernel()) const;
   void DecodeLayer(uint32_t layer, const void* encoded_layer, void* raw_layer,
                    CodecKernel kernel = DefaultCodecKernel()) const;
+
+  // For a device that runs the codec (Device::EncodeToHost): the kernels' parameters, and the jobs
+  // of layer `layer` of one block, one per segment, appended to `out`. `raw[s]`: segment s's raw
+  // bytes (tokens x channels elements); `encoded_layer`: the layer's encoded bytes (at
+  // layer_offset(layer) in the block). `encode`: raw -> encoded, else the other way.
+  codec_math::CodecParams params() const;
+  void AppendLayerJobs(uint32_t layer, const std::vector<void*>& raw, void* encoded_layer,
+                       bool encode, std::vector<codec_math::CodecSegmentJob>* out) const;
 
   // One segment's bytes: `tokens` x `channels` elements, `role` K/V. For tools and tests
   // (kvtier.codec_roundtrip).

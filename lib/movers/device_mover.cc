@@ -30,9 +30,15 @@ DeviceMover::DeviceMover(const BlockLayout& layout, bool metadata_only, Index& i
   }
 }
 
-std::shared_ptr<std::vector<std::byte>> DeviceMover::Staging(size_t n) const {
-  if (!codec_.has_value() || metadata_only_) return nullptr;
-  return std::make_shared<std::vector<std::byte>>(n * block_bytes_);
+void DeviceMover::AppendLayerJobs(uint32_t layer, SlotId device_slot, std::byte* host_slot,
+                                  bool encode,
+                                  std::vector<codec_math::CodecSegmentJob>* out) const {
+  std::vector<void*> raw;
+  for (const SegmentAt& s : layers_[layer]) {
+    raw.push_back(static_cast<std::byte*>(s.segment.base) +
+                  uint64_t{device_slot} * s.segment.stride_bytes);
+  }
+  codec_->AppendLayerJobs(layer, raw, host_slot + codec_->layer_offset(layer), encode, out);
 }
 
 void DeviceMover::AppendLayerRegions(uint32_t layer, SlotId device_slot, std::byte* host,
@@ -59,12 +65,9 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked
     return std::shared_ptr<DeviceEvent>();
   }
   std::vector<CopyRegion> regions;
+  std::vector<codec_math::CodecSegmentJob> jobs;
   absl::Status s;
-  const std::shared_ptr<std::vector<std::byte>> staging = Staging(demotions.size());
-  for (size_t i = 0; i < demotions.size(); ++i) {
-    const Move& d = demotions[i];
-    std::byte* raw =
-        staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(d.to.slot);
+  for (const Move& d : demotions) {
     // A host slot whose previous block is still being written below: wait for that write.
     if (s.ok()) {
       if (std::shared_ptr<HostEvent> w = storage_.PendingWriteLocked(d.to.slot)) {
@@ -72,31 +75,25 @@ absl::StatusOr<std::shared_ptr<DeviceEvent>> DeviceMover::EnqueueDemotionsLocked
       }
     }
     for (uint32_t l = 0; l < layers_.size(); ++l) {
-      AppendLayerRegions(l, d.from.slot, raw, /*to_device=*/false, &regions);
+      if (codec_.has_value()) {
+        AppendLayerJobs(l, d.from.slot, host_.slot_ptr(d.to.slot), /*encode=*/true, &jobs);
+      } else {
+        AppendLayerRegions(l, d.from.slot, host_.slot_ptr(d.to.slot), /*to_device=*/false,
+                           &regions);
+      }
     }
   }
-  if (s.ok()) s = device_.Copy(Stream::kD2H, regions);
-  // A callback takes the copies' errors since the previous one: the encoding callback hands a
-  // failure on to the reporting one, which would otherwise see none.
-  const auto copy_failed = std::make_shared<std::atomic<bool>>(false);
-  if (s.ok() && staging != nullptr) {
-    // Encoded into the host slots on the copy thread, before the callback that publishes them.
-    s = device_.AddCallback(Stream::kD2H, [this, staging, demotions, copy_failed](absl::Status st) {
-      if (!st.ok()) {
-        copy_failed->store(true, std::memory_order_relaxed);
-        return;
-      }
-      for (size_t i = 0; i < demotions.size(); ++i) {
-        codec_->Encode(staging->data() + i * block_bytes_, host_.slot_ptr(demotions[i].to.slot));
-      }
-    });
+  if (s.ok()) {
+    s = codec_.has_value() ? device_.EncodeToHost(Stream::kD2H, codec_->params(), jobs)
+                           : device_.Copy(Stream::kD2H, regions);
   }
   // The callback first, then the event: whoever waits on the event (AllocateDevice) finds the
   // index already updated.
   bool reported = false;
   if (s.ok()) {
-    s = device_.AddCallback(Stream::kD2H, [this, demotions, start, copy_failed](absl::Status st) {
-      const bool ok = st.ok() && !copy_failed->load(std::memory_order_relaxed);
+    s = device_.AddCallback(Stream::kD2H, [this, demotions, start](absl::Status st) {
+      const bool ok = st.ok();
+      if (ok) WriteHeaders(demotions);
       {
         MutexLock lock(&index_.mu());
         for (const Move& d : demotions) index_.FinishMoveLocked(d, ok);
@@ -187,32 +184,43 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
           : Stream::kH2D;
   absl::Status s;
   std::vector<CopyRegion> regions;
-  const std::shared_ptr<std::vector<std::byte>> staging = Staging(n);
+  std::vector<codec_math::CodecSegmentJob> jobs;
   for (uint32_t l = 0; l < layers && s.ok(); ++l) {
     regions.clear();
-    if (staging != nullptr) {
-      // With a codec every block's layer is decoded into staging first (after all the reads).
-      for (size_t i = 0; l == 0 && i < n && s.ok(); ++i) {
+    jobs.clear();
+    if (codec_.has_value() && l == 0) {
+      // With a codec every block's header is checked once all the reads are in, before layer 0
+      // is decoded on the device. A decode of a refused block writes a device slot that the Load
+      // does not publish (BlocksLoaded ends before it).
+      for (size_t i = 0; i < n && s.ok(); ++i) {
         if (read_done[i] != nullptr) s = device_.WaitEvent(h2d, read_done[i]);
       }
       if (s.ok()) {
-        s = device_.AddCallback(h2d, [this, ctx, state, staging, l](absl::Status) {
-          DecodeLayer(*ctx, *state, l, staging->data());
+        s = device_.AddCallback(h2d, [this, ctx, state](absl::Status st) {
+          if (!st.ok()) {  // handed on: the layer's own callback will see no error
+            ctx->copy_failed.store(true);
+            state->RecordError(st);
+          }
+          CheckHeaders(*ctx, *state);
         });
       }
     }
     for (size_t i = 0; i < n && s.ok(); ++i) {
       const Move& p = ctx->promotions[i];
-      std::byte* raw =
-          staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(p.host_slot());
-      if (staging == nullptr && l == 0 && read_done[i] != nullptr) {
+      std::byte* host = host_.slot_ptr(p.host_slot());
+      if (codec_.has_value()) {
+        AppendLayerJobs(l, p.to.slot, host, /*encode=*/false, &jobs);
+        continue;
+      }
+      if (l == 0 && read_done[i] != nullptr) {
         if (!regions.empty()) s = device_.Copy(h2d, regions);
         regions.clear();
         if (s.ok()) s = device_.WaitEvent(h2d, read_done[i]);
       }
-      AppendLayerRegions(l, p.to.slot, raw, /*to_device=*/true, &regions);
+      AppendLayerRegions(l, p.to.slot, host, /*to_device=*/true, &regions);
     }
     if (s.ok() && !regions.empty()) s = device_.Copy(h2d, regions);
+    if (s.ok() && !jobs.empty()) s = device_.DecodeFromHost(h2d, codec_->params(), jobs);
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event = s.ok() ? device_.RecordEvent(h2d) : s;
     if (!event.ok()) {
       s = event.status();
@@ -221,9 +229,7 @@ absl::StatusOr<std::shared_ptr<TransferState>> DeviceMover::StartLoadLocked(Load
     if (s = write_counter(l, *event); !s.ok()) break;
     state->layer_events.push_back(*event);
     const bool last = l + 1 == layers;
-    // `staging` (a codec's decoded layers) lives until the copies that read it have run: each
-    // layer's decode callback ends before its copies do.
-    s = device_.AddCallback(h2d, [this, state, ctx, last, load_start, staging](absl::Status st) {
+    s = device_.AddCallback(h2d, [this, state, ctx, last, load_start](absl::Status st) {
       if (!st.ok()) ctx->copy_failed.store(true);
       state->LayerDone(st);
       if (!last) return;
@@ -352,34 +358,21 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
     }
   }
   std::vector<CopyRegion> regions;
-  if (job.staging == nullptr) job.staging = Staging(job.moves.size());
-  const std::shared_ptr<std::vector<std::byte>> staging = job.staging;
+  std::vector<codec_math::CodecSegmentJob> jobs;
   for (; s.ok() && job.next_layer < end; ++job.next_layer) {
     const uint32_t l = job.next_layer;
     regions.clear();
-    for (size_t i = 0; i < job.moves.size(); ++i) {
-      const Move& m = job.moves[i];
-      std::byte* raw =
-          staging != nullptr ? staging->data() + i * block_bytes_ : host_.slot_ptr(m.to.slot);
-      AppendLayerRegions(l, m.from.slot, raw, /*to_device=*/false, &regions);
+    jobs.clear();
+    for (const Move& m : job.moves) {
+      if (codec_.has_value()) {
+        AppendLayerJobs(l, m.from.slot, host_.slot_ptr(m.to.slot), /*encode=*/true, &jobs);
+      } else {
+        AppendLayerRegions(l, m.from.slot, host_.slot_ptr(m.to.slot), /*to_device=*/false,
+                           &regions);
+      }
     }
-    s = device_.Copy(Stream::kD2H, regions);
-    if (s.ok() && staging != nullptr) {
-      std::vector<SlotId> slots;
-      for (const Move& m : job.moves) slots.push_back(m.to.slot);
-      s = device_.AddCallback(Stream::kD2H, [this, staging, slots, l, state](absl::Status st) {
-        if (!st.ok()) {  // handed on: the layer's own callback will see no error
-          state->RecordError(st);
-          return;
-        }
-        for (size_t i = 0; i < slots.size(); ++i) {
-          std::byte* enc = host_.slot_ptr(slots[i]);
-          if (l == 0) codec_->EncodeHeader(enc);
-          codec_->EncodeLayer(l, staging->data() + i * block_bytes_ + codec_->raw_layer_offset(l),
-                              enc + codec_->layer_offset(l));
-        }
-      });
-    }
+    s = codec_.has_value() ? device_.EncodeToHost(Stream::kD2H, codec_->params(), jobs)
+                           : device_.Copy(Stream::kD2H, regions);
     absl::StatusOr<std::shared_ptr<DeviceEvent>> event =
         s.ok() ? device_.RecordEvent(Stream::kD2H) : s;
     if (!event.ok()) {
@@ -395,6 +388,7 @@ absl::Status DeviceMover::SaveLayersLocked(StoreJob& job, uint32_t end,
                               state->LayerDone(st);
                               if (!last) return;
                               const bool ok = state->first_error().ok();
+                              if (ok) WriteHeaders(moves);
                               {
                                 MutexLock lock(&index_.mu());
                                 FinishStoreLocked(moves, ok);
@@ -460,22 +454,22 @@ void DeviceMover::FillStats(CacheStats* stats) const {
   stats->codec_refused_blocks = codec_refused_.load(std::memory_order_relaxed);
 }
 
-void DeviceMover::DecodeLayer(LoadContext& ctx, TransferState& state, uint32_t layer,
-                              std::byte* staging) {
+void DeviceMover::WriteHeaders(std::span<const Move> moves) {
+  if (!codec_.has_value()) return;
+  for (const Move& m : moves) codec_->EncodeHeader(host_.slot_ptr(m.to.slot));
+}
+
+void DeviceMover::CheckHeaders(LoadContext& ctx, TransferState& state) {
   for (size_t i = 0; i < ctx.promotions.size(); ++i) {
+    // A block another codec (or version, group size, element type) encoded is refused: a miss,
+    // never misread data. Its copy below is dropped as one that failed to verify.
     const std::byte* enc = host_.slot_ptr(ctx.promotions[i].host_slot());
-    if (layer == 0) {
-      // A block another codec (or version, group size, element type) encoded is refused: a miss,
-      // never misread data. Its copy below is dropped as one that failed to verify.
-      if (absl::Status h = codec_->CheckHeader(enc); !h.ok()) {
-        if (state.first_error().ok()) codec_refused_.fetch_add(1, std::memory_order_relaxed);
-        ctx.source_lost[i] = 1;
-        ctx.read_failed[i] = 1;  // a partial Load ends before it (BlocksLoaded)
-        state.RecordError(h);
-      }
+    if (absl::Status h = codec_->CheckHeader(enc); !h.ok()) {
+      if (state.first_error().ok()) codec_refused_.fetch_add(1, std::memory_order_relaxed);
+      ctx.source_lost[i] = 1;
+      ctx.read_failed[i] = 1;  // a partial Load ends before it (BlocksLoaded)
+      state.RecordError(h);
     }
-    codec_->DecodeLayer(layer, enc + codec_->layer_offset(layer),
-                        staging + i * block_bytes_ + codec_->raw_layer_offset(layer));
   }
 }
 

@@ -36,9 +36,10 @@ namespace kvtier::internal {
 class DeviceMover {
  public:
   // `metadata_only`: no bytes move; every copy completes when enqueued. `codec`
-  // (Options.host.codec): host slots hold encoded blocks; device copies go through raw staging
-  // buffers, encoded after a device-to-host copy and decoded, layer by layer, before a
-  // host-to-device copy, on the copy stream's thread (the emulated device).
+  // (Options.host.codec): host slots hold encoded blocks; the device encodes into them
+  // (Device::EncodeToHost) and decodes from them layer by layer (DecodeFromHost), so the bus
+  // carries the encoded form. The 16-byte header is written by the host once a block's layers are
+  // in, and checked by the host before a Load's layer 0 is decoded.
   DeviceMover(const BlockLayout& layout, bool metadata_only, Index& index, Device& device,
               HostPool& host, StorageMover& storage, std::optional<BlockCodec> codec = {});
   DeviceMover(const DeviceMover&) = delete;
@@ -65,8 +66,7 @@ class DeviceMover {
     std::shared_ptr<TransferState> state;
     uint64_t start = 0;       // MonotonicNanos at Store(), for demotion_latency
     uint32_t next_layer = 0;  // layers [0, next_layer) are enqueued (guarded by the index lock)
-    std::shared_ptr<std::vector<std::byte>> staging;  // with a codec: the raw blocks
-    bool ended = false;                               // every layer enqueued, abandoned, or failed
+    bool ended = false;       // every layer enqueued, abandoned, or failed
   };
   std::shared_ptr<StoreJob> BeginStoreLocked(std::vector<Move> moves, uint64_t start);
   // Enqueues layers [job.next_layer, end) of every block, after `after` (the engine's event, when
@@ -108,11 +108,15 @@ class DeviceMover {
   // or a staging buffer with a codec).
   void AppendLayerRegions(uint32_t layer, SlotId device_slot, std::byte* host_block, bool to_device,
                           std::vector<CopyRegion>* out) const;
-  // With a codec: decodes layer `layer` of each promotion's host slot into its staging block
-  // (refusing, at layer 0, a block whose header is not this codec's). On the H2D copy thread.
-  void DecodeLayer(LoadContext& ctx, TransferState& state, uint32_t layer, std::byte* staging);
-  // Raw staging for `n` blocks (with a codec), or null.
-  std::shared_ptr<std::vector<std::byte>> Staging(size_t n) const;
+  // With a codec: the jobs of layer `layer` of one block, between device slot `device_slot` and
+  // its encoded host slot (Device::EncodeToHost when `encode`, else DecodeFromHost).
+  void AppendLayerJobs(uint32_t layer, SlotId device_slot, std::byte* host_slot, bool encode,
+                       std::vector<codec_math::CodecSegmentJob>* out) const;
+  // With a codec: writes the header of each move's encoded host slot (after its layers are in).
+  void WriteHeaders(std::span<const Move> moves);
+  // With a codec: refuses each promotion whose host slot's header is not this codec's (another
+  // codec, version, group size or element type): a failed read, its copy below dropped.
+  void CheckHeaders(LoadContext& ctx, TransferState& state);
 
   const uint64_t block_bytes_;
   const bool metadata_only_;

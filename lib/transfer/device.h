@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "lib/codec/codec_math.h"
 
 namespace kvtier::internal {
 
@@ -68,6 +69,17 @@ class Device {
   // Enqueues `fn`, called with the first error of the copies enqueued on `stream` since the
   // previous callback on it (OK if none failed).
   virtual absl::Status AddCallback(Stream stream, std::function<void(absl::Status)> fn) = 0;
+  // The host codec (Options.host.codec) runs on the device, so the bus carries the encoded form.
+  // Each job is one segment of one block (lib/codec/codec_math.h). EncodeToHost enqueues on
+  // `stream` the encoding of each job's raw bytes (src: device memory) into its dst (host memory
+  // from AllocateHost); DecodeFromHost the decoding of each job's encoded bytes (src: host memory)
+  // into its dst (device memory). Both write exactly the bytes of the CPU codec (BlockCodec) and
+  // run in order with the stream's other work; a failure while running is reported as a copy's
+  // (the dst bytes are then undefined). Jobs must not overlap.
+  virtual absl::Status EncodeToHost(Stream stream, const codec_math::CodecParams& params,
+                                    std::span<const codec_math::CodecSegmentJob> jobs) = 0;
+  virtual absl::Status DecodeFromHost(Stream stream, const codec_math::CodecParams& params,
+                                      std::span<const codec_math::CodecSegmentJob> jobs) = 0;
   // Blocks until all work enqueued so far on every stream is done (callbacks included).
   virtual absl::Status Synchronize() = 0;
 

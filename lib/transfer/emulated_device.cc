@@ -12,13 +12,15 @@
 namespace kvtier::internal {
 
 struct EmulatedDevice::Op {
-  enum class Kind { kCopy, kRecord, kWait, kCallback } kind;
-  std::vector<CopyRegion> regions;             // kCopy
+  enum class Kind { kCopy, kRecord, kWait, kCallback, kEncode, kDecode } kind;
+  std::vector<CopyRegion> regions;  // kCopy
+  codec_math::CodecParams params;   // kEncode, kDecode
+  std::vector<codec_math::CodecSegmentJob> jobs;
   std::shared_ptr<DeviceEvent> event;          // kRecord (a HostEvent), kWait
   std::function<void(absl::Status)> callback;  // kCallback
 };
 
-EmulatedDevice::EmulatedDevice() {
+EmulatedDevice::EmulatedDevice(CodecKernel codec_kernel) : codec_kernel_(codec_kernel) {
   for (Queue& q : queues_) q.thread = std::thread([this, &q] { Run(&q); });
 }
 
@@ -76,6 +78,28 @@ absl::Status EmulatedDevice::AddCallback(Stream stream, std::function<void(absl:
   return absl::OkStatus();
 }
 
+absl::Status EmulatedDevice::EncodeToHost(Stream stream, const codec_math::CodecParams& params,
+                                          std::span<const codec_math::CodecSegmentJob> jobs) {
+  Enqueue(stream,
+          Op{.kind = Op::Kind::kEncode, .params = params, .jobs = {jobs.begin(), jobs.end()}});
+  return absl::OkStatus();
+}
+
+absl::Status EmulatedDevice::DecodeFromHost(Stream stream, const codec_math::CodecParams& params,
+                                            std::span<const codec_math::CodecSegmentJob> jobs) {
+  Enqueue(stream,
+          Op{.kind = Op::Kind::kDecode, .params = params, .jobs = {jobs.begin(), jobs.end()}});
+  return absl::OkStatus();
+}
+
+bool EmulatedDevice::TakeInjectedFailure() {
+  uint32_t n = fail_next_copies_.load();
+  while (n > 0) {
+    if (fail_next_copies_.compare_exchange_weak(n, n - 1)) return true;
+  }
+  return false;
+}
+
 absl::Status EmulatedDevice::Synchronize() {
   for (int s = 0; s < kNumStreams; ++s) {
     auto event = RecordEvent(static_cast<Stream>(s));
@@ -97,18 +121,22 @@ void EmulatedDevice::Run(Queue* q) {
       q->ops.pop_front();
     }
     switch (op.kind) {
-      case Op::Kind::kCopy: {
-        uint32_t n = fail_next_copies_.load();
-        bool fail = false;
-        while (n > 0 && !(fail = fail_next_copies_.compare_exchange_weak(n, n - 1))) {
-        }
-        if (fail) {
+      case Op::Kind::kCopy:
+      case Op::Kind::kEncode:
+      case Op::Kind::kDecode:
+        if (TakeInjectedFailure()) {
           if (pending.ok()) pending = absl::InternalError("emulated copy failed (injected fault)");
           break;
         }
         for (const CopyRegion& r : op.regions) std::memcpy(r.dst, r.src, r.bytes);
+        for (const codec_math::CodecSegmentJob& j : op.jobs) {
+          if (op.kind == Op::Kind::kEncode) {
+            EncodeSegmentJob(op.params, j, codec_kernel_);
+          } else {
+            DecodeSegmentJob(op.params, j, codec_kernel_);
+          }
+        }
         break;
-      }
       case Op::Kind::kRecord:
         static_cast<HostEvent*>(op.event.get())->Complete();
         break;

@@ -74,15 +74,19 @@ class TestDevice final : public internal::Device {
   void FreeHost(void* ptr, uint64_t bytes) override { inner_.FreeHost(ptr, bytes); }
   absl::Status Copy(internal::Stream stream,
                     std::span<const internal::CopyRegion> regions) override {
-    std::shared_ptr<internal::HostEvent> gate;
-    if (ToDevice(stream)) {
-      internal::MutexLock lock(&mu_);
-      gate = gate_;
-    }
-    if (gate != nullptr) {
-      if (absl::Status s = inner_.WaitEvent(stream, gate); !s.ok()) return s;
-    }
+    if (absl::Status s = WaitForGate(stream); !s.ok()) return s;
     return inner_.Copy(stream, regions);
+  }
+  absl::Status EncodeToHost(internal::Stream stream,
+                            const internal::codec_math::CodecParams& params,
+                            std::span<const internal::codec_math::CodecSegmentJob> jobs) override {
+    return inner_.EncodeToHost(stream, params, jobs);
+  }
+  absl::Status DecodeFromHost(
+      internal::Stream stream, const internal::codec_math::CodecParams& params,
+      std::span<const internal::codec_math::CodecSegmentJob> jobs) override {
+    if (absl::Status s = WaitForGate(stream); !s.ok()) return s;  // a host-to-device copy too
+    return inner_.DecodeFromHost(stream, params, jobs);
   }
   absl::StatusOr<std::shared_ptr<internal::DeviceEvent>> RecordEvent(
       internal::Stream stream) override {
@@ -127,6 +131,15 @@ class TestDevice final : public internal::Device {
       event = std::move(this->*gate);
     }
     if (event != nullptr) event->Complete();
+  }
+  // Host-to-device work waits on its stream while the gate is held.
+  absl::Status WaitForGate(internal::Stream stream) {
+    std::shared_ptr<internal::HostEvent> gate;
+    if (ToDevice(stream)) {
+      internal::MutexLock lock(&mu_);
+      gate = gate_;
+    }
+    return gate != nullptr ? inner_.WaitEvent(stream, gate) : absl::OkStatus();
   }
   static bool ToDevice(internal::Stream s) {
     return s == internal::Stream::kH2D || s == internal::Stream::kH2DGated;

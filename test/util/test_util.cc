@@ -86,6 +86,19 @@ std::vector<BlockKey> Chain(uint32_t n, uint32_t seed, uint32_t tokens_per_block
   return *keys;
 }
 
+BlockLayout TwoLayerLayout(uint32_t tokens_per_block, uint64_t bytes,
+                           const std::vector<SegmentRole>& roles) {
+  BlockLayout layout;
+  layout.tokens_per_block = tokens_per_block;
+  layout.num_slots = 1;
+  LayerLayout layer;
+  for (SegmentRole role : roles) {
+    layer.segments.push_back({.bytes_per_block = bytes, .stride_bytes = bytes, .role = role});
+  }
+  layout.layers = {layer, layer};
+  return layout;
+}
+
 Options MakeOptions(const EngineKv& kv, uint32_t host_blocks) {
   Options o;
   o.layout = kv.layout();

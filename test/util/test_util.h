@@ -94,6 +94,11 @@ uint8_t PatternByte(const BlockKey& key, uint32_t layer, uint32_t seg, uint64_t 
 std::vector<BlockKey> Chain(uint32_t n, uint32_t seed, uint32_t tokens_per_block = 4,
                             const BlockHasher& hasher = BlockHasher());
 
+// A layout of two layers, each with one segment per role in `roles`, `bytes` per block, no base
+// (codec tests: a codec reads only the shape).
+BlockLayout TwoLayerLayout(uint32_t tokens_per_block, uint64_t bytes,
+                           const std::vector<SegmentRole>& roles);
+
 // Options for a cache over `kv` with `host_blocks` host slots (0 disables the host tier).
 Options MakeOptions(const EngineKv& kv, uint32_t host_blocks);
 
