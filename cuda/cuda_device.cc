@@ -712,8 +712,14 @@ absl::Status CudaDevice::CodecImpl(cudaStream_t s, const codec_math::CodecParams
   for (codec_math::CodecSegmentJob& j : jobs) {
     const uint64_t bytes = codec_math::EncodedBytes(params, j);
     std::byte* staged = scratch + at;
-    std::byte* host = static_cast<std::byte*>(encode ? j.dst : const_cast<void*>(j.src));
-    (encode ? j.dst : const_cast<void*&>(j.src)) = staged;
+    std::byte* host;
+    if (encode) {
+      host = static_cast<std::byte*>(j.dst);
+      j.dst = staged;
+    } else {
+      host = static_cast<std::byte*>(const_cast<void*>(j.src));
+      j.src = staged;
+    }
     at += bytes;
     if (!regions.empty()) {
       CopyRegion& last = regions.back();
