@@ -311,11 +311,10 @@ struct CodecRig {
     std::vector<internal::codec_math::CodecSegmentJob> jobs;
     const Shape& shape = rig->shape;
     for (uint32_t b = 0; b < rig->blocks; ++b) {
-      std::vector<void*> raw;
-      for (uint32_t g = 0; g < shape.segments; ++g) {
-        raw.push_back(static_cast<std::byte*>(rig->tensors[layer * shape.segments + g]) +
-                      uint64_t{b} * shape.seg_bytes);
-      }
+      auto raw = [&](size_t g) -> void* {
+        return static_cast<std::byte*>(rig->tensors[layer * shape.segments + g]) +
+               uint64_t{b} * shape.seg_bytes;
+      };
       std::byte* slot = encoded + b * codec->encoded_bytes();
       codec->AppendLayerJobs(layer, raw, slot + codec->layer_offset(layer), encode, &jobs);
     }

@@ -653,7 +653,7 @@ TEST_CASE("codec work items (the CUDA kernels' code) write the scalar kernel's b
           for (uint32_t l = 0; l < codec->num_layers(); ++l) {
             uint8_t* layer_raw =
                 (encode ? raw.data() : items_decoded.data()) + codec->raw_layer_offset(l);
-            const std::vector<void*> segments = {layer_raw, layer_raw + bytes};
+            auto segments = [&](size_t s) -> void* { return layer_raw + s * bytes; };
             // Decoding reads the scalar kernel's encoding, so each direction is checked alone.
             uint8_t* enc = (encode ? items.data() : scalar.data()) + codec->layer_offset(l);
             codec->AppendLayerJobs(l, segments, enc, encode, &jobs);

@@ -337,8 +337,9 @@ TEST_CASE("CudaDevice: the codec kernels write the CPU codec's bytes, encoding a
           std::vector<cm::CodecSegmentJob> out;
           for (uint32_t l = 0; l < codec->num_layers(); ++l) {
             auto* raw_layer = static_cast<uint8_t*>(dev) + codec->raw_layer_offset(l);
-            codec->AppendLayerJobs(l, {raw_layer, raw_layer + bytes}, enc + codec->layer_offset(l),
-                                   encode, &out);
+            codec->AppendLayerJobs(
+                l, [&](size_t s) -> void* { return raw_layer + s * bytes; },
+                enc + codec->layer_offset(l), encode, &out);
           }
           return out;
         };

@@ -27,6 +27,7 @@ constexpr uint32_t kMagic = 0x4351564b;  // "KVQC"
 constexpr uint8_t kVersion = 1;
 
 // The element math shared with the CUDA kernels (lib/codec/codec_math.h).
+using codec_math::AddFinite;
 using codec_math::Bf16Down;
 using codec_math::Bf16ToFloat;
 using codec_math::Bf16Up;
@@ -36,6 +37,8 @@ using codec_math::FloatToBf16;
 using codec_math::FloatToBits;
 using codec_math::FloatToE4m3;
 using codec_math::FloatToHalf;
+using codec_math::Fp8Magnitude;
+using codec_math::Fp8Scale;
 using codec_math::Group;
 using codec_math::HalfToFloat;
 using codec_math::Inverse;
@@ -104,12 +107,7 @@ uint8_t* CodeScratch(size_t n) {
 inline void FiniteMinMax(const float* x, uint64_t n, float* lo_out, float* hi_out) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float lo = kInf, hi = -kInf;
-  for (uint64_t i = 0; i < n; ++i) {
-    const bool f = Finite(x[i]);
-    const float a = f ? x[i] : kInf, b = f ? x[i] : -kInf;
-    lo = a < lo ? a : lo;
-    hi = b > hi ? b : hi;
-  }
+  for (uint64_t i = 0; i < n; ++i) AddFinite(x[i], lo, hi);
   *lo_out = lo;
   *hi_out = hi;
 }
@@ -132,13 +130,7 @@ void QuantiseSegment(const float* x, uint32_t tokens, uint64_t channels, Segment
       }
       for (uint32_t t = t0; t < t1; ++t) {
         const float* row = x + t * channels;
-        for (uint64_t c = 0; c < channels; ++c) {
-          const float v = row[c];
-          const bool f = Finite(v);
-          const float a = f ? v : kInf, b = f ? v : -kInf;
-          lo[c] = a < lo[c] ? a : lo[c];
-          hi[c] = b > hi[c] ? b : hi[c];
-        }
+        for (uint64_t c = 0; c < channels; ++c) AddFinite(row[c], lo[c], hi[c]);
       }
       for (uint64_t c = 0; c < channels; ++c) {
         const Group g = MakeGroup(lo[c], hi[c], levels);
@@ -249,10 +241,10 @@ void EncodeSegment(const CodecConfig& config, const BlockCodec::SegmentShape& sh
   if (config.id == CodecId::kFp8E4m3) {
     float amax = 0;
     for (uint64_t i = 0; i < n; ++i) {
-      const float a = Finite(x[i]) ? std::fabs(x[i]) : 0.0f;
+      const float a = Fp8Magnitude(x[i]);
       amax = a > amax ? a : amax;
     }
-    const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+    const float scale = Fp8Scale(amax);
     std::memcpy(out, &scale, 4);
     const float inv = 1.0f / scale;
     uint8_t* q = out + 4;
@@ -617,11 +609,7 @@ KVTIER_AVX2 bool QuantiseSegmentAvx2(const uint8_t* raw, uint32_t tokens, uint64
         lo[c] = kInf;
         hi[c] = -kInf;
         for (uint32_t t = t0; t < t1; ++t) {
-          const float v = LoadElement<E>(raw + (t * channels + c) * kBytes);
-          const bool f = Finite(v);
-          const float a = f ? v : kInf, b = f ? v : -kInf;
-          lo[c] = a < lo[c] ? a : lo[c];
-          hi[c] = b > hi[c] ? b : hi[c];
+          AddFinite(LoadElement<E>(raw + (t * channels + c) * kBytes), lo[c], hi[c]);
         }
       }
       MakeGroups(lo, hi, channels, levels, groups + (t0 / group_size) * channels * 4, m, inv);
@@ -852,11 +840,10 @@ KVTIER_AVX2 void EncodeFp8Avx2(const uint8_t* raw, uint64_t n, uint8_t* out) {
   }
   float amax = HorizontalMax(amax8);
   for (; i < n; ++i) {
-    const float x = LoadElement<E>(raw + i * kBytes);
-    const float a = Finite(x) ? std::fabs(x) : 0.0f;
+    const float a = Fp8Magnitude(LoadElement<E>(raw + i * kBytes));
     amax = a > amax ? a : amax;
   }
-  const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+  const float scale = Fp8Scale(amax);
   std::memcpy(out, &scale, 4);
   const float inv = 1.0f / scale;
   const __m256 inv8 = _mm256_set1_ps(inv);
@@ -1233,13 +1220,14 @@ void BlockCodec::EncodeLayer(uint32_t layer, const void* raw_layer, void* encode
 
 codec_math::CodecParams BlockCodec::params() const { return ParamsOf(config_); }
 
-void BlockCodec::AppendLayerJobs(uint32_t layer, const std::vector<void*>& raw, void* encoded_layer,
-                                 bool encode, std::vector<codec_math::CodecSegmentJob>* out) const {
+void BlockCodec::AppendLayerJobs(uint32_t layer, absl::FunctionRef<void*(size_t)> raw,
+                                 void* encoded_layer, bool encode,
+                                 std::vector<codec_math::CodecSegmentJob>* out) const {
   auto* enc = static_cast<uint8_t*>(encoded_layer);
   const std::vector<SegmentShape>& segments = layers_[layer].segments;
   for (size_t s = 0; s < segments.size(); ++s) {
     const SegmentShape& shape = segments[s];
-    auto* raw_segment = static_cast<uint8_t*>(raw[s]);
+    auto* raw_segment = static_cast<uint8_t*>(raw(s));
     out->push_back(encode ? JobOf(shape, raw_segment, enc) : JobOf(shape, enc, raw_segment));
     enc += shape.encoded_bytes;
   }

@@ -53,6 +53,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -135,11 +136,11 @@ class BlockCodec {
                    CodecKernel kernel = DefaultCodecKernel()) const;
 
   // For a device that runs the codec (Device::EncodeToHost): the kernels' parameters, and the jobs
-  // of layer `layer` of one block, one per segment, appended to `out`. `raw[s]`: segment s's raw
-  // bytes (tokens x channels elements); `encoded_layer`: the layer's encoded bytes (at
-  // layer_offset(layer) in the block). `encode`: raw -> encoded, else the other way.
+  // of layer `layer` of one block, one per segment, appended to `out`. `raw(s)`: the address of
+  // segment s's raw bytes (tokens x channels elements); `encoded_layer`: the layer's encoded bytes
+  // (at layer_offset(layer) in the block). `encode`: raw -> encoded, else the other way.
   codec_math::CodecParams params() const;
-  void AppendLayerJobs(uint32_t layer, const std::vector<void*>& raw, void* encoded_layer,
+  void AppendLayerJobs(uint32_t layer, absl::FunctionRef<void*(size_t)> raw, void* encoded_layer,
                        bool encode, std::vector<codec_math::CodecSegmentJob>* out) const;
 
   // One segment's bytes: `tokens` x `channels` elements, `role` K/V. For tools and tests

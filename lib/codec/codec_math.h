@@ -173,6 +173,15 @@ struct Group {
   uint16_t min;    // bf16
 };
 
+// One value into a group's minimum and maximum over its finite values (lo starts at +Inf, hi at
+// -Inf; +-Inf and NaN are left out, so a group of none keeps lo > hi).
+KVTIER_HD inline void AddFinite(float v, float& lo, float& hi) {
+  const bool f = Finite(v);
+  const float a = f ? v : Infinity(), b = f ? v : -Infinity();
+  lo = a < lo ? a : lo;
+  hi = b > hi ? b : hi;
+}
+
 // (s, m) of a group whose finite values span [lo, hi] (lo > hi: none finite): m is the bf16 at or
 // below lo (+0 for a zero minimum of either sign); s the bf16 at or above (hi - m) / levels, taken
 // as (hi - m) * (1 / levels) rounded to float (hi * (1 / levels) - m * (1 / levels) where hi - m
@@ -328,13 +337,8 @@ KVTIER_HD inline void EncodeGroup(const CodecParams& p, const CodecSegmentJob& j
     count = c1 - c0;
     step = 1;
   }
-  for (uint64_t k = 0; k < count; ++k) {
-    const float v = LoadElement(x, first + k * step, p.element);
-    const bool f = Finite(v);
-    const float a = f ? v : Infinity(), b = f ? v : -Infinity();
-    lo = a < lo ? a : lo;
-    hi = b > hi ? b : hi;
-  }
+  for (uint64_t k = 0; k < count; ++k)
+    AddFinite(LoadElement(x, first + k * step, p.element), lo, hi);
   StoreGroup(static_cast<uint8_t*>(j.dst) + 4 * g, MakeGroup(lo, hi, Levels(p)));
 }
 

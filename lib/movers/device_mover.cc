@@ -33,11 +33,11 @@ DeviceMover::DeviceMover(const BlockLayout& layout, bool metadata_only, Index& i
 void DeviceMover::AppendLayerJobs(uint32_t layer, SlotId device_slot, std::byte* host_slot,
                                   bool encode,
                                   std::vector<codec_math::CodecSegmentJob>* out) const {
-  std::vector<void*> raw;
-  for (const SegmentAt& s : layers_[layer]) {
-    raw.push_back(static_cast<std::byte*>(s.segment.base) +
-                  uint64_t{device_slot} * s.segment.stride_bytes);
-  }
+  const std::vector<SegmentAt>& segments = layers_[layer];
+  auto raw = [&](size_t s) -> void* {
+    const Segment& g = segments[s].segment;
+    return static_cast<std::byte*>(g.base) + uint64_t{device_slot} * g.stride_bytes;
+  };
   codec_->AppendLayerJobs(layer, raw, host_slot + codec_->layer_offset(layer), encode, out);
 }
 
