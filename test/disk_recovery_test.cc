@@ -22,6 +22,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kvtier/cache.h"
@@ -427,6 +428,55 @@ TEST_CASE("DiskJournal: compaction bounds the journal, and a restart replays che
   std::map<SlotId, uint64_t> got;
   for (const StoredBlock& b : (*disk)->recovered()) got[b.slot] = IndexOf(b.key);
   CHECK(got == last);
+}
+
+TEST_CASE(
+    "DiskJournal: a write costs no device flush and no flusher wake-up of its own: compactions "
+    "are not fsynced, and the flusher is woken only from idle",
+    "[disk][journal]") {
+  test::TempDir dir("disk_recovery_costs");
+  const uint32_t align = Align(dir.path);
+  constexpr uint64_t kWrites = 300;
+  // Every write overwrites a slot that holds a block: a drop flushed before it, a put after it.
+  DiskTierConfig config = Config(dir.path, 8, align, /*journal_max_records=*/40);
+  // A flush interval far longer than the test: the flusher, once woken, stays in its timed wait.
+  config.journal_flush_interval = std::chrono::seconds(100);
+  HostSlots host(1, align);
+  auto disk = DiskTier::Open(config, {});
+  REQUIRE_OK(disk);
+  for (uint64_t k = 0; k < kWrites; ++k) REQUIRE_OK(WriteBlock(**disk, k % 8, k, host.at(0)));
+  const DiskTier::Stats s = (*disk)->stats();
+  CHECK(s.journal_records == 2 * kWrites - 8);  // the first write of each slot drops nothing
+  // ~14 compactions (40 records each); the epoch's checkpoint at Open is the only one fsynced.
+  CHECK(s.journal_checkpoints >= 1);
+  CHECK(s.journal_syncs == 1);
+  // Each compaction due wakes the flusher once, and it may go idle once after it; the puts
+  // between never do, though every drop's flush leaves the next put the first record pending
+  // (which used to wake the flusher: one wake-up per write, 300 here).
+  INFO("wake-ups " << s.journal_wakeups << ", compactions " << s.journal_checkpoints);
+  CHECK(s.journal_wakeups <= 2 * (s.journal_checkpoints + 1) + 1);
+}
+
+TEST_CASE(
+    "DiskJournal: the last put is flushed by the flusher, also after drops' flushes woke it with "
+    "nothing left pending",
+    "[disk][journal]") {
+  test::TempDir dir("disk_recovery_last_put");
+  const uint32_t align = Align(dir.path);
+  HostSlots host(1, align);
+  auto disk = DiskTier::Open(Config(dir.path, 4, align), {});  // flush interval 1 ms
+  REQUIRE_OK(disk);
+  for (uint64_t k = 0; k < 50; ++k) REQUIRE_OK(WriteBlock(**disk, k % 4, k, host.at(0)));
+  // 50 puts and 46 drops; each drop was flushed with the put before it. Only the flusher writes
+  // the last put: within the interval (polled for up to 10 s, so a loaded machine is no failure).
+  const uint64_t want = (2 * 50 - 4) * kJournalRecordBytes;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (fs::file_size(dir.path / "journal.0") < want &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(fs::file_size(dir.path / "journal.0") == want);
+  CHECK((*disk)->stats().journal_records == 2 * 50 - 4);
 }
 
 TEST_CASE(

@@ -295,7 +295,7 @@ absl::StatusOr<std::unique_ptr<DiskJournal>> DiskJournal::Start(
   j->table_.resize(config.geometry.slots);
   for (const StoredBlock& b : blocks) j->table_[b.slot] = {b.key, b.parent, 1};
   // The checkpoint of the new epoch first: until its rename the previous state stays whole.
-  KVTIER_RETURN_IF_ERROR(j->WriteCheckpoint(0, j->table_));
+  KVTIER_RETURN_IF_ERROR(j->WriteCheckpoint(0, j->table_, /*sync=*/true));
   for (uint64_t gen : {0, 1}) {
     KVTIER_ASSIGN_OR_RETURN(j->fds_[gen],
                             OpenOurs(JournalPath(config.directory, gen), O_RDWR | O_CREAT));
@@ -370,7 +370,9 @@ void DiskJournal::Overwriting(std::span<const SlotId> slots) {
     AppendLocked({.op = JournalOp::kDrop, .slot = s});
     any = true;
   }
-  if (any) FlushLocked();
+  if (!any) return;
+  FlushLocked();
+  if (WakeDueLocked()) cv_.notify_all();  // a compaction, due after these drops
 }
 
 void DiskJournal::Wrote(SlotId slot, const BlockKey& key, const BlockKey& parent,
@@ -382,10 +384,21 @@ void DiskJournal::Wrote(SlotId slot, const BlockKey& key, const BlockKey& parent
     table_[slot] = {key, parent, std::max<uint64_t>(sequence, 1)};
     AppendLocked(
         {.op = JournalOp::kPut, .slot = slot, .key = key, .parent = parent, .sequence = sequence});
-    wake = pending_.size() == kJournalRecordBytes || pending_.size() >= kFlushBytes ||
-           index_ >= max_records_;
+    wake = WakeDueLocked();
   }
   if (wake) cv_.notify_all();
+}
+
+bool DiskJournal::WakeDueLocked() {
+  // The flusher needs a wake-up where it sleeps untimed and now has work (else its timed wait
+  // ends by itself), and once where enough became pending or a compaction became due.
+  const bool due = pending_.size() >= kFlushBytes || index_ >= max_records_;
+  const bool idle_with_work = flusher_idle_ && (due || !pending_.empty());
+  if (!idle_with_work && !(due && !signalled_)) return false;
+  flusher_idle_ = false;
+  signalled_ = signalled_ || due;
+  stats_.wakeups++;
+  return true;
 }
 
 void DiskJournal::Flush() {
@@ -396,12 +409,23 @@ void DiskJournal::Flush() {
 void DiskJournal::FlusherLoop() {
   std::unique_lock<std::mutex> l(mu_);
   while (!stopped_) {
-    cv_.wait(l, [&] { return stopped_ || !pending_.empty(); });
+    // Idle until a waker clears flusher_idle_ (one wake-up, not one per record). Once woken it
+    // waits out an interval below, even where a drop's flush took the work meanwhile: so at most
+    // one wake-up per interval.
+    if (pending_.empty() && index_ < max_records_) {
+      flusher_idle_ = true;
+      while (flusher_idle_ && !stopped_) cv_.wait(l);
+    }
+    flusher_idle_ = false;
+    // Awake, under the lock: whatever became due so far is seen by the wait below; what becomes
+    // due later signals again.
+    signalled_ = false;
     if (stopped_) break;
     // Batch: the interval, unless enough is pending or a compaction is due.
     cv_.wait_for(l, config_.flush_interval, [&] {
       return stopped_ || pending_.size() >= kFlushBytes || index_ >= max_records_;
     });
+    signalled_ = false;
     if (stopped_) break;
     FlushLocked();
     if (failed_ || index_ < max_records_) continue;
@@ -417,7 +441,7 @@ void DiskJournal::FlusherLoop() {
     offset_ = 0;
     std::vector<Slot> snapshot = table_;  // O(slots) copy under the lock; the write is not
     l.unlock();
-    const absl::Status s = WriteCheckpoint(next, std::move(snapshot));
+    const absl::Status s = WriteCheckpoint(next, std::move(snapshot), /*sync=*/false);
     l.lock();
     if (!s.ok()) {
       FailLocked();
@@ -427,7 +451,7 @@ void DiskJournal::FlusherLoop() {
   }
 }
 
-absl::Status DiskJournal::WriteCheckpoint(uint64_t generation, std::vector<Slot> table) {
+absl::Status DiskJournal::WriteCheckpoint(uint64_t generation, std::vector<Slot> table, bool sync) {
   // One slot per key: the newest write of a key (as the trailer scan keeps).
   absl::flat_hash_map<BlockKey, SlotId> newest;
   newest.reserve(table.size() / 2);
@@ -452,7 +476,7 @@ absl::Status DiskJournal::WriteCheckpoint(uint64_t generation, std::vector<Slot>
   unlink(tmp.c_str());  // a leftover of a crash (a link is removed, not followed)
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("DiskJournal: create ", tmp));
-  const bool wrote = WriteAt(fd, bytes.data(), bytes.size(), 0) && fsync(fd) == 0;
+  const bool wrote = WriteAt(fd, bytes.data(), bytes.size(), 0) && (!sync || fsync(fd) == 0);
   const int write_errno = errno;
   close(fd);
   if (!wrote || rename(tmp.c_str(), path.c_str()) != 0) {
@@ -460,11 +484,14 @@ absl::Status DiskJournal::WriteCheckpoint(uint64_t generation, std::vector<Slot>
     unlink(tmp.c_str());
     return absl::ErrnoToStatus(e, absl::StrCat("DiskJournal: write ", path));
   }
+  if (!sync) return absl::OkStatus();
   if (const int dfd = open(config_.directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
       dfd >= 0) {
     fsync(dfd);
     close(dfd);
   }
+  std::lock_guard<std::mutex> l(mu_);
+  stats_.syncs++;
   return absl::OkStatus();
 }
 

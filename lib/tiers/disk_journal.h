@@ -33,9 +33,13 @@
 //
 // Durability. Records are written to the page cache (pwrite, no fsync): every put appended before
 // the last flush survives a process crash (kill -9); puts are flushed within flush_interval, or
-// once 64 KiB are pending. A power loss keeps the last checkpoint (fsynced) and whatever journal
-// pages the kernel had written back, each record checked; what a restart publishes is then still
-// verified on every read (trailer key and payload XXH3), so it is at worst a miss.
+// once 64 KiB are pending. A new epoch's checkpoint (at Start) is fsynced, with the directory; a
+// compaction's is not: an fsync flushes the device's write cache, which under full write load
+// took ~0.5 s and cut the tier's own writes by half or more (docs/benchmarks.md, "Disk tier vs
+// fio"), once every max_records records. A power loss keeps whatever checkpoint and journal pages
+// the kernel had written back, each checked (a torn or missing checkpoint: the trailer scan); what
+// a restart publishes is then still verified on every read (trailer key and payload XXH3), so it
+// is at worst a miss.
 //
 // Thread safety: every method from any thread; the flusher thread is the journal's own.
 // Errors: a failed journal write or checkpoint disables the journal and removes the checkpoint
@@ -142,6 +146,8 @@ class DiskJournal {
 
   struct Stats {
     uint64_t records = 0, flushes = 0, checkpoints = 0, errors = 0;
+    uint64_t syncs = 0;    // checkpoints fsynced (a new epoch's; a compaction's is not)
+    uint64_t wakeups = 0;  // of the flusher by Wrote (at most one per flush interval, idle)
   };
   Stats stats() const;
 
@@ -154,8 +160,12 @@ class DiskJournal {
   void AppendLocked(const JournalRecord& r);
   void FlushLocked();
   void FailLocked();
+  // Whether the flusher must be notified now (counted in stats_.wakeups); then it is deemed awake.
+  bool WakeDueLocked();
   void FlusherLoop();
-  absl::Status WriteCheckpoint(uint64_t generation, std::vector<Slot> table);
+  // `sync`: fsync the checkpoint and the directory (a new epoch's, at Start). A compaction's is
+  // not synced: see Durability above.
+  absl::Status WriteCheckpoint(uint64_t generation, std::vector<Slot> table, bool sync);
 
   DiskJournalConfig config_;
   uint64_t max_records_ = 0;
@@ -171,6 +181,8 @@ class DiskJournal {
   uint64_t index_ = 0;   // of the next record in this generation
   uint64_t offset_ = 0;  // in journal.<generation_ % 2> of the first pending record
   bool stopped_ = false, failed_ = false;
+  bool flusher_idle_ = false;  // the flusher waits untimed, for a first pending record
+  bool signalled_ = false;     // woken for a full buffer or a due compaction, not yet awake
   Stats stats_;
   std::thread flusher_;
 };

@@ -810,6 +810,8 @@ DiskTier::Stats DiskTier::stats() const {
                .journal_records = j.records,
                .journal_flushes = j.flushes,
                .journal_checkpoints = j.checkpoints,
+               .journal_syncs = j.syncs,
+               .journal_wakeups = j.wakeups,
                .journal_errors = j.errors + journal_start_errors_,
                .queue_depth = ring_->stats().outstanding,
                .read_latency = read_latency_.Snapshot(),

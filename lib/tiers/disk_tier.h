@@ -143,6 +143,7 @@ class DiskTier final : public StorageTier {
     uint64_t recovery_bytes_read = 0;     // of the manifest, checkpoint, journal and trailers
     uint64_t journal_records_replayed = 0;
     uint64_t journal_records = 0, journal_flushes = 0, journal_checkpoints = 0;
+    uint64_t journal_syncs = 0, journal_wakeups = 0;  // DiskJournal::Stats::syncs, wakeups
     uint64_t journal_errors = 0;     // failed journal writes: the next Open() scans
     uint64_t queue_depth = 0;        // gauge: reads and writes submitted and not completed
     LatencyHistogram read_latency;   // Read() to its verification, per block
