@@ -10,6 +10,9 @@
 # 4 KiB trailer per block on top of the payload; its figure counts payload bytes only. The last
 # column is the ceiling of the checksum kvtier verifies every read with: BM_Xxh3 (XXH3-64 on one
 # core over blocks of that size, cold in cache as a read's DMA leaves them), median of the runs.
+# The fio-slot columns: fio moving kvtier's slots, block + 4 KiB (the trailer) at multiples of that
+# size, counting the payload only, as kvtier's figure does: what the device gives that geometry,
+# so kvtier/fio-slot is the software's own cost (a 4 KiB alignment unit assumed).
 # Needs: fio, python3 (apt-get install fio python3). Data: $KVTIER_BENCH_DIR (default
 # <build-dir>/kvtier-bench-disk), $KVTIER_BENCH_DISK_BYTES per block size (default 1 GiB).
 set -euo pipefail
@@ -50,11 +53,18 @@ kvtier_run() {  # dir bs qd -> bytes/s
     --benchmark_format=json 2>/dev/null |
     python3 -c 'import json,sys; b=json.load(sys.stdin)["benchmarks"]; print(b[0].get("bytes_per_second", 0) if b and "error_occurred" not in b[0] else 0)'
 }
-fio_run() {  # rw bs qd file -> bytes/s
+fio_run() {  # rw bs qd file [payload] -> bytes/s; with payload: transfers of bs at multiples of bs,
+             # and payload bytes per transfer counted (kvtier's slot geometry)
+  local unit=$2 align=() per='j["read"]["bw_bytes"]+j["write"]["bw_bytes"]'
+  if [ -n "${5:-}" ]; then
+    align=(--blockalign="$2")
+    per="(j[\"read\"][\"iops\"]+j[\"write\"][\"iops\"])*$5"
+  fi
   fio --name=kvtier-cmp --filename="$4" --direct=1 --ioengine=io_uring --fixedbufs=1 --iomem="$fio_mem" \
-    --registerfiles=1 --rw="$1" --bs="$2" --iodepth="$3" --runtime="$secs" --time_based=1 \
-    --size="$(stat -c %s "$file")" --randrepeat=0 --norandommap=1 --output-format=json 2>/dev/null |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["bw_bytes"]+j["write"]["bw_bytes"])'
+    --registerfiles=1 --rw="$1" --bs="$unit" "${align[@]}" --iodepth="$3" --runtime="$secs" \
+    --time_based=1 --size="$(stat -c %s "$file")" --randrepeat=0 --norandommap=1 \
+    --output-format=json 2>/dev/null |
+    python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print(int($per))"
 }
 
 echo "disk_vs_fio: $reps interleaved repetitions of ${secs}s per point, data in $KVTIER_BENCH_DIR," \
@@ -74,6 +84,7 @@ for bs in 65536 262144 2097152; do
         if [ "$dir" = Write ]; then target=$file.fio-write; fi
         echo "$bs $qd $dir fio $(fio_run "$rw" "$bs" "$qd" "$target")" >>"$out/raw"
         echo "$bs $qd $dir kvtier $(kvtier_run "$dir" "$bs" "$qd")" >>"$out/raw"
+        echo "$bs $qd $dir fio-slot $(fio_run "$rw" $((bs + 4096)) "$qd" "$target" "$bs")" >>"$out/raw"
         echo -n . >&2
       done
       echo "$bs 0 ceiling xxh3 $(xxh3_run "$bs")" >>"$out/raw"
@@ -81,4 +92,5 @@ for bs in 65536 262144 2097152; do
   done
 done
 echo >&2
-python3 "$(dirname "$0")/ratio_table.py" "$out/raw" --baseline fio --depth-name QD --ceiling xxh3
+python3 "$(dirname "$0")/ratio_table.py" "$out/raw" --baseline fio --depth-name QD --ceiling xxh3 \
+  --also fio-slot
