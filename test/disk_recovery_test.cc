@@ -18,6 +18,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -430,6 +431,16 @@ TEST_CASE("DiskJournal: compaction bounds the journal, and a restart replays che
   CHECK(got == last);
 }
 
+// Opens a tier of `config` (`slots` slots) and writes blocks 0 .. writes - 1 round robin over its
+// slots: each write past the first `slots` overwrites a block (a drop before it, a put after it).
+std::unique_ptr<DiskTier> WriteRoundRobin(const DiskTierConfig& config, uint32_t slots,
+                                          uint64_t writes, const HostSlots& host) {
+  auto disk = DiskTier::Open(config, {});
+  REQUIRE_OK(disk);
+  for (uint64_t k = 0; k < writes; ++k) REQUIRE_OK(WriteBlock(**disk, k % slots, k, host.at(0)));
+  return std::move(*disk);
+}
+
 TEST_CASE(
     "DiskJournal: a write costs no device flush and no flusher wake-up of its own: compactions "
     "are not fsynced, and the flusher is woken only from idle",
@@ -437,15 +448,12 @@ TEST_CASE(
   test::TempDir dir("disk_recovery_costs");
   const uint32_t align = Align(dir.path);
   constexpr uint64_t kWrites = 300;
-  // Every write overwrites a slot that holds a block: a drop flushed before it, a put after it.
   DiskTierConfig config = Config(dir.path, 8, align, /*journal_max_records=*/40);
   // A flush interval far longer than the test: the flusher, once woken, stays in its timed wait.
   config.journal_flush_interval = std::chrono::seconds(100);
   HostSlots host(1, align);
-  auto disk = DiskTier::Open(config, {});
-  REQUIRE_OK(disk);
-  for (uint64_t k = 0; k < kWrites; ++k) REQUIRE_OK(WriteBlock(**disk, k % 8, k, host.at(0)));
-  const DiskTier::Stats s = (*disk)->stats();
+  const auto disk = WriteRoundRobin(config, 8, kWrites, host);
+  const DiskTier::Stats s = disk->stats();
   CHECK(s.journal_records == 2 * kWrites - 8);  // the first write of each slot drops nothing
   // ~14 compactions (40 records each); the epoch's checkpoint at Open is the only one fsynced.
   CHECK(s.journal_checkpoints >= 1);
@@ -464,9 +472,7 @@ TEST_CASE(
   test::TempDir dir("disk_recovery_last_put");
   const uint32_t align = Align(dir.path);
   HostSlots host(1, align);
-  auto disk = DiskTier::Open(Config(dir.path, 4, align), {});  // flush interval 1 ms
-  REQUIRE_OK(disk);
-  for (uint64_t k = 0; k < 50; ++k) REQUIRE_OK(WriteBlock(**disk, k % 4, k, host.at(0)));
+  const auto disk = WriteRoundRobin(Config(dir.path, 4, align), 4, 50, host);  // flush: 1 ms
   // 50 puts and 46 drops; each drop was flushed with the put before it. Only the flusher writes
   // the last put: within the interval (polled for up to 10 s, so a loaded machine is no failure).
   const uint64_t want = (2 * 50 - 4) * kJournalRecordBytes;
@@ -476,7 +482,7 @@ TEST_CASE(
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   CHECK(fs::file_size(dir.path / "journal.0") == want);
-  CHECK((*disk)->stats().journal_records == 2 * 50 - 4);
+  CHECK(disk->stats().journal_records == 2 * 50 - 4);
 }
 
 TEST_CASE(
