@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "test/util/test_util.h"
 
@@ -104,6 +105,60 @@ TEST_CASE("IoRing: blocks written with O_DIRECT read back byte-exact through reg
   CHECK(st.fixed_buffer_ops == 128);
   CHECK(st.bytes == 128ull * kBlock);
   CHECK(st.errors == 0);
+}
+
+TEST_CASE(
+    "IoRing: a batch's prepare runs once, on the completion thread, before its ops are submitted, "
+    "from callers and from callbacks alike",
+    "[io_ring]") {
+  DirectFile file(64 * kBlock);
+  Buffer out(16 * kBlock), in(16 * kBlock);
+  const int fds[] = {file.fd()};
+  const iovec bufs[] = {out.iov(), in.iov()};
+  auto ring = IoRing::Create({.queue_depth = 4}, fds, bufs);
+  REQUIRE_OK(ring);
+  std::mutex mu;
+  std::vector<std::thread::id> prepared_on;  // one entry per prepare run
+  std::thread::id callback_on;
+  // Batch i writes blocks 4i .. 4i + 3; its buffer is filled only by its prepare, so what reads
+  // back is what prepare wrote before the writes were submitted.
+  auto prepare_batch = [&](uint32_t i) {
+    return [&, i] {
+      Fill(out.p + uint64_t{i} * 4 * kBlock, 4 * kBlock, 100 + i);
+      std::lock_guard<std::mutex> l(mu);
+      prepared_on.push_back(std::this_thread::get_id());
+    };
+  };
+  std::promise<absl::Status> second;
+  absl::Status first_status, submit_status;  // set on the completion thread, read after Drain
+  // Batch 0 from this thread; its callback submits batch 1 (from the completion thread).
+  const absl::Status submitted = (*ring)->Submit(
+      Blocks(IoOp::kWrite, out.p, 4, 0),
+      [&](absl::Status s) {
+        first_status = s;
+        callback_on = std::this_thread::get_id();
+        submit_status = (*ring)->Submit(
+            Blocks(IoOp::kWrite, out.p + 4 * kBlock, 4, 4),
+            [&](absl::Status st) { second.set_value(st); }, prepare_batch(1));
+        if (!submit_status.ok()) second.set_value(submit_status);
+      },
+      prepare_batch(0));
+  REQUIRE_OK(submitted);
+  const absl::Status second_status = second.get_future().get();
+  (*ring)->Drain();
+  REQUIRE_OK(first_status);
+  REQUIRE_OK(submit_status);
+  REQUIRE_OK(second_status);
+  REQUIRE_OK(Run(**ring, Blocks(IoOp::kRead, in.p, 8, 0)));
+  std::vector<uint8_t> want(8 * kBlock);
+  Fill(want.data(), 4 * kBlock, 100);
+  Fill(want.data() + 4 * kBlock, 4 * kBlock, 101);
+  CHECK(std::memcmp(in.p, want.data(), want.size()) == 0);
+  std::lock_guard<std::mutex> l(mu);
+  REQUIRE(prepared_on.size() == 2);  // once per batch, not per op
+  CHECK(prepared_on[0] != std::this_thread::get_id());
+  CHECK(prepared_on[0] == callback_on);  // the completion thread (no callback threads)
+  CHECK(prepared_on[1] == callback_on);
 }
 
 TEST_CASE("IoRing: buffers past 64 MiB register in the background and I/O works before and after",

@@ -444,24 +444,30 @@ absl::Status DiskTier::Write(SlotId slot, const BlockKey& key, const BlockKey& p
   }
   if (journal_ != nullptr) journal_->Overwriting({&slot, 1});  // before its old block can go
   auto* base = static_cast<uint8_t*>(host_slot);
-  const BlockHeader tr{.key = key,
-                       .parent = parent,
-                       .fingerprint = config_.layout_fingerprint,
-                       .payload_bytes = config_.block_bytes,
-                       .payload_hash = PayloadHash(base, config_.block_bytes),
-                       .sequence = sequence_.fetch_add(1)};
-  std::memset(base + config_.block_bytes, 0, padded_payload_ - config_.block_bytes);
-  EncodeBlockHeader(tr, alignment_, base + padded_payload_);
+  const uint64_t seq = sequence_.fetch_add(1);
+  // The trailer (the payload's XXH3 among it) is filled on the ring's thread, just before the
+  // write is submitted: not on the caller's, which may hold the cache's lock.
+  auto fill_trailer = [this, base, key, parent, seq] {
+    const BlockHeader tr{.key = key,
+                         .parent = parent,
+                         .fingerprint = config_.layout_fingerprint,
+                         .payload_bytes = config_.block_bytes,
+                         .payload_hash = PayloadHash(base, config_.block_bytes),
+                         .sequence = seq};
+    std::memset(base + config_.block_bytes, 0, padded_payload_ - config_.block_bytes);
+    EncodeBlockHeader(tr, alignment_, base + padded_payload_);
+  };
   writes_++;
   const uint64_t start = MonotonicNanos();
   return ring_->Submit(
       {RequestFor(IoOp::kWrite, slot, host_slot, static_cast<uint32_t>(slot_bytes_), false)},
-      [this, start, slot, key, parent, seq = tr.sequence, done = std::move(done)](absl::Status s) {
+      [this, start, slot, key, parent, seq, done = std::move(done)](absl::Status s) {
         write_latency_.RecordSince(start);
         if (!s.ok()) io_errors_++;
         if (s.ok() && journal_ != nullptr) journal_->Wrote(slot, key, parent, seq);
         done(s);
-      });
+      },
+      std::move(fill_trailer));
 }
 
 absl::Status DiskTier::Invalidate(SlotId slot, std::function<void(absl::Status)> done) {

@@ -169,8 +169,10 @@ class DiskTier final : public StorageTier {
   // What Open() found: blocks that verified (manifest) or whose trailer verified (scan).
   const std::vector<StoredBlock>& recovered() const { return recovered_; }
 
-  // Writes the block from `host_slot` (HostSlotBytes() bytes, aligned; the trailer area is filled
-  // here) into `slot`. `done(OK)` once it is durable in the page cache/device.
+  // Writes the block from `host_slot` (HostSlotBytes() bytes, aligned) into `slot`. The trailer
+  // area is filled (the payload hashed) on the ring's thread before the write is submitted, not on
+  // the caller's: O(1) here beyond the journal's drop. `done(OK)` once it is durable in the page
+  // cache/device.
   absl::Status Write(SlotId slot, const BlockKey& key, const BlockKey& parent, void* host_slot,
                      std::function<void(absl::Status)> done);
   // Reads `slot` into `host_slot` and verifies it holds `key` with an intact payload:

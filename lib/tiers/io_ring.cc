@@ -55,8 +55,9 @@ Fault RandomFaultInjector::Next(IoOp op, uint64_t /*offset*/, uint32_t /*bytes*/
 
 struct IoRing::Batch {
   std::function<void(absl::Status)> done;
-  uint32_t remaining;   // guarded by the ring's mu_
-  absl::Status status;  // first error; guarded by the ring's mu_
+  uint32_t remaining;             // guarded by the ring's mu_
+  absl::Status status;            // first error; guarded by the ring's mu_
+  std::function<void()> prepare;  // once queued, touched by the completion thread only
 };
 
 absl::StatusOr<std::unique_ptr<IoRing>> IoRing::Create(const Options& options,
@@ -207,7 +208,8 @@ int IoRing::FixedIndex(const void* buf, uint32_t bytes) const {
   return -1;
 }
 
-absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(absl::Status)> done) {
+absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(absl::Status)> done,
+                            std::function<void()> prepare) {
   if (batch.empty()) return absl::InvalidArgumentError("IoRing::Submit: empty batch");
   for (const IoRequest& r : batch) {
     if (r.file >= num_files_) {
@@ -215,15 +217,20 @@ absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(abs
           absl::StrCat("IoRing::Submit: file ", r.file, " vs ", num_files_, " registered"));
     }
   }
-  auto* b = new Batch{.done = std::move(done), .remaining = static_cast<uint32_t>(batch.size())};
+  const bool unprepared = prepare != nullptr;
+  auto* b = new Batch{.done = std::move(done),
+                      .remaining = static_cast<uint32_t>(batch.size()),
+                      .prepare = std::move(prepare)};
   MutexLock lock(&mu_);
-  for (const IoRequest& r : batch) pending_.push_back(new Op{.req = r, .batch = b});
+  std::deque<Op*>& queue = unprepared ? unprepared_ : pending_;
+  for (const IoRequest& r : batch) queue.push_back(new Op{.req = r, .batch = b});
   outstanding_ += batch.size();
   // Only the completion thread submits I/O: io_uring completes an op (posts its CQE) in the
   // context of the thread that submitted it, so a caller's thread, asleep or descheduled on a
   // loaded machine, would have to run before the completion thread could see its ops complete.
   // Another thread wakes the completion thread with a NOP, which completes inline; the completion
-  // thread submits after each completion (work queued by callbacks, and this).
+  // thread prepares (a batch's `prepare`) and submits after each completion (work queued by
+  // callbacks, and this).
   if (completion_thread_of != this && !wake_pending_) {
     io_uring_sqe* sqe = io_uring_get_sqe(R(ring_));
     if (sqe != nullptr) {
@@ -231,9 +238,31 @@ absl::Status IoRing::Submit(std::vector<IoRequest> batch, std::function<void(abs
       io_uring_sqe_set_data64(sqe, kWakeMarker);
       wake_pending_ = io_uring_submit(R(ring_)) >= 0;
     }
-    if (!wake_pending_) PumpLocked();  // no wake-up possible: submit from here after all
+    // No wake-up possible (the submission queue is full, so ops are in flight and their
+    // completions will wake the thread): submit what needs no preparing from here after all.
+    if (!wake_pending_) PumpLocked();
   }
   return absl::OkStatus();
+}
+
+void IoRing::PrepareQueued() {
+  for (;;) {
+    std::vector<Op*> ops;  // no allocation where nothing waits (once per completion)
+    {
+      MutexLock lock(&mu_);
+      if (unprepared_.empty()) return;
+      ops.assign(unprepared_.begin(), unprepared_.end());
+      unprepared_.clear();
+    }
+    for (Op* op : ops) {  // a batch's ops are queued together: its prepare runs once, first
+      if (op->batch->prepare != nullptr) {
+        op->batch->prepare();
+        op->batch->prepare = nullptr;
+      }
+    }
+    MutexLock lock(&mu_);
+    pending_.insert(pending_.end(), ops.begin(), ops.end());
+  }
 }
 
 void IoRing::PumpLocked() {
@@ -381,9 +410,11 @@ void IoRing::CompletionLoop() {
         finished += Complete(reinterpret_cast<Op*>(data), res);
       }
       if (io_uring_peek_cqe(R(ring_), &cqe) != 0) break;
+      PrepareQueued();  // what this completion's callback queued goes out now, not after the rest
       MutexLock lock(&mu_);
       PumpLocked();
     }
+    PrepareQueued();
     MutexLock lock(&mu_);
     PumpLocked();
     if (finished > 0 && (outstanding_ -= finished) == 0) drained_.SignalAll();

@@ -103,8 +103,12 @@ class IoRing {
   IoRing& operator=(const IoRing&) = delete;
 
   // Queues the batch; `done` runs once every op of it finished, with the first error or OK.
+  // `prepare`, if any, runs on the completion thread before any op of the batch is submitted (the
+  // disk tier fills a write's trailer there, hashing its payload, so that the caller's thread and
+  // locks are not held for it), as soon as the completion being handled is done with.
   // kInvalidArgument for an empty batch or a bad file index (nothing is queued then).
-  absl::Status Submit(std::vector<IoRequest> batch, std::function<void(absl::Status)> done);
+  absl::Status Submit(std::vector<IoRequest> batch, std::function<void(absl::Status)> done,
+                      std::function<void()> prepare = nullptr);
 
   // Blocks until every op submitted so far has completed and its batch's callback returned.
   void Drain();
@@ -124,6 +128,9 @@ class IoRing {
   };
   IoRing(const Options& options, void* ring);
   void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // On the completion thread: runs the `prepare` of the batches queued with one, then queues
+  // their ops for submission.
+  void PrepareQueued();
   void CompletionLoop();
   // Handles one CQE; true when the op counts as finished now (false: resubmitted for the rest, or
   // its batch's callback was handed to a callback thread, which counts it once `done` returned).
@@ -153,7 +160,8 @@ class IoRing {
   bool buffers_registered_ ABSL_GUARDED_BY(registration_mu_) = false;
 
   mutable Mutex mu_;
-  std::deque<Op*> pending_ ABSL_GUARDED_BY(mu_);  // queued, not yet in the submission ring
+  std::deque<Op*> pending_ ABSL_GUARDED_BY(mu_);     // queued, not yet in the submission ring
+  std::deque<Op*> unprepared_ ABSL_GUARDED_BY(mu_);  // of batches whose `prepare` has not run
   uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_pending_ ABSL_GUARDED_BY(mu_) = false;  // a wake-up NOP is on its way
