@@ -147,7 +147,8 @@ class DiskJournal {
   struct Stats {
     uint64_t records = 0, flushes = 0, checkpoints = 0, errors = 0;
     uint64_t syncs = 0;    // checkpoints fsynced (a new epoch's; a compaction's is not)
-    uint64_t wakeups = 0;  // of the flusher by Wrote (at most one per flush interval, idle)
+    uint64_t wakeups = 0;  // of the flusher: from idle (at most one per flush interval), and
+                           // once per compaction or full buffer that became due
   };
   Stats stats() const;
 
@@ -181,7 +182,7 @@ class DiskJournal {
   uint64_t index_ = 0;   // of the next record in this generation
   uint64_t offset_ = 0;  // in journal.<generation_ % 2> of the first pending record
   bool stopped_ = false, failed_ = false;
-  bool flusher_idle_ = false;  // the flusher waits untimed, for a first pending record
+  bool flusher_idle_ = false;  // the flusher waits untimed, until a waker clears this
   bool signalled_ = false;     // woken for a full buffer or a due compaction, not yet awake
   Stats stats_;
   std::thread flusher_;
