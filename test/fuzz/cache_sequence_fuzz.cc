@@ -19,13 +19,22 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "kvtier/policy.h"
 #include "test/fuzz/fuzz_check.h"
 
 #define KVTIER_MODEL_CHECK(cond) KVTIER_FUZZ_CHECK(cond)
-#define KVTIER_MODEL_CHECK_OK(expr) KVTIER_FUZZ_CHECK(::kvtier::test::AsStatus(expr).ok())
-#define KVTIER_MODEL_CHECK_CODE(expr, expected) \
-  KVTIER_FUZZ_CHECK(::kvtier::test::AsStatus(expr).code() == (expected))
+// A failed status check prints the status it got, as the Catch2 model test does.
+#define KVTIER_MODEL_CHECK_CODE(expr, expected)                                               \
+  do {                                                                                        \
+    const ::absl::Status got_ = ::kvtier::test::AsStatus(expr);                               \
+    if (got_.code() != (expected)) {                                                          \
+      std::fprintf(stderr, "%s:%d: fuzz check failed: %s is %s\n", __FILE__, __LINE__, #expr, \
+                   got_.ToString().c_str());                                                  \
+      std::abort();                                                                           \
+    }                                                                                         \
+  } while (0)
+#define KVTIER_MODEL_CHECK_OK(expr) KVTIER_MODEL_CHECK_CODE(expr, ::absl::StatusCode::kOk)
 // Messages are for a failing test's report; here they are only type-checked.
 #define KVTIER_MODEL_INFO(msg) \
   do {                         \

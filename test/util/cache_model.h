@@ -330,11 +330,16 @@ class Model {
                                 << " device used " << st.device.used_blocks << " pinned "
                                 << st.device.pinned_blocks << " host used " << st.host.used_blocks
                                 << " pinned " << st.host.pinned_blocks);
+    if (before + 1 > kDeviceSlots) {  // more than the device holds: never possible, not "full"
+      KVTIER_MODEL_CHECK_CODE(s, absl::StatusCode::kInvalidArgument);
+      KVTIER_MODEL_CHECK(l->lease.size() == before);
+      return;
+    }
     if (Pinned() + 1 <= kDeviceSlots) KVTIER_MODEL_CHECK_OK(s);
     if (s.ok()) {
       KVTIER_MODEL_CHECK(l->lease.size() == before + 1);
     } else {
-      KVTIER_MODEL_CHECK(s.code() == absl::StatusCode::kResourceExhausted);
+      KVTIER_MODEL_CHECK_CODE(s, absl::StatusCode::kResourceExhausted);
       KVTIER_MODEL_CHECK(l->lease.size() == before);
     }
     // The chain cannot grow past its base: the extra slot just stays unused.
