@@ -1,8 +1,11 @@
 #include "kvtier/cache.h"
 
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_split.h"
 #include "kvtier/policy.h"
@@ -704,6 +707,107 @@ TEST_CASE("Cache: GraphLayerCounters is kUnimplemented on the emulated device", 
   auto cache = Cache::Create(test::MakeOptions(kv, 16));
   REQUIRE_OK(cache);
   REQUIRE_CODE((*cache)->GraphLayerCounters(), absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+// A host policy that evicts oldest-first and records what OnUpperCopy tells it, checking the
+// protocol as it goes: only for inserted slots, and never the same value twice in a row.
+class UpperCopyRecorder final : public EvictionPolicy {
+ public:
+  struct Log {
+    std::vector<std::pair<SlotId, bool>> events;
+    int protocol_errors = 0;
+  };
+  static inline Log* log = nullptr;  // the test's, while it runs (other tests use it as a policy)
+
+  explicit UpperCopyRecorder(uint32_t capacity) : inserted_(capacity), above_(capacity) {}
+  void OnInsert(SlotId s) override {
+    if (inserted_[s]) Error();
+    inserted_[s] = true;
+    above_[s] = false;
+    order_.push_back(s);
+  }
+  void OnAccess(SlotId) override {}
+  void OnRemove(SlotId s) override {
+    if (!inserted_[s]) Error();
+    inserted_[s] = false;
+    std::erase(order_, s);
+  }
+  void OnUpperCopy(SlotId s, bool held_above) override {
+    if (!inserted_[s] || above_[s] == held_above) Error();
+    above_[s] = held_above;
+    if (log != nullptr) log->events.emplace_back(s, held_above);
+  }
+  std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
+    for (SlotId s : order_) {
+      if (can_evict(s)) return s;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static void Error() {
+    if (log != nullptr) log->protocol_errors++;
+  }
+  std::vector<bool> inserted_, above_;
+  std::vector<SlotId> order_;
+};
+
+TEST_CASE("Cache: the host policy hears when the device holds its block too, and when it stops",
+          "[cache]") {
+  (void)RegisterPolicy("test_upper_copy", [](const PolicyContext& ctx) {
+    return absl::StatusOr<std::unique_ptr<EvictionPolicy>>(
+        std::make_unique<UpperCopyRecorder>(ctx.capacity_slots));
+  });  // kAlreadyExists when the test runs twice in one process
+  UpperCopyRecorder::Log log;
+  UpperCopyRecorder::log = &log;
+  EngineKv kv({.num_slots = 4});
+  Options o = test::MakeOptions(kv, 16);
+  o.host.policy = "test_upper_copy";
+  auto cache = Cache::Create(o);
+  REQUIRE_OK(cache);
+  const auto a = test::Chain(3, 1), b = test::Chain(3, 2);
+  REQUIRE_OK(test::RunSequence(**cache, kv, a));
+  // b needs 3 of the 4 device slots: a's blocks are demoted. The device copy goes before the host
+  // copy is Ready (write-back), so no host copy has one above it.
+  REQUIRE_OK(test::RunSequence(**cache, kv, b));
+  CHECK(log.events.empty());
+  const uint32_t demoted = (*cache)->Stats().host.used_blocks;
+  REQUIRE(demoted >= 2);
+  // a again: its blocks on the host are promoted; each landed copy makes the host copy a spare.
+  auto m = (*cache)->Match(a);
+  REQUIRE_OK(m);
+  const uint32_t from_host = m->blocks_in(Tier::kHost);
+  REQUIRE(from_host >= 2);
+  auto r = test::RunSequence(**cache, kv, a);
+  REQUIRE_OK(r);
+  CHECK(r->loaded == 3);
+  REQUIRE(log.events.size() == from_host);
+  std::set<SlotId> spares;
+  for (const auto& [slot, above] : log.events) {
+    CHECK(above);
+    spares.insert(slot);
+  }
+  // b again: the device evicts a's blocks (at least 2 of them), whose host copies stay and stop
+  // being spares; b's blocks, demoted meanwhile, are promoted and become spares.
+  log.events.clear();
+  REQUIRE_OK(test::RunSequence(**cache, kv, b));
+  uint32_t released = 0;
+  for (const auto& [slot, above] : log.events) {
+    CHECK(above == !spares.contains(slot));
+    released += !above;
+  }
+  CHECK(released >= 2);
+  CHECK(log.protocol_errors == 0);
+  CHECK((*cache)->Stats().host.used_blocks >= demoted);  // the evictions moved no bytes
+  REQUIRE_OK((*cache)->CheckInvariants());
+  cache->reset();
+  UpperCopyRecorder::log = nullptr;
 }
 
 }  // namespace

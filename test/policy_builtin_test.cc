@@ -241,6 +241,37 @@ TEST_CASE("KvAdaptivePolicy: in cache mode a run of linked inserts ends in a dea
   }
 }
 
+TEST_CASE("KvAdaptivePolicy: a copy held above is a spare, the first victim, and no ghost",
+          "[policy]") {
+  // As a host tier sees it: blocks demoted one by one (no runs, so no dead tips).
+  auto p = Make("kv_adaptive", 8);
+  Fill(*p, {0, 1, 2, 3});   // T1, oldest first: 0, 1, 2, 3
+  p->OnAccess(1);           // a host hit: 1 moves to T2
+  p->OnUpperCopy(2, true);  // 2 was promoted: the device holds it too
+  p->OnAccess(2);           // a device hit reaches this copy too; it was not read, changes nothing
+  CHECK(p->PickVictim(Any) == 2);  // a spare goes first, before T1's LRU (0)
+  p->OnRemove(2);
+  // Its block comes back (the device let it go, no copy here any more): not an ARC ghost, since
+  // evicting a spare lost nothing, so it enters T1, and p stays 0.
+  p->OnInsertKey(2, 1002);
+  p->OnInsert(2);
+  // 1, in T2, is promoted and then let go by the device: back to T2's MRU end, not a spare.
+  p->OnUpperCopy(1, true);
+  p->OnUpperCopy(1, false);
+  // A withheld copy told it is held above comes back as a spare.
+  REQUIRE(p->OnWithhold(3));
+  p->OnUpperCopy(3, true);
+  p->OnRestore(3);
+  // |T1| = 2 (0, 2) > p = 0: T1's LRU first, then T2.
+  for (SlotId expected : {3u, 0u, 2u, 1u}) {
+    const auto v = p->PickVictim(Any);
+    REQUIRE(v.has_value());
+    CHECK(*v == expected);
+    p->OnRemove(*v);
+  }
+  CHECK_FALSE(p->PickVictim(Any).has_value());
+}
+
 TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hits", "[policy]") {
   auto p = Make("s3fifo", 4, {{"small_ratio", "0.5"}});  // small 2, main 2, ghost 3
   Fill(*p, {0, 1, 2, 3});                                // all in the small queue

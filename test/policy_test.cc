@@ -116,7 +116,7 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
     return;
   }
   std::mt19937 rng(seed);
-  std::set<SlotId> live, pinned;
+  std::set<SlotId> live, pinned, above;
   for (int step = 0; step < 5000; ++step) {
     const SlotId s = rng() % kCap;
     switch (rng() % 6) {
@@ -126,8 +126,19 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
           live.insert(s);
         }
         break;
-      case 1:
-        if (live.contains(s)) (*policy)->OnAccess(s);
+      case 1:  // an access, or a copy above that comes or goes (OnUpperCopy)
+        if (!live.contains(s)) break;
+        if (rng() % 2) {
+          (*policy)->OnAccess(s);
+        } else {
+          const bool held = !above.contains(s);
+          (*policy)->OnUpperCopy(s, held);
+          if (held) {
+            above.insert(s);
+          } else {
+            above.erase(s);
+          }
+        }
         break;
       case 2:
         if (live.contains(s) && !pinned.contains(s)) {
@@ -143,6 +154,7 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
           (*policy)->OnRemove(s);
           live.erase(s);
           pinned.erase(s);
+          above.erase(s);
         }
         break;
       default: {
@@ -157,6 +169,7 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
           CHECK(can(*v));
           (*policy)->OnRemove(*v);  // as the cache does
           live.erase(*v);
+          above.erase(*v);
         } else {
           CHECK_FALSE(any);
         }

@@ -13,7 +13,8 @@
 //   for the next entry to evict, with a predicate that says which entries may go *now* (pinned,
 //   Filling and prefix-protected entries may not); it must return a slot it was told of by OnInsert
 //   and for which the predicate is true, or nullopt when none is. The cache may then ask
-//   DemoteVictim(victim), and calls OnRemove(victim) before inserting anything else.
+//   DemoteVictim(victim), and calls OnRemove(victim) before inserting anything else. OnUpperCopy
+//   says when a tier above holds the block too.
 // Cost: state each policy's victim cost in its file; the built-ins are O(1) amortised.
 // Registration: KVTIER_REGISTER_POLICY("name", Class) in the policy's .cc (Class constructible from
 // const PolicyContext&), or RegisterPolicy() at run time. Options name policies per tier.
@@ -79,6 +80,14 @@ class EvictionPolicy {
   // demoted, and counted in TierStats::drops, so it spends no space below. The default demotes
   // every such victim.
   virtual bool DemoteVictim(SlotId /*slot*/) { return true; }
+  // Optional: whether a tier above this one holds a Ready copy of the block in `slot`. true when
+  // one first does (a promotion from here landed, or this copy was written below one), false when
+  // the last such copy goes (the tier above evicted it: for this tier that is the block's
+  // demotion, though no bytes moved). While true this copy is a spare: evicting it loses nothing
+  // (the block stays cached above, and OnAccess here means a copy above was read). Comes only
+  // between OnInsert(slot) and OnRemove(slot), never for the top tier, and never twice with the
+  // same value. The default ignores it.
+  virtual void OnUpperCopy(SlotId /*slot*/, bool /*held_above*/) {}
 
   // Optional, for speed. After PickVictim passed over `slot` because the prefix rule keeps it (the
   // block's only copy, with children still cached, in a tier that cannot write victims back), the

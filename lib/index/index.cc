@@ -153,7 +153,31 @@ void Index::MarkReadyLocked(uint32_t id, Tier tier) {
   const bool was_filling = r.state == ResState::kFilling;
   if (was_filling) table(tier).filling--;
   r.state = ResState::kReady;
-  if (was_filling) EmitLocked(KvEventType::kStored, id, tier);
+  if (was_filling) {
+    EmitLocked(KvEventType::kStored, id, tier);
+    NoteUpperCopiesLocked(id, tier, /*ready=*/true);
+  }
+}
+
+bool Index::ReadyAboveLocked(uint32_t id, int below, int skip) const {
+  for (int t = 0; t < below; ++t) {
+    if (t != skip && E(id).res[t].state == ResState::kReady) return true;
+  }
+  return false;
+}
+
+void Index::NoteUpperCopiesLocked(uint32_t id, Tier tier, bool ready) {
+  const int at = T(tier);
+  if (ready && ReadyAboveLocked(id, at, /*skip=*/-1)) {
+    tiers_[at].policy->OnUpperCopy(E(id).res[at].slot, true);
+  }
+  // A Ready copy below changes only if this copy is, or was, the only Ready one above it.
+  for (int u = at + 1; u < kNumTiers; ++u) {
+    const Residency& r = E(id).res[u];
+    if (r.state == ResState::kReady && !ReadyAboveLocked(id, u, /*skip=*/at)) {
+      tiers_[u].policy->OnUpperCopy(r.slot, ready);
+    }
+  }
 }
 
 template <typename Pred>
@@ -220,7 +244,10 @@ void Index::AddResidencyLocked(uint32_t id, Tier tier, SlotId slot, ResState sta
     tt.pinned++;
   }
   if (state == ResState::kFilling) tt.filling++;
-  if (state == ResState::kReady) EmitLocked(KvEventType::kStored, id, tier);
+  if (state == ResState::kReady) {
+    EmitLocked(KvEventType::kStored, id, tier);
+    NoteUpperCopiesLocked(id, tier, /*ready=*/true);
+  }
   tt.stats.inserts++;
   ReviewWithheldLocked(id);  // a second copy: the others are no longer the only one
 }
@@ -232,7 +259,10 @@ SlotId Index::RemoveResidencyLocked(uint32_t id, Tier tier) {
   tt.policy->OnRemove(slot);
   if (r.pins() > 0) tt.pinned--;
   if (r.state == ResState::kFilling) tt.filling--;
-  if (r.state == ResState::kReady) EmitLocked(KvEventType::kRemoved, id, tier);
+  if (r.state == ResState::kReady) {
+    EmitLocked(KvEventType::kRemoved, id, tier);
+    NoteUpperCopiesLocked(id, tier, /*ready=*/false);
+  }
   r = Residency{};
   EraseIfUnusedLocked(id);
   return slot;

@@ -487,6 +487,12 @@ class Index {
   SlotId RemoveResidencyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A Filling residency's bytes have arrived.
   void MarkReadyLocked(uint32_t id, Tier tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // EvictionPolicy::OnUpperCopy: the copy of `id` at `tier` became Ready (ready) or is about to
+  // go (!ready); tells the policies of the copies it changes that for (this one, the Ready ones
+  // below it that have no other Ready copy above them).
+  void NoteUpperCopiesLocked(uint32_t id, Tier tier, bool ready) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A Ready copy of `id` in a tier above tier index `below`, other than tier index `skip`.
+  bool ReadyAboveLocked(uint32_t id, int below, int skip) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether entry `id` is held (Cache::Pin): never a victim.
   bool HeldLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !holds_.empty() && holds_.Contains(id);

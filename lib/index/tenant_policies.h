@@ -47,6 +47,9 @@ class TenantPolicies final : public EvictionPolicy {
   void OnHint(SlotId slot, double score) override { Of(slot).OnHint(slot, score); }
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override;
   bool DemoteVictim(SlotId slot) override { return Of(slot).DemoteVictim(slot); }
+  void OnUpperCopy(SlotId slot, bool held_above) override {
+    Of(slot).OnUpperCopy(slot, held_above);
+  }
   bool OnWithhold(SlotId slot) override { return Of(slot).OnWithhold(slot); }
   void OnRestore(SlotId slot) override { Of(slot).OnRestore(slot); }
 

@@ -106,6 +106,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   void OnAccess(SlotId s) override {
     if (!flat_) EndRun(s);  // a Match: a new request began
     Slot& st = slots_[s];
+    if (st.spare) return;  // a copy above was read, not this one
     if (flat_) {
       AfterPrevious(st.id, st.parent);
       prev_id_ = st.id;
@@ -124,7 +125,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     if (s == run_tip_) run_tip_ = SlotLists::kNil;
     if (s == awaiting_) awaiting_ = SlotLists::kNil;
     Slot& st = slots_[s];
-    if (s == victim_ && st.known) {
+    if (s == victim_ && st.known && !st.spare) {  // a spare's block is still cached above
       const uint16_t from = st.away ? st.home : lists_.ListOf(s);
       ghosts_.Push(from == kT2 ? kB2 : kB1, st.id);
     }
@@ -136,6 +137,27 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         p != ChildLinks::kNone && slots_[p].parked && links_.children(p) == 0) {
       slots_[p].parked = false;
       if (!slots_[p].withheld) Return(p);
+    }
+  }
+  // A spare copy (the block is cached above too) is the first victim: evicting it loses nothing.
+  // When the tier above lets the block go, this copy is its demotion: back to the list it left.
+  void OnUpperCopy(SlotId s, bool held_above) override {
+    Slot& st = slots_[s];
+    st.spare = held_above;
+    if (st.known && duel_.Sampled(st.id)) {
+      if (held_above)
+        duel_.Dead(st.id);
+      else
+        duel_.Arrive(st.id);
+    }
+    if (st.away) return;  // Return() puts it in the list it belongs to then
+    if (held_above) {
+      st.spare_home = Home(s);
+      Unlink(s);
+      lists_.PushFront(kSpare, s);
+    } else {
+      lists_.Remove(s);
+      Push(st.spare_home, s, /*front=*/true);
     }
   }
   void OnPin(SlotId s) override { slots_[s].pinned = true; }
@@ -167,6 +189,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
       }
       return std::nullopt;
     };
+    if (auto v = take(lists_, kSpare)) return v;
     if (auto v = take(lists_, kDead)) return v;
     if (duel_.PreferLru()) {
       if (auto v = take(recency_, 0)) return v;
@@ -187,7 +210,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
  private:
-  static constexpr uint16_t kT1 = 0, kT2 = 1, kDead = 2, kParked = 3;
+  static constexpr uint16_t kT1 = 0, kT2 = 1, kDead = 2, kParked = 3, kSpare = 4;
   static constexpr int kB1 = 0, kB2 = 1;         // ghosts_' lists
   static constexpr uint64_t kUnknown = ~0ull;    // parent not known (no OnMissKey before it)
   static constexpr uint64_t kStart = ~0ull - 1;  // inserted before any other access
@@ -196,11 +219,13 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     uint64_t parent = kUnknown;  // flat mode: the id accessed right before its insertion
     bool known = false;
     bool pinned = false;
-    bool away = false;      // out of T1/T2/dead: parked or withheld
-    bool parked = false;    // refused for the prefix rule, back when its last child leaves
-    bool withheld = false;  // OnWithhold accepted, not yet restored
-    bool touched = false;   // accessed while away: comes back at T2's MRU end
-    uint16_t home = kT1;    // the list an away slot returns to
+    bool away = false;          // out of T1/T2/dead: parked or withheld
+    bool parked = false;        // refused for the prefix rule, back when its last child leaves
+    bool withheld = false;      // OnWithhold accepted, not yet restored
+    bool touched = false;       // accessed while away: comes back at T2's MRU end
+    bool spare = false;         // OnUpperCopy: a tier above holds the block too
+    uint16_t home = kT1;        // the list an away slot returns to
+    uint16_t spare_home = kT1;  // the list a spare returns to when the copy above goes
   };
   struct Miss {  // the block OnMissKey announced, p already adapted
     uint64_t id = 0;
@@ -211,7 +236,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   KvAdaptivePolicy(uint32_t capacity, uint32_t ghost_factor, bool drop_dead_tips)
       : drop_dead_tips_(drop_dead_tips),
         capacity_(capacity),
-        lists_(capacity, 4),
+        lists_(capacity, 5),
         recency_(capacity, 1),
         links_(capacity),
         ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
@@ -251,7 +276,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     run_len_ = 0;
   }
   void MakeDead(SlotId s) {
-    if (slots_[s].away || lists_.ListOf(s) == kDead) return;
+    if (slots_[s].away || slots_[s].spare || lists_.ListOf(s) == kDead) return;
     lists_.Remove(s);
     lists_.PushFront(kDead, s);
   }
@@ -272,7 +297,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   // Out of the candidate lists (parked or withheld); remembers where it was.
   void Leave(SlotId s) {
     Slot& st = slots_[s];
-    st.home = lists_.ListOf(s) == kDead ? kT1 : lists_.ListOf(s);
+    st.home = st.spare ? st.spare_home : Home(s);
     st.touched = false;
     st.away = true;
     Unlink(s);
@@ -282,8 +307,15 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Slot& st = slots_[s];
     st.away = false;
     lists_.Remove(s);
-    Push(st.home, s, /*front=*/st.touched);
+    if (st.spare) {
+      st.spare_home = st.touched ? kT2 : st.home;
+      lists_.PushFront(kSpare, s);
+      return;
+    }
+    Push(st.touched ? kT2 : st.home, s, /*front=*/st.touched);
   }
+  // The list a slot in T1, T2 or dead goes back to: a dead tip that returns is live after all.
+  uint16_t Home(SlotId s) const { return lists_.ListOf(s) == kDead ? kT1 : lists_.ListOf(s); }
 
   void Adapt(bool in_b1) {
     const double n1 = ghosts_.size(kB1), n2 = ghosts_.size(kB2);

@@ -31,7 +31,14 @@ class ShadowDuel {
     arc_hits_ = arc_hits_ * keep_ + (ArcAccess(id) ? 1 : 0);
     lru_hits_ = lru_hits_ * keep_ + (LruAccess(id) ? 1 : 0);
   }
-  // The block was the last of its request: both shadows evict it first.
+  // The block arrived again without being asked for (a tier above let it go: it is demoted here
+  // though no bytes moved): as Access, but neither shadow counts a hit.
+  void Arrive(uint64_t id) {
+    ArcAccess(id);
+    LruAccess(id);
+  }
+  // The block was the last of its request: both shadows evict it first. Also for a copy that
+  // became a spare (a tier above holds the block): the real tier evicts those first too.
   void Dead(uint64_t id) {
     if (const int g = arc_.Find(id); g == kT1 || g == kT2) arc_.Push(kDead, id);
     if (lru_.Find(id) == kLru) lru_.Push(kLruDead, id);
