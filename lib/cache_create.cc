@@ -228,6 +228,9 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
       {"Options.device.policy", &options.device.policy, &options.device.policy_params},
       {"Options.host.policy", &options.host.policy, &options.host.policy_params},
       {"Options.disk.policy", &options.disk.policy, &options.disk.policy_params}};
+  const uint64_t below[kNumTiers] = {
+      options.demote_on_evict ? uint64_t{config.capacity_slots[1]} + config.capacity_slots[2] : 0,
+      config.capacity_slots[2], 0};
   for (int t = 0; t < kNumTiers; ++t) {
     // A disabled tier's policy is never asked anything: its options are not checked (as in
     // Options::Validate), and it gets an empty lru.
@@ -235,7 +238,8 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
     static const PolicyParams kNoParams;
     auto p = CreatePolicy(enabled ? *policies[t].name : "lru",
                           {.capacity_slots = config.capacity_slots[t],
-                           .params = enabled ? *policies[t].params : kNoParams});
+                           .params = enabled ? *policies[t].params : kNoParams,
+                           .capacity_below_slots = below[t]});
     if (!p.ok()) {
       // An unknown name is a bad option value like any other: kInvalidArgument, not the
       // registry's kNotFound.
@@ -266,8 +270,9 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
     quota[0] = static_cast<uint32_t>(capacity - std::min<uint64_t>(named, capacity));
     config.tenant_policies[t].push_back(std::move(config.policies[t]));  // the default tenant's
     for (size_t i = 1; i < quota.size(); ++i) {
-      auto p = CreatePolicy(*policies[t].name,
-                            {.capacity_slots = capacity, .params = *policies[t].params});
+      auto p = CreatePolicy(*policies[t].name, {.capacity_slots = capacity,
+                                                .params = *policies[t].params,
+                                                .capacity_below_slots = below[t]});
       if (!p.ok()) return p.status();  // created once above with the same arguments
       config.tenant_policies[t].push_back(std::move(*p));
     }

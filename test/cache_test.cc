@@ -721,6 +721,7 @@ class UpperCopyRecorder final : public EvictionPolicy {
  public:
   struct Log {
     std::vector<std::pair<SlotId, bool>> events;
+    std::vector<std::pair<uint32_t, uint64_t>> contexts;  // of the instances created
     int protocol_errors = 0;
   };
   static inline Log* log = nullptr;  // the test's, while it runs (other tests use it as a policy)
@@ -758,12 +759,35 @@ class UpperCopyRecorder final : public EvictionPolicy {
   std::vector<SlotId> order_;
 };
 
-TEST_CASE("Cache: the host policy hears when the device holds its block too, and when it stops",
-          "[cache]") {
+void RegisterRecorder() {
   (void)RegisterPolicy("test_upper_copy", [](const PolicyContext& ctx) {
+    if (UpperCopyRecorder::log != nullptr) {
+      UpperCopyRecorder::log->contexts.emplace_back(ctx.capacity_slots, ctx.capacity_below_slots);
+    }
     return absl::StatusOr<std::unique_ptr<EvictionPolicy>>(
         std::make_unique<UpperCopyRecorder>(ctx.capacity_slots));
   });  // kAlreadyExists when the test runs twice in one process
+}
+
+TEST_CASE("Cache: a tier's policy is told the capacity below it that keeps its victims",
+          "[cache]") {
+  RegisterRecorder();
+  UpperCopyRecorder::Log log;
+  UpperCopyRecorder::log = &log;
+  EngineKv kv({.num_slots = 4});
+  Options o = test::MakeOptions(kv, 16);
+  o.device.policy = o.host.policy = "test_upper_copy";
+  o.demote_on_evict = GENERATE(true, false);
+  REQUIRE_OK(Cache::Create(o));
+  using Context = std::pair<uint32_t, uint64_t>;  // capacity_slots, capacity_below_slots
+  // The device's victims go on to the host's 16 slots unless dropped; the host has nothing below.
+  CHECK(log.contexts == std::vector<Context>{{4, o.demote_on_evict ? 16 : 0}, {16, 0}});
+  UpperCopyRecorder::log = nullptr;
+}
+
+TEST_CASE("Cache: the host policy hears when the device holds its block too, and when it stops",
+          "[cache]") {
+  RegisterRecorder();
   UpperCopyRecorder::Log log;
   UpperCopyRecorder::log = &log;
   EngineKv kv({.num_slots = 4});

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/shadow_caches.h"
 #include "test/util/test_util.h"
 
 namespace kvtier {
@@ -270,6 +271,33 @@ TEST_CASE("KvAdaptivePolicy: a copy held above is a spare, the first victim, and
     p->OnRemove(*v);
   }
   CHECK_FALSE(p->PickVictim(Any).has_value());
+}
+
+TEST_CASE("ShadowDuel: with tiers below, each shadow is the hierarchy under its rule", "[policy]") {
+  // A loop over 8 blocks through a 4-slot tier (every id sampled: capacity < 128 x 16).
+  const auto loop = [](internal::ShadowDuel& d) {
+    for (int pass = 0; pass < 50; ++pass) {
+      for (uint64_t id = 1; id <= 8; ++id) d.Access(id);
+    }
+  };
+  internal::ShadowDuel alone(4, /*below_slots=*/0, /*ghost_factor=*/4);
+  loop(alone);
+  CHECK(alone.lru_hits() == 0);  // LRU of 4 never holds a loop of 8
+  // Over 4 slots below that keep its victims: LRU of 8 hits every access after the first pass,
+  // and so does ARC of 4 whose victims wait in the 4 below (the next access to each finds it).
+  internal::ShadowDuel over(4, /*below_slots=*/4, /*ghost_factor=*/4);
+  loop(over);
+  // A hit's weight decays by 1 - 1/16 per access here, so a hit at every access converges to 16.
+  CHECK(alone.arc_hits() < 1);  // ARC of 4 alone hardly ever
+  CHECK(over.lru_hits() > 15.9);
+  CHECK(over.arc_hits() > 15.9);
+  // Below farther than the ghosts reach (4 x 4 ids) is modelled only that far: a loop of 40
+  // misses in both.
+  internal::ShadowDuel far(4, /*below_slots=*/1000, /*ghost_factor=*/4);
+  for (int pass = 0; pass < 20; ++pass) {
+    for (uint64_t id = 1; id <= 40; ++id) far.Access(id);
+  }
+  CHECK(far.lru_hits() == 0);
 }
 
 TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hits", "[policy]") {

@@ -43,6 +43,8 @@ using PolicyParams = std::map<std::string, std::string>;
 struct PolicyContext {
   uint32_t capacity_slots = 0;  // slot ids are in [0, capacity_slots)
   PolicyParams params;          // unknown keys: the factory returns kInvalidArgument
+  // Slots of the tiers below that this tier's victims go on to (0: none, a victim is dropped).
+  uint64_t capacity_below_slots = 0;
 };
 
 class EvictionPolicy {

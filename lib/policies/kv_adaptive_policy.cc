@@ -1,6 +1,6 @@
 // kv_adaptive: ARC that knows what a KV block is, with an LRU fallback chosen by a shadow duel.
 //
-// Three structural facts about prefix-cached KV blocks, none a tuned number:
+// Four structural facts about prefix-cached KV blocks and their tiers, none a tuned number:
 // 1. Dead tips. The last block of a request is almost always partial; the next turn of the
 //    conversation re-tokenises it into a block with another id, so it is the likeliest dead block
 //    of all (on the Mooncake conversation trace 96 of 11,913 distinct last blocks ever return). A
@@ -16,6 +16,13 @@
 //    ARC's split. Two metadata-only shadows (lib/policies/shadow_caches.h) of the ARC above and of
 //    LRU, each on a hash sample of the ids, keep decayed hit counts; the real tier takes its victim
 //    from a global recency list while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
+//    With tiers below that keep this tier's victims (PolicyContext::capacity_below_slots), the
+//    shadows model the hierarchy: ARC here over a recency list of the size below, against one LRU
+//    of both sizes (an LRU tier over a tier of its victims behaves as that).
+// 4. Spare copies. A copy this tier holds while a tier above holds the block too (OnUpperCopy: a
+//    promotion from here landed) costs nothing to evict, so it goes first; accesses meanwhile
+//    read the copy above and do not count here. When the tier above lets the block go, this copy
+//    is its demotion, though no bytes moved: it returns to the list it left, as most recent.
 //
 // With drop_dead_tips=1, DemoteVictim declines dead tips: the cache drops them instead of
 // demoting them. Off by default: on the shared trace it moved the hit ratio by under 0.003 with a
@@ -62,7 +69,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         internal::ParamUint("kv_adaptive", ctx.params, "drop_dead_tips", 0, 0, 1);
     if (!drop.ok()) return drop.status();
     return std::unique_ptr<EvictionPolicy>(
-        new KvAdaptivePolicy(ctx.capacity_slots, *g, *drop == 1));
+        new KvAdaptivePolicy(ctx.capacity_slots, ctx.capacity_below_slots, *g, *drop == 1));
   }
 
   void OnMissKey(uint64_t id) override {
@@ -233,14 +240,14 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     bool in_b1 = false, in_b2 = false, valid = false;
   };
 
-  KvAdaptivePolicy(uint32_t capacity, uint32_t ghost_factor, bool drop_dead_tips)
+  KvAdaptivePolicy(uint32_t capacity, uint64_t below, uint32_t ghost_factor, bool drop_dead_tips)
       : drop_dead_tips_(drop_dead_tips),
         capacity_(capacity),
         lists_(capacity, 5),
         recency_(capacity, 1),
         links_(capacity),
         ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
-        duel_(capacity, ghost_factor),
+        duel_(capacity, below, ghost_factor),
         slots_(capacity) {}
 
   // Flat mode: block `id`, chained from `parent`, follows the previous access. A known parent

@@ -3,14 +3,23 @@
 // counts say which victim rule the real tier should follow now (set sampling, as SHARDS samples a
 // trace: each shadow holds capacity/R ids and sees the ids with hash % R == 0).
 //
+// A tier whose victims go on to tiers below (a device over a host) is not the end of the cache: a
+// block it evicts may still hit below. So each shadow models the hierarchy as the real one would
+// be under its rule: ARC at this tier's size with its victims kept in a recency list of the size
+// below (a hit there counts, and the block comes back up), against one LRU of both sizes (an LRU
+// tier over a tier that keeps its victims). With nothing below, they are plain ARC and LRU.
+//
 // Nothing here is tuned to a trace: R = min(16, capacity / 128) keeps each shadow at >= 128 ids,
-// a hit's weight falls by 1/e over 4 shadow turnovers (4 x capacity / R sampled accesses). Not
-// thread-safe: a policy runs under its tier's lock.
+// a hit's weight falls by 1/e over 4 shadow turnovers (4 x capacity / R sampled accesses), and the
+// tiers below are modelled as far as the ghosts reach (ghost_factor x capacity ids; a larger list
+// moved the results both ways on the shared trace). Not thread-safe: a policy runs under its
+// tier's lock.
 #ifndef KVTIER_LIB_POLICIES_SHADOW_CACHES_H_
 #define KVTIER_LIB_POLICIES_SHADOW_CACHES_H_
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 
 #include "lib/policies/ghost_list.h"
 
@@ -18,12 +27,16 @@ namespace kvtier::internal {
 
 class ShadowDuel {
  public:
-  ShadowDuel(uint32_t capacity_slots, uint32_t ghost_factor)
+  // below_slots: PolicyContext::capacity_below_slots, the tiers below that take this one's victims.
+  ShadowDuel(uint32_t capacity_slots, uint64_t below_slots, uint32_t ghost_factor)
       : rate_(std::max<uint32_t>(1, std::min<uint32_t>(16, capacity_slots / 128))),
         c_(std::max<uint32_t>(1, capacity_slots / rate_)),
+        b_(static_cast<uint32_t>(
+            std::min<uint64_t>(below_slots / rate_, uint64_t{c_} * ghost_factor))),
         keep_(1.0 - 1.0 / (4.0 * c_)),
         arc_({c_, c_, c_, c_ * ghost_factor, c_ * ghost_factor}),
-        lru_({c_, c_}) {}
+        below_({std::max<uint32_t>(b_, 1)}),
+        lru_({c_ + b_, c_ + b_}) {}
 
   bool Sampled(uint64_t id) const { return ((id * 0x9E3779B97F4A7C15ull) >> 32) % rate_ == 0; }
   // One access of a sampled id (a hit or a miss, as the real tier will see it).
@@ -44,6 +57,8 @@ class ShadowDuel {
     if (lru_.Find(id) == kLru) lru_.Push(kLruDead, id);
   }
   bool PreferLru() const { return lru_hits_ > arc_hits_; }
+  double arc_hits() const { return arc_hits_; }  // decayed
+  double lru_hits() const { return lru_hits_; }
 
  private:
   // The lists of the shadow ARC (resident: T1, T2, dead; ghosts: B1, B2) and of the shadow LRU,
@@ -51,32 +66,42 @@ class ShadowDuel {
   static constexpr int kT1 = 0, kT2 = 1, kDead = 2, kB1 = 3, kB2 = 4;
   static constexpr int kLru = 0, kLruDead = 1;
 
+  // ARC at this tier's size; what it evicts goes into the recency list of the tiers below, where a
+  // later access hits too (and leaves it: the block comes back up).
   bool ArcAccess(uint64_t id) {
     const int g = arc_.Find(id);
     if (g == kT1 || g == kT2 || g == kDead) {
       arc_.Push(kT2, id);
       return true;
     }
+    const bool below = b_ > 0 && below_.Erase(id) != GhostLists::kNone;
     const bool in_b1 = g == kB1, in_b2 = g == kB2;
     const double n1 = arc_.size(kB1), n2 = arc_.size(kB2);
     if (in_b1) p_ = std::min<double>(c_, p_ + std::max(n2 / n1, 1.0));
     if (in_b2) p_ = std::max(0.0, p_ - std::max(n1 / n2, 1.0));
     const uint32_t t1 = arc_.size(kT1);
     if (t1 + arc_.size(kT2) + arc_.size(kDead) >= c_) {
+      std::optional<uint64_t> victim;
+      int ghost = kB1;
       if (auto d = arc_.Oldest(kDead)) {
-        arc_.Push(kB1, *d);
+        victim = d;
       } else if (t1 > 0 && (t1 > p_ || (in_b2 && t1 == p_))) {
-        arc_.Push(kB1, *arc_.Oldest(kT1));
+        victim = arc_.Oldest(kT1);
       } else if (arc_.size(kT2) > 0) {
-        arc_.Push(kB2, *arc_.Oldest(kT2));
+        victim = arc_.Oldest(kT2);
+        ghost = kB2;
+      }
+      if (victim) {
+        arc_.Push(ghost, *victim);
+        if (b_ > 0) below_.Push(0, *victim);  // the oldest there drops out
       }
     }
     arc_.Push(in_b1 || in_b2 ? kT2 : kT1, id);
-    return false;
+    return below;
   }
   bool LruAccess(uint64_t id) {
     const bool hit = lru_.Erase(id) != GhostLists::kNone;
-    if (!hit && lru_.size(kLru) + lru_.size(kLruDead) >= c_) {
+    if (!hit && lru_.size(kLru) + lru_.size(kLruDead) >= c_ + b_) {
       lru_.PopOldest(lru_.size(kLruDead) > 0 ? kLruDead : kLru);
     }
     lru_.Push(kLru, id);
@@ -85,9 +110,10 @@ class ShadowDuel {
 
   const uint32_t rate_;                 // R: one id in R is sampled
   const uint32_t c_;                    // each shadow's capacity in ids
+  const uint32_t b_;                    // the tiers below it, in ids
   const double keep_;                   // decay per sampled access
   double p_ = 0;                        // the shadow ARC's T1 target
-  GhostLists arc_, lru_;                // bounded LRU sets of ids, see above
+  GhostLists arc_, below_, lru_;        // bounded LRU sets of ids, see above
   double arc_hits_ = 0, lru_hits_ = 0;  // decayed hit counts
 };
 
