@@ -228,9 +228,12 @@ absl::StatusOr<std::unique_ptr<Cache::Core>> CreateCore(const Options& options,
       {"Options.device.policy", &options.device.policy, &options.device.policy_params},
       {"Options.host.policy", &options.host.policy, &options.host.policy_params},
       {"Options.disk.policy", &options.disk.policy, &options.disk.policy_params}};
+  // PolicyContext::capacity_below_slots: the tiers under each one that its victims are written
+  // back to (device -> host -> disk), none when demote_on_evict is off (every victim is dropped).
+  const bool demote = options.demote_on_evict;
   const uint64_t below[kNumTiers] = {
-      options.demote_on_evict ? uint64_t{config.capacity_slots[1]} + config.capacity_slots[2] : 0,
-      config.capacity_slots[2], 0};
+      demote ? uint64_t{config.capacity_slots[1]} + config.capacity_slots[2] : 0,
+      demote ? config.capacity_slots[2] : 0, 0};
   for (int t = 0; t < kNumTiers; ++t) {
     // A disabled tier's policy is never asked anything: its options are not checked (as in
     // Options::Validate), and it gets an empty lru.

@@ -769,6 +769,31 @@ void RegisterRecorder() {
   });  // kAlreadyExists when the test runs twice in one process
 }
 
+TEST_CASE("Cache: with victims dropped, a host copy is never a spare (OnUpperCopy never comes)",
+          "[cache]") {
+  RegisterRecorder();
+  UpperCopyRecorder::Log log;
+  UpperCopyRecorder::log = &log;
+  EngineKv kv({.num_slots = 4});
+  Options o = test::MakeOptions(kv, 16);
+  o.host.policy = "test_upper_copy";
+  o.demote_on_evict = false;    // device victims are dropped: a host copy is the one that stays
+  o.host_write_through = true;  // so the host gets copies of committed blocks
+  auto cache = Cache::Create(o);
+  REQUIRE_OK(cache);
+  for (uint32_t seed = 1; seed <= 6; ++seed) {  // each chain evicts the one before
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, seed)));
+    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, seed > 1 ? seed - 1 : 1)));
+  }
+  CHECK((*cache)->Stats().host.used_blocks > 0);
+  CHECK((*cache)->Stats().device.evictions > 0);
+  CHECK(log.events.empty());
+  CHECK(log.protocol_errors == 0);
+  REQUIRE_OK((*cache)->CheckInvariants());
+  cache->reset();
+  UpperCopyRecorder::log = nullptr;
+}
+
 TEST_CASE("Cache: a tier's policy is told the capacity below it that keeps its victims",
           "[cache]") {
   RegisterRecorder();

@@ -82,13 +82,15 @@ class EvictionPolicy {
   // demoted, and counted in TierStats::drops, so it spends no space below. The default demotes
   // every such victim.
   virtual bool DemoteVictim(SlotId /*slot*/) { return true; }
-  // Optional: whether a tier above this one holds a Ready copy of the block in `slot`. true when
-  // one first does (a promotion from here landed, or this copy was written below one), false when
-  // the last such copy goes (the tier above evicted it: for this tier that is the block's
-  // demotion, though no bytes moved). While true this copy is a spare: evicting it loses nothing
-  // (the block stays cached above, and OnAccess here means a copy above was read). Comes only
-  // between OnInsert(slot) and OnRemove(slot), never for the top tier, and never twice with the
-  // same value. The default ignores it.
+  // Optional: whether a tier above this one holds a Ready copy of the block in `slot` that it
+  // would write back (demote) when evicting it. true when one first does (a promotion from here
+  // landed, or this copy was written below one), false when the last such copy goes (the tier
+  // above evicted it: for this tier that is the block's demotion, though no bytes moved). While
+  // true this copy is a spare: evicting it loses nothing (the block stays cached above, and
+  // OnAccess here means a copy above was read). It never comes while victims are dropped
+  // (Options::demote_on_evict off): then the copy below is the one that stays. Comes only between
+  // OnInsert(slot) and OnRemove(slot), never for the top tier, never twice with the same value.
+  // The default ignores it.
   virtual void OnUpperCopy(SlotId /*slot*/, bool /*held_above*/) {}
 
   // Optional, for speed. After PickVictim passed over `slot` because the prefix rule keeps it (the

@@ -161,7 +161,9 @@ void Index::MarkReadyLocked(uint32_t id, Tier tier) {
 
 bool Index::ReadyAboveLocked(uint32_t id, int below, int skip) const {
   for (int t = 0; t < below; ++t) {
-    if (t != skip && E(id).res[t].state == ResState::kReady) return true;
+    // A tier that drops its victims (bottom_: demote_on_evict off) does not make a copy below it
+    // a spare: that copy is the one that stays.
+    if (t != skip && !bottom_[t] && E(id).res[t].state == ResState::kReady) return true;
   }
   return false;
 }
@@ -171,7 +173,9 @@ void Index::NoteUpperCopiesLocked(uint32_t id, Tier tier, bool ready) {
   if (ready && ReadyAboveLocked(id, at, /*skip=*/-1)) {
     tiers_[at].policy->OnUpperCopy(E(id).res[at].slot, true);
   }
-  // A Ready copy below changes only if this copy is, or was, the only Ready one above it.
+  // A Ready copy below changes only if this copy is, or was, the only Ready one above it that
+  // counts (see ReadyAboveLocked).
+  if (bottom_[at]) return;
   for (int u = at + 1; u < kNumTiers; ++u) {
     const Residency& r = E(id).res[u];
     if (r.state == ResState::kReady && !ReadyAboveLocked(id, u, /*skip=*/at)) {

@@ -491,7 +491,8 @@ class Index {
   // go (!ready); tells the policies of the copies it changes that for (this one, the Ready ones
   // below it that have no other Ready copy above them).
   void NoteUpperCopiesLocked(uint32_t id, Tier tier, bool ready) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A Ready copy of `id` in a tier above tier index `below`, other than tier index `skip`.
+  // A Ready copy of `id` in a tier above tier index `below`, other than tier index `skip`, that
+  // its tier would write back when evicting it (so the copies below it are spares).
   bool ReadyAboveLocked(uint32_t id, int below, int skip) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether entry `id` is held (Cache::Pin): never a victim.
   bool HeldLocked(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

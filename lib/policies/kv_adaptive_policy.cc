@@ -150,6 +150,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   // When the tier above lets the block go, this copy is its demotion: back to the list it left.
   void OnUpperCopy(SlotId s, bool held_above) override {
     Slot& st = slots_[s];
+    if (st.spare == held_above) return;  // the cache never repeats itself; cheap to be sure
     st.spare = held_above;
     if (st.known && duel_.Sampled(st.id)) {
       if (held_above)
