@@ -769,63 +769,65 @@ void RegisterRecorder() {
   });  // kAlreadyExists when the test runs twice in one process
 }
 
+// What each test of the recorder shares: the policy registered, the test's log installed (and
+// uninstalled however the test ends), a 4-slot device, a 16-block host.
+struct RecorderScope {
+  UpperCopyRecorder::Log log;
+  EngineKv kv{test::KvShape{.num_slots = 4}};
+  Options options = test::MakeOptions(kv, 16);
+  RecorderScope() {
+    RegisterRecorder();
+    options.host.policy = "test_upper_copy";
+    UpperCopyRecorder::log = &log;
+  }
+  ~RecorderScope() { UpperCopyRecorder::log = nullptr; }
+  RecorderScope(const RecorderScope&) = delete;
+  RecorderScope& operator=(const RecorderScope&) = delete;
+};
+
 TEST_CASE("Cache: with victims dropped, a host copy is never a spare (OnUpperCopy never comes)",
           "[cache]") {
-  RegisterRecorder();
-  UpperCopyRecorder::Log log;
-  UpperCopyRecorder::log = &log;
-  EngineKv kv({.num_slots = 4});
-  Options o = test::MakeOptions(kv, 16);
-  o.host.policy = "test_upper_copy";
-  o.demote_on_evict = false;    // device victims are dropped: a host copy is the one that stays
-  o.host_write_through = true;  // so the host gets copies of committed blocks
-  auto cache = Cache::Create(o);
+  RecorderScope scope;
+  // Device victims are dropped, so a host copy is the one that stays; write-through gives the
+  // host copies of committed blocks.
+  scope.options.demote_on_evict = false;
+  scope.options.host_write_through = true;
+  auto cache = Cache::Create(scope.options);
   REQUIRE_OK(cache);
   for (uint32_t seed = 1; seed <= 6; ++seed) {  // each chain evicts the one before
-    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, seed)));
-    REQUIRE_OK(test::RunSequence(**cache, kv, test::Chain(3, seed > 1 ? seed - 1 : 1)));
+    REQUIRE_OK(test::RunSequence(**cache, scope.kv, test::Chain(3, seed)));
+    REQUIRE_OK(test::RunSequence(**cache, scope.kv, test::Chain(3, seed > 1 ? seed - 1 : 1)));
   }
   CHECK((*cache)->Stats().host.used_blocks > 0);
   CHECK((*cache)->Stats().device.evictions > 0);
-  CHECK(log.events.empty());
-  CHECK(log.protocol_errors == 0);
+  CHECK(scope.log.events.empty());
+  CHECK(scope.log.protocol_errors == 0);
   REQUIRE_OK((*cache)->CheckInvariants());
-  cache->reset();
-  UpperCopyRecorder::log = nullptr;
 }
 
 TEST_CASE("Cache: a tier's policy is told the capacity below it that keeps its victims",
           "[cache]") {
-  RegisterRecorder();
-  UpperCopyRecorder::Log log;
-  UpperCopyRecorder::log = &log;
-  EngineKv kv({.num_slots = 4});
-  Options o = test::MakeOptions(kv, 16);
-  o.device.policy = o.host.policy = "test_upper_copy";
-  o.demote_on_evict = GENERATE(true, false);
-  REQUIRE_OK(Cache::Create(o));
+  RecorderScope scope;
+  scope.options.device.policy = "test_upper_copy";
+  scope.options.demote_on_evict = GENERATE(true, false);
+  REQUIRE_OK(Cache::Create(scope.options));
   using Context = std::pair<uint32_t, uint64_t>;  // capacity_slots, capacity_below_slots
   // The device's victims go on to the host's 16 slots unless dropped; the host has nothing below.
-  CHECK(log.contexts == std::vector<Context>{{4, o.demote_on_evict ? 16 : 0}, {16, 0}});
-  UpperCopyRecorder::log = nullptr;
+  CHECK(scope.log.contexts ==
+        std::vector<Context>{{4, scope.options.demote_on_evict ? 16 : 0}, {16, 0}});
 }
 
 TEST_CASE("Cache: the host policy hears when the device holds its block too, and when it stops",
           "[cache]") {
-  RegisterRecorder();
-  UpperCopyRecorder::Log log;
-  UpperCopyRecorder::log = &log;
-  EngineKv kv({.num_slots = 4});
-  Options o = test::MakeOptions(kv, 16);
-  o.host.policy = "test_upper_copy";
-  auto cache = Cache::Create(o);
+  RecorderScope scope;
+  auto cache = Cache::Create(scope.options);
   REQUIRE_OK(cache);
   const auto a = test::Chain(3, 1), b = test::Chain(3, 2);
-  REQUIRE_OK(test::RunSequence(**cache, kv, a));
+  REQUIRE_OK(test::RunSequence(**cache, scope.kv, a));
   // b needs 3 of the 4 device slots: a's blocks are demoted. The device copy goes before the host
   // copy is Ready (write-back), so no host copy has one above it.
-  REQUIRE_OK(test::RunSequence(**cache, kv, b));
-  CHECK(log.events.empty());
+  REQUIRE_OK(test::RunSequence(**cache, scope.kv, b));
+  CHECK(scope.log.events.empty());
   const uint32_t demoted = (*cache)->Stats().host.used_blocks;
   REQUIRE(demoted >= 2);
   // a again: its blocks on the host are promoted; each landed copy makes the host copy a spare.
@@ -833,30 +835,28 @@ TEST_CASE("Cache: the host policy hears when the device holds its block too, and
   REQUIRE_OK(m);
   const uint32_t from_host = m->blocks_in(Tier::kHost);
   REQUIRE(from_host >= 2);
-  auto r = test::RunSequence(**cache, kv, a);
+  auto r = test::RunSequence(**cache, scope.kv, a);
   REQUIRE_OK(r);
   CHECK(r->loaded == 3);
-  REQUIRE(log.events.size() == from_host);
+  REQUIRE(scope.log.events.size() == from_host);
   std::set<SlotId> spares;
-  for (const auto& [slot, above] : log.events) {
+  for (const auto& [slot, above] : scope.log.events) {
     CHECK(above);
     spares.insert(slot);
   }
   // b again: the device evicts a's blocks (at least 2 of them), whose host copies stay and stop
   // being spares; b's blocks, demoted meanwhile, are promoted and become spares.
-  log.events.clear();
-  REQUIRE_OK(test::RunSequence(**cache, kv, b));
+  scope.log.events.clear();
+  REQUIRE_OK(test::RunSequence(**cache, scope.kv, b));
   uint32_t released = 0;
-  for (const auto& [slot, above] : log.events) {
+  for (const auto& [slot, above] : scope.log.events) {
     CHECK(above == !spares.contains(slot));
     released += !above;
   }
   CHECK(released >= 2);
-  CHECK(log.protocol_errors == 0);
+  CHECK(scope.log.protocol_errors == 0);
   CHECK((*cache)->Stats().host.used_blocks >= demoted);  // the evictions moved no bytes
   REQUIRE_OK((*cache)->CheckInvariants());
-  cache->reset();
-  UpperCopyRecorder::log = nullptr;
 }
 
 }  // namespace
