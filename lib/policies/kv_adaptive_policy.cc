@@ -315,12 +315,12 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Slot& st = slots_[s];
     st.away = false;
     lists_.Remove(s);
-    if (st.spare) {
-      st.spare_home = st.touched ? kT2 : st.home;
+    if (st.spare) {  // a tier above took it meanwhile: home is where it goes when let go
+      st.spare_home = st.home;
       lists_.PushFront(kSpare, s);
       return;
     }
-    Push(st.touched ? kT2 : st.home, s, /*front=*/st.touched);
+    Push(st.home, s, /*front=*/st.touched);  // touched: home is T2 (OnAccess set both)
   }
   // The list a slot in T1, T2 or dead goes back to: a dead tip that returns is live after all.
   uint16_t Home(SlotId s) const { return lists_.ListOf(s) == kDead ? kT1 : lists_.ListOf(s); }
