@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvtier/policy.h"
+#include "lib/policies/hit_density.h"
 #include "lib/policies/shadow_caches.h"
 #include "test/util/test_util.h"
 
@@ -165,6 +166,7 @@ TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p, a ghost hit returns to T2 and
   CHECK(p->PickVictim([](SlotId s) { return s == 1; }) == 1);  // T2 refused: T1 gives
 }
 
+using internal::HitDensity;
 constexpr SlotId kNoSlot = UINT32_MAX;
 // A flat-mode miss, as kvtier-replay --mode flat makes it: announce, evict if full, insert.
 std::optional<SlotId> FlatMiss(EvictionPolicy& p, uint64_t id, SlotId free_slot) {
@@ -273,19 +275,43 @@ TEST_CASE("KvAdaptivePolicy: a copy held above is a spare, the first victim, and
   CHECK_FALSE(p->PickVictim(Any).has_value());
 }
 
+TEST_CASE("KvAdaptivePolicy: the hit-density rule keeps a block while its class's reuse is due",
+          "[policy]") {
+  // rule=density: every victim by hit density (a 4-slot tier samples every id). A hot block
+  // (slot 0) is accessed every other access, so its class (previous gap 1..9) is always reused at
+  // distance 2; the blocks streamed through the other slots are never reused.
+  auto p = Make("kv_adaptive", 4, {{"rule", "density"}});
+  Fill(*p, {0, 1, 2, 3});
+  for (uint64_t i = 0; i < 4 * HitDensity::kPeriod; ++i) {
+    p->OnAccess(0);
+    // Before the first table (every density 0) the oldest goes; 0 is the youngest then.
+    REQUIRE(EvictAndReuse(*p, 5000 + i) != 0);
+  }
+  // The hot block's class: a hit at distance 2 (age bucket 2) for every block, so density 1/4 at
+  // age 1 and 1/3 at ages 2..3; past that, 0. The stream's class (never seen before): one hit,
+  // the hot block's first reuse (it was inserted in that class), in a sea of never, so a density
+  // just above 0 at young ages. So the stream goes first while the hot block is not overdue,
+  // though at age 3 it is the oldest block (LRU would take it there).
+  CHECK(EvictAndReuse(*p, 9001) != 0);  // the hot block's age 1
+  CHECK(EvictAndReuse(*p, 9002) != 0);  // 2
+  CHECK(EvictAndReuse(*p, 9003) != 0);  // 3: older than the three others now
+  CHECK(EvictAndReuse(*p, 9004) == 0);  // 4: its reuse is overdue, its density 0
+}
+
 TEST_CASE("ShadowDuel: with tiers below, each shadow is the hierarchy under its rule", "[policy]") {
   // A loop over 8 blocks through a 4-slot tier (every id sampled: capacity < 128 x 16).
   const auto loop = [](internal::ShadowDuel& d) {
+    uint64_t now = 0;
     for (int pass = 0; pass < 50; ++pass) {
-      for (uint64_t id = 1; id <= 8; ++id) d.Access(id);
+      for (uint64_t id = 1; id <= 8; ++id) d.Access(id, 0, ++now);
     }
   };
-  internal::ShadowDuel alone(4, /*below_slots=*/0, /*ghost_factor=*/4);
+  internal::ShadowDuel alone(4, /*below_slots=*/0, /*ghost_factor=*/4, /*density=*/false);
   loop(alone);
   CHECK(alone.lru_hits() == 0);  // LRU of 4 never holds a loop of 8
   // Over 4 slots below that keep its victims: LRU of 8 hits every access after the first pass,
   // and so does ARC of 4 whose victims wait in the 4 below (the next access to each finds it).
-  internal::ShadowDuel over(4, /*below_slots=*/4, /*ghost_factor=*/4);
+  internal::ShadowDuel over(4, /*below_slots=*/4, /*ghost_factor=*/4, /*density=*/false);
   loop(over);
   // A hit's weight decays by 1 - 1/16 per access here, so a hit at every access converges to 16.
   CHECK(alone.arc_hits() < 1);  // ARC of 4 alone hardly ever
@@ -293,9 +319,10 @@ TEST_CASE("ShadowDuel: with tiers below, each shadow is the hierarchy under its 
   CHECK(over.arc_hits() > 15.9);
   // Below farther than the ghosts reach (4 x 4 ids) is modelled only that far: a loop of 40
   // misses in both.
-  internal::ShadowDuel far(4, /*below_slots=*/1000, /*ghost_factor=*/4);
+  internal::ShadowDuel far(4, /*below_slots=*/1000, /*ghost_factor=*/4, /*density=*/false);
+  uint64_t now = 0;
   for (int pass = 0; pass < 20; ++pass) {
-    for (uint64_t id = 1; id <= 40; ++id) far.Access(id);
+    for (uint64_t id = 1; id <= 40; ++id) far.Access(id, 0, ++now);
   }
   CHECK(far.lru_hits() == 0);
 }

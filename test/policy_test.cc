@@ -1,7 +1,11 @@
 #include "kvtier/policy.h"
 
+#include <algorithm>
+#include <map>
 #include <random>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "kvtier/cache.h"
 #include "test/util/test_util.h"
@@ -101,15 +105,26 @@ TEST_CASE("Policy registry: a policy registered at run time drives a cache", "[p
   REQUIRE_OK((*cache)->CheckInvariants());
 }
 
+// Every registered policy with its defaults, and kv_adaptive with each victim rule forced.
+std::vector<std::pair<std::string, PolicyParams>> PolicyVariants() {
+  std::vector<std::pair<std::string, PolicyParams>> out;
+  for (const std::string& name : ListPolicies()) out.push_back({name, {}});
+  for (const char* rule : {"arc", "lru", "density"}) {
+    out.push_back({"kv_adaptive", {{"rule", rule}}});
+  }
+  return out;
+}
+
 // The properties every registered policy must have, on random call sequences that follow the
 // protocol of policy.h.
 TEST_CASE("Policies: every registered policy returns only evictable entries, and one if any is",
           "[policy]") {
-  const std::string name = GENERATE(from_range(ListPolicies()));
+  const auto [name, params] = GENERATE(from_range(PolicyVariants()));
   const uint32_t seed = GENERATE(1u, 2u, 3u);
-  CAPTURE(name, seed);
+  const std::string rule = params.contains("rule") ? params.at("rule") : "";
+  CAPTURE(name, rule, seed);
   constexpr uint32_t kCap = 32;
-  auto policy = CreatePolicy(name, {.capacity_slots = kCap});
+  auto policy = CreatePolicy(name, {.capacity_slots = kCap, .params = params});
   if (!policy.ok()) {
     // A policy that needs parameters has no defaults to test here.
     WARN("skipped: " << policy.status().ToString());
@@ -117,11 +132,17 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
   }
   std::mt19937 rng(seed);
   std::set<SlotId> live, pinned, above;
+  std::map<SlotId, uint64_t> ids;  // of the live slots: 96 ids, so that evicted ones return
   for (int step = 0; step < 5000; ++step) {
     const SlotId s = rng() % kCap;
     switch (rng() % 6) {
       case 0:
         if (!live.contains(s)) {
+          uint64_t id = rng() % 96;
+          while (std::any_of(ids.begin(), ids.end(), [&](const auto& e) { return e.second == id; }))
+            id = (id + 1) % 96;
+          ids[s] = id;
+          (*policy)->OnInsertKey(s, id);
           (*policy)->OnInsert(s);
           live.insert(s);
         }
@@ -155,6 +176,7 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
           live.erase(s);
           pinned.erase(s);
           above.erase(s);
+          ids.erase(s);
         }
         break;
       default: {
@@ -170,6 +192,7 @@ TEST_CASE("Policies: every registered policy returns only evictable entries, and
           (*policy)->OnRemove(*v);  // as the cache does
           live.erase(*v);
           above.erase(*v);
+          ids.erase(*v);
         } else {
           CHECK_FALSE(any);
         }

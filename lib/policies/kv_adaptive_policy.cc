@@ -1,6 +1,7 @@
-// kv_adaptive: ARC that knows what a KV block is, with an LRU fallback chosen by a shadow duel.
+// kv_adaptive: ARC that knows what a KV block is, with LRU and hit-density rules chosen by a
+// shadow duel.
 //
-// Four structural facts about prefix-cached KV blocks and their tiers, none a tuned number:
+// Five structural facts about prefix-cached KV blocks and their tiers, none a tuned number:
 // 1. Dead tips. The last block of a request is almost always partial; the next turn of the
 //    conversation re-tokenises it into a block with another id, so it is the likeliest dead block
 //    of all (on the Mooncake conversation trace 96 of 11,913 distinct last blocks ever return). A
@@ -23,6 +24,14 @@
 //    promotion from here landed) costs nothing to evict, so it goes first; accesses meanwhile
 //    read the copy above and do not count here. When the tier above lets the block go, this copy
 //    is its demotion, though no bytes moved: it returns to the list it left, as most recent.
+// 5. Hit density. Which block returns soon is told best by what kind of block it is: how long
+//    ago it was last accessed (the gap between a conversation's turns) and whether it ended its
+//    request. internal::HitDensity learns, per class (the log10 bucket of the block's previous
+//    reuse gap; dead tips apart), hits per slot-access by age from a sample of the accesses (LHD,
+//    Beckmann et al., NSDI'18). Its victim rule: the least dense of each class's least recent
+//    block, from per-class recency lists (in a class, density is a function of age). A third
+//    shadow runs that rule; it takes over from ARC's while it leads ARC's by more than the noise
+//    (hysteresis), and LRU's still wins where it leads ARC's. Off with hit_density=0.
 //
 // With drop_dead_tips=1, DemoteVictim declines dead tips: the cache drops them instead of
 // demoting them. Off by default: on the shared trace it moved the hit ratio by under 0.003 with a
@@ -36,13 +45,15 @@
 // and returns to the LRU end, or to T2's MRU end if it was accessed meanwhile. Parked and withheld
 // blocks do not count in |T1| and |T2| (an approximation of arc's accounting). Victim cost: O(1)
 // amortised plus pinned entries passed over; shadows O(1) per sampled access (hash lookups).
-// Parameters: ghost_factor (4, 1..64), drop_dead_tips (0, 0..1).
+// Parameters: ghost_factor (4, 1..64), drop_dead_tips (0, 0..1), hit_density (1, 0..1), rule
+// (adaptive: the duel picks; arc, lru or density: every victim by that rule, for research).
 #include <cstdint>
 #include <vector>
 
 #include "kvtier/policy.h"
 #include "lib/policies/child_links.h"
 #include "lib/policies/ghost_list.h"
+#include "lib/policies/hit_density.h"
 #include "lib/policies/policy_params.h"
 #include "lib/policies/shadow_caches.h"
 #include "lib/policies/slot_list.h"
@@ -52,13 +63,15 @@ namespace {
 
 using internal::ChildLinks;
 using internal::GhostLists;
+using internal::HitDensity;
+using internal::ShadowDuel;
 using internal::SlotLists;
 
 class KvAdaptivePolicy final : public EvictionPolicy {
  public:
   static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
-    if (absl::Status s =
-            CheckPolicyParams("kv_adaptive", ctx.params, {"ghost_factor", "drop_dead_tips"});
+    if (absl::Status s = CheckPolicyParams(
+            "kv_adaptive", ctx.params, {"ghost_factor", "drop_dead_tips", "hit_density", "rule"});
         !s.ok()) {
       return s;
     }
@@ -68,8 +81,17 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     absl::StatusOr<uint32_t> drop =
         internal::ParamUint("kv_adaptive", ctx.params, "drop_dead_tips", 0, 0, 1);
     if (!drop.ok()) return drop.status();
-    return std::unique_ptr<EvictionPolicy>(
-        new KvAdaptivePolicy(ctx.capacity_slots, ctx.capacity_below_slots, *g, *drop == 1));
+    absl::StatusOr<uint32_t> density =
+        internal::ParamUint("kv_adaptive", ctx.params, "hit_density", 1, 0, 1);
+    if (!density.ok()) return density.status();
+    absl::StatusOr<int> rule = internal::ParamChoice("kv_adaptive", ctx.params, "rule", kAdaptive,
+                                                     {"arc", "lru", "density", "adaptive"});
+    if (!rule.ok()) return rule.status();
+    if (*rule == static_cast<int>(ShadowDuel::Rule::kDensity) && *density == 0) {
+      return absl::InvalidArgumentError("kv_adaptive: rule=density needs hit_density=1");
+    }
+    return std::unique_ptr<EvictionPolicy>(new KvAdaptivePolicy(
+        ctx.capacity_slots, ctx.capacity_below_slots, *g, *drop == 1, *density == 1, *rule));
   }
 
   void OnMissKey(uint64_t id) override {
@@ -99,7 +121,9 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     if (!adapted && (in_b1 || in_b2)) Adapt(in_b1);
     if (in_b1 || in_b2) ghosts_.Erase(st.id);
     miss_ = Miss{};
-    if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id);
+    const uint8_t cls = HitDensity::ClassOf(false, in_b1 || in_b2 ? HitDensity::kGapUnknown : 0);
+    stamps_[s] = Stamp{.last = ++now_, .cls = cls};
+    if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id, cls, now_);
     Push(in_b1 || in_b2 ? kT2 : kT1, s, /*front=*/true);
     if (flat_) prev_slot_ = s;
   }
@@ -113,13 +137,16 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   void OnAccess(SlotId s) override {
     if (!flat_) EndRun(s);  // a Match: a new request began
     Slot& st = slots_[s];
+    ++now_;
     if (st.spare) return;  // a copy above was read, not this one
     if (flat_) {
       AfterPrevious(st.id, st.parent);
       prev_id_ = st.id;
       prev_slot_ = s;
     }
-    if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id);
+    const uint8_t cls = HitDensity::ClassOf(false, HitDensity::GapBucket(now_ - stamps_[s].last));
+    stamps_[s] = Stamp{.last = now_, .cls = cls};
+    if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id, cls, now_);
     if (st.away) {
       st.home = kT2;
       st.touched = true;
@@ -156,7 +183,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
       if (held_above)
         duel_.Dead(st.id);
       else
-        duel_.Arrive(st.id);
+        duel_.Arrive(st.id, stamps_[s].cls, now_);
     }
     if (st.away) return;  // Return() puts it in the list it belongs to then
     if (held_above) {
@@ -199,8 +226,31 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     };
     if (auto v = take(lists_, kSpare)) return v;
     if (auto v = take(lists_, kDead)) return v;
-    if (duel_.PreferLru()) {
+    const auto rule = rule_ == kAdaptive ? duel_.Choose() : static_cast<ShadowDuel::Rule>(rule_);
+    if (rule == ShadowDuel::Rule::kLru) {
       if (auto v = take(recency_, 0)) return v;
+    } else if (rule == ShadowDuel::Rule::kDensity) {
+      // LHD's rule over the classes' own recency lists: the least dense of their least recent
+      // blocks, taken as take() takes. In a class density is a function of age, so this is LHD's
+      // victim wherever density does not rise with age; it matched 32 random samples per victim
+      // in the study (docs/policies.md §8, H6) at a fraction of the cost.
+      uint32_t exhausted = 0;  // classes whose every slot is pinned or refused
+      for (;;) {
+        int cls = -1;
+        uint64_t least = ~uint64_t{0};
+        for (int c = 0; c < HitDensity::kGapBuckets; ++c) {
+          const SlotId s = by_class_.Back(static_cast<uint16_t>(c));
+          if (s == SlotLists::kNil || (exhausted >> c & 1) != 0) continue;
+          const uint64_t r = duel_.density().Rank(stamps_[s].cls, now_ - stamps_[s].last);
+          if (r < least) {
+            least = r;
+            cls = c;
+          }
+        }
+        if (cls < 0) break;
+        if (auto v = take(by_class_, static_cast<uint16_t>(cls))) return v;
+        exhausted |= 1u << cls;
+      }
     }
     const double t1 = lists_.Size(kT1);
     const bool t1_first = t1 > 0 && (t1 > p_ || (t1 == p_ && miss_.valid && miss_.in_b2));
@@ -235,28 +285,38 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     uint16_t home = kT1;        // the list an away slot returns to
     uint16_t spare_home = kT1;  // the list a spare returns to when the copy above goes
   };
+  struct Stamp {
+    uint64_t last = 0;  // now_ at the slot's last access
+    uint8_t cls = 0;    // HitDensity class at its last access
+  };
   struct Miss {  // the block OnMissKey announced, p already adapted
     uint64_t id = 0;
     uint64_t parent = kUnknown;
     bool in_b1 = false, in_b2 = false, valid = false;
   };
 
-  KvAdaptivePolicy(uint32_t capacity, uint64_t below, uint32_t ghost_factor, bool drop_dead_tips)
+  static constexpr int kAdaptive = 3;  // `rule`: the duel chooses (else a ShadowDuel::Rule)
+
+  KvAdaptivePolicy(uint32_t capacity, uint64_t below, uint32_t ghost_factor, bool drop_dead_tips,
+                   bool hit_density, int rule)
       : drop_dead_tips_(drop_dead_tips),
+        rule_(rule),
         capacity_(capacity),
         lists_(capacity, 5),
         recency_(capacity, 1),
+        by_class_(capacity, HitDensity::kGapBuckets),
         links_(capacity),
         ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
-        duel_(capacity, below, ghost_factor),
-        slots_(capacity) {}
+        duel_(capacity, below, ghost_factor, hit_density),
+        slots_(capacity),
+        stamps_(capacity) {}
 
   // Flat mode: block `id`, chained from `parent`, follows the previous access. A known parent
   // that is not the previous access means a new request began: the previous block ended one.
   void AfterPrevious(uint64_t id, uint64_t parent) {
     if (parent == kUnknown || parent == prev_id_ || id == prev_id_) return;
     if (prev_id_ == kStart) return;
-    if (duel_.Sampled(prev_id_)) duel_.Dead(prev_id_);
+    if (duel_.Sampled(prev_id_)) duel_.Tip(prev_id_);
     const SlotId s = prev_slot_;
     if (s == SlotLists::kNil || slots_[s].id != prev_id_) return;
     MakeDead(s);
@@ -276,7 +336,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     ResolveAwaiting();
     if (run_tip_ != SlotLists::kNil && run_tip_ != accessed && run_len_ >= 2) {
       if (slots_[run_tip_].known && duel_.Sampled(slots_[run_tip_].id)) {
-        duel_.Dead(slots_[run_tip_].id);
+        duel_.Tip(slots_[run_tip_].id);
       }
       MakeDead(run_tip_);
     }
@@ -290,17 +350,21 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   void Push(uint16_t list, SlotId s, bool front) {
+    const uint16_t cls = stamps_[s].cls % HitDensity::kGapBuckets;
     if (front) {
       lists_.PushFront(list, s);
       recency_.PushFront(0, s);
+      by_class_.PushFront(cls, s);
     } else {
       lists_.PushBack(list, s);
       recency_.PushBack(0, s);
+      by_class_.PushBack(cls, s);
     }
   }
   void Unlink(SlotId s) {
     lists_.Remove(s);
     recency_.Remove(s);
+    by_class_.Remove(s);
   }
   // Out of the candidate lists (parked or withheld); remembers where it was.
   void Leave(SlotId s) {
@@ -332,14 +396,17 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   const bool drop_dead_tips_;  // DemoteVictim declines dead tips
+  const int rule_;             // kAdaptive, or the ShadowDuel::Rule every victim follows
   const uint32_t capacity_;
-  double p_ = 0;       // ARC's target size of T1
-  SlotLists lists_;    // kT1, kT2, kDead, kParked; front: most recent
-  SlotLists recency_;  // list 0: every slot in T1, T2 or dead, by last use (the LRU regime)
+  double p_ = 0;        // ARC's target size of T1
+  SlotLists lists_;     // kT1, kT2, kDead, kParked; front: most recent
+  SlotLists recency_;   // list 0: every slot in T1, T2 or dead, by last use (the LRU regime)
+  SlotLists by_class_;  // the same slots by HitDensity class (gap bucket), by last use
   ChildLinks links_;
   GhostLists ghosts_;  // kB1: ids evicted from T1 (and dead), kB2: from T2
   internal::ShadowDuel duel_;
   std::vector<Slot> slots_;
+  std::vector<Stamp> stamps_;
   Miss miss_;
   bool flat_ = false;                        // OnMissKey seen: a simulation, infer requests
   uint64_t prev_id_ = kStart;                // flat mode: the block accessed last
@@ -348,6 +415,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   SlotId run_tip_ = SlotLists::kNil;         // cache mode: the last insert, its run maybe going on
   SlotId awaiting_ = SlotLists::kNil;        // the run tip before it, until run_tip_'s OnLink
   uint32_t run_len_ = 0, awaiting_len_ = 0;  // their runs' lengths
+  uint64_t now_ = 0;                         // access clock: OnInsert and OnAccess calls
 };
 
 }  // namespace

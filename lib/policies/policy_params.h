@@ -3,11 +3,13 @@
 #define KVTIER_LIB_POLICIES_POLICY_PARAMS_H_
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "kvtier/policy.h"
 
 namespace kvtier::internal {
@@ -49,6 +51,22 @@ inline absl::StatusOr<bool> ParamBool(const char* policy, const PolicyParams& pa
   if (it->second == "false" || it->second == "0" || it->second == "off") return false;
   return absl::InvalidArgumentError(absl::StrCat(policy, ": parameter ", key, "='", it->second,
                                                  "' is not a boolean (true|false|on|off|1|0)"));
+}
+
+// params[key] as the index of one of `choices`, or `fallback` when absent. kInvalidArgument
+// naming the policy, the key, the value and the choices otherwise.
+inline absl::StatusOr<int> ParamChoice(const char* policy, const PolicyParams& params,
+                                       const std::string& key, int fallback,
+                                       std::initializer_list<const char*> choices) {
+  auto it = params.find(key);
+  if (it == params.end()) return fallback;
+  int i = 0;
+  for (const char* c : choices) {
+    if (it->second == c) return i;
+    ++i;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(policy, ": parameter ", key, "='", it->second,
+                                                 "' is not one of ", absl::StrJoin(choices, "|")));
 }
 
 }  // namespace kvtier::internal

@@ -1,34 +1,40 @@
-// ShadowDuel: two metadata-only caches over block ids, ARC (with dead-tip and long ghost lists, as
-// kv_adaptive runs itself) and LRU, fed a hash-sampled share of the accesses, whose decayed hit
-// counts say which victim rule the real tier should follow now (set sampling, as SHARDS samples a
-// trace: each shadow holds capacity/R ids and sees the ids with hash % R == 0).
+// ShadowDuel: metadata-only caches over block ids, ARC (with dead-tip and long ghost lists, as
+// kv_adaptive runs itself), LRU and, with `density`, hit density (HitDensity's rule as the tier
+// runs it), fed a hash-sampled share of the accesses, whose decayed hit counts say which victim
+// rule the real tier should follow now (set sampling, as SHARDS samples a trace: each shadow holds
+// capacity/R ids and sees the ids with hash % R == 0). The same sample teaches HitDensity.
 //
 // A tier whose victims go on to tiers below (a device over a host) is not the end of the cache: a
 // block it evicts may still hit below. So each shadow models the hierarchy as the real one would
-// be under its rule: ARC at this tier's size with its victims kept in a recency list of the size
-// below (a hit there counts, and the block comes back up), against one LRU of both sizes (an LRU
-// tier over a tier that keeps its victims). With nothing below, they are plain ARC and LRU.
+// be under its rule: ARC (or hit density) at this tier's size with its victims kept in a recency
+// list of the size below (a hit there counts, and the block comes back up), against one LRU of
+// both sizes (an LRU tier over a tier that keeps its victims). With nothing below, they are plain.
 //
 // Nothing here is tuned to a trace: R = min(16, capacity / 128) keeps each shadow at >= 128 ids,
-// a hit's weight falls by 1/e over 4 shadow turnovers (4 x capacity / R sampled accesses), and the
+// a hit's weight falls by 1/e over 4 shadow turnovers (4 x capacity / R sampled accesses), the
 // tiers below are modelled as far as the ghosts reach (ghost_factor x capacity ids; a larger list
-// moved the results both ways on the shared trace). Not thread-safe: a policy runs under its
-// tier's lock.
+// moved the results both ways on the shared trace), and hit density must lead ARC by the noise of
+// the counts to take over (Choose). Not thread-safe: a policy runs under its tier's lock.
 #ifndef KVTIER_LIB_POLICIES_SHADOW_CACHES_H_
 #define KVTIER_LIB_POLICIES_SHADOW_CACHES_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "lib/policies/ghost_list.h"
+#include "lib/policies/hit_density.h"
 
 namespace kvtier::internal {
 
 class ShadowDuel {
  public:
+  enum class Rule { kArc, kLru, kDensity };
   // below_slots: PolicyContext::capacity_below_slots, the tiers below that take this one's victims.
-  ShadowDuel(uint32_t capacity_slots, uint64_t below_slots, uint32_t ghost_factor)
+  // density: duel a third rule too, hit density (HitDensity), learnt from the same sample.
+  ShadowDuel(uint32_t capacity_slots, uint64_t below_slots, uint32_t ghost_factor, bool density)
       : rate_(std::max<uint32_t>(1, std::min<uint32_t>(16, capacity_slots / 128))),
         c_(std::max<uint32_t>(1, capacity_slots / rate_)),
         b_(static_cast<uint32_t>(
@@ -36,29 +42,66 @@ class ShadowDuel {
         keep_(1.0 - 1.0 / (4.0 * c_)),
         arc_({c_, c_, c_, c_ * ghost_factor, c_ * ghost_factor}),
         below_({std::max<uint32_t>(b_, 1)}),
-        lru_({c_ + b_, c_ + b_}) {}
+        lru_({c_ + b_, c_ + b_}),
+        density_on_(density),
+        density_(density ? uint64_t{8} * std::max<uint32_t>(capacity_slots, 1) : 0, rate_),
+        lhd_([&] {
+          const uint32_t l = density ? c_ : 0;  // nothing kept when the rule is off
+          return GhostLists({l, l, l, l, l, l, l, l});
+        }()),
+        lhd_below_({std::max<uint32_t>(b_, 1)}) {}
 
   bool Sampled(uint64_t id) const { return ((id * 0x9E3779B97F4A7C15ull) >> 32) % rate_ == 0; }
-  // One access of a sampled id (a hit or a miss, as the real tier will see it).
-  void Access(uint64_t id) {
+  // One access of a sampled id (a hit or a miss, as the real tier will see it), of HitDensity
+  // class `cls` at the tier's access clock `now`.
+  void Access(uint64_t id, uint8_t cls, uint64_t now) {
     arc_hits_ = arc_hits_ * keep_ + (ArcAccess(id) ? 1 : 0);
     lru_hits_ = lru_hits_ * keep_ + (LruAccess(id) ? 1 : 0);
+    if (density_on_) {
+      density_.Observe(id, cls, now);
+      lhd_hits_ = lhd_hits_ * keep_ + (LhdAccess(id, cls, now) ? 1 : 0);
+    }
   }
   // The block arrived again without being asked for (a tier above let it go: it is demoted here
-  // though no bytes moved): as Access, but neither shadow counts a hit.
-  void Arrive(uint64_t id) {
+  // though no bytes moved): as Access, but no shadow counts a hit and nothing is learnt.
+  void Arrive(uint64_t id, uint8_t cls, uint64_t now) {
     ArcAccess(id);
     LruAccess(id);
+    if (density_on_) LhdAccess(id, cls, now);
   }
-  // The block was the last of its request: both shadows evict it first. Also for a copy that
-  // became a spare (a tier above holds the block): the real tier evicts those first too.
+  // The copy became a spare (a tier above holds the block): the real tier evicts those first, so
+  // the shadows do too.
   void Dead(uint64_t id) {
     if (const int g = arc_.Find(id); g == kT1 || g == kT2) arc_.Push(kDead, id);
     if (lru_.Find(id) == kLru) lru_.Push(kLruDead, id);
+    if (density_on_) LhdEvict(id);
   }
-  bool PreferLru() const { return lru_hits_ > arc_hits_; }
+  // The block was the last of its request: evicted first, as a spare, and learnt as a tip.
+  void Tip(uint64_t id) {
+    Dead(id);
+    if (density_on_) density_.MarkTip(id);
+  }
+  // The rule the tier should follow now. Recency (LRU) when it leads ARC, as before the third
+  // rule; else hit density or ARC, whichever leads, with hysteresis: the one not in force takes
+  // over only when it leads by about one standard deviation of the difference of two decayed hit
+  // counts (the square root of the count). Where ARC's regime ends the two score within noise of
+  // each other, and a tier that alternates between them keeps what neither would (docs/policies.md
+  // §8, H6).
+  Rule Choose() {
+    if (lru_hits_ > arc_hits_) return Rule::kLru;
+    if (!density_on_) return Rule::kArc;
+    density_leads_ = DensityLeads(density_leads_, arc_hits_, lhd_hits_);
+    return density_leads_ ? Rule::kDensity : Rule::kArc;
+  }
+  // The hysteresis: whether hit density is (still) in force, given whether it was.
+  static bool DensityLeads(bool was, double arc_hits, double lhd_hits) {
+    const double margin = std::sqrt(std::max(arc_hits, lhd_hits));
+    return was ? lhd_hits + margin > arc_hits : lhd_hits > arc_hits + margin;
+  }
+  const HitDensity& density() const { return density_; }
   double arc_hits() const { return arc_hits_; }  // decayed
   double lru_hits() const { return lru_hits_; }
+  double lhd_hits() const { return lhd_hits_; }
 
  private:
   // The lists of the shadow ARC (resident: T1, T2, dead; ghosts: B1, B2) and of the shadow LRU,
@@ -108,6 +151,45 @@ class ShadowDuel {
     return hit;
   }
 
+  // LHD at this tier's size over the same hierarchy as ARC's, as the tier runs it: one recency
+  // list per class (its gap bucket), the victim the least dense of their oldest.
+  struct LhdStamp {
+    uint64_t time;
+    uint8_t cls;
+  };
+  static_assert(HitDensity::kGapBuckets == 8);  // lhd_'s lists
+  bool LhdAccess(uint64_t id, uint8_t cls, uint64_t now) {
+    const int list = cls % HitDensity::kGapBuckets;
+    if (auto it = lhd_stamps_.find(id); it != lhd_stamps_.end()) {
+      it->second = LhdStamp{.time = now, .cls = cls};
+      lhd_.Push(list, id);
+      return true;
+    }
+    const bool below = b_ > 0 && lhd_below_.Erase(id) != GhostLists::kNone;
+    if (lhd_stamps_.size() >= c_) {
+      std::optional<uint64_t> victim;
+      uint64_t least = ~uint64_t{0};
+      for (int c = 0; c < HitDensity::kGapBuckets; ++c) {
+        const std::optional<uint64_t> oldest = lhd_.Oldest(c);
+        if (!oldest) continue;
+        const LhdStamp& st = lhd_stamps_.find(*oldest)->second;
+        if (const uint64_t r = density_.Rank(st.cls, now - st.time); r < least) {
+          least = r;
+          victim = oldest;
+        }
+      }
+      if (victim) LhdEvict(*victim);
+    }
+    lhd_stamps_[id] = LhdStamp{.time = now, .cls = cls};
+    lhd_.Push(list, id);
+    return below;
+  }
+  void LhdEvict(uint64_t id) {
+    if (lhd_stamps_.erase(id) == 0) return;
+    lhd_.Erase(id);
+    if (b_ > 0) lhd_below_.Push(0, id);
+  }
+
   const uint32_t rate_;                 // R: one id in R is sampled
   const uint32_t c_;                    // each shadow's capacity in ids
   const uint32_t b_;                    // the tiers below it, in ids
@@ -115,6 +197,13 @@ class ShadowDuel {
   double p_ = 0;                        // the shadow ARC's T1 target
   GhostLists arc_, below_, lru_;        // bounded LRU sets of ids, see above
   double arc_hits_ = 0, lru_hits_ = 0;  // decayed hit counts
+  const bool density_on_;               // the third rule is in the duel
+  HitDensity density_;                  // what the tier and the LHD shadow rank blocks by
+  GhostLists lhd_;                      // the LHD shadow's ids, a recency list per class
+  absl::flat_hash_map<uint64_t, LhdStamp> lhd_stamps_;  // their last access
+  GhostLists lhd_below_;                                // its victims, in the tiers below
+  double lhd_hits_ = 0;
+  bool density_leads_ = false;  // Choose()'s last pick between hit density and ARC
 };
 
 }  // namespace kvtier::internal
