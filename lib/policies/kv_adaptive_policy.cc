@@ -16,7 +16,7 @@
 // 3. The LRU regime. When the tier holds most of the reuse (large tiers), plain recency beats
 //    ARC's split. Two metadata-only shadows (lib/policies/shadow_caches.h) of the ARC above and of
 //    LRU, each on a hash sample of the ids, keep decayed hit counts; the real tier takes its victim
-//    from a global recency list while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
+//    by last use while the LRU shadow leads, else by ARC's rule. Adaptive, as p is.
 //    With tiers below that keep this tier's victims (PolicyContext::capacity_below_slots), the
 //    shadows model the hierarchy: ARC here over a recency list of the size below, against one LRU
 //    of both sizes (an LRU tier over a tier of its victims behaves as that).
@@ -47,6 +47,7 @@
 // amortised plus pinned entries passed over; shadows O(1) per sampled access (hash lookups).
 // Parameters: ghost_factor (4, 1..64), drop_dead_tips (0, 0..1), hit_density (1, 0..1), rule
 // (adaptive: the duel picks; arc, lru or density: every victim by that rule, for research).
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -227,29 +228,48 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     if (auto v = take(lists_, kSpare)) return v;
     if (auto v = take(lists_, kDead)) return v;
     const auto rule = rule_ == kAdaptive ? duel_.Choose() : static_cast<ShadowDuel::Rule>(rule_);
-    if (rule == ShadowDuel::Rule::kLru) {
-      if (auto v = take(recency_, 0)) return v;
-    } else if (rule == ShadowDuel::Rule::kDensity) {
-      // LHD's rule over the classes' own recency lists: the least dense of their least recent
-      // blocks, taken as take() takes. In a class density is a function of age, so this is LHD's
-      // victim wherever density does not rise with age; it matched 32 random samples per victim
-      // in the study (docs/policies.md §8, H6) at a fraction of the cost.
-      uint32_t exhausted = 0;  // classes whose every slot is pinned or refused
+    // The LRU and hit-density rules take from the classes' recency lists, merged: the candidate
+    // with the least key among each class's least recent unpinned slot; a refused one is passed
+    // over (parked if refused for the prefix rule), as take() does in one list.
+    const auto take_by_class = [&](auto key) -> std::optional<SlotId> {
+      std::array<SlotId, HitDensity::kGapBuckets> at;  // each class's next candidate
+      for (int c = 0; c < HitDensity::kGapBuckets; ++c) {
+        at[c] = by_class_.Back(static_cast<uint16_t>(c));
+      }
       for (;;) {
         int cls = -1;
         uint64_t least = ~uint64_t{0};
         for (int c = 0; c < HitDensity::kGapBuckets; ++c) {
-          const SlotId s = by_class_.Back(static_cast<uint16_t>(c));
-          if (s == SlotLists::kNil || (exhausted >> c & 1) != 0) continue;
-          const uint64_t r = duel_.density().Rank(stamps_[s].cls, now_ - stamps_[s].last);
-          if (r < least) {
-            least = r;
+          SlotId& s = at[c];
+          while (s != SlotLists::kNil && slots_[s].pinned) s = by_class_.Newer(s);
+          if (s == SlotLists::kNil) continue;
+          if (const uint64_t k = key(s); k < least) {
+            least = k;
             cls = c;
           }
         }
-        if (cls < 0) break;
-        if (auto v = take(by_class_, static_cast<uint16_t>(cls))) return v;
-        exhausted |= 1u << cls;
+        if (cls < 0) return std::nullopt;
+        const SlotId s = at[cls];
+        at[cls] = by_class_.Newer(s);
+        if (can_evict(s)) return victim_ = s;
+        if (links_.children(s) > 0) {  // refused for the prefix rule: park until childless
+          Leave(s);
+          slots_[s].parked = true;
+        }
+      }
+    };
+    if (rule == ShadowDuel::Rule::kLru) {
+      // The least recently used of all: the oldest of the classes' oldest.
+      if (auto v = take_by_class([&](SlotId s) { return stamps_[s].last; })) return v;
+    } else if (rule == ShadowDuel::Rule::kDensity) {
+      // LHD's rule: the least dense of the classes' least recent blocks. In a class density is a
+      // function of age, so this is LHD's victim wherever density does not rise with age; it
+      // matched 32 random samples per victim in the study (docs/policies.md §8, H6) at a fraction
+      // of the cost.
+      if (auto v = take_by_class([&](SlotId s) {
+            return duel_.density().Rank(stamps_[s].cls, now_ - stamps_[s].last);
+          })) {
+        return v;
       }
     }
     const double t1 = lists_.Size(kT1);
@@ -303,7 +323,6 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         rule_(rule),
         capacity_(capacity),
         lists_(capacity, 5),
-        recency_(capacity, 1),
         by_class_(capacity, HitDensity::kGapBuckets),
         links_(capacity),
         ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
@@ -353,17 +372,14 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     const uint16_t cls = stamps_[s].cls % HitDensity::kGapBuckets;
     if (front) {
       lists_.PushFront(list, s);
-      recency_.PushFront(0, s);
       by_class_.PushFront(cls, s);
     } else {
       lists_.PushBack(list, s);
-      recency_.PushBack(0, s);
       by_class_.PushBack(cls, s);
     }
   }
   void Unlink(SlotId s) {
     lists_.Remove(s);
-    recency_.Remove(s);
     by_class_.Remove(s);
   }
   // Out of the candidate lists (parked or withheld); remembers where it was.
@@ -400,8 +416,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   const uint32_t capacity_;
   double p_ = 0;        // ARC's target size of T1
   SlotLists lists_;     // kT1, kT2, kDead, kParked; front: most recent
-  SlotLists recency_;   // list 0: every slot in T1, T2 or dead, by last use (the LRU regime)
-  SlotLists by_class_;  // the same slots by HitDensity class (gap bucket), by last use
+  SlotLists by_class_;  // every slot in T1, T2 or dead, by HitDensity class (gap bucket) and use
   ChildLinks links_;
   GhostLists ghosts_;  // kB1: ids evicted from T1 (and dead), kB2: from T2
   internal::ShadowDuel duel_;
