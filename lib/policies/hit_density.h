@@ -53,15 +53,16 @@ class HitDensity {
   // A sampled access of `id`, of class `cls`, at access clock `now` (non-decreasing).
   void Observe(uint64_t id, uint8_t cls, uint64_t now) {
     Expire(now);
-    if (auto it = index_.find(id); it != index_.end()) {
+    const uint64_t seq = head_ + count_;  // the new entry's; a Drop below does not change it
+    if (const auto [it, fresh] = index_.try_emplace(id, seq); !fresh) {  // a reuse in the window
       Entry& e = ring_[it->second % ring_.size()];
       hist_[e.cls][Bucket(now - e.time)] += 1;
       e.reused = true;
+      it->second = seq;
     }
     if (count_ == ring_.size()) Drop();  // more sampled accesses than expected in a window
-    const uint64_t seq = head_ + count_++;
     ring_[seq % ring_.size()] = Entry{.id = id, .time = now, .cls = cls, .reused = false};
-    index_[id] = seq;
+    count_++;
     if (++since_table_ >= kPeriod) Rebuild();
   }
   // The block's last access ended its request (known only at the next request's start).
