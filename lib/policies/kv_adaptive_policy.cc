@@ -211,26 +211,33 @@ class KvAdaptivePolicy final : public EvictionPolicy {
 
   std::optional<SlotId> PickVictim(absl::FunctionRef<bool(SlotId)> can_evict) override {
     if (!flat_) EndRun(SlotLists::kNil);  // an allocation: the next request began
-    const auto take = [&](SlotLists& lists, uint16_t list) -> std::optional<SlotId> {
-      for (SlotId s = lists.Back(list); s != SlotLists::kNil;) {
-        const SlotId newer = lists.Newer(s);
-        if (!slots_[s].pinned) {
-          if (can_evict(s)) return victim_ = s;
-          if (links_.children(s) > 0) {  // refused for the prefix rule: park until childless
-            Leave(s);
-            slots_[s].parked = true;
-          }
-        }
+    // An unpinned candidate: the victim if it may go now; refused for the prefix rule (it has
+    // cached children), parked until childless. The caller has its next candidate already.
+    const auto offer = [&](SlotId s) {
+      if (can_evict(s)) {
+        victim_ = s;
+        return true;
+      }
+      if (links_.children(s) > 0) {
+        Leave(s);
+        slots_[s].parked = true;
+      }
+      return false;
+    };
+    const auto take = [&](uint16_t list) -> std::optional<SlotId> {
+      for (SlotId s = lists_.Back(list); s != SlotLists::kNil;) {
+        const SlotId newer = lists_.Newer(s);
+        if (!slots_[s].pinned && offer(s)) return s;
         s = newer;
       }
       return std::nullopt;
     };
-    if (auto v = take(lists_, kSpare)) return v;
-    if (auto v = take(lists_, kDead)) return v;
+    if (auto v = take(kSpare)) return v;
+    if (auto v = take(kDead)) return v;
     const auto rule = rule_ == kAdaptive ? duel_.Choose() : static_cast<ShadowDuel::Rule>(rule_);
     // The LRU and hit-density rules take from the classes' recency lists, merged: the candidate
-    // with the least key among each class's least recent unpinned slot; a refused one is passed
-    // over (parked if refused for the prefix rule), as take() does in one list.
+    // with the least key among each class's least recent unpinned slot, offered as take() offers
+    // the slots of one list.
     const auto take_by_class = [&](auto key) -> std::optional<SlotId> {
       std::array<SlotId, HitDensity::kGapBuckets> at;  // each class's next candidate
       for (int c = 0; c < HitDensity::kGapBuckets; ++c) {
@@ -251,11 +258,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         if (cls < 0) return std::nullopt;
         const SlotId s = at[cls];
         at[cls] = by_class_.Newer(s);
-        if (can_evict(s)) return victim_ = s;
-        if (links_.children(s) > 0) {  // refused for the prefix rule: park until childless
-          Leave(s);
-          slots_[s].parked = true;
-        }
+        if (offer(s)) return s;
       }
     };
     if (rule == ShadowDuel::Rule::kLru) {
@@ -275,7 +278,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     const double t1 = lists_.Size(kT1);
     const bool t1_first = t1 > 0 && (t1 > p_ || (t1 == p_ && miss_.valid && miss_.in_b2));
     for (const uint16_t list : {t1_first ? kT1 : kT2, t1_first ? kT2 : kT1}) {
-      if (auto v = take(lists_, list)) return v;
+      if (auto v = take(list)) return v;
     }
     for (SlotId s = lists_.Back(kParked); s != SlotLists::kNil; s = lists_.Newer(s)) {
       if (!slots_[s].pinned && can_evict(s)) return victim_ = s;
@@ -415,7 +418,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   const int rule_;             // kAdaptive, or the ShadowDuel::Rule every victim follows
   const uint32_t capacity_;
   double p_ = 0;        // ARC's target size of T1
-  SlotLists lists_;     // kT1, kT2, kDead, kParked; front: most recent
+  SlotLists lists_;     // kT1, kT2, kDead, kParked, kSpare; front: most recent
   SlotLists by_class_;  // every slot in T1, T2 or dead, by HitDensity class (gap bucket) and use
   ChildLinks links_;
   GhostLists ghosts_;  // kB1: ids evicted from T1 (and dead), kB2: from T2
