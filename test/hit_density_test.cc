@@ -97,5 +97,17 @@ TEST_CASE("ShadowDuel: hit density takes over from ARC, and back, only past the 
   CHECK_FALSE(ShadowDuel::DensityLeads(false, 0, 0));
 }
 
+TEST_CASE("ShadowDuel: recency wins only where it leads the rule in force", "[policy]") {
+  using R = ShadowDuel::Rule;
+  // Hit density not in force: LRU against ARC alone, as before the third rule.
+  CHECK(ShadowDuel::Pick(false, /*arc=*/100, /*lru=*/101, /*lhd=*/500) == R::kLru);
+  CHECK(ShadowDuel::Pick(false, 100, 99, 0) == R::kArc);
+  CHECK(ShadowDuel::Pick(false, 100, 100, 0) == R::kArc);  // a tie keeps ARC's
+  // In force: LRU must lead density too, though it leads ARC.
+  CHECK(ShadowDuel::Pick(true, 100, 110, 120) == R::kDensity);
+  CHECK(ShadowDuel::Pick(true, 100, 130, 120) == R::kLru);
+  CHECK(ShadowDuel::Pick(true, 100, 90, 95) == R::kDensity);
+}
+
 }  // namespace
 }  // namespace kvtier::internal

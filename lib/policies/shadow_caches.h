@@ -81,17 +81,21 @@ class ShadowDuel {
     Dead(id);
     if (density_on_) density_.MarkTip(id);
   }
-  // The rule the tier should follow now. Recency (LRU) when it leads ARC, as before the third
-  // rule; else hit density or ARC, whichever leads, with hysteresis: the one not in force takes
-  // over only when it leads by about one standard deviation of the difference of two decayed hit
-  // counts (the square root of the count). Where ARC's regime ends the two score within noise of
-  // each other, and a tier that alternates between them keeps what neither would (docs/policies.md
-  // §8, H6).
+  // The rule the tier should follow now: hit density or ARC, whichever leads, with hysteresis (the
+  // one not in force takes over only when it leads by about one standard deviation of the
+  // difference of two decayed hit counts, the square root of the count: where ARC's regime ends
+  // the two score within noise of each other, and a tier that alternates between them keeps what
+  // neither would, docs/policies.md §8, H6); then recency (LRU) where it leads that one (Pick).
   Rule Choose() {
-    if (lru_hits_ > arc_hits_) return Rule::kLru;
-    if (!density_on_) return Rule::kArc;
-    density_leads_ = DensityLeads(density_leads_, arc_hits_, lhd_hits_);
-    return density_leads_ ? Rule::kDensity : Rule::kArc;
+    if (density_on_) density_leads_ = DensityLeads(density_leads_, arc_hits_, lhd_hits_);
+    return Pick(density_leads_, arc_hits_, lru_hits_, lhd_hits_);
+  }
+  // LRU's rule where its shadow leads ARC's and, while hit density is in force, density's too;
+  // else the one in force. (LRU over ARC alone would hand a tier that density serves best to
+  // recency whenever recency beats ARC: H7.)
+  static Rule Pick(bool density_leads, double arc_hits, double lru_hits, double lhd_hits) {
+    if (lru_hits > arc_hits && (!density_leads || lru_hits > lhd_hits)) return Rule::kLru;
+    return density_leads ? Rule::kDensity : Rule::kArc;
   }
   // The hysteresis: whether hit density is (still) in force, given whether it was.
   static bool DensityLeads(bool was, double arc_hits, double lhd_hits) {
