@@ -210,6 +210,19 @@ TEST_CASE("KvAdaptivePolicy: request tips die first, then ARC's T1 LRU, a ghost 
   CHECK(FlatMiss(*p, 19, kFull) == 3);
 }
 
+TEST_CASE("KvAdaptivePolicy: bad parameters get clear errors", "[policy]") {
+  REQUIRE_CODE(CreatePolicy("kv_adaptive", {.capacity_slots = 4,
+                                            .params = {{"rule", "density"}, {"hit_density", "0"}}}),
+               absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE(CreatePolicy("kv_adaptive", {.capacity_slots = 4, .params = {{"rule", "mru"}}}),
+               absl::StatusCode::kInvalidArgument);
+  // Ghost lists of more than 2^32 ids (an engine's 10^8 blocks at the largest factor): refused
+  // before anything is allocated; the default factor fits.
+  REQUIRE_CODE(CreatePolicy("kv_adaptive",
+                            {.capacity_slots = 100'000'000, .params = {{"ghost_factor", "64"}}}),
+               absl::StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("KvAdaptivePolicy: in cache mode a run of linked inserts ends in a dead tip",
           "[policy]") {
   const bool drop = GENERATE(false, true);
