@@ -164,6 +164,9 @@ TEST_CASE("ArcPolicy: T1 before T2 while |T1| > p, a ghost hit returns to T2 and
   p->OnPin(0);
   CHECK(p->PickVictim(Any) == 2);                              // 0 pinned: the next in T2
   CHECK(p->PickVictim([](SlotId s) { return s == 1; }) == 1);  // T2 refused: T1 gives
+  // Ghost lists of the tier's size: over 2^30 slots they would not fit, refused at creation.
+  REQUIRE_CODE(CreatePolicy("arc", {.capacity_slots = (1u << 30) + 1}),
+               absl::StatusCode::kInvalidArgument);
 }
 
 using internal::HitDensity;
@@ -216,8 +219,8 @@ TEST_CASE("KvAdaptivePolicy: bad parameters get clear errors", "[policy]") {
                absl::StatusCode::kInvalidArgument);
   REQUIRE_CODE(CreatePolicy("kv_adaptive", {.capacity_slots = 4, .params = {{"rule", "mru"}}}),
                absl::StatusCode::kInvalidArgument);
-  // Ghost lists of more than 2^32 ids (an engine's 10^8 blocks at the largest factor): refused
-  // before anything is allocated; the default factor fits.
+  // Ghost lists of more than 2^30 ids (an engine's 10^8 blocks at the largest factor): refused
+  // before anything is allocated.
   REQUIRE_CODE(CreatePolicy("kv_adaptive",
                             {.capacity_slots = 100'000'000, .params = {{"ghost_factor", "64"}}}),
                absl::StatusCode::kInvalidArgument);
@@ -359,6 +362,10 @@ TEST_CASE("S3FifoPolicy: small queue, promotion to main, CLOCK in main, ghost hi
                absl::StatusCode::kInvalidArgument);
   REQUIRE_CODE(CreatePolicy("s3fifo", {.capacity_slots = 4, .params = {{"threshold", "9"}}}),
                absl::StatusCode::kInvalidArgument);
+  // A ghost queue of more than 2^30 ids: refused before anything is allocated.
+  REQUIRE_CODE(
+      CreatePolicy("s3fifo", {.capacity_slots = 300'000'000, .params = {{"ghost_ratio", "4"}}}),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("PriorityPolicy: lowest priority first, LRU within a priority", "[policy]") {

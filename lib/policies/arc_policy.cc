@@ -28,6 +28,7 @@
 #include "kvtier/policy.h"
 #include "lib/policies/child_links.h"
 #include "lib/policies/ghost_list.h"
+#include "lib/policies/policy_params.h"
 #include "lib/policies/slot_list.h"
 
 namespace kvtier {
@@ -41,6 +42,10 @@ class ArcPolicy final : public EvictionPolicy {
  public:
   static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
     if (absl::Status s = CheckPolicyParams("arc", ctx.params, {}); !s.ok()) return s;
+    if (absl::Status s = internal::CheckGhostIds("arc", ctx.capacity_slots, "the capacity");
+        !s.ok()) {
+      return s;
+    }
     return std::unique_ptr<EvictionPolicy>(new ArcPolicy(ctx.capacity_slots));
   }
 

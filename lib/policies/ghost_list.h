@@ -26,9 +26,12 @@ namespace kvtier::internal {
 class GhostLists {
  public:
   static constexpr int kNone = -1;
+  // The most ids one list may hold: its ring's positions (about 1.5x) must fit a 32-bit position
+  // below the empty marker.
+  static constexpr uint64_t kMaxCapacity = uint64_t{1} << 30;
 
-  // One list per capacity; list i holds at most capacities[i] ids, pushing one more drops its
-  // oldest. A capacity of 0 keeps nothing.
+  // One list per capacity; list i holds at most capacities[i] ids (at most kMaxCapacity: the
+  // caller checks), pushing one more drops its oldest. A capacity of 0 keeps nothing.
   explicit GhostLists(std::initializer_list<uint32_t> capacities) {
     uint64_t total = 0;
     for (const uint32_t c : capacities) {

@@ -45,15 +45,13 @@
 // and returns to the LRU end, or to T2's MRU end if it was accessed meanwhile. Parked and withheld
 // blocks do not count in |T1| and |T2| (an approximation of arc's accounting). Victim cost: O(1)
 // amortised plus pinned entries passed over; shadows O(1) per sampled access (hash lookups).
-// Parameters: ghost_factor (4, 1..64; ghost_factor x capacity under 2^32), drop_dead_tips (0,
+// Parameters: ghost_factor (4, 1..64; ghost_factor x capacity at most 2^30), drop_dead_tips (0,
 // 0..1), hit_density (1, 0..1), rule (adaptive: the duel picks; arc, lru or density: every victim
 // by that rule, for research).
 #include <array>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "kvtier/policy.h"
 #include "lib/policies/child_links.h"
 #include "lib/policies/ghost_list.h"
@@ -94,10 +92,10 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     if (*rule == static_cast<int>(ShadowDuel::Rule::kDensity) && *density == 0) {
       return absl::InvalidArgumentError("kv_adaptive: rule=density needs hit_density=1");
     }
-    if (uint64_t{ctx.capacity_slots} * *g > std::numeric_limits<uint32_t>::max()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("kv_adaptive: ghost_factor ", *g, " x ", ctx.capacity_slots,
-                       " slots is over 2^32 ghost ids per list; use a smaller ghost_factor"));
+    if (absl::Status s = internal::CheckGhostIds("kv_adaptive", uint64_t{ctx.capacity_slots} * *g,
+                                                 "ghost_factor x capacity");
+        !s.ok()) {
+      return s;
     }
     return std::unique_ptr<EvictionPolicy>(new KvAdaptivePolicy(
         ctx.capacity_slots, ctx.capacity_below_slots, *g, *drop == 1, *density == 1, *rule));

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kvtier/policy.h"
+#include "lib/policies/ghost_list.h"
 
 namespace kvtier::internal {
 
@@ -67,6 +68,14 @@ inline absl::StatusOr<int> ParamChoice(const char* policy, const PolicyParams& p
   }
   return absl::InvalidArgumentError(absl::StrCat(policy, ": parameter ", key, "='", it->second,
                                                  "' is not one of ", absl::StrJoin(choices, "|")));
+}
+
+// OK when a ghost list of `ids` ids fits GhostLists (kMaxCapacity); kInvalidArgument naming the
+// policy and `what` sized it otherwise, before anything is allocated.
+inline absl::Status CheckGhostIds(const char* policy, uint64_t ids, const char* what) {
+  if (ids <= GhostLists::kMaxCapacity) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(policy, ": ", what, " gives ", ids,
+                                                 " ghost ids per list, over the 2^30 one holds"));
 }
 
 }  // namespace kvtier::internal

@@ -54,6 +54,11 @@ class S3FifoPolicy final : public EvictionPolicy {
     if (!ghost.ok()) return ghost.status();
     absl::StatusOr<uint32_t> threshold = internal::ParamUint("s3fifo", p, "threshold", 2, 1, 3);
     if (!threshold.ok()) return threshold.status();
+    if (absl::Status s = internal::CheckGhostIds(
+            "s3fifo", static_cast<uint64_t>(ctx.capacity_slots * *ghost), "ghost_ratio x capacity");
+        !s.ok()) {
+      return s;
+    }
     return std::unique_ptr<EvictionPolicy>(
         new S3FifoPolicy(ctx.capacity_slots, *small, *ghost, *threshold));
   }
