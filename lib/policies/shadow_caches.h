@@ -164,13 +164,16 @@ class ShadowDuel {
   static_assert(HitDensity::kGapBuckets == 8);  // lhd_'s lists
   bool LhdAccess(uint64_t id, uint8_t cls, uint64_t now) {
     const int list = cls % HitDensity::kGapBuckets;
-    if (auto it = lhd_stamps_.find(id); it != lhd_stamps_.end()) {
-      it->second = LhdStamp{.time = now, .cls = cls};
+    const LhdStamp stamp{.time = now, .cls = cls};
+    if (const auto [it, fresh] = lhd_stamps_.try_emplace(id, stamp); !fresh) {
+      it->second = stamp;
       lhd_.Push(list, id);
       return true;
     }
+    // A miss, its stamp in already: over capacity, the victim is taken from the lists, which it
+    // is not in yet.
     const bool below = b_ > 0 && lhd_below_.Erase(id) != GhostLists::kNone;
-    if (lhd_stamps_.size() >= c_) {
+    if (lhd_stamps_.size() > c_) {
       std::optional<uint64_t> victim;
       uint64_t least = ~uint64_t{0};
       for (int c = 0; c < HitDensity::kGapBuckets; ++c) {
@@ -184,7 +187,6 @@ class ShadowDuel {
       }
       if (victim) LhdEvict(*victim);
     }
-    lhd_stamps_[id] = LhdStamp{.time = now, .cls = cls};
     lhd_.Push(list, id);
     return below;
   }
