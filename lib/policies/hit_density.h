@@ -49,6 +49,7 @@ class HitDensity {
   static constexpr uint8_t ClassOf(bool tip, int gap_bucket) {
     return static_cast<uint8_t>((tip ? kGapBuckets : 0) + gap_bucket);
   }
+  static constexpr int GapOf(uint8_t cls) { return cls % kGapBuckets; }  // ClassOf's gap_bucket
 
   // A sampled access of `id`, of class `cls`, at access clock `now` (non-decreasing).
   void Observe(uint64_t id, uint8_t cls, uint64_t now) {
@@ -69,7 +70,7 @@ class HitDensity {
   void MarkTip(uint64_t id) {
     if (auto it = index_.find(id); it != index_.end()) {
       Entry& e = ring_[it->second % ring_.size()];
-      e.cls = ClassOf(true, e.cls % kGapBuckets);
+      e.cls = ClassOf(true, GapOf(e.cls));
     }
   }
   // Expected hits per slot-access of a block of class `cls` last accessed `age` accesses ago

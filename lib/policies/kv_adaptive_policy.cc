@@ -378,7 +378,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   }
 
   void Push(uint16_t list, SlotId s, bool front) {
-    const uint16_t cls = stamps_[s].cls % HitDensity::kGapBuckets;
+    const auto cls = static_cast<uint16_t>(HitDensity::GapOf(stamps_[s].cls));
     if (front) {
       lists_.PushFront(list, s);
       by_class_.PushFront(cls, s);

@@ -163,7 +163,7 @@ class ShadowDuel {
   };
   static_assert(HitDensity::kGapBuckets == 8);  // lhd_'s lists
   bool LhdAccess(uint64_t id, uint8_t cls, uint64_t now) {
-    const int list = cls % HitDensity::kGapBuckets;
+    const int list = HitDensity::GapOf(cls);
     const LhdStamp stamp{.time = now, .cls = cls};
     if (const auto [it, fresh] = lhd_stamps_.try_emplace(id, stamp); !fresh) {
       it->second = stamp;
