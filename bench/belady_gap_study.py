@@ -6,9 +6,12 @@ on a miss) under LHD-style eviction (Beckmann et al., NSDI'18): sample `--sample
 evict the one with the lowest hit density for its class at its age. A block's class comes from
 what an engine knows when the block is accessed (`--features`):
 
-  basic: the conversation turn of its request (1..5+), whether it is the request's last block,
-         the log10 bucket of its previous reuse gap (or none), whether it is the root block.
-  rich:  basic with turns 1..9+ and the request's length in 16-block buckets (0..4+).
+  basic:  the conversation turn of its request (1..5+), whether it is the request's last block,
+          the log10 bucket of its previous reuse gap (or none), whether it is the root block.
+  rich:   basic with turns 1..9+ and the request's length in 16-block buckets (0..4+).
+  engine: basic with what an engine knows once a request is served: how many of its blocks were
+          new (log2 buckets 0, 1, 2-3, 4-7, 8+) and its output length (tokens, buckets <4, <16,
+          <64, <256, 256+).
 
 Hit densities come from the per-class distribution of the reuse distance (accesses until the
 block's next access, or never), either
@@ -16,11 +19,16 @@ block's next access, or never), either
           to (an optimistic estimate for any online policy ranking blocks by these features), or
   online: learnt while replaying from a history of every access, window 8 x capacity (longer
           gaps count as never), recomputed every 1,024 accesses.
+  first-half: as oracle, measured over the first half of the trace only (reuses within it): do
+          the densities of one half hold in the other?
+Each run also reports its hit ratio over the second half of the accesses alone, where
+first-half densities are out of sample.
 
 It prints Belady's hit ratio, the best of libCacheSim's 17 policies from issue #15 and the
 fraction of the gap between them each run closes. Pure Python; about 10 s per capacity and mode.
 Usage: belady_gap_study.py --trace ../shared/data/conversation_trace.jsonl [--capacity 1828,3656]
-       [--features basic|rich] [--train oracle|online|both] [--samples 32]
+       [--features basic|rich|engine] [--train oracle|online|first-half|both|all]
+       [--samples 32]
 """
 import argparse
 import collections
@@ -42,7 +50,8 @@ def bucket(a):
 
 def load(path, features):
     """Block ids in access order and each access's class."""
-    reqs = [json.loads(line)["hash_ids"] for line in open(path)]
+    rows = [json.loads(line) for line in open(path)]
+    reqs = [row["hash_ids"] for row in rows]
     owner = {}  # block -> the request that first accessed it
     turn = []
     for r, ids in enumerate(reqs):
@@ -57,6 +66,8 @@ def load(path, features):
             owner.setdefault(b, r)
     blocks, classes, last = [], [], {}
     for r, ids in enumerate(reqs):
+        new = min(4, sum(b not in last for b in ids).bit_length())
+        out = min(4, rows[r].get("output_length", 0).bit_length() // 2)
         for i, b in enumerate(ids):
             gap = len(blocks) - last[b] if b in last else None
             last[b] = len(blocks)
@@ -64,8 +75,10 @@ def load(path, features):
             tip = i == len(ids) - 1
             if features == "basic":
                 c = (min(turn[r], 5), tip, gap_class, i == 0)
-            else:
+            elif features == "rich":
                 c = (min(turn[r], 9), tip, gap_class, i == 0, min(len(ids) // 16, 4))
+            else:
+                c = (min(turn[r], 5), tip, gap_class, i == 0, new, out)
             blocks.append(b)
             classes.append(c)
     return blocks, classes
@@ -88,15 +101,16 @@ def densities(hist):
     return row
 
 
-def belady(blocks, capacity):
+def belady(blocks, capacity, second_half=False):
     nxt, seen = [0] * len(blocks), {}
     for i in range(len(blocks) - 1, -1, -1):
         nxt[i] = seen.get(blocks[i], math.inf)
         seen[blocks[i]] = i
-    resident, heap, due, hits = set(), [], {}, 0
+    resident, heap, due, hits = set(), [], {}, [0, 0]
+    half = len(blocks) // 2
     for i, b in enumerate(blocks):
         if b in resident:
-            hits += 1
+            hits[i >= half] += 1
         else:
             if len(resident) >= capacity:
                 while True:
@@ -107,24 +121,33 @@ def belady(blocks, capacity):
             resident.add(b)
         due[b] = nxt[i]
         heapq.heappush(heap, (-nxt[i], b))
-    return hits / len(blocks)
+    if second_half:
+        return sum(hits) / len(blocks), hits[1] / (len(blocks) - half)
+    return sum(hits) / len(blocks)
+
+
+def measured(blocks, classes, end):
+    """Each class's densities from the reuse distances of accesses [0, end), reuses after end
+    counting as never."""
+    hists = collections.defaultdict(lambda: [0.0] * (AGE_BUCKETS + 1))
+    seen = {}
+    for i in range(end - 1, -1, -1):
+        d = seen.get(blocks[i])
+        hists[classes[i]][AGE_BUCKETS if d is None else bucket(d - i)] += 1
+        seen[blocks[i]] = i
+    return {c: densities(h) for c, h in hists.items()}
 
 
 def lhd(blocks, classes, capacity, train, samples, seed=1):
     rng = random.Random(seed)
     hists = collections.defaultdict(lambda: [0.0] * (AGE_BUCKETS + 1))
     table = {}
-    if train == "oracle":
-        seen = {}
-        for i in range(len(blocks) - 1, -1, -1):
-            d = seen.get(blocks[i])
-            hists[classes[i]][AGE_BUCKETS if d is None else bucket(d - i)] += 1
-            seen[blocks[i]] = i
-        table = {c: densities(h) for c, h in hists.items()}
-        hists.clear()
+    if train in ("oracle", "first-half"):
+        table = measured(blocks, classes, len(blocks) if train == "oracle" else len(blocks) // 2)
     window = 8 * capacity
     history, order = {}, collections.deque()  # block -> (time, class) of its last access
-    where, resident, hits = {}, [], 0  # block -> (time, class); resident: sampling array
+    where, resident, hits = {}, [], [0, 0]  # block -> (time, class); resident: sampling array
+    half = len(blocks) // 2
     for i, b in enumerate(blocks):
         if train == "online":
             if b in history and i - history[b][0] <= window:
@@ -138,7 +161,7 @@ def lhd(blocks, classes, capacity, train, samples, seed=1):
             if i % 1024 == 0:
                 table = {c: densities(h) for c, h in hists.items()}
         if b in where:
-            hits += 1
+            hits[i >= half] += 1
         elif len(resident) >= capacity:
             worst, at = math.inf, 0
             for _ in range(samples):
@@ -154,28 +177,32 @@ def lhd(blocks, classes, capacity, train, samples, seed=1):
         if b not in where:
             resident.append(b)
         where[b] = (i, classes[i])
-    return hits / len(blocks)
+    return sum(hits) / len(blocks), hits[1] / (len(blocks) - half)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", required=True)
     ap.add_argument("--capacity", default="1828,3656", help="comma-separated block counts")
-    ap.add_argument("--features", choices=["basic", "rich"], default="basic")
-    ap.add_argument("--train", choices=["oracle", "online", "both"], default="both")
+    ap.add_argument("--features", choices=["basic", "rich", "engine"], default="basic")
+    ap.add_argument("--train", choices=["oracle", "online", "first-half", "both", "all"],
+                    default="both")
     ap.add_argument("--samples", type=int, default=32)
     args = ap.parse_args()
     blocks, classes = load(args.trace, args.features)
-    modes = ["oracle", "online"] if args.train == "both" else [args.train]
-    print("capacity  belady  best-of-17  " + "  ".join(f"{m:>8} gap" for m in modes))
+    modes = {"both": ["oracle", "online"], "all": ["oracle", "first-half", "online"]}.get(
+        args.train, [args.train])
+    print("capacity  belady (2nd half)  best-of-17  " +
+          "  ".join(f"{m:>10} gap    (2nd half)" for m in modes))
     for cap in map(int, args.capacity.split(",")):
-        opt, base = belady(blocks, cap), BEST_OF_17.get(cap)
+        (opt, opt2), base = belady(blocks, cap, second_half=True), BEST_OF_17.get(cap)
         cells = []
         for m in modes:
-            h = lhd(blocks, classes, cap, m, args.samples)
+            h, h2 = lhd(blocks, classes, cap, m, args.samples)
             frac = f"{100 * (h - base) / (opt - base):5.1f}%" if base is not None else "  n/a"
-            cells.append(f"{h:.4f} {frac}")
-        print(f"{cap:8d}  {opt:.4f}  {base if base is not None else 'n/a':>10}  " + "  ".join(cells))
+            cells.append(f"{h:10.4f} {frac} ({h2:.4f})")
+        print(f"{cap:8d}  {opt:.4f} ({opt2:.4f})  {base if base is not None else 'n/a':>10}  " +
+              "  ".join(cells))
 
 
 if __name__ == "__main__":

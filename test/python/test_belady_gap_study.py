@@ -13,10 +13,12 @@ _spec.loader.exec_module(study)
 
 @pytest.fixture
 def trace(tmp_path):
-    def write(requests):
+    def write(requests, outputs=None):
         path = tmp_path / "trace.jsonl"
-        path.write_text("".join(json.dumps({"timestamp": 0, "hash_ids": ids}) + "\n"
-                                for ids in requests))
+        outputs = outputs or [1] * len(requests)
+        path.write_text("".join(json.dumps({"timestamp": 0, "output_length": out,
+                                            "hash_ids": ids}) + "\n"
+                                for ids, out in zip(requests, outputs)))
         return str(path)
     return write
 
@@ -27,6 +29,8 @@ def test_belady_by_hand():
     assert study.belady([1, 2, 3, 1, 2, 3], 2) == pytest.approx(2 / 6)
     # Large enough to hold everything: every reuse hits.
     assert study.belady([1, 2, 3, 1, 2, 3], 3) == pytest.approx(3 / 6)
+    # Its two hits at capacity 2 are both in the second half (accesses 3..5).
+    assert study.belady([1, 2, 3, 1, 2, 3], 2, second_half=True) == pytest.approx((2 / 6, 2 / 3))
 
 
 def test_classes_follow_conversation_turns(trace):
@@ -55,6 +59,24 @@ def test_lhd_never_beats_belady_and_keeps_the_hot_block(trace):
     opt = study.belady(blocks, 2)
     assert opt == pytest.approx(199 / 800)
     for train in ("oracle", "online"):
-        hit = study.lhd(blocks, classes, 2, train, samples=64)
+        hit = study.lhd(blocks, classes, 2, train, samples=64)[0]
         assert hit <= opt
-    assert study.lhd(blocks, classes, 2, "oracle", samples=64) == pytest.approx(opt)
+    assert study.lhd(blocks, classes, 2, "oracle", samples=64)[0] == pytest.approx(opt)
+
+
+def test_engine_classes_count_new_blocks_and_output_length(trace):
+    # r0: 4 new blocks (log2 bucket 3), 300 output tokens (bucket 4: 256+); r1 continues it with 2
+    # new blocks (bucket 2) and 5 tokens (bucket 1: 4..15); r2 repeats r1: no new block.
+    path = trace([[0, 1, 2, 3], [0, 1, 2, 4, 5], [0, 1, 2, 4, 5]], outputs=[300, 5, 0])
+    blocks, classes = study.load(path, "engine")
+    assert [c[4:] for c in classes] == [(3, 4)] * 4 + [(2, 1)] * 5 + [(0, 0)] * 5
+    assert [c[:4] for c in classes] == study.load(path, "basic")[1]
+
+
+def test_measured_densities_see_only_the_accesses_before_the_end():
+    # Block 1 is reused at distance 2, but only the whole trace sees it: over the first two
+    # accesses nothing returns, so class "a" has no density at any age.
+    blocks, classes = [1, 2, 1, 2], ["a"] * 4
+    assert max(study.measured(blocks, classes, 2)["a"]) == 0
+    whole = study.measured(blocks, classes, 4)["a"]
+    assert whole[study.bucket(1)] > 0 and whole[study.bucket(2)] > 0
