@@ -109,5 +109,61 @@ TEST_CASE("ShadowDuel: recency wins only where it leads the rule in force", "[po
   CHECK(ShadowDuel::Pick(true, 100, 90, 95) == R::kDensity);
 }
 
+TEST_CASE("HitDensity: a new table every `period` observations", "[policy]") {
+  HitDensity d(/*window=*/64, /*rate=*/1, /*period=*/8);
+  // Blocks 1..4 each reused at distance 4: the table is all zero until the eighth observation.
+  uint64_t now = 0;
+  for (uint64_t id = 1; id <= 4; ++id) d.Observe(id, Gap(0), ++now);
+  for (uint64_t id = 1; id <= 3; ++id) d.Observe(id, Gap(1), ++now);
+  CHECK(d.Density(Gap(0), 4) == 0);
+  d.Observe(4, Gap(1), ++now);
+  CHECK(d.Density(Gap(0), 4) > 0);
+}
+
+// How many of the ids 0..n-1 the duel watches (passes to Access, Tip, Arrive, Dead).
+uint64_t Watched(const ShadowDuel& duel, uint64_t n) {
+  uint64_t k = 0;
+  for (uint64_t id = 0; id < n; ++id) k += duel.Watched(id) ? 1 : 0;
+  return k;
+}
+
+TEST_CASE("ShadowDuel: the learner sees every access while its window fits its budget",
+          "[policy]") {
+  constexpr uint64_t kIds = 16'000;
+  // 100 slots: shadows of 128 ids or fewer sample every id (R = 1).
+  CHECK(Watched(ShadowDuel(100, 0, 4, /*density=*/false), kIds) == kIds);
+  // 4,096 slots: the shadows sample one id in 16; the learner, whose window of 8 x 4,096
+  // accesses fits kLearnBudget, every id.
+  static_assert(8 * 4096 <= ShadowDuel::kLearnBudget);
+  const uint64_t shadows = Watched(ShadowDuel(4096, 0, 4, false), kIds);
+  CHECK(shadows > kIds / 16 * 8 / 10);
+  CHECK(shadows < kIds / 16 * 12 / 10);
+  CHECK(Watched(ShadowDuel(4096, 0, 4, /*density=*/true), kIds) == kIds);
+  // 2^20 slots: the learner's window is 256x its budget, so it samples one id in 256, inside the
+  // shadows' one in 16: the duel watches the shadows' sample.
+  CHECK(Watched(ShadowDuel(1 << 20, 0, 4, true), kIds) == shadows);
+  // Another sample_seed samples other ids, as many.
+  const ShadowDuel seed0(4096, 0, 4, false), seed1(4096, 0, 4, false, /*sample_seed=*/1);
+  uint64_t both = 0;
+  for (uint64_t id = 0; id < kIds; ++id) both += seed0.Watched(id) && seed1.Watched(id) ? 1 : 0;
+  CHECK(both < shadows / 4);
+  CHECK(Watched(seed1, kIds) > kIds / 16 * 8 / 10);
+}
+
+TEST_CASE("ShadowDuel: hit density learns from ids the shadows do not sample", "[policy]") {
+  // 4,096 slots: a table every kPeriod x 16 learnt accesses. Blocks each reused 8 accesses later:
+  // one table's worth of accesses teaches the learner their density (zero before).
+  ShadowDuel duel(4096, 0, 4, /*density=*/true);
+  const uint64_t period = uint64_t{HitDensity::kPeriod} * 16;
+  uint64_t now = 0;
+  for (uint64_t round = 0; now < period - 1; ++round) {
+    for (uint64_t k = 0; k < 8 && now < period - 1; ++k) duel.Access(round * 8 + k, Gap(0), ++now);
+    for (uint64_t k = 0; k < 8 && now < period - 1; ++k) duel.Access(round * 8 + k, Gap(1), ++now);
+  }
+  CHECK(duel.density().Density(Gap(0), 8) == 0);
+  duel.Access(1'000'000, Gap(0), ++now);
+  CHECK(duel.density().Density(Gap(0), 8) > 0);
+}
+
 }  // namespace
 }  // namespace kvtier::internal

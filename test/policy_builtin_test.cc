@@ -219,6 +219,10 @@ TEST_CASE("KvAdaptivePolicy: bad parameters get clear errors", "[policy]") {
                absl::StatusCode::kInvalidArgument);
   REQUIRE_CODE(CreatePolicy("kv_adaptive", {.capacity_slots = 4, .params = {{"rule", "mru"}}}),
                absl::StatusCode::kInvalidArgument);
+  REQUIRE_CODE(
+      CreatePolicy("kv_adaptive", {.capacity_slots = 4, .params = {{"sample_seed", "65536"}}}),
+      absl::StatusCode::kInvalidArgument);
+  REQUIRE_OK(CreatePolicy("kv_adaptive", {.capacity_slots = 4, .params = {{"sample_seed", "7"}}}));
   // Ghost lists of more than 2^30 ids (an engine's 10^8 blocks at the largest factor): refused
   // before anything is allocated.
   REQUIRE_CODE(CreatePolicy("kv_adaptive",

@@ -6,7 +6,7 @@
 // 10^5 and more, or seen but when is unknown: it came back from the ghost lists). For a hash
 // sample of the accesses, a history of the last `window` accesses records each one's class and,
 // when the block is accessed again within the window, the distance (log2 buckets); an entry that
-// leaves the window unreused counts as never reused. Every `kPeriod` sampled accesses the
+// leaves the window unreused counts as never reused. Every `period` sampled accesses the
 // histograms become a table: for each class and age bucket, the best over horizons of hits per
 // slot-access spent among blocks that reached that age (LHD's hit density, ages and distances at
 // their bucket's middle). bench/belady_gap_study.py is this rule in Python, unsampled
@@ -14,7 +14,8 @@
 //
 // Nothing here is fitted to a trace: the window (8 x the tier's capacity, so that the tier's own
 // lifetimes fit in it) and the period are the study's. Not thread-safe: a policy runs under its
-// tier's lock. The history allocates while it fills (a hash map of the sampled ids in the window).
+// tier's lock. Everything is allocated by the constructor (the history's ring and its index, for
+// the window's expected sampled accesses; the index grows only past that).
 #ifndef KVTIER_LIB_POLICIES_HIT_DENSITY_H_
 #define KVTIER_LIB_POLICIES_HIT_DENSITY_H_
 
@@ -37,9 +38,12 @@ class HitDensity {
   static constexpr uint32_t kPeriod = 256;          // sampled accesses between two tables
 
   // window: accesses a history entry waits for its block's next access; rate: one id in `rate`
-  // is sampled (the caller decides which, and calls Observe for those).
-  HitDensity(uint64_t window, uint32_t rate)
-      : window_(window), ring_(static_cast<size_t>(2 * window / rate + 64)) {}
+  // is sampled (the caller decides which, and calls Observe for those); period: Observe calls
+  // between two tables.
+  HitDensity(uint64_t window, uint32_t rate, uint32_t period = kPeriod)
+      : window_(window), period_(period), ring_(static_cast<size_t>(2 * window / rate + 64)) {
+    index_.reserve(window / rate + 64);
+  }
 
   static constexpr int GapBucket(uint64_t gap) {
     int b = 1;
@@ -64,7 +68,7 @@ class HitDensity {
     if (count_ == ring_.size()) Drop();  // more sampled accesses than expected in a window
     ring_[seq % ring_.size()] = Entry{.id = id, .time = now, .cls = cls, .reused = false};
     count_++;
-    if (++since_table_ >= kPeriod) Rebuild();
+    if (++since_table_ >= period_) Rebuild();
   }
   // The block's last access ended its request (known only at the next request's start).
   void MarkTip(uint64_t id) {
@@ -147,6 +151,7 @@ class HitDensity {
   }
 
   const uint64_t window_;
+  const uint32_t period_;    // Observe calls between two tables
   std::vector<Entry> ring_;  // the sampled accesses of the window, oldest at head_
   uint64_t head_ = 0, count_ = 0;
   absl::flat_hash_map<uint64_t, uint64_t> index_;  // id -> its newest entry's sequence number

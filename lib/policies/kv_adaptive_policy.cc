@@ -27,8 +27,10 @@
 // 5. Hit density. Which block returns soon is told best by what kind of block it is: how long
 //    ago it was last accessed (the gap between a conversation's turns) and whether it ended its
 //    request. internal::HitDensity learns, per class (the log10 bucket of the block's previous
-//    reuse gap; dead tips apart), hits per slot-access by age from a sample of the accesses (LHD,
-//    Beckmann et al., NSDI'18). Its victim rule: the least dense of each class's least recent
+//    reuse gap; dead tips apart), hits per slot-access by age (LHD, Beckmann et al., NSDI'18),
+//    from every access while its history (8 x capacity accesses) fits a fixed budget, from a
+//    hash sample beyond: a trace's few hot blocks are in one sample and not another, and the
+//    densities moved with them (H8). Its victim rule: the least dense of each class's least recent
 //    block, from per-class recency lists (in a class, density is a function of age). A third
 //    shadow runs that rule; it takes over from ARC's while it leads ARC's by more than the noise
 //    (hysteresis), and LRU's still wins where it leads ARC's. Off with hit_density=0.
@@ -47,7 +49,8 @@
 // amortised plus pinned entries passed over; shadows O(1) per sampled access (hash lookups).
 // Parameters: ghost_factor (4, 1..64; ghost_factor x capacity at most 2^30), drop_dead_tips (0,
 // 0..1), hit_density (1, 0..1), rule (adaptive: the duel picks; arc, lru or density: every victim
-// by that rule, for research).
+// by that rule, for research), sample_seed (0, 0..65535: which ids the duel samples; a research
+// knob to measure how much a result owes to the sample, docs/policies.md §8).
 #include <array>
 #include <cstdint>
 #include <vector>
@@ -73,7 +76,8 @@ class KvAdaptivePolicy final : public EvictionPolicy {
  public:
   static absl::StatusOr<std::unique_ptr<EvictionPolicy>> Create(const PolicyContext& ctx) {
     if (absl::Status s = CheckPolicyParams(
-            "kv_adaptive", ctx.params, {"ghost_factor", "drop_dead_tips", "hit_density", "rule"});
+            "kv_adaptive", ctx.params,
+            {"ghost_factor", "drop_dead_tips", "hit_density", "rule", "sample_seed"});
         !s.ok()) {
       return s;
     }
@@ -89,6 +93,9 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     absl::StatusOr<int> rule = internal::ParamChoice("kv_adaptive", ctx.params, "rule", kAdaptive,
                                                      {"arc", "lru", "density", "adaptive"});
     if (!rule.ok()) return rule.status();
+    absl::StatusOr<uint32_t> seed =
+        internal::ParamUint("kv_adaptive", ctx.params, "sample_seed", 0, 0, 65535);
+    if (!seed.ok()) return seed.status();
     if (*rule == static_cast<int>(ShadowDuel::Rule::kDensity) && *density == 0) {
       return absl::InvalidArgumentError("kv_adaptive: rule=density needs hit_density=1");
     }
@@ -98,7 +105,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
       return s;
     }
     return std::unique_ptr<EvictionPolicy>(new KvAdaptivePolicy(
-        ctx.capacity_slots, ctx.capacity_below_slots, *g, *drop == 1, *density == 1, *rule));
+        ctx.capacity_slots, ctx.capacity_below_slots, *g, *drop == 1, *density == 1, *rule, *seed));
   }
 
   void OnMissKey(uint64_t id) override {
@@ -130,7 +137,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     miss_ = Miss{};
     const uint8_t cls = HitDensity::ClassOf(false, in_b1 || in_b2 ? HitDensity::kGapUnknown : 0);
     stamps_[s] = Stamp{.last = ++now_, .cls = cls};
-    if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id, cls, now_);
+    if (st.known && duel_.Watched(st.id)) duel_.Access(st.id, cls, now_);
     Push(in_b1 || in_b2 ? kT2 : kT1, s, /*front=*/true);
     if (flat_) prev_slot_ = s;
   }
@@ -153,7 +160,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     }
     const uint8_t cls = HitDensity::ClassOf(false, HitDensity::GapBucket(now_ - stamps_[s].last));
     stamps_[s] = Stamp{.last = now_, .cls = cls};
-    if (st.known && duel_.Sampled(st.id)) duel_.Access(st.id, cls, now_);
+    if (st.known && duel_.Watched(st.id)) duel_.Access(st.id, cls, now_);
     if (st.away) {
       st.home = kT2;
       st.touched = true;
@@ -186,7 +193,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
     Slot& st = slots_[s];
     if (st.spare == held_above) return;  // the cache never repeats itself; cheap to be sure
     st.spare = held_above;
-    if (st.known && duel_.Sampled(st.id)) {
+    if (st.known && duel_.Watched(st.id)) {
       if (held_above)
         duel_.Dead(st.id);
       else
@@ -327,7 +334,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   static constexpr int kAdaptive = 3;  // `rule`: the duel chooses (else a ShadowDuel::Rule)
 
   KvAdaptivePolicy(uint32_t capacity, uint64_t below, uint32_t ghost_factor, bool drop_dead_tips,
-                   bool hit_density, int rule)
+                   bool hit_density, int rule, uint32_t sample_seed)
       : drop_dead_tips_(drop_dead_tips),
         rule_(rule),
         capacity_(capacity),
@@ -335,7 +342,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
         by_class_(capacity, HitDensity::kGapBuckets),
         links_(capacity),
         ghosts_({capacity * ghost_factor, capacity * ghost_factor}),
-        duel_(capacity, below, ghost_factor, hit_density),
+        duel_(capacity, below, ghost_factor, hit_density, sample_seed),
         slots_(capacity),
         stamps_(capacity) {}
 
@@ -344,7 +351,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   void AfterPrevious(uint64_t id, uint64_t parent) {
     if (parent == kUnknown || parent == prev_id_ || id == prev_id_) return;
     if (prev_id_ == kStart) return;
-    if (duel_.Sampled(prev_id_)) duel_.Tip(prev_id_);
+    if (duel_.Watched(prev_id_)) duel_.Tip(prev_id_);
     const SlotId s = prev_slot_;
     if (s == SlotLists::kNil || slots_[s].id != prev_id_) return;
     MakeDead(s);
@@ -363,7 +370,7 @@ class KvAdaptivePolicy final : public EvictionPolicy {
   void EndRun(SlotId accessed) {
     ResolveAwaiting();
     if (run_tip_ != SlotLists::kNil && run_tip_ != accessed && run_len_ >= 2) {
-      if (slots_[run_tip_].known && duel_.Sampled(slots_[run_tip_].id)) {
+      if (slots_[run_tip_].known && duel_.Watched(slots_[run_tip_].id)) {
         duel_.Tip(slots_[run_tip_].id);
       }
       MakeDead(run_tip_);

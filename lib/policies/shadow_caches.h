@@ -2,7 +2,14 @@
 // kv_adaptive runs itself), LRU and, with `density`, hit density (HitDensity's rule as the tier
 // runs it), fed a hash-sampled share of the accesses, whose decayed hit counts say which victim
 // rule the real tier should follow now (set sampling, as SHARDS samples a trace: each shadow holds
-// capacity/R ids and sees the ids with hash % R == 0). The same sample teaches HitDensity.
+// capacity/R ids and sees the ids whose hash falls in the lowest 1/R of its range).
+// HitDensity learns from a sample of its own, as large as its history's budget allows: every
+// access while the window (8 x capacity) fits in kLearnBudget entries, else one id in
+// window / kLearnBudget. A trace's few hot blocks (the roots every request shares) weigh on a
+// class's densities, and a 1-in-R sample holds some of them and not others: on the shared trace
+// the hit ratio at 1 % moved by up to 0.008 with the choice of sample, by up to 0.003 once the
+// learner saw every access (docs/policies.md §8, H8). The budget also bounds the learner's memory
+// (about 3 MB a tier at most), where a 1-in-R sample grew with the tier (24 bytes a slot).
 //
 // A tier whose victims go on to tiers below (a device over a host) is not the end of the cache: a
 // block it evicts may still hit below. So each shadow models the hierarchy as the real one would
@@ -11,6 +18,7 @@
 // both sizes (an LRU tier over a tier that keeps its victims). With nothing below, they are plain.
 //
 // Nothing here is tuned to a trace: R = min(16, capacity / 128) keeps each shadow at >= 128 ids,
+// kLearnBudget (2^15 accesses of 24 bytes, 16 classes x 24 age buckets to fill) is a memory bound,
 // a hit's weight falls by 1/e over 4 shadow turnovers (4 x capacity / R sampled accesses), the
 // tiers below are modelled as far as the ghosts reach (ghost_factor x capacity ids; a larger list
 // moved the results both ways on the shared trace), and hit density must lead ARC by the noise of
@@ -32,10 +40,20 @@ namespace kvtier::internal {
 class ShadowDuel {
  public:
   enum class Rule { kArc, kLru, kDensity };
+  // The learner's history holds at most this many accesses: it learns from every access while
+  // its window (8 x capacity) fits, from a hash sample of window / kLearnBudget beyond.
+  static constexpr uint64_t kLearnBudget = uint64_t{1} << 15;
   // below_slots: PolicyContext::capacity_below_slots, the tiers below that take this one's victims.
-  // density: duel a third rule too, hit density (HitDensity), learnt from the same sample.
-  ShadowDuel(uint32_t capacity_slots, uint64_t below_slots, uint32_t ghost_factor, bool density)
-      : rate_(std::max<uint32_t>(1, std::min<uint32_t>(16, capacity_slots / 128))),
+  // density: duel a third rule too, hit density (HitDensity), learnt from its own sample.
+  // sample_seed: which ids are sampled (each value picks other sets).
+  ShadowDuel(uint32_t capacity_slots, uint64_t below_slots, uint32_t ghost_factor, bool density,
+             uint32_t sample_seed = 0)
+      : salt_(sample_seed * 0x632BE59BD9B4E019ull),
+        rate_(std::max<uint32_t>(1, std::min<uint32_t>(16, capacity_slots / 128))),
+        learn_rate_(
+            static_cast<uint32_t>((Window(capacity_slots) + kLearnBudget - 1) / kLearnBudget)),
+        shadow_below_((uint64_t{1} << 32) / rate_),
+        learn_below_((uint64_t{1} << 32) / learn_rate_),
         c_(std::max<uint32_t>(1, capacity_slots / rate_)),
         b_(static_cast<uint32_t>(
             std::min<uint64_t>(below_slots / rate_, uint64_t{c_} * ghost_factor))),
@@ -44,27 +62,35 @@ class ShadowDuel {
         below_({std::max<uint32_t>(b_, 1)}),
         lru_({c_ + b_, c_ + b_}),
         density_on_(density),
-        density_(density ? uint64_t{8} * std::max<uint32_t>(capacity_slots, 1) : 0, rate_),
+        // A table every kPeriod shadow samples' worth of accesses, as many accesses as before
+        // the learner had a sample of its own (and never under kPeriod samples of its own).
+        density_(density ? Window(capacity_slots) : 0, learn_rate_,
+                 HitDensity::kPeriod * std::max<uint32_t>(1, rate_ / learn_rate_)),
         lhd_([&] {
           const uint32_t l = density ? c_ : 0;  // nothing kept when the rule is off
           return GhostLists({l, l, l, l, l, l, l, l});
         }()),
         lhd_below_({std::max<uint32_t>(b_, 1)}) {}
 
-  bool Sampled(uint64_t id) const { return ((id * 0x9E3779B97F4A7C15ull) >> 32) % rate_ == 0; }
-  // One access of a sampled id (a hit or a miss, as the real tier will see it), of HitDensity
+  // Whether the duel watches id at all: the learner's sample or the shadows' (one is part of the
+  // other: both are the ids whose hash falls below a threshold). Only these reach Access, Tip,
+  // Arrive and Dead.
+  bool Watched(uint64_t id) const {
+    return Hash(id) < (density_on_ ? std::max(learn_below_, shadow_below_) : shadow_below_);
+  }
+  // One access of a watched id (a hit or a miss, as the real tier will see it), of HitDensity
   // class `cls` at the tier's access clock `now`.
   void Access(uint64_t id, uint8_t cls, uint64_t now) {
+    if (density_on_ && Hash(id) < learn_below_) density_.Observe(id, cls, now);
+    if (!InShadows(id)) return;
     arc_hits_ = arc_hits_ * keep_ + (ArcAccess(id) ? 1 : 0);
     lru_hits_ = lru_hits_ * keep_ + (LruAccess(id) ? 1 : 0);
-    if (density_on_) {
-      density_.Observe(id, cls, now);
-      lhd_hits_ = lhd_hits_ * keep_ + (LhdAccess(id, cls, now) ? 1 : 0);
-    }
+    if (density_on_) lhd_hits_ = lhd_hits_ * keep_ + (LhdAccess(id, cls, now) ? 1 : 0);
   }
   // The block arrived again without being asked for (a tier above let it go: it is demoted here
   // though no bytes moved): as Access, but no shadow counts a hit and nothing is learnt.
   void Arrive(uint64_t id, uint8_t cls, uint64_t now) {
+    if (!InShadows(id)) return;
     ArcAccess(id);
     LruAccess(id);
     if (density_on_) LhdAccess(id, cls, now);
@@ -72,6 +98,7 @@ class ShadowDuel {
   // The copy became a spare (a tier above holds the block): the real tier evicts those first, so
   // the shadows do too.
   void Dead(uint64_t id) {
+    if (!InShadows(id)) return;
     if (const int g = arc_.Find(id); g == kT1 || g == kT2) arc_.Push(kDead, id);
     if (lru_.Find(id) == kLru) lru_.Push(kLruDead, id);
     if (density_on_) LhdEvict(id);
@@ -111,6 +138,16 @@ class ShadowDuel {
   // The lists of the shadow ARC (resident: T1, T2, dead; ghosts: B1, B2) and of the shadow LRU,
   // each an LRU set of ids; an id is in one list at most, and moves by a Push.
   static constexpr int kT1 = 0, kT2 = 1, kDead = 2, kB1 = 3, kB2 = 4;
+
+  // HitDensity's window: 8 x the tier's capacity, in accesses (at least 8).
+  static uint64_t Window(uint32_t capacity_slots) {
+    return uint64_t{8} * std::max<uint32_t>(capacity_slots, 1);
+  }
+  // The samples: the ids whose hash falls below 2^32 / rate (all of them at rate 1).
+  uint32_t Hash(uint64_t id) const {
+    return static_cast<uint32_t>(((id ^ salt_) * 0x9E3779B97F4A7C15ull) >> 32);
+  }
+  bool InShadows(uint64_t id) const { return Hash(id) < shadow_below_; }
   static constexpr int kLru = 0, kLruDead = 1;
 
   // ARC at this tier's size; what it evicts goes into the recency list of the tiers below, where a
@@ -196,7 +233,11 @@ class ShadowDuel {
     if (b_ > 0) lhd_below_.Push(0, id);
   }
 
-  const uint32_t rate_;                 // R: one id in R is sampled
+  const uint64_t salt_;                 // from sample_seed; 0 for the default sample
+  const uint32_t rate_;                 // R: the shadows see one id in R
+  const uint32_t learn_rate_;           // HitDensity learns from one id in learn_rate_
+  const uint64_t shadow_below_;         // the shadows' sample: Hash(id) < shadow_below_
+  const uint64_t learn_below_;          // the learner's
   const uint32_t c_;                    // each shadow's capacity in ids
   const uint32_t b_;                    // the tiers below it, in ids
   const double keep_;                   // decay per sampled access
