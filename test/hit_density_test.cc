@@ -1,7 +1,8 @@
 // HitDensity (lib/policies/hit_density.h): the gap buckets and classes, hit densities computed by
 // hand from what was observed, the window that turns a late reuse into "never", tips learnt apart,
-// unseen classes, and the rank order victims are taken in; ShadowDuel's hysteresis between hit
-// density and ARC.
+// unseen classes, the rank order victims are taken in and the period between tables; ShadowDuel's
+// hysteresis between hit density and ARC, the rule it picks, and its samples (the learner's
+// sees every id while its window fits the budget; the shadows' lies inside it).
 #include "lib/policies/hit_density.h"
 
 #include "lib/policies/shadow_caches.h"
