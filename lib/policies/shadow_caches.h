@@ -54,6 +54,7 @@ class ShadowDuel {
             static_cast<uint32_t>((Window(capacity_slots) + kLearnBudget - 1) / kLearnBudget)),
         shadow_below_((uint64_t{1} << 32) / rate_),
         learn_below_((uint64_t{1} << 32) / learn_rate_),
+        watch_below_(density ? std::max(shadow_below_, learn_below_) : shadow_below_),
         c_(std::max<uint32_t>(1, capacity_slots / rate_)),
         b_(static_cast<uint32_t>(
             std::min<uint64_t>(below_slots / rate_, uint64_t{c_} * ghost_factor))),
@@ -75,9 +76,7 @@ class ShadowDuel {
   // Whether the duel watches id at all: the learner's sample or the shadows' (one is part of the
   // other: both are the ids whose hash falls below a threshold). Only these reach Access, Tip,
   // Arrive and Dead.
-  bool Watched(uint64_t id) const {
-    return Hash(id) < (density_on_ ? std::max(learn_below_, shadow_below_) : shadow_below_);
-  }
+  bool Watched(uint64_t id) const { return Hash(id) < watch_below_; }
   // One access of a watched id (a hit or a miss, as the real tier will see it), of HitDensity
   // class `cls` at the tier's access clock `now`.
   void Access(uint64_t id, uint8_t cls, uint64_t now) {
@@ -135,10 +134,6 @@ class ShadowDuel {
   double lhd_hits() const { return lhd_hits_; }
 
  private:
-  // The lists of the shadow ARC (resident: T1, T2, dead; ghosts: B1, B2) and of the shadow LRU,
-  // each an LRU set of ids; an id is in one list at most, and moves by a Push.
-  static constexpr int kT1 = 0, kT2 = 1, kDead = 2, kB1 = 3, kB2 = 4;
-
   // HitDensity's window: 8 x the tier's capacity, in accesses (at least 8).
   static uint64_t Window(uint32_t capacity_slots) {
     return uint64_t{8} * std::max<uint32_t>(capacity_slots, 1);
@@ -148,6 +143,10 @@ class ShadowDuel {
     return static_cast<uint32_t>(((id ^ salt_) * 0x9E3779B97F4A7C15ull) >> 32);
   }
   bool InShadows(uint64_t id) const { return Hash(id) < shadow_below_; }
+
+  // The lists of the shadow ARC (resident: T1, T2, dead; ghosts: B1, B2) and of the shadow LRU,
+  // each an LRU set of ids; an id is in one list at most, and moves by a Push.
+  static constexpr int kT1 = 0, kT2 = 1, kDead = 2, kB1 = 3, kB2 = 4;
   static constexpr int kLru = 0, kLruDead = 1;
 
   // ARC at this tier's size; what it evicts goes into the recency list of the tiers below, where a
@@ -238,6 +237,7 @@ class ShadowDuel {
   const uint32_t learn_rate_;           // HitDensity learns from one id in learn_rate_
   const uint64_t shadow_below_;         // the shadows' sample: Hash(id) < shadow_below_
   const uint64_t learn_below_;          // the learner's
+  const uint64_t watch_below_;          // their union (the larger), or the shadows' alone
   const uint32_t c_;                    // each shadow's capacity in ids
   const uint32_t b_;                    // the tiers below it, in ids
   const double keep_;                   // decay per sampled access
